@@ -1,0 +1,45 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Stitch",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "stitch", targets: ["stitch"]),
+        .library(name: "StitchTensor", targets: ["StitchTensor"]),
+        .library(name: "StitchModelIO", targets: ["StitchModelIO"]),
+        .library(name: "StitchImaging", targets: ["StitchImaging"]),
+        .library(name: "StitchTokenizers", targets: ["StitchTokenizers"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages, each wrapped once.
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CJPEG", providers: [.apt(["libjpeg-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+
+        // Tensor core: Float32 tensors, BLAS-backed linear algebra, transformer building blocks.
+        .target(name: "StitchTensor", dependencies: ["CBLAS"]),
+        // Model I/O: safetensors, config.json, weight store, Hugging Face cache and downloads.
+        .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl"]),
+        // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
+        .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
+        // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece.
+        .target(name: "StitchTokenizers", dependencies: ["CZlib"]),
+        // The command-line tool.
+        .executableTarget(name: "stitch", dependencies: [
+            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "CBLAS",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO"], path: "Tests/StitchTestSupport"),
+        .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
+        .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTestSupport"]),
+        .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
+        .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
+    ]
+)

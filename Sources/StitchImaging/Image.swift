@@ -1,0 +1,140 @@
+import CJPEG
+import CPNG
+import Foundation
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved R, G, B.
+public struct RGBImage: Sendable, Equatable {
+    public let width: Int
+    public let height: Int
+    public var pixels: [UInt8]
+
+    public init(width: Int, height: Int, pixels: [UInt8]) {
+        precondition(width >= 0 && height >= 0 && pixels.count == width * height * 3,
+                     "\(width)x\(height) RGB image needs \(width * height * 3) bytes, got \(pixels.count)")
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+    }
+
+    public subscript(x: Int, y: Int) -> (r: UInt8, g: UInt8, b: UInt8) {
+        let i = (y * width + x) * 3
+        return (pixels[i], pixels[i + 1], pixels[i + 2])
+    }
+}
+
+public enum ImageError: Error, CustomStringConvertible, Equatable {
+    case unreadable(file: String, reason: String)
+    case unsupportedFormat(file: String)
+    case corrupt(file: String, format: String, detail: String)
+    case encodeFailed(file: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case let .unreadable(file, reason): return "\(file): cannot read image: \(reason)"
+        case let .unsupportedFormat(file): return "\(file): not a JPEG or PNG image"
+        case let .corrupt(file, format, detail): return "\(file): corrupt \(format): \(detail)"
+        case let .encodeFailed(file, detail): return "\(file): cannot write JPEG: \(detail)"
+        }
+    }
+}
+
+extension RGBImage {
+    /// Decodes a JPEG or PNG file (chosen by its first bytes, not its name).
+    /// EXIF orientation is ignored, as PIL and transformers' processors ignore it.
+    public init(contentsOf path: String) throws(ImageError) {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .unreadable(file: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied or not a file" : "no such file")
+        }
+        try self.init(data: data, name: path)
+    }
+
+    /// Decodes JPEG or PNG bytes; `name` labels errors.
+    public init(data: Data, name: String) throws(ImageError) {
+        let bytes = [UInt8](data)
+        if bytes.starts(with: [0xFF, 0xD8, 0xFF]) {
+            self = try Self.decodeJPEG(bytes, name: name)
+        } else if bytes.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) {
+            self = try Self.decodePNG(bytes, name: name)
+        } else {
+            throw .unsupportedFormat(file: name)
+        }
+    }
+
+    private static func decodeJPEG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
+        var output: UnsafeMutablePointer<UInt8>?
+        var width: Int32 = 0, height: Int32 = 0, components: Int32 = 0
+        var message = [CChar](repeating: 0, count: 256)
+        let status = bytes.withUnsafeBufferPointer { buffer in
+            stitch_jpeg_decode(buffer.baseAddress, UInt(buffer.count), &output, &width, &height, &components, &message, Int32(message.count))
+        }
+        guard status == 0, let output else {
+            throw .corrupt(file: name, format: "JPEG", detail: cString(message))
+        }
+        defer { free(output) }
+        let count = Int(width) * Int(height)
+        if components == 3 {
+            return RGBImage(width: Int(width), height: Int(height), pixels: Array(UnsafeBufferPointer(start: output, count: count * 3)))
+        }
+        // Adobe CMYK/YCCK JPEGs store inverted ink values: RGB = C·K/255 with C already inverted (as PIL converts).
+        var rgb = [UInt8](repeating: 0, count: count * 3)
+        for i in 0..<count {
+            let k = Int(output[i * 4 + 3])
+            for c in 0..<3 { rgb[i * 3 + c] = UInt8((Int(output[i * 4 + c]) * k + 127) / 255) }
+        }
+        return RGBImage(width: Int(width), height: Int(height), pixels: rgb)
+    }
+
+    private static func decodePNG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
+        var image = png_image()
+        image.version = UInt32(PNG_IMAGE_VERSION)
+        defer { png_image_free(&image) }
+        let began = bytes.withUnsafeBufferPointer { png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }
+        guard began != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
+        // Read as RGBA and drop alpha: PIL's convert("RGB") discards it rather than compositing.
+        image.format = stitch_png_format_rgba
+        let width = Int(image.width), height = Int(image.height)
+        guard width > 0, height > 0, width * height <= 1 << 28 else {
+            throw .corrupt(file: name, format: "PNG", detail: "implausible size \(width)x\(height)")
+        }
+        var rgba = [UInt8](repeating: 0, count: width * height * 4)
+        let finished = rgba.withUnsafeMutableBytes { out in
+            png_image_finish_read(&image, nil, out.baseAddress, Int32(width * 4), nil)
+        }
+        guard finished != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
+        var pixels = [UInt8](repeating: 0, count: width * height * 3)
+        for i in 0..<width * height {
+            pixels[i * 3] = rgba[i * 4]
+            pixels[i * 3 + 1] = rgba[i * 4 + 1]
+            pixels[i * 3 + 2] = rgba[i * 4 + 2]
+        }
+        return RGBImage(width: width, height: height, pixels: pixels)
+    }
+
+    private static func pngMessage(_ image: inout png_image) -> String {
+        withUnsafeBytes(of: &image.message) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+    }
+
+    /// Writes the image as a JPEG file atomically (temporary file, then rename).
+    public func writeJPEG(to path: String, quality: Int = 90) throws(ImageError) {
+        var output: UnsafeMutablePointer<UInt8>?
+        var size: UInt = 0
+        var message = [CChar](repeating: 0, count: 256)
+        let status = pixels.withUnsafeBufferPointer { buffer in
+            stitch_jpeg_encode(buffer.baseAddress, Int32(width), Int32(height), Int32(quality), &output, &size, &message, Int32(message.count))
+        }
+        defer { free(output) }
+        guard status == 0, let output else { throw .encodeFailed(file: path, detail: cString(message)) }
+        do {
+            try Data(bytes: output, count: Int(size)).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw .encodeFailed(file: path, detail: error.localizedDescription)
+        }
+    }
+}
+
+/// The text of a NUL-terminated C message buffer.
+private func cString(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

@@ -1,0 +1,204 @@
+import Foundation
+import StitchTensor
+
+/// Element types a safetensors file may hold that Stitch converts to Float32.
+public enum TensorDType: String, Sendable {
+    case f32 = "F32", f16 = "F16", bf16 = "BF16"
+
+    var byteSize: Int { self == .f32 ? 4 : 2 }
+}
+
+/// Where one tensor lies in the file, as validated from the header.
+public struct TensorInfo: Sendable, Equatable {
+    public let name: String
+    public let dtype: TensorDType
+    public let shape: [Int]
+    /// Byte range relative to the start of the data section.
+    public let byteRange: Range<Int>
+}
+
+/// A read-only memory map of a whole file, unmapped when the last user is gone.
+final class MemoryMap: @unchecked Sendable {
+    let base: UnsafeRawPointer
+    let size: Int
+
+    init(path: String) throws(ModelIOError) {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw .cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .cannotOpen(file: path, reason: String(cString: strerror(errno))) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .cannotOpen(file: path, reason: "not a regular file") }
+        size = Int(info.st_size)
+        if size == 0 {
+            base = UnsafeRawPointer(bitPattern: 1)!   // never dereferenced: every read is bounds-checked against size 0
+            return
+        }
+        guard let mapped = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else {
+            throw .cannotOpen(file: path, reason: "mmap: " + String(cString: strerror(errno)))
+        }
+        base = UnsafeRawPointer(mapped)
+    }
+
+    deinit {
+        if size > 0 { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+    }
+}
+
+/// A memory-mapped safetensors file (https://github.com/huggingface/safetensors):
+/// 8-byte little-endian header length, JSON header, then the raw data section.
+/// Every offset in the header is checked against the real file length before use.
+public final class SafetensorsFile: @unchecked Sendable {
+    public let path: String
+    public let tensors: [String: TensorInfo]
+    public let metadata: [String: String]
+    private let map: MemoryMap
+    private let dataStart: Int
+
+    /// Headers larger than this are refused rather than parsed (the format's own limit is 100 MB).
+    static let maximumHeaderSize = 100_000_000
+
+    public init(path: String) throws(ModelIOError) {
+        self.path = path
+        map = try MemoryMap(path: path)
+        guard map.size >= 8 else {
+            throw .truncated(file: path, detail: "\(map.size) bytes, shorter than the 8-byte header length")
+        }
+        let headerLength = Int(littleEndian: map.base.loadUnaligned(as: Int.self))
+        guard headerLength >= 2, headerLength <= Self.maximumHeaderSize else {
+            throw .invalidHeader(file: path, detail: "header length \(UInt64(bitPattern: Int64(headerLength))) is implausible")
+        }
+        guard 8 + headerLength <= map.size else {
+            throw .truncated(file: path, detail: "header claims \(headerLength) bytes but only \(map.size - 8) follow")
+        }
+        dataStart = 8 + headerLength
+        let headerBytes = Data(bytes: map.base + 8, count: headerLength)
+        let parsed: Any
+        do {
+            parsed = try JSONSerialization.jsonObject(with: headerBytes)
+        } catch {
+            throw .invalidHeader(file: path, detail: "header is not valid JSON")
+        }
+        guard let entries = parsed as? [String: Any] else {
+            throw .invalidHeader(file: path, detail: "header is not a JSON object")
+        }
+        let dataLength = map.size - dataStart
+        var tensors: [String: TensorInfo] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in entries {
+            if name == "__metadata__" {
+                guard let fields = value as? [String: Any] else {
+                    throw .invalidHeader(file: path, detail: "__metadata__ is not an object")
+                }
+                for (key, field) in fields { metadata[key] = field as? String ?? "\(field)" }
+                continue
+            }
+            tensors[name] = try Self.parseEntry(name: name, value: value, dataLength: dataLength, file: path)
+        }
+        self.tensors = tensors
+        self.metadata = metadata
+    }
+
+    private static func parseEntry(name: String, value: Any, dataLength: Int, file: String) throws(ModelIOError) -> TensorInfo {
+        guard let fields = value as? [String: Any] else {
+            throw .badTensorEntry(file: file, tensor: name, detail: "entry is not an object")
+        }
+        guard let dtypeName = fields["dtype"] as? String else {
+            throw .badTensorEntry(file: file, tensor: name, detail: "missing dtype")
+        }
+        guard let dtype = TensorDType(rawValue: dtypeName) else {
+            throw .unsupportedDtype(file: file, tensor: name, dtype: dtypeName)
+        }
+        guard let shape = integers(fields["shape"]), shape.allSatisfy({ $0 >= 0 }) else {
+            throw .badTensorEntry(file: file, tensor: name, detail: "shape is not a list of non-negative integers")
+        }
+        guard let offsets = integers(fields["data_offsets"]), offsets.count == 2 else {
+            throw .badTensorEntry(file: file, tensor: name, detail: "data_offsets is not a pair of integers")
+        }
+        let (begin, end) = (offsets[0], offsets[1])
+        guard begin >= 0, begin <= end else {
+            throw .badTensorEntry(file: file, tensor: name, detail: "data_offsets [\(begin), \(end)] are not an increasing pair")
+        }
+        guard end <= dataLength else {
+            throw .truncated(file: file, detail: "tensor '\(name)' ends at byte \(end) of the data section, which holds only \(dataLength) bytes")
+        }
+        let (elements, overflow) = shape.reduce((1, false)) { acc, dim in
+            let product = acc.0.multipliedReportingOverflow(by: dim)
+            return (product.partialValue, acc.1 || product.overflow)
+        }
+        guard !overflow, elements.multipliedReportingOverflow(by: dtype.byteSize).partialValue == end - begin else {
+            throw .badTensorEntry(file: file, tensor: name,
+                                  detail: "shape \(shape) of \(dtypeName) needs \(elements * dtype.byteSize) bytes but data_offsets span \(end - begin)")
+        }
+        return TensorInfo(name: name, dtype: dtype, shape: shape, byteRange: begin..<end)
+    }
+
+    /// A JSON list of whole numbers small enough to be exact, or nil.
+    private static func integers(_ value: Any?) -> [Int]? {
+        guard let list = value as? [Any] else { return nil }
+        var result: [Int] = []
+        for item in list {
+            guard let number = item as? NSNumber else { return nil }
+            let exact = number.doubleValue
+            guard exact == exact.rounded(), abs(exact) < 9e15 else { return nil }
+            result.append(Int(exact))
+        }
+        return result
+    }
+
+    /// The tensor as Float32. F32 data that is suitably aligned is returned as a
+    /// read-only view of the mapping (no copy); F16 and BF16 are converted.
+    public func tensor(_ name: String) throws(ModelIOError) -> Tensor {
+        guard let info = tensors[name] else { throw .missingTensor(file: path, tensor: name) }
+        let source = map.base + dataStart + info.byteRange.lowerBound
+        let count = info.shape.reduce(1, *)
+        switch info.dtype {
+        case .f32:
+            if Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
+                let storage = TensorStorage(borrowing: source.assumingMemoryBound(to: Float.self), capacity: count, owner: map)
+                return Tensor(shape: info.shape, storage: storage)
+            }
+            var out = Tensor(uninitialized: info.shape)
+            out.withUnsafeMutableBufferPointer { UnsafeMutableRawBufferPointer($0).copyMemory(from: UnsafeRawBufferPointer(start: source, count: count * 4)) }
+            return out
+        case .f16:
+            var out = Tensor(uninitialized: info.shape)
+            out.withUnsafeMutableBufferPointer { dst in
+                for i in 0..<count { dst[i] = Float(Float16(bitPattern: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+            }
+            return out
+        case .bf16:
+            var out = Tensor(uninitialized: info.shape)
+            out.withUnsafeMutableBufferPointer { dst in
+                for i in 0..<count {
+                    let bits = UInt32(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16
+                    dst[i] = Float(bitPattern: bits)
+                }
+            }
+            return out
+        }
+    }
+}
+
+/// Writes tensors as a safetensors file (F32), atomically: a temporary file
+/// in the same folder is renamed over the destination only when complete.
+public func writeSafetensors(_ tensors: [String: Tensor], metadata: [String: String] = [:], to path: String) throws {
+    var header: [String: Any] = [:]
+    if !metadata.isEmpty { header["__metadata__"] = metadata }
+    var offset = 0
+    let names = tensors.keys.sorted()
+    for name in names {
+        let bytes = tensors[name]!.count * 4
+        header[name] = ["dtype": "F32", "shape": tensors[name]!.shape, "data_offsets": [offset, offset + bytes]]
+        offset += bytes
+    }
+    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    while json.count % 8 != 0 { json.append(0x20) }   // pad so the data section stays 8-byte aligned
+    var file = Data()
+    withUnsafeBytes(of: UInt64(json.count).littleEndian) { file.append(contentsOf: $0) }
+    file.append(json)
+    for name in names {
+        tensors[name]!.withUnsafeBufferPointer { file.append(UnsafeBufferPointer(start: $0.baseAddress, count: $0.count)) }
+    }
+    try file.write(to: URL(fileURLWithPath: path), options: .atomic)
+}

@@ -1,0 +1,172 @@
+/// Keys and values of the positions seen so far, per layer, so that decoding
+/// one more token costs one row of projections instead of the whole prefix.
+/// Stored as [batch, capacity, width] (width = heads * headDim); grows by doubling.
+public struct KVCache: Sendable {
+    public let batch: Int
+    public let width: Int
+    public private(set) var length = 0
+    private(set) var capacity: Int
+    private(set) var keys: Tensor
+    private(set) var values: Tensor
+
+    public init(batch: Int, width: Int, capacity: Int = 32) {
+        self.batch = batch
+        self.width = width
+        self.capacity = max(capacity, 1)
+        keys = Tensor(zeros: [batch, self.capacity, width])
+        values = Tensor(zeros: [batch, self.capacity, width])
+    }
+
+    /// Appends keys and values [batch, t, width] for t new positions.
+    public mutating func append(keys newKeys: Tensor, values newValues: Tensor) {
+        precondition(newKeys.shape == newValues.shape && newKeys.rank == 3 && newKeys.shape[0] == batch && newKeys.shape[2] == width,
+                     "cache of [\(batch), ·, \(width)] cannot take keys \(newKeys.shape) and values \(newValues.shape)")
+        let t = newKeys.shape[1]
+        if length + t > capacity { grow(to: max(capacity * 2, length + t)) }
+        let (start, capacity, width) = (length, capacity, width)
+        for (source, isKeys) in [(newKeys, true), (newValues, false)] {
+            func write(_ destination: inout Tensor) {
+                source.withUnsafeBufferPointer { src in
+                    destination.withUnsafeMutableBufferPointer { dst in
+                        for b in 0..<batch {
+                            (dst.baseAddress! + (b * capacity + start) * width)
+                                .update(from: src.baseAddress! + b * t * width, count: t * width)
+                        }
+                    }
+                }
+            }
+            if isKeys { write(&keys) } else { write(&values) }
+        }
+        length += t
+    }
+
+    /// Keeps only the first `newLength` positions (e.g. to branch from a shared prefix).
+    public mutating func truncate(to newLength: Int) {
+        precondition(newLength >= 0 && newLength <= length, "cannot truncate a cache of \(length) to \(newLength)")
+        length = newLength
+    }
+
+    /// A cache for `count * batch` rows, each batch row repeated `count` times
+    /// consecutively: a shared prefix continued by several candidates.
+    public func repeated(_ count: Int) -> KVCache {
+        var copy = KVCache(batch: batch * count, width: width, capacity: capacity)
+        copy.length = length
+        for (source, isKeys) in [(keys, true), (values, false)] {
+            func write(_ destination: inout Tensor) {
+                source.withUnsafeBufferPointer { src in
+                    destination.withUnsafeMutableBufferPointer { dst in
+                        let block = capacity * width
+                        for b in 0..<batch * count {
+                            (dst.baseAddress! + b * block).update(from: src.baseAddress! + (b / count) * block, count: length * width)
+                        }
+                    }
+                }
+            }
+            if isKeys { write(&copy.keys) } else { write(&copy.values) }
+        }
+        return copy
+    }
+
+    private mutating func grow(to newCapacity: Int) {
+        var grown = KVCache(batch: batch, width: width, capacity: newCapacity)
+        grown.append(keys: keys.reshaped([batch, capacity, width]).sliceTime(length),
+                     values: values.reshaped([batch, capacity, width]).sliceTime(length))
+        self = grown
+    }
+}
+
+extension Tensor {
+    /// The first `length` steps of a [batch, time, width] tensor (a copy).
+    fileprivate func sliceTime(_ length: Int) -> Tensor {
+        let (batch, time, width) = (shape[0], shape[1], shape[2])
+        var out = Tensor(uninitialized: [batch, length, width])
+        withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                for b in 0..<batch {
+                    (dst.baseAddress! + b * length * width).update(from: src.baseAddress! + b * time * width, count: length * width)
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Scaled dot-product multi-head attention.
+///
+/// - query: [batch, tq, heads * headDim]; key/value: [batch, tk, heads * headDim].
+/// - causal: query i (absolute position `keyOffset + i`) sees keys 0...keyOffset+i.
+/// - keyMask: [batch, tk] with 1 for real tokens and 0 for padding (Hugging Face's attention_mask).
+/// Returns [batch, tq, heads * headDim].
+public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
+                               causal: Bool, keyMask: Tensor? = nil) -> Tensor {
+    precondition(query.rank == 3 && key.rank == 3 && key.shape == value.shape && query.shape[0] == key.shape[0] && query.shape[2] == key.shape[2],
+                 "attention shapes q \(query.shape) k \(key.shape) v \(value.shape)")
+    let (batch, tk, width) = (key.shape[0], key.shape[1], key.shape[2])
+    return key.withUnsafeBufferPointer { k in
+        value.withUnsafeBufferPointer { v in
+            attend(query: query, keys: k.baseAddress!, values: v.baseAddress!, keyBatchStride: tk * width,
+                   keyLength: tk, heads: heads, causalOffset: causal ? tk - query.shape[1] : nil, keyMask: keyMask,
+                   batch: batch)
+        }
+    }
+}
+
+/// Causal self-attention that first appends this step's keys and values to `cache`
+/// and then attends over everything cached (the decoding path).
+public func cachedSelfAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
+                                cache: inout KVCache, keyMask: Tensor? = nil) -> Tensor {
+    cache.append(keys: key, values: value)
+    let (length, capacity, width) = (cache.length, cache.capacity, cache.width)
+    return cache.keys.withUnsafeBufferPointer { k in
+        cache.values.withUnsafeBufferPointer { v in
+            attend(query: query, keys: k.baseAddress!, values: v.baseAddress!, keyBatchStride: capacity * width,
+                   keyLength: length, heads: heads, causalOffset: length - query.shape[1], keyMask: keyMask,
+                   batch: cache.batch)
+        }
+    }
+}
+
+private func attend(query: Tensor, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keyBatchStride: Int,
+                    keyLength tk: Int, heads: Int, causalOffset: Int?, keyMask: Tensor?, batch: Int) -> Tensor {
+    let (tq, width) = (query.shape[1], query.shape[2])
+    precondition(query.shape[0] == batch && width % heads == 0, "query \(query.shape) for \(batch) rows and \(heads) heads")
+    if let keyMask { precondition(keyMask.shape == [batch, tk], "key mask \(keyMask.shape), expected [\(batch), \(tk)]") }
+    let headDim = width / heads
+    let scale = 1 / Float(headDim).squareRoot()
+    // Masked scores take the most negative finite value, as Hugging Face does,
+    // so a fully padded row becomes uniform instead of NaN.
+    let masked = -Float.greatestFiniteMagnitude
+    var out = Tensor(uninitialized: [batch, tq, width])
+    let mask = keyMask?.scalars
+    query.withUnsafeBufferPointer { q in
+        out.withUnsafeMutableBufferPointer { o in
+            let (qBase, oBase) = (q.baseAddress!, o.baseAddress!)
+            Parallel.forEach(batch * heads) { task in
+                let (b, h) = (task / heads, task % heads)
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
+                defer { scores.deallocate() }
+                let qHead = qBase + b * tq * width + h * headDim
+                let kHead = keys + b * keyBatchStride + h * headDim
+                let vHead = values + b * keyBatchStride + h * headDim
+                // scores [tq, tk] = scale * Q_h [tq, d] · K_hᵀ [d, tk]; rows strided by `width`.
+                BLAS.gemm(transposeA: false, transposeB: true, m: tq, n: tk, k: headDim, alpha: scale,
+                          a: qHead, lda: width, b: kHead, ldb: width, c: scores, ldc: tk)
+                for i in 0..<tq {
+                    let row = scores + i * tk
+                    if let causalOffset {
+                        let last = causalOffset + i
+                        if last + 1 < tk { for j in (last + 1)..<tk { row[j] = masked } }
+                    }
+                    if let mask {
+                        for j in 0..<tk where mask[b * tk + j] == 0 { row[j] = masked }
+                    }
+                    softmaxRow(row, tk)
+                }
+                // out_h [tq, d] = P [tq, tk] · V_h [tk, d]
+                BLAS.gemm(transposeA: false, transposeB: false, m: tq, n: headDim, k: tk,
+                          a: scores, lda: tk, b: vHead, ldb: width, c: oBase + b * tq * width + h * headDim, ldc: width)
+            }
+        }
+    }
+    return out
+}

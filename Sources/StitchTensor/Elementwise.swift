@@ -1,0 +1,220 @@
+import Foundation
+
+/// Applies `transform` to every element in place, in parallel chunks.
+public func mapInPlace(_ x: inout Tensor, _ transform: (Float) -> Float) {
+    x.withUnsafeMutableBufferPointer { buffer in
+        let base = buffer.baseAddress!
+        Parallel.forChunks(buffer.count) { range in
+            for i in range { base[i] = transform(base[i]) }
+        }
+    }
+}
+
+/// GELU, exact form: x * Φ(x) with the error function (BERT, GPT-2 "gelu").
+public func geluErf(_ x: inout Tensor) {
+    mapInPlace(&x) { v in 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+}
+
+/// GELU, tanh approximation (GPT-2's "gelu_new", CLIP's "gelu_pytorch_tanh").
+public func geluTanh(_ x: inout Tensor) {
+    let c = Float(0.79788456080286535587989211986876) // sqrt(2/pi)
+    mapInPlace(&x) { v in 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v))) }
+}
+
+/// Quick GELU, x * sigmoid(1.702 x) (OpenAI CLIP).
+public func quickGelu(_ x: inout Tensor) {
+    mapInPlace(&x) { v in v / (1 + expf(-1.702 * v)) }
+}
+
+/// Activation functions named as in Hugging Face configs (`hidden_act`, `activation_function`).
+public enum Activation: String, Sendable, Codable {
+    case gelu, geluNew = "gelu_new", geluPytorchTanh = "gelu_pytorch_tanh", quickGelu = "quick_gelu", relu
+
+    public func apply(_ x: inout Tensor) {
+        switch self {
+        case .gelu: geluErf(&x)
+        case .geluNew, .geluPytorchTanh: geluTanh(&x)
+        case .quickGelu: StitchTensor.quickGelu(&x)
+        case .relu: mapInPlace(&x) { max($0, 0) }
+        }
+    }
+}
+
+/// x += y, element-wise (residual connections).
+public func addInPlace(_ x: inout Tensor, _ y: Tensor) {
+    precondition(x.shape == y.shape, "cannot add \(y.shape) to \(x.shape)")
+    y.withUnsafeBufferPointer { yp in
+        x.withUnsafeMutableBufferPointer { xp in
+            let (xb, yb) = (xp.baseAddress!, yp.baseAddress!)
+            Parallel.forChunks(xp.count) { range in
+                for i in range { xb[i] += yb[i] }
+            }
+        }
+    }
+}
+
+/// Runs `body` on each row of length `lastDimension`, rows spread over the cores.
+func forEachRow(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) -> Void) {
+    let n = x.lastDimension
+    let rows = x.count / max(n, 1)
+    x.withUnsafeMutableBufferPointer { buffer in
+        let base = buffer.baseAddress!
+        Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(n, 1))) { range in
+            for r in range { body(base + r * n, n) }
+        }
+    }
+}
+
+/// Softmax over the last dimension, in place. Entries of -infinity get probability 0.
+public func softmaxLastDimension(_ x: inout Tensor) {
+    forEachRow(&x) { row, n in softmaxRow(row, n) }
+}
+
+@inline(__always)
+func softmaxRow(_ row: UnsafeMutablePointer<Float>, _ n: Int) {
+    var maximum = -Float.infinity
+    for j in 0..<n { maximum = max(maximum, row[j]) }
+    if maximum == -.infinity { maximum = 0 }
+    var sum: Float = 0
+    for j in 0..<n {
+        let e = expf(row[j] - maximum)
+        row[j] = e
+        sum += e
+    }
+    let inverse = 1 / sum
+    for j in 0..<n { row[j] *= inverse }
+}
+
+/// Log-softmax over the last dimension, in place.
+public func logSoftmaxLastDimension(_ x: inout Tensor) {
+    forEachRow(&x) { row, n in
+        var maximum = -Float.infinity
+        for j in 0..<n { maximum = max(maximum, row[j]) }
+        var sum: Float = 0
+        for j in 0..<n { sum += expf(row[j] - maximum) }
+        let shift = maximum + logf(sum)
+        for j in 0..<n { row[j] -= shift }
+    }
+}
+
+/// Layer normalisation over the last dimension with affine weight and bias [n].
+public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, epsilon: Float) -> Tensor {
+    let n = x.lastDimension
+    precondition(weight.count == n && bias.count == n, "layerNorm of rows \(n) with weight \(weight.shape) bias \(bias.shape)")
+    var out = x
+    weight.withUnsafeBufferPointer { w in
+        bias.withUnsafeBufferPointer { b in
+            let (wb, bb) = (w.baseAddress!, b.baseAddress!)
+            forEachRow(&out) { row, n in
+                var mean: Float = 0
+                for j in 0..<n { mean += row[j] }
+                mean /= Float(n)
+                var variance: Float = 0
+                for j in 0..<n { let d = row[j] - mean; variance += d * d }
+                variance /= Float(n)
+                let scale = 1 / (variance + epsilon).squareRoot()
+                for j in 0..<n { row[j] = (row[j] - mean) * scale * wb[j] + bb[j] }
+            }
+        }
+    }
+    return out
+}
+
+/// L2-normalises each row of the last dimension in place (sentence and CLIP embeddings).
+public func l2NormalizeRows(_ x: inout Tensor, epsilon: Float = 1e-12) {
+    forEachRow(&x) { row, n in
+        var sum: Float = 0
+        for j in 0..<n { sum += row[j] * row[j] }
+        let scale = 1 / max(sum.squareRoot(), epsilon)
+        for j in 0..<n { row[j] *= scale }
+    }
+}
+
+public enum TensorError: Error, CustomStringConvertible, Equatable {
+    case indexOutOfRange(index: Int, size: Int, what: String)
+
+    public var description: String {
+        switch self {
+        case let .indexOutOfRange(index, size, what):
+            return "\(what): index \(index) is outside 0..<\(size)"
+        }
+    }
+}
+
+/// Gathers rows of `table` [vocabulary, d] for each id, giving [ids.count, d].
+public func embedding(_ ids: [Int], table: Tensor) throws(TensorError) -> Tensor {
+    precondition(table.rank == 2, "embedding table must be [vocabulary, d], got \(table.shape)")
+    let (vocabulary, d) = (table.shape[0], table.shape[1])
+    if let bad = ids.first(where: { $0 < 0 || $0 >= vocabulary }) {
+        throw .indexOutOfRange(index: bad, size: vocabulary, what: "embedding lookup")
+    }
+    var out = Tensor(uninitialized: [ids.count, d])
+    table.withUnsafeBufferPointer { t in
+        out.withUnsafeMutableBufferPointer { o in
+            for (row, id) in ids.enumerated() {
+                (o.baseAddress! + row * d).update(from: t.baseAddress! + id * d, count: d)
+            }
+        }
+    }
+    return out
+}
+
+/// Joins tensors along `axis`; all other dimensions must agree.
+public func concatenate(_ tensors: [Tensor], axis: Int) -> Tensor {
+    precondition(!tensors.isEmpty, "concatenate needs at least one tensor")
+    let first = tensors[0].shape
+    let axis = axis < 0 ? axis + first.count : axis
+    for t in tensors {
+        precondition(t.rank == first.count && zip(t.shape, first).enumerated().allSatisfy { $0.offset == axis || $0.element.0 == $0.element.1 },
+                     "cannot concatenate \(t.shape) with \(first) along axis \(axis)")
+    }
+    var shape = first
+    shape[axis] = tensors.map { $0.shape[axis] }.reduce(0, +)
+    let outer = first[..<axis].reduce(1, *)
+    let inner = first[(axis + 1)...].reduce(1, *)
+    var out = Tensor(uninitialized: shape)
+    out.withUnsafeMutableBufferPointer { o in
+        var column = 0
+        let outRow = shape[axis] * inner
+        for t in tensors {
+            let block = t.shape[axis] * inner
+            t.withUnsafeBufferPointer { src in
+                for i in 0..<outer {
+                    (o.baseAddress! + i * outRow + column).update(from: src.baseAddress! + i * block, count: block)
+                }
+            }
+            column += block
+        }
+    }
+    return out
+}
+
+/// Swaps two axes (a copy): e.g. [B, T, H, D] -> [B, H, T, D].
+public func transposed(_ x: Tensor, _ axisA: Int, _ axisB: Int) -> Tensor {
+    var outShape = x.shape
+    outShape.swapAt(axisA, axisB)
+    let rank = x.rank
+    var inStrides = [Int](repeating: 1, count: rank)
+    for i in stride(from: rank - 2, through: 0, by: -1) { inStrides[i] = inStrides[i + 1] * x.shape[i + 1] }
+    var permutedStrides = inStrides
+    permutedStrides.swapAt(axisA, axisB)
+    var out = Tensor(uninitialized: outShape)
+    x.withUnsafeBufferPointer { src in
+        out.withUnsafeMutableBufferPointer { dst in
+            var index = [Int](repeating: 0, count: rank)
+            for flat in 0..<dst.count {
+                var source = 0
+                for d in 0..<rank { source += index[d] * permutedStrides[d] }
+                dst[flat] = src[source]
+                var d = rank - 1
+                while d >= 0 {
+                    index[d] += 1
+                    if index[d] < outShape[d] { break }
+                    index[d] = 0
+                    d -= 1
+                }
+            }
+        }
+    }
+    return out
+}

@@ -1,0 +1,42 @@
+import Dispatch
+import Foundation
+
+/// Parallel loops for the work OpenBLAS does not do for us (element-wise
+/// maps, normalisation, attention heads), spread over every core.
+public enum Parallel {
+    /// Cores used by parallel loops (and OpenBLAS, see `BLAS.configureThreads`).
+    public static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile.
+    /// Iterations must touch disjoint memory; that is the caller's contract,
+    /// which is why `body` need not be Sendable.
+    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
+        if count <= 1 || cores == 1 {
+            for i in 0..<count { body(i) }
+            return
+        }
+        withoutActuallyEscaping(body) { escapable in
+            let task = UncheckedSendable(escapable)
+            DispatchQueue.concurrentPerform(iterations: count) { task.value($0) }
+        }
+    }
+
+    /// Splits 0..<count into at most `cores` contiguous chunks and runs them
+    /// concurrently; small ranges (below `minimumChunk` per core) run inline.
+    public static func forChunks(_ count: Int, minimumChunk: Int = 16_384, _ body: (Range<Int>) -> Void) {
+        let chunks = min(cores, max(1, count / max(minimumChunk, 1)))
+        let size = (count + chunks - 1) / max(chunks, 1)
+        forEach(chunks) { chunk in
+            let start = chunk * size
+            let end = min(count, start + size)
+            if start < end { body(start..<end) }
+        }
+    }
+}
+
+/// Carries a closure into concurrentPerform; safe because `Parallel`'s
+/// callers give each iteration disjoint memory.
+private struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

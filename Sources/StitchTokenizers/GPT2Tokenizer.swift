@@ -1,0 +1,74 @@
+import Foundation
+
+/// GPT-2's byte-level BPE tokenizer (vocab.json + merges.txt), equal to
+/// transformers' GPT2TokenizerFast: no special tokens are added.
+public struct GPT2Tokenizer: Tokenizer {
+    let bpe: BytePairEncoder
+    public let endOfTextID: Int
+
+    public init(vocabularyFile: String, mergesFile: String) throws(TokenizerError) {
+        let vocabulary = try readVocabularyJSON(vocabularyFile)
+        let merges = try parseMerges(Substring(try readText(mergesFile)), file: mergesFile)
+        guard let endOfText = vocabulary["<|endoftext|>"] else {
+            throw .malformed(file: vocabularyFile, line: nil, detail: "no <|endoftext|> token")
+        }
+        bpe = BytePairEncoder(vocabulary: vocabulary, merges: merges, endOfWord: nil)
+        endOfTextID = endOfText
+    }
+
+    /// Loads vocab.json and merges.txt from a model folder.
+    public init(folder: URL) throws(TokenizerError) {
+        try self.init(vocabularyFile: folder.appendingPathComponent("vocab.json").path,
+                      mergesFile: folder.appendingPathComponent("merges.txt").path)
+    }
+
+    public var vocabularySize: Int { bpe.vocabulary.count }
+
+    public func encode(_ text: String) -> [Int] {
+        Self.pretokenize(text).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+    }
+
+    public func decode(_ ids: [Int]) -> String {
+        String(decoding: bpe.bytes(of: ids), as: UTF8.self)
+    }
+
+    /// The text of one token id (byte-level symbols turned back into text).
+    public func token(_ id: Int) -> String? { bpe.idToToken[id] }
+
+    /// Splits text like the GPT-2 regex
+    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+    static func pretokenize(_ text: String) -> [ArraySlice<Unicode.Scalar>] {
+        let s = Array(text.unicodeScalars)
+        var pieces: [ArraySlice<Unicode.Scalar>] = []
+        var i = 0
+        func run(from start: Int, while matches: (Unicode.Scalar) -> Bool) -> Int {
+            var end = start
+            while end < s.count && matches(s[end]) { end += 1 }
+            return end
+        }
+        func isOther(_ c: Unicode.Scalar) -> Bool { !c.isSpace && !c.isLetter && !c.isNumber }
+        while i < s.count {
+            if let length = contractionLength(s, at: i) {
+                pieces.append(s[i..<i + length]); i += length; continue
+            }
+            // An optional single space joins the letters, digits or symbols that follow it.
+            let body = s[i] == " " && i + 1 < s.count ? i + 1 : i
+            let c = s[body]
+            if c.isLetter || c.isNumber || isOther(c) {
+                let end: Int
+                if c.isLetter { end = run(from: body, while: \.isLetter) }
+                else if c.isNumber { end = run(from: body, while: \.isNumber) }
+                else { end = run(from: body, while: isOther) }
+                pieces.append(s[i..<end]); i = end; continue
+            }
+            // Whitespace: `\s+(?!\S)` leaves the last space of a run for the next word.
+            let end = run(from: i, while: \.isSpace)
+            if end < s.count && end - i > 1 {
+                pieces.append(s[i..<end - 1]); i = end - 1
+            } else {
+                pieces.append(s[i..<end]); i = end
+            }
+        }
+        return pieces
+    }
+}

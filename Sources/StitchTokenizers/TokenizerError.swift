@@ -1,0 +1,20 @@
+public enum TokenizerError: Error, CustomStringConvertible, Equatable {
+    case cannotRead(file: String, reason: String)
+    case malformed(file: String, line: Int?, detail: String)
+
+    public var description: String {
+        switch self {
+        case let .cannotRead(file, reason): return "\(file): cannot read tokenizer file: \(reason)"
+        case let .malformed(file, line, detail):
+            return "\(file)\(line.map { ":\($0)" } ?? ""): malformed tokenizer file: \(detail)"
+        }
+    }
+}
+
+/// Text to token ids and back.
+public protocol Tokenizer: Sendable {
+    /// Token ids of `text`, including the model's special tokens where it uses them.
+    func encode(_ text: String) -> [Int]
+    /// Text of `ids`; special tokens are left out.
+    func decode(_ ids: [Int]) -> String
+}

@@ -1,0 +1,44 @@
+/// The character classes the reference regexes and normalizers use
+/// (\p{L}, \p{N}, \s as Unicode White_Space, \p{P}).
+extension Unicode.Scalar {
+    var isLetter: Bool {
+        switch properties.generalCategory {
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return true
+        default: return false
+        }
+    }
+
+    var isNumber: Bool {
+        switch properties.generalCategory {
+        case .decimalNumber, .letterNumber, .otherNumber: return true
+        default: return false
+        }
+    }
+
+    var isSpace: Bool { properties.isWhitespace }
+
+    var isPunctuation: Bool {
+        switch properties.generalCategory {
+        case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation,
+             .initialPunctuation, .finalPunctuation, .otherPunctuation: return true
+        default: return false
+        }
+    }
+
+    /// Lower-cased one scalar at a time (no context-dependent final sigma),
+    /// as the Rust tokenizers' Lowercase normalizer does.
+    var lowercased: String { properties.lowercaseMapping }
+}
+
+/// The contractions both GPT-2 and CLIP split off: 's 't 're 've 'm 'll 'd.
+/// Returns the length of the one starting at `i`, if any.
+func contractionLength(_ scalars: [Unicode.Scalar], at i: Int) -> Int? {
+    guard scalars[i] == "'" else { return nil }
+    let rest = scalars.count - i - 1
+    if rest >= 2 {
+        let two = String(String.UnicodeScalarView([scalars[i + 1], scalars[i + 2]]))
+        if two == "re" || two == "ve" || two == "ll" { return 3 }
+    }
+    if rest >= 1, "stmd".unicodeScalars.contains(scalars[i + 1]) { return 2 }
+    return nil
+}
