@@ -92,7 +92,7 @@ final class BytePairEncoder: @unchecked Sendable {
         return ids
     }
 
-    /// The bytes that `ids` stand for, with special tokens (not byte-level symbols) skipped.
+    /// The bytes that `ids` stand for; tokens that are not byte-level symbols are skipped.
     func bytes(of ids: [Int], stripping suffix: String? = nil, wordSeparator: UInt8? = nil) -> [UInt8] {
         var out: [UInt8] = []
         for id in ids {
@@ -103,7 +103,7 @@ final class BytePairEncoder: @unchecked Sendable {
                 endsWord = true
             }
             let decoded = token.compactMap { unicodeToByte[$0] }
-            guard decoded.count == token.count else { continue }   // a special token such as <|endoftext|>
+            guard decoded.count == token.count else { continue }
             out += decoded
             if endsWord, let wordSeparator { out.append(wordSeparator) }
         }

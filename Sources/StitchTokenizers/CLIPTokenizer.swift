@@ -60,12 +60,16 @@ public struct CLIPTokenizer: Tokenizer {
     }
 
     /// Text tokens only: no start/end tokens and no truncation.
+    /// Special-token strings in `text` still map to their ids, as in transformers.
     public func encodeWithoutSpecialTokens(_ text: String) -> [Int] {
-        Self.pretokenize(Self.normalize(text)).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+        encodeAroundSpecialTokens(text, ["<|startoftext|>": startID, "<|endoftext|>": endID]) { part in
+            Self.pretokenize(Self.normalize(part)).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+        }
     }
 
+    /// The text of `ids` without the start and end tokens.
     public func decode(_ ids: [Int]) -> String {
-        let bytes = bpe.bytes(of: ids, stripping: "</w>", wordSeparator: UInt8(ascii: " "))
+        let bytes = bpe.bytes(of: ids.filter { $0 != startID && $0 != endID }, stripping: "</w>", wordSeparator: UInt8(ascii: " "))
         return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespaces)
     }
 

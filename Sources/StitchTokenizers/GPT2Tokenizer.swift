@@ -25,9 +25,12 @@ public struct GPT2Tokenizer: Tokenizer {
     public var vocabularySize: Int { bpe.vocabulary.count }
 
     public func encode(_ text: String) -> [Int] {
-        Self.pretokenize(text).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+        encodeAroundSpecialTokens(text, ["<|endoftext|>": endOfTextID]) { part in
+            Self.pretokenize(part).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+        }
     }
 
+    /// The text of `ids`; like transformers' decode, <|endoftext|> is kept as text.
     public func decode(_ ids: [Int]) -> String {
         String(decoding: bpe.bytes(of: ids), as: UTF8.self)
     }

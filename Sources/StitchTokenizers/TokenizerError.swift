@@ -15,6 +15,6 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
 public protocol Tokenizer: Sendable {
     /// Token ids of `text`, including the model's special tokens where it uses them.
     func encode(_ text: String) -> [Int]
-    /// Text of `ids`; special tokens are left out.
+    /// Text of `ids`.
     func decode(_ ids: [Int]) -> String
 }

@@ -42,7 +42,10 @@ public struct WordPieceTokenizer: Tokenizer {
     }
 
     public func encode(_ text: String) -> [Int] {
-        let pieces = Self.pretokenize(normalize(text)).flatMap(wordPieces)
+        let specials = ["[PAD]": paddingID, "[UNK]": unknownID, "[CLS]": classID, "[SEP]": separatorID, "[MASK]": vocabulary["[MASK]"]]
+        let pieces = encodeAroundSpecialTokens(text, specials.compactMapValues { $0 }) { part in
+            Self.pretokenize(normalize(part)).flatMap(wordPieces)
+        }
         return [classID] + pieces.prefix(max(maximumLength - 2, 0)) + [separatorID]
     }
 

@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Writes Stitch's reference fixtures: golden outputs of the Python reference
+libraries (transformers, tokenizers, torch, Pillow) and small random-weight
+models in Hugging Face format. Only these small outputs are committed; the
+Swift tests compare against them.
+
+    pip install -r Tests/Fixtures/requirements.txt
+    python3 Tests/Fixtures/make_fixtures.py            # from the repository root
+
+Real tokenizer files and photos are read from ../shared (beside the repo).
+Everything is seeded, so a rerun rewrites identical files.
+"""
+import gzip
+import json
+import os
+import random
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.numpy import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+TOKENIZERS = os.path.join(SHARED, "models", "tokenizers")
+MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
+IMAGES = os.path.join(SHARED, "images")
+
+
+def out(*parts):
+    path = os.path.join(HERE, *parts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def write_json(value, *parts):
+    with open(out(*parts), "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=0, sort_keys=True)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------- tokenizers
+
+HAND_WRITTEN = [
+    "", " ", "  ", "\t", "\n", " \n ", "a", "A", "Hello world", "Hello, world!",
+    "hello   world", "hello\tworld", "hello\n\nworld", "  leading spaces", "trailing spaces   ",
+    "line one\nline two\r\nline three", "tabs\t\tand\t spaces", "\u00a0non-breaking\u00a0space",
+    "em\u2003space and\u2009thin space", "zero\u200bwidth space", "ideographic\u3000space",
+    "I'm", "you're", "we've", "they'll", "she'd", "it's", "don't", "DON'T", "I'M", "it's'",
+    "'s", "'S", "rock 'n' roll", "the dog's bone", "o'clock", "''quoted''", "'tis",
+    "ain't nothin' but", "y'all'd've", "l'homme", "c'est la vie",
+    "3.14159", "1,000,000", "2023-11-22", "12:30pm", "$100.00", "50%", "+44 20 7946 0958",
+    "0x1F", "1e-5", "v2.0.1", "#42", "№5", "٣٤٥", "१२३", "Ⅻ", "½ cup", "²³",
+    "!!!", "?!?", "...", "—", "–", "«quoted»", "“smart quotes”", "‘single’", "(parens)", "[brackets]",
+    "{braces}", "<html>", "a/b\\c", "snake_case_name", "kebab-case-name", "CamelCaseName",
+    "email@example.com", "https://example.com/path?q=1&r=2#frag", "@user #hashtag", "C++ & C#",
+    "café", "cafe\u0301", "naïve résumé", "Ærøskøbing", "straße", "İstanbul", "ΣΊΣΥΦΟΣ", "ὀδυσσεύς",
+    "Привет, мир!", "Здравствуйте", "مرحبا بالعالم", "שלום עולם", "नमस्ते दुनिया", "สวัสดีชาวโลก",
+    "こんにちは世界", "你好，世界！", "한국어 텍스트", "中文字符测试", "日本語のテキスト", "Tiếng Việt có dấu",
+    "😀", "👍🏽", "👨‍👩‍👧‍👦", "🇫🇷🇯🇵", "I ❤️ NY", "emoji😀inside", "☃ snowman", "♠♥♦♣", "→ ← ↑ ↓", "∑∫√∞",
+    "€£¥₹", "©®™", "°C", "µs", "Ω", "ﬁ ligature", "ＦＵＬＬＷＩＤＴＨ", "ｈａｌｆ", "x\u0000y", "a\u0007b",
+    "\ufeffBOM", "\ufffd replacement", "control\u001fchar", "soft\u00adhyphen", "rtl\u200fmark",
+    "supercalifragilisticexpialidocious", "pneumonoultramicroscopicsilicovolcanoconiosis",
+    "a" * 120, "ab" * 70, "xyz" * 40, "Antidisestablishmentarianism is long",
+    "A photo of a cat.", "a photo of a dog", "A picture of a zebra standing in a field.",
+    "a man riding a bicycle down the street next to a truck",
+    "Please answer the question according to the above context.",
+    "Context: a dog sitting on a bench.\nQuestion: what color is the dog?\nAnswer: brown",
+    "===", "I am an intelligent image captioning bot.", "There are 3 people.",
+    "The quick brown fox jumps over the lazy dog.", "THE QUICK BROWN FOX", "tHe QuIcK bRoWn",
+    "<|endoftext|>", "<|startoftext|>", "[CLS] [SEP] [MASK]", "[UNK]", "##suffix", "</w>",
+    "mixed123numbers456", "abc123def", "123abc", "a1b2c3", "99 bottles of beer", "007",
+    "multiple     spaces     between", " \t\n mixed whitespace \t\n ", "end with newline\n", "\n\nstarts with newlines",
+]
+
+FRAGMENTS = [
+    "the", "a", "dog", "cat", "bicycle", "truck", "zebra", "riding", "standing", "on", "in", "of",
+    "Photo", "PICTURE", "red", "blue", "42", "3.5", "2024", "don't", "it's", "we'll", "!", "?", ",",
+    ".", "...", "-", "(", ")", "\"", "'", "café", "naïve", "über", "東京", "北京", "ソウル", "😀", "🚲",
+    "🦓", "—", "é", "ß", "Ж", "λ", "ا", "ह", "\t", "\n", "  ", " ", "x2", "e-mail", "co-op", "U.S.A.",
+]
+
+
+def tokenizer_corpus():
+    rng = random.Random(20261122)
+    corpus = list(HAND_WRITTEN)
+    while len(corpus) < 340:
+        n = rng.randint(1, 12)
+        parts = [rng.choice(FRAGMENTS) for _ in range(n)]
+        joiners = [rng.choice([" ", " ", " ", "", "  ", "\t", "\n"]) for _ in range(n)]
+        corpus.append("".join(p + j for p, j in zip(parts, joiners)))
+    # A few random code points from several scripts and planes.
+    for _ in range(20):
+        corpus.append("".join(chr(rng.choice([rng.randint(0x20, 0x7E), rng.randint(0xA0, 0x24F),
+                                               rng.randint(0x370, 0x4FF), rng.randint(0x4E00, 0x9FFF),
+                                               rng.randint(0x1F300, 0x1F6FF)]))
+                              for _ in range(rng.randint(1, 15))))
+    return corpus
+
+
+def clip_vocab_files(tmp):
+    """vocab.json + merges.txt built from bpe_simple_vocab_16e6.txt.gz exactly as CLIP builds them."""
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    merges = gzip.open(os.path.join(TOKENIZERS, "bpe_simple_vocab_16e6.txt.gz")).read().decode("utf-8").split("\n")
+    merges = merges[1:49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab_file, merges_file = os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")
+    with open(vocab_file, "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(merges_file, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return vocab_file, merges_file
+
+
+def make_tokenizer_goldens():
+    from tokenizers import Tokenizer
+    from transformers import CLIPTokenizerFast, GPT2TokenizerFast
+
+    corpus = tokenizer_corpus()
+    gpt2 = GPT2TokenizerFast(os.path.join(TOKENIZERS, "gpt2-vocab.json"), os.path.join(TOKENIZERS, "gpt2-merges.txt"))
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = CLIPTokenizerFast(*clip_vocab_files(tmp))
+    bert = Tokenizer.from_file(os.path.join(MINILM, "tokenizer.json"))
+    bert.no_padding()
+    bert.no_truncation()
+    golden = {
+        "corpus": corpus,
+        "gpt2": [gpt2(text)["input_ids"] for text in corpus],
+        # CLIPProcessor's tokenizer: start/end tokens, truncated to CLIP's 77-token context.
+        "clip": [clip(text, truncation=True, max_length=77)["input_ids"] for text in corpus],
+        "bert": [bert.encode(text).ids for text in corpus],
+    }
+    golden["gpt2_decoded"] = [gpt2.decode(ids) for ids in golden["gpt2"]]
+    golden["clip_decoded"] = [clip.decode(ids, skip_special_tokens=True) for ids in golden["clip"]]
+    write_json(golden, "tokenizers", "golden.json")
+    print(f"tokenizers: {len(corpus)} strings")
+
+
+# ---------------------------------------------------------------- tensor ops
+
+def make_tensor_goldens():
+    g = torch.Generator().manual_seed(7)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).float()
+    t = {}
+    t["matmul.a"], t["matmul.b"] = r(3, 5, 7), r(7, 4)
+    t["matmul.out"] = t["matmul.a"] @ t["matmul.b"]
+    t["bmm.a"], t["bmm.b"] = r(2, 3, 4), r(2, 4, 5)
+    t["bmm.out"] = torch.bmm(t["bmm.a"], t["bmm.b"])
+    t["linear.x"], t["linear.w"], t["linear.b"] = r(4, 6), r(5, 6), r(5)
+    t["linear.out"] = torch.nn.functional.linear(t["linear.x"], t["linear.w"], t["linear.b"])
+    t["conv1d.w"] = r(6, 5)   # GPT-2 Conv1D layout [in, out]
+    t["conv1d.out"] = t["linear.x"] @ t["conv1d.w"] + t["linear.b"]
+    t["layernorm.x"], t["layernorm.w"], t["layernorm.b"] = r(4, 10) * 3 + 1, r(10), r(10)
+    t["layernorm.out"] = torch.nn.functional.layer_norm(t["layernorm.x"], (10,), t["layernorm.w"], t["layernorm.b"], 1e-5)
+    t["softmax.x"] = r(3, 9) * 4
+    t["softmax.out"] = torch.softmax(t["softmax.x"], -1)
+    t["logsoftmax.out"] = torch.log_softmax(t["softmax.x"], -1)
+    t["act.x"] = torch.linspace(-6, 6, 101)
+    t["gelu.out"] = torch.nn.functional.gelu(t["act.x"])
+    t["gelu_tanh.out"] = torch.nn.functional.gelu(t["act.x"], approximate="tanh")
+    t["quick_gelu.out"] = t["act.x"] * torch.sigmoid(1.702 * t["act.x"])
+
+    # Multi-head attention, batch 2, 7 tokens, 3 heads of 4: causal; and padded (second row's last 2 keys masked).
+    b, n, heads, d = 2, 7, 3, 4
+    q, k, v = r(b, n, heads * d), r(b, n, heads * d), r(b, n, heads * d)
+    t["attn.q"], t["attn.k"], t["attn.v"] = q, k, v
+    split = lambda x: x.view(b, n, heads, d).transpose(1, 2)            # [b, heads, n, d]
+    merge = lambda x: x.transpose(1, 2).reshape(b, n, heads * d)        # [b, n, heads * d]
+    causal = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True)
+    t["attn.causal"] = merge(causal)
+    mask = torch.ones(b, n)
+    mask[1, -2:] = 0
+    t["attn.mask"] = mask
+    padded = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :].bool())
+    t["attn.padded"] = merge(padded)
+    save_file({name: x.contiguous().numpy() for name, x in t.items()}, out("tensor", "ops.safetensors"))
+    print(f"tensor ops: {len(t)} tensors")
+
+
+def make_dtype_goldens():
+    """The same values stored as F32, F16 and BF16 by the safetensors library, and torch's float32 upcasts."""
+    from safetensors.torch import save_file as save_torch
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(61, generator=g) * 100, torch.tensor([0.0, -0.0, 1e-8, 65504.0, -3.0e38, 1.5e-5])])
+    save_torch({"x.f32": x, "x.f16": x.half(), "x.bf16": x.bfloat16(), "x.f16_2d": x[:60].half().view(6, 10)},
+               out("tensor", "dtypes.safetensors"))
+    save_file({"x.f32": x.numpy(), "x.f16": x.half().float().numpy(), "x.bf16": x.bfloat16().float().numpy(),
+               "x.f16_2d": x[:60].half().float().view(6, 10).numpy()}, out("tensor", "dtypes_expected.safetensors"))
+
+
+# ---------------------------------------------------------------- images
+
+def make_test_images():
+    """Small synthetic images committed beside the goldens: upscaling, alpha, grey and CMYK paths."""
+    w, h = 37, 23
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgba = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), (xx * yy) % 256, 128 + (xx % 2) * 127], -1).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(out("images", "gradient.png"))
+    grey = ((xx * 7 + yy * 11) % 256).astype(np.uint8)
+    Image.fromarray(grey, "L").save(out("images", "grey.jpg"), quality=90)
+    Image.fromarray(rgba[..., :3], "RGB").convert("CMYK").save(out("images", "cmyk.jpg"), quality=95)
+    Image.fromarray(rgba[..., :3], "RGB").save(out("images", "rgb.jpg"), quality=92)
+    Image.fromarray(rgba[..., :3], "RGB").save(out("images", "rgb.png"))
+
+
+def imagenet_reference(image):
+    """torchvision's Resize(256, BICUBIC) + CenterCrop(224) + ToTensor + Normalize, in PIL and numpy."""
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = 256, int(256 * long / short)
+    size = (new_short, new_long) if w <= h else (new_long, new_short)
+    resized = image.resize(size, Image.BICUBIC)
+    top, left = int(round((size[1] - 224) / 2.0)), int(round((size[0] - 224) / 2.0))
+    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    return ((crop - mean) / std).transpose(2, 0, 1).copy()
+
+
+def make_image_goldens():
+    from transformers import CLIPImageProcessor
+    processor = CLIPImageProcessor()   # openai/clip-vit-base-patch32 defaults
+    decoded, clip, imagenet = {}, {}, {}
+    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png"]:
+        image = Image.open(out("images", name)).convert("RGB")
+        decoded[name] = np.asarray(image, dtype=np.float32)
+        if name in ("gradient.png", "cmyk.jpg"):   # upscaling from a tiny image; a non-RGB source
+            clip[name] = processor(images=image, return_tensors="np")["pixel_values"][0]
+    for name in sorted(os.listdir(IMAGES)):
+        image = Image.open(os.path.join(IMAGES, name)).convert("RGB")
+        clip[name] = processor(images=image, return_tensors="np")["pixel_values"][0]
+        imagenet[name] = imagenet_reference(image)
+        print(f"image {name}: {image.size}")
+    save_file(decoded, out("images", "decoded.safetensors"))
+    save_file(clip, out("images", "clip_pixels.safetensors"))
+    save_file(imagenet, out("images", "imagenet_pixels.safetensors"))
+
+
+# ---------------------------------------------------------------- tiny models
+
+def save_tiny(model, folder):
+    """Random weights rounded to float16 and saved as F16 safetensors, so that goldens
+    computed in float32 from the rounded weights are exactly what Stitch loads."""
+    model = model.half()
+    model.save_pretrained(out(folder), safe_serialization=True)
+    from safetensors import safe_open
+    with safe_open(out(folder, "model.safetensors"), "pt") as f:
+        sums = {name: float(f.get_tensor(name).double().sum()) for name in f.keys()}
+    write_json(sums, folder, "tensor_sums.json")
+
+
+def make_tiny_models():
+    from transformers import CLIPConfig, CLIPModel, GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      activation_function="gelu_new"))
+    save_tiny(gpt2, "tiny-gpt2")
+    torch.manual_seed(1)
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=224, patch_size=32, projection_dim=16),
+        projection_dim=16))
+    save_tiny(clip, "tiny-clip")
+    print("tiny models: tiny-gpt2, tiny-clip")
+
+
+if __name__ == "__main__":
+    for path in [TOKENIZERS, MINILM, IMAGES]:
+        if not os.path.isdir(path):
+            sys.exit(f"missing {path}: the fixtures need the real tokenizer files and photos in ../shared")
+    torch.set_num_threads(1)
+    make_tokenizer_goldens()
+    make_tensor_goldens()
+    make_dtype_goldens()
+    make_test_images()
+    make_image_goldens()
+    make_tiny_models()

@@ -1,0 +1,119 @@
+import Foundation
+import StitchTestSupport
+import XCTest
+@testable import StitchTokenizers
+
+/// Token ids must equal the Python tokenizers' on the committed golden corpus
+/// (Tests/Fixtures/tokenizers/golden.json, written by make_fixtures.py).
+final class TokenizerGoldenTests: XCTestCase {
+    struct Golden: Decodable {
+        let corpus: [String]
+        let gpt2: [[Int]]
+        let clip: [[Int]]
+        let bert: [[Int]]
+        let gpt2_decoded: [String]
+        let clip_decoded: [String]
+    }
+
+    static let golden: Golden = try! JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tokenizers/golden.json")))
+
+    func sharedFile(_ relative: String) throws -> URL {
+        guard let url = Fixtures.sharedPath(relative) else { throw XCTSkip("needs ../shared/\(relative)") }
+        return url
+    }
+
+    /// Compares every string and reports the first few mismatches with their text.
+    func assertMatches(_ name: String, expected: [[Int]], _ encode: (String) -> [Int]) {
+        let corpus = Self.golden.corpus
+        XCTAssertGreaterThanOrEqual(corpus.count, 300)
+        var mismatches: [String] = []
+        for (text, ids) in zip(corpus, expected) {
+            let got = encode(text)
+            if got != ids { mismatches.append("\(text.debugDescription): expected \(ids) got \(got)") }
+        }
+        print("\(name): \(corpus.count - mismatches.count)/\(corpus.count) strings give identical ids")
+        XCTAssert(mismatches.isEmpty, "\(name) differs on \(mismatches.count) strings:\n" + mismatches.prefix(10).joined(separator: "\n"))
+    }
+
+    func testGPT2MatchesGPT2TokenizerFast() throws {
+        let tokenizer = try GPT2Tokenizer(vocabularyFile: sharedFile("models/tokenizers/gpt2-vocab.json").path,
+                                          mergesFile: sharedFile("models/tokenizers/gpt2-merges.txt").path)
+        assertMatches("GPT-2", expected: Self.golden.gpt2, tokenizer.encode)
+        for (ids, text) in zip(Self.golden.gpt2, Self.golden.gpt2_decoded) {
+            XCTAssertEqual(tokenizer.decode(ids), text)
+        }
+    }
+
+    func testCLIPMatchesCLIPTokenizerFast() throws {
+        let tokenizer = try CLIPTokenizer(bpeFile: sharedFile("models/tokenizers/bpe_simple_vocab_16e6.txt.gz").path)
+        XCTAssertEqual(tokenizer.vocabularySize, 49408)
+        assertMatches("CLIP", expected: Self.golden.clip, tokenizer.encode)
+        for (ids, text) in zip(Self.golden.clip, Self.golden.clip_decoded) {
+            XCTAssertEqual(tokenizer.decode(ids), text)
+        }
+    }
+
+    func testBERTMatchesTokenizersLibrary() throws {
+        let tokenizer = try WordPieceTokenizer(folder: sharedFile("models/all-MiniLM-L6-v2"))
+        assertMatches("BERT WordPiece", expected: Self.golden.bert, tokenizer.encode)
+    }
+
+    func testCLIPTruncatesToContextKeepingEndToken() throws {
+        let tokenizer = try CLIPTokenizer(bpeFile: sharedFile("models/tokenizers/bpe_simple_vocab_16e6.txt.gz").path)
+        let ids = tokenizer.encode(Array(repeating: "zebra", count: 200).joined(separator: " "))
+        XCTAssertEqual(ids.count, 77)
+        XCTAssertEqual(ids.first, tokenizer.startID)
+        XCTAssertEqual(ids.last, tokenizer.endID)
+        XCTAssertEqual(tokenizer.encodeWithoutSpecialTokens("a photo of a dog").count, 5)
+    }
+
+    func testWordPieceTruncationAndUnknownWords() throws {
+        var tokenizer = try WordPieceTokenizer(folder: sharedFile("models/all-MiniLM-L6-v2"))
+        tokenizer.maximumLength = 8
+        let ids = tokenizer.encode("one two three four five six seven eight nine ten")
+        XCTAssertEqual(ids.count, 8)
+        XCTAssertEqual(ids.last, tokenizer.separatorID)
+        tokenizer.maximumLength = 512
+        XCTAssertEqual(tokenizer.encode(String(repeating: "x", count: 101)), [tokenizer.classID, tokenizer.unknownID, tokenizer.separatorID])
+        XCTAssertEqual(tokenizer.decode(tokenizer.encode("Hello, unaffable world!")), "hello , unaffable world !")
+    }
+}
+
+final class TokenizerFileErrorTests: XCTestCase {
+    func testMissingAndMalformedFilesNameTheFile() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let vocabulary = folder.appendingPathComponent("vocab.json").path
+        let merges = folder.appendingPathComponent("merges.txt").path
+
+        XCTAssertThrowsError(try GPT2Tokenizer(vocabularyFile: vocabulary, mergesFile: merges)) { error in
+            XCTAssertEqual(error as? TokenizerError, .cannotRead(file: vocabulary, reason: "no such file"))
+        }
+        try Data("{\"a\": 0, \"<|endoftext|>\": 1}".utf8).write(to: URL(fileURLWithPath: vocabulary))
+        try Data("#version: 0.2\na b\na b c\n".utf8).write(to: URL(fileURLWithPath: merges))
+        XCTAssertThrowsError(try GPT2Tokenizer(vocabularyFile: vocabulary, mergesFile: merges)) { error in
+            XCTAssertEqual(error as? TokenizerError, .malformed(file: merges, line: 3, detail: "expected two symbols separated by one space"))
+            XCTAssert("\(error)".contains("merges.txt:3"))
+        }
+        try Data("[1, 2]".utf8).write(to: URL(fileURLWithPath: vocabulary))
+        XCTAssertThrowsError(try GPT2Tokenizer(vocabularyFile: vocabulary, mergesFile: merges)) { error in
+            XCTAssert("\(error)".contains("vocab.json"), "\(error)")
+        }
+        let gz = folder.appendingPathComponent("bpe.txt.gz").path
+        try Data([0x1F, 0x8B, 0x08, 0x00, 0x01, 0x02]).write(to: URL(fileURLWithPath: gz))
+        XCTAssertThrowsError(try CLIPTokenizer(bpeFile: gz)) { error in
+            XCTAssert("\(error)".contains("bpe.txt.gz") && "\(error)".contains("gzip"), "\(error)")
+        }
+    }
+
+    func testPretokenizersFollowTheReferenceRegexes() {
+        func pieces(_ text: String) -> [String] { GPT2Tokenizer.pretokenize(text).map { String(String.UnicodeScalarView($0)) } }
+        XCTAssertEqual(pieces("Hello world"), ["Hello", " world"])
+        XCTAssertEqual(pieces("a  \tb"), ["a", "  ", "\t", "b"])
+        XCTAssertEqual(pieces("don't stop"), ["don", "'t", " stop"])
+        XCTAssertEqual(pieces("x  "), ["x", "  "])
+        XCTAssertEqual(pieces("abc123!!"), ["abc", "123", "!!"])
+        func clipPieces(_ text: String) -> [String] { CLIPTokenizer.pretokenize(CLIPTokenizer.normalize(text)).map { String(String.UnicodeScalarView($0)) } }
+        XCTAssertEqual(clipPieces("A Photo of 2024 DOGS!!"), ["a", "photo", "of", "2", "0", "2", "4", "dogs", "!!"])
+    }
+}
