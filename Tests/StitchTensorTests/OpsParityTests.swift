@@ -1,0 +1,121 @@
+import StitchTestSupport
+import XCTest
+@testable import StitchTensor
+
+/// Tensor operations against torch outputs (Tests/Fixtures/tensor/ops.safetensors),
+/// within 1e-5 relative error (absolute below magnitude 1).
+final class OpsParityTests: XCTestCase {
+    static let golden = try! Fixtures.tensors("tensor/ops.safetensors")
+    let tolerance: Float = 1e-5
+
+    func g(_ name: String) -> Tensor { Self.golden[name]! }
+
+    func assertClose(_ got: Tensor, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
+        let want = g(expected)
+        XCTAssertEqual(got.shape, want.shape, "shape of \(expected)", file: file, line: line)
+        let difference = maxRelativeDifference(got.scalars, want.scalars)
+        print("\(expected): max relative difference \(difference)")
+        XCTAssertLessThanOrEqual(difference, tolerance, expected, file: file, line: line)
+    }
+
+    func testMatmulAndLinear() {
+        assertClose(matmul(g("matmul.a"), g("matmul.b")), "matmul.out")
+        assertClose(batchedMatmul(g("bmm.a"), g("bmm.b")), "bmm.out")
+        assertClose(linear(g("linear.x"), weight: g("linear.w"), bias: g("linear.b")), "linear.out")
+        assertClose(linear(g("linear.x"), weight: g("conv1d.w"), bias: g("linear.b"), layout: .inputsByOutputs), "conv1d.out")
+        // Transposed operands give the same product.
+        let at = transposed(g("bmm.a"), 1, 2), bt = transposed(g("bmm.b"), 1, 2)
+        assertClose(batchedMatmul(at, bt, transposeA: true, transposeB: true), "bmm.out")
+    }
+
+    func testNormalisationAndActivations() {
+        assertClose(layerNorm(g("layernorm.x"), weight: g("layernorm.w"), bias: g("layernorm.b"), epsilon: 1e-5), "layernorm.out")
+        var soft = g("softmax.x"); softmaxLastDimension(&soft); assertClose(soft, "softmax.out")
+        var logSoft = g("softmax.x"); logSoftmaxLastDimension(&logSoft); assertClose(logSoft, "logsoftmax.out")
+        var erf = g("act.x"); Activation.gelu.apply(&erf); assertClose(erf, "gelu.out")
+        var tanh = g("act.x"); Activation.geluNew.apply(&tanh); assertClose(tanh, "gelu_tanh.out")
+        var quick = g("act.x"); Activation.quickGelu.apply(&quick); assertClose(quick, "quick_gelu.out")
+    }
+
+    func testAttentionCausalAndPadded() {
+        assertClose(multiHeadAttention(query: g("attn.q"), key: g("attn.k"), value: g("attn.v"), heads: 3, causal: true), "attn.causal")
+        assertClose(multiHeadAttention(query: g("attn.q"), key: g("attn.k"), value: g("attn.v"), heads: 3, causal: false,
+                                       keyMask: g("attn.mask")), "attn.padded")
+    }
+
+    /// Feeding the sequence in steps through a KV cache gives the rows of full causal attention.
+    func testKVCacheStepsEqualFullCausalAttention() {
+        let (q, k, v) = (g("attn.q"), g("attn.k"), g("attn.v"))   // [2, 7, 12]
+        func steps(_ x: Tensor, _ range: Range<Int>) -> Tensor {
+            concatenate((0..<2).map { x.row($0).rows(range).reshaped([1, range.count, 12]) }, axis: 0)
+        }
+        var cache = KVCache(batch: 2, width: 12, capacity: 2)   // small capacity forces growth
+        var outputs: [Tensor] = []
+        for range in [0..<4, 4..<5, 5..<7] {
+            outputs.append(cachedSelfAttention(query: steps(q, range), key: steps(k, range), value: steps(v, range), heads: 3, cache: &cache))
+        }
+        XCTAssertEqual(cache.length, 7)
+        assertClose(concatenate(outputs, axis: 1), "attn.causal")
+
+        // A shared prefix repeated for several continuations attends like the original rows.
+        var prefix = KVCache(batch: 2, width: 12)
+        _ = cachedSelfAttention(query: steps(q, 0..<6), key: steps(k, 0..<6), value: steps(v, 0..<6), heads: 3, cache: &prefix)
+        var branched = prefix.repeated(3)
+        let last = concatenate((0..<2).flatMap { b in Array(repeating: steps(q, 6..<7).row(b).reshaped([1, 1, 12]), count: 3) }, axis: 0)
+        let lastK = concatenate((0..<2).flatMap { b in Array(repeating: steps(k, 6..<7).row(b).reshaped([1, 1, 12]), count: 3) }, axis: 0)
+        let lastV = concatenate((0..<2).flatMap { b in Array(repeating: steps(v, 6..<7).row(b).reshaped([1, 1, 12]), count: 3) }, axis: 0)
+        let out = cachedSelfAttention(query: last, key: lastK, value: lastV, heads: 3, cache: &branched)
+        for b in 0..<2 {
+            for copy in 0..<3 {
+                let row = out.row(b * 3 + copy).scalars
+                let expected = g("attn.causal").row(b).row(6).scalars
+                XCTAssertLessThanOrEqual(maxRelativeDifference(row, expected), tolerance)
+            }
+        }
+    }
+}
+
+final class TensorBasicsTests: XCTestCase {
+    func testViewsShareStorageAndCopyOnWrite() {
+        let base = Tensor(shape: [3, 2], scalars: [1, 2, 3, 4, 5, 6])
+        let view = base.rows(1..<3)
+        XCTAssertEqual(view.shape, [2, 2])
+        XCTAssertEqual(view.scalars, [3, 4, 5, 6])
+        XCTAssertEqual(base.reshaped([-1]).shape, [6])
+        XCTAssertEqual(base.reshaped([2, -1]).shape, [2, 3])
+        var changed = view
+        changed.withUnsafeMutableBufferPointer { $0[0] = 99 }
+        XCTAssertEqual(changed.scalars, [99, 4, 5, 6])
+        XCTAssertEqual(base.scalars, [1, 2, 3, 4, 5, 6], "writing a view must not change the tensor it came from")
+        XCTAssertEqual(base[2, 1], 6)
+        XCTAssertEqual(base.row(1).scalars, [3, 4])
+    }
+
+    func testEmbeddingConcatenateTranspose() throws {
+        let table = Tensor(shape: [4, 2], scalars: [0, 1, 10, 11, 20, 21, 30, 31])
+        XCTAssertEqual(try embedding([3, 0, 3], table: table).scalars, [30, 31, 0, 1, 30, 31])
+        XCTAssertThrowsError(try embedding([4], table: table)) { error in
+            XCTAssertEqual(error as? TensorError, .indexOutOfRange(index: 4, size: 4, what: "embedding lookup"))
+        }
+        let a = Tensor(shape: [2, 1], scalars: [1, 2]), b = Tensor(shape: [2, 2], scalars: [3, 4, 5, 6])
+        XCTAssertEqual(concatenate([a, b], axis: 1).scalars, [1, 3, 4, 2, 5, 6])
+        XCTAssertEqual(concatenate([b, b], axis: 0).shape, [4, 2])
+        let t = Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(transposed(t, 0, 1).scalars, [1, 4, 2, 5, 3, 6])
+        var rows = Tensor(shape: [2, 2], scalars: [3, 4, 0, 0])
+        l2NormalizeRows(&rows)
+        XCTAssertEqual(rows.scalars, [0.6, 0.8, 0, 0])
+    }
+
+    /// Large inputs take the parallel paths; results must equal a serial computation.
+    func testParallelPathsMatchSerial() {
+        let n = 300_000
+        var x = Tensor(shape: [n / 100, 100], scalars: (0..<n).map { Float($0 % 97) / 13 - 3 })
+        let serial = x.scalars.map { $0 / (1 + expf(-1.702 * $0)) }
+        quickGelu(&x)
+        XCTAssertEqual(x.scalars, serial)
+        var y = Tensor(shape: [n / 100, 100], repeating: 1)
+        addInPlace(&y, x)
+        XCTAssertEqual(y.scalars, serial.map { $0 + 1 })
+    }
+}
