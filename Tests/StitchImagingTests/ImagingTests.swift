@@ -1,0 +1,122 @@
+import Foundation
+import StitchTensor
+import StitchTestSupport
+import XCTest
+@testable import StitchImaging
+
+final class DecodingTests: XCTestCase {
+    static let decoded = try! Fixtures.tensors("images/decoded.safetensors")
+
+    /// Decoded pixels equal Pillow's Image.open(...).convert("RGB").
+    func testDecodersMatchPillow() throws {
+        for name in ["gradient.png", "rgb.png", "rgb.jpg", "grey.jpg", "cmyk.jpg"] {
+            let image = try RGBImage(contentsOf: Fixtures.url("images/\(name)").path)
+            let expected = Self.decoded[name]!
+            XCTAssertEqual([image.height, image.width, 3], expected.shape, name)
+            let difference = maxAbsoluteDifference(image.pixels.map(Float.init), expected.scalars)
+            print("\(name): max pixel difference vs Pillow \(difference)")
+            XCTAssertLessThanOrEqual(difference, 1, name)
+        }
+    }
+
+    func testJPEGEncodeRoundTrip() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        // A smooth image: JPEG keeps it close to the source.
+        let (width, height) = (64, 48)
+        let image = RGBImage(width: width, height: height, pixels: (0..<width * height).flatMap { i in
+            [UInt8(i % width * 4), UInt8(i / width * 5), 128]
+        })
+        let path = folder.appendingPathComponent("copy.jpg").path
+        try image.writeJPEG(to: path, quality: 95)
+        let back = try RGBImage(contentsOf: path)
+        XCTAssertEqual([back.width, back.height], [image.width, image.height])
+        let mean = zip(back.pixels, image.pixels).map { abs(Float($0) - Float($1)) }.reduce(0, +) / Float(image.pixels.count)
+        XCTAssertLessThan(mean, 1.5, "JPEG at quality 95 should be close to a smooth source")
+        XCTAssertThrowsError(try image.writeJPEG(to: folder.appendingPathComponent("no/such/dir/x.jpg").path)) { error in
+            XCTAssert("\(error)".contains("x.jpg"), "\(error)")
+        }
+    }
+
+    func assertCorrupt(_ data: Data, named name: String, format: String, line: UInt = #line) throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent(name).path
+        try data.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try RGBImage(contentsOf: path), line: line) { error in
+            guard case let .corrupt(file, kind, detail)? = error as? ImageError else { return XCTFail("\(error)", line: line) }
+            XCTAssertEqual(file, path, line: line)
+            XCTAssertEqual(kind, format, line: line)
+            XCTAssertFalse(detail.isEmpty, line: line)
+            XCTAssert("\(error)".contains(name), line: line)
+        }
+    }
+
+    func testCorruptImagesGiveTypedErrors() throws {
+        let jpeg = try Data(contentsOf: Fixtures.url("images/rgb.jpg"))
+        let png = try Data(contentsOf: Fixtures.url("images/rgb.png"))
+        try assertCorrupt(jpeg.prefix(jpeg.count / 2), named: "half.jpg", format: "JPEG")
+        try assertCorrupt(Data([0xFF, 0xD8, 0xFF, 0xE0]) + Data(repeating: 0x42, count: 500), named: "garbage.jpg", format: "JPEG")
+        try assertCorrupt(png.prefix(png.count - 40), named: "half.png", format: "PNG")
+        try assertCorrupt(png.prefix(8) + Data(repeating: 7, count: 64), named: "garbage.png", format: "PNG")
+        if let zebra = Fixtures.sharedPath("images/zebra.jpg") {
+            let real = try Data(contentsOf: zebra)
+            try assertCorrupt(real.prefix(real.count * 2 / 3), named: "zebra-cut.jpg", format: "JPEG")
+        }
+        XCTAssertThrowsError(try RGBImage(data: Data("GIF89a....".utf8), name: "x.gif")) { error in
+            XCTAssertEqual(error as? ImageError, .unsupportedFormat(file: "x.gif"))
+        }
+        XCTAssertThrowsError(try RGBImage(contentsOf: "/nonexistent/photo.jpg")) { error in
+            XCTAssertEqual(error as? ImageError, .unreadable(file: "/nonexistent/photo.jpg", reason: "no such file"))
+        }
+    }
+}
+
+final class PreprocessingTests: XCTestCase {
+    static let clip = try! Fixtures.tensors("images/clip_pixels.safetensors")
+    static let imageNet = try! Fixtures.tensors("images/imagenet_pixels.safetensors")
+
+    /// Largest difference in 0...1 pixel units (normalised difference times std).
+    func pixelDifference(_ got: Tensor, _ expected: Tensor, std: [Float]) -> Float {
+        XCTAssertEqual(got.shape, expected.shape)
+        let plane = got.count / 3
+        let (a, b) = (got.scalars, expected.scalars)
+        var worst: Float = 0
+        for i in 0..<a.count { worst = max(worst, abs(a[i] - b[i]) * std[i / plane]) }
+        return worst
+    }
+
+    func check(_ preprocessor: ImagePreprocessor, _ golden: [String: Tensor], image: RGBImage, name: String) {
+        let difference = pixelDifference(preprocessor(image), golden[name]!, std: preprocessor.std)
+        print("\(name): max difference vs reference \(difference * 255)/255")
+        XCTAssertLessThanOrEqual(difference, 1 / 255, name)
+    }
+
+    /// transformers' CLIPImageProcessor on real photos (downscaling) and on tiny images (upscaling).
+    func testCLIPPreprocessingMatchesTransformers() throws {
+        for name in ["gradient.png", "cmyk.jpg"] {
+            check(.clip, Self.clip, image: try RGBImage(contentsOf: Fixtures.url("images/\(name)").path), name: name)
+        }
+        for name in ["zebra.jpg", "dog_bicycle_truck.jpg"] {
+            guard let path = Fixtures.sharedPath("images/\(name)") else { continue }
+            check(.clip, Self.clip, image: try RGBImage(contentsOf: path.path), name: name)
+        }
+    }
+
+    /// torchvision's ImageNet evaluation transform (Resize 256 bicubic, CenterCrop 224) for EfficientNet.
+    func testImageNetPreprocessingMatchesTorchvisionTransform() throws {
+        for name in ["zebra.jpg", "dog_bicycle_truck.jpg"] {
+            guard let path = Fixtures.sharedPath("images/\(name)") else { continue }
+            check(.imageNet, Self.imageNet, image: try RGBImage(contentsOf: path.path), name: name)
+        }
+    }
+
+    func testBatchAndCropGeometry() throws {
+        let image = RGBImage(width: 300, height: 200, pixels: [UInt8](repeating: 128, count: 300 * 200 * 3))
+        let cropped = ImagePreprocessor.clip.resizedAndCropped(image)
+        XCTAssertEqual([cropped.width, cropped.height], [224, 224])
+        XCTAssertEqual(ImagePreprocessor.clip.batch([image, image]).shape, [2, 3, 224, 224])
+        // A flat image stays flat through resampling.
+        XCTAssert(cropped.pixels.allSatisfy { $0 == 128 })
+    }
+}
