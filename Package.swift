@@ -41,5 +41,6 @@ let package = Package(
         .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
+        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchTestSupport"]),
     ]
 )

@@ -5,5 +5,10 @@ struct Stitch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stitch",
         abstract: "Compose frozen pretrained models into vision-language pipelines.",
-        subcommands: [])
+        discussion: """
+        Models are given as a local folder or a Hugging Face hub id (org/name), looked up in the
+        standard cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub) and downloaded
+        there when absent unless HF_HUB_OFFLINE=1.
+        """,
+        subcommands: [Bench.self, Tokenize.self, Preprocess.self, Fetch.self])
 }

@@ -1,0 +1,93 @@
+import Foundation
+import StitchModelIO
+import StitchTestSupport
+import XCTest
+
+/// Runs the built `stitch` binary the way a user does and checks its output and exit status.
+final class CLITests: XCTestCase {
+    struct Result {
+        let status: Int32
+        let output: String
+        let errors: String
+    }
+
+    static let binary: URL = {
+        var folder = Bundle.main.bundleURL
+        for _ in 0..<3 {
+            let candidate = folder.appendingPathComponent("stitch")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            folder.deleteLastPathComponent()
+        }
+        fatalError("stitch binary not found near \(Bundle.main.bundleURL.path)")
+    }()
+
+    func stitch(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> Result {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let (out, err, inp) = (Pipe(), Pipe(), Pipe())
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = inp
+        try process.run()
+        if let input { inp.fileHandleForWriting.write(Data(input.utf8)) }
+        try inp.fileHandleForWriting.close()
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, output: output, errors: errors)
+    }
+
+    var folder: URL!
+    override func setUpWithError() throws { folder = try Fixtures.temporaryFolder() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: folder) }
+
+    func testTokenizeArgumentsAndStandardInput() throws {
+        guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
+              let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt"),
+              let clip = Fixtures.sharedPath("models/tokenizers/bpe_simple_vocab_16e6.txt.gz") else {
+            throw XCTSkip("needs the tokenizer files in ../shared")
+        }
+        // A Hugging Face-style GPT-2 folder.
+        try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent("vocab.json"), withDestinationURL: vocabulary)
+        try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent("merges.txt"), withDestinationURL: merges)
+        let gpt2 = try stitch(["tokenize", "--kind", "gpt2", "--model", folder.path, "Hello world", "Hello, world!"])
+        XCTAssertEqual(gpt2.status, 0, gpt2.errors)
+        XCTAssertEqual(gpt2.output, "15496 995\n15496 11 995 0\n")
+        let piped = try stitch(["tokenize", "--kind", "gpt2", "--model", folder.path, "--decode"], input: "a photo of a zebra\nsecond line\n")
+        XCTAssertEqual(piped.output, "a photo of a zebra\nsecond line\n")
+        let clipIDs = try stitch(["tokenize", "--kind", "clip", "--model", clip.path, "A photo of a dog."])
+        XCTAssertEqual(clipIDs.output, "49406 320 1125 539 320 1929 269 49407\n")
+    }
+
+    func testPreprocessWritesPixelsAndRejectsCorruptImages() throws {
+        let output = folder.appendingPathComponent("pixels.safetensors").path
+        let image = Fixtures.url("images/gradient.png").path
+        let ok = try stitch(["preprocess", "--preset", "clip", "--output", output, image])
+        XCTAssertEqual(ok.status, 0, ok.errors)
+        let written = try SafetensorsFile(path: output)
+        XCTAssertEqual(written.tensors[image]?.shape, [3, 224, 224])
+        let golden = try Fixtures.tensors("images/clip_pixels.safetensors")["gradient.png"]!
+        XCTAssertEqual(try written.tensor(image).scalars, golden.scalars)
+
+        let corrupt = folder.appendingPathComponent("broken.jpg")
+        try Data([0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]).write(to: corrupt)
+        let second = folder.appendingPathComponent("second.safetensors").path
+        let failed = try stitch(["preprocess", "--output", second, image, corrupt.path])
+        XCTAssertNotEqual(failed.status, 0)
+        XCTAssert(failed.errors.contains(corrupt.path) && failed.errors.contains("corrupt JPEG"), failed.errors)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: second), "no output may be written when an input fails")
+    }
+
+    func testFetchOfflineErrorAndBenchRows() throws {
+        let fetch = try stitch(["fetch", "org/absent-model"], environment: ["HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": folder.path])
+        XCTAssertNotEqual(fetch.status, 0)
+        XCTAssert(fetch.errors.contains("org/absent-model") && fetch.errors.contains("HF_HUB_OFFLINE"), fetch.errors)
+
+        let bench = try stitch(["bench", "--seconds", "0"])
+        XCTAssertEqual(bench.status, 0, bench.errors)
+        XCTAssert(bench.output.contains("CLIP-B/32 vision mlp fc1") && bench.output.contains("GPT-2 LM head decode"), bench.output)
+        XCTAssert(bench.output.contains("lowest ratio"), bench.output)
+    }
+}
