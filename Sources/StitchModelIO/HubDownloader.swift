@@ -78,20 +78,21 @@ public struct HubDownloader: Sendable {
 
     private func withRetries<T>(url: String, _ attempt: () throws(TransferFailure) -> T) throws(ModelIOError) -> T {
         var delay = initialBackoff
-        for number in 1...max(attempts, 1) {
+        var number = 1
+        while true {
             do {
                 return try attempt()
             } catch {
-                if !error.retryable || number == attempts {
+                if !error.retryable || number >= attempts {
                     let tries = number > 1 ? " (after \(number) attempts)" : ""
                     throw .download(url: url, detail: error.detail + tries)
                 }
                 if showProgress { FileHandle.standardError.write(Data("\n\(url): \(error.detail); retrying in \(delay)s\n".utf8)) }
                 Thread.sleep(forTimeInterval: delay)
                 delay *= 2
+                number += 1
             }
         }
-        fatalError("unreachable: the loop returns or throws on its last attempt")
     }
 
     /// One HEAD request that does not follow redirects: the hub answers with
@@ -125,8 +126,12 @@ public struct HubDownloader: Sendable {
             throw TransferFailure(detail: "cannot write \(path): \(String(cString: strerror(errno)))", retryable: false)
         }
         defer { fclose(file) }
-        let existing = Int(ftello(file))
+        var existing = Int(ftello(file))
         if let expectedSize, existing == expectedSize { return }
+        if let expectedSize, existing > expectedSize {   // not a prefix of this file: start over
+            ftruncate(fileno(file), 0)
+            existing = 0
+        }
         let transfer = Transfer()
         transfer.file = file
         transfer.resumeOffset = existing
@@ -155,8 +160,9 @@ public struct HubDownloader: Sendable {
             throw error
         }
         transfer.finishProgressLine()
-        if status == 416, let expectedSize, existing >= expectedSize {
-            return   // the partial file was already complete
+        if status == 416 {   // the server will not resume from here: start over
+            ftruncate(fileno(file), 0)
+            throw TransferFailure(detail: "HTTP 416: the server refused to resume at byte \(existing)", retryable: true)
         }
         guard status == 200 || status == 206 else { throw Self.httpFailure(status) }
         fflush(file)
@@ -228,8 +234,8 @@ private final class Transfer {
 
     deinit { curl_slist_free_all(requestHeaders) }
 
-    /// Each response in a redirect chain starts with a status line; headers of the
-    /// final response replace earlier ones except the hub metadata kept by `head`.
+    /// Each response (of a redirect chain, too) starts with a status line; the
+    /// status kept is the latest, which `write` needs to tell 200 from 206.
     func header(_ bytes: UnsafeRawBufferPointer) {
         let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         if line.hasPrefix("HTTP/") {
@@ -239,7 +245,7 @@ private final class Transfer {
         guard let colon = line.firstIndex(of: ":") else { return }
         let name = line[..<colon].lowercased()
         let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-        if headers[name] == nil || !name.hasPrefix("x-") { headers[name] = value }
+        headers[name] = value
     }
 
     func write(_ data: UnsafeMutablePointer<CChar>, _ length: Int) -> Int {

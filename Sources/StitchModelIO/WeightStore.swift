@@ -5,7 +5,8 @@ import StitchTensor
 /// out by name and expected shape. Problems are collected rather than thrown
 /// one at a time, so `finish()` can report every missing, wrong-shape and
 /// unused tensor of a bad checkpoint at once.
-public final class WeightStore: @unchecked Sendable {
+/// Used by one loader at a time, so it is not Sendable.
+public final class WeightStore {
     public let source: String
     private var fileOf: [String: SafetensorsFile] = [:]
     private var used: Set<String> = []

@@ -23,19 +23,9 @@ public struct KVCache: Sendable {
                      "cache of [\(batch), ·, \(width)] cannot take keys \(newKeys.shape) and values \(newValues.shape)")
         let t = newKeys.shape[1]
         if length + t > capacity { grow(to: max(capacity * 2, length + t)) }
-        let (start, capacity, width) = (length, capacity, width)
-        for (source, isKeys) in [(newKeys, true), (newValues, false)] {
-            func write(_ destination: inout Tensor) {
-                source.withUnsafeBufferPointer { src in
-                    destination.withUnsafeMutableBufferPointer { dst in
-                        for b in 0..<batch {
-                            (dst.baseAddress! + (b * capacity + start) * width)
-                                .update(from: src.baseAddress! + b * t * width, count: t * width)
-                        }
-                    }
-                }
-            }
-            if isKeys { write(&keys) } else { write(&values) }
+        for b in 0..<batch {
+            Self.copy(rows: t, from: newKeys, row: b * t, to: &keys, row: b * capacity + length, width: width)
+            Self.copy(rows: t, from: newValues, row: b * t, to: &values, row: b * capacity + length, width: width)
         }
         length += t
     }
@@ -50,44 +40,32 @@ public struct KVCache: Sendable {
     /// consecutively: a shared prefix continued by several candidates.
     public func repeated(_ count: Int) -> KVCache {
         var copy = KVCache(batch: batch * count, width: width, capacity: capacity)
-        copy.length = length
-        for (source, isKeys) in [(keys, true), (values, false)] {
-            func write(_ destination: inout Tensor) {
-                source.withUnsafeBufferPointer { src in
-                    destination.withUnsafeMutableBufferPointer { dst in
-                        let block = capacity * width
-                        for b in 0..<batch * count {
-                            (dst.baseAddress! + b * block).update(from: src.baseAddress! + (b / count) * block, count: length * width)
-                        }
-                    }
-                }
-            }
-            if isKeys { write(&copy.keys) } else { write(&copy.values) }
+        for b in 0..<batch * count {
+            let source = (b / count) * capacity, target = b * capacity
+            Self.copy(rows: length, from: keys, row: source, to: &copy.keys, row: target, width: width)
+            Self.copy(rows: length, from: values, row: source, to: &copy.values, row: target, width: width)
         }
+        copy.length = length
         return copy
     }
 
     private mutating func grow(to newCapacity: Int) {
         var grown = KVCache(batch: batch, width: width, capacity: newCapacity)
-        grown.append(keys: keys.reshaped([batch, capacity, width]).sliceTime(length),
-                     values: values.reshaped([batch, capacity, width]).sliceTime(length))
+        for b in 0..<batch {
+            Self.copy(rows: length, from: keys, row: b * capacity, to: &grown.keys, row: b * newCapacity, width: width)
+            Self.copy(rows: length, from: values, row: b * capacity, to: &grown.values, row: b * newCapacity, width: width)
+        }
+        grown.length = length
         self = grown
     }
-}
 
-extension Tensor {
-    /// The first `length` steps of a [batch, time, width] tensor (a copy).
-    fileprivate func sliceTime(_ length: Int) -> Tensor {
-        let (batch, time, width) = (shape[0], shape[1], shape[2])
-        var out = Tensor(uninitialized: [batch, length, width])
-        withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                for b in 0..<batch {
-                    (dst.baseAddress! + b * length * width).update(from: src.baseAddress! + b * time * width, count: length * width)
-                }
+    /// Copies `rows` rows of `width` floats, addressed by flat row index.
+    private static func copy(rows: Int, from source: Tensor, row sourceRow: Int, to target: inout Tensor, row targetRow: Int, width: Int) {
+        source.withUnsafeBufferPointer { src in
+            target.withUnsafeMutableBufferPointer { dst in
+                (dst.baseAddress! + targetRow * width).update(from: src.baseAddress! + sourceRow * width, count: rows * width)
             }
         }
-        return out
     }
 }
 

@@ -208,6 +208,10 @@ def make_test_images():
     Image.fromarray(rgba[..., :3], "RGB").convert("CMYK").save(out("images", "cmyk.jpg"), quality=95)
     Image.fromarray(rgba[..., :3], "RGB").save(out("images", "rgb.jpg"), quality=92)
     Image.fromarray(rgba[..., :3], "RGB").save(out("images", "rgb.png"))
+    # EXIF orientation 6 ("rotate 90"): Pillow's open() and transformers ignore it, and so must Stitch.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgba[..., :3], "RGB").save(out("images", "exif_rotated.jpg"), quality=92, exif=exif.tobytes())
 
 
 def imagenet_reference(image):
@@ -227,7 +231,7 @@ def make_image_goldens():
     from transformers import CLIPImageProcessor
     processor = CLIPImageProcessor()   # openai/clip-vit-base-patch32 defaults
     decoded, clip, imagenet = {}, {}, {}
-    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png"]:
+    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png", "exif_rotated.jpg"]:
         image = Image.open(out("images", name)).convert("RGB")
         decoded[name] = np.asarray(image, dtype=np.float32)
         if name in ("gradient.png", "cmyk.jpg"):   # upscaling from a tiny image; a non-RGB source

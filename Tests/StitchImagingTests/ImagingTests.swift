@@ -9,7 +9,7 @@ final class DecodingTests: XCTestCase {
 
     /// Decoded pixels equal Pillow's Image.open(...).convert("RGB").
     func testDecodersMatchPillow() throws {
-        for name in ["gradient.png", "rgb.png", "rgb.jpg", "grey.jpg", "cmyk.jpg"] {
+        for name in ["gradient.png", "rgb.png", "rgb.jpg", "grey.jpg", "cmyk.jpg", "exif_rotated.jpg"] {
             let image = try RGBImage(contentsOf: Fixtures.url("images/\(name)").path)
             let expected = Self.decoded[name]!
             XCTAssertEqual([image.height, image.width, 3], expected.shape, name)

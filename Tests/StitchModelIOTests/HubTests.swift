@@ -109,6 +109,23 @@ final class HubDownloaderTests: XCTestCase {
         XCTAssert(server.requests.contains("GET /cdn/\(blobTag) range=\(weights.count / 2)"), "\(server.requests)")
     }
 
+    /// A partial file left by an earlier run is resumed when it is a prefix, restarted when it is longer than the file.
+    func testLeftoverPartialFilesAreResumedOrReplaced() throws {
+        let blobs = cache.appendingPathComponent("models--org--tiny/blobs")
+        try FileManager.default.createDirectory(at: blobs, withIntermediateDirectories: true)
+        let partial = blobs.appendingPathComponent(blobTag + ".incomplete")
+        try weights.prefix(1000).write(to: partial)
+        var snapshot = try locator().resolve("org/tiny", files: ["model.safetensors"])
+        XCTAssertEqual(try Data(contentsOf: snapshot.appendingPathComponent("model.safetensors")), weights)
+        XCTAssert(server.requests.contains("GET /cdn/\(blobTag) range=1000"), "\(server.requests)")
+
+        try FileManager.default.removeItem(at: blobs.appendingPathComponent(blobTag))
+        try Data(repeating: 0xAB, count: weights.count + 10).write(to: partial)
+        snapshot = try locator().resolve("org/tiny", files: ["model.safetensors"])
+        XCTAssertEqual(try Data(contentsOf: snapshot.appendingPathComponent("model.safetensors")), weights)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: partial.path))
+    }
+
     func testRetriesServerErrorsThenSucceeds() throws {
         server.failNext(2, path: "/org/tiny/resolve/main/config.json")
         let snapshot = try locator().resolve("org/tiny", files: ["config.json"])
