@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "StitchModelIO", targets: ["StitchModelIO"]),
         .library(name: "StitchImaging", targets: ["StitchImaging"]),
         .library(name: "StitchTokenizers", targets: ["StitchTokenizers"]),
+        .library(name: "StitchModels", targets: ["StitchModels"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -30,9 +31,11 @@ let package = Package(
         .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
         // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece.
         .target(name: "StitchTokenizers", dependencies: ["CZlib"]),
+        // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.
+        .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // The command-line tool.
         .executableTarget(name: "stitch", dependencies: [
-            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "CBLAS",
+            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -41,6 +44,7 @@ let package = Package(
         .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
+        .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport"]),
         .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchTestSupport"]),
     ]
 )

@@ -1,11 +1,22 @@
 import Foundation
 import StitchTensor
 
-/// Element types a safetensors file may hold that Stitch converts to Float32.
+/// Element types of the safetensors format. Every one is validated; the
+/// float types F32, F16 and BF16 can be read (as Float32).
 public enum TensorDType: String, Sendable {
-    case f32 = "F32", f16 = "F16", bf16 = "BF16"
+    case f64 = "F64", f32 = "F32", f16 = "F16", bf16 = "BF16"
+    case f8e4m3 = "F8_E4M3", f8e5m2 = "F8_E5M2"
+    case i64 = "I64", i32 = "I32", i16 = "I16", i8 = "I8"
+    case u64 = "U64", u32 = "U32", u16 = "U16", u8 = "U8", bool = "BOOL"
 
-    var byteSize: Int { self == .f32 ? 4 : 2 }
+    var byteSize: Int {
+        switch self {
+        case .f64, .i64, .u64: return 8
+        case .f32, .i32, .u32: return 4
+        case .f16, .bf16, .i16, .u16: return 2
+        case .f8e4m3, .f8e5m2, .i8, .u8, .bool: return 1
+        }
+    }
 }
 
 /// Where one tensor lies in the file, as validated from the header.
@@ -107,7 +118,7 @@ public final class SafetensorsFile: @unchecked Sendable {
             throw .badTensorEntry(file: file, tensor: name, detail: "missing dtype")
         }
         guard let dtype = TensorDType(rawValue: dtypeName) else {
-            throw .unsupportedDtype(file: file, tensor: name, dtype: dtypeName)
+            throw .badTensorEntry(file: file, tensor: name, detail: "unknown dtype \(dtypeName)")
         }
         guard let shape = integers(fields["shape"]), shape.allSatisfy({ $0 >= 0 }) else {
             throw .badTensorEntry(file: file, tensor: name, detail: "shape is not a list of non-negative integers")
@@ -146,7 +157,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         return result
     }
 
-    /// The tensor as Float32. F32 data that is suitably aligned is returned as a
+    /// The tensor as Float32 (an error for integer and 8-bit float tensors). F32 data that is suitably aligned is returned as a
     /// read-only view of the mapping (no copy); F16 and BF16 are converted.
     public func tensor(_ name: String) throws(ModelIOError) -> Tensor {
         guard let info = tensors[name] else { throw .missingTensor(file: path, tensor: name) }
@@ -176,6 +187,8 @@ public final class SafetensorsFile: @unchecked Sendable {
                 }
             }
             return out
+        default:
+            throw .unsupportedDtype(file: path, tensor: name, dtype: info.dtype.rawValue)
         }
     }
 }

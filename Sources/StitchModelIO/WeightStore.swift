@@ -11,9 +11,13 @@ public final class WeightStore {
     private var fileOf: [String: SafetensorsFile] = [:]
     private var used: Set<String> = []
     private var problems: [String] = []
+    private let recording: Bool
+    /// Every (name, shape) asked for, in order: a model's weight manifest.
+    public private(set) var requested: [(name: String, shape: [Int])] = []
 
     public init(files: [SafetensorsFile], source: String) {
         self.source = source
+        recording = false
         for file in files {
             for name in file.tensors.keys { fileOf[name] = file }
         }
@@ -46,6 +50,13 @@ public final class WeightStore {
         return Array(Set(map.values)).sorted()
     }
 
+    /// A store without files that hands out zeros (allocated lazily) for every request and
+    /// records it: building a model against it lists the weights its config implies.
+    public init(recordingFor source: String) {
+        self.source = source
+        recording = true
+    }
+
     public var names: [String] { fileOf.keys.sorted() }
 
     public func contains(_ name: String) -> Bool { fileOf[name] != nil }
@@ -58,6 +69,8 @@ public final class WeightStore {
     /// `finish()` then throws them all.
     public func take(_ name: String, shape: [Int]) -> Tensor {
         used.insert(name)
+        requested.append((name, shape))
+        if recording { return Tensor(zeros: shape) }
         guard let file = fileOf[name] else {
             problems.append("missing tensor '\(name)' (expected shape \(shape))")
             return Tensor(zeros: shape)

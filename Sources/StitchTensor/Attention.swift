@@ -69,23 +69,48 @@ public struct KVCache: Sendable {
     }
 }
 
+/// Where one operand (queries, keys or values) of attention lives: rows of
+/// `heads * headDim` floats that may be strided, e.g. one third of a fused
+/// q/k/v projection [batch, t, 3 * width].
+struct AttentionOperand {
+    let base: UnsafePointer<Float>
+    let rowStride: Int
+    let batchStride: Int
+}
+
 /// Scaled dot-product multi-head attention.
 ///
 /// - query: [batch, tq, heads * headDim]; key/value: [batch, tk, heads * headDim].
-/// - causal: query i (absolute position `keyOffset + i`) sees keys 0...keyOffset+i.
+/// - causal: query i (absolute position `tk - tq + i`) sees keys 0...tk-tq+i.
 /// - keyMask: [batch, tk] with 1 for real tokens and 0 for padding (Hugging Face's attention_mask).
 /// Returns [batch, tq, heads * headDim].
 public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
                                causal: Bool, keyMask: Tensor? = nil) -> Tensor {
     precondition(query.rank == 3 && key.rank == 3 && key.shape == value.shape && query.shape[0] == key.shape[0] && query.shape[2] == key.shape[2],
                  "attention shapes q \(query.shape) k \(key.shape) v \(value.shape)")
-    let (batch, tk, width) = (key.shape[0], key.shape[1], key.shape[2])
-    return key.withUnsafeBufferPointer { k in
-        value.withUnsafeBufferPointer { v in
-            attend(query: query, keys: k.baseAddress!, values: v.baseAddress!, keyBatchStride: tk * width,
-                   keyLength: tk, heads: heads, causalOffset: causal ? tk - query.shape[1] : nil, keyMask: keyMask,
-                   batch: batch)
+    let (batch, tq, tk, width) = (key.shape[0], query.shape[1], key.shape[1], key.shape[2])
+    return query.withUnsafeBufferPointer { q in
+        key.withUnsafeBufferPointer { k in
+            value.withUnsafeBufferPointer { v in
+                attend(query: AttentionOperand(base: q.baseAddress!, rowStride: width, batchStride: tq * width),
+                       keys: AttentionOperand(base: k.baseAddress!, rowStride: width, batchStride: tk * width),
+                       values: AttentionOperand(base: v.baseAddress!, rowStride: width, batchStride: tk * width),
+                       batch: batch, queryLength: tq, keyLength: tk, width: width, heads: heads,
+                       causalOffset: causal ? tk - tq : nil, keyMask: keyMask)
+            }
         }
+    }
+}
+
+/// Self-attention straight from a fused projection `qkv` [batch, t, 3 * width]
+/// (queries, then keys, then values along the last axis), without splitting copies.
+public func fusedSelfAttention(_ qkv: Tensor, heads: Int, causal: Bool, keyMask: Tensor? = nil) -> Tensor {
+    precondition(qkv.rank == 3 && qkv.shape[2] % 3 == 0, "fused q/k/v must be [batch, t, 3 * width], got \(qkv.shape)")
+    let (batch, t, width) = (qkv.shape[0], qkv.shape[1], qkv.shape[2] / 3)
+    return qkv.withUnsafeBufferPointer { p in
+        let operand = { (part: Int) in AttentionOperand(base: p.baseAddress! + part * width, rowStride: 3 * width, batchStride: t * 3 * width) }
+        return attend(query: operand(0), keys: operand(1), values: operand(2), batch: batch, queryLength: t, keyLength: t,
+                      width: width, heads: heads, causalOffset: causal ? 0 : nil, keyMask: keyMask)
     }
 }
 
@@ -94,20 +119,25 @@ public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads:
 public func cachedSelfAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
                                 cache: inout KVCache, keyMask: Tensor? = nil) -> Tensor {
     cache.append(keys: key, values: value)
-    let (length, capacity, width) = (cache.length, cache.capacity, cache.width)
-    return cache.keys.withUnsafeBufferPointer { k in
-        cache.values.withUnsafeBufferPointer { v in
-            attend(query: query, keys: k.baseAddress!, values: v.baseAddress!, keyBatchStride: capacity * width,
-                   keyLength: length, heads: heads, causalOffset: length - query.shape[1], keyMask: keyMask,
-                   batch: cache.batch)
+    let (batch, tq, length, capacity, width) = (cache.batch, query.shape[1], cache.length, cache.capacity, cache.width)
+    precondition(query.shape == [batch, tq, width], "query \(query.shape) for a cache of [\(batch), ·, \(width)]")
+    return query.withUnsafeBufferPointer { q in
+        cache.keys.withUnsafeBufferPointer { k in
+            cache.values.withUnsafeBufferPointer { v in
+                attend(query: AttentionOperand(base: q.baseAddress!, rowStride: width, batchStride: tq * width),
+                       keys: AttentionOperand(base: k.baseAddress!, rowStride: width, batchStride: capacity * width),
+                       values: AttentionOperand(base: v.baseAddress!, rowStride: width, batchStride: capacity * width),
+                       batch: batch, queryLength: tq, keyLength: length, width: width, heads: heads,
+                       causalOffset: length - tq, keyMask: keyMask)
+            }
         }
     }
 }
 
-private func attend(query: Tensor, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, keyBatchStride: Int,
-                    keyLength tk: Int, heads: Int, causalOffset: Int?, keyMask: Tensor?, batch: Int) -> Tensor {
-    let (tq, width) = (query.shape[1], query.shape[2])
-    precondition(query.shape[0] == batch && width % heads == 0, "query \(query.shape) for \(batch) rows and \(heads) heads")
+private func attend(query: AttentionOperand, keys: AttentionOperand, values: AttentionOperand,
+                    batch: Int, queryLength tq: Int, keyLength tk: Int, width: Int, heads: Int,
+                    causalOffset: Int?, keyMask: Tensor?) -> Tensor {
+    precondition(width % heads == 0, "width \(width) does not split into \(heads) heads")
     if let keyMask { precondition(keyMask.shape == [batch, tk], "key mask \(keyMask.shape), expected [\(batch), \(tk)]") }
     let headDim = width / heads
     let scale = 1 / Float(headDim).squareRoot()
@@ -116,34 +146,32 @@ private func attend(query: Tensor, keys: UnsafePointer<Float>, values: UnsafePoi
     let masked = -Float.greatestFiniteMagnitude
     var out = Tensor(uninitialized: [batch, tq, width])
     let mask = keyMask?.scalars
-    query.withUnsafeBufferPointer { q in
-        out.withUnsafeMutableBufferPointer { o in
-            let (qBase, oBase) = (q.baseAddress!, o.baseAddress!)
-            Parallel.forEach(batch * heads) { task in
-                let (b, h) = (task / heads, task % heads)
-                let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
-                defer { scores.deallocate() }
-                let qHead = qBase + b * tq * width + h * headDim
-                let kHead = keys + b * keyBatchStride + h * headDim
-                let vHead = values + b * keyBatchStride + h * headDim
-                // scores [tq, tk] = scale * Q_h [tq, d] · K_hᵀ [d, tk]; rows strided by `width`.
-                BLAS.gemm(transposeA: false, transposeB: true, m: tq, n: tk, k: headDim, alpha: scale,
-                          a: qHead, lda: width, b: kHead, ldb: width, c: scores, ldc: tk)
-                for i in 0..<tq {
-                    let row = scores + i * tk
-                    if let causalOffset {
-                        let last = causalOffset + i
-                        if last + 1 < tk { for j in (last + 1)..<tk { row[j] = masked } }
-                    }
-                    if let mask {
-                        for j in 0..<tk where mask[b * tk + j] == 0 { row[j] = masked }
-                    }
-                    softmaxRow(row, tk)
+    out.withUnsafeMutableBufferPointer { o in
+        let oBase = o.baseAddress!
+        Parallel.forEach(batch * heads) { task in
+            let (b, h) = (task / heads, task % heads)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
+            defer { scores.deallocate() }
+            let qHead = query.base + b * query.batchStride + h * headDim
+            let kHead = keys.base + b * keys.batchStride + h * headDim
+            let vHead = values.base + b * values.batchStride + h * headDim
+            // scores [tq, tk] = scale * Q_h [tq, d] · K_hᵀ [d, tk]
+            BLAS.gemm(transposeA: false, transposeB: true, m: tq, n: tk, k: headDim, alpha: scale,
+                      a: qHead, lda: query.rowStride, b: kHead, ldb: keys.rowStride, c: scores, ldc: tk)
+            for i in 0..<tq {
+                let row = scores + i * tk
+                if let causalOffset {
+                    let last = causalOffset + i
+                    if last + 1 < tk { for j in (last + 1)..<tk { row[j] = masked } }
                 }
-                // out_h [tq, d] = P [tq, tk] · V_h [tk, d]
-                BLAS.gemm(transposeA: false, transposeB: false, m: tq, n: headDim, k: tk,
-                          a: scores, lda: tk, b: vHead, ldb: width, c: oBase + b * tq * width + h * headDim, ldc: width)
+                if let mask {
+                    for j in 0..<tk where mask[b * tk + j] == 0 { row[j] = masked }
+                }
+                softmaxRow(row, tk)
             }
+            // out_h [tq, d] = P [tq, tk] · V_h [tk, d]
+            BLAS.gemm(transposeA: false, transposeB: false, m: tq, n: headDim, k: tk,
+                      a: scores, lda: tk, b: vHead, ldb: values.rowStride, c: oBase + b * tq * width + h * headDim, ldc: width)
         }
     }
     return out

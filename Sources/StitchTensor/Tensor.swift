@@ -10,10 +10,14 @@ public final class TensorStorage: @unchecked Sendable {
     private let owner: AnyObject?
 
     /// Allocates `capacity` floats; zero-filled unless the caller overwrites every element.
+    /// Zeros come from calloc, so large zero tensors cost no memory until written.
     init(capacity: Int, zeroed: Bool = true) {
         self.capacity = capacity
-        base = .allocate(capacity: max(capacity, 1))
-        if zeroed { base.initialize(repeating: 0, count: capacity) }
+        let bytes = max(capacity, 1) * MemoryLayout<Float>.stride
+        guard let raw = zeroed ? calloc(1, bytes) : malloc(bytes) else {
+            fatalError("out of memory allocating \(capacity) floats")
+        }
+        base = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
         isReadOnly = false
         owner = nil
     }
@@ -27,7 +31,7 @@ public final class TensorStorage: @unchecked Sendable {
     }
 
     deinit {
-        if owner == nil { base.deallocate() }
+        if owner == nil { free(base) }
     }
 }
 

@@ -180,6 +180,16 @@ def make_tensor_goldens():
     t["attn.mask"] = mask
     padded = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :].bool())
     t["attn.padded"] = merge(padded)
+    # Convolutions of one image [4, 10, 12]: 3x3 stride 2 with TensorFlow SAME padding (0 top/left, 1 bottom/right
+    # for even sizes), 1x1 pointwise, and 5x5 depthwise stride 2 with SAME padding (1 before, 2 after).
+    F = torch.nn.functional
+    t["conv.x"], t["conv.w"], t["conv.b"] = r(4, 10, 12), r(6, 4, 3, 3), r(6)
+    t["conv.out"] = F.conv2d(F.pad(t["conv.x"][None], (1, 1, 1, 1)), t["conv.w"], t["conv.b"], stride=2)[0]
+    t["conv.same_out"] = F.conv2d(F.pad(t["conv.x"][None], (0, 1, 0, 1)), t["conv.w"], t["conv.b"], stride=2)[0]
+    t["pointwise.w"] = r(5, 4, 1, 1)
+    t["pointwise.out"] = F.conv2d(t["conv.x"][None], t["pointwise.w"])[0]
+    t["depthwise.w"], t["depthwise.b"] = r(4, 1, 5, 5), r(4)
+    t["depthwise.out"] = F.conv2d(F.pad(t["conv.x"][None], (1, 2, 1, 2)), t["depthwise.w"], t["depthwise.b"], stride=2, groups=4)[0]
     save_file({name: x.contiguous().numpy() for name, x in t.items()}, out("tensor", "ops.safetensors"))
     print(f"tensor ops: {len(t)} tensors")
 
@@ -276,6 +286,155 @@ def make_tiny_models():
     print("tiny models: tiny-gpt2, tiny-clip")
 
 
+# ---------------------------------------------------------------- model goldens
+
+CLIP_TEXTS = ["a photo of a zebra", "a dog next to a bicycle and a truck", "a red truck",
+              "an empty street at night, in the rain", "two cats"]
+GPT2_PROMPTS = ["A photo of a", "The quick brown fox jumps over the lazy dog", "Hello"]
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizerFast
+    with tempfile.TemporaryDirectory() as tmp:
+        return CLIPTokenizerFast(*clip_vocab_files(tmp))
+
+
+def make_tiny_clip_variant():
+    """Patch 14 at 56 pixels, erf GELU and a modern eos_token_id: the other config paths."""
+    from transformers import CLIPConfig, CLIPModel
+    torch.manual_seed(2)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu", eos_token_id=49407),
+        vision_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=56, patch_size=14, hidden_act="gelu"),
+        projection_dim=8))
+    save_tiny(model, "tiny-clip-p14")
+
+
+def make_clip_goldens(folder):
+    from transformers import CLIPImageProcessor, CLIPModel
+    model = CLIPModel.from_pretrained(out(folder), torch_dtype=torch.float32).eval()
+    size = model.config.vision_config.image_size
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    images = [Image.open(os.path.join(IMAGES, n)).convert("RGB") for n in ["zebra.jpg", "dog_bicycle_truck.jpg"]]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    text = clip_tokenizer()(CLIP_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixels)
+        golden = {
+            "pixels": pixels,
+            "image_features": model.get_image_features(pixel_values=pixels),
+            "text_features": model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"]),
+            "logits_per_image": outputs.logits_per_image,
+            "vision_hidden": outputs.vision_model_output.last_hidden_state,
+        }
+    save_file({k: v.contiguous().numpy() for k, v in golden.items()}, out(folder, "golden.safetensors"))
+    write_json({"texts": CLIP_TEXTS, "input_ids": [[i for i, m in zip(ids, mask) if m] for ids, mask in
+                                                    zip(text["input_ids"].tolist(), text["attention_mask"].tolist())]},
+               folder, "golden_text.json")
+
+
+def make_gpt2_goldens():
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+    tokenizer = GPT2TokenizerFast(os.path.join(TOKENIZERS, "gpt2-vocab.json"), os.path.join(TOKENIZERS, "gpt2-merges.txt"))
+    model = GPT2LMHeadModel.from_pretrained(out("tiny-gpt2"), torch_dtype=torch.float32).eval()
+    columns = torch.randperm(50257, generator=torch.Generator().manual_seed(5))[:256].sort().values
+    tensors, meta = {"columns": columns.float()}, {"prompts": [], "greedy": [], "continuation": [], "continuation_logprobs": []}
+    for i, prompt in enumerate(GPT2_PROMPTS):
+        ids = tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            out_ = model(torch.tensor([ids]), output_hidden_states=True)
+            tensors[f"p{i}.hidden"] = out_.hidden_states[-1][0]
+            tensors[f"p{i}.logits_columns"] = out_.logits[0][:, columns]
+            tensors[f"p{i}.last_logits"] = out_.logits[0, -1]
+            greedy = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=12, pad_token_id=50256)[0, len(ids):].tolist()
+            continuation = tokenizer(" zebra crossing")["input_ids"]
+            full = torch.tensor([ids + continuation])
+            logprobs = torch.log_softmax(model(full).logits[0], -1)
+            picked = [float(logprobs[len(ids) - 1 + j, t]) for j, t in enumerate(continuation)]
+        meta["prompts"].append(ids)
+        meta["greedy"].append(greedy)
+        meta["continuation"].append(continuation)
+        meta["continuation_logprobs"].append(picked)
+    save_file({k: v.contiguous().numpy() for k, v in tensors.items()}, out("tiny-gpt2", "golden.safetensors"))
+    write_json(meta, "tiny-gpt2", "golden.json")
+
+
+def make_clip_manifests():
+    """Weight names and shapes of the real CLIP checkpoints' architectures (no weights: meta device)."""
+    from transformers import CLIPConfig, CLIPModel
+    real = {
+        "clip-vit-base-patch32": dict(text=(512, 2048, 12, 8), vision=(768, 3072, 12, 12, 32, 224), projection=512),
+        "clip-vit-base-patch16": dict(text=(512, 2048, 12, 8), vision=(768, 3072, 12, 12, 16, 224), projection=512),
+        "clip-vit-large-patch14": dict(text=(768, 3072, 12, 12), vision=(1024, 4096, 24, 16, 14, 224), projection=768),
+    }
+    for name, spec in real.items():
+        t, v = spec["text"], spec["vision"]
+        config = CLIPConfig(
+            text_config=dict(hidden_size=t[0], intermediate_size=t[1], num_hidden_layers=t[2], num_attention_heads=t[3]),
+            vision_config=dict(hidden_size=v[0], intermediate_size=v[1], num_hidden_layers=v[2], num_attention_heads=v[3],
+                               patch_size=v[4], image_size=v[5]),
+            projection_dim=spec["projection"])
+        config.architectures = ["CLIPModel"]
+        with torch.device("meta"):
+            model = CLIPModel(config)
+        config.to_json_file(out("clip-configs", name, "config.json"))
+        write_json({k: list(p.shape) for k, p in model.state_dict().items()}, "clip-configs", name, "manifest.json")
+
+
+SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.", "A cheetah is running behind its prey.",
+    "A zebra stands in tall dry grass.", "A dog sits beside a bicycle.", "A truck is parked on the street.",
+    "What color is the dog?", "How many people are in the picture?", "Is it raining?",
+    "The quick brown fox jumps over the lazy dog.", "Stitch composes frozen models without training.",
+    "CLIP scores images against text.", "GPT-2 writes captions one token at a time.",
+    "naïve café owners serve crème brûlée", "東京は日本の首都です。", "¿Dónde está la biblioteca?",
+    "Привет, как дела?", "emoji 😀 in a sentence", "", "a", "UPPER CASE SENTENCE", "numbers 1 2 3 4 5 6 7 8 9",
+    "hyphenated-words and under_scores", "a very " + "long " * 80 + "sentence", "tabs\tand\nnewlines",
+    "The Eiffel Tower is in Paris.", "Bananas are yellow.", "The sky is blue during the day.",
+    "A kitchen with a stove and a refrigerator.", "A group of people standing on a beach.",
+    "A plate of food with broccoli and rice.", "A cat sleeping on a laptop keyboard.",
+    "An airplane flying over a city.", "A red fire hydrant on a sidewalk.", "Children playing soccer in a park.",
+    "A bowl of fruit on a wooden table.", "A train arriving at the station.", "A person surfing a large wave.",
+    "A giraffe eating leaves from a tree.", "Snow covered mountains under a clear sky.",
+    "A clock tower in the middle of a town.", "Boats docked in a harbor at sunset.", "A skateboarder doing a trick.",
+]
+
+
+def make_minilm_goldens():
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(MINILM, device="cpu")
+    embeddings = model.encode(SENTENCES, batch_size=16, convert_to_numpy=True, normalize_embeddings=False)
+    save_file({"embeddings": embeddings.astype(np.float32)}, out("minilm", "golden.safetensors"))
+    write_json({"sentences": SENTENCES}, "minilm", "golden.json")
+    print(f"minilm: {len(SENTENCES)} sentences")
+
+
+def make_efficientnet_goldens():
+    """The efficientnet_lite_pytorch reference network on ../shared's weights and the ImageNet pixels above."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from safetensors.torch import load_file
+    model = EfficientNet.from_name("efficientnet-lite0").eval()
+    state = load_file(os.path.join(SHARED, "models", "efficientnet-lite0", "model.safetensors"))
+    model.load_state_dict(state)
+    from safetensors.numpy import load_file as load_np
+    pixels = load_np(out("images", "imagenet_pixels.safetensors"))
+    golden = {}
+    with torch.no_grad():
+        for name, x in pixels.items():
+            x = torch.from_numpy(x)[None]
+            features = model._avg_pooling(model.extract_features(x)).flatten(1)
+            golden[f"{name}.features"] = features[0].numpy()
+            golden[f"{name}.logits"] = model._fc(features)[0].numpy()
+            print(f"efficientnet {name}: top-5 {model(x)[0].topk(5).indices.tolist()}")
+    save_file(golden, out("efficientnet", "golden.safetensors"))
+
+
 if __name__ == "__main__":
     for path in [TOKENIZERS, MINILM, IMAGES]:
         if not os.path.isdir(path):
@@ -287,3 +446,10 @@ if __name__ == "__main__":
     make_test_images()
     make_image_goldens()
     make_tiny_models()
+    make_tiny_clip_variant()
+    make_clip_goldens("tiny-clip")
+    make_clip_goldens("tiny-clip-p14")
+    make_gpt2_goldens()
+    make_clip_manifests()
+    make_minilm_goldens()
+    make_efficientnet_goldens()

@@ -72,9 +72,17 @@ final class SafetensorsTests: XCTestCase {
         assertFails(try makeFile("past.safetensors", header: #"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, data: 8),
                     { if case .truncated = $0 { return true }; return false }, "ends at byte 16")
         assertFails(try makeFile("dtype.safetensors", header: #"{"w":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}}"#, data: 2),
-                    { $0 == .unsupportedDtype(file: self.folder.appendingPathComponent("dtype.safetensors").path, tensor: "w", dtype: "Q4") }, "Q4")
-        assertFails(try makeFile("int.safetensors", header: #"{"w":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#, data: 16),
-                    { if case .unsupportedDtype = $0 { return true }; return false }, "I64")
+                    { $0 == .badTensorEntry(file: self.folder.appendingPathComponent("dtype.safetensors").path, tensor: "w", detail: "unknown dtype Q4") }, "Q4")
+        // A valid but non-float dtype (like BERT's I64 position_ids) opens; reading it as floats is the error.
+        let int = try makeFile("int.safetensors", header: #"{"ids":{"dtype":"I64","shape":[2],"data_offsets":[0,16]},"w":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}}"#, data: 24)
+        let file = try SafetensorsFile(path: int)
+        XCTAssertEqual(try file.tensor("w").scalars, [0, 0])
+        XCTAssertThrowsError(try file.tensor("ids")) { error in
+            XCTAssertEqual(error as? ModelIOError, .unsupportedDtype(file: int, tensor: "ids", dtype: "I64"))
+            XCTAssert("\(error)".contains("supported are F32, F16 and BF16"))
+        }
+        assertFails(try makeFile("int-size.safetensors", header: #"{"w":{"dtype":"I64","shape":[2],"data_offsets":[0,8]}}"#, data: 16),
+                    { if case .badTensorEntry = $0 { return true }; return false }, "needs 16 bytes")
         assertFails(try makeFile("shape.safetensors", header: #"{"w":{"dtype":"F32","shape":[3,2],"data_offsets":[0,16]}}"#, data: 16),
                     { if case .badTensorEntry = $0 { return true }; return false }, "needs 24 bytes")
         assertFails(try makeFile("order.safetensors", header: #"{"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#, data: 16),

@@ -119,3 +119,29 @@ final class TensorBasicsTests: XCTestCase {
         XCTAssertEqual(y.scalars, serial.map { $0 + 1 })
     }
 }
+
+final class ConvolutionParityTests: XCTestCase {
+    let golden = OpsParityTests.golden
+
+    func assertClose(_ got: Tensor, _ name: String, line: UInt = #line) {
+        let want = golden[name]!
+        XCTAssertEqual(got.shape, want.shape, name, line: line)
+        let difference = maxRelativeDifference(got.scalars, want.scalars)
+        print("\(name): max relative difference \(difference)")
+        XCTAssertLessThanOrEqual(difference, 1e-5, name, line: line)
+    }
+
+    func testConvolutionsMatchTorch() {
+        let x = golden["conv.x"]!
+        assertClose(conv2d(x, weight: golden["conv.w"]!, bias: golden["conv.b"]!, stride: 2, padding: .symmetric(1)), "conv.out")
+        XCTAssertEqual(Padding2D.same(height: 9, width: 11, kernel: 3, stride: 2), .symmetric(1), "odd sizes pad evenly")
+        let same = Padding2D.same(height: 10, width: 12, kernel: 3, stride: 2)
+        XCTAssertEqual(same, Padding2D(top: 0, bottom: 1, left: 0, right: 1))
+        assertClose(conv2d(x, weight: golden["conv.w"]!, bias: golden["conv.b"]!, stride: 2, padding: same), "conv.same_out")
+        assertClose(conv2d(x, weight: golden["pointwise.w"]!, bias: nil), "pointwise.out")
+        let depthwisePadding = Padding2D.same(height: 10, width: 12, kernel: 5, stride: 2)
+        XCTAssertEqual(depthwisePadding, Padding2D(top: 1, bottom: 2, left: 1, right: 2))
+        assertClose(depthwiseConv2d(x, weight: golden["depthwise.w"]!, bias: golden["depthwise.b"]!, stride: 2, padding: depthwisePadding), "depthwise.out")
+        XCTAssertEqual(globalAveragePool(Tensor(shape: [2, 1, 2], scalars: [1, 3, 5, 7])).scalars, [2, 6])
+    }
+}

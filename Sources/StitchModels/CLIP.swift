@@ -1,0 +1,302 @@
+import Foundation
+import StitchImaging
+import StitchModelIO
+import StitchTensor
+import StitchTokenizers
+
+/// transformers' CLIPConfig (text_config, vision_config, projection_dim), with its defaults.
+public struct CLIPConfig: Decodable, Sendable {
+    public struct Tower: Sendable {
+        public var hiddenSize: Int
+        public var intermediateSize: Int
+        public var layers: Int
+        public var heads: Int
+        public var activation: Activation
+        public var layerNormEpsilon: Float
+    }
+
+    public var text: Tower
+    public var vision: Tower
+    public var vocabularySize: Int
+    public var maxPositions: Int
+    /// 2 in configs written before transformers 4.31: the end token is then found as the largest id.
+    public var endTokenID: Int
+    public var imageSize: Int
+    public var patchSize: Int
+    public var channels: Int
+    public var projectionDim: Int
+
+    public init(from decoder: Decoder) throws {
+        let root = try decoder.container(keyedBy: AnyKey.self)
+        let text = try root.decodeIfPresent(TowerFields.self, forKey: AnyKey("text_config")) ?? TowerFields.textDefaults
+        let vision = try root.decodeIfPresent(TowerFields.self, forKey: AnyKey("vision_config")) ?? TowerFields.visionDefaults
+        self.text = text.tower(defaults: .textDefaults)
+        self.vision = vision.tower(defaults: .visionDefaults)
+        vocabularySize = text.vocabSize ?? 49408
+        maxPositions = text.maxPositionEmbeddings ?? 77
+        endTokenID = text.eosTokenId ?? 2
+        imageSize = vision.imageSize ?? 224
+        patchSize = vision.patchSize ?? 32
+        channels = vision.numChannels ?? 3
+        projectionDim = try root.value("projection_dim", default: 512)
+    }
+
+    /// One tower's fields as written in config.json; absent ones take transformers' defaults.
+    struct TowerFields: Decodable {
+        var hiddenSize: Int?, intermediateSize: Int?, numHiddenLayers: Int?, numAttentionHeads: Int?
+        var hiddenAct: Activation?, layerNormEps: Float?
+        var vocabSize: Int?, maxPositionEmbeddings: Int?, eosTokenId: Int?
+        var imageSize: Int?, patchSize: Int?, numChannels: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
+            case numAttentionHeads = "num_attention_heads", hiddenAct = "hidden_act", layerNormEps = "layer_norm_eps"
+            case vocabSize = "vocab_size", maxPositionEmbeddings = "max_position_embeddings", eosTokenId = "eos_token_id"
+            case imageSize = "image_size", patchSize = "patch_size", numChannels = "num_channels"
+        }
+
+        static let textDefaults = TowerFields(hiddenSize: 512, intermediateSize: 2048, numHiddenLayers: 12, numAttentionHeads: 8,
+                                              hiddenAct: .quickGelu, layerNormEps: 1e-5)
+        static let visionDefaults = TowerFields(hiddenSize: 768, intermediateSize: 3072, numHiddenLayers: 12, numAttentionHeads: 12,
+                                                hiddenAct: .quickGelu, layerNormEps: 1e-5)
+
+        func tower(defaults: TowerFields) -> Tower {
+            Tower(hiddenSize: hiddenSize ?? defaults.hiddenSize!, intermediateSize: intermediateSize ?? defaults.intermediateSize!,
+                  layers: numHiddenLayers ?? defaults.numHiddenLayers!, heads: numAttentionHeads ?? defaults.numAttentionHeads!,
+                  activation: hiddenAct ?? defaults.hiddenAct!, layerNormEpsilon: layerNormEps ?? defaults.layerNormEps!)
+        }
+    }
+}
+
+/// A pre-layer-norm transformer layer as CLIP's towers use it.
+struct CLIPEncoderLayer {
+    let layerNorm1, layerNorm2: LayerNorm
+    let qkv, out, fc1, fc2: Linear
+    let heads: Int
+    let activation: Activation
+
+    init(_ store: WeightStore, _ prefix: String, _ tower: CLIPConfig.Tower) {
+        let d = tower.hiddenSize
+        layerNorm1 = LayerNorm(store, "\(prefix).layer_norm1", size: d, epsilon: tower.layerNormEpsilon)
+        layerNorm2 = LayerNorm(store, "\(prefix).layer_norm2", size: d, epsilon: tower.layerNormEpsilon)
+        qkv = Linear(fusing: ["q_proj", "k_proj", "v_proj"].map { Linear(store, "\(prefix).self_attn.\($0)", inputs: d, outputs: d) })
+        out = Linear(store, "\(prefix).self_attn.out_proj", inputs: d, outputs: d)
+        fc1 = Linear(store, "\(prefix).mlp.fc1", inputs: d, outputs: tower.intermediateSize)
+        fc2 = Linear(store, "\(prefix).mlp.fc2", inputs: tower.intermediateSize, outputs: d)
+        heads = tower.heads
+        activation = tower.activation
+    }
+
+    /// x [batch, t, d] -> [batch, t, d]
+    func callAsFunction(_ x: Tensor, causal: Bool) -> Tensor {
+        var hidden = x
+        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(x)), heads: heads, causal: causal)))
+        var inner = fc1(layerNorm2(hidden))
+        activation.apply(&inner)
+        addInPlace(&hidden, fc2(inner))
+        return hidden
+    }
+}
+
+/// CLIP (transformers CLIPModel): a ViT image tower and a causal text tower
+/// projected into one embedding space. Loads any CLIPModel folder
+/// (openai/clip-vit-base-patch32, -patch16, -large-patch14, ...).
+public final class CLIP: @unchecked Sendable {
+    public let config: CLIPConfig
+    /// Absent when the folder has no vocab.json / merges.txt: token ids can still be embedded.
+    public let tokenizer: CLIPTokenizer?
+    public let preprocessor: ImagePreprocessor
+    let tokenEmbedding, textPositions: Tensor
+    let textLayers: [CLIPEncoderLayer]
+    let finalLayerNorm: LayerNorm
+    let classEmbedding, patchWeight, visionPositions: Tensor
+    let preLayerNorm, postLayerNorm: LayerNorm
+    let visionLayers: [CLIPEncoderLayer]
+    let visualProjection, textProjection: Linear
+    /// exp(logit_scale): the temperature of image-text logits.
+    public let logitScale: Float
+
+    public convenience init(folder: URL) throws {
+        let configFile = folder.appendingPathComponent("config.json")
+        try ArchitectureHeader.require(["CLIPModel", "clip"], in: configFile)
+        let config = try loadConfig(CLIPConfig.self, from: configFile)
+        let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path)
+        try self.init(config: config, weights: WeightStore(folder: folder),
+                      tokenizer: hasVocabulary ? CLIPTokenizer(folder: folder, contextLength: config.maxPositions) : nil)
+    }
+
+    /// The files a CLIP folder holds.
+    public static let files = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+
+    public init(config: CLIPConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?) throws {
+        self.config = config
+        self.tokenizer = tokenizer
+        let (t, v) = (config.text, config.vision)
+        let patches = (config.imageSize / config.patchSize) * (config.imageSize / config.patchSize)
+        tokenEmbedding = store.take("text_model.embeddings.token_embedding.weight", shape: [config.vocabularySize, t.hiddenSize])
+        textPositions = store.take("text_model.embeddings.position_embedding.weight", shape: [config.maxPositions, t.hiddenSize])
+        textLayers = (0..<t.layers).map { CLIPEncoderLayer(store, "text_model.encoder.layers.\($0)", t) }
+        finalLayerNorm = LayerNorm(store, "text_model.final_layer_norm", size: t.hiddenSize, epsilon: t.layerNormEpsilon)
+        classEmbedding = store.take("vision_model.embeddings.class_embedding", shape: [v.hiddenSize])
+        // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p].
+        patchWeight = store.take("vision_model.embeddings.patch_embedding.weight", shape: [v.hiddenSize, config.channels, config.patchSize, config.patchSize])
+            .reshaped([v.hiddenSize, config.channels * config.patchSize * config.patchSize])
+        visionPositions = store.take("vision_model.embeddings.position_embedding.weight", shape: [patches + 1, v.hiddenSize])
+        preLayerNorm = LayerNorm(store, "vision_model.pre_layrnorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
+        visionLayers = (0..<v.layers).map { CLIPEncoderLayer(store, "vision_model.encoder.layers.\($0)", v) }
+        postLayerNorm = LayerNorm(store, "vision_model.post_layernorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
+        visualProjection = Linear(store, "visual_projection", inputs: v.hiddenSize, outputs: config.projectionDim, bias: false)
+        textProjection = Linear(store, "text_projection", inputs: t.hiddenSize, outputs: config.projectionDim, bias: false)
+        logitScale = expf(store.take("logit_scale", shape: []).scalars[0])
+        // Position ids are a buffer in some checkpoints, not a weight.
+        try store.finish(ignoreUnused: { $0.hasSuffix("embeddings.position_ids") })
+        preprocessor = ImagePreprocessor(shortestEdge: config.imageSize, cropSize: config.imageSize, filter: .bicubic,
+                                         mean: ImagePreprocessor.clip.mean, std: ImagePreprocessor.clip.std, cropRounding: .floor)
+    }
+
+    // MARK: text
+
+    /// Token ids of `texts`, each <|startoftext|> ... <|endoftext|>, truncated to the context.
+    public func tokenize(_ texts: [String]) throws -> [[Int]] {
+        guard let tokenizer else { throw ModelError.invalidInput(model: "CLIP", detail: "the model folder has no vocab.json / merges.txt to tokenize text") }
+        return texts.map(tokenizer.encode)
+    }
+
+    /// The id that ends (and pads) a sequence.
+    var endID: Int { tokenizer?.endID ?? (config.endTokenID == 2 ? config.vocabularySize - 1 : config.endTokenID) }
+
+    /// Last hidden states [batch, t, d] of token sequences right-padded to one length with the end token.
+    /// Padding needs no mask: the tower is causal, so real tokens never see the pads after them.
+    public func textHiddenStates(_ tokens: [[Int]]) throws -> Tensor {
+        let length = tokens.map(\.count).max() ?? 0
+        guard length > 0, length <= config.maxPositions else {
+            throw ModelError.invalidInput(model: "CLIP text", detail: "sequences must hold 1...\(config.maxPositions) tokens, got \(length)")
+        }
+        let padded = tokens.map { $0 + Array(repeating: endID, count: length - $0.count) }
+        let d = config.text.hiddenSize
+        var hidden: Tensor
+        do {
+            hidden = try embedding(padded.flatMap { $0 }, table: tokenEmbedding).reshaped([tokens.count, length, d])
+        } catch {
+            throw ModelError.invalidInput(model: "CLIP text", detail: error.description)
+        }
+        let positions = concatenate(Array(repeating: textPositions.rows(0..<length).reshaped([1, length, d]), count: tokens.count), axis: 0)
+        addInPlace(&hidden, positions)
+        for layer in textLayers { hidden = layer(hidden, causal: true) }
+        return finalLayerNorm(hidden)
+    }
+
+    /// Projected text features [batch, projectionDim] (get_text_features), not normalised.
+    public func textFeatures(_ tokens: [[Int]]) throws -> Tensor {
+        let hidden = try textHiddenStates(tokens)
+        let d = hidden.shape[2]
+        let pooled = concatenate(tokens.enumerated().map { b, ids in
+            hidden.row(b).row(endPosition(ids)).reshaped([1, d])
+        }, axis: 0)
+        return textProjection(pooled)
+    }
+
+    /// Where the sequence is pooled: the first end token, or (legacy configs) the largest id.
+    func endPosition(_ ids: [Int]) -> Int {
+        if config.endTokenID == 2 { return ids.indices.max { ids[$0] < ids[$1] } ?? 0 }   // first of equal maxima
+        return ids.firstIndex(of: config.endTokenID) ?? 0
+    }
+
+    /// Unit-length text embeddings [batch, projectionDim].
+    public func textEmbeddings(_ texts: [String]) throws -> Tensor {
+        var features = try textFeatures(tokenize(texts))
+        l2NormalizeRows(&features)
+        return features
+    }
+
+    // MARK: images
+
+    /// Last hidden states [batch, 1 + patches, d] of pixel tensors [batch, channels, size, size].
+    public func visionHiddenStates(_ pixels: Tensor) throws -> Tensor {
+        let (s, p, c) = (config.imageSize, config.patchSize, config.channels)
+        guard pixels.rank == 4, Array(pixels.shape.dropFirst()) == [c, s, s] else {
+            throw ModelError.invalidInput(model: "CLIP vision", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
+        }
+        let (batch, grid, d) = (pixels.shape[0], s / p, config.vision.hiddenSize)
+        // Patches [batch * grid², c * p * p], flattened in the conv weight's (channel, row, column) order.
+        var patches = Tensor(uninitialized: [batch * grid * grid, c * p * p])
+        pixels.withUnsafeBufferPointer { src in
+            patches.withUnsafeMutableBufferPointer { dst in
+                for b in 0..<batch {
+                    for gy in 0..<grid {
+                        for gx in 0..<grid {
+                            var o = ((b * grid + gy) * grid + gx) * c * p * p
+                            for ch in 0..<c {
+                                for i in 0..<p {
+                                    let row = ((b * c + ch) * s + gy * p + i) * s + gx * p
+                                    for j in 0..<p { dst[o] = src[row + j]; o += 1 }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let embedded = matmul(patches, patchWeight, transposeB: true).reshaped([batch, grid * grid, d])
+        let classRow = classEmbedding.reshaped([1, 1, d])
+        var hidden = concatenate((0..<batch).map { b in
+            concatenate([classRow, embedded.row(b).reshaped([1, grid * grid, d])], axis: 1)
+        }, axis: 0)
+        addInPlace(&hidden, concatenate(Array(repeating: visionPositions.reshaped([1, grid * grid + 1, d]), count: batch), axis: 0))
+        hidden = preLayerNorm(hidden)
+        for layer in visionLayers { hidden = layer(hidden, causal: false) }
+        return hidden
+    }
+
+    /// Projected image features [batch, projectionDim] (get_image_features), not normalised.
+    public func imageFeatures(_ pixels: Tensor) throws -> Tensor {
+        let hidden = try visionHiddenStates(pixels)
+        let d = config.vision.hiddenSize
+        let classTokens = concatenate((0..<hidden.shape[0]).map { hidden.row($0).row(0).reshaped([1, d]) }, axis: 0)
+        return visualProjection(postLayerNorm(classTokens))
+    }
+
+    /// Unit-length image embeddings [batch, projectionDim].
+    public func imageEmbeddings(_ images: [RGBImage]) throws -> Tensor {
+        var features = try imageFeatures(preprocessor.batch(images))
+        l2NormalizeRows(&features)
+        return features
+    }
+
+    // MARK: similarity
+
+    /// logits_per_image [images, texts] = exp(logit_scale) · cos(image, text), from unnormalised features.
+    public func logits(imageFeatures: Tensor, textFeatures: Tensor) -> Tensor {
+        var images = imageFeatures, texts = textFeatures
+        l2NormalizeRows(&images)
+        l2NormalizeRows(&texts)
+        var logits = matmul(images, texts, transposeB: true)
+        mapInPlace(&logits) { $0 * self.logitScale }
+        return logits
+    }
+
+    /// Zero-shot label embeddings: each label in every template, embedded, averaged and renormalised
+    /// (the prompt ensembling of the CLIP paper). Templates contain "{}" where the label goes.
+    public func labelEmbeddings(_ labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
+        let d = config.projectionDim
+        let prompts = labels.flatMap { label in templates.map { $0.replacingOccurrences(of: "{}", with: label) } }
+        let all = try textEmbeddings(prompts).scalars
+        var means = Tensor(zeros: [labels.count, d])
+        means.withUnsafeMutableBufferPointer { out in
+            for (index, value) in all.enumerated() {
+                out[(index / d / templates.count) * d + index % d] += value / Float(templates.count)
+            }
+        }
+        l2NormalizeRows(&means)
+        return means
+    }
+
+    /// Zero-shot classification: softmax over labels of the image-text logits, [images, labels].
+    public func classify(_ images: [RGBImage], labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
+        let labelRows = try labelEmbeddings(labels, templates: templates)
+        var logits = matmul(try imageEmbeddings(images), labelRows, transposeB: true)
+        mapInPlace(&logits) { $0 * self.logitScale }
+        softmaxLastDimension(&logits)
+        return logits
+    }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import StitchModelIO
+import StitchTensor
+import StitchTokenizers
+
+/// transformers' GPT2Config, with its defaults; options Stitch does not implement are refused by name.
+public struct GPT2Config: Decodable, Sendable {
+    public var vocabularySize: Int
+    public var maxPositions: Int
+    public var hiddenSize: Int
+    public var layers: Int
+    public var heads: Int
+    public var innerSize: Int
+    public var activation: Activation
+    public var layerNormEpsilon: Float
+    public var endTokenID: Int
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: AnyKey.self)
+        vocabularySize = try c.value("vocab_size", default: 50257)
+        maxPositions = try c.value("n_positions", default: 1024)
+        hiddenSize = try c.value("n_embd", default: 768)
+        layers = try c.value("n_layer", default: 12)
+        heads = try c.value("n_head", default: 12)
+        innerSize = try c.decodeIfPresent(Int.self, forKey: AnyKey("n_inner")) ?? 4 * hiddenSize
+        activation = try c.value("activation_function", default: .geluNew)
+        layerNormEpsilon = try c.value("layer_norm_epsilon", default: 1e-5)
+        endTokenID = try c.value("eos_token_id", default: 50256)
+        for (key, supported) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("reorder_and_upcast_attn", false)] {
+            if try c.value(key, default: supported) != supported {
+                throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey(key)], debugDescription: "only \(supported) is supported"))
+            }
+        }
+    }
+}
+
+/// Per-layer keys and values of the positions fed so far.
+public struct GPT2Cache: Sendable {
+    var layers: [KVCache]
+    public var batch: Int { layers.first?.batch ?? 0 }
+    public var length: Int { layers.first?.length ?? 0 }
+
+    /// The cache for `count * batch` rows, each row repeated `count` times: a shared prefix
+    /// continued by several candidates in one batched forward.
+    public func repeated(_ count: Int) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.repeated(count) }) }
+
+    /// Forgets positions beyond `length`.
+    public mutating func truncate(to length: Int) {
+        for i in layers.indices { layers[i].truncate(to: length) }
+    }
+}
+
+struct GPT2Block {
+    let layerNorm1, layerNorm2: LayerNorm
+    let attention, projection, feedForward, feedForwardOut: Linear
+    let heads: Int
+    let activation: Activation
+
+    init(_ store: WeightStore, _ prefix: String, _ config: GPT2Config) {
+        let d = config.hiddenSize
+        layerNorm1 = LayerNorm(store, "\(prefix).ln_1", size: d, epsilon: config.layerNormEpsilon)
+        layerNorm2 = LayerNorm(store, "\(prefix).ln_2", size: d, epsilon: config.layerNormEpsilon)
+        attention = Linear(store, "\(prefix).attn.c_attn", inputs: d, outputs: 3 * d, layout: .inputsByOutputs)
+        projection = Linear(store, "\(prefix).attn.c_proj", inputs: d, outputs: d, layout: .inputsByOutputs)
+        feedForward = Linear(store, "\(prefix).mlp.c_fc", inputs: d, outputs: config.innerSize, layout: .inputsByOutputs)
+        feedForwardOut = Linear(store, "\(prefix).mlp.c_proj", inputs: config.innerSize, outputs: d, layout: .inputsByOutputs)
+        heads = config.heads
+        activation = config.activation
+    }
+
+    func callAsFunction(_ x: Tensor, cache: inout KVCache) -> Tensor {
+        let qkv = splitLastDimension(attention(layerNorm1(x)), parts: 3)
+        var hidden = x
+        addInPlace(&hidden, projection(cachedSelfAttention(query: qkv[0], key: qkv[1], value: qkv[2], heads: heads, cache: &cache)))
+        var inner = feedForward(layerNorm2(hidden))
+        activation.apply(&inner)
+        addInPlace(&hidden, feedForwardOut(inner))
+        return hidden
+    }
+}
+
+/// GPT-2 (transformers GPT2LMHeadModel, or a bare GPT2Model checkpoint) with the
+/// LM head tied to the token embeddings.
+public final class GPT2: @unchecked Sendable {
+    public let config: GPT2Config
+    public let tokenizer: GPT2Tokenizer?
+    let tokenEmbedding, positionEmbedding: Tensor
+    let blocks: [GPT2Block]
+    let finalLayerNorm: LayerNorm
+
+    /// The files a GPT-2 folder must hold.
+    public static let files = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+
+    public convenience init(folder: URL) throws {
+        let configFile = folder.appendingPathComponent("config.json")
+        try ArchitectureHeader.require(["GPT2LMHeadModel", "GPT2Model", "gpt2"], in: configFile)
+        let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path)
+        try self.init(config: loadConfig(GPT2Config.self, from: configFile), weights: WeightStore(folder: folder),
+                      tokenizer: hasVocabulary ? GPT2Tokenizer(folder: folder) : nil)
+    }
+
+    public init(config: GPT2Config, weights store: WeightStore, tokenizer: GPT2Tokenizer?) throws {
+        self.config = config
+        self.tokenizer = tokenizer
+        // GPT2LMHeadModel prefixes its weights with "transformer."; a saved GPT2Model does not.
+        let p = store.contains("transformer.wte.weight") ? "transformer." : ""
+        let d = config.hiddenSize
+        tokenEmbedding = store.take("\(p)wte.weight", shape: [config.vocabularySize, d])
+        positionEmbedding = store.take("\(p)wpe.weight", shape: [config.maxPositions, d])
+        blocks = (0..<config.layers).map { GPT2Block(store, "\(p)h.\($0)", config) }
+        finalLayerNorm = LayerNorm(store, "\(p)ln_f", size: d, epsilon: config.layerNormEpsilon)
+        if store.contains("lm_head.weight") {
+            // Tied: the head must be the embedding matrix again, which Stitch uses directly.
+            _ = store.take("lm_head.weight", shape: [config.vocabularySize, d])
+        }
+        // Older checkpoints store the causal mask buffers attn.bias / attn.masked_bias.
+        try store.finish(ignoreUnused: { $0.hasSuffix(".attn.bias") || $0.hasSuffix(".attn.masked_bias") })
+    }
+
+    public func makeCache(batch: Int = 1) -> GPT2Cache {
+        GPT2Cache(layers: blocks.map { _ in KVCache(batch: batch, width: config.hiddenSize) })
+    }
+
+    /// Feeds `tokens` (one equal-length row per cache row) after the positions in `cache`
+    /// and returns the last layer's hidden states after ln_f, [batch, t, hiddenSize]
+    /// (transformers' hidden_states[-1]).
+    public func forward(_ tokens: [[Int]], cache: inout GPT2Cache) throws -> Tensor {
+        let t = tokens.first?.count ?? 0
+        guard tokens.count == cache.batch, t > 0, tokens.allSatisfy({ $0.count == t }) else {
+            throw ModelError.invalidInput(model: "GPT-2", detail: "expected \(cache.batch) rows of one non-zero length, got lengths \(tokens.map(\.count))")
+        }
+        let start = cache.length
+        guard start + t <= config.maxPositions else {
+            throw ModelError.invalidInput(model: "GPT-2", detail: "\(start + t) positions exceed the context of \(config.maxPositions)")
+        }
+        let d = config.hiddenSize
+        var hidden: Tensor
+        do {
+            hidden = try embedding(tokens.flatMap { $0 }, table: tokenEmbedding).reshaped([tokens.count, t, d])
+        } catch {
+            throw ModelError.invalidInput(model: "GPT-2", detail: error.description)
+        }
+        let positions = positionEmbedding.rows(start..<start + t).reshaped([1, t, d])
+        addInPlace(&hidden, concatenate(Array(repeating: positions, count: tokens.count), axis: 0))
+        for (index, block) in blocks.enumerated() {
+            hidden = block(hidden, cache: &cache.layers[index])
+        }
+        return finalLayerNorm(hidden)
+    }
+
+    /// LM-head logits for the given hidden-state rows only: [..., hiddenSize] -> [..., vocabulary].
+    public func logits(_ hidden: Tensor) -> Tensor {
+        matmul(hidden, tokenEmbedding, transposeB: true)
+    }
+
+    /// Log-probabilities of each token of `continuation` after `prefix` (at least one token).
+    public func logProbabilities(of continuation: [Int], after prefix: [Int]) throws -> [Float] {
+        guard !prefix.isEmpty else { throw ModelError.invalidInput(model: "GPT-2", detail: "the prefix needs at least one token") }
+        guard !continuation.isEmpty else { return [] }
+        var cache = makeCache()
+        let all = prefix + continuation
+        let hidden = try forward([Array(all.dropLast())], cache: &cache)
+        // Only the rows that predict continuation tokens need the LM head.
+        let rows = hidden.row(0).rows(prefix.count - 1..<all.count - 1)
+        var scores = logits(rows)
+        logSoftmaxLastDimension(&scores)
+        return continuation.enumerated().map { i, token in scores[i, token] }
+    }
+
+    /// Greedy decoding: up to `maxTokens` new tokens, stopping after the end token.
+    public func greedy(prompt: [Int], maxTokens: Int) throws -> [Int] {
+        var cache = makeCache()
+        var generated: [Int] = []
+        var hidden = try forward([prompt], cache: &cache)
+        while generated.count < maxTokens {
+            let last = hidden.row(0).row(hidden.shape[1] - 1)
+            let scores = logits(last.reshaped([1, config.hiddenSize])).scalars
+            let next = scores.indices.max { scores[$0] < scores[$1] }!   // the first of equal maxima, as torch.argmax
+            generated.append(next)
+            if next == config.endTokenID || cache.length >= config.maxPositions { break }
+            hidden = try forward([[next]], cache: &cache)
+        }
+        return generated
+    }
+}

@@ -1,0 +1,69 @@
+import StitchModelIO
+import StitchTensor
+
+/// A dense layer as stored by PyTorch: nn.Linear ([out, in]) or transformers' Conv1D ([in, out]).
+struct Linear {
+    let weight: Tensor
+    let bias: Tensor?
+    let layout: WeightLayout
+
+    /// Takes `<prefix>.weight` (and `<prefix>.bias`) from the store.
+    init(_ store: WeightStore, _ prefix: String, inputs: Int, outputs: Int, bias: Bool = true, layout: WeightLayout = .outputsByInputs) {
+        weight = store.take("\(prefix).weight", shape: layout == .outputsByInputs ? [outputs, inputs] : [inputs, outputs])
+        self.bias = bias ? store.take("\(prefix).bias", shape: [outputs]) : nil
+        self.layout = layout
+    }
+
+    /// Several nn.Linear layers over the same input fused into one (outputs stacked), so one sgemm serves them all.
+    init(fusing parts: [Linear]) {
+        precondition(parts.allSatisfy { $0.layout == .outputsByInputs }, "only nn.Linear layers are fused")
+        weight = concatenate(parts.map(\.weight), axis: 0)
+        bias = parts.allSatisfy { $0.bias != nil } ? concatenate(parts.map { $0.bias! }, axis: 0) : nil
+        layout = .outputsByInputs
+    }
+
+    func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight: weight, bias: bias, layout: layout) }
+}
+
+struct LayerNorm {
+    let weight: Tensor
+    let bias: Tensor
+    let epsilon: Float
+
+    init(_ store: WeightStore, _ prefix: String, size: Int, epsilon: Float) {
+        weight = store.take("\(prefix).weight", shape: [size])
+        bias = store.take("\(prefix).bias", shape: [size])
+        self.epsilon = epsilon
+    }
+
+    func callAsFunction(_ x: Tensor) -> Tensor { layerNorm(x, weight: weight, bias: bias, epsilon: epsilon) }
+}
+
+/// Splits x [..., parts * n] into `parts` tensors [..., n] (copies).
+func splitLastDimension(_ x: Tensor, parts: Int) -> [Tensor] {
+    let width = x.lastDimension / parts
+    let rows = x.count / max(x.lastDimension, 1)
+    let shape = Array(x.shape.dropLast()) + [width]
+    return (0..<parts).map { part in
+        var out = Tensor(uninitialized: shape)
+        x.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                for r in 0..<rows {
+                    (dst.baseAddress! + r * width).update(from: src.baseAddress! + r * parts * width + part * width, count: width)
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Errors of running a model on bad input (token ids out of range, too long sequences, wrong pixel shapes).
+public enum ModelError: Error, CustomStringConvertible, Equatable {
+    case invalidInput(model: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case let .invalidInput(model, detail): return "\(model): \(detail)"
+        }
+    }
+}
