@@ -120,12 +120,11 @@ public final class CLIP: @unchecked Sendable {
         let configFile = folder.appendingPathComponent("config.json")
         try ArchitectureHeader.require(["CLIPModel", "clip"], in: configFile)
         let config = try loadConfig(CLIPConfig.self, from: configFile)
-        let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path)
         try self.init(config: config, weights: WeightStore(folder: folder),
-                      tokenizer: hasVocabulary ? CLIPTokenizer(folder: folder, contextLength: config.maxPositions) : nil)
+                      tokenizer: CLIPTokenizer.isPresent(in: folder) ? CLIPTokenizer(folder: folder, contextLength: config.maxPositions) : nil)
     }
 
-    /// The files a CLIP folder holds.
+    /// The files a Hugging Face CLIP folder holds.
     public static let files = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
 
     public init(config: CLIPConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?) throws {
@@ -158,7 +157,7 @@ public final class CLIP: @unchecked Sendable {
 
     /// Token ids of `texts`, each <|startoftext|> ... <|endoftext|>, truncated to the context.
     public func tokenize(_ texts: [String]) throws -> [[Int]] {
-        guard let tokenizer else { throw ModelError.invalidInput(model: "CLIP", detail: "the model folder has no vocab.json / merges.txt to tokenize text") }
+        guard let tokenizer else { throw ModelError.invalidInput(model: "CLIP", detail: "the model folder has no vocab.json / merges.txt (or bpe_simple_vocab_16e6.txt.gz) to tokenize text") }
         return texts.map(tokenizer.encode)
     }
 

@@ -32,8 +32,15 @@ public struct CLIPTokenizer: Tokenizer {
         try self.init(vocabulary: vocabulary, merges: merges, contextLength: contextLength, file: bpeFile)
     }
 
-    /// From a Hugging Face CLIP folder's vocab.json and merges.txt.
+    /// From a Hugging Face CLIP folder's vocab.json and merges.txt, or else
+    /// OpenAI's bpe_simple_vocab_16e6.txt.gz in the folder.
     public init(folder: URL, contextLength: Int = 77) throws(TokenizerError) {
+        let openAI = folder.appendingPathComponent(Self.openAIVocabularyFile).path
+        if !FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path),
+           FileManager.default.fileExists(atPath: openAI) {
+            try self.init(bpeFile: openAI, contextLength: contextLength)
+            return
+        }
         let vocabularyFile = folder.appendingPathComponent("vocab.json").path
         let mergesFile = folder.appendingPathComponent("merges.txt").path
         try self.init(vocabulary: try readVocabularyJSON(vocabularyFile),
@@ -53,6 +60,14 @@ public struct CLIPTokenizer: Tokenizer {
     }
 
     public var vocabularySize: Int { bpe.vocabulary.count }
+
+    /// The name OpenAI's CLIP gives its BPE file.
+    public static let openAIVocabularyFile = "bpe_simple_vocab_16e6.txt.gz"
+
+    /// Whether `folder` holds CLIP tokenizer files of either form.
+    public static func isPresent(in folder: URL) -> Bool {
+        ["vocab.json", openAIVocabularyFile].contains { FileManager.default.fileExists(atPath: folder.appendingPathComponent($0).path) }
+    }
 
     /// <|startoftext|>, the first contextLength - 2 text tokens, <|endoftext|>.
     public func encode(_ text: String) -> [Int] {

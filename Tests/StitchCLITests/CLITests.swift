@@ -3,8 +3,8 @@ import StitchModelIO
 import StitchTestSupport
 import XCTest
 
-/// Runs the built `stitch` binary the way a user does and checks its output and exit status.
-final class CLITests: XCTestCase {
+/// Runs the built `stitch` binary the way a user does: arguments, standard input, environment.
+enum StitchCLI {
     struct Result {
         let status: Int32
         let output: String
@@ -21,9 +21,9 @@ final class CLITests: XCTestCase {
         fatalError("stitch binary not found near \(Bundle.main.bundleURL.path)")
     }()
 
-    func stitch(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> Result {
+    static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> Result {
         let process = Process()
-        process.executableURL = Self.binary
+        process.executableURL = binary
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let (out, err, inp) = (Pipe(), Pipe(), Pipe())
@@ -37,6 +37,13 @@ final class CLITests: XCTestCase {
         let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         return Result(status: process.terminationStatus, output: output, errors: errors)
+    }
+}
+
+/// The foundation commands: tokenize, preprocess, fetch, bench.
+final class CLITests: XCTestCase {
+    func stitch(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> StitchCLI.Result {
+        try StitchCLI.run(arguments, input: input, environment: environment)
     }
 
     var folder: URL!
