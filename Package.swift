@@ -37,7 +37,7 @@ let package = Package(
         .executableTarget(name: "stitch", dependencies: [
             "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        ], resources: [.copy("Resources/bench_reference.py")]),
 
         .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),

@@ -87,6 +87,27 @@ struct CLIPEncoderLayer {
         activation = tower.activation
     }
 
+    /// The last layer for one pooled position per sequence: keys and values for every token,
+    /// but queries, output projection and MLP only for `positions` (one per batch row).
+    /// x [batch, t, d] -> [batch, 1, d]; the same values those rows get from the full layer.
+    func pooled(_ x: Tensor, positions: [Int], causal: Bool) -> Tensor {
+        let (batch, t, d) = (x.shape[0], x.shape[1], x.shape[2])
+        let normalized = layerNorm1(x)
+        let selected = gatherRows(normalized, positions)
+        // The fused weight [3d, d] holds q, k, v projections as row blocks: use views of them.
+        let query = linear(selected, weight: qkv.weight.rows(0..<d), bias: qkv.bias?.rows(0..<d))
+        let keysAndValues = splitLastDimension(linear(normalized, weight: qkv.weight.rows(d..<3 * d), bias: qkv.bias?.rows(d..<3 * d)), parts: 2)
+        // A causal row at position p sees keys 0...p only.
+        let mask = causal ? Tensor(shape: [batch, t], scalars: positions.flatMap { p in (0..<t).map { $0 <= p ? 1 : 0 } }) : nil
+        let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask)
+        var hidden = gatherRows(x, positions)
+        addInPlace(&hidden, out(attended))
+        var inner = fc1(layerNorm2(hidden))
+        activation.apply(&inner)
+        addInPlace(&hidden, fc2(inner))
+        return hidden
+    }
+
     /// x [batch, t, d] -> [batch, t, d]
     func callAsFunction(_ x: Tensor, causal: Bool) -> Tensor {
         var hidden = x
@@ -96,6 +117,15 @@ struct CLIPEncoderLayer {
         addInPlace(&hidden, fc2(inner))
         return hidden
     }
+}
+
+/// Row `positions[b]` of each sequence b of x [batch, t, d], as [batch, 1, d].
+func gatherRows(_ x: Tensor, _ positions: [Int]) -> Tensor {
+    let (t, d) = (x.shape[1], x.shape[2])
+    return concatenate(positions.enumerated().map { b, p in
+        precondition(p >= 0 && p < t, "position \(p) outside 0..<\(t)")
+        return x.row(b).row(p).reshaped([1, 1, d])
+    }, axis: 0)
 }
 
 /// CLIP (transformers CLIPModel): a ViT image tower and a causal text tower
@@ -167,6 +197,13 @@ public final class CLIP: @unchecked Sendable {
     /// Last hidden states [batch, t, d] of token sequences right-padded to one length with the end token.
     /// Padding needs no mask: the tower is causal, so real tokens never see the pads after them.
     public func textHiddenStates(_ tokens: [[Int]]) throws -> Tensor {
+        var hidden = try textEmbeddingLayer(tokens)
+        for layer in textLayers { hidden = layer(hidden, causal: true) }
+        return finalLayerNorm(hidden)
+    }
+
+    /// Token plus position embeddings [batch, t, d] of right-padded sequences.
+    private func textEmbeddingLayer(_ tokens: [[Int]]) throws -> Tensor {
         let length = tokens.map(\.count).max() ?? 0
         guard length > 0, length <= config.maxPositions else {
             throw ModelError.invalidInput(model: "CLIP text", detail: "sequences must hold 1...\(config.maxPositions) tokens, got \(length)")
@@ -181,18 +218,16 @@ public final class CLIP: @unchecked Sendable {
         }
         let positions = concatenate(Array(repeating: textPositions.rows(0..<length).reshaped([1, length, d]), count: tokens.count), axis: 0)
         addInPlace(&hidden, positions)
-        for layer in textLayers { hidden = layer(hidden, causal: true) }
-        return finalLayerNorm(hidden)
+        return hidden
     }
 
     /// Projected text features [batch, projectionDim] (get_text_features), not normalised.
+    /// Only the end-token row is pooled, so the last layer runs for that row alone.
     public func textFeatures(_ tokens: [[Int]]) throws -> Tensor {
-        let hidden = try textHiddenStates(tokens)
-        let d = hidden.shape[2]
-        let pooled = concatenate(tokens.enumerated().map { b, ids in
-            hidden.row(b).row(endPosition(ids)).reshaped([1, d])
-        }, axis: 0)
-        return textProjection(pooled)
+        var hidden = try textEmbeddingLayer(tokens)
+        for layer in textLayers.dropLast() { hidden = layer(hidden, causal: true) }
+        let pooled = textLayers.last!.pooled(hidden, positions: tokens.map(endPosition), causal: true)
+        return textProjection(finalLayerNorm(pooled).reshaped([tokens.count, config.text.hiddenSize]))
     }
 
     /// Where the sequence is pooled: the first end token, or (legacy configs) the largest id.
@@ -212,6 +247,13 @@ public final class CLIP: @unchecked Sendable {
 
     /// Last hidden states [batch, 1 + patches, d] of pixel tensors [batch, channels, size, size].
     public func visionHiddenStates(_ pixels: Tensor) throws -> Tensor {
+        var hidden = try visionEmbeddingLayer(pixels)
+        for layer in visionLayers { hidden = layer(hidden, causal: false) }
+        return hidden
+    }
+
+    /// Patch and class embeddings with positions, after the pre-layer norm: [batch, 1 + patches, d].
+    private func visionEmbeddingLayer(_ pixels: Tensor) throws -> Tensor {
         let (s, p, c) = (config.imageSize, config.patchSize, config.channels)
         guard pixels.rank == 4, Array(pixels.shape.dropFirst()) == [c, s, s] else {
             throw ModelError.invalidInput(model: "CLIP vision", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
@@ -242,17 +284,17 @@ public final class CLIP: @unchecked Sendable {
             concatenate([classRow, embedded.row(b).reshaped([1, grid * grid, d])], axis: 1)
         }, axis: 0)
         addInPlace(&hidden, concatenate(Array(repeating: visionPositions.reshaped([1, grid * grid + 1, d]), count: batch), axis: 0))
-        hidden = preLayerNorm(hidden)
-        for layer in visionLayers { hidden = layer(hidden, causal: false) }
-        return hidden
+        return preLayerNorm(hidden)
     }
 
     /// Projected image features [batch, projectionDim] (get_image_features), not normalised.
+    /// Only the class token is pooled, so the last layer runs for that row alone.
     public func imageFeatures(_ pixels: Tensor) throws -> Tensor {
-        let hidden = try visionHiddenStates(pixels)
-        let d = config.vision.hiddenSize
-        let classTokens = concatenate((0..<hidden.shape[0]).map { hidden.row($0).row(0).reshaped([1, d]) }, axis: 0)
-        return visualProjection(postLayerNorm(classTokens))
+        var hidden = try visionEmbeddingLayer(pixels)
+        for layer in visionLayers.dropLast() { hidden = layer(hidden, causal: false) }
+        let batch = hidden.shape[0]
+        let classTokens = visionLayers.last!.pooled(hidden, positions: Array(repeating: 0, count: batch), causal: false)
+        return visualProjection(postLayerNorm(classTokens.reshaped([batch, config.vision.hiddenSize])))
     }
 
     /// Unit-length image embeddings [batch, projectionDim].

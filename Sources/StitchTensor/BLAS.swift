@@ -8,9 +8,57 @@ public enum WeightLayout: Sendable {
 }
 
 public enum BLAS {
-    /// Lets OpenBLAS use every core for large products.
+    /// Stitch parallelises products itself (`splitGemm`) on the same threads as its other
+    /// parallel loops; OpenBLAS's own pool would spin on the cores those loops need, so
+    /// OpenBLAS runs single-threaded from the first product on.
+    private static let singleThreaded: Void = openblas_set_num_threads(1)
+
+    /// How many cores Stitch's parallel loops and products use (default: all).
     public static func configureThreads(_ count: Int = Parallel.cores) {
-        openblas_set_num_threads(Int32(count))
+        _ = singleThreaded
+        Parallel.limit = max(1, min(count, Parallel.cores))
+    }
+
+    /// C = op(A)·op(B) for row-major operands, split into column blocks of C computed on all cores.
+    /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
+    static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                          b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        _ = singleThreaded
+        if m == 1 {
+            // One row (a decoding step): sgemm would first copy the whole of B into its packed
+            // format, which costs more than the product; sgemv streams B once.
+            splitGemv(transposeB: transposeB, n: n, k: k, x: a, b: b, ldb: ldb, y: c)
+            return
+        }
+        // Below ~1 MFLOP per extra core the split costs more than it saves.
+        let parts = min(Parallel.limit, max(1, m * n * k / 500_000), max(1, n / 64))
+        let block = ((n + parts - 1) / parts + 15) / 16 * 16
+        Parallel.forEach((n + block - 1) / block) { part in
+            let start = part * block
+            let width = min(block, n - start)
+            // Columns start..<start+width of op(B): rows of B when transposed, columns otherwise.
+            let slice = transposeB ? b + start * ldb : b + start
+            gemm(transposeA: false, transposeB: transposeB, m: m, n: width, k: k, a: a, lda: lda, b: slice, ldb: ldb,
+                 c: c + start, ldc: ldc)
+        }
+    }
+
+    /// y[n] = x[k]·op(B) for one row x, split into blocks of outputs over the cores.
+    private static func splitGemv(transposeB: Bool, n: Int, k: Int, x: UnsafePointer<Float>,
+                                  b: UnsafePointer<Float>, ldb: Int, y: UnsafeMutablePointer<Float>) {
+        let parts = min(Parallel.limit, max(1, n * k / 250_000))
+        let block = ((n + parts - 1) / parts + 15) / 16 * 16
+        Parallel.forEach((n + block - 1) / block) { part in
+            let start = part * block
+            let width = min(block, n - start)
+            if transposeB {
+                // B is [n, k]: y = B[start..<start+width, :] · x
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(width), Int32(k), 1, b + start * ldb, Int32(ldb), x, 1, 0, y + start, 1)
+            } else {
+                // B is [k, n]: y = B[:, start..<start+width]ᵀ · x
+                cblas_sgemv(CblasRowMajor, CblasTrans, Int32(k), Int32(width), 1, b + start, Int32(ldb), x, 1, 0, y + start, 1)
+            }
+        }
     }
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C on raw row-major pointers with leading dimensions.
@@ -40,9 +88,8 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool = false) -> Tensor
     a.withUnsafeBufferPointer { ap in
         b.withUnsafeBufferPointer { bp in
             out.withUnsafeMutableBufferPointer { cp in
-                BLAS.gemm(transposeA: false, transposeB: transposeB, m: m, n: n, k: k,
-                          a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: b.shape[1],
-                          c: cp.baseAddress!, ldc: n)
+                BLAS.splitGemm(transposeB: transposeB, m: m, n: n, k: k, a: ap.baseAddress!, lda: k,
+                               b: bp.baseAddress!, ldb: b.shape[1], c: cp.baseAddress!, ldc: n)
             }
         }
     }

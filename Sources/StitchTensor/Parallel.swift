@@ -4,14 +4,17 @@ import Foundation
 /// Parallel loops for the work OpenBLAS does not do for us (element-wise
 /// maps, normalisation, attention heads), spread over every core.
 public enum Parallel {
-    /// Cores used by parallel loops (and OpenBLAS, see `BLAS.configureThreads`).
+    /// Cores on this machine.
     public static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// How many of them parallel loops use (`BLAS.configureThreads` sets it).
+    nonisolated(unsafe) public static var limit = cores
 
     /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile.
     /// Iterations must touch disjoint memory; that is the caller's contract,
     /// which is why `body` need not be Sendable.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        if count <= 1 || cores == 1 {
+        if count <= 1 || limit == 1 {
             for i in 0..<count { body(i) }
             return
         }
@@ -24,7 +27,7 @@ public enum Parallel {
     /// Splits 0..<count into at most `cores` contiguous chunks and runs them
     /// concurrently; small ranges (below `minimumChunk` per core) run inline.
     public static func forChunks(_ count: Int, minimumChunk: Int = 16_384, _ body: (Range<Int>) -> Void) {
-        let chunks = min(cores, max(1, count / max(minimumChunk, 1)))
+        let chunks = min(limit, max(1, count / max(minimumChunk, 1)))
         let size = (count + chunks - 1) / max(chunks, 1)
         forEach(chunks) { chunk in
             let start = chunk * size

@@ -3,35 +3,193 @@ import CBLAS
 import Foundation
 import StitchTensor
 
-/// Benchmarks printed as ratios against a reference run side by side.
-/// Today: the tensor core's products against raw OpenBLAS sgemm on the GEMM
-/// shapes of CLIP ViT-B/32 and GPT-2 small; model rows join as models land.
+/// Benchmarks printed as ratios against the reference, run side by side on this machine:
+/// the tensor core's products against raw OpenBLAS, then each model row against the
+/// Python reference (same weights, same thread count), each side in its own process.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure Stitch against its references and print the ratios.")
+        abstract: "Measure Stitch against its references and print the ratios.",
+        discussion: """
+        Model rows use real-size architectures: CLIP ViT-B/32 and GPT-2 small with random weights written once
+        into --work-dir by the Python reference (unless --clip / --gpt2 name real folders), and the real MiniLM and
+        EfficientNet-Lite0 folders given by --minilm / --efficientnet. The reference side needs python3 with torch,
+        transformers, sentence-transformers and efficientnet-lite-pytorch (Tests/Fixtures/requirements.txt).
+        """)
 
     @Option(help: "Minimum seconds spent timing each side of each row.")
-    var seconds = 0.3
+    var seconds = 1.0
 
-    @Option(help: "Threads for OpenBLAS and parallel loops (default: all cores).")
+    @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
+
+    @Option(help: "Comma-separated rows to run (default: all): gemm, \(BenchRow.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var rows: String?
+
+    @Option(help: "Where the random-weight CLIP and GPT-2 folders are kept between runs.")
+    var workDir = FileManager.default.temporaryDirectory.appendingPathComponent("stitch-bench").path
+
+    @Option(help: "The Python interpreter of the reference side.")
+    var python = "python3"
+
+    @Option(help: "A CLIP folder to use instead of random ViT-B/32 weights.")
+    var clip: String?
+
+    @Option(help: "A GPT-2 folder to use instead of random GPT-2 small weights.")
+    var gpt2: String?
+
+    @Option(help: "The all-MiniLM-L6-v2 folder (the row is skipped without it).")
+    var minilm: String?
+
+    @Option(help: "The EfficientNet-Lite0 folder (the row is skipped without it).")
+    var efficientnet: String?
 
     func run() throws {
         BLAS.configureThreads(threads)
+        let selected = rows.map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
+        if let selected {
+            let unknown = selected.subtracting(["gemm"] + BenchRow.allCases.map(\.rawValue))
+            guard unknown.isEmpty else { throw ValidationError("unknown bench rows: \(unknown.sorted().joined(separator: ", "))") }
+        }
         print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config()))")
-        try GemmBench(seconds: seconds).run()
+        if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds).run() }
+        let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? true }
+        if !modelRows.isEmpty { try runModelRows(modelRows) }
+    }
+
+    private func runModelRows(_ modelRows: [BenchRow]) throws {
+        let script = try referenceScript()
+        let reference = ReferenceSide(python: python, script: script)
+        let referenceProblem = reference.availability()
+        var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet)
+        if (clip == nil || gpt2 == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
+            if let referenceProblem {
+                print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
+            } else {
+                print("\npreparing random-weight CLIP ViT-B/32 and GPT-2 small in \(workDir) (once) ...")
+                try reference.prepare(workDir: workDir)
+                folders.clip = folders.clip ?? workDir + "/clip-b32"
+                folders.gpt2 = folders.gpt2 ?? workDir + "/gpt2-small"
+            }
+        }
+        print("")
+        print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s)")
+        let header = "row".padding(toLength: 16, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
+            + "stitch ms  reference ms  speedup   stitch MB  reference MB"
+        print(header)
+        print(String(repeating: "-", count: header.count))
+        for row in modelRows {
+            let label = row.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)
+            guard let arguments = folders.arguments(for: row) else {
+                print(label + "skipped: no \(row.neededFolder) folder (--\(row.neededFolder))")
+                continue
+            }
+            let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)"]
+            let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")
+            let python = referenceProblem == nil ? try? Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference") : nil
+            var line = label + stitch.note.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.2f", stitch.seconds * 1000)
+            if let python {
+                line += String(format: "  %12.2f  %6.2fx   %9.0f  %12.0f", python.seconds * 1000, python.seconds / stitch.seconds, stitch.peakMB, python.peakMB)
+            } else {
+                line += String(format: "  %12@  %7@   %9.0f  %12@", "n/a", "", stitch.peakMB, "n/a")
+            }
+            print(line)
+        }
+        if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
+    }
+
+    /// bench_reference.py, shipped as a resource of the binary.
+    private func referenceScript() throws -> String {
+        guard let url = Bundle.module.url(forResource: "bench_reference", withExtension: "py") else {
+            throw ValidationError("bench_reference.py is missing from the stitch bundle")
+        }
+        return url.path
+    }
+
+    /// This binary, for the child processes of the Stitch side.
+    static var executable: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}
+
+/// One measured row of one side, as its worker prints it.
+struct Measurement: Decodable {
+    let seconds: Double
+    let peakMB: Double
+    let note: String
+
+    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note }
+
+    static func parse(_ output: String, side: String) throws -> Measurement {
+        guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {
+            throw ValidationError("the \(side) worker printed no result: \(output.suffix(400))")
+        }
+        return measurement
+    }
+}
+
+/// Runs a child process to completion; its standard output, or an error with its standard error.
+func runChild(_ executable: String, _ arguments: [String]) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable.contains("/") ? executable : "/usr/bin/env")
+    process.arguments = executable.contains("/") ? arguments : [executable] + arguments
+    let (out, err) = (Pipe(), Pipe())
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+        throw ValidationError("\(executable) \(arguments.prefix(2).joined(separator: " ")) failed: \(errors.suffix(600))")
+    }
+    return output
+}
+
+/// The Python reference: bench_reference.py under the chosen interpreter.
+struct ReferenceSide {
+    let python: String
+    let script: String
+
+    /// Why the reference cannot run here, or nil when it can.
+    func availability() -> String? {
+        do {
+            _ = try runChild(python, ["-c", "import torch, transformers"])
+            return nil
+        } catch {
+            return "\(python) cannot import torch and transformers (pip install -r Tests/Fixtures/requirements.txt)"
+        }
+    }
+
+    func prepare(workDir: String) throws {
+        _ = try runChild(python, [script, "prepare", workDir])
+    }
+}
+
+/// The model folders each row needs.
+struct BenchFolders {
+    var clip, gpt2, minilm, efficientnet: String?
+
+    func arguments(for row: BenchRow) -> [String]? {
+        let folder: String?
+        switch row {
+        case .clipImage1, .clipImage16, .clipText: folder = clip
+        case .gpt2Greedy: folder = gpt2
+        case .minilm: folder = minilm
+        case .efficientnet: folder = efficientnet
+        }
+        return folder.map { ["--\(row.neededFolder)", $0] }
     }
 }
 
 /// Best time of repeated calls, after a warm-up, over at least `seconds`.
-func bestTime(seconds: Double, _ body: () -> Void) -> Double {
-    body()
+func bestTime(seconds: Double, _ body: () throws -> Void) rethrows -> Double {
+    try body()
     var best = Double.infinity
     let start = DispatchTime.now().uptimeNanoseconds
     var runs = 0
     repeat {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        body()
+        try body()
         best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
         runs += 1
     } while runs < 3 || Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 < seconds
@@ -44,11 +202,12 @@ struct GemmBench {
     /// (label, rows m, inputs k, outputs n): x [m, k] times a PyTorch-layout weight [n, k].
     static let shapes: [(String, Int, Int, Int)] = [
         ("CLIP-B/32 vision patch embed", 49, 3072, 768),
-        ("CLIP-B/32 vision q/k/v/out (50 tok)", 50, 768, 768),
+        ("CLIP-B/32 vision q/k/v fused", 50, 768, 2304),
+        ("CLIP-B/32 vision out proj", 50, 768, 768),
         ("CLIP-B/32 vision mlp fc1", 50, 768, 3072),
         ("CLIP-B/32 vision mlp fc2", 50, 3072, 768),
         ("CLIP-B/32 vision fc1, batch 16", 800, 768, 3072),
-        ("CLIP text q/k/v/out (45x16 tok)", 720, 512, 512),
+        ("CLIP text q/k/v fused (45x16 tok)", 720, 512, 1536),
         ("CLIP text mlp fc1 (45x16 tok)", 720, 512, 2048),
         ("CLIP text mlp fc2 (45x16 tok)", 720, 2048, 512),
         ("GPT-2 c_attn prefill (64 tok)", 64, 768, 2304),
@@ -59,7 +218,7 @@ struct GemmBench {
         ("GPT-2 LM head decode (1 tok)", 1, 768, 50257),
     ]
 
-    func run() throws {
+    func run() {
         print("")
         print("sgemm: tensor core `matmul` (allocates its output) vs raw cblas_sgemm into a preallocated buffer")
         let header = "shape".padding(toLength: 38, withPad: " ", startingAt: 0) + "   m     k     n   stitch GF/s   openblas GF/s   ratio"

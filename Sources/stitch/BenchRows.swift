@@ -1,0 +1,93 @@
+import ArgumentParser
+import Foundation
+import StitchModels
+import StitchTensor
+
+/// The model rows of `stitch bench`; the Python reference implements the same names.
+enum BenchRow: String, CaseIterable, ExpressibleByArgument {
+    case clipImage1 = "clip-image-1", clipImage16 = "clip-image-16", clipText = "clip-text"
+    case gpt2Greedy = "gpt2-greedy", minilm, efficientnet
+
+    var neededFolder: String {
+        switch self {
+        case .clipImage1, .clipImage16, .clipText: return "clip"
+        case .gpt2Greedy: return "gpt2"
+        case .minilm: return "minilm"
+        case .efficientnet: return "efficientnet"
+        }
+    }
+
+    var usesRandomWeights: Bool { neededFolder == "clip" || neededFolder == "gpt2" }
+}
+
+/// The Stitch side of one bench row, in its own process so its peak memory is its own.
+struct BenchRowWorker: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_bench-row", abstract: "One row of `stitch bench` (internal).",
+                                                    shouldDisplay: false)
+
+    @Argument var row: BenchRow
+    @Option var clip: String?
+    @Option var gpt2: String?
+    @Option var minilm: String?
+    @Option var efficientnet: String?
+    @Option var threads = Parallel.cores
+    @Option var seconds = 1.0
+
+    func folder(_ path: String?) throws -> URL {
+        guard let path else { throw ValidationError("--\(row.neededFolder) is required for \(row.rawValue)") }
+        return URL(fileURLWithPath: path)
+    }
+
+    /// Deterministic pseudo-random values in [-1, 1): timing does not depend on them.
+    func noise(_ count: Int) -> [Float] {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        return (0..<count).map { _ in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(state >> 40) / Float(1 << 23) - 1
+        }
+    }
+
+    func run() throws {
+        BLAS.configureThreads(threads)
+        let (time, note): (Double, String)
+        switch row {
+        case .clipImage1, .clipImage16:
+            let clip = try CLIP(folder: folder(clip))
+            let batch = row == .clipImage1 ? 1 : 16
+            let pixels = Tensor(shape: [batch, 3, 224, 224], scalars: noise(batch * 3 * 224 * 224))
+            (time, note) = (try bestTime(seconds: seconds) { _ = try clip.imageFeatures(pixels) }, "batch \(batch)")
+        case .clipText:
+            let clip = try CLIP(folder: folder(clip))
+            let ids = noise(45 * 14).map { 1 + Int(($0 + 1) * 24_700) }
+            let tokens = (0..<45).map { [49406] + ids[$0 * 14..<($0 + 1) * 14] + [49407] }
+            (time, note) = (try bestTime(seconds: seconds) { _ = try clip.textFeatures(tokens) }, "45 texts x 16 tokens")
+        case .gpt2Greedy:
+            let gpt2 = try GPT2(folder: folder(gpt2))
+            let prompt = [50256, 32, 4590, 286, 257]
+            // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
+            let total = try bestTime(seconds: seconds) {
+                var cache = gpt2.makeCache()
+                var hidden = try gpt2.forward([prompt], cache: &cache)
+                for _ in 0..<64 {
+                    let last = hidden.row(0).row(hidden.shape[1] - 1).reshaped([1, gpt2.config.hiddenSize])
+                    let scores = gpt2.logits(last).scalars
+                    let next = scores.indices.max { scores[$0] < scores[$1] }!
+                    hidden = try gpt2.forward([[next]], cache: &cache)
+                }
+            }
+            (time, note) = (total / 64, "per token, 64 new tokens")
+        case .minilm:
+            let encoder = try SentenceEncoder(folder: folder(minilm))
+            let sentences = (0..<32).map { "a photo of \($0) zebras standing next to a red truck on a sunny street" }
+            (time, note) = (try bestTime(seconds: seconds) { _ = try encoder.encode(sentences) }, "batch 32")
+        case .efficientnet:
+            let network = try EfficientNetLite(folder: folder(efficientnet))
+            let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))
+            (time, note) = (try bestTime(seconds: seconds) { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let result: [String: Any] = ["seconds": time, "peak_mb": Double(usage.ru_maxrss) / 1024, "note": note]
+        print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
+    }
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The Python side of `stitch bench`: the same work as Stitch, done the reference
+way (transformers on torch, sentence-transformers, efficientnet_lite_pytorch),
+one row per process so that each row's peak memory is its own.
+
+    bench_reference.py prepare WORK_DIR              # real-size random-weight CLIP B/32 and GPT-2 small
+    bench_reference.py ROW --clip D --gpt2 D ...     # prints {"seconds": best, "peak_mb": ..., "note": ...}
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+
+def best_time(fn, seconds):
+    fn()  # warm-up
+    best, start, runs = float("inf"), time.perf_counter(), 0
+    while runs < 3 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        runs += 1
+    return best
+
+
+def prepare(work):
+    import torch
+    from transformers import CLIPConfig, CLIPModel, GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    if not os.path.exists(os.path.join(work, "clip-b32", "model.safetensors")):
+        config = CLIPConfig()  # the defaults are ViT-B/32
+        config.architectures = ["CLIPModel"]
+        CLIPModel(config).save_pretrained(os.path.join(work, "clip-b32"), safe_serialization=True)
+    if not os.path.exists(os.path.join(work, "gpt2-small", "model.safetensors")):
+        config = GPT2Config()  # the defaults are GPT-2 small
+        config.architectures = ["GPT2LMHeadModel"]
+        GPT2LMHeadModel(config).save_pretrained(os.path.join(work, "gpt2-small"), safe_serialization=True)
+
+
+def row(name, args):
+    import torch
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        if name.startswith("clip-image"):
+            from transformers import CLIPModel
+            model = CLIPModel.from_pretrained(args.clip).eval()
+            batch = int(name.rsplit("-", 1)[1])
+            pixels = torch.randn(batch, 3, 224, 224)
+            return best_time(lambda: model.get_image_features(pixel_values=pixels), args.seconds), f"batch {batch}"
+        if name == "clip-text":
+            from transformers import CLIPModel
+            model = CLIPModel.from_pretrained(args.clip).eval()
+            ids = torch.randint(1, 49405, (45, 16))
+            ids[:, 0], ids[:, -1] = 49406, 49407
+            return best_time(lambda: model.get_text_features(input_ids=ids), args.seconds), "45 texts x 16 tokens"
+        if name == "gpt2-greedy":
+            from transformers import GPT2LMHeadModel
+            model = GPT2LMHeadModel.from_pretrained(args.gpt2).eval()
+            prompt = torch.tensor([[50256, 32, 4590, 286, 257]])
+            mask = torch.ones_like(prompt)
+            run = lambda: model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=64,
+                                         min_new_tokens=64, pad_token_id=50256)
+            return best_time(run, args.seconds) / 64, "per token, 64 new tokens"
+        if name == "minilm":
+            from sentence_transformers import SentenceTransformer
+            model = SentenceTransformer(args.minilm, device="cpu")
+            sentences = [f"a photo of {i} zebras standing next to a red truck on a sunny street" for i in range(32)]
+            return best_time(lambda: model.encode(sentences, batch_size=32), args.seconds), "batch 32"
+        if name == "efficientnet":
+            from efficientnet_lite_pytorch import EfficientNet
+            from safetensors.torch import load_file
+            model = EfficientNet.from_name("efficientnet-lite0").eval()
+            model.load_state_dict(load_file(os.path.join(args.efficientnet, "model.safetensors")))
+            pixels = torch.randn(1, 3, 224, 224)
+            return best_time(lambda: model(pixels), args.seconds), "batch 1"
+    raise SystemExit(f"unknown row {name}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("row")
+    parser.add_argument("work", nargs="?")
+    parser.add_argument("--clip")
+    parser.add_argument("--gpt2")
+    parser.add_argument("--minilm")
+    parser.add_argument("--efficientnet")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    if args.row == "prepare":
+        prepare(args.work)
+        return
+    seconds, note = row(args.row, args)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "note": note}))
+
+
+if __name__ == "__main__":
+    main()
