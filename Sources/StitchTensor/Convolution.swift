@@ -83,19 +83,19 @@ public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: 
                 let (s, k, d) = (src.baseAddress!, kernel.baseAddress!, dst.baseAddress!)
                 Parallel.forEach(c) { channel in
                     let input = s + channel * h * w, taps = k + channel * kh * kw, output = d + channel * hOut * wOut
+                    // Each tap (i, j) sweeps the output columns whose input column lies inside the image,
+                    // so the inner loop is contiguous and unchecked; every output still sums its taps in (i, j) order.
+                    let columns = (0..<kw).map { j in validOutputs(offset: j - padding.left, stride: stride, inputSize: w, outputSize: wOut) }
                     for y in 0..<hOut {
-                        for xo in 0..<wOut {
-                            var sum: Float = 0
-                            for i in 0..<kh {
-                                let sy = y * stride + i - padding.top
-                                guard sy >= 0 && sy < h else { continue }
-                                for j in 0..<kw {
-                                    let sx = xo * stride + j - padding.left
-                                    guard sx >= 0 && sx < w else { continue }
-                                    sum += input[sy * w + sx] * taps[i * kw + j]
-                                }
+                        let row = output + y * wOut
+                        for i in 0..<kh {
+                            let sy = y * stride + i - padding.top
+                            guard sy >= 0 && sy < h else { continue }
+                            let inputRow = input + sy * w
+                            for j in 0..<kw {
+                                let tap = taps[i * kw + j], shift = j - padding.left
+                                for xo in columns[j] { row[xo] += inputRow[xo * stride + shift] * tap }
                             }
-                            output[y * wOut + xo] = sum
                         }
                     }
                 }
@@ -104,6 +104,15 @@ public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: 
     }
     if let bias { addChannelBias(&out, bias, plane: hOut * wOut) }
     return out
+}
+
+/// The outputs xo whose input column xo * stride + offset lies in 0..<inputSize.
+private func validOutputs(offset: Int, stride: Int, inputSize: Int, outputSize: Int) -> Range<Int> {
+    var first = 0
+    while first < outputSize && first * stride + offset < 0 { first += 1 }
+    var end = first
+    while end < outputSize && end * stride + offset < inputSize { end += 1 }
+    return first..<end
 }
 
 /// Adds bias[c] to every element of channel c in x [c, plane...].

@@ -92,9 +92,25 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(fetch.status, 0)
         XCTAssert(fetch.errors.contains("org/absent-model") && fetch.errors.contains("HF_HUB_OFFLINE"), fetch.errors)
 
-        let bench = try stitch(["bench", "--seconds", "0"])
+        let bench = try stitch(["bench", "--seconds", "0", "--rows", "gemm"])
         XCTAssertEqual(bench.status, 0, bench.errors)
         XCTAssert(bench.output.contains("CLIP-B/32 vision mlp fc1") && bench.output.contains("GPT-2 LM head decode"), bench.output)
         XCTAssert(bench.output.contains("lowest ratio"), bench.output)
+        XCTAssertFalse(bench.output.contains("models:"), "only the selected rows run")
+
+        let unknown = try stitch(["bench", "--rows", "gemm,warp-drive"])
+        XCTAssertNotEqual(unknown.status, 0)
+        XCTAssert(unknown.errors.contains("unknown bench rows: warp-drive"), unknown.errors)
+
+        // Without a Python reference the Stitch side still runs and says why the other side is missing.
+        if let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0") {
+            let alone = try stitch(["bench", "--seconds", "0", "--rows", "efficientnet", "--efficientnet", efficientnet.path,
+                                    "--python", "/nonexistent/python3"])
+            XCTAssertEqual(alone.status, 0, alone.errors)
+            XCTAssert(alone.output.contains("efficientnet    batch 1") && alone.output.contains("n/a"), alone.output)
+            XCTAssert(alone.output.contains("reference unavailable: /nonexistent/python3 cannot import torch"), alone.output)
+            let skipped = try stitch(["bench", "--seconds", "0", "--rows", "minilm", "--python", "/nonexistent/python3"])
+            XCTAssert(skipped.output.contains("skipped: no minilm folder (--minilm)"), skipped.output)
+        }
     }
 }
