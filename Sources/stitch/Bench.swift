@@ -51,7 +51,7 @@ struct Bench: ParsableCommand {
             guard unknown.isEmpty else { throw ValidationError("unknown bench rows: \(unknown.sorted().joined(separator: ", "))") }
         }
         print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config()))")
-        if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds).run() }
+        if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds, threads: threads).run() }
         let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? true }
         if !modelRows.isEmpty { try runModelRows(modelRows) }
     }
@@ -198,6 +198,7 @@ func bestTime(seconds: Double, _ body: () throws -> Void) rethrows -> Double {
 
 struct GemmBench {
     let seconds: Double
+    let threads: Int
 
     /// (label, rows m, inputs k, outputs n): x [m, k] times a PyTorch-layout weight [n, k].
     static let shapes: [(String, Int, Int, Int)] = [
@@ -220,7 +221,7 @@ struct GemmBench {
 
     func run() {
         print("")
-        print("sgemm: tensor core `matmul` (allocates its output) vs raw cblas_sgemm into a preallocated buffer")
+        print("sgemm: tensor core `matmul` (allocates its output) vs raw cblas_sgemm with OpenBLAS's own \(threads) thread(s), into a preallocated buffer")
         let header = "shape".padding(toLength: 38, withPad: " ", startingAt: 0) + "   m     k     n   stitch GF/s   openblas GF/s   ratio"
         print(header)
         print(String(repeating: "-", count: header.count))
@@ -230,6 +231,9 @@ struct GemmBench {
             let w = Tensor(shape: [n, k], scalars: (0..<n * k).map { Float(($0 * 104_729) % 1000) / 1000 - 0.5 })
             var output = Tensor(zeros: [m, n])
             let stitch = bestTime(seconds: seconds) { _ = matmul(x, w, transposeB: true) }
+            // Raw OpenBLAS as a user would call it, threaded by OpenBLAS; Stitch keeps it single-threaded.
+            openblas_set_num_threads(Int32(threads))
+            defer { openblas_set_num_threads(1) }
             let raw = bestTime(seconds: seconds) {
                 x.withUnsafeBufferPointer { xp in
                     w.withUnsafeBufferPointer { wp in

@@ -85,9 +85,16 @@ struct BenchRowWorker: ParsableCommand {
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))
             (time, note) = (try bestTime(seconds: seconds) { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
         }
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        let result: [String: Any] = ["seconds": time, "peak_mb": Double(usage.ru_maxrss) / 1024, "note": note]
+        let result: [String: Any] = ["seconds": time, "peak_mb": peakResidentMB(), "note": note]
         print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
     }
+}
+
+/// This process's peak resident memory (VmHWM). Unlike getrusage's ru_maxrss, it starts
+/// afresh at exec, so a child does not inherit the high-water mark of the bench that spawned it.
+func peakResidentMB() -> Double {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return .nan }
+    return kilobytes / 1024
 }
