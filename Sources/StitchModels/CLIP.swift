@@ -311,9 +311,22 @@ public final class CLIP: @unchecked Sendable {
         var images = imageFeatures, texts = textFeatures
         l2NormalizeRows(&images)
         l2NormalizeRows(&texts)
+        return scaledSimilarities(images, texts)
+    }
+
+    /// exp(logit_scale) · images · textsᵀ for unit-length rows: [images, texts].
+    private func scaledSimilarities(_ images: Tensor, _ texts: Tensor) -> Tensor {
         var logits = matmul(images, texts, transposeB: true)
         mapInPlace(&logits) { $0 * self.logitScale }
         return logits
+    }
+
+    /// Zero-shot probabilities [images, labels]: softmax over labels of the scaled similarities
+    /// of unit-length image embeddings and label embeddings (`labelEmbeddings`).
+    public func labelProbabilities(imageEmbeddings: Tensor, labelEmbeddings: Tensor) -> Tensor {
+        var probabilities = scaledSimilarities(imageEmbeddings, labelEmbeddings)
+        softmaxLastDimension(&probabilities)
+        return probabilities
     }
 
     /// Zero-shot label embeddings: each label in every template, embedded, averaged and renormalised
@@ -334,10 +347,6 @@ public final class CLIP: @unchecked Sendable {
 
     /// Zero-shot classification: softmax over labels of the image-text logits, [images, labels].
     public func classify(_ images: [RGBImage], labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
-        let labelRows = try labelEmbeddings(labels, templates: templates)
-        var logits = matmul(try imageEmbeddings(images), labelRows, transposeB: true)
-        mapInPlace(&logits) { $0 * self.logitScale }
-        softmaxLastDimension(&logits)
-        return logits
+        labelProbabilities(imageEmbeddings: try imageEmbeddings(images), labelEmbeddings: try labelEmbeddings(labels, templates: templates))
     }
 }

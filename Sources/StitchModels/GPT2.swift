@@ -167,8 +167,9 @@ public final class GPT2: @unchecked Sendable {
         return continuation.enumerated().map { i, token in scores[i, token] }
     }
 
-    /// Greedy decoding: up to `maxTokens` new tokens, stopping after the end token.
-    public func greedy(prompt: [Int], maxTokens: Int) throws -> [Int] {
+    /// Greedy decoding: up to `maxTokens` new tokens, stopping after the end token unless
+    /// `stopAtEnd` is false (as transformers' min_new_tokens forces, e.g. to time a fixed length).
+    public func greedy(prompt: [Int], maxTokens: Int, stopAtEnd: Bool = true) throws -> [Int] {
         var cache = makeCache()
         var generated: [Int] = []
         var hidden = try forward([prompt], cache: &cache)
@@ -177,7 +178,8 @@ public final class GPT2: @unchecked Sendable {
             let scores = logits(last.reshaped([1, config.hiddenSize])).scalars
             let next = scores.indices.max { scores[$0] < scores[$1] }!   // the first of equal maxima, as torch.argmax
             generated.append(next)
-            if next == config.endTokenID || cache.length >= config.maxPositions { break }
+            // No forward for a token nothing will follow.
+            if generated.count == maxTokens || (stopAtEnd && next == config.endTokenID) || cache.length >= config.maxPositions { break }
             hidden = try forward([[next]], cache: &cache)
         }
         return generated

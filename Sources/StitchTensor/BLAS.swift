@@ -8,9 +8,9 @@ public enum WeightLayout: Sendable {
 }
 
 public enum BLAS {
-    /// Stitch parallelises products itself (`splitGemm`) on the same threads as its other
-    /// parallel loops; OpenBLAS's own pool would spin on the cores those loops need, so
-    /// OpenBLAS runs single-threaded from the first product on.
+    /// Stitch parallelises products itself (`splitGemm`, attention heads, batches) on the same
+    /// threads as its other parallel loops; OpenBLAS's own pool would spin on the cores those
+    /// loops need, so OpenBLAS runs single-threaded from its first call on (`gemm`, `splitGemv`).
     private static let singleThreaded: Void = openblas_set_num_threads(1)
 
     /// How many cores Stitch's parallel loops and products use (default: all).
@@ -23,7 +23,6 @@ public enum BLAS {
     /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
     static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
                           b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        _ = singleThreaded
         if m == 1 {
             // One row (a decoding step): sgemm would first copy the whole of B into its packed
             // format, which costs more than the product; sgemv streams B once.
@@ -46,6 +45,7 @@ public enum BLAS {
     /// y[n] = x[k]·op(B) for one row x, split into blocks of outputs over the cores.
     private static func splitGemv(transposeB: Bool, n: Int, k: Int, x: UnsafePointer<Float>,
                                   b: UnsafePointer<Float>, ldb: Int, y: UnsafeMutablePointer<Float>) {
+        _ = singleThreaded
         let parts = min(Parallel.limit, max(1, n * k / 250_000))
         let block = ((n + parts - 1) / parts + 15) / 16 * 16
         Parallel.forEach((n + block - 1) / block) { part in
@@ -69,6 +69,7 @@ public enum BLAS {
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
+        _ = singleThreaded
         cblas_sgemm(CblasRowMajor,
                     transposeA ? CblasTrans : CblasNoTrans,
                     transposeB ? CblasTrans : CblasNoTrans,
@@ -77,7 +78,7 @@ public enum BLAS {
 }
 
 /// `a` [..., m, k] times `b` [k, n] (or [n, k] when `transposeB`), giving [..., m, n].
-/// Leading dimensions of `a` are folded into m: one sgemm call.
+/// Leading dimensions of `a` are folded into m; the product is split over the cores (`BLAS.splitGemm`).
 public func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool = false) -> Tensor {
     precondition(a.rank >= 1 && b.rank == 2, "matmul needs a [..., k] and b rank 2, got \(a.shape) and \(b.shape)")
     let k = a.lastDimension

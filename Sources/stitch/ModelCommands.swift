@@ -114,10 +114,8 @@ struct Classify: ParsableCommand {
         let names = labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let labelRows = try clip.labelEmbeddings(names, templates: templates)   // embedded once for all images
         for path in images {
-            var logits = matmul(try clip.imageEmbeddings([RGBImage(contentsOf: path)]), labelRows, transposeB: true)
-            mapInPlace(&logits) { $0 * clip.logitScale }
-            softmaxLastDimension(&logits)
-            let probabilities = logits.scalars
+            let probabilities = clip.labelProbabilities(imageEmbeddings: try clip.imageEmbeddings([RGBImage(contentsOf: path)]),
+                                                        labelEmbeddings: labelRows).scalars
             let ranked = probabilities.indices.sorted { probabilities[$0] > probabilities[$1] }.prefix(max(topK, 1))
             if json {
                 try printJSONLine(["image": path, "labels": ranked.map { ["label": names[$0], "probability": probabilities[$0]] }])

@@ -26,7 +26,7 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         let tokenizer = try load()
-        let inputs = texts.isEmpty ? AnyIterator { readLine(strippingNewline: true) }.map { $0 } : texts
+        let inputs = texts.isEmpty ? standardInputLines() : texts
         for text in inputs {
             let ids = tokenizer.encode(text)
             print(decode ? tokenizer.decode(ids) : ids.map(String.init).joined(separator: " "))
