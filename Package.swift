@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "StitchImaging", targets: ["StitchImaging"]),
         .library(name: "StitchTokenizers", targets: ["StitchTokenizers"]),
         .library(name: "StitchModels", targets: ["StitchModels"]),
+        .library(name: "StitchMethods", targets: ["StitchMethods"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -33,11 +34,13 @@ let package = Package(
         .target(name: "StitchTokenizers", dependencies: ["CZlib"]),
         // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
+        // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
+        .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchImaging", "StitchModels"]),
         // The command-line tool.
         .executableTarget(name: "stitch", dependencies: [
-            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "CBLAS",
+            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], resources: [.copy("Resources/bench_reference.py")]),
+        ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py")]),
 
         .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
@@ -45,6 +48,7 @@ let package = Package(
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport"]),
+        .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchTestSupport"]),
     ]
 )

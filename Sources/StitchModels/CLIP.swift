@@ -102,9 +102,7 @@ struct CLIPEncoderLayer {
         let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask)
         var hidden = gatherRows(x, positions)
         addInPlace(&hidden, out(attended))
-        var inner = fc1(layerNorm2(hidden))
-        activation.apply(&inner)
-        addInPlace(&hidden, fc2(inner))
+        addFeedForward(&hidden)
         return hidden
     }
 
@@ -112,11 +110,47 @@ struct CLIPEncoderLayer {
     func callAsFunction(_ x: Tensor, causal: Bool) -> Tensor {
         var hidden = x
         addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(x)), heads: heads, causal: causal)))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
+    /// The causal layer for positions after those in `cache`, whose keys and values it appends.
+    /// x [batch, t, d] -> [batch, t, d]
+    func callAsFunction(_ x: Tensor, cache: inout KVCache) -> Tensor {
+        let parts = splitLastDimension(qkv(layerNorm1(x)), parts: 3)
+        var hidden = x
+        addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
+    /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).
+    private func addFeedForward(_ hidden: inout Tensor) {
         var inner = fc1(layerNorm2(hidden))
         activation.apply(&inner)
         addInPlace(&hidden, fc2(inner))
-        return hidden
     }
+}
+
+/// Keys and values of a CLIP text prefix, per layer. The text tower is causal, so texts that
+/// begin with the same tokens share these states and only their tails need computing.
+public struct CLIPTextCache: Sendable {
+    var layers: [KVCache]
+    /// The tokens whose states the cache holds.
+    public private(set) var tokens: [Int]
+
+    init(layers: [KVCache], tokens: [Int]) {
+        self.layers = layers
+        self.tokens = tokens
+    }
+
+    /// Keeps the first `length` tokens.
+    public mutating func truncate(to length: Int) {
+        for i in layers.indices { layers[i].truncate(to: length) }
+        tokens.removeLast(tokens.count - length)
+    }
+
+    mutating func append(_ more: [Int]) { tokens += more }
 }
 
 /// Row `positions[b]` of each sequence b of x [batch, t, d], as [batch, 1, d].
@@ -194,6 +228,33 @@ public final class CLIP: @unchecked Sendable {
     /// The id that ends (and pads) a sequence.
     var endID: Int { tokenizer?.endID ?? (config.endTokenID == 2 ? config.vocabularySize - 1 : config.endTokenID) }
 
+    /// An empty text prefix.
+    public func makeTextCache() -> CLIPTextCache {
+        CLIPTextCache(layers: textLayers.map { _ in KVCache(batch: 1, width: config.text.hiddenSize) }, tokens: [])
+    }
+
+    /// Makes `cache` hold `tokens`: keeps the part it shares with them and runs the rest.
+    public func extendTextCache(_ cache: inout CLIPTextCache, to tokens: [Int]) throws {
+        let common = zip(cache.tokens, tokens).prefix { $0 == $1 }.count
+        cache.truncate(to: common)
+        guard common < tokens.count else { return }
+        let rest = Array(tokens[common...])
+        var hidden = try textEmbeddingLayer([rest], offset: common)
+        for (index, layer) in textLayers.enumerated() { hidden = layer(hidden, cache: &cache.layers[index]) }
+        cache.append(rest)
+    }
+
+    /// Projected text features [tails, projectionDim] of texts that begin with the cached tokens
+    /// and continue with `tails[i]`, pooled at tail position `poolPositions[i]`. Equal to
+    /// `textFeatures` of the whole sequences; only the tails are computed.
+    public func textFeatures(tails: [[Int]], poolPositions: [Int], after cache: CLIPTextCache) throws -> Tensor {
+        var caches = cache.layers.map { $0.repeated(tails.count) }
+        var hidden = try textEmbeddingLayer(tails, offset: cache.tokens.count)
+        for (index, layer) in textLayers.enumerated() { hidden = layer(hidden, cache: &caches[index]) }
+        let pooled = gatherRows(hidden, poolPositions)
+        return textProjection(finalLayerNorm(pooled).reshaped([tails.count, config.text.hiddenSize]))
+    }
+
     /// Last hidden states [batch, t, d] of token sequences right-padded to one length with the end token.
     /// Padding needs no mask: the tower is causal, so real tokens never see the pads after them.
     public func textHiddenStates(_ tokens: [[Int]]) throws -> Tensor {
@@ -202,11 +263,11 @@ public final class CLIP: @unchecked Sendable {
         return finalLayerNorm(hidden)
     }
 
-    /// Token plus position embeddings [batch, t, d] of right-padded sequences.
-    private func textEmbeddingLayer(_ tokens: [[Int]]) throws -> Tensor {
+    /// Token plus position embeddings [batch, t, d] of right-padded sequences that start at position `offset`.
+    private func textEmbeddingLayer(_ tokens: [[Int]], offset: Int = 0) throws -> Tensor {
         let length = tokens.map(\.count).max() ?? 0
-        guard length > 0, length <= config.maxPositions else {
-            throw ModelError.invalidInput(model: "CLIP text", detail: "sequences must hold 1...\(config.maxPositions) tokens, got \(length)")
+        guard length > 0, offset + length <= config.maxPositions else {
+            throw ModelError.invalidInput(model: "CLIP text", detail: "sequences must hold 1...\(config.maxPositions) tokens, got \(offset + length)")
         }
         let padded = tokens.map { $0 + Array(repeating: endID, count: length - $0.count) }
         let d = config.text.hiddenSize
@@ -216,7 +277,7 @@ public final class CLIP: @unchecked Sendable {
         } catch {
             throw ModelError.invalidInput(model: "CLIP text", detail: error.description)
         }
-        let positions = concatenate(Array(repeating: textPositions.rows(0..<length).reshaped([1, length, d]), count: tokens.count), axis: 0)
+        let positions = concatenate(Array(repeating: textPositions.rows(offset..<offset + length).reshaped([1, length, d]), count: tokens.count), axis: 0)
         addInPlace(&hidden, positions)
         return hidden
     }
@@ -226,12 +287,12 @@ public final class CLIP: @unchecked Sendable {
     public func textFeatures(_ tokens: [[Int]]) throws -> Tensor {
         var hidden = try textEmbeddingLayer(tokens)
         for layer in textLayers.dropLast() { hidden = layer(hidden, causal: true) }
-        let pooled = textLayers.last!.pooled(hidden, positions: tokens.map(endPosition), causal: true)
+        let pooled = textLayers.last!.pooled(hidden, positions: tokens.map(poolPosition), causal: true)
         return textProjection(finalLayerNorm(pooled).reshaped([tokens.count, config.text.hiddenSize]))
     }
 
-    /// Where the sequence is pooled: the first end token, or (legacy configs) the largest id.
-    func endPosition(_ ids: [Int]) -> Int {
+    /// Where a token sequence is pooled: the first end token, or (legacy configs) the largest id.
+    public func poolPosition(_ ids: [Int]) -> Int {
         if config.endTokenID == 2 { return ids.indices.max { ids[$0] < ids[$1] } ?? 0 }   // first of equal maxima
         return ids.firstIndex(of: config.endTokenID) ?? 0
     }

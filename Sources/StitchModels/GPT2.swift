@@ -35,14 +35,14 @@ public struct GPT2Config: Decodable, Sendable {
 }
 
 /// Per-layer keys and values of the positions fed so far.
-public struct GPT2Cache: Sendable {
+public struct GPT2Cache: LanguageModelCache {
     var layers: [KVCache]
     public var batch: Int { layers.first?.batch ?? 0 }
     public var length: Int { layers.first?.length ?? 0 }
 
-    /// The cache for `count * batch` rows, each row repeated `count` times: a shared prefix
-    /// continued by several candidates in one batched forward.
     public func repeated(_ count: Int) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.repeated(count) }) }
+
+    public func gathering(_ rows: [Int]) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.gathering(rows) }) }
 
     /// Forgets positions beyond `length`.
     public mutating func truncate(to length: Int) {
@@ -81,7 +81,7 @@ struct GPT2Block {
 
 /// GPT-2 (transformers GPT2LMHeadModel, or a bare GPT2Model checkpoint) with the
 /// LM head tied to the token embeddings.
-public final class GPT2: @unchecked Sendable {
+public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     public let config: GPT2Config
     public let tokenizer: GPT2Tokenizer?
     let tokenEmbedding, positionEmbedding: Tensor
@@ -167,21 +167,12 @@ public final class GPT2: @unchecked Sendable {
         return continuation.enumerated().map { i, token in scores[i, token] }
     }
 
-    /// Greedy decoding: up to `maxTokens` new tokens, stopping after the end token unless
-    /// `stopAtEnd` is false (as transformers' min_new_tokens forces, e.g. to time a fixed length).
-    public func greedy(prompt: [Int], maxTokens: Int, stopAtEnd: Bool = true) throws -> [Int] {
-        var cache = makeCache()
-        var generated: [Int] = []
-        var hidden = try forward([prompt], cache: &cache)
-        while generated.count < maxTokens {
-            let last = hidden.row(0).row(hidden.shape[1] - 1)
-            let scores = logits(last.reshaped([1, config.hiddenSize])).scalars
-            let next = scores.indices.max { scores[$0] < scores[$1] }!   // the first of equal maxima, as torch.argmax
-            generated.append(next)
-            // No forward for a token nothing will follow.
-            if generated.count == maxTokens || (stopAtEnd && next == config.endTokenID) || cache.length >= config.maxPositions { break }
-            hidden = try forward([[next]], cache: &cache)
-        }
-        return generated
+    public var vocabularySize: Int { config.vocabularySize }
+    public var endTokenID: Int { config.endTokenID }
+    public var contextLength: Int { config.maxPositions }
+
+    public func decode(_ ids: [Int]) throws -> String {
+        guard let tokenizer else { throw ModelError.invalidInput(model: "GPT-2", detail: "the model folder has no vocab.json / merges.txt to decode text") }
+        return tokenizer.decode(ids)
     }
 }

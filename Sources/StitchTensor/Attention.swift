@@ -39,11 +39,17 @@ public struct KVCache: Sendable {
     /// A cache for `count * batch` rows, each batch row repeated `count` times
     /// consecutively: a shared prefix continued by several candidates.
     public func repeated(_ count: Int) -> KVCache {
-        var copy = KVCache(batch: batch * count, width: width, capacity: capacity)
-        for b in 0..<batch * count {
-            let source = (b / count) * capacity, target = b * capacity
-            Self.copy(rows: length, from: keys, row: source, to: &copy.keys, row: target, width: width)
-            Self.copy(rows: length, from: values, row: source, to: &copy.values, row: target, width: width)
+        gathering((0..<batch * count).map { $0 / count })
+    }
+
+    /// A cache of the given batch rows, in that order (rows may repeat): the beams or the
+    /// candidate that decoding keeps.
+    public func gathering(_ rows: [Int]) -> KVCache {
+        var copy = KVCache(batch: rows.count, width: width, capacity: capacity)
+        for (target, source) in rows.enumerated() {
+            precondition(source >= 0 && source < batch, "row \(source) of a cache of batch \(batch)")
+            Self.copy(rows: length, from: keys, row: source * capacity, to: &copy.keys, row: target * capacity, width: width)
+            Self.copy(rows: length, from: values, row: source * capacity, to: &copy.values, row: target * capacity, width: width)
         }
         copy.length = length
         return copy

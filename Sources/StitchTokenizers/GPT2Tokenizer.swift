@@ -5,8 +5,14 @@ import Foundation
 public struct GPT2Tokenizer: Tokenizer {
     let bpe: BytePairEncoder
     public let endOfTextID: Int
+    /// Tokens added after training (added_tokens.json), such as MAGiC's "<-start_of_text->":
+    /// matched whole in text, like <|endoftext|>.
+    public let addedTokens: [String: Int]
+    private let addedText: [Int: String]
 
-    public init(vocabularyFile: String, mergesFile: String) throws(TokenizerError) {
+    public init(vocabularyFile: String, mergesFile: String, addedTokensFile: String? = nil) throws(TokenizerError) {
+        addedTokens = try addedTokensFile.map(readVocabularyJSON) ?? [:]
+        addedText = Dictionary(addedTokens.map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
         let vocabulary = try readVocabularyJSON(vocabularyFile)
         let merges = try parseMerges(Substring(try readText(mergesFile)), file: mergesFile)
         guard let endOfText = vocabulary["<|endoftext|>"] else {
@@ -16,23 +22,30 @@ public struct GPT2Tokenizer: Tokenizer {
         endOfTextID = endOfText
     }
 
-    /// Loads vocab.json and merges.txt from a model folder.
+    /// Loads vocab.json and merges.txt (and added_tokens.json when present) from a model folder.
     public init(folder: URL) throws(TokenizerError) {
+        let added = folder.appendingPathComponent("added_tokens.json").path
         try self.init(vocabularyFile: folder.appendingPathComponent("vocab.json").path,
-                      mergesFile: folder.appendingPathComponent("merges.txt").path)
+                      mergesFile: folder.appendingPathComponent("merges.txt").path,
+                      addedTokensFile: FileManager.default.fileExists(atPath: added) ? added : nil)
     }
 
-    public var vocabularySize: Int { bpe.vocabulary.count }
+    public var vocabularySize: Int { bpe.vocabulary.count + addedText.keys.filter { bpe.idToToken[$0] == nil }.count }
+
+    /// The id of a whole token (added tokens included).
+    public func id(of token: String) -> Int? { addedTokens[token] ?? bpe.vocabulary[token] }
 
     public func encode(_ text: String) -> [Int] {
-        encodeAroundSpecialTokens(text, ["<|endoftext|>": endOfTextID]) { part in
+        encodeAroundSpecialTokens(text, addedTokens.merging(["<|endoftext|>": endOfTextID]) { _, base in base }) { part in
             Self.pretokenize(part).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
         }
     }
 
     /// The text of `ids`; like transformers' decode, <|endoftext|> is kept as text.
     public func decode(_ ids: [Int]) -> String {
-        String(decoding: bpe.bytes(of: ids), as: UTF8.self)
+        guard !addedText.isEmpty else { return String(decoding: bpe.bytes(of: ids), as: UTF8.self) }
+        let bytes = ids.flatMap { id in addedText[id].map { Array($0.utf8) } ?? bpe.bytes(of: [id]) }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The text of one token id (byte-level symbols turned back into text).

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StitchMethods
 import StitchModels
 import StitchTensor
 
@@ -65,7 +66,7 @@ struct BenchRowWorker: ParsableCommand {
             let gpt2 = try GPT2(folder: folder(gpt2))
             let prompt = [50256, 32, 4590, 286, 257]
             // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
-            let total = try bestTime(seconds: seconds) { _ = try gpt2.greedy(prompt: prompt, maxTokens: 64, stopAtEnd: false) }
+            let total = try bestTime(seconds: seconds) { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
             (time, note) = (total / 64, "per token, 64 new tokens")
         case .minilm:
             let encoder = try SentenceEncoder(folder: folder(minilm))

@@ -125,25 +125,3 @@ struct Classify: ParsableCommand {
         }
     }
 }
-
-struct Generate: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Continue a prompt with GPT-2 (greedy decoding) and print the continuation.")
-
-    @Option(help: "GPT-2 model folder or hub id.")
-    var model = "gpt2"
-
-    @Option(help: "The text to continue.")
-    var prompt: String
-
-    @Option(help: "At most this many new tokens.")
-    var maxTokens = 32
-
-    func run() throws {
-        let gpt2 = try GPT2(folder: try ModelLocator.fromEnvironment().resolve(model, files: GPT2.files))
-        guard let tokenizer = gpt2.tokenizer else { throw ValidationError("\(model) has no vocab.json / merges.txt") }
-        let ids = prompt.isEmpty ? [gpt2.config.endTokenID] : tokenizer.encode(prompt)
-        let generated = try gpt2.greedy(prompt: ids, maxTokens: maxTokens).filter { $0 != gpt2.config.endTokenID }
-        print(tokenizer.decode(generated))
-    }
-}

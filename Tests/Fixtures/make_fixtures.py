@@ -22,6 +22,9 @@ import torch
 from PIL import Image
 from safetensors.numpy import save_file
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "Sources", "stitch", "Resources"))
+import magic_reference  # noqa: E402  (the MAGiC reference is shared with `stitch bench`)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -102,21 +105,7 @@ def tokenizer_corpus():
 
 
 def clip_vocab_files(tmp):
-    """vocab.json + merges.txt built from bpe_simple_vocab_16e6.txt.gz exactly as CLIP builds them."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-    merges = gzip.open(os.path.join(TOKENIZERS, "bpe_simple_vocab_16e6.txt.gz")).read().decode("utf-8").split("\n")
-    merges = merges[1:49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in merges]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab += ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    vocab_file, merges_file = os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")
-    with open(vocab_file, "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
-    with open(merges_file, "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return vocab_file, merges_file
+    return magic_reference.clip_vocab_files(os.path.join(TOKENIZERS, "bpe_simple_vocab_16e6.txt.gz"), tmp)
 
 
 def make_tokenizer_goldens():
@@ -362,6 +351,65 @@ def make_gpt2_goldens():
     write_json(meta, "tiny-gpt2", "golden.json")
 
 
+
+# ---------------------------------------------------------------- decoding goldens
+
+MAGIC_IMAGES = [os.path.join(IMAGES, "zebra.jpg"), os.path.join(IMAGES, "dog_bicycle_truck.jpg"),
+                out("images", "rgb.jpg"), out("images", "grey.jpg"), out("images", "gradient.png")]
+MAGIC_SETTINGS = [dict(k=45, alpha=0.1, beta=2.0, max_tokens=16), dict(k=10, alpha=0.6, beta=1.0, max_tokens=12),
+                  dict(k=30, alpha=0.0, beta=5.0, max_tokens=10)]
+STORY_TITLE = "A day at the zoo."
+
+
+def make_decoding_goldens():
+    """transformers' generate (contrastive search, beam search) on tiny-gpt2, and the MAGiC
+    reference on tiny-gpt2 + tiny-clip for every image and setting."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast, GPT2LMHeadModel, GPT2TokenizerFast
+    tokenizer = GPT2TokenizerFast(os.path.join(TOKENIZERS, "gpt2-vocab.json"), os.path.join(TOKENIZERS, "gpt2-merges.txt"))
+    lm = GPT2LMHeadModel.from_pretrained(out("tiny-gpt2"), torch_dtype=torch.float32).eval()
+    prompts = [[50256]] + [tokenizer(p)["input_ids"] for p in GPT2_PROMPTS]
+    golden = {"prompts": prompts, "contrastive": [], "beam": []}
+
+    def generate(prompt, **settings):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            return lm.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=50256, **settings)[0, len(prompt):].tolist()
+
+    for settings in [dict(penalty_alpha=0.6, top_k=4, max_new_tokens=16), dict(penalty_alpha=0.3, top_k=8, max_new_tokens=24)]:
+        golden["contrastive"].append({"alpha": settings["penalty_alpha"], "k": settings["top_k"], "max_tokens": settings["max_new_tokens"],
+                                      "outputs": [generate(p, **settings) for p in prompts]})
+    # End tokens the tiny model actually produces under beam search, so that beams finish early
+    # and the hypothesis bookkeeping (length penalty, early stopping) decides the result.
+    plain = generate(prompts[0], num_beams=3, do_sample=False, max_new_tokens=10)
+    for beams, penalty, early, end in [(3, 1.0, False, plain[0]), (5, 0.7, False, plain[2]), (4, 1.5, True, plain[2]),
+                                       (3, -1.0, False, plain[0]), (2, -2.0, True, plain[2]), (4, 1.0, False, 50256)]:
+        settings = dict(num_beams=beams, length_penalty=penalty, early_stopping=early, do_sample=False, max_new_tokens=10)
+        golden["beam"].append({"beams": beams, "length_penalty": penalty, "early_stopping": early, "max_tokens": 10, "end_token": end,
+                               "outputs": [generate(p, eos_token_id=end, **settings) for p in prompts]})
+
+    clip = CLIPModel.from_pretrained(out("tiny-clip"), torch_dtype=torch.float32).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_tokenizer = CLIPTokenizerFast(*clip_vocab_files(tmp))
+    processor = CLIPImageProcessor()
+    golden["magic"] = {"images": [os.path.relpath(p, ROOT) for p in MAGIC_IMAGES], "settings": []}
+    features = []
+    for path in MAGIC_IMAGES:
+        pixels = processor(images=[Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            features.append(clip.get_image_features(pixel_values=pixels))
+    for settings in MAGIC_SETTINGS:
+        outputs = [magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, [50256], **settings) for f in features]
+        blind = [magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, [50256], **dict(settings, beta=0.0)) for f in features]
+        # The fixture must exercise the image: captions differ across images and from beta = 0.
+        assert len({tuple(o) for o in outputs}) > 1 and any(o != b for o, b in zip(outputs, blind)), settings
+        golden["magic"]["settings"].append(dict(settings, outputs=outputs))
+    story_prompt = tokenizer(STORY_TITLE)["input_ids"]
+    story = dict(k=20, alpha=0.2, beta=1.0, max_tokens=20)
+    golden["magic"]["story"] = dict(story, title=STORY_TITLE, prompt=story_prompt, outputs=[
+        magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, story_prompt, **story) for f in features[:2]])
+    write_json(golden, "decoding", "golden.json")
+    print("decoding: contrastive, beam and MAGiC goldens")
+
 def make_clip_manifests():
     """Weight names and shapes of the real CLIP checkpoints' architectures (no weights: meta device)."""
     from transformers import CLIPConfig, CLIPModel
@@ -450,6 +498,7 @@ if __name__ == "__main__":
     make_clip_goldens("tiny-clip")
     make_clip_goldens("tiny-clip-p14")
     make_gpt2_goldens()
+    make_decoding_goldens()
     make_clip_manifests()
     make_minilm_goldens()
     make_efficientnet_goldens()

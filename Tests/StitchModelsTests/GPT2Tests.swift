@@ -50,13 +50,8 @@ final class GPT2ParityTests: XCTestCase {
         }
     }
 
-    func testGreedyDecodingAndContinuationScores() throws {
+    func testContinuationScores() throws {
         for (index, prompt) in Self.golden.prompts.enumerated() {
-            XCTAssertEqual(try Self.model.greedy(prompt: prompt, maxTokens: 12), Self.golden.greedy[index], "prompt \(index)")
-            // Without stopping at the end token: exactly maxTokens, continuing the same greedy path.
-            let forced = try Self.model.greedy(prompt: prompt, maxTokens: 20, stopAtEnd: false)
-            XCTAssertEqual(forced.count, 20)
-            XCTAssertEqual(Array(forced.prefix(Self.golden.greedy[index].count)), Self.golden.greedy[index])
             let scores = try Self.model.logProbabilities(of: Self.golden.continuation[index], after: prompt)
             let difference = maxAbsoluteDifference(scores, Self.golden.continuation_logprobs[index])
             print("prompt \(index): continuation log-probabilities max abs difference \(difference)")

@@ -1,0 +1,85 @@
+import StitchModels
+import StitchTensor
+
+/// Contrastive search (Su et al. 2022) and its MAGiC extension: each step takes the LM's top-k
+/// next tokens v and keeps the one maximising
+///     (1 - alpha) * p(v | x<t)  -  alpha * max_j cos(h_v, h_j)  +  beta * s(v)
+/// where h are last-layer hidden states and s is a candidate scorer (MAGiC: CLIP).
+public struct ContrastiveSettings: Sendable {
+    public var k: Int
+    public var alpha: Double
+    /// Weight of the scorer; 0 is plain contrastive search.
+    public var beta: Double
+    /// Exactness-preserving shortcuts (candidate pruning, LM head on the chosen row only, the
+    /// scorer's own sharing). Off runs the reference's full computation, for testing.
+    public var speedups: Bool
+
+    public init(k: Int = 45, alpha: Double = 0.1, beta: Double = 2.0, speedups: Bool = true) {
+        self.k = k
+        self.alpha = alpha
+        self.beta = beta
+        self.speedups = speedups
+    }
+}
+
+/// Scores the k candidates of a step against something outside the LM.
+public protocol CandidateScorer: AnyObject {
+    /// One score per candidate token, each appended to `generated` (the new tokens so far).
+    func scores(generated: [Int], candidates: [Int]) throws -> [Float]
+    /// The candidate the step kept, so that the scorer can carry state into the next step.
+    func chose(_ index: Int) throws
+}
+
+/// Contrastive search, or MAGiC search with a `scorer` and beta > 0; returns the new tokens.
+public func contrastiveSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: ContrastiveSettings,
+                                                      stop: StopConditions, scorer: CandidateScorer? = nil) throws -> [Int] {
+    guard !prompt.isEmpty else { throw DecodingError.emptyPrompt }
+    guard settings.k >= 1 && settings.k <= model.vocabularySize else {
+        throw DecodingError.invalidSetting("k must be in 1...\(model.vocabularySize), got \(settings.k)")
+    }
+    guard settings.beta == 0 || scorer != nil else { throw DecodingError.invalidSetting("beta \(settings.beta) needs a candidate scorer (an image)") }
+    // Scores are float32 as in torch, with the Python-side weights rounded once.
+    let (keep, alpha, beta) = (Float(1 - settings.alpha), Float(settings.alpha), Float(settings.beta))
+    var cache = model.makeCache(batch: 1)
+    let promptHidden = try model.forward([prompt], cache: &cache)
+    let width = promptHidden.shape[2]
+    var context = promptHidden.reshaped([prompt.count, width])   // unit rows: the penalty's cosines
+    l2NormalizeRows(&context)
+    var logits = model.logits(promptHidden.row(0).rows(prompt.count - 1..<prompt.count))
+    var generated: [Int] = []
+
+    while true {
+        let probabilities = softmax(logits.scalars)
+        let candidates = topIndices(probabilities, settings.k)
+        let visual = settings.beta == 0 ? [Float](repeating: 0, count: candidates.count)
+            : try scorer!.scores(generated: generated, candidates: candidates)
+        let confidence = candidates.map { keep * probabilities[$0] }
+        // The penalty is a cosine, within [-1, 1]; candidates that cannot win whatever their
+        // penalty need no hidden state. Margins cover float rounding of the cosine and sums.
+        var rows = Array(candidates.indices)
+        if settings.speedups {
+            let bound = alpha * 1.001 + 1e-6
+            let lowest = rows.map { confidence[$0] + beta * visual[$0] - bound }.max()!
+            rows = rows.filter { confidence[$0] + beta * visual[$0] + bound >= lowest }
+        }
+        var branch = rows.count == 1 ? cache : cache.repeated(rows.count)
+        let hidden = try model.forward(rows.map { [candidates[$0]] }, cache: &branch).reshaped([rows.count, width])
+        var unit = hidden
+        l2NormalizeRows(&unit)
+        let cosines = matmul(unit, context, transposeB: true)   // [rows, context]
+        var best = 0, bestScore = -Float.infinity
+        for (row, candidate) in rows.enumerated() {
+            let penalty = cosines.row(row).scalars.max()!
+            let score = (confidence[candidate] - alpha * penalty) + beta * visual[candidate]
+            if score > bestScore { (best, bestScore) = (row, score) }
+        }
+        generated.append(candidates[rows[best]])
+        if let scorer, settings.beta != 0 { try scorer.chose(rows[best]) }
+        if try stop.isFinished(generated, model: model) || branch.length >= model.contextLength { break }
+        // The reference computes all k rows of logits; only the kept one is ever used.
+        logits = settings.speedups ? model.logits(hidden.rows(best..<best + 1)) : model.logits(hidden).rows(best..<best + 1)
+        cache = rows.count == 1 ? branch : branch.gathering([best])
+        context = concatenate([context, unit.rows(best..<best + 1)], axis: 0)
+    }
+    return generated
+}

@@ -1,0 +1,190 @@
+import Foundation
+import StitchModels
+import StitchTensor
+
+/// When generation ends.
+public struct StopConditions: Sendable {
+    /// At most this many new tokens.
+    public var maxTokens: Int
+    /// Stop after the model's end token (which is kept in the output, as transformers keeps it).
+    public var atEndToken: Bool
+    /// Stop once the decoded continuation contains one of these (e.g. "." for one-sentence captions).
+    public var strings: [String]
+
+    public init(maxTokens: Int, atEndToken: Bool = true, strings: [String] = []) {
+        self.maxTokens = maxTokens
+        self.atEndToken = atEndToken
+        self.strings = strings
+    }
+
+    /// Whether `generated` (the new tokens so far) ends the generation.
+    func isFinished<M: CausalLanguageModel>(_ generated: [Int], model: M) throws -> Bool {
+        if generated.count >= maxTokens { return true }
+        if atEndToken, generated.last == model.endTokenID { return true }
+        if strings.isEmpty { return false }
+        let text = try model.decode(generated)
+        return strings.contains { text.contains($0) }
+    }
+
+    /// The text of a continuation: without the end token, cut after the first stop string and
+    /// with whitespace runs collapsed (how MAGiC's reference prints its captions).
+    public func text<M: CausalLanguageModel>(of generated: [Int], model: M) throws -> String {
+        var text = try model.decode(Array(generated.prefix { $0 != model.endTokenID }))
+        if let cut = strings.compactMap({ text.range(of: $0) }).min(by: { $0.upperBound < $1.upperBound }) {
+            text = String(text[..<cut.upperBound])
+        }
+        return text.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+    }
+}
+
+enum DecodingError: Error, CustomStringConvertible {
+    case emptyPrompt
+    case invalidSetting(String)
+
+    var description: String {
+        switch self {
+        case .emptyPrompt: return "decoding needs a prompt of at least one token (e.g. the model's start token)"
+        case .invalidSetting(let detail): return "invalid decoding setting: \(detail)"
+        }
+    }
+}
+
+/// Greedy decoding: the most likely next token each step (transformers' generate with do_sample=False).
+public func greedyDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions) throws -> [Int] {
+    try decodeTokenByToken(model, prompt: prompt, stop: stop) { argmax($0) }
+}
+
+/// Sampling with temperature, top-k and nucleus (top-p) filtering, applied in that order
+/// as transformers' logits warpers apply them; reproducible for a given seed.
+public struct SamplingSettings: Sendable {
+    public var temperature: Float
+    /// Keep the k most likely tokens (0: no limit).
+    public var topK: Int
+    /// Keep the smallest set of most likely tokens whose probability reaches topP (1: no limit).
+    public var topP: Float
+    public var seed: UInt64
+
+    public init(temperature: Float = 1, topK: Int = 0, topP: Float = 1, seed: UInt64 = 0) {
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.seed = seed
+    }
+
+    func validate() throws {
+        guard temperature > 0 else { throw DecodingError.invalidSetting("temperature must be positive, got \(temperature)") }
+        guard topK >= 0 else { throw DecodingError.invalidSetting("top-k must be 0 (off) or positive, got \(topK)") }
+        guard topP > 0 && topP <= 1 else { throw DecodingError.invalidSetting("top-p must be in (0, 1], got \(topP)") }
+    }
+
+    /// Next-token probabilities after temperature, top-k and top-p; filtered tokens get 0.
+    public func probabilities(_ logits: [Float]) -> [Float] {
+        var scores = logits.map { $0 / temperature }
+        if topK > 0 && topK < scores.count {
+            // Everything below the k-th largest score goes, as TopKLogitsWarper does (ties with it stay).
+            let threshold = scores[topIndices(scores, topK).last!]
+            for i in scores.indices where scores[i] < threshold { scores[i] = -.infinity }
+        }
+        var probabilities = softmax(scores)
+        if topP < 1 {
+            // TopPLogitsWarper: drop the least likely tokens whose cumulative probability stays
+            // within 1 - topP, keeping at least the most likely one.
+            let ascending = probabilities.indices.sorted { (probabilities[$0], $0) < (probabilities[$1], $1) }
+            var cumulative: Float = 0
+            for (rank, index) in ascending.enumerated() where rank < ascending.count - 1 {
+                cumulative += probabilities[index]
+                if cumulative <= 1 - topP { scores[index] = -.infinity }
+            }
+            probabilities = softmax(scores)
+        }
+        return probabilities
+    }
+}
+
+/// Sampled decoding (transformers' generate with do_sample=True, with Stitch's own seeded generator).
+public func sampleDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: SamplingSettings, stop: StopConditions) throws -> [Int] {
+    try settings.validate()
+    var generator = SeededGenerator(seed: settings.seed)
+    return try decodeTokenByToken(model, prompt: prompt, stop: stop) { logits in
+        draw(from: settings.probabilities(logits), using: &generator)
+    }
+}
+
+/// The shared loop of greedy and sampled decoding: one token per step through the KV cache,
+/// the LM head only on the last position.
+private func decodeTokenByToken<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions,
+                                                         choose: ([Float]) -> Int) throws -> [Int] {
+    guard !prompt.isEmpty else { throw DecodingError.emptyPrompt }
+    var cache = model.makeCache(batch: 1)
+    var generated: [Int] = []
+    var hidden = try model.forward([prompt], cache: &cache)
+    while generated.count < stop.maxTokens {
+        let last = hidden.row(0).row(hidden.shape[1] - 1)
+        generated.append(choose(model.logits(last.reshaped([1, last.shape[0]])).scalars))
+        // No forward for a token nothing will follow.
+        if try stop.isFinished(generated, model: model) || cache.length >= model.contextLength { break }
+        hidden = try model.forward([[generated.last!]], cache: &cache)
+    }
+    return generated
+}
+
+/// The index of the largest value, the first of equal maxima (as torch.argmax).
+func argmax(_ values: [Float]) -> Int {
+    var best = 0
+    for i in values.indices where values[i] > values[best] { best = i }
+    return best
+}
+
+/// The k largest values' indices, largest first; equal values keep index order.
+/// One pass with a sorted k-list, since k is small next to a vocabulary.
+func topIndices(_ values: [Float], _ k: Int) -> [Int] {
+    let k = min(k, values.count)
+    guard k > 0 else { return [] }
+    var best: [Int] = []
+    best.reserveCapacity(k + 1)
+    for i in values.indices {
+        if best.count == k, values[i] <= values[best[k - 1]] { continue }
+        var (low, high) = (0, best.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if values[best[middle]] >= values[i] { low = middle + 1 } else { high = middle }
+        }
+        best.insert(i, at: low)
+        if best.count > k { best.removeLast() }
+    }
+    return best
+}
+
+func softmax(_ values: [Float]) -> [Float] {
+    var tensor = Tensor(shape: [values.count], scalars: values)
+    softmaxLastDimension(&tensor)
+    return tensor.scalars
+}
+
+/// Inverse-CDF draw of an index from probabilities that sum to 1.
+func draw(from probabilities: [Float], using generator: inout SeededGenerator) -> Int {
+    let target = Double.random(in: 0..<1, using: &generator) * probabilities.reduce(0) { $0 + Double($1) }
+    var cumulative = 0.0
+    var last = 0
+    for (index, p) in probabilities.enumerated() where p > 0 {
+        cumulative += Double(p)
+        last = index
+        if target < cumulative { return index }
+    }
+    return last
+}
+
+/// SplitMix64: a small, fast generator whose sequence is fixed by its seed on every platform.
+public struct SeededGenerator: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,135 @@
+import ArgumentParser
+import Foundation
+import StitchImaging
+import StitchMethods
+import StitchModelIO
+import StitchModels
+
+enum Strategy: String, ExpressibleByArgument, CaseIterable {
+    case greedy, sample, beam, contrastive
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Continue a prompt with GPT-2 and print the continuation.",
+        discussion: "Strategies: greedy, sample (--temperature --top-k --top-p --seed), beam (--beams --length-penalty --early-stopping), contrastive (--k --alpha).")
+
+    @Option(help: "GPT-2 model folder or hub id.")
+    var model = "gpt2"
+
+    @Option(help: "The text to continue (empty: start from the end-of-text token).")
+    var prompt: String
+
+    @Option(help: "Decoding strategy: \(Strategy.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var strategy = Strategy.greedy
+
+    @Option(help: "At most this many new tokens.")
+    var maxTokens = 32
+
+    @Option(help: "Stop once the continuation contains this string (repeatable).")
+    var stop: [String] = []
+
+    @Option(help: "Sampling temperature.") var temperature: Float = 1
+    @Option(help: "Sample from the k most likely tokens only (0: all).") var topK = 0
+    @Option(help: "Sample from the smallest set of tokens reaching this probability.") var topP: Float = 1
+    @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
+    @Option(help: "Beams of beam search.") var beams = 4
+    @Option(help: "Beam search length penalty (> 0 favours longer outputs).") var lengthPenalty = 1.0
+    @Flag(help: "Beam search stops once `beams` hypotheses have finished.") var earlyStopping = false
+    @Option(help: "Candidates per step of contrastive search.") var k = 4
+    @Option(help: "Degeneration penalty weight of contrastive search.") var alpha = 0.6
+
+    @Flag(help: "Print a JSON object with the text and token ids.")
+    var json = false
+
+    func run() throws {
+        let gpt2 = try GPT2(folder: try ModelLocator.fromEnvironment().resolve(model, files: GPT2.files))
+        guard let tokenizer = gpt2.tokenizer else { throw ValidationError("\(model) has no vocab.json / merges.txt") }
+        let ids = prompt.isEmpty ? [gpt2.endTokenID] : tokenizer.encode(prompt)
+        let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
+        let generated: [Int]
+        switch strategy {
+        case .greedy: generated = try greedyDecode(gpt2, prompt: ids, stop: conditions)
+        case .sample:
+            generated = try sampleDecode(gpt2, prompt: ids, settings: SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed), stop: conditions)
+        case .beam:
+            generated = try beamSearch(gpt2, prompt: ids, settings: BeamSettings(beams: beams, lengthPenalty: lengthPenalty, earlyStopping: earlyStopping),
+                                       maxTokens: maxTokens)
+        case .contrastive:
+            generated = try contrastiveSearch(gpt2, prompt: ids, settings: ContrastiveSettings(k: k, alpha: alpha, beta: 0), stop: conditions)
+        }
+        let text = try conditions.text(of: generated, model: gpt2)
+        if json { try printJSONLine(["text": text, "tokens": generated]) } else { print(text) }
+    }
+}
+
+enum CaptionMethod: String, ExpressibleByArgument, CaseIterable {
+    case magic, contrastive
+}
+
+struct Caption: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Caption images with MAGiC: a language model guided by CLIP (Su et al. 2022).",
+        discussion: """
+        One LM and one CLIP are loaded for all images. The LM starts from its start token (MAGiC's \
+        <-start_of_text-> when its tokenizer has it, else <|endoftext|>); with --title it continues the title \
+        instead (story mode). --method contrastive ignores the image (beta = 0). Prints "image<TAB>caption" \
+        per image, or JSON lines with --json.
+        """)
+
+    @Argument(help: "JPEG or PNG images; standard input lines when none.")
+    var images: [String] = []
+
+    @Option(help: "magic or contrastive (the LM alone).")
+    var method = CaptionMethod.magic
+
+    @Option(help: "GPT-2 language model folder or hub id.")
+    var lm = "cambridgeltl/magic_mscoco"
+
+    @Option(help: "CLIP model folder or hub id.")
+    var clip = "openai/clip-vit-base-patch32"
+
+    @Option(help: "Candidates per step.") var k = 45
+    @Option(help: "Degeneration penalty weight.") var alpha = 0.1
+    @Option(help: "Weight of CLIP's image-text score.") var beta = 2.0
+    @Option(help: "New tokens at most.") var maxTokens = 16
+
+    @Option(help: "Stop once the caption contains this string (repeatable), e.g. \".\".")
+    var stop: [String] = []
+
+    @Option(help: "Story mode: a title the LM continues, guided by the image.")
+    var title: String?
+
+    @Flag(help: "Run the reference's full computation instead of Stitch's exact shortcuts (same output, slower).")
+    var noSpeedups = false
+
+    @Flag(help: "Print one JSON object per image.")
+    var json = false
+
+    func run() throws {
+        let paths = images.isEmpty ? standardInputLines() : images
+        guard !paths.isEmpty else { throw ValidationError("no images given") }
+        let locator = ModelLocator.fromEnvironment()
+        let language = try GPT2(folder: locator.resolve(lm, files: GPT2.files))
+        let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
+        guard let tokenizer = language.tokenizer else { throw ValidationError("\(lm) has no vocab.json / merges.txt") }
+        let prompt = title.map(tokenizer.encode) ?? [tokenizer.id(of: "<-start_of_text->") ?? tokenizer.endOfTextID]
+        guard !prompt.isEmpty else { throw ValidationError("--title is empty") }
+        let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
+        let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
+        let captioner = MagicCaptioner(lm: language, clip: vision)
+        let progress = ProgressBar(total: paths.count, label: "captioning")
+        for path in paths {
+            let started = Date()
+            let image = try RGBImage(contentsOf: path)
+            let caption = try captioner.caption(image, prompt: prompt, settings: settings, stop: conditions)
+            if json {
+                try printJSONLine(["image": path, "caption": caption, "seconds": Date().timeIntervalSince(started)])
+            } else {
+                print("\(path)\t\(caption)")
+            }
+            fflush(nil)   // each caption reaches a pipe as soon as it is made
+            progress.advance()
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import StitchImaging
+import StitchModels
+import StitchTensor
+import StitchTestSupport
+import XCTest
+@testable import StitchMethods
+
+/// MAGiC on tiny-gpt2 + tiny-clip against the Python reference of the published algorithm
+/// (Sources/stitch/Resources/magic_reference.py, run by make_fixtures.py).
+final class MagicTests: XCTestCase {
+    let golden = DecodingGolden.shared.magic
+
+    func imageFeatures(_ clip: CLIP) throws -> [Tensor] {
+        try golden.images.map { path in
+            let url = Fixtures.repositoryRoot.appendingPathComponent(path)
+            guard FileManager.default.fileExists(atPath: url.path) else { throw XCTSkip("\(url.path) is absent (../shared/images)") }
+            return try clip.imageFeatures(clip.preprocessor.batch([RGBImage(contentsOf: url.path)]))
+        }
+    }
+
+    func testMagicEqualsReferenceWithAndWithoutSpeedups() throws {
+        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), clip: try TinyModels.clipWithTokenizer())
+        let features = try imageFeatures(captioner.clip)
+        var compared = 0
+        for setting in golden.settings {
+            for (image, expected) in zip(features, setting.outputs) {
+                for speedups in [true, false] {
+                    let settings = ContrastiveSettings(k: setting.k, alpha: setting.alpha, beta: setting.beta, speedups: speedups)
+                    // The reference always decodes max_tokens tokens and trims afterwards.
+                    let tokens = try captioner.generate(imageFeatures: image, prompt: [50256], settings: settings,
+                                                        stop: StopConditions(maxTokens: setting.max_tokens, atEndToken: false))
+                    XCTAssertEqual(tokens, expected, "k \(setting.k) alpha \(setting.alpha) beta \(setting.beta) speedups \(speedups)")
+                    compared += 1
+                }
+            }
+        }
+        XCTAssertGreaterThanOrEqual(compared, 30)
+        print("MAGiC: \(compared) captions (\(features.count) images x \(golden.settings.count) settings, speedups on and off) token-identical to the reference")
+    }
+
+    func testStoryModeEqualsReference() throws {
+        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), clip: try TinyModels.clipWithTokenizer())
+        let story = golden.story
+        XCTAssertEqual(captioner.lm.tokenizer!.encode(story.title), story.prompt)
+        for (image, expected) in zip(try imageFeatures(captioner.clip), story.outputs) {
+            let tokens = try captioner.generate(imageFeatures: image, prompt: story.prompt,
+                                                settings: ContrastiveSettings(k: story.k, alpha: story.alpha, beta: story.beta),
+                                                stop: StopConditions(maxTokens: story.max_tokens, atEndToken: false))
+            XCTAssertEqual(tokens, expected)
+        }
+    }
+
+    /// Texts that share a CLIP token prefix: the cached-prefix path gives the full features.
+    func testPrefixSharedTextFeaturesEqualFullOnes() throws {
+        let clip = try TinyModels.clipWithTokenizer()
+        let texts = ["a zebra standing", "a zebra standing in", "a zebra standings", "a zebra", "a zebra standing in the grass at night"]
+        let tokens = try clip.tokenize(texts)
+        let full = try clip.textFeatures(tokens)
+        var cache = clip.makeTextCache()
+        try clip.extendTextCache(&cache, to: Array(tokens[0].dropLast()))   // <sot> a zebra standing
+        for shared in [0, 1, 3] {
+            var base = cache
+            base.truncate(to: shared)
+            let tails = tokens.map { Array($0[shared...]) }
+            let features = try clip.textFeatures(tails: tails, poolPositions: tokens.map { clip.poolPosition($0) - shared }, after: base)
+            let difference = maxAbsoluteDifference(features.scalars, full.scalars)
+            print("CLIP text features after a cached prefix of \(shared) tokens: max abs difference \(difference)")
+            XCTAssertLessThanOrEqual(difference, 1e-5)
+        }
+        // Extending to another text keeps the common part and recomputes the rest.
+        try clip.extendTextCache(&cache, to: Array(tokens[2].dropLast()))
+        XCTAssertEqual(cache.tokens, Array(tokens[2].dropLast()))
+        let features = try clip.textFeatures(tails: [[tokens[2].last!]], poolPositions: [0], after: cache)
+        XCTAssertLessThanOrEqual(maxAbsoluteDifference(features.scalars, full.rows(2..<3).scalars), 1e-5)
+    }
+
+    /// The scorer's magic scores with prefix sharing equal the plain computation over a few steps.
+    func testScorerSharingMatchesPlainScores() throws {
+        let lm = try TinyModels.gpt2WithTokenizer(), clip = try TinyModels.clipWithTokenizer()
+        let image = try imageFeatures(clip)[0]
+        let shared = MagicScorer(clip: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: true)
+        let plain = MagicScorer(clip: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: false)
+        var generated: [Int] = []
+        // Candidates mixing new words, word continuations, punctuation and duplicates of one text.
+        let candidates = [257, 1110, 82, 13, 11, 262, 318, 257, 50256]
+        for step in 0..<4 {
+            let a = try shared.scores(generated: generated, candidates: candidates)
+            let b = try plain.scores(generated: generated, candidates: candidates)
+            XCTAssertLessThanOrEqual(maxAbsoluteDifference(a, b), 1e-6, "step \(step)")
+            XCTAssertEqual(a.reduce(0, +), 1, accuracy: 1e-5)
+            let chosen = step % candidates.count
+            try shared.chose(chosen)
+            try plain.chose(chosen)
+            generated.append(candidates[chosen])
+        }
+    }
+}
