@@ -44,8 +44,8 @@ public final class MagicScorer: CandidateScorer {
         try clip.extendTextCache(&prefix, to: Array(tokens[..<clip.poolPosition(tokens)]))
     }
 
-    /// CLIP text features [texts, projectionDim] computed from the cached prefix: texts are grouped
-    /// by how much of it they share, and each group runs its tails in one batch.
+    /// CLIP text features [texts, projectionDim] computed from the cached prefix: each distinct
+    /// text runs only what follows the part of the prefix it shares, all in one packed batch.
     private func sharedTextFeatures(_ tokens: [[Int]]) throws -> Tensor {
         var unique: [[Int]: Int] = [:]
         var sequences: [[Int]] = []
@@ -55,24 +55,12 @@ public final class MagicScorer: CandidateScorer {
             sequences.append(sequence)
             return sequences.count - 1
         }
-        var groups: [Int: [Int]] = [:]   // shared length -> rows of `sequences`
-        var pools: [Int] = []
-        for (row, sequence) in sequences.enumerated() {
-            let pool = clip.poolPosition(sequence)
-            // The pooled position must be computed per text, so it is never part of the shared prefix.
-            let shared = min(zip(prefix.tokens, sequence).prefix { $0 == $1 }.count, pool)
-            groups[shared, default: []].append(row)
-            pools.append(pool)
-        }
-        var rows = [Tensor?](repeating: nil, count: sequences.count)
-        for (shared, members) in groups {
-            var base = prefix
-            base.truncate(to: shared)
-            let features = try clip.textFeatures(tails: members.map { Array(sequences[$0][shared...]) },
-                                                 poolPositions: members.map { pools[$0] - shared }, after: base)
-            for (index, row) in members.enumerated() { rows[row] = features.rows(index..<index + 1) }
-        }
-        return concatenate(rowOfText.map { rows[$0]! }, axis: 0)
+        let pools = sequences.map(clip.poolPosition)
+        // The pooled position must be computed per text, so it is never part of the shared prefix.
+        let shared = zip(sequences, pools).map { sequence, pool in min(zip(prefix.tokens, sequence).prefix { $0 == $1 }.count, pool) }
+        let features = try clip.textFeatures(tails: zip(sequences, shared).map { Array($0[$1...]) }, sharedLengths: shared,
+                                             poolPositions: zip(pools, shared).map { $0 - $1 }, after: prefix)
+        return concatenate(rowOfText.map { features.rows($0..<$0 + 1) }, axis: 0)
     }
 }
 

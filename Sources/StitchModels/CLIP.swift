@@ -124,6 +124,15 @@ struct CLIPEncoderLayer {
         return hidden
     }
 
+    /// The causal layer over packed sequences that continue a shared prefix (`packedPrefixAttention`).
+    /// x [total, d] -> [total, d]
+    func callAsFunction(packed x: Tensor, segments: [PackedSegment], prefix: KVCache) -> Tensor {
+        var hidden = x
+        addInPlace(&hidden, out(packedPrefixAttention(qkv(layerNorm1(x)), segments: segments, prefix: prefix, heads: heads)))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
     /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).
     private func addFeedForward(_ hidden: inout Tensor) {
         var inner = fc1(layerNorm2(hidden))
@@ -244,15 +253,33 @@ public final class CLIP: @unchecked Sendable {
         cache.append(rest)
     }
 
-    /// Projected text features [tails, projectionDim] of texts that begin with the cached tokens
-    /// and continue with `tails[i]`, pooled at tail position `poolPositions[i]`. Equal to
-    /// `textFeatures` of the whole sequences; only the tails are computed.
-    public func textFeatures(tails: [[Int]], poolPositions: [Int], after cache: CLIPTextCache) throws -> Tensor {
-        var caches = cache.layers.map { $0.repeated(tails.count) }
-        var hidden = try textEmbeddingLayer(tails, offset: cache.tokens.count)
-        for (index, layer) in textLayers.enumerated() { hidden = layer(hidden, cache: &caches[index]) }
-        let pooled = gatherRows(hidden, poolPositions)
-        return textProjection(finalLayerNorm(pooled).reshaped([tails.count, config.text.hiddenSize]))
+    /// Projected text features [tails, projectionDim] of texts that each begin with the first
+    /// `sharedLengths[i]` cached tokens and continue with `tails[i]`, pooled at tail position
+    /// `poolPositions[i]`. Equal to `textFeatures` of the whole sequences, but only the tails run:
+    /// packed into one batch without padding, all reading the cached prefix in place.
+    public func textFeatures(tails: [[Int]], sharedLengths: [Int], poolPositions: [Int], after cache: CLIPTextCache) throws -> Tensor {
+        var segments: [PackedSegment] = []
+        var positions: [Int] = []
+        for (tail, shared) in zip(tails, sharedLengths) {
+            guard !tail.isEmpty, shared <= cache.tokens.count, shared + tail.count <= config.maxPositions else {
+                throw ModelError.invalidInput(model: "CLIP text", detail: "a tail of \(tail.count) tokens after \(shared) of \(cache.tokens.count) cached ones does not fit \(config.maxPositions) positions")
+            }
+            segments.append(PackedSegment(rows: positions.count..<positions.count + tail.count, sharedLength: shared))
+            positions += shared..<shared + tail.count
+        }
+        var hidden: Tensor
+        do {
+            hidden = try embedding(tails.flatMap { $0 }, table: tokenEmbedding)   // [total, d]
+        } catch {
+            throw ModelError.invalidInput(model: "CLIP text", detail: error.description)
+        }
+        addInPlace(&hidden, try embedding(positions, table: textPositions))
+        for (index, layer) in textLayers.enumerated() { hidden = layer(packed: hidden, segments: segments, prefix: cache.layers[index]) }
+        let pooled = concatenate(zip(segments, poolPositions).map { segment, pool in
+            precondition(pool >= 0 && pool < segment.rows.count, "pool position \(pool) outside a tail of \(segment.rows.count)")
+            return hidden.rows(segment.rows.lowerBound + pool..<segment.rows.lowerBound + pool + 1)
+        }, axis: 0)
+        return textProjection(finalLayerNorm(pooled))
     }
 
     /// Last hidden states [batch, t, d] of token sequences right-padded to one length with the end token.

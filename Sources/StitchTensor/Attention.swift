@@ -13,8 +13,9 @@ public struct KVCache: Sendable {
         self.batch = batch
         self.width = width
         self.capacity = max(capacity, 1)
-        keys = Tensor(zeros: [batch, self.capacity, width])
-        values = Tensor(zeros: [batch, self.capacity, width])
+        // Positions at or past `length` are never read, so the storage starts uninitialised.
+        keys = Tensor(uninitialized: [batch, self.capacity, width])
+        values = Tensor(uninitialized: [batch, self.capacity, width])
     }
 
     /// Appends keys and values [batch, t, width] for t new positions.
@@ -45,11 +46,13 @@ public struct KVCache: Sendable {
     /// A cache of the given batch rows, in that order (rows may repeat): the beams or the
     /// candidate that decoding keeps.
     public func gathering(_ rows: [Int]) -> KVCache {
-        var copy = KVCache(batch: rows.count, width: width, capacity: capacity)
+        // Room for a few more positions, not the source's whole capacity: branches are often
+        // many and short-lived (k decoding candidates), and append still grows when needed.
+        var copy = KVCache(batch: rows.count, width: width, capacity: length + 8)
         for (target, source) in rows.enumerated() {
             precondition(source >= 0 && source < batch, "row \(source) of a cache of batch \(batch)")
-            Self.copy(rows: length, from: keys, row: source * capacity, to: &copy.keys, row: target * capacity, width: width)
-            Self.copy(rows: length, from: values, row: source * capacity, to: &copy.values, row: target * capacity, width: width)
+            Self.copy(rows: length, from: keys, row: source * capacity, to: &copy.keys, row: target * copy.capacity, width: width)
+            Self.copy(rows: length, from: values, row: source * capacity, to: &copy.values, row: target * copy.capacity, width: width)
         }
         copy.length = length
         return copy
@@ -178,6 +181,72 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
             // out_h [tq, d] = P [tq, tk] · V_h [tk, d]
             BLAS.gemm(transposeA: false, transposeB: false, m: tq, n: headDim, k: tk,
                       a: scores, lda: tk, b: vHead, ldb: values.rowStride, c: oBase + b * tq * width + h * headDim, ldc: width)
+        }
+    }
+    return out
+}
+
+/// One sequence of a packed batch: its rows in the packed tensor, and how many leading
+/// positions of the shared prefix cache it continues.
+public struct PackedSegment: Sendable {
+    public let rows: Range<Int>
+    public let sharedLength: Int
+
+    public init(rows: Range<Int>, sharedLength: Int) {
+        self.rows = rows
+        self.sharedLength = sharedLength
+    }
+}
+
+/// Causal self-attention for sequences packed one after another without padding, each continuing
+/// the first `sharedLength` positions of `prefix` (batch row 0), which all of them read in place.
+/// qkv [total, 3 * width] (queries, keys, values) -> [total, width]; row j of a segment sees the
+/// shared positions and its own rows 0...j.
+public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], prefix: KVCache, heads: Int) -> Tensor {
+    let width = prefix.width
+    precondition(qkv.rank == 2 && qkv.shape[1] == 3 * width, "packed q/k/v must be [total, \(3 * width)], got \(qkv.shape)")
+    precondition(segments.allSatisfy { $0.sharedLength <= prefix.length && $0.rows.upperBound <= qkv.shape[0] }, "segments outside the prefix or the batch")
+    let headDim = width / heads
+    let scale = 1 / Float(headDim).squareRoot()
+    let masked = -Float.greatestFiniteMagnitude
+    var out = Tensor(uninitialized: [qkv.shape[0], width])
+    qkv.withUnsafeBufferPointer { packed in
+        prefix.keys.withUnsafeBufferPointer { prefixKeys in
+            prefix.values.withUnsafeBufferPointer { prefixValues in
+                out.withUnsafeMutableBufferPointer { o in
+                    let (oBase, stride) = (o.baseAddress!, 3 * width)
+                    Parallel.forEach(segments.count * heads) { task in
+                        let (segment, h) = (segments[task / heads], task % heads)
+                        let (t, shared) = (segment.rows.count, segment.sharedLength)
+                        let n = shared + t
+                        guard t > 0 else { return }
+                        let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * n)
+                        defer { scores.deallocate() }
+                        let q = packed.baseAddress! + segment.rows.lowerBound * stride + h * headDim
+                        let (ownKeys, ownValues) = (q + width, q + 2 * width)
+                        let output = oBase + segment.rows.lowerBound * width + h * headDim
+                        // scores [t, n]: the shared prefix's columns, then the segment's own.
+                        if shared > 0 {
+                            BLAS.gemm(transposeA: false, transposeB: true, m: t, n: shared, k: headDim, alpha: scale,
+                                      a: q, lda: stride, b: prefixKeys.baseAddress! + h * headDim, ldb: width, c: scores, ldc: n)
+                        }
+                        BLAS.gemm(transposeA: false, transposeB: true, m: t, n: t, k: headDim, alpha: scale,
+                                  a: q, lda: stride, b: ownKeys, ldb: stride, c: scores + shared, ldc: n)
+                        for i in 0..<t {
+                            let row = scores + i * n
+                            for j in (shared + i + 1)..<n { row[j] = masked }
+                            softmaxRow(row, n)
+                        }
+                        // out [t, headDim] = P_shared · V_prefix + P_own · V_own
+                        if shared > 0 {
+                            BLAS.gemm(transposeA: false, transposeB: false, m: t, n: headDim, k: shared,
+                                      a: scores, lda: n, b: prefixValues.baseAddress! + h * headDim, ldb: width, c: output, ldc: width)
+                        }
+                        BLAS.gemm(transposeA: false, transposeB: false, m: t, n: headDim, k: t,
+                                  a: scores + shared, lda: n, b: ownValues, ldb: stride, beta: shared > 0 ? 1 : 0, c: output, ldc: width)
+                    }
+                }
+            }
         }
     }
     return out

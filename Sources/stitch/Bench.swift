@@ -43,6 +43,9 @@ struct Bench: ParsableCommand {
     @Option(help: "The EfficientNet-Lite0 folder (the row is skipped without it).")
     var efficientnet: String?
 
+    @Option(help: "GPT-2 and CLIP tokenizer files copied into the random-weight folders (the magic row decodes text).")
+    var tokenizers = "../shared/models/tokenizers"
+
     func run() throws {
         BLAS.configureThreads(threads)
         let selected = rows.map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
@@ -66,7 +69,7 @@ struct Bench: ParsableCommand {
                 print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
             } else {
                 print("\npreparing random-weight CLIP ViT-B/32 and GPT-2 small in \(workDir) (once) ...")
-                try reference.prepare(workDir: workDir)
+                try reference.prepare(workDir: workDir, tokenizers: tokenizers)
                 folders.clip = folders.clip ?? workDir + "/clip-b32"
                 folders.gpt2 = folders.gpt2 ?? workDir + "/gpt2-small"
             }
@@ -80,7 +83,7 @@ struct Bench: ParsableCommand {
         for row in modelRows {
             let label = row.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)
             guard let arguments = folders.arguments(for: row) else {
-                print(label + "skipped: no \(row.neededFolder) folder (--\(row.neededFolder))")
+                print(label + "skipped: needs --\(row.neededFolders.joined(separator: " and --"))")
                 continue
             }
             let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)"]
@@ -93,6 +96,9 @@ struct Bench: ParsableCommand {
                 line += String(format: "  %12@  %7@   %9.0f  %12@", "n/a", "", stitch.peakMB, "n/a")
             }
             print(line)
+            if let mine = stitch.output, let theirs = python?.output {
+                print(String(repeating: " ", count: 16) + (mine == theirs ? "same \(mine.count) tokens on both sides" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
+            }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
     }
@@ -116,8 +122,10 @@ struct Measurement: Decodable {
     let seconds: Double
     let peakMB: Double
     let note: String
+    /// Token ids the row produced, for rows whose output both sides must agree on.
+    let output: [Int]?
 
-    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note }
+    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output }
 
     static func parse(_ output: String, side: String) throws -> Measurement {
         guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {
@@ -160,8 +168,8 @@ struct ReferenceSide {
         }
     }
 
-    func prepare(workDir: String) throws {
-        _ = try runChild(python, [script, "prepare", workDir])
+    func prepare(workDir: String, tokenizers: String) throws {
+        _ = try runChild(python, [script, "prepare", workDir, "--tokenizers", tokenizers])
     }
 }
 
@@ -169,15 +177,15 @@ struct ReferenceSide {
 struct BenchFolders {
     var clip, gpt2, minilm, efficientnet: String?
 
+    /// The row's folder options, or nil when one is missing.
     func arguments(for row: BenchRow) -> [String]? {
-        let folder: String?
-        switch row {
-        case .clipImage1, .clipImage16, .clipText: folder = clip
-        case .gpt2Greedy: folder = gpt2
-        case .minilm: folder = minilm
-        case .efficientnet: folder = efficientnet
+        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet]
+        var arguments: [String] = []
+        for name in row.neededFolders {
+            guard let folder = folders[name] ?? nil else { return nil }
+            arguments += ["--\(name)", folder]
         }
-        return folder.map { ["--\(row.neededFolder)", $0] }
+        return arguments
     }
 }
 

@@ -7,18 +7,20 @@ import StitchTensor
 /// The model rows of `stitch bench`; the Python reference implements the same names.
 enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case clipImage1 = "clip-image-1", clipImage16 = "clip-image-16", clipText = "clip-text"
-    case gpt2Greedy = "gpt2-greedy", minilm, efficientnet
+    case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
 
-    var neededFolder: String {
+    /// The folder options (without dashes) the row needs.
+    var neededFolders: [String] {
         switch self {
-        case .clipImage1, .clipImage16, .clipText: return "clip"
-        case .gpt2Greedy: return "gpt2"
-        case .minilm: return "minilm"
-        case .efficientnet: return "efficientnet"
+        case .clipImage1, .clipImage16, .clipText: return ["clip"]
+        case .gpt2Greedy: return ["gpt2"]
+        case .magic: return ["clip", "gpt2"]
+        case .minilm: return ["minilm"]
+        case .efficientnet: return ["efficientnet"]
         }
     }
 
-    var usesRandomWeights: Bool { neededFolder == "clip" || neededFolder == "gpt2" }
+    var usesRandomWeights: Bool { neededFolders.contains("clip") || neededFolders.contains("gpt2") }
 }
 
 /// The Stitch side of one bench row, in its own process so its peak memory is its own.
@@ -35,7 +37,7 @@ struct BenchRowWorker: ParsableCommand {
     @Option var seconds = 1.0
 
     func folder(_ path: String?) throws -> URL {
-        guard let path else { throw ValidationError("--\(row.neededFolder) is required for \(row.rawValue)") }
+        guard let path else { throw ValidationError("--\(row.neededFolders.joined(separator: " --")) required for \(row.rawValue)") }
         return URL(fileURLWithPath: path)
     }
 
@@ -51,6 +53,7 @@ struct BenchRowWorker: ParsableCommand {
     func run() throws {
         BLAS.configureThreads(threads)
         let (time, note): (Double, String)
+        var output: [Int]?
         switch row {
         case .clipImage1, .clipImage16:
             let clip = try CLIP(folder: folder(clip))
@@ -68,6 +71,17 @@ struct BenchRowWorker: ParsableCommand {
             // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
             let total = try bestTime(seconds: seconds) { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
             (time, note) = (total / 64, "per token, 64 new tokens")
+        case .magic:
+            // One caption from the image: CLIP image features, then 16 MAGiC steps (the reference's defaults).
+            let captioner = MagicCaptioner(lm: try GPT2(folder: folder(gpt2)), clip: try CLIP(folder: folder(clip)))
+            let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
+            var tokens: [Int] = []
+            let seconds = try bestTime(seconds: seconds) {
+                let features = try captioner.clip.imageFeatures(pixels)
+                tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: ContrastiveSettings(k: 45, alpha: 0.1, beta: 2.0),
+                                                stop: StopConditions(maxTokens: 16, atEndToken: false))
+            }
+            (time, note, output) = (seconds, "per caption, 16 tokens, k=45", tokens)
         case .minilm:
             let encoder = try SentenceEncoder(folder: folder(minilm))
             let sentences = (0..<32).map { "a photo of \($0) zebras standing next to a red truck on a sunny street" }
@@ -77,7 +91,8 @@ struct BenchRowWorker: ParsableCommand {
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))
             (time, note) = (try bestTime(seconds: seconds) { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
         }
-        let result: [String: Any] = ["seconds": time, "peak_mb": peakResidentMB(), "note": note]
+        var result: [String: Any] = ["seconds": time, "peak_mb": peakResidentMB(), "note": note]
+        result["output"] = output
         print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
     }
 }

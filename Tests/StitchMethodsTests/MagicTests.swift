@@ -59,19 +59,19 @@ final class MagicTests: XCTestCase {
         let full = try clip.textFeatures(tokens)
         var cache = clip.makeTextCache()
         try clip.extendTextCache(&cache, to: Array(tokens[0].dropLast()))   // <sot> a zebra standing
-        for shared in [0, 1, 3] {
-            var base = cache
-            base.truncate(to: shared)
-            let tails = tokens.map { Array($0[shared...]) }
-            let features = try clip.textFeatures(tails: tails, poolPositions: tokens.map { clip.poolPosition($0) - shared }, after: base)
+        // Every text shares 0, 1 or 3 cached tokens, or (mixed in one packed batch) as many as it can.
+        for shared in [[0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [3, 3, 3, 3, 3], [4, 4, 3, 3, 4]] {
+            let tails = zip(tokens, shared).map { Array($0[$1...]) }
+            let features = try clip.textFeatures(tails: tails, sharedLengths: shared,
+                                                 poolPositions: zip(tokens, shared).map { clip.poolPosition($0) - $1 }, after: cache)
             let difference = maxAbsoluteDifference(features.scalars, full.scalars)
-            print("CLIP text features after a cached prefix of \(shared) tokens: max abs difference \(difference)")
+            print("CLIP text features after cached prefixes of \(shared) tokens: max abs difference \(difference)")
             XCTAssertLessThanOrEqual(difference, 1e-5)
         }
         // Extending to another text keeps the common part and recomputes the rest.
         try clip.extendTextCache(&cache, to: Array(tokens[2].dropLast()))
         XCTAssertEqual(cache.tokens, Array(tokens[2].dropLast()))
-        let features = try clip.textFeatures(tails: [[tokens[2].last!]], poolPositions: [0], after: cache)
+        let features = try clip.textFeatures(tails: [[tokens[2].last!]], sharedLengths: [cache.tokens.count], poolPositions: [0], after: cache)
         XCTAssertLessThanOrEqual(maxAbsoluteDifference(features.scalars, full.rows(2..<3).scalars), 1e-5)
     }
 

@@ -3,15 +3,18 @@
 way (transformers on torch, sentence-transformers, efficientnet_lite_pytorch),
 one row per process so that each row's peak memory is its own.
 
-    bench_reference.py prepare WORK_DIR              # real-size random-weight CLIP B/32 and GPT-2 small
-    bench_reference.py ROW --clip D --gpt2 D ...     # prints {"seconds": best, "peak_mb": ..., "note": ...}
+    bench_reference.py prepare WORK_DIR --tokenizers D   # real-size random-weight CLIP B/32 and GPT-2 small
+    bench_reference.py ROW --clip D --gpt2 D ...         # prints {"seconds": best, "peak_mb": ..., "note": ...}
 """
 import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import time
+
+import magic_reference  # beside this script
 
 
 def best_time(fn, seconds):
@@ -25,7 +28,16 @@ def best_time(fn, seconds):
     return best
 
 
-def prepare(work):
+def noise(count):
+    """The pseudo-random values in [-1, 1) of Stitch's bench worker, so both sides see the same input."""
+    state, values = 0x9E3779B97F4A7C15, []
+    for _ in range(count):
+        state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        values.append((state >> 40) / (1 << 23) - 1)
+    return values
+
+
+def prepare(work, tokenizers):
     import torch
     from transformers import CLIPConfig, CLIPModel, GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
@@ -37,6 +49,11 @@ def prepare(work):
         config = GPT2Config()  # the defaults are GPT-2 small
         config.architectures = ["GPT2LMHeadModel"]
         GPT2LMHeadModel(config).save_pretrained(os.path.join(work, "gpt2-small"), safe_serialization=True)
+    # Tokenizer files, for the rows that decode text (magic); skipped when absent.
+    if os.path.isdir(tokenizers):
+        for name, target in [("gpt2-vocab.json", "vocab.json"), ("gpt2-merges.txt", "merges.txt")]:
+            shutil.copyfile(os.path.join(tokenizers, name), os.path.join(work, "gpt2-small", target))
+        magic_reference.clip_vocab_files(os.path.join(tokenizers, "bpe_simple_vocab_16e6.txt.gz"), os.path.join(work, "clip-b32"))
 
 
 def row(name, args):
@@ -64,6 +81,18 @@ def row(name, args):
             run = lambda: model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=64,
                                          min_new_tokens=64, pad_token_id=50256)
             return best_time(run, args.seconds) / 64, "per token, 64 new tokens"
+        if name == "magic":
+            from transformers import CLIPModel, CLIPTokenizerFast, GPT2LMHeadModel, GPT2TokenizerFast
+            lm, lm_tokenizer = GPT2LMHeadModel.from_pretrained(args.gpt2).eval(), GPT2TokenizerFast.from_pretrained(args.gpt2)
+            clip, clip_tokenizer = CLIPModel.from_pretrained(args.clip).eval(), CLIPTokenizerFast.from_pretrained(args.clip)
+            pixels = torch.tensor(noise(3 * 224 * 224)).view(1, 3, 224, 224)
+            tokens = []
+
+            def caption():
+                features = clip.get_image_features(pixel_values=pixels)
+                tokens[:] = magic_reference.magic_search(lm, lm_tokenizer, clip, clip_tokenizer, features, [50256],
+                                                         k=45, alpha=0.1, beta=2.0, max_tokens=16)
+            return best_time(caption, args.seconds), "per caption, 16 tokens, k=45", tokens
         if name == "minilm":
             from sentence_transformers import SentenceTransformer
             model = SentenceTransformer(args.minilm, device="cpu")
@@ -89,12 +118,16 @@ def main():
     parser.add_argument("--efficientnet")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--tokenizers", default=os.path.join("..", "shared", "models", "tokenizers"))
     args = parser.parse_args()
     if args.row == "prepare":
-        prepare(args.work)
+        prepare(args.work, args.tokenizers)
         return
-    seconds, note = row(args.row, args)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_resident_mb(), "note": note}))
+    seconds, note, *output = row(args.row, args)
+    result = {"seconds": seconds, "peak_mb": peak_resident_mb(), "note": note}
+    if output:
+        result["output"] = output[0]
+    print(json.dumps(result))
 
 
 def peak_resident_mb():
