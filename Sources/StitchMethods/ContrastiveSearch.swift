@@ -62,8 +62,17 @@ public func contrastiveSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int],
             let lowest = rows.map { confidence[$0] + beta * visual[$0] - bound }.max()!
             rows = rows.filter { confidence[$0] + beta * visual[$0] + bound >= lowest }
         }
-        var branch = rows.count == 1 ? cache : cache.repeated(rows.count)
-        let hidden = try model.forward(rows.map { [candidates[$0]] }, cache: &branch).reshaped([rows.count, width])
+        // The candidates read the cache in place; without speedups, through k copies of it as the reference does.
+        let tokens = rows.map { candidates[$0] }
+        let hidden: Tensor
+        var kept: (Int) -> Void
+        if settings.speedups {
+            let (states, branch) = try model.forwardCandidates(tokens, after: cache)
+            (hidden, kept) = (states, { model.keep($0, of: branch, in: &cache) })
+        } else {
+            let (states, branch) = try model.forwardCandidatesByCopying(tokens, after: cache)
+            (hidden, kept) = (states, { cache = branch.gathering([$0]) })
+        }
         var unit = hidden
         l2NormalizeRows(&unit)
         let cosines = matmul(unit, context, transposeB: true)   // [rows, context]
@@ -75,10 +84,10 @@ public func contrastiveSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int],
         }
         generated.append(candidates[rows[best]])
         if let scorer, settings.beta != 0 { try scorer.chose(rows[best]) }
-        if try stop.isFinished(generated, model: model) || branch.length >= model.contextLength { break }
+        if try stop.isFinished(generated, model: model) || cache.length + 1 >= model.contextLength { break }
         // The reference computes all k rows of logits; only the kept one is ever used.
         logits = settings.speedups ? model.logits(hidden.rows(best..<best + 1)) : model.logits(hidden).rows(best..<best + 1)
-        cache = rows.count == 1 ? branch : branch.gathering([best])
+        kept(best)
         context = concatenate([context, unit.rows(best..<best + 1)], axis: 0)
     }
     return generated

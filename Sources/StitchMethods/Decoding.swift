@@ -26,14 +26,11 @@ public struct StopConditions: Sendable {
         return strings.contains { text.contains($0) }
     }
 
-    /// The text of a continuation: without the end token, cut after the first stop string and
-    /// with whitespace runs collapsed (how MAGiC's reference prints its captions).
+    /// The text of a continuation: up to the end token, and cut after the first stop string.
     public func text<M: CausalLanguageModel>(of generated: [Int], model: M) throws -> String {
-        var text = try model.decode(Array(generated.prefix { $0 != model.endTokenID }))
-        if let cut = strings.compactMap({ text.range(of: $0) }).min(by: { $0.upperBound < $1.upperBound }) {
-            text = String(text[..<cut.upperBound])
-        }
-        return text.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        let text = try model.decode(Array(generated.prefix { $0 != model.endTokenID }))
+        guard let cut = strings.compactMap({ text.range(of: $0) }).min(by: { $0.upperBound < $1.upperBound }) else { return text }
+        return String(text[..<cut.upperBound])
     }
 }
 

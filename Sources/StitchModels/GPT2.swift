@@ -72,11 +72,31 @@ struct GPT2Block {
         let qkv = splitLastDimension(attention(layerNorm1(x)), parts: 3)
         var hidden = x
         addInPlace(&hidden, projection(cachedSelfAttention(query: qkv[0], key: qkv[1], value: qkv[2], heads: heads, cache: &cache)))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
+    /// Single-token candidates x [n, d], each continuing the sequence in `prefix`, which they read
+    /// in place. Returns their outputs [n, d] and fused q/k/v projections [n, 3d].
+    func candidates(_ x: Tensor, segments: [PackedSegment], prefix: KVCache) -> (hidden: Tensor, projections: Tensor) {
+        let qkv = attention(layerNorm1(x))
+        var hidden = x
+        addInPlace(&hidden, projection(packedPrefixAttention(qkv, segments: segments, prefix: prefix, heads: heads)))
+        addFeedForward(&hidden)
+        return (hidden, qkv)
+    }
+
+    private func addFeedForward(_ hidden: inout Tensor) {
         var inner = feedForward(layerNorm2(hidden))
         activation.apply(&inner)
         addInPlace(&hidden, feedForwardOut(inner))
-        return hidden
     }
+}
+
+/// Single-token candidates that continue one cached sequence: each layer's fused q/k/v
+/// projections [n, 3d], whose key and value thirds `keep` appends for the chosen candidate.
+public struct GPT2Candidates: Sendable {
+    let projections: [Tensor]
 }
 
 /// GPT-2 (transformers GPT2LMHeadModel, or a bare GPT2Model checkpoint) with the
@@ -146,6 +166,39 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
             hidden = block(hidden, cache: &cache.layers[index])
         }
         return finalLayerNorm(hidden)
+    }
+
+    /// Hidden states [n, hiddenSize] of n one-token continuations of the single sequence in `cache`,
+    /// all in one batch that reads the cache in place instead of copying it n times.
+    public func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
+        let start = cache.length
+        guard cache.batch == 1, !tokens.isEmpty, start < config.maxPositions else {
+            throw ModelError.invalidInput(model: "GPT-2", detail: "candidates need a one-sequence cache with room for a position, and at least one token")
+        }
+        var hidden: Tensor
+        do {
+            hidden = try embedding(tokens, table: tokenEmbedding)   // [n, d]
+        } catch {
+            throw ModelError.invalidInput(model: "GPT-2", detail: error.description)
+        }
+        addRowVector(&hidden, positionEmbedding.row(start))
+        let segments = tokens.indices.map { PackedSegment(rows: $0..<$0 + 1, sharedLength: start) }
+        var projections: [Tensor] = []
+        for (index, block) in blocks.enumerated() {
+            let step = block.candidates(hidden, segments: segments, prefix: cache.layers[index])
+            hidden = step.hidden
+            projections.append(step.projections)
+        }
+        return (finalLayerNorm(hidden), GPT2Candidates(projections: projections))
+    }
+
+    /// Appends candidate `row`'s keys and values to `cache`, as if it had been fed alone.
+    public func keep(_ row: Int, of candidates: GPT2Candidates, in cache: inout GPT2Cache) {
+        let d = config.hiddenSize
+        for (index, projection) in candidates.projections.enumerated() {
+            let parts = splitLastDimension(projection.rows(row..<row + 1), parts: 3)   // [1, d] each
+            cache.layers[index].append(keys: parts[1].reshaped([1, 1, d]), values: parts[2].reshaped([1, 1, d]))
+        }
     }
 
     /// LM-head logits for the given hidden-state rows only: [..., hiddenSize] -> [..., vocabulary].

@@ -14,6 +14,8 @@ public protocol LanguageModelCache: Sendable {
 /// and the LM head applied only to the rows that need it.
 public protocol CausalLanguageModel: AnyObject, Sendable {
     associatedtype Cache: LanguageModelCache
+    /// What `forwardCandidates` keeps for `keep`.
+    associatedtype Candidates = Cache
     var vocabularySize: Int { get }
     var endTokenID: Int { get }
     /// Positions the model can attend over.
@@ -25,4 +27,29 @@ public protocol CausalLanguageModel: AnyObject, Sendable {
     func logits(_ hidden: Tensor) -> Tensor
     /// The text of generated ids; throws when the model has no tokenizer.
     func decode(_ ids: [Int]) throws -> String
+    /// Hidden states [n, d] of n one-token continuations of the single sequence in `cache`.
+    func forwardCandidates(_ tokens: [Int], after cache: Cache) throws -> (hidden: Tensor, candidates: Candidates)
+    /// Extends `cache` with candidate `row` of `forwardCandidates`.
+    func keep(_ row: Int, of candidates: Candidates, in cache: inout Cache)
+}
+
+extension CausalLanguageModel {
+    /// Candidates through n copies of the cache: what models without a shared-prefix path do,
+    /// and the reference computation that tests compare the shared path with.
+    public func forwardCandidatesByCopying(_ tokens: [Int], after cache: Cache) throws -> (hidden: Tensor, branch: Cache) {
+        var branch = cache.repeated(tokens.count)
+        let hidden = try forward(tokens.map { [$0] }, cache: &branch)
+        return (hidden.reshaped([tokens.count, hidden.shape[2]]), branch)
+    }
+}
+
+extension CausalLanguageModel where Candidates == Cache {
+    public func forwardCandidates(_ tokens: [Int], after cache: Cache) throws -> (hidden: Tensor, candidates: Cache) {
+        let (hidden, branch) = try forwardCandidatesByCopying(tokens, after: cache)
+        return (hidden, branch)
+    }
+
+    public func keep(_ row: Int, of candidates: Cache, in cache: inout Cache) {
+        cache = candidates.gathering([row])
+    }
 }

@@ -110,7 +110,7 @@ final class CLITests: XCTestCase {
             XCTAssert(alone.output.contains("efficientnet    batch 1") && alone.output.contains("n/a"), alone.output)
             XCTAssert(alone.output.contains("reference unavailable: /nonexistent/python3 cannot import torch"), alone.output)
             let skipped = try stitch(["bench", "--seconds", "0", "--rows", "minilm", "--python", "/nonexistent/python3"])
-            XCTAssert(skipped.output.contains("skipped: no minilm folder (--minilm)"), skipped.output)
+            XCTAssert(skipped.output.contains("skipped: needs --minilm"), skipped.output)
         }
     }
 }
