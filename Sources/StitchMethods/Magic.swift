@@ -84,11 +84,11 @@ public final class MagicCaptioner<LM: CausalLanguageModel> {
         return try contrastiveSearch(lm, prompt: prompt, settings: settings, stop: stop, scorer: scorer)
     }
 
-    /// A caption (or, with a title as `prompt`, a story) for `image`, with whitespace runs
-    /// collapsed as MAGiC's reference prints its captions.
-    public func caption(_ image: RGBImage, prompt: [Int], settings: ContrastiveSettings, stop: StopConditions) throws -> String {
+    /// A caption (or, with a title as `prompt`, a story) for `image`: its new tokens, and their text
+    /// with whitespace runs collapsed as MAGiC's reference prints its captions.
+    public func caption(_ image: RGBImage, prompt: [Int], settings: ContrastiveSettings, stop: StopConditions) throws -> (tokens: [Int], text: String) {
         let features = try clip.imageFeatures(clip.preprocessor.batch([image]))
-        let text = try stop.text(of: generate(imageFeatures: features, prompt: prompt, settings: settings, stop: stop), model: lm)
-        return text.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        let tokens = try generate(imageFeatures: features, prompt: prompt, settings: settings, stop: stop)
+        return (tokens, try stop.text(of: tokens, model: lm).split(whereSeparator: \.isWhitespace).joined(separator: " "))
     }
 }

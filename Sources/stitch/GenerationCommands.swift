@@ -124,9 +124,9 @@ struct Caption: ParsableCommand {
             let image = try RGBImage(contentsOf: path)
             let caption = try captioner.caption(image, prompt: prompt, settings: settings, stop: conditions)
             if json {
-                try printJSONLine(["image": path, "caption": caption, "seconds": Date().timeIntervalSince(started)])
+                try printJSONLine(["image": path, "caption": caption.text, "tokens": caption.tokens, "seconds": Date().timeIntervalSince(started)])
             } else {
-                print("\(path)\t\(caption)")
+                print("\(path)\t\(caption.text)")
             }
             fflush(nil)   // each caption reaches a pipe as soon as it is made
             progress.advance()

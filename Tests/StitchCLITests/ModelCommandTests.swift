@@ -81,3 +81,75 @@ final class ModelCommandTests: XCTestCase {
         XCTAssert(wrong.errors.contains("efficientnet-lite model; embed-text needs CLIP or a sentence encoder"), wrong.errors)
     }
 }
+
+/// `stitch caption` and `stitch generate`'s strategies on the tiny fixture models.
+final class GenerationCommandTests: XCTestCase {
+    var folder: URL!
+    var gpt2 = "", clip = ""
+    let golden = try! Fixtures.json("decoding/golden.json") as! [String: Any]
+
+    override func setUpWithError() throws {
+        guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        folder = try Fixtures.temporaryFolder()
+        gpt2 = try link("tiny-gpt2", ["vocab.json": "models/tokenizers/gpt2-vocab.json", "merges.txt": "models/tokenizers/gpt2-merges.txt"])
+        clip = try link("tiny-clip", ["bpe_simple_vocab_16e6.txt.gz": "models/tokenizers/bpe_simple_vocab_16e6.txt.gz"])
+    }
+    override func tearDownWithError() throws { if let folder { try? FileManager.default.removeItem(at: folder) } }
+
+    func link(_ fixture: String, _ links: [String: String]) throws -> String {
+        let target = folder.appendingPathComponent(fixture)
+        try FileManager.default.copyItem(at: Fixtures.url(fixture), to: target)
+        for (name, shared) in links {
+            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: Fixtures.shared.appendingPathComponent(shared))
+        }
+        return target.path
+    }
+
+    func testCaptionManyImagesWithOneLoad() throws {
+        let magic = golden["magic"] as! [String: Any]
+        let images = (magic["images"] as! [String]).map { Fixtures.repositoryRoot.appendingPathComponent($0).path }
+        guard images.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else { throw XCTSkip("needs ../shared/images") }
+        let setting = (magic["settings"] as! [[String: Any]])[0]
+        let result = try StitchCLI.run(["caption", "--lm", gpt2, "--clip", clip, "--json"] + images)
+        XCTAssertEqual(result.status, 0, result.errors)
+        let lines = result.output.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        XCTAssertEqual(lines.map { $0["image"] as! String }, images)
+        // The defaults are the reference's (k 45, alpha 0.1, beta 2, 16 tokens): its captions, up to the end token.
+        for (line, reference) in zip(lines, setting["outputs"] as! [[Int]]) {
+            let expected = reference.firstIndex(of: 50256).map { Array(reference[...$0]) } ?? reference
+            XCTAssertEqual(line["tokens"] as! [Int], expected)
+            XCTAssertFalse((line["caption"] as! String).isEmpty)
+        }
+        // Plain output: image TAB caption; contrastive ignores the image, so every caption is the same.
+        let blind = try StitchCLI.run(["caption", "--lm", gpt2, "--clip", clip, "--method", "contrastive", "--max-tokens", "6"] + images.prefix(2))
+        let captions = blind.output.split(separator: "\n").map { $0.split(separator: "\t", maxSplits: 1) }
+        XCTAssertEqual(captions.map { String($0[0]) }, Array(images.prefix(2)), blind.errors)
+        XCTAssertEqual(captions[0][1], captions[1][1])
+        // Story mode continues the title; a bad image is an error naming the file.
+        XCTAssertEqual(try StitchCLI.run(["caption", "--lm", gpt2, "--clip", clip, "--title", "A day at the zoo.", "--max-tokens", "4", images[0]]).status, 0)
+        let broken = folder.appendingPathComponent("broken.jpg")
+        try Data([0xFF, 0xD8, 0xFF, 0x00, 0x01]).write(to: broken)
+        let failed = try StitchCLI.run(["caption", "--lm", gpt2, "--clip", clip, broken.path])
+        XCTAssertNotEqual(failed.status, 0)
+        XCTAssert(failed.errors.contains(broken.path), failed.errors)
+    }
+
+    func testGenerateStrategies() throws {
+        let prompt = "A photo of a"
+        let beam = (golden["beam"] as! [[String: Any]]).first { ($0["end_token"] as! Int) == 50256 }!
+        let expected = (beam["outputs"] as! [[Int]])[1]
+        let result = try StitchCLI.run(["generate", "--model", gpt2, "--prompt", prompt, "--strategy", "beam", "--beams", "\(beam["beams"] as! Int)",
+                                        "--max-tokens", "\(beam["max_tokens"] as! Int)", "--json"])
+        XCTAssertEqual(result.status, 0, result.errors)
+        let json = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as! [String: Any]
+        XCTAssertEqual(json["tokens"] as! [Int], expected)
+        let contrastive = (golden["contrastive"] as! [[String: Any]])[0]
+        let searched = try StitchCLI.run(["generate", "--model", gpt2, "--prompt", prompt, "--strategy", "contrastive", "--k", "\(contrastive["k"] as! Int)",
+                                          "--alpha", "\(contrastive["alpha"] as! Double)", "--max-tokens", "\(contrastive["max_tokens"] as! Int)", "--json"])
+        let searchedJSON = try JSONSerialization.jsonObject(with: Data(searched.output.utf8)) as! [String: Any]
+        XCTAssertEqual(searchedJSON["tokens"] as! [Int], (contrastive["outputs"] as! [[Int]])[1])
+        let sampled = { (seed: Int) in try StitchCLI.run(["generate", "--model", self.gpt2, "--prompt", prompt, "--strategy", "sample", "--seed", "\(seed)", "--top-k", "50"]).output }
+        XCTAssertEqual(try sampled(1), try sampled(1))
+        XCTAssertNotEqual(try StitchCLI.run(["generate", "--model", gpt2, "--prompt", prompt, "--strategy", "sample", "--temperature", "0"]).status, 0)
+    }
+}

@@ -78,6 +78,17 @@ final class GPT2ParityTests: XCTestCase {
         // The shared cache is untouched by the branch.
         XCTAssertEqual(shared.length, prefix.count)
         XCTAssertEqual(branched.length, prefix.count + 1)
+
+        // The in-place candidate path gives the same states, and keeping one equals feeding it.
+        let (states, kept) = try model.forwardCandidates(candidates, after: shared)
+        XCTAssertLessThanOrEqual(maxAbsoluteDifference(states.scalars, batched.scalars), 1e-5)
+        var extended = shared
+        model.keep(2, of: kept, in: &extended)
+        var fed = shared
+        _ = try model.forward([[candidates[2]]], cache: &fed)
+        let next = try model.forward([[318]], cache: &extended), expected = try model.forward([[318]], cache: &fed)
+        XCTAssertLessThanOrEqual(maxAbsoluteDifference(next.scalars, expected.scalars), 1e-5)
+        XCTAssertEqual(shared.length, prefix.count)
     }
 
     func testBadInputs() throws {

@@ -44,6 +44,26 @@ final class TokenizerGoldenTests: XCTestCase {
         }
     }
 
+    /// added_tokens.json (MAGiC's checkpoints add "<-start_of_text->" and "<-pad->") is read with the folder.
+    func testGPT2AddedTokens() throws {
+        guard let shared = Fixtures.sharedPath("models/tokenizers") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        for (name, source) in ["vocab.json": "gpt2-vocab.json", "merges.txt": "gpt2-merges.txt"] {
+            try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent(name), withDestinationURL: shared.appendingPathComponent(source))
+        }
+        try Data(#"{"<-start_of_text->": 50257, "<-pad->": 50258}"#.utf8).write(to: folder.appendingPathComponent("added_tokens.json"))
+        let tokenizer = try GPT2Tokenizer(folder: folder)
+        let plain = try GPT2Tokenizer(vocabularyFile: shared.appendingPathComponent("gpt2-vocab.json").path,
+                                      mergesFile: shared.appendingPathComponent("gpt2-merges.txt").path)
+        XCTAssertEqual(tokenizer.vocabularySize, 50259)
+        XCTAssertEqual(tokenizer.id(of: "<-start_of_text->"), 50257)
+        XCTAssertEqual(tokenizer.id(of: "<|endoftext|>"), 50256)
+        let ids = tokenizer.encode("<-start_of_text->A zebra<-pad>")
+        XCTAssertEqual(ids, [50257] + plain.encode("A zebra<-pad>"))
+        XCTAssertEqual(tokenizer.decode(ids + [50258]), "<-start_of_text->A zebra<-pad><-pad->")
+    }
+
     func testCLIPMatchesCLIPTokenizerFast() throws {
         let tokenizer = try CLIPTokenizer(bpeFile: sharedFile("models/tokenizers/bpe_simple_vocab_16e6.txt.gz").path)
         XCTAssertEqual(tokenizer.vocabularySize, 49408)
