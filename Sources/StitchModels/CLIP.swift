@@ -68,76 +68,17 @@ public struct CLIPConfig: Decodable, Sendable {
     }
 }
 
-/// A pre-layer-norm transformer layer as CLIP's towers use it.
-struct CLIPEncoderLayer {
-    let layerNorm1, layerNorm2: LayerNorm
-    let qkv, out, fc1, fc2: Linear
-    let heads: Int
-    let activation: Activation
-
-    init(_ store: WeightStore, _ prefix: String, _ tower: CLIPConfig.Tower) {
+extension TransformerBlock {
+    /// A layer of CLIP's towers (CLIPEncoderLayer), q/k/v fused into one product.
+    init(clip store: WeightStore, _ prefix: String, _ tower: CLIPConfig.Tower) {
         let d = tower.hiddenSize
-        layerNorm1 = LayerNorm(store, "\(prefix).layer_norm1", size: d, epsilon: tower.layerNormEpsilon)
-        layerNorm2 = LayerNorm(store, "\(prefix).layer_norm2", size: d, epsilon: tower.layerNormEpsilon)
-        qkv = Linear(fusing: ["q_proj", "k_proj", "v_proj"].map { Linear(store, "\(prefix).self_attn.\($0)", inputs: d, outputs: d) })
-        out = Linear(store, "\(prefix).self_attn.out_proj", inputs: d, outputs: d)
-        fc1 = Linear(store, "\(prefix).mlp.fc1", inputs: d, outputs: tower.intermediateSize)
-        fc2 = Linear(store, "\(prefix).mlp.fc2", inputs: tower.intermediateSize, outputs: d)
-        heads = tower.heads
-        activation = tower.activation
-    }
-
-    /// The last layer for one pooled position per sequence: keys and values for every token,
-    /// but queries, output projection and MLP only for `positions` (one per batch row).
-    /// x [batch, t, d] -> [batch, 1, d]; the same values those rows get from the full layer.
-    func pooled(_ x: Tensor, positions: [Int], causal: Bool) -> Tensor {
-        let (batch, t, d) = (x.shape[0], x.shape[1], x.shape[2])
-        let normalized = layerNorm1(x)
-        let selected = gatherRows(normalized, positions)
-        // The fused weight [3d, d] holds q, k, v projections as row blocks: use views of them.
-        let query = linear(selected, weight: qkv.weight.rows(0..<d), bias: qkv.bias?.rows(0..<d))
-        let keysAndValues = splitLastDimension(linear(normalized, weight: qkv.weight.rows(d..<3 * d), bias: qkv.bias?.rows(d..<3 * d)), parts: 2)
-        // A causal row at position p sees keys 0...p only.
-        let mask = causal ? Tensor(shape: [batch, t], scalars: positions.flatMap { p in (0..<t).map { $0 <= p ? 1 : 0 } }) : nil
-        let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask)
-        var hidden = gatherRows(x, positions)
-        addInPlace(&hidden, out(attended))
-        addFeedForward(&hidden)
-        return hidden
-    }
-
-    /// x [batch, t, d] -> [batch, t, d]
-    func callAsFunction(_ x: Tensor, causal: Bool) -> Tensor {
-        var hidden = x
-        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(x)), heads: heads, causal: causal)))
-        addFeedForward(&hidden)
-        return hidden
-    }
-
-    /// The causal layer for positions after those in `cache`, whose keys and values it appends.
-    /// x [batch, t, d] -> [batch, t, d]
-    func callAsFunction(_ x: Tensor, cache: inout KVCache) -> Tensor {
-        let parts = splitLastDimension(qkv(layerNorm1(x)), parts: 3)
-        var hidden = x
-        addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)))
-        addFeedForward(&hidden)
-        return hidden
-    }
-
-    /// The causal layer over packed sequences that continue a shared prefix (`packedPrefixAttention`).
-    /// x [total, d] -> [total, d]
-    func callAsFunction(packed x: Tensor, segments: [PackedSegment], prefix: KVCache) -> Tensor {
-        var hidden = x
-        addInPlace(&hidden, out(packedPrefixAttention(qkv(layerNorm1(x)), segments: segments, prefix: prefix, heads: heads)))
-        addFeedForward(&hidden)
-        return hidden
-    }
-
-    /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).
-    private func addFeedForward(_ hidden: inout Tensor) {
-        var inner = fc1(layerNorm2(hidden))
-        activation.apply(&inner)
-        addInPlace(&hidden, fc2(inner))
+        self.init(layerNorm1: LayerNorm(store, "\(prefix).layer_norm1", size: d, epsilon: tower.layerNormEpsilon),
+                  layerNorm2: LayerNorm(store, "\(prefix).layer_norm2", size: d, epsilon: tower.layerNormEpsilon),
+                  qkv: Linear(fusing: ["q_proj", "k_proj", "v_proj"].map { Linear(store, "\(prefix).self_attn.\($0)", inputs: d, outputs: d) }),
+                  out: Linear(store, "\(prefix).self_attn.out_proj", inputs: d, outputs: d),
+                  fc1: Linear(store, "\(prefix).mlp.fc1", inputs: d, outputs: tower.intermediateSize),
+                  fc2: Linear(store, "\(prefix).mlp.fc2", inputs: tower.intermediateSize, outputs: d),
+                  heads: tower.heads, activation: tower.activation)
     }
 }
 
@@ -162,15 +103,6 @@ public struct CLIPTextCache: Sendable {
     mutating func append(_ more: [Int]) { tokens += more }
 }
 
-/// Row `positions[b]` of each sequence b of x [batch, t, d], as [batch, 1, d].
-func gatherRows(_ x: Tensor, _ positions: [Int]) -> Tensor {
-    let (t, d) = (x.shape[1], x.shape[2])
-    return concatenate(positions.enumerated().map { b, p in
-        precondition(p >= 0 && p < t, "position \(p) outside 0..<\(t)")
-        return x.row(b).row(p).reshaped([1, 1, d])
-    }, axis: 0)
-}
-
 /// CLIP (transformers CLIPModel): a ViT image tower and a causal text tower
 /// projected into one embedding space. Loads any CLIPModel folder
 /// (openai/clip-vit-base-patch32, -patch16, -large-patch14, ...).
@@ -180,11 +112,11 @@ public final class CLIP: @unchecked Sendable {
     public let tokenizer: CLIPTokenizer?
     public let preprocessor: ImagePreprocessor
     let tokenEmbedding, textPositions: Tensor
-    let textLayers: [CLIPEncoderLayer]
+    let textLayers: [TransformerBlock]
     let finalLayerNorm: LayerNorm
     let classEmbedding, patchWeight, visionPositions: Tensor
     let preLayerNorm, postLayerNorm: LayerNorm
-    let visionLayers: [CLIPEncoderLayer]
+    let visionLayers: [TransformerBlock]
     let visualProjection, textProjection: Linear
     /// exp(logit_scale): the temperature of image-text logits.
     public let logitScale: Float
@@ -207,7 +139,7 @@ public final class CLIP: @unchecked Sendable {
         let patches = (config.imageSize / config.patchSize) * (config.imageSize / config.patchSize)
         tokenEmbedding = store.take("text_model.embeddings.token_embedding.weight", shape: [config.vocabularySize, t.hiddenSize])
         textPositions = store.take("text_model.embeddings.position_embedding.weight", shape: [config.maxPositions, t.hiddenSize])
-        textLayers = (0..<t.layers).map { CLIPEncoderLayer(store, "text_model.encoder.layers.\($0)", t) }
+        textLayers = (0..<t.layers).map { TransformerBlock(clip: store, "text_model.encoder.layers.\($0)", t) }
         finalLayerNorm = LayerNorm(store, "text_model.final_layer_norm", size: t.hiddenSize, epsilon: t.layerNormEpsilon)
         classEmbedding = store.take("vision_model.embeddings.class_embedding", shape: [v.hiddenSize])
         // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p].
@@ -215,7 +147,7 @@ public final class CLIP: @unchecked Sendable {
             .reshaped([v.hiddenSize, config.channels * config.patchSize * config.patchSize])
         visionPositions = store.take("vision_model.embeddings.position_embedding.weight", shape: [patches + 1, v.hiddenSize])
         preLayerNorm = LayerNorm(store, "vision_model.pre_layrnorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
-        visionLayers = (0..<v.layers).map { CLIPEncoderLayer(store, "vision_model.encoder.layers.\($0)", v) }
+        visionLayers = (0..<v.layers).map { TransformerBlock(clip: store, "vision_model.encoder.layers.\($0)", v) }
         postLayerNorm = LayerNorm(store, "vision_model.post_layernorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
         visualProjection = Linear(store, "visual_projection", inputs: v.hiddenSize, outputs: config.projectionDim, bias: false)
         textProjection = Linear(store, "text_projection", inputs: t.hiddenSize, outputs: config.projectionDim, bias: false)
@@ -274,7 +206,7 @@ public final class CLIP: @unchecked Sendable {
             throw ModelError.invalidInput(model: "CLIP text", detail: error.description)
         }
         addInPlace(&hidden, try embedding(positions, table: textPositions))
-        for (index, layer) in textLayers.enumerated() { hidden = layer(packed: hidden, segments: segments, prefix: cache.layers[index]) }
+        for (index, layer) in textLayers.enumerated() { hidden = layer(packed: hidden, segments: segments, prefix: cache.layers[index]).hidden }
         let pooled = concatenate(zip(segments, poolPositions).map { segment, pool in
             precondition(pool >= 0 && pool < segment.rows.count, "pool position \(pool) outside a tail of \(segment.rows.count)")
             return hidden.rows(segment.rows.lowerBound + pool..<segment.rows.lowerBound + pool + 1)

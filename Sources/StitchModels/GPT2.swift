@@ -50,46 +50,17 @@ public struct GPT2Cache: LanguageModelCache {
     }
 }
 
-struct GPT2Block {
-    let layerNorm1, layerNorm2: LayerNorm
-    let attention, projection, feedForward, feedForwardOut: Linear
-    let heads: Int
-    let activation: Activation
-
-    init(_ store: WeightStore, _ prefix: String, _ config: GPT2Config) {
+extension TransformerBlock {
+    /// A GPT-2 block; its Conv1D weights are stored [inputs, outputs], c_attn already fused.
+    init(gpt2 store: WeightStore, _ prefix: String, _ config: GPT2Config) {
         let d = config.hiddenSize
-        layerNorm1 = LayerNorm(store, "\(prefix).ln_1", size: d, epsilon: config.layerNormEpsilon)
-        layerNorm2 = LayerNorm(store, "\(prefix).ln_2", size: d, epsilon: config.layerNormEpsilon)
-        attention = Linear(store, "\(prefix).attn.c_attn", inputs: d, outputs: 3 * d, layout: .inputsByOutputs)
-        projection = Linear(store, "\(prefix).attn.c_proj", inputs: d, outputs: d, layout: .inputsByOutputs)
-        feedForward = Linear(store, "\(prefix).mlp.c_fc", inputs: d, outputs: config.innerSize, layout: .inputsByOutputs)
-        feedForwardOut = Linear(store, "\(prefix).mlp.c_proj", inputs: config.innerSize, outputs: d, layout: .inputsByOutputs)
-        heads = config.heads
-        activation = config.activation
-    }
-
-    func callAsFunction(_ x: Tensor, cache: inout KVCache) -> Tensor {
-        let qkv = splitLastDimension(attention(layerNorm1(x)), parts: 3)
-        var hidden = x
-        addInPlace(&hidden, projection(cachedSelfAttention(query: qkv[0], key: qkv[1], value: qkv[2], heads: heads, cache: &cache)))
-        addFeedForward(&hidden)
-        return hidden
-    }
-
-    /// Single-token candidates x [n, d], each continuing the sequence in `prefix`, which they read
-    /// in place. Returns their outputs [n, d] and fused q/k/v projections [n, 3d].
-    func candidates(_ x: Tensor, segments: [PackedSegment], prefix: KVCache) -> (hidden: Tensor, projections: Tensor) {
-        let qkv = attention(layerNorm1(x))
-        var hidden = x
-        addInPlace(&hidden, projection(packedPrefixAttention(qkv, segments: segments, prefix: prefix, heads: heads)))
-        addFeedForward(&hidden)
-        return (hidden, qkv)
-    }
-
-    private func addFeedForward(_ hidden: inout Tensor) {
-        var inner = feedForward(layerNorm2(hidden))
-        activation.apply(&inner)
-        addInPlace(&hidden, feedForwardOut(inner))
+        self.init(layerNorm1: LayerNorm(store, "\(prefix).ln_1", size: d, epsilon: config.layerNormEpsilon),
+                  layerNorm2: LayerNorm(store, "\(prefix).ln_2", size: d, epsilon: config.layerNormEpsilon),
+                  qkv: Linear(store, "\(prefix).attn.c_attn", inputs: d, outputs: 3 * d, layout: .inputsByOutputs),
+                  out: Linear(store, "\(prefix).attn.c_proj", inputs: d, outputs: d, layout: .inputsByOutputs),
+                  fc1: Linear(store, "\(prefix).mlp.c_fc", inputs: d, outputs: config.innerSize, layout: .inputsByOutputs),
+                  fc2: Linear(store, "\(prefix).mlp.c_proj", inputs: config.innerSize, outputs: d, layout: .inputsByOutputs),
+                  heads: config.heads, activation: config.activation)
     }
 }
 
@@ -105,7 +76,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     public let config: GPT2Config
     public let tokenizer: GPT2Tokenizer?
     let tokenEmbedding, positionEmbedding: Tensor
-    let blocks: [GPT2Block]
+    let blocks: [TransformerBlock]
     let finalLayerNorm: LayerNorm
 
     /// The files a GPT-2 folder must hold.
@@ -127,7 +98,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let d = config.hiddenSize
         tokenEmbedding = store.take("\(p)wte.weight", shape: [config.vocabularySize, d])
         positionEmbedding = store.take("\(p)wpe.weight", shape: [config.maxPositions, d])
-        blocks = (0..<config.layers).map { GPT2Block(store, "\(p)h.\($0)", config) }
+        blocks = (0..<config.layers).map { TransformerBlock(gpt2: store, "\(p)h.\($0)", config) }
         finalLayerNorm = LayerNorm(store, "\(p)ln_f", size: d, epsilon: config.layerNormEpsilon)
         if store.contains("lm_head.weight") {
             // Tied: the head must be the embedding matrix again, which Stitch uses directly.
@@ -185,7 +156,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let segments = tokens.indices.map { PackedSegment(rows: $0..<$0 + 1, sharedLength: start) }
         var projections: [Tensor] = []
         for (index, block) in blocks.enumerated() {
-            let step = block.candidates(hidden, segments: segments, prefix: cache.layers[index])
+            let step = block(packed: hidden, segments: segments, prefix: cache.layers[index])
             hidden = step.hidden
             projections.append(step.projections)
         }

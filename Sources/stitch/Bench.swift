@@ -86,6 +86,10 @@ struct Bench: ParsableCommand {
                 print(label + "skipped: needs --\(row.neededFolders.joined(separator: " and --"))")
                 continue
             }
+            if row == .magic, let gpt2 = folders.gpt2, !FileManager.default.fileExists(atPath: gpt2 + "/vocab.json") {
+                print(label + "skipped: \(gpt2) has no tokenizer files (--tokenizers names the folder to copy them from)")
+                continue
+            }
             let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)"]
             let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")
             let python = referenceProblem == nil ? try? Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference") : nil

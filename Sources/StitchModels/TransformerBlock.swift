@@ -1,0 +1,79 @@
+import StitchModelIO
+import StitchTensor
+
+/// A pre-layer-norm transformer block, as GPT-2's blocks and CLIP's encoder layers are:
+/// x + out(attention(qkv(layerNorm1 x))), then + fc2(activation(fc1(layerNorm2 ·))).
+/// Each model file builds it from its own weight names; the attention varies by use.
+struct TransformerBlock {
+    let layerNorm1, layerNorm2: LayerNorm
+    /// Queries, keys and values fused along the outputs, so one product serves all three.
+    let qkv: Linear
+    let out, fc1, fc2: Linear
+    let heads: Int
+    let activation: Activation
+
+    /// The last layer for one pooled position per sequence: keys and values for every token,
+    /// but queries, output projection and MLP only for `positions` (one per batch row).
+    /// x [batch, t, d] -> [batch, 1, d]; the same values those rows get from the full layer.
+    func pooled(_ x: Tensor, positions: [Int], causal: Bool) -> Tensor {
+        let (batch, t, d) = (x.shape[0], x.shape[1], x.shape[2])
+        let normalized = layerNorm1(x)
+        let selected = gatherRows(normalized, positions)
+        // The fused nn.Linear weight [3d, d] holds q, k, v projections as row blocks: use views of them.
+        precondition(qkv.layout == .outputsByInputs, "pooling reads q/k/v as row blocks of an nn.Linear weight")
+        let query = linear(selected, weight: qkv.weight.rows(0..<d), bias: qkv.bias?.rows(0..<d))
+        let keysAndValues = splitLastDimension(linear(normalized, weight: qkv.weight.rows(d..<3 * d), bias: qkv.bias?.rows(d..<3 * d)), parts: 2)
+        // A causal row at position p sees keys 0...p only.
+        let mask = causal ? Tensor(shape: [batch, t], scalars: positions.flatMap { p in (0..<t).map { $0 <= p ? 1 : 0 } }) : nil
+        let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask)
+        var hidden = gatherRows(x, positions)
+        addInPlace(&hidden, out(attended))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
+    /// x [batch, t, d] -> [batch, t, d]
+    func callAsFunction(_ x: Tensor, causal: Bool) -> Tensor {
+        var hidden = x
+        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(x)), heads: heads, causal: causal)))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
+    /// The causal layer for positions after those in `cache`, whose keys and values it appends.
+    /// x [batch, t, d] -> [batch, t, d]
+    func callAsFunction(_ x: Tensor, cache: inout KVCache) -> Tensor {
+        let parts = splitLastDimension(qkv(layerNorm1(x)), parts: 3)
+        var hidden = x
+        addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)))
+        addFeedForward(&hidden)
+        return hidden
+    }
+
+    /// The causal layer over packed sequences that continue a shared prefix, which they read in
+    /// place (`packedPrefixAttention`). x [total, d] -> outputs [total, d] and the fused q/k/v
+    /// projections [total, 3d], whose key and value thirds a cache can take later.
+    func callAsFunction(packed x: Tensor, segments: [PackedSegment], prefix: KVCache) -> (hidden: Tensor, projections: Tensor) {
+        let projections = qkv(layerNorm1(x))
+        var hidden = x
+        addInPlace(&hidden, out(packedPrefixAttention(projections, segments: segments, prefix: prefix, heads: heads)))
+        addFeedForward(&hidden)
+        return (hidden, projections)
+    }
+
+    /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).
+    private func addFeedForward(_ hidden: inout Tensor) {
+        var inner = fc1(layerNorm2(hidden))
+        activation.apply(&inner)
+        addInPlace(&hidden, fc2(inner))
+    }
+}
+
+/// Row `positions[b]` of each sequence b of x [batch, t, d], as [batch, 1, d].
+func gatherRows(_ x: Tensor, _ positions: [Int]) -> Tensor {
+    let (t, d) = (x.shape[1], x.shape[2])
+    return concatenate(positions.enumerated().map { b, p in
+        precondition(p >= 0 && p < t, "position \(p) outside 0..<\(t)")
+        return x.row(b).row(p).reshaped([1, 1, d])
+    }, axis: 0)
+}
