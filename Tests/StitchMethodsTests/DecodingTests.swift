@@ -1,6 +1,7 @@
 import Foundation
 import StitchModelIO
 import StitchModels
+import StitchTensor
 import StitchTestSupport
 import StitchTokenizers
 import XCTest
@@ -145,5 +146,44 @@ final class DecodingTests: XCTestCase {
         XCTAssertThrowsError(try contrastiveSearch(model, prompt: [1], settings: ContrastiveSettings(k: 0), stop: StopConditions(maxTokens: 3)))
         XCTAssertThrowsError(try contrastiveSearch(model, prompt: [1], settings: ContrastiveSettings(k: 4, beta: 1), stop: StopConditions(maxTokens: 3)))
         XCTAssertThrowsError(try beamSearch(model, prompt: [1], settings: BeamSettings(beams: 0), maxTokens: 3))
+    }
+}
+
+/// tiny-gpt2 with its logits scaled up, so that next-token distributions are peaked as a trained
+/// model's are; it records how many candidates each step runs through the LM.
+final class PeakedLM: CausalLanguageModel, @unchecked Sendable {
+    let base = TinyModels.gpt2
+    var candidateCounts: [Int] = []
+    var vocabularySize: Int { base.vocabularySize }
+    var endTokenID: Int { base.endTokenID }
+    var contextLength: Int { base.contextLength }
+    func makeCache(batch: Int) -> GPT2Cache { base.makeCache(batch: batch) }
+    func forward(_ tokens: [[Int]], cache: inout GPT2Cache) throws -> Tensor { try base.forward(tokens, cache: &cache) }
+    func logits(_ hidden: Tensor) -> Tensor {
+        var scaled = base.logits(hidden)
+        mapInPlace(&scaled) { $0 * 40 }
+        return scaled
+    }
+    func decode(_ ids: [Int]) throws -> String { try base.decode(ids) }
+    func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
+        candidateCounts.append(tokens.count)
+        return try base.forwardCandidates(tokens, after: cache)
+    }
+    func keep(_ row: Int, of candidates: GPT2Candidates, in cache: inout GPT2Cache) { base.keep(row, of: candidates, in: &cache) }
+}
+
+final class CandidatePruningTests: XCTestCase {
+    /// Candidates that cannot win whatever their penalty skip the LM; the output is unchanged.
+    func testPruningSkipsHopelessCandidatesWithoutChangingTheOutput() throws {
+        let model = PeakedLM()
+        for prompt in DecodingGolden.shared.prompts {
+            model.candidateCounts = []
+            let stop = StopConditions(maxTokens: 12, atEndToken: false)
+            let pruned = try contrastiveSearch(model, prompt: prompt, settings: ContrastiveSettings(k: 20, alpha: 0.1, beta: 0), stop: stop)
+            let full = try contrastiveSearch(model, prompt: prompt, settings: ContrastiveSettings(k: 20, alpha: 0.1, beta: 0, speedups: false), stop: stop)
+            XCTAssertEqual(pruned, full)
+            print("prompt \(prompt): candidates through the LM per step \(model.candidateCounts) of 20")
+            XCTAssertLessThan(model.candidateCounts.reduce(0, +), 20 * model.candidateCounts.count / 2)
+        }
     }
 }
