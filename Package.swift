@@ -12,9 +12,11 @@ let package = Package(
         .library(name: "StitchTokenizers", targets: ["StitchTokenizers"]),
         .library(name: "StitchModels", targets: ["StitchModels"]),
         .library(name: "StitchMethods", targets: ["StitchMethods"]),
+        .library(name: "StitchGraph", targets: ["StitchGraph"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, each wrapped once.
@@ -36,9 +38,12 @@ let package = Package(
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
         .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchImaging", "StitchModels"]),
+        // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
+        .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods",
+                                                    .product(name: "Yams", package: "Yams")]),
         // The command-line tool.
         .executableTarget(name: "stitch", dependencies: [
-            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "CBLAS",
+            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "StitchGraph", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py")]),
 
@@ -49,6 +54,7 @@ let package = Package(
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport"]),
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
+        .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchTestSupport"]),
         .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchTestSupport"]),
     ]
 )

@@ -1,0 +1,367 @@
+import Foundation
+import Yams
+
+/// One problem in a graph file, located by line and column and, when it has one, by node.
+public struct GraphDiagnostic: Sendable, CustomStringConvertible {
+    public let file: String
+    public let line: Int
+    public let column: Int
+    public let node: String?
+    public let message: String
+
+    public var description: String {
+        "\(file):\(line):\(column): " + (node.map { "node '\($0)': " } ?? "") + message
+    }
+}
+
+public enum GraphError: Error, CustomStringConvertible {
+    /// Everything wrong with a graph file, found before anything runs.
+    case invalid([GraphDiagnostic])
+    case invalidValue(String)
+    case badInput(String)
+    case operationFailed(node: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let diagnostics): return diagnostics.map(\.description).joined(separator: "\n")
+        case .invalidValue(let detail): return detail
+        case .badInput(let detail): return detail
+        case .operationFailed(let node, let detail): return "node '\(node)': \(detail)"
+        }
+    }
+}
+
+/// `$name` or `$name.field`: an input, a node's result, or one field of it.
+public struct Reference: Sendable, Hashable {
+    public let name: String
+    public let field: String?
+}
+
+/// A node argument as written: a literal, a reference, a component name, or lists and
+/// mappings that may hold references.
+public indirect enum NodeArgument: Sendable {
+    case literal(Value)
+    case reference(Reference)
+    case component(String)
+    case list([NodeArgument])
+    case mapping([String: NodeArgument])
+
+    var references: [Reference] {
+        switch self {
+        case .literal, .component: return []
+        case .reference(let reference): return [reference]
+        case .list(let items): return items.flatMap(\.references)
+        case .mapping(let items): return items.values.flatMap(\.references)
+        }
+    }
+}
+
+public struct ComponentSpec: Sendable {
+    public let kind: String
+    public var model: String
+    public let options: [String: Value]
+}
+
+public struct NodeSpec: Sendable {
+    public let name: String
+    public let operation: Operation
+    public let arguments: [String: NodeArgument]
+    /// Inputs and nodes this node reads.
+    public let dependencies: Set<String>
+}
+
+/// A validated graph: components, typed inputs, nodes in a runnable order, and outputs.
+public struct Graph: Sendable {
+    public let file: String
+    public var components: [String: ComponentSpec]
+    public let inputs: [String: ValueType]
+    public let nodes: [String: NodeSpec]
+    public let outputs: [String: Reference]
+    /// Node names in dependency order.
+    public let order: [String]
+
+    /// Reads and validates a graph file; all problems are reported at once.
+    public static func load(_ path: String, registry: OperationRegistry) throws -> Graph {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw GraphError.invalid([GraphDiagnostic(file: path, line: 1, column: 1, node: nil, message: "cannot read the file")])
+        }
+        return try parse(String(decoding: data, as: UTF8.self), file: path, registry: registry)
+    }
+
+    public static func parse(_ text: String, file: String, registry: OperationRegistry) throws -> Graph {
+        var parser = GraphParser(file: file, registry: registry)
+        guard let graph = parser.parse(text), parser.diagnostics.isEmpty else { throw GraphError.invalid(parser.diagnostics) }
+        return graph
+    }
+
+    /// The type of what a reference names.
+    func type(of reference: Reference) -> ValueType? {
+        let base = inputs[reference.name] ?? nodes[reference.name]?.operation.output
+        guard let field = reference.field else { return base }
+        if case .record(let fields) = base { return fields[field] }
+        return nil
+    }
+}
+
+/// Turns YAML into a Graph, collecting every problem with its position.
+struct GraphParser {
+    let file: String
+    let registry: OperationRegistry
+    var diagnostics: [GraphDiagnostic] = []
+
+    init(file: String, registry: OperationRegistry) {
+        self.file = file
+        self.registry = registry
+    }
+
+    mutating func report(_ node: Node?, _ message: String, in graphNode: String? = nil) {
+        let mark = node?.mark
+        diagnostics.append(GraphDiagnostic(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, node: graphNode, message: message))
+    }
+
+    mutating func parse(_ text: String) -> Graph? {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            diagnostics.append(Self.diagnostic(for: error, file: file))
+            return nil
+        } catch {
+            report(nil, "not YAML: \(error)")
+            return nil
+        }
+        guard let root, let top = root.mapping else {
+            report(root, "a graph is a mapping with components, inputs, nodes and outputs")
+            return nil
+        }
+        for (key, _) in top where !["components", "inputs", "nodes", "outputs"].contains(key.string ?? "") {
+            report(key, "unknown section '\(key.string ?? "?")' (expected components, inputs, nodes, outputs)")
+        }
+        let components = parseComponents(top["components"])
+        let inputs = parseInputs(top["inputs"])
+        guard let nodesNode = top["nodes"], let nodeMapping = nodesNode.mapping, !nodeMapping.isEmpty else {
+            report(top["nodes"] ?? root, "the graph needs a 'nodes' mapping with at least one node")
+            return nil
+        }
+        var nodes: [String: NodeSpec] = [:]
+        var marks: [String: Node] = [:]
+        for (key, value) in nodeMapping {
+            guard let name = key.string, !name.isEmpty else { report(key, "a node name must be a string"); continue }
+            if inputs[name] != nil { report(key, "a node and an input are both named '\(name)'", in: name) }
+            marks[name] = key
+            if let node = parseNode(name, value, components: components) { nodes[name] = node }
+        }
+        let outputs = parseOutputs(top["outputs"], root: root)
+        // References must name an input or a node, and fields a field of a record result.
+        let known = Graph(file: file, components: components, inputs: inputs, nodes: nodes, outputs: [:], order: [])
+        for (name, node) in nodes.sorted(by: { $0.key < $1.key }) {
+            for (argumentName, argument) in node.arguments.sorted(by: { $0.key < $1.key }) {
+                checkTypes(argument, expected: node.operation.argument(argumentName)!.type, graph: known, node: name, argument: argumentName, at: marks[name])
+            }
+        }
+        for (output, reference) in outputs.sorted(by: { $0.key < $1.key }) {
+            checkReference(reference, graph: known, at: top["outputs"]?.mapping?[output], context: "output '\(output)'", node: nil)
+        }
+        let order = topologicalOrder(nodes, marks: marks)
+        return Graph(file: file, components: components, inputs: inputs, nodes: nodes, outputs: outputs, order: order)
+    }
+
+    static func diagnostic(for error: YamlError, file: String) -> GraphDiagnostic {
+        switch error {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+            return GraphDiagnostic(file: file, line: mark.line, column: mark.column, node: nil, message: "YAML: \(problem)")
+        default:
+            return GraphDiagnostic(file: file, line: 1, column: 1, node: nil, message: "YAML: \(error)")
+        }
+    }
+
+    mutating func parseComponents(_ node: Node?) -> [String: ComponentSpec] {
+        guard let node else { return [:] }
+        guard let mapping = node.mapping else { report(node, "'components' must map names to {kind, model}"); return [:] }
+        var components: [String: ComponentSpec] = [:]
+        for (key, value) in mapping {
+            let name = key.string ?? "?"
+            guard let fields = value.mapping else { report(value, "component '\(name)' must be a mapping with kind and model"); continue }
+            guard let kind = fields["kind"]?.string else { report(value, "component '\(name)' has no kind"); continue }
+            guard registry.componentKinds[kind] != nil else {
+                report(fields["kind"], "component '\(name)': unknown kind '\(kind)' (known: \(registry.componentKinds.keys.sorted().joined(separator: ", ")))")
+                continue
+            }
+            guard let model = fields["model"]?.string else { report(value, "component '\(name)' has no model"); continue }
+            var options: [String: Value] = [:]
+            for (optionKey, optionValue) in fields where !["kind", "model"].contains(optionKey.string ?? "") {
+                options[optionKey.string ?? "?"] = literal(optionValue)
+            }
+            components[name] = ComponentSpec(kind: kind, model: model, options: options)
+        }
+        return components
+    }
+
+    mutating func parseInputs(_ node: Node?) -> [String: ValueType] {
+        guard let node else { return [:] }
+        guard let mapping = node.mapping else { report(node, "'inputs' must map names to types"); return [:] }
+        var inputs: [String: ValueType] = [:]
+        for (key, value) in mapping {
+            let name = key.string ?? "?"
+            guard let typeName = value.string, let type = ValueType.inputTypes[typeName] else {
+                report(value, "input '\(name)': unknown type '\(value.string ?? "?")' (known: \(ValueType.inputTypes.keys.sorted().joined(separator: ", ")))")
+                continue
+            }
+            inputs[name] = type
+        }
+        return inputs
+    }
+
+    mutating func parseNode(_ name: String, _ node: Node, components: [String: ComponentSpec]) -> NodeSpec? {
+        guard let fields = node.mapping else { report(node, "a node is a mapping with 'op' and its arguments", in: name); return nil }
+        guard let opName = fields["op"]?.string else { report(node, "no 'op'", in: name); return nil }
+        guard let operation = registry.operations[opName] else {
+            report(fields["op"], "unknown op '\(opName)' (known: \(registry.operations.keys.sorted().joined(separator: ", ")))", in: name)
+            return nil
+        }
+        var arguments: [String: NodeArgument] = [:]
+        for (key, value) in fields where key.string != "op" {
+            let argumentName = key.string ?? "?"
+            guard let spec = operation.argument(argumentName) else {
+                report(key, "\(opName) has no argument '\(argumentName)' (it takes \(operation.arguments.map(\.name).joined(separator: ", ")))", in: name)
+                continue
+            }
+            if case .component(let kind) = spec.type {
+                guard let componentName = value.string, let component = components[componentName] else {
+                    report(value, "'\(argumentName)' must name a component of kind \(kind)", in: name)
+                    continue
+                }
+                guard component.kind == kind else {
+                    report(value, "'\(argumentName)' needs a \(kind) component; '\(componentName)' is a \(component.kind)", in: name)
+                    continue
+                }
+                arguments[argumentName] = .component(componentName)
+            } else if let argument = parseArgument(value, node: name) {
+                arguments[argumentName] = argument
+            }
+        }
+        for spec in operation.arguments where spec.required && fields[spec.name] == nil {
+            report(node, "missing argument '\(spec.name)' of \(opName)", in: name)
+        }
+        let dependencies = Set(arguments.values.flatMap(\.references).map(\.name))
+        return NodeSpec(name: name, operation: operation, arguments: arguments, dependencies: dependencies)
+    }
+
+    /// `$name[.field]` references, {file: path} prompt files, lists and mappings of them, or literals.
+    mutating func parseArgument(_ node: Node, node graphNode: String) -> NodeArgument? {
+        switch node {
+        case .scalar(let scalar) where scalar.style == .plain || scalar.style == .singleQuoted || scalar.style == .doubleQuoted:
+            let text = scalar.string
+            if text.hasPrefix("$$") { return .literal(.string(String(text.dropFirst()))) }
+            if text.hasPrefix("$") {
+                let parts = text.dropFirst().split(separator: ".", maxSplits: 1).map(String.init)
+                guard let name = parts.first, !name.isEmpty else { report(node, "empty reference '\(text)'", in: graphNode); return nil }
+                return .reference(Reference(name: name, field: parts.count > 1 ? parts[1] : nil))
+            }
+            return .literal(literal(node))
+        case .mapping(let mapping):
+            if mapping.count == 1, let path = mapping["file"]?.string { return loadPrompt(path, at: node, in: graphNode) }
+            var items: [String: NodeArgument] = [:]
+            for (key, value) in mapping {
+                if let argument = parseArgument(value, node: graphNode) { items[key.string ?? "?"] = argument }
+            }
+            return .mapping(items)
+        case .sequence(let sequence):
+            return .list(sequence.compactMap { parseArgument($0, node: graphNode) })
+        default:
+            return .literal(literal(node))
+        }
+    }
+
+    /// A prompt file, relative to the graph file's folder, else to the current folder; the
+    /// newline that ends its last line is not part of the prompt.
+    mutating func loadPrompt(_ path: String, at node: Node, in graphNode: String) -> NodeArgument? {
+        let beside = URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+        for candidate in [path.hasPrefix("/") ? path : beside, path] {
+            if let data = FileManager.default.contents(atPath: candidate) {
+                let text = String(decoding: data, as: UTF8.self)
+                return .literal(.string(text.hasSuffix("\n") ? String(text.dropLast()) : text))
+            }
+        }
+        report(node, "prompt file '\(path)' not found (looked beside the graph and in the current folder)", in: graphNode)
+        return nil
+    }
+
+    func literal(_ node: Node) -> Value {
+        switch node {
+        case .scalar(let scalar):
+            if scalar.style == .plain {
+                if node.null != nil { return .null }
+                if let bool = node.bool { return .bool(bool) }
+                if let number = node.float { return .number(number) }
+            }
+            return .string(scalar.string)
+        case .sequence(let sequence): return .array(sequence.map(literal))
+        case .mapping(let mapping): return .object(Dictionary(mapping.map { ($0.key.string ?? "?", literal($0.value)) }, uniquingKeysWith: { a, _ in a }))
+        default: return .null
+        }
+    }
+
+    mutating func parseOutputs(_ node: Node?, root: Node) -> [String: Reference] {
+        guard let node, let mapping = node.mapping, !mapping.isEmpty else {
+            report(node ?? root, "the graph needs an 'outputs' mapping: name -> $node or $node.field")
+            return [:]
+        }
+        var outputs: [String: Reference] = [:]
+        for (key, value) in mapping {
+            let name = key.string ?? "?"
+            guard let text = value.string, text.hasPrefix("$"), text.count > 1 else {
+                report(value, "output '\(name)' must be a reference such as $node or $node.field")
+                continue
+            }
+            let parts = text.dropFirst().split(separator: ".", maxSplits: 1).map(String.init)
+            outputs[name] = Reference(name: parts[0], field: parts.count > 1 ? parts[1] : nil)
+        }
+        return outputs
+    }
+
+    mutating func checkReference(_ reference: Reference, graph: Graph, at node: Node?, context: String, node graphNode: String?) {
+        if graph.inputs[reference.name] == nil && graph.nodes[reference.name] == nil {
+            report(node, "\(context): '$\(reference.name)' is neither an input nor a node", in: graphNode)
+        } else if reference.field != nil && graph.type(of: reference) == nil {
+            let base = graph.inputs[reference.name] ?? graph.nodes[reference.name]!.operation.output
+            report(node, "\(context): '$\(reference.name)' (\(base)) has no field '\(reference.field!)'", in: graphNode)
+        }
+    }
+
+    mutating func checkTypes(_ argument: NodeArgument, expected: OperationArgument.Kind, graph: Graph, node: String, argument name: String, at mark: Node?) {
+        guard case .value(let type) = expected else { return }
+        switch argument {
+        case .component: break
+        case .literal(let value):
+            if !type.accepts(literal: value) { report(mark, "'\(name)' must be \(type), got \(value.canonicalJSON)", in: node) }
+        case .reference(let reference):
+            checkReference(reference, graph: graph, at: mark, context: "'\(name)'", node: node)
+            if let found = graph.type(of: reference), !type.accepts(found) {
+                report(mark, "'\(name)' must be \(type), but '$\(reference.name)\(reference.field.map { "." + $0 } ?? "")' is \(found)", in: node)
+            }
+        case .list(let items):
+            guard type == .texts || type == .json else { report(mark, "'\(name)' must be \(type), not a list", in: node); return }
+            for item in items { checkTypes(item, expected: .value(type == .texts ? .text : .json), graph: graph, node: node, argument: name, at: mark) }
+        case .mapping(let items):
+            guard type == .json else { report(mark, "'\(name)' must be \(type), not a mapping", in: node); return }
+            for item in items.values { checkTypes(item, expected: .value(.json), graph: graph, node: node, argument: name, at: mark) }
+        }
+    }
+
+    /// Kahn's algorithm; nodes left over sit on a cycle, which is reported with its members.
+    mutating func topologicalOrder(_ nodes: [String: NodeSpec], marks: [String: Node]) -> [String] {
+        var remaining = nodes.mapValues { $0.dependencies.filter { nodes[$0] != nil } }
+        var order: [String] = []
+        while let next = remaining.filter({ $0.value.isEmpty }).keys.sorted().first {
+            order.append(next)
+            remaining[next] = nil
+            for key in remaining.keys { remaining[key]!.remove(next) }
+        }
+        if !remaining.isEmpty {
+            let cycle = remaining.keys.sorted()
+            report(marks[cycle[0]], "cycle through nodes \(cycle.joined(separator: " -> "))", in: cycle[0])
+        }
+        return order
+    }
+}

@@ -1,0 +1,117 @@
+import Foundation
+import StitchImaging
+import StitchMethods
+import StitchModelIO
+import StitchModels
+import StitchTensor
+
+extension OperationRegistry {
+    /// Every component kind and operation Stitch ships: text operations, CLIP and GPT-2 with
+    /// their operations, and MAGiC decoding. Later components and methods register here.
+    public static func standard() -> OperationRegistry {
+        let registry = OperationRegistry()
+        registry.register(modelKind("clip", files: CLIP.files) { try CLIP(folder: $0) })
+        registry.register(modelKind("gpt2", files: GPT2.files) { try GPT2(folder: $0) })
+        for operation in clipOperations + languageModelOperations { registry.register(operation) }
+        return registry
+    }
+
+    /// A component kind loaded from a model folder or hub id (through the Hugging Face cache),
+    /// identified by its folder and its weights' size and modification date.
+    static func modelKind(_ name: String, files: [String], load: @escaping @Sendable (URL) throws -> AnyObject) -> ComponentKind {
+        let resolve: @Sendable (ComponentSpec) throws -> URL = { spec in try ModelLocator.fromEnvironment().resolve(spec.model, files: files) }
+        return ComponentKind(name, load: { try load(resolve($0)) }, identity: { spec in
+            guard let folder = try? resolve(spec) else { return "\(name):\(spec.model)" }
+            let weights = (try? FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("model.safetensors").path)) ?? [:]
+            let size = (weights[.size] as? NSNumber)?.intValue ?? 0
+            let date = (weights[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            return "\(name):\(folder.standardizedFileURL.path):\(size):\(date):\(Value.object(spec.options).canonicalJSON)"
+        })
+    }
+
+    static let clipOperations: [Operation] = [
+        Operation("clip_embed_image", "CLIP's unit-length embedding of an image.",
+                  arguments: [.component("clip", kind: "clip"), .value("image", .image)], output: .json) { input in
+            let clip = try input.component("clip", as: CLIP.self)
+            return .array(try clip.imageEmbeddings([RGBImage(contentsOf: input.text("image"))]).scalars.map { .number(Double($0)) })
+        },
+        Operation("clip_embed_text", "CLIP's unit-length embedding of a text.",
+                  arguments: [.component("clip", kind: "clip"), .value("text", .text)], output: .json) { input in
+            let clip = try input.component("clip", as: CLIP.self)
+            return .array(try clip.textEmbeddings([input.text("text")]).scalars.map { .number(Double($0)) })
+        },
+        Operation("clip_classify", "CLIP zero-shot classification: the best label and every label's probability.",
+                  arguments: [.component("clip", kind: "clip"), .value("image", .image), .value("labels", .texts),
+                              .value("templates", .texts, default: .array([.string("a photo of a {}.")]))],
+                  output: .record(["label": .text, "probabilities": .json])) { input in
+            let clip = try input.component("clip", as: CLIP.self)
+            let labels = try input.texts("labels")
+            let probabilities = try clip.classify([RGBImage(contentsOf: input.text("image"))], labels: labels, templates: input.texts("templates")).scalars
+            let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] } ?? 0
+            return .object(["label": .string(labels[best]),
+                            "probabilities": .object(Dictionary(zip(labels, probabilities.map { .number(Double($0)) }), uniquingKeysWith: { a, _ in a }))])
+        },
+        Operation("clip_rank", "Texts ranked by CLIP similarity to an image, best first, with their logits.",
+                  arguments: [.component("clip", kind: "clip"), .value("image", .image), .value("texts", .texts)],
+                  output: .record(["texts": .texts, "scores": .json])) { input in
+            let clip = try input.component("clip", as: CLIP.self)
+            let texts = try input.texts("texts")
+            let image = try clip.imageFeatures(clip.preprocessor.batch([RGBImage(contentsOf: input.text("image"))]))
+            let logits = clip.logits(imageFeatures: image, textFeatures: try clip.textFeatures(clip.tokenize(texts))).scalars
+            let order = texts.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+            return .object(["texts": .array(order.map { .string(texts[$0]) }), "scores": .array(order.map { .number(Double(logits[$0])) })])
+        },
+    ]
+
+    static let languageModelOperations: [Operation] = [
+        Operation("lm_generate", "Continue a prompt: strategy greedy, sample, beam or contrastive.",
+                  arguments: [.component("lm", kind: "gpt2"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
+                              .value("strategy", .text, default: .string("greedy")), .value("stop", .texts, default: .array([])),
+                              .value("beams", .number, default: .number(4)), .value("k", .number, default: .number(4)),
+                              .value("alpha", .number, default: .number(0.6)), .value("temperature", .number, default: .number(1)),
+                              .value("top_k", .number, default: .number(0)), .value("top_p", .number, default: .number(1)),
+                              .value("seed", .number, default: .number(0))], output: .text) { input in
+            let lm = try input.component("lm", as: GPT2.self)
+            guard let tokenizer = lm.tokenizer else { throw GraphError.operationFailed(node: input.node, detail: "the GPT-2 folder has no tokenizer") }
+            let promptText = try input.text("prompt")
+            let prompt = promptText.isEmpty ? [lm.endTokenID] : tokenizer.encode(promptText)
+            let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
+            let tokens: [Int]
+            switch try input.text("strategy") {
+            case "greedy": tokens = try greedyDecode(lm, prompt: prompt, stop: stop)
+            case "sample":
+                let settings = SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
+                                                topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed"))))
+                tokens = try sampleDecode(lm, prompt: prompt, settings: settings, stop: stop)
+            case "beam": tokens = try beamSearch(lm, prompt: prompt, settings: BeamSettings(beams: try input.integer("beams")), maxTokens: stop.maxTokens)
+            case "contrastive":
+                tokens = try contrastiveSearch(lm, prompt: prompt, settings: ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: 0), stop: stop)
+            case let other: throw GraphError.operationFailed(node: input.node, detail: "unknown strategy '\(other)' (greedy, sample, beam, contrastive)")
+            }
+            return .string(try stop.text(of: tokens, model: lm))
+        },
+        Operation("lm_score", "Total log-probability of `continuation` after `prompt`.",
+                  arguments: [.component("lm", kind: "gpt2"), .value("prompt", .text), .value("continuation", .text)], output: .number) { input in
+            let lm = try input.component("lm", as: GPT2.self)
+            guard let tokenizer = lm.tokenizer else { throw GraphError.operationFailed(node: input.node, detail: "the GPT-2 folder has no tokenizer") }
+            let promptText = try input.text("prompt")
+            let prompt = promptText.isEmpty ? [lm.endTokenID] : tokenizer.encode(promptText)
+            return .number(Double(try lm.logProbabilities(of: tokenizer.encode(input.text("continuation")), after: prompt).reduce(0, +)))
+        },
+        Operation("magic_decode", "MAGiC: a caption (or, with a title, a story) guided by CLIP towards the image.",
+                  arguments: [.component("lm", kind: "gpt2"), .component("clip", kind: "clip"), .value("image", .image),
+                              .value("k", .number, default: .number(45)), .value("alpha", .number, default: .number(0.1)),
+                              .value("beta", .number, default: .number(2.0)), .value("max_tokens", .number, default: .number(16)),
+                              .value("title", .text, default: .string("")), .value("stop", .texts, default: .array([]))],
+                  output: .record(["text": .text, "tokens": .json])) { input in
+            let lm = try input.component("lm", as: GPT2.self), clip = try input.component("clip", as: CLIP.self)
+            guard let tokenizer = lm.tokenizer else { throw GraphError.operationFailed(node: input.node, detail: "the GPT-2 folder has no tokenizer") }
+            let title = try input.text("title")
+            let prompt = title.isEmpty ? [tokenizer.id(of: "<-start_of_text->") ?? tokenizer.endOfTextID] : tokenizer.encode(title)
+            let settings = ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"))
+            let caption = try MagicCaptioner(lm: lm, clip: clip).caption(RGBImage(contentsOf: input.text("image")), prompt: prompt, settings: settings,
+                                                                         stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))
+            return .object(["text": .string(caption.text), "tokens": .array(caption.tokens.map { .number(Double($0)) })])
+        },
+    ]
+}

@@ -1,0 +1,96 @@
+import Foundation
+
+/// A value flowing through a graph: JSON-shaped, so that node results can be hashed, cached
+/// and printed. Images travel as file paths and are read by the operations that take them.
+public indirect enum Value: Sendable, Hashable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([Value])
+    case object([String: Value])
+
+    public init(json: Any) throws {
+        switch json {
+        case is NSNull: self = .null
+        // Booleans are NSNumbers of ObjC type "c" (char); plain numbers are not.
+        case let number as NSNumber where String(cString: number.objCType) == "c": self = .bool(number.boolValue)
+        case let number as NSNumber: self = .number(number.doubleValue)
+        case let string as String: self = .string(string)
+        case let array as [Any]: self = .array(try array.map(Value.init(json:)))
+        case let object as [String: Any]: self = .object(try object.mapValues(Value.init(json:)))
+        default: throw GraphError.invalidValue("\(type(of: json)) is not a JSON value")
+        }
+    }
+
+    /// Foundation's JSON form (for JSONSerialization).
+    public var json: Any {
+        switch self {
+        case .null: return NSNull()
+        case .bool(let b): return b
+        case .number(let n): return n == n.rounded() && abs(n) < 1e15 ? Int(n) as Any : n
+        case .string(let s): return s
+        case .array(let a): return a.map(\.json)
+        case .object(let o): return o.mapValues(\.json)
+        }
+    }
+
+    /// Canonical JSON text: sorted keys, so equal values give equal bytes (the cache key's input).
+    public var canonicalJSON: String {
+        let data = try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys, .fragmentsAllowed, .withoutEscapingSlashes])
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public static func parse(json text: String) throws -> Value {
+        try Value(json: JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]))
+    }
+
+    public var string: String? { if case .string(let s) = self { return s } else { return nil } }
+    public var number: Double? { if case .number(let n) = self { return n } else { return nil } }
+    public var strings: [String]? {
+        guard case .array(let items) = self else { return nil }
+        let strings = items.compactMap(\.string)
+        return strings.count == items.count ? strings : nil
+    }
+    public subscript(field: String) -> Value? { if case .object(let o) = self { return o[field] } else { return nil } }
+}
+
+/// The types of graph inputs, operation arguments and results.
+public indirect enum ValueType: Sendable, Equatable, CustomStringConvertible {
+    case image, text, texts, number, bool, json
+    /// A result with named fields, each reachable as `node.field`.
+    case record([String: ValueType])
+
+    /// The input types a graph may declare, by name.
+    public static let inputTypes: [String: ValueType] = ["image": .image, "text": .text, "texts": .texts, "number": .number, "bool": .bool, "json": .json]
+
+    public var description: String {
+        switch self {
+        case .image: return "image"
+        case .text: return "text"
+        case .texts: return "texts"
+        case .number: return "number"
+        case .bool: return "bool"
+        case .json: return "json"
+        case .record(let fields): return "{" + fields.keys.sorted().map { "\($0): \(fields[$0]!)" }.joined(separator: ", ") + "}"
+        }
+    }
+
+    /// Whether a value of type `other` may be passed where `self` is expected.
+    func accepts(_ other: ValueType) -> Bool {
+        if self == other || self == .json { return true }
+        if self == .image && other == .text { return true }   // an image is its path
+        if self == .text && other == .image { return true }
+        return false
+    }
+
+    /// Whether a literal fits this type.
+    func accepts(literal: Value) -> Bool {
+        switch (self, literal) {
+        case (.json, _): return true
+        case (.text, .string), (.image, .string), (.number, .number), (.bool, .bool): return true
+        case (.texts, .array): return literal.strings != nil
+        default: return false
+        }
+    }
+}

@@ -1,0 +1,188 @@
+import ArgumentParser
+import Foundation
+import StitchGraph
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check a graph file without loading any model; every problem is printed as file:line:column.")
+
+    @Argument(help: "The graph YAML file.")
+    var graph: String
+
+    func run() throws {
+        let loaded = try Graph.load(graph, registry: .standard())
+        print("\(graph): ok (\(loaded.components.count) components, \(loaded.inputs.count) inputs, \(loaded.nodes.count) nodes, \(loaded.outputs.count) outputs)")
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a graph on one set of inputs, or on every line of a JSONL file.",
+        discussion: """
+        Inputs are given as --input name=value (an image is its path; texts are a JSON array or comma-separated; \
+        json is JSON). With --inputs items.jsonl each line is an object of inputs and each result is appended \
+        to --output as {"item": N, "outputs": {...}}; a rerun skips items already there, and --shard i/n runs \
+        the items whose number is i modulo n, so n machines can share a dataset. Node results are cached under \
+        --cache-dir unless --no-cache; Ctrl-C stops cleanly.
+        """)
+
+    @Argument(help: "The graph YAML file.")
+    var graph: String
+
+    @Option(name: .customLong("input"), help: "name=value for a graph input (repeatable).")
+    var inputs: [String] = []
+
+    @Option(name: .customLong("component"), help: "name=model to point a component at another folder or hub id (repeatable).")
+    var components: [String] = []
+
+    @Option(name: .customLong("inputs"), help: "A JSONL file with one object of inputs per line (batch mode).")
+    var items: String?
+
+    @Option(help: "Where batch results are appended (JSONL).")
+    var output: String?
+
+    @Option(help: "i/n: run only the items whose line number is i modulo n.")
+    var shard: String?
+
+    @Option(help: "Folder of cached node results.")
+    var cacheDir = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/stitch/graph").path
+
+    @Flag(help: "Compute every node afresh and store nothing.")
+    var noCache = false
+
+    @Flag(help: "Print per-node timings to standard error.")
+    var trace = false
+
+    @Flag(help: "Print the outputs as one JSON object.")
+    var json = false
+
+    func run() throws {
+        var loaded = try Graph.load(graph, registry: .standard())
+        for assignment in components {
+            let (name, model) = try split(assignment, "--component")
+            guard loaded.components[name] != nil else { throw ValidationError("the graph has no component '\(name)'") }
+            loaded.components[name]!.model = model
+        }
+        let runner = GraphRunner(graph: loaded, registry: .standard(), cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
+        if let items {
+            guard let output else { throw ValidationError("--inputs needs --output") }
+            try runBatch(runner, items: items, output: output, shard: parseShard())
+            return
+        }
+        var values: [String: Value] = [:]
+        for assignment in inputs {
+            let (name, text) = try split(assignment, "--input")
+            guard let type = loaded.inputs[name] else { throw ValidationError("the graph has no input '\(name)' (it takes \(loaded.inputs.keys.sorted().joined(separator: ", ")))") }
+            values[name] = try parseInput(text, as: type, name: name)
+        }
+        let given = values
+        let outputs = try runBlocking { try await runner.run(inputs: given) }
+        if trace { printTrace(runner) }
+        if json {
+            print(Value.object(outputs).canonicalJSON)
+        } else {
+            for name in outputs.keys.sorted() {
+                let value = outputs[name]!
+                print("\(name)\t\(value.string ?? value.canonicalJSON)")
+            }
+        }
+    }
+
+    private func split(_ assignment: String, _ option: String) throws -> (String, String) {
+        guard let equals = assignment.firstIndex(of: "=") else { throw ValidationError("\(option) takes name=value, got '\(assignment)'") }
+        return (String(assignment[..<equals]), String(assignment[assignment.index(after: equals)...]))
+    }
+
+    private func parseInput(_ text: String, as type: ValueType, name: String) throws -> Value {
+        switch type {
+        case .image, .text: return .string(text)
+        case .number:
+            guard let number = Double(text) else { throw ValidationError("input '\(name)' must be a number, got '\(text)'") }
+            return .number(number)
+        case .bool:
+            guard let bool = Bool(text) else { throw ValidationError("input '\(name)' must be true or false, got '\(text)'") }
+            return .bool(bool)
+        case .texts:
+            if text.hasPrefix("["), let value = try? Value.parse(json: text), value.strings != nil { return value }
+            return .array(text.split(separator: ",").map { .string($0.trimmingCharacters(in: .whitespaces)) })
+        case .json, .record:
+            do { return try Value.parse(json: text) } catch { throw ValidationError("input '\(name)' is not JSON: \(text)") }
+        }
+    }
+
+    private func parseShard() throws -> (index: Int, count: Int) {
+        guard let shard else { return (0, 1) }
+        let parts = shard.split(separator: "/").compactMap { Int($0) }
+        guard parts.count == 2, parts[1] > 0, parts[0] >= 0, parts[0] < parts[1] else { throw ValidationError("--shard takes i/n with 0 <= i < n, got '\(shard)'") }
+        return (parts[0], parts[1])
+    }
+
+    /// Runs every item of this shard not yet in `output`, appending one line per item as it finishes.
+    private func runBatch(_ runner: GraphRunner, items: String, output: String, shard: (index: Int, count: Int)) throws {
+        guard let data = FileManager.default.contents(atPath: items) else { throw ValidationError("cannot read \(items)") }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        var done = Set<Int>()
+        var kept: [String] = []
+        if let existing = FileManager.default.contents(atPath: output) {
+            // A line cut short by an interrupted run is dropped and its item run again.
+            for line in String(decoding: existing, as: UTF8.self).split(separator: "\n") {
+                if let value = try? Value.parse(json: String(line)), let item = value["item"]?.number { done.insert(Int(item)); kept.append(String(line)) }
+            }
+        }
+        try (kept.map { $0 + "\n" }.joined()).write(toFile: output, atomically: true, encoding: .utf8)
+        guard let handle = FileHandle(forWritingAtPath: output) else { throw ValidationError("cannot write \(output)") }
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        let todo = lines.indices.filter { $0 % shard.count == shard.index && !done.contains($0) && !lines[$0].trimmingCharacters(in: .whitespaces).isEmpty }
+        let progress = ProgressBar(total: todo.count, label: "items")
+        for index in todo {
+            guard let item = try? Value.parse(json: String(lines[index])), case .object(let inputs) = item else {
+                throw ValidationError("\(items):\(index + 1): not a JSON object of inputs")
+            }
+            let outputs: [String: Value]
+            do {
+                outputs = try runBlocking { try await runner.run(inputs: inputs) }
+            } catch let error as GraphError {
+                throw ValidationError("\(items):\(index + 1): \(error)")
+            }
+            try handle.write(contentsOf: Data((Value.object(["item": .number(Double(index)), "outputs": .object(outputs)]).canonicalJSON + "\n").utf8))
+            progress.advance()
+        }
+        if trace { printTrace(runner) }
+    }
+
+    private func printTrace(_ runner: GraphRunner) {
+        for timing in runner.trace {
+            FileHandle.standardError.write(Data(String(format: "%@\t%8.1f ms\t%8.1f ms%@\n", timing.node, timing.start * 1000, (timing.end - timing.start) * 1000,
+                                                       timing.cached ? "\tcached" : "").utf8))
+        }
+    }
+}
+
+/// Runs async work from a synchronous command; Ctrl-C cancels it instead of killing the process
+/// mid-write, and the command then exits with status 130.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let outcome = BlockingOutcome<T>()
+    let finished = DispatchSemaphore(value: 0)
+    let task = Task {
+        do { outcome.result = Result<T, Error>.success(try await body()) } catch { outcome.result = .failure(error) }
+        finished.signal()
+    }
+    signal(SIGINT, SIG_IGN)
+    let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+    interrupt.setEventHandler { task.cancel() }
+    interrupt.resume()
+    finished.wait()
+    interrupt.cancel()
+    signal(SIGINT, SIG_DFL)
+    if case .failure(let error) = outcome.result!, error is CancellationError || task.isCancelled {
+        FileHandle.standardError.write(Data("cancelled\n".utf8))
+        throw ExitCode(130)
+    }
+    return try outcome.result!.get()
+}
+
+/// Where `runBlocking`'s task leaves its result; read only after the task signals.
+final class BlockingOutcome<T>: @unchecked Sendable {
+    var result: Result<T, Error>?
+}

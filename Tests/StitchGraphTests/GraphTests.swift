@@ -1,0 +1,226 @@
+import Foundation
+import StitchTestSupport
+import XCTest
+@testable import StitchGraph
+
+/// A registry with test operations: `slow` sleeps, `count` records how often a component loads.
+final class TestRegistry {
+    final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = 0
+        var count: Int { lock.withLock { value } }
+        func increment() { lock.withLock { value += 1 } }
+    }
+
+    let loads = Counter(), runs = Counter()
+    let registry = OperationRegistry()
+
+    init() {
+        let (loads, runs) = (loads, runs)
+        registry.register(ComponentKind("fake", load: { _ in loads.increment(); return NSObject() }, identity: { "fake:\($0.model)" }))
+        registry.register(Operation("slow", "Sleeps, then echoes its text.", arguments: [.value("text", .text), .value("seconds", .number, default: .number(0.3))], output: .text) { input in
+            runs.increment()
+            try await Task.sleep(nanoseconds: UInt64(try input.number("seconds") * 1e9))
+            return .string(try input.text("text"))
+        })
+        registry.register(Operation("use", "Needs a fake component.", arguments: [.component("model", kind: "fake"), .value("text", .text)],
+                                    output: .record(["text": .text, "length": .number])) { input in
+            runs.increment()
+            _ = try input.component("model", as: NSObject.self)
+            let text = try input.text("text")
+            return .object(["text": .string(text.uppercased()), "length": .number(Double(text.count))])
+        })
+    }
+}
+
+final class GraphValidationTests: XCTestCase {
+    let registry = TestRegistry().registry
+
+    /// Each malformed graph gives its own message at its own line; all problems come at once.
+    func testEveryErrorClassIsReportedWithItsLine() {
+        let valid = """
+        components:
+          m: {kind: fake, model: x}
+        inputs:
+          name: text
+        nodes:
+          greet: {op: template, template: "hi {n}", values: {n: $name}}
+        outputs:
+          out: $greet
+        """
+        XCTAssertNoThrow(try Graph.parse(valid, file: "ok.yaml", registry: registry))
+        let cases: [(String, String, Int)] = [
+            ("nodes: [unclosed", "YAML", 2),   // libyaml notices at the end of the input
+            ("- a\n- b\n", "a graph is a mapping", 1),
+            ("extra: 1\nnodes:\n  a: {op: template, template: x}\noutputs: {o: $a}\n", "unknown section 'extra'", 1),
+            ("components:\n  m: {model: x}\nnodes:\n  a: {op: template, template: x}\noutputs: {o: $a}\n", "component 'm' has no kind", 2),
+            ("components:\n  m: {kind: warp, model: x}\nnodes:\n  a: {op: template, template: x}\noutputs: {o: $a}\n", "unknown kind 'warp'", 2),
+            ("inputs:\n  i: picture\nnodes:\n  a: {op: template, template: x}\noutputs: {o: $a}\n", "unknown type 'picture'", 2),
+            ("nodes:\n  a: {template: x}\noutputs: {o: $a}\n", "no 'op'", 2),
+            ("nodes:\n  a: {op: templat, template: x}\noutputs: {o: $a}\n", "unknown op 'templat'", 2),
+            ("nodes:\n  a: {op: template}\noutputs: {o: $a}\n", "missing argument 'template'", 2),
+            ("nodes:\n  a: {op: template, template: x, colour: red}\noutputs: {o: $a}\n", "no argument 'colour'", 2),
+            ("nodes:\n  a: {op: top_k, scores: {}, k: many}\noutputs: {o: $a}\n", "'k' must be number", 2),
+            ("inputs:\n  n: number\nnodes:\n  a: {op: split, text: $n}\noutputs: {o: $a}\n", "'text' must be text, but '$n' is number", 4),
+            ("nodes:\n  a: {op: template, template: $ghost}\noutputs: {o: $a}\n", "'$ghost' is neither an input nor a node", 2),
+            ("components:\n  m: {kind: fake, model: x}\nnodes:\n  a: {op: use, model: m, text: x}\n  b: {op: split, text: $a.colour}\noutputs: {o: $b}\n", "has no field 'colour'", 5),
+            ("nodes:\n  a: {op: split, text: $b}\n  b: {op: join, texts: $a}\noutputs: {o: $a}\n", "cycle through nodes a -> b", 2),
+            ("nodes:\n  a: {op: template, template: x}\n", "needs an 'outputs' mapping", 1),
+            ("nodes:\n  a: {op: template, template: x}\noutputs:\n  o: $nowhere\n", "output 'o': '$nowhere' is neither", 4),
+            ("nodes:\n  a: {op: use, model: m, text: x}\noutputs: {o: $a}\n", "'model' must name a component of kind fake", 2),
+            ("nodes:\n  a: {op: template, template: {file: no/such/prompt.txt}}\noutputs: {o: $a}\n", "prompt file 'no/such/prompt.txt' not found", 2),
+        ]
+        for (yaml, message, line) in cases {
+            do {
+                _ = try Graph.parse(yaml, file: "bad.yaml", registry: registry)
+                XCTFail("accepted a graph that should fail with '\(message)':\n\(yaml)")
+            } catch GraphError.invalid(let diagnostics) {
+                let match = diagnostics.first { $0.message.contains(message) }
+                XCTAssertNotNil(match, "expected '\(message)', got \(diagnostics)")
+                XCTAssertEqual(match?.line, line, "\(message): \(diagnostics)")
+                XCTAssert(diagnostics.allSatisfy { $0.description.hasPrefix("bad.yaml:") })
+            } catch {
+                XCTFail("unexpected error \(error)")
+            }
+        }
+        // Several problems in one file are all reported.
+        let many = "nodes:\n  a: {op: nope}\n  b: {op: template}\noutputs: {o: $c}\n"
+        XCTAssertThrowsError(try Graph.parse(many, file: "m.yaml", registry: registry)) { error in
+            guard case GraphError.invalid(let diagnostics) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(diagnostics.count, 3, "\(diagnostics)")
+        }
+    }
+
+    /// Random edits and truncations of a valid graph never crash the parser: it returns a graph or diagnostics.
+    func testFuzzedYAMLNeverCrashes() {
+        let source = Array("""
+        components:
+          m: {kind: fake, model: x}
+        inputs:
+          name: text
+          count: number
+        nodes:
+          greet: {op: template, template: "hi {n} {{x}}", values: {n: $name, c: [$count, 1, "two"]}}
+          parts: {op: split, text: $greet, separator: " "}
+          upper: {op: use, model: m, text: $greet}
+          joined: {op: join, texts: $parts}
+        outputs:
+          out: $joined
+          len: $upper.length
+        """.utf8)
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array(" :{}[]$.-\n\t\"'#&*!|>%@`a1".utf8)
+        var accepted = 0, rejected = 0
+        for round in 0..<600 {
+            var bytes = round % 3 == 0 ? Array(source.prefix(Int.random(in: 0...source.count, using: &generator))) : source
+            for _ in 0..<Int.random(in: 0...4, using: &generator) where !bytes.isEmpty {
+                let position = Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: bytes[position] = alphabet.randomElement(using: &generator)!
+                case 1: bytes.remove(at: position)
+                default: bytes.insert(alphabet.randomElement(using: &generator)!, at: position)
+                }
+            }
+            do {
+                _ = try Graph.parse(String(decoding: bytes, as: UTF8.self), file: "fuzz.yaml", registry: registry)
+                accepted += 1
+            } catch GraphError.invalid(let diagnostics) {
+                XCTAssertFalse(diagnostics.isEmpty)
+                rejected += 1
+            } catch {
+                XCTFail("round \(round): unexpected \(error)")
+            }
+        }
+        print("fuzz: \(accepted) accepted, \(rejected) rejected with diagnostics, no crash")
+        XCTAssertGreaterThan(rejected, 0)
+    }
+
+    func testTemplateFilling() throws {
+        let values = Value.object(["a": .string("x"), "list": .array([.string("p"), .string("q")]), "n": .number(2)])
+        XCTAssertEqual(try fillTemplate("{a}-{list}-{n} {{literal}}", values: values, node: "t"), .string("x-p, q-2 {literal}"))
+        XCTAssertThrowsError(try fillTemplate("{missing}", values: values, node: "t")) { XCTAssert("\($0)".contains("{missing}")) }
+        XCTAssertThrowsError(try fillTemplate("{a", values: values, node: "t"))
+    }
+
+    func testSHA256KnownVectors() {
+        XCTAssertEqual(SHA256.hex(Array("".utf8)), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(SHA256.hex(Array("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(SHA256.hex(Array(String(repeating: "a", count: 1000).utf8)),
+                       "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
+    }
+}
+
+final class GraphRunnerTests: XCTestCase {
+    var cache: URL!
+    override func setUpWithError() throws { cache = try Fixtures.temporaryFolder() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: cache) }
+
+    let graph = """
+    components:
+      m: {kind: fake, model: one}
+    inputs:
+      word: text
+    nodes:
+      left: {op: slow, text: $word}
+      right: {op: slow, text: "right"}
+      upper: {op: use, model: m, text: $left}
+      both: {op: join, texts: [$upper.text, $right], separator: "+"}
+    outputs:
+      both: $both
+      length: $upper.length
+    """
+
+    func testParallelNodesOverlapAndSecondRunComesFromTheCache() async throws {
+        let test = TestRegistry()
+        let parsed = try Graph.parse(graph, file: "g.yaml", registry: test.registry)
+        let runner = GraphRunner(graph: parsed, registry: test.registry, cacheFolder: cache)
+        let outputs = try await runner.run(inputs: ["word": .string("left")])
+        XCTAssertEqual(outputs, ["both": .string("LEFT+right"), "length": .number(4)])
+        let trace = runner.trace
+        let (left, right) = (trace.first { $0.node == "left" }!, trace.first { $0.node == "right" }!)
+        print("left \(left.start)-\(left.end) s, right \(right.start)-\(right.end) s")
+        XCTAssertLessThan(max(left.start, right.start), min(left.end, right.end), "independent slow nodes must overlap")
+        XCTAssertEqual(runner.stats, .init(executed: 4, cacheHits: 0, componentsLoaded: 1))
+        XCTAssertEqual(test.loads.count, 1)
+
+        // A second run (a new runner, as a new process would be) calls no model and loads nothing.
+        let again = GraphRunner(graph: parsed, registry: test.registry, cacheFolder: cache)
+        let runsBefore = test.runs.count
+        let repeated = try await again.run(inputs: ["word": .string("left")])
+        XCTAssertEqual(repeated, outputs)
+        XCTAssertEqual(again.stats, .init(executed: 0, cacheHits: 4, componentsLoaded: 0))
+        XCTAssertEqual(test.runs.count, runsBefore)
+        XCTAssertEqual(test.loads.count, 1)
+        // Another input reruns what depends on it, and only that.
+        let changed = GraphRunner(graph: parsed, registry: test.registry, cacheFolder: cache)
+        let other = try await changed.run(inputs: ["word": .string("other")])
+        XCTAssertEqual(other["both"], .string("OTHER+right"))
+        XCTAssertEqual(changed.stats, .init(executed: 3, cacheHits: 1, componentsLoaded: 1))
+        // No partial files are left in the cache.
+        XCTAssert(try FileManager.default.contentsOfDirectory(atPath: cache.path).allSatisfy { $0.hasSuffix(".json") })
+    }
+
+    func testBadInputsAndCancellation() async throws {
+        let test = TestRegistry()
+        let parsed = try Graph.parse(graph, file: "g.yaml", registry: test.registry)
+        let runner = GraphRunner(graph: parsed, registry: test.registry, cacheFolder: nil)
+        for (inputs, message) in [([:], "missing input 'word'"), (["word": Value.number(1)], "must be text"),
+                                  (["word": .string("x"), "extra": .string("y")], "unknown input 'extra'")] as [([String: Value], String)] {
+            do {
+                _ = try await runner.run(inputs: inputs)
+                XCTFail("accepted \(inputs)")
+            } catch {
+                XCTAssert("\(error)".contains(message), "\(error)")
+            }
+        }
+        let task = Task { try await runner.run(inputs: ["word": .string("x")]) }
+        try await Task.sleep(nanoseconds: 50_000_000)
+        task.cancel()
+        do {
+            _ = try await task.value
+            XCTFail("a cancelled run finished")
+        } catch {
+            XCTAssert(error is CancellationError, "\(error)")
+        }
+    }
+}
