@@ -159,23 +159,21 @@ struct Run: ParsableCommand {
     }
 }
 
-/// Runs async work from a synchronous command; Ctrl-C cancels it instead of killing the process
+/// Runs async work from a synchronous command. Ctrl-C cancels it instead of killing the process
 /// mid-write, and the command then exits with status 130.
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let interrupt = Interrupt.shared
+    interrupt.install()
     let outcome = BlockingOutcome<T>()
     let finished = DispatchSemaphore(value: 0)
     let task = Task {
         do { outcome.result = Result<T, Error>.success(try await body()) } catch { outcome.result = .failure(error) }
         finished.signal()
     }
-    signal(SIGINT, SIG_IGN)
-    let interrupt = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-    interrupt.setEventHandler { task.cancel() }
-    interrupt.resume()
+    interrupt.track(task)
     finished.wait()
-    interrupt.cancel()
-    signal(SIGINT, SIG_DFL)
-    if case .failure(let error) = outcome.result!, error is CancellationError || task.isCancelled {
+    interrupt.track(nil)
+    if interrupt.requested {
         FileHandle.standardError.write(Data("cancelled\n".utf8))
         throw ExitCode(130)
     }
@@ -185,4 +183,39 @@ func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) 
 /// Where `runBlocking`'s task leaves its result; read only after the task signals.
 final class BlockingOutcome<T>: @unchecked Sendable {
     var result: Result<T, Error>?
+}
+
+/// Ctrl-C for the whole command: once installed, SIGINT cancels the task in flight and every
+/// later `runBlocking` stops at once, so a batch ends between items, never inside a write.
+final class Interrupt: @unchecked Sendable {
+    static let shared = Interrupt()
+    private let lock = NSLock()
+    private var source: DispatchSourceSignal?
+    private var current: Task<Void, Never>?
+    private var wasRequested = false
+
+    var requested: Bool { lock.withLock { wasRequested } }
+
+    func install() {
+        lock.withLock {
+            guard source == nil else { return }
+            signal(SIGINT, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+            source.setEventHandler { [self] in
+                lock.withLock {
+                    wasRequested = true
+                    current?.cancel()
+                }
+            }
+            source.resume()
+            self.source = source
+        }
+    }
+
+    func track(_ task: Task<Void, Never>?) {
+        lock.withLock {
+            current = task
+            if wasRequested { task?.cancel() }
+        }
+    }
 }

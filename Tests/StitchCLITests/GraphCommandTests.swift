@@ -1,0 +1,136 @@
+import Foundation
+import StitchTestSupport
+import XCTest
+
+/// `stitch validate` and `stitch run`: single runs, batches with resume and shards, the
+/// Examples/ graphs on fixture models, and Ctrl-C.
+final class GraphCommandTests: XCTestCase {
+    var folder: URL!
+    override func setUpWithError() throws { folder = try Fixtures.temporaryFolder() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: folder) }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let url = folder.appendingPathComponent(name)
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    /// Text operations only: no model needed.
+    let textGraph = """
+    inputs:
+      name: text
+      tags: texts
+    nodes:
+      greeting: {op: template, template: "hello {name}", values: {name: $name}}
+      listed: {op: join, texts: $tags, separator: " / "}
+    outputs:
+      greeting: $greeting
+      listed: $listed
+    """
+
+    func testValidateAndRun() throws {
+        let graph = try write("g.yaml", textGraph)
+        let valid = try StitchCLI.run(["validate", graph])
+        XCTAssertEqual(valid.status, 0, valid.errors)
+        let bad = try write("bad.yaml", "nodes:\n  a: {op: nope}\noutputs: {o: $b}\n")
+        let invalid = try StitchCLI.run(["validate", bad])
+        XCTAssertNotEqual(invalid.status, 0)
+        XCTAssert(invalid.errors.contains("\(bad):2:") && invalid.errors.contains("\(bad):3:"), invalid.errors)
+
+        let cache = folder.appendingPathComponent("cache").path
+        let run = try StitchCLI.run(["run", graph, "--input", "name=zebra", "--input", "tags=a,b", "--json", "--cache-dir", cache, "--trace"])
+        XCTAssertEqual(run.status, 0, run.errors)
+        XCTAssertEqual(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: String], ["greeting": "hello zebra", "listed": "a / b"])
+        XCTAssert(run.errors.contains("greeting") && run.errors.contains("ms"), run.errors)
+        let cached = try StitchCLI.run(["run", graph, "--input", "name=zebra", "--input", "tags=a,b", "--cache-dir", cache, "--trace"])
+        XCTAssert(cached.errors.components(separatedBy: "cached").count == 3, "both nodes from the cache: \(cached.errors)")
+        XCTAssertNotEqual(try StitchCLI.run(["run", graph, "--input", "name=zebra"]).status, 0, "a missing input is an error")
+        XCTAssertNotEqual(try StitchCLI.run(["run", graph, "--input", "colour=red"]).status, 0)
+    }
+
+    func testBatchResumeAndShards() throws {
+        let graph = try write("g.yaml", textGraph)
+        let items = (0..<7).map { #"{"name": "n\#($0)", "tags": ["t\#($0)", "u"]}"# }.joined(separator: "\n") + "\n"
+        let inputs = try write("items.jsonl", items)
+        func results(_ path: String) throws -> [Int: String] {
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            var out: [Int: String] = [:]
+            for line in text.split(separator: "\n") {
+                let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                let item = object["item"] as! Int
+                XCTAssertNil(out[item], "item \(item) twice")
+                out[item] = (object["outputs"] as! [String: String])["greeting"]
+            }
+            return out
+        }
+        let whole = folder.appendingPathComponent("whole.jsonl").path
+        XCTAssertEqual(try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", whole, "--no-cache"]).status, 0)
+        let expected = try results(whole)
+        XCTAssertEqual(expected, Dictionary(uniqueKeysWithValues: (0..<7).map { ($0, "hello n\($0)") }))
+
+        // Three shards together give exactly the unsharded result.
+        var merged: [Int: String] = [:]
+        for shard in 0..<3 {
+            let part = folder.appendingPathComponent("part\(shard).jsonl").path
+            let result = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", part, "--shard", "\(shard)/3", "--no-cache"])
+            XCTAssertEqual(result.status, 0, result.errors)
+            merged.merge(try results(part)) { a, _ in XCTFail("an item in two shards"); return a }
+        }
+        XCTAssertEqual(merged, expected)
+
+        // Resume: two items done and a line cut short by an interrupted run; the rest are run once.
+        let resumed = folder.appendingPathComponent("resumed.jsonl").path
+        let done = try String(contentsOfFile: whole, encoding: .utf8).split(separator: "\n").prefix(2).joined(separator: "\n")
+        try (done + "\n{\"item\": 2, \"outp").write(toFile: resumed, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", resumed, "--no-cache"]).status, 0)
+        XCTAssertEqual(try results(resumed), expected)
+        XCTAssertNotEqual(try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", resumed, "--shard", "3/3"]).status, 0)
+    }
+
+    /// Examples/magic_caption.yaml on the tiny fixture models: MAGiC's caption equals the reference's.
+    func testMagicExampleGraph() throws {
+        guard Fixtures.sharedPath("models/tokenizers") != nil, let zebra = Fixtures.sharedPath("images/zebra.jpg") else { throw XCTSkip("needs ../shared") }
+        func link(_ fixture: String, _ links: [String: String]) throws -> String {
+            let target = folder.appendingPathComponent(fixture)
+            try FileManager.default.copyItem(at: Fixtures.url(fixture), to: target)
+            for (name, shared) in links {
+                try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: Fixtures.shared.appendingPathComponent(shared))
+            }
+            return target.path
+        }
+        let gpt2 = try link("tiny-gpt2", ["vocab.json": "models/tokenizers/gpt2-vocab.json", "merges.txt": "models/tokenizers/gpt2-merges.txt"])
+        let clip = try link("tiny-clip", ["bpe_simple_vocab_16e6.txt.gz": "models/tokenizers/bpe_simple_vocab_16e6.txt.gz"])
+        let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/magic_caption.yaml").path
+        XCTAssertEqual(try StitchCLI.run(["validate", example]).status, 0)
+        let result = try StitchCLI.run(["run", example, "--component", "lm=\(gpt2)", "--component", "clip=\(clip)", "--input", "image=\(zebra.path)",
+                                        "--input", "labels=zebra,dog,truck", "--json", "--no-cache"])
+        XCTAssertEqual(result.status, 0, result.errors)
+        let outputs = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as! [String: Any]
+        let golden = try Fixtures.json("decoding/golden.json") as! [String: Any]
+        let reference = (((golden["magic"] as! [String: Any])["settings"] as! [[String: Any]])[0]["outputs"] as! [[Int]])[0]
+        XCTAssertEqual(outputs["tokens"] as? [Int], reference.firstIndex(of: 50256).map { Array(reference[...$0]) } ?? reference)
+        XCTAssert(["zebra", "dog", "truck"].contains(outputs["label"] as? String ?? ""))
+        let sentence = outputs["sentence"] as? String ?? ""
+        XCTAssert(sentence.hasPrefix("This is a photo of a \(outputs["label"]!). Caption: "), sentence)
+    }
+
+    /// Ctrl-C during a run: exit status 130 and no partial files in the cache.
+    func testInterruptStopsCleanly() throws {
+        let items = (0..<40_000).map { #"{"name": "n\#($0)", "tags": ["a"]}"# }.joined(separator: "\n")
+        let inputs = try write("items.jsonl", items)
+        let graph = try write("g.yaml", textGraph)
+        let cache = folder.appendingPathComponent("cache")
+        let process = Process()
+        process.executableURL = StitchCLI.binary
+        process.arguments = ["run", graph, "--inputs", inputs, "--output", folder.appendingPathComponent("out.jsonl").path, "--cache-dir", cache.path]
+        process.standardError = Pipe()
+        try process.run()
+        Thread.sleep(forTimeInterval: 0.5)
+        process.interrupt()
+        process.waitUntilExit()
+        if process.terminationStatus == 0 { throw XCTSkip("the batch finished before the interrupt") }
+        XCTAssertEqual(process.terminationStatus, 130)
+        let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: cache.path)) ?? []
+        XCTAssert(leftovers.allSatisfy { $0.hasSuffix(".json") }, "partial cache files: \(leftovers.filter { !$0.hasSuffix(".json") })")
+    }
+}
