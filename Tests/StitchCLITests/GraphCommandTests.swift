@@ -90,16 +90,8 @@ final class GraphCommandTests: XCTestCase {
     /// Examples/magic_caption.yaml on the tiny fixture models: MAGiC's caption equals the reference's.
     func testMagicExampleGraph() throws {
         guard Fixtures.sharedPath("models/tokenizers") != nil, let zebra = Fixtures.sharedPath("images/zebra.jpg") else { throw XCTSkip("needs ../shared") }
-        func link(_ fixture: String, _ links: [String: String]) throws -> String {
-            let target = folder.appendingPathComponent(fixture)
-            try FileManager.default.copyItem(at: Fixtures.url(fixture), to: target)
-            for (name, shared) in links {
-                try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: Fixtures.shared.appendingPathComponent(shared))
-            }
-            return target.path
-        }
-        let gpt2 = try link("tiny-gpt2", ["vocab.json": "models/tokenizers/gpt2-vocab.json", "merges.txt": "models/tokenizers/gpt2-merges.txt"])
-        let clip = try link("tiny-clip", ["bpe_simple_vocab_16e6.txt.gz": "models/tokenizers/bpe_simple_vocab_16e6.txt.gz"])
+        let gpt2 = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
+        let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
         let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/magic_caption.yaml").path
         XCTAssertEqual(try StitchCLI.run(["validate", example]).status, 0)
         let result = try StitchCLI.run(["run", example, "--component", "lm=\(gpt2)", "--component", "clip=\(clip)", "--input", "image=\(zebra.path)",

@@ -13,23 +13,12 @@ final class ModelCommandTests: XCTestCase {
     }
     override func tearDownWithError() throws { if let folder { try? FileManager.default.removeItem(at: folder) } }
 
-    /// A copy of a fixture model folder with real tokenizer files linked in under their Hugging Face names.
-    func modelFolder(_ fixture: String, tokenizer links: [String: String]) throws -> String {
-        let target = folder.appendingPathComponent(fixture)
-        try FileManager.default.copyItem(at: Fixtures.url(fixture), to: target)
-        for (name, shared) in links {
-            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name),
-                                                       withDestinationURL: Fixtures.shared.appendingPathComponent(shared))
-        }
-        return target.path
-    }
-
     func json(_ line: Substring) throws -> [String: Any] {
         try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
     }
 
     func testClassifyAndEmbedWithCLIP() throws {
-        let clip = try modelFolder("tiny-clip", tokenizer: ["bpe_simple_vocab_16e6.txt.gz": "models/tokenizers/bpe_simple_vocab_16e6.txt.gz"])
+        let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
         let image = Fixtures.url("images/gradient.png").path
         let text = try StitchCLI.run(["classify", "--model", clip, "--labels", "zebra, dog,truck", "--top-k", "2", image])
         XCTAssertEqual(text.status, 0, text.errors)
@@ -52,7 +41,7 @@ final class ModelCommandTests: XCTestCase {
     }
 
     func testGenerateMatchesTransformersGreedy() throws {
-        let gpt2 = try modelFolder("tiny-gpt2", tokenizer: ["vocab.json": "models/tokenizers/gpt2-vocab.json", "merges.txt": "models/tokenizers/gpt2-merges.txt"])
+        let gpt2 = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
         let golden = try Fixtures.json("tiny-gpt2/golden.json") as! [String: Any]
         let expected = (golden["greedy"] as! [[Int]])[0].filter { $0 != 50256 }
         let result = try StitchCLI.run(["generate", "--model", gpt2, "--prompt", "A photo of a", "--max-tokens", "12"])
@@ -91,19 +80,10 @@ final class GenerationCommandTests: XCTestCase {
     override func setUpWithError() throws {
         guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
         folder = try Fixtures.temporaryFolder()
-        gpt2 = try link("tiny-gpt2", ["vocab.json": "models/tokenizers/gpt2-vocab.json", "merges.txt": "models/tokenizers/gpt2-merges.txt"])
-        clip = try link("tiny-clip", ["bpe_simple_vocab_16e6.txt.gz": "models/tokenizers/bpe_simple_vocab_16e6.txt.gz"])
+        gpt2 = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
+        clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
     }
     override func tearDownWithError() throws { if let folder { try? FileManager.default.removeItem(at: folder) } }
-
-    func link(_ fixture: String, _ links: [String: String]) throws -> String {
-        let target = folder.appendingPathComponent(fixture)
-        try FileManager.default.copyItem(at: Fixtures.url(fixture), to: target)
-        for (name, shared) in links {
-            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: Fixtures.shared.appendingPathComponent(shared))
-        }
-        return target.path
-    }
 
     func testCaptionManyImagesWithOneLoad() throws {
         let magic = golden["magic"] as! [String: Any]

@@ -224,3 +224,59 @@ final class GraphRunnerTests: XCTestCase {
         }
     }
 }
+
+/// The standard registry's model operations on the tiny fixture models.
+final class ModelOperationTests: XCTestCase {
+    func testModelOperationsOnFixtureModels() async throws {
+        guard Fixtures.sharedPath("models/tokenizers") != nil, let zebra = Fixtures.sharedPath("images/zebra.jpg") else { throw XCTSkip("needs ../shared") }
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        for fixture in ["tiny-gpt2", "tiny-clip"] { _ = try Fixtures.modelWithTokenizer(fixture, in: folder) }
+        let yaml = """
+        components:
+          lm: {kind: gpt2, model: \(folder.path)/tiny-gpt2}
+          clip: {kind: clip, model: \(folder.path)/tiny-clip}
+        inputs:
+          image: image
+          prompt: text
+        nodes:
+          image_vector: {op: clip_embed_image, clip: clip, image: $image}
+          text_vector: {op: clip_embed_text, clip: clip, text: "a zebra"}
+          ranked: {op: clip_rank, clip: clip, image: $image, texts: ["a zebra", "a red truck", "two cats"]}
+          labels: {op: clip_classify, clip: clip, image: $image, labels: [zebra, truck, cat]}
+          best: {op: top_k, scores: $labels.probabilities, k: 2}
+          continued: {op: lm_generate, lm: lm, prompt: $prompt, max_tokens: 12}
+          beamed: {op: lm_generate, lm: lm, prompt: $prompt, max_tokens: 6, strategy: beam, beams: 3}
+          score: {op: lm_score, lm: lm, prompt: $prompt, continuation: " zebra crossing"}
+        outputs:
+          image_vector: $image_vector
+          text_vector: $text_vector
+          ranked: $ranked.texts
+          scores: $ranked.scores
+          label: $labels.label
+          best: $best
+          continued: $continued
+          beamed: $beamed
+          score: $score
+        """
+        let registry = OperationRegistry.standard()
+        let graph = try Graph.parse(yaml, file: "models.yaml", registry: registry)
+        let outputs = try await GraphRunner(graph: graph, registry: registry, cacheFolder: nil)
+            .run(inputs: ["image": .string(zebra.path), "prompt": .string("A photo of a")])
+        for name in ["image_vector", "text_vector"] {
+            guard case .array(let items) = outputs[name]! else { return XCTFail(name) }
+            XCTAssertEqual(items.count, 16)
+            XCTAssertEqual(items.compactMap(\.number).map { $0 * $0 }.reduce(0, +), 1, accuracy: 1e-5)
+        }
+        XCTAssertEqual(Set(outputs["ranked"]!.strings!), ["a zebra", "a red truck", "two cats"])
+        guard case .array(let scores) = outputs["scores"]! else { return XCTFail("scores") }
+        XCTAssertEqual(scores.compactMap(\.number), scores.compactMap(\.number).sorted(by: >))
+        XCTAssertEqual(outputs["best"]!.strings!.first, outputs["label"]!.string)
+        // Greedy text and continuation score agree with transformers (tiny-gpt2/golden.json).
+        let golden = try Fixtures.json("tiny-gpt2/golden.json") as! [String: Any]
+        let expectedScore = (golden["continuation_logprobs"] as! [[Double]])[0].reduce(0, +)
+        XCTAssertEqual(outputs["score"]!.number!, expectedScore, accuracy: 1e-3)
+        XCTAssertFalse(outputs["continued"]!.string!.isEmpty)
+        XCTAssertFalse(outputs["beamed"]!.string!.isEmpty)
+    }
+}

@@ -24,6 +24,21 @@ public enum Fixtures {
         return nil
     }
 
+    /// A copy of a tiny fixture model folder (tiny-gpt2, tiny-clip) inside `folder`, with the real
+    /// tokenizer files from ../shared linked in under their Hugging Face names.
+    public static func modelWithTokenizer(_ fixture: String, in folder: URL) throws -> URL {
+        let links = fixture.hasPrefix("tiny-gpt2")
+            ? ["vocab.json": "gpt2-vocab.json", "merges.txt": "gpt2-merges.txt"]
+            : ["bpe_simple_vocab_16e6.txt.gz": "bpe_simple_vocab_16e6.txt.gz"]
+        let target = folder.appendingPathComponent(fixture)
+        try FileManager.default.copyItem(at: url(fixture), to: target)
+        for (name, source) in links {
+            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name),
+                                                       withDestinationURL: shared.appendingPathComponent("models/tokenizers/\(source)"))
+        }
+        return target
+    }
+
     /// All tensors of a committed fixture safetensors file.
     public static func tensors(_ relative: String) throws -> [String: Tensor] {
         let file = try SafetensorsFile(path: url(relative).path)
