@@ -157,6 +157,17 @@ public final class SafetensorsFile: @unchecked Sendable {
         return result
     }
 
+    /// The raw little-endian bytes of a tensor, in place in the mapping (valid while this file lives).
+    public func bytes(_ name: String) throws(ModelIOError) -> UnsafeRawBufferPointer {
+        guard let info = tensors[name] else { throw .missingTensor(file: path, tensor: name) }
+        return UnsafeRawBufferPointer(start: map.base + dataStart + info.byteRange.lowerBound, count: info.byteRange.count)
+    }
+
+    /// The whole data section (all tensors' bytes), e.g. for a checksum.
+    public var dataSection: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: map.base + dataStart, count: map.size - dataStart)
+    }
+
     /// The tensor as Float32 (an error for integer and 8-bit float tensors). F32 data that is suitably aligned is returned as a
     /// read-only view of the mapping (no copy); F16 and BF16 are converted.
     public func tensor(_ name: String) throws(ModelIOError) -> Tensor {
@@ -193,25 +204,51 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 }
 
+/// One tensor to write: its dtype, shape and little-endian bytes.
+public struct SafetensorsEntry {
+    public let dtype: TensorDType
+    public let shape: [Int]
+    public let bytes: Data
+
+    public init(dtype: TensorDType, shape: [Int], bytes: Data) {
+        self.dtype = dtype
+        self.shape = shape
+        self.bytes = bytes
+    }
+
+    /// A Float32 tensor stored as F32, or rounded to F16.
+    public init(_ tensor: Tensor, as dtype: TensorDType = .f32) {
+        precondition(dtype == .f32 || dtype == .f16, "tensors are written as F32 or F16")
+        self.dtype = dtype
+        shape = tensor.shape
+        bytes = tensor.withUnsafeBufferPointer { values in
+            dtype == .f32 ? Data(buffer: values) : Data(values.map { Float16($0).bitPattern.littleEndian }.withUnsafeBufferPointer { Data(buffer: $0) })
+        }
+    }
+}
+
 /// Writes tensors as a safetensors file (F32), atomically: a temporary file
 /// in the same folder is renamed over the destination only when complete.
 public func writeSafetensors(_ tensors: [String: Tensor], metadata: [String: String] = [:], to path: String) throws {
+    try writeSafetensors(entries: tensors.mapValues { SafetensorsEntry($0) }, metadata: metadata, to: path)
+}
+
+/// Writes entries of any dtype as a safetensors file, atomically.
+public func writeSafetensors(entries: [String: SafetensorsEntry], metadata: [String: String] = [:], to path: String) throws {
     var header: [String: Any] = [:]
     if !metadata.isEmpty { header["__metadata__"] = metadata }
     var offset = 0
-    let names = tensors.keys.sorted()
+    let names = entries.keys.sorted()
     for name in names {
-        let bytes = tensors[name]!.count * 4
-        header[name] = ["dtype": "F32", "shape": tensors[name]!.shape, "data_offsets": [offset, offset + bytes]]
-        offset += bytes
+        let entry = entries[name]!
+        header[name] = ["dtype": entry.dtype.rawValue, "shape": entry.shape, "data_offsets": [offset, offset + entry.bytes.count]]
+        offset += entry.bytes.count
     }
     var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
     while json.count % 8 != 0 { json.append(0x20) }   // pad so the data section stays 8-byte aligned
     var file = Data()
     withUnsafeBytes(of: UInt64(json.count).littleEndian) { file.append(contentsOf: $0) }
     file.append(json)
-    for name in names {
-        tensors[name]!.withUnsafeBufferPointer { file.append(UnsafeBufferPointer(start: $0.baseAddress, count: $0.count)) }
-    }
+    for name in names { file.append(entries[name]!.bytes) }
     try file.write(to: URL(fileURLWithPath: path), options: .atomic)
 }

@@ -410,6 +410,41 @@ def make_decoding_goldens():
     write_json(golden, "decoding", "golden.json")
     print("decoding: contrastive, beam and MAGiC goldens")
 
+
+# ---------------------------------------------------------------- ASIF goldens
+
+def asif_relative(embeddings, anchors, k, p):
+    """ASIF's relative representation (Norelli et al. 2022): cosine similarities to the anchors,
+    the k largest kept (ties by anchor order), raised to the power p, L2-normalised."""
+    e = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+    similarities = e @ a.T
+    kept = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    relative = np.zeros_like(similarities)
+    rows = np.arange(len(e))[:, None]
+    relative[rows, kept] = similarities[rows, kept] ** p
+    return relative / np.linalg.norm(relative, axis=1, keepdims=True)
+
+
+def make_asif_goldens():
+    """numpy ASIF on random embeddings: image-to-text and text-to-image scores and rankings."""
+    rng = np.random.default_rng(11)
+    anchors_image = rng.standard_normal((400, 24)).astype(np.float32)
+    anchors_text = rng.standard_normal((400, 16)).astype(np.float32)
+    queries_image = rng.standard_normal((7, 24)).astype(np.float32)
+    queries_text = rng.standard_normal((9, 16)).astype(np.float32)
+    tensors = {"anchors_image": anchors_image, "anchors_text": anchors_text, "queries_image": queries_image, "queries_text": queries_text}
+    rankings = {}
+    for k, p in [(40, 8.0), (400, 1.0), (5, 3.0)]:
+        image = asif_relative(queries_image.astype(np.float64), anchors_image.astype(np.float64), k, p)
+        text = asif_relative(queries_text.astype(np.float64), anchors_text.astype(np.float64), k, p)
+        scores = image @ text.T                                                   # [images, texts]
+        tensors[f"scores_k{k}_p{int(p)}"] = scores.astype(np.float32)
+        rankings[f"k{k}_p{int(p)}"] = {"image_to_text": np.argsort(-scores, axis=1, kind="stable").tolist(),
+                                       "text_to_image": np.argsort(-scores.T, axis=1, kind="stable").tolist()}
+    save_file(tensors, out("asif", "golden.safetensors"))
+    write_json(rankings, "asif", "rankings.json")
+
 def make_clip_manifests():
     """Weight names and shapes of the real CLIP checkpoints' architectures (no weights: meta device)."""
     from transformers import CLIPConfig, CLIPModel
@@ -499,6 +534,7 @@ if __name__ == "__main__":
     make_clip_goldens("tiny-clip-p14")
     make_gpt2_goldens()
     make_decoding_goldens()
+    make_asif_goldens()
     make_clip_manifests()
     make_minilm_goldens()
     make_efficientnet_goldens()

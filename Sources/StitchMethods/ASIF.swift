@@ -1,0 +1,153 @@
+import Foundation
+import StitchModelIO
+import StitchTensor
+
+/// ASIF (Norelli et al. 2022): two unimodal encoders that never saw each other are compared
+/// through an anchor set of N (image, caption) pairs. An image is represented by its cosine
+/// similarities to the N anchor images, a text by its similarities to the N anchor captions;
+/// the k largest entries are kept (the rest are 0), raised to the power p and L2-normalised,
+/// and images and texts are compared in that shared N-dimensional space by dot product.
+public struct ASIFSettings: Sendable {
+    public var k: Int
+    public var p: Float
+
+    public init(k: Int = 800, p: Float = 8) {
+        self.k = k
+        self.p = p
+    }
+}
+
+/// A sparse, unit-length relative representation: anchor indices (ascending) and values.
+public struct RelativeRepresentation: Sendable, Equatable {
+    public let indices: [Int32]
+    public let values: [Float]
+}
+
+/// Unit-length anchor embeddings of one modality, [count, dimension], stored as F32 or F16;
+/// usually a view of a memory-mapped index.
+public struct AnchorMatrix: @unchecked Sendable {
+    public let count: Int
+    public let dimension: Int
+    public let dtype: TensorDType
+    let base: UnsafeRawPointer
+    /// Keeps the mapping (or buffer) alive.
+    let owner: AnyObject
+
+    public init(tensor: Tensor) {
+        precondition(tensor.rank == 2, "anchors must be [count, dimension], got \(tensor.shape)")
+        let copy = tensor.scalars   // contiguous and owned
+        let storage = AnchorStorage(copy)
+        self.init(count: tensor.shape[0], dimension: tensor.shape[1], dtype: .f32, base: UnsafeRawPointer(storage.pointer), owner: storage)
+    }
+
+    init(count: Int, dimension: Int, dtype: TensorDType, base: UnsafeRawPointer, owner: AnyObject) {
+        self.count = count
+        self.dimension = dimension
+        self.dtype = dtype
+        self.base = base
+        self.owner = owner
+    }
+
+    /// Calls `body` with rows `range` as F32 [range.count, dimension]: in place for F32, through a
+    /// block-sized conversion buffer for F16, so memory stays near the file's size.
+    func withRows<R>(_ range: Range<Int>, _ body: (UnsafePointer<Float>) -> R) -> R {
+        if dtype == .f32 { return body(base.assumingMemoryBound(to: Float.self) + range.lowerBound * dimension) }
+        let count = range.count * dimension
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+        defer { buffer.deallocate() }
+        let source = base + range.lowerBound * dimension * 2
+        for i in 0..<count { buffer[i] = Float(Float16(bitPattern: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+        return body(buffer)
+    }
+}
+
+final class AnchorStorage: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>
+    init(_ values: [Float]) {
+        pointer = .allocate(capacity: max(values.count, 1))
+        pointer.initialize(from: values, count: values.count)
+    }
+    deinit { pointer.deallocate() }
+}
+
+/// Relative representations of unit-length `queries` [q, dimension] against `anchors`: one GEMM
+/// per block of anchors for the whole batch, keeping each query's k best similarities as it goes
+/// (ties broken by the lower anchor index, as a stable sort would).
+public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, settings: ASIFSettings,
+                                    blockSize: Int = 8192) -> [RelativeRepresentation] {
+    precondition(queries.rank == 2 && queries.shape[1] == anchors.dimension, "queries \(queries.shape) for anchors of dimension \(anchors.dimension)")
+    let (q, n, d) = (queries.shape[0], anchors.count, anchors.dimension)
+    let k = max(1, min(settings.k, n))
+    let best = (0..<q).map { _ in KeptSimilarities() }   // one per query, each touched by its own row only
+    let block = min(blockSize, max(n, 1))
+    let similarities = UnsafeMutablePointer<Float>.allocate(capacity: q * block)
+    defer { similarities.deallocate() }
+    queries.withUnsafeBufferPointer { query in
+        for start in stride(from: 0, to: n, by: block) {
+            let rows = min(block, n - start)
+            anchors.withRows(start..<start + rows) { anchorRows in
+                // similarities [q, rows] = queries [q, d] · anchorsᵀ [d, rows]
+                BLAS.gemm(transposeA: false, transposeB: true, m: q, n: rows, k: d,
+                          a: query.baseAddress!, lda: d, b: anchorRows, ldb: d, c: similarities, ldc: rows)
+            }
+            Parallel.forEach(q) { row in
+                let values = similarities + row * rows
+                var kept = best[row].entries
+                var threshold = kept.count >= k ? kept[k - 1].value : -Float.infinity
+                for j in 0..<rows where values[j] > threshold || (kept.count < k && values[j] == threshold) {
+                    kept.append((values[j], Int32(start + j)))
+                    if kept.count >= 2 * k {
+                        kept = Array(kept.sorted(by: ranksBefore).prefix(k))
+                        threshold = kept[k - 1].value
+                    }
+                }
+                best[row].entries = Array(kept.sorted(by: ranksBefore).prefix(k))
+            }
+        }
+    }
+    return best.map { kept in
+        let order = kept.entries.sorted { $0.index < $1.index }
+        var values = order.map { powf($0.value, settings.p) }
+        let norm = values.reduce(0) { $0 + $1 * $1 }.squareRoot()
+        if norm > 0 { values = values.map { $0 / norm } }
+        return RelativeRepresentation(indices: order.map(\.index), values: values)
+    }
+}
+
+final class KeptSimilarities: @unchecked Sendable {
+    var entries: [(value: Float, index: Int32)] = []
+}
+
+/// Larger similarity first; equal ones by lower anchor index.
+private func ranksBefore(_ a: (value: Float, index: Int32), _ b: (value: Float, index: Int32)) -> Bool {
+    a.value > b.value || (a.value == b.value && a.index < b.index)
+}
+
+/// Dot products [a, b] of relative representations in an N-anchor space: each row of `a` is
+/// scattered into a dense N-vector once and every `b` reads its k entries from it.
+public func relativeScores(_ a: [RelativeRepresentation], _ b: [RelativeRepresentation], anchorCount: Int) -> Tensor {
+    var out = Tensor(zeros: [a.count, b.count])
+    out.withUnsafeMutableBufferPointer { scores in
+        let base = scores.baseAddress!
+        Parallel.forEach(a.count) { row in
+            let dense = UnsafeMutablePointer<Float>.allocate(capacity: max(anchorCount, 1))
+            dense.initialize(repeating: 0, count: max(anchorCount, 1))
+            defer { dense.deallocate() }
+            for (index, value) in zip(a[row].indices, a[row].values) { dense[Int(index)] = value }
+            for (column, other) in b.enumerated() {
+                var sum: Float = 0
+                for (index, value) in zip(other.indices, other.values) { sum += dense[Int(index)] * value }
+                base[row * b.count + column] = sum
+            }
+        }
+    }
+    return out
+}
+
+/// Indices of each row of `scores` from best to worst (ties by lower index).
+public func rankings(_ scores: Tensor) -> [[Int]] {
+    (0..<scores.shape[0]).map { row in
+        let values = scores.row(row).scalars
+        return values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
+    }
+}
