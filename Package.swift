@@ -37,7 +37,7 @@ let package = Package(
         // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
-        .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchImaging", "StitchModels"]),
+        .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "CZlib"]),
         // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
         .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods",
                                                     .product(name: "Yams", package: "Yams")]),

@@ -66,7 +66,7 @@ struct Run: ParsableCommand {
         let runner = GraphRunner(graph: loaded, registry: .standard(), cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
         if let items {
             guard let output else { throw ValidationError("--inputs needs --output") }
-            try runBatch(runner, items: items, output: output, shard: parseShard())
+            try runBatch(runner, items: items, output: output, shard: shard.map(parseShard) ?? (0, 1))
             return
         }
         var values: [String: Value] = [:]
@@ -108,13 +108,6 @@ struct Run: ParsableCommand {
         case .json, .record:
             do { return try Value.parse(json: text) } catch { throw ValidationError("input '\(name)' is not JSON: \(text)") }
         }
-    }
-
-    private func parseShard() throws -> (index: Int, count: Int) {
-        guard let shard else { return (0, 1) }
-        let parts = shard.split(separator: "/").compactMap { Int($0) }
-        guard parts.count == 2, parts[1] > 0, parts[0] >= 0, parts[0] < parts[1] else { throw ValidationError("--shard takes i/n with 0 <= i < n, got '\(shard)'") }
-        return (parts[0], parts[1])
     }
 
     /// Runs every item of this shard not yet in `output`, appending one line per item as it finishes.

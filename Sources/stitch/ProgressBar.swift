@@ -8,19 +8,25 @@ final class ProgressBar {
     private let visible: Bool
     private let start = Date()
     private var done = 0
+    private let resumedAt: Int
 
-    init(total: Int, label: String, visible: Bool = isatty(2) == 1) {
+    /// `done` items may already be finished (a resumed job).
+    init(total: Int, label: String, done: Int = 0, visible: Bool = isatty(2) == 1) {
         self.total = total
         self.label = label
+        self.done = done
+        resumedAt = done
         self.visible = visible && total > 1
     }
 
-    func advance() {
-        done += 1
-        guard visible else { return }
+    func advance() { advance(to: done + 1) }
+
+    func advance(to finished: Int) {
+        done = finished
+        guard visible, done > 0 else { return }
         let width = 30, filled = width * done / max(total, 1)
         let elapsed = Date().timeIntervalSince(start)
-        let remaining = done < total ? elapsed / Double(done) * Double(total - done) : 0
+        let remaining = done < total && done > resumedAt ? elapsed / Double(done - resumedAt) * Double(total - done) : 0
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
         FileHandle.standardError.write(Data(String(format: "\r%@ [%@] %d/%d  %.1fs left ", label, bar, done, total, remaining).utf8))
         if done == total { FileHandle.standardError.write(Data("\n".utf8)) }

@@ -1,4 +1,5 @@
 import Foundation
+import StitchImaging
 import StitchModelIO
 import StitchTensor
 import StitchTestSupport
@@ -30,5 +31,128 @@ final class ASIFParityTests: XCTestCase {
             XCTAssertEqual(StitchMethods.rankings(scores), rankings["k\(k)_p\(p)"]!["image_to_text"]!)
             XCTAssertEqual(StitchMethods.rankings(transposed(scores, 0, 1)), rankings["k\(k)_p\(p)"]!["text_to_image"]!)
         }
+    }
+}
+
+/// ASIF on the real EfficientNet-Lite0 and all-MiniLM-L6-v2 weights in ../shared: anchors from
+/// the photos there plus synthetic images, queried with held-out near-duplicates.
+final class ASIFRealWeightTests: XCTestCase {
+    /// Solid colours and simple shapes drawn in code, each with a caption.
+    static func synthetic() -> [(RGBImage, String)] {
+        func image(_ paint: (Int, Int) -> (UInt8, UInt8, UInt8)) -> RGBImage {
+            let size = 160
+            var pixels = [UInt8](repeating: 0, count: size * size * 3)
+            for y in 0..<size {
+                for x in 0..<size {
+                    let (r, g, b) = paint(x, y)
+                    pixels[(y * size + x) * 3] = r
+                    pixels[(y * size + x) * 3 + 1] = g
+                    pixels[(y * size + x) * 3 + 2] = b
+                }
+            }
+            return RGBImage(width: size, height: size, pixels: pixels)
+        }
+        return [
+            (image { _, _ in (220, 30, 30) }, "a plain red square"),
+            (image { _, _ in (30, 60, 220) }, "a plain blue square"),
+            (image { x, y in (x - 80) * (x - 80) + (y - 80) * (y - 80) < 2500 ? (250, 220, 0) : (255, 255, 255) }, "a yellow circle on white"),
+            (image { x, _ in x / 20 % 2 == 0 ? (0, 0, 0) : (255, 255, 255) }, "black and white vertical stripes"),
+            (image { x, y in (x / 20 + y / 20) % 2 == 0 ? (20, 140, 40) : (240, 240, 240) }, "a green and white checkerboard"),
+        ]
+    }
+
+    /// A crop of the centre 80% and a mirror image: the held-out near-duplicates.
+    static func nearDuplicates(_ image: RGBImage) -> [RGBImage] {
+        let (w, h) = (image.width, image.height)
+        let (x0, y0, cw, ch) = (w / 10, h / 10, w * 8 / 10, h * 8 / 10)
+        var crop = [UInt8](), mirror = [UInt8](repeating: 0, count: image.pixels.count)
+        for y in y0..<y0 + ch { crop += image.pixels[(y * w + x0) * 3..<(y * w + x0 + cw) * 3] }
+        for y in 0..<h {
+            for x in 0..<w {
+                for c in 0..<3 { mirror[(y * w + x) * 3 + c] = image.pixels[(y * w + (w - 1 - x)) * 3 + c] }
+            }
+        }
+        return [RGBImage(width: cw, height: ch, pixels: crop), RGBImage(width: w, height: h, pixels: mirror)]
+    }
+
+    func testNearDuplicatesRetrieveTheirOwnCaption() throws {
+        guard let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0"), let minilm = Fixtures.sharedPath("models/all-MiniLM-L6-v2"),
+              let zebra = Fixtures.sharedPath("images/zebra.jpg"), let street = Fixtures.sharedPath("images/dog_bicycle_truck.jpg") else {
+            throw XCTSkip("needs the real encoders and photos in ../shared")
+        }
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var anchors = [(try RGBImage(contentsOf: zebra.path), "a zebra standing in the grass"),
+                       (try RGBImage(contentsOf: street.path), "a dog next to a bicycle and a truck")] + Self.synthetic()
+        var lines: [String] = []
+        for (number, (image, caption)) in anchors.enumerated() {
+            let path = folder.appendingPathComponent("anchor\(number).jpg").path
+            try image.writeJPEG(to: path, quality: 95)
+            anchors[number].0 = try RGBImage(contentsOf: path)
+            lines.append(String(decoding: try JSONSerialization.data(withJSONObject: ["image": "anchor\(number).jpg", "caption": caption]), as: UTF8.self))
+        }
+        let jsonl = folder.appendingPathComponent("anchors.jsonl").path
+        try (lines.joined(separator: "\n") + "\n").write(toFile: jsonl, atomically: true, encoding: .utf8)
+        let locator = ModelLocator.fromEnvironment()
+        let (image, text) = (try locator.imageEmbedder(efficientnet.path), try locator.textEmbedder(minilm.path))
+        var builder = AnchorIndexBuilder(image: image, text: text)
+        builder.batchSize = 3
+        builder.dtype = .f16
+        let output = folder.appendingPathComponent("anchors.asif").path
+        try builder.build(anchors: jsonl, output: output)
+        let index = try AnchorIndex(path: output)
+        XCTAssertEqual(index.count, anchors.count)
+        XCTAssertEqual(index.captions, anchors.map(\.1))
+        try index.requireEncoders(image: image.identity, text: text.identity)
+
+        // Captioning by retrieval from the index's own captions, with every anchor as a neighbour.
+        let settings = ASIFSettings(k: anchors.count, p: 8)
+        let captions = try text.embed(index.captions)
+        for (number, (anchorImage, caption)) in anchors.enumerated() {
+            let queries = try image.embed(Self.nearDuplicates(anchorImage))
+            for (variant, ranked) in rankings(index.scores(images: queries, texts: captions, settings: settings)).enumerated() {
+                XCTAssertEqual(index.captions[ranked[0]], caption, "anchor \(number) variant \(variant)")
+            }
+        }
+    }
+}
+
+/// Truncated, corrupted or mismatched index files give errors that name the file and the problem.
+final class AnchorIndexFileTests: XCTestCase {
+    func testBadIndexFiles() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("index.asif").path
+        let images = Tensor(shape: [3, 4], scalars: (0..<12).map { Float($0 % 5) + 1 }), texts = Tensor(shape: [3, 2], scalars: [1, 0, 0, 1, 1, 1])
+        try AnchorIndex.write(images: images, texts: texts, captions: ["a", "b \"quoted\"\nline", "c"], imageEncoder: "img:x:1", textEncoder: "txt:y:2", to: path)
+        let index = try AnchorIndex(path: path)
+        XCTAssertEqual(index.captions, ["a", "b \"quoted\"\nline", "c"])
+        XCTAssertEqual(index.images.dimension, 4)
+        XCTAssertThrowsError(try index.requireEncoders(image: "img:other:1", text: nil)) { XCTAssert("\($0)".contains("img:x:1") && "\($0)".contains(path)) }
+
+        func expectError(_ bytes: Data, _ message: String) throws {
+            let bad = folder.appendingPathComponent("bad.asif").path
+            try bytes.write(to: URL(fileURLWithPath: bad))
+            XCTAssertThrowsError(try AnchorIndex(path: bad)) { error in
+                XCTAssert("\(error)".contains(bad) && "\(error)".contains(message), "expected '\(message)': \(error)")
+            }
+        }
+        let original = try Data(contentsOf: URL(fileURLWithPath: path))
+        try expectError(original.prefix(original.count / 2), "truncated")
+        var flipped = original
+        flipped[flipped.count - 3] ^= 0xFF
+        try expectError(flipped, "checksum mismatch")
+        try writeSafetensors(["image_anchors": images], to: folder.appendingPathComponent("plain.safetensors").path)
+        try expectError(try Data(contentsOf: folder.appendingPathComponent("plain.safetensors")), "stitch-asif")
+
+        // Merging needs the same encoders; merged shards hold every anchor in order.
+        let other = folder.appendingPathComponent("other.asif").path
+        try AnchorIndex.write(images: images, texts: texts, captions: ["d", "e", "f"], imageEncoder: "img:x:1", textEncoder: "txt:y:2", dtype: .f16, to: other)
+        let merged = folder.appendingPathComponent("merged.asif").path
+        try AnchorIndex.merge([path, other], to: merged)
+        XCTAssertEqual(try AnchorIndex(path: merged).captions, ["a", "b \"quoted\"\nline", "c", "d", "e", "f"])
+        let foreign = folder.appendingPathComponent("foreign.asif").path
+        try AnchorIndex.write(images: images, texts: texts, captions: ["g", "h", "i"], imageEncoder: "img:z:9", textEncoder: "txt:y:2", to: foreign)
+        XCTAssertThrowsError(try AnchorIndex.merge([path, foreign], to: merged)) { XCTAssert("\($0)".contains("different encoders")) }
     }
 }

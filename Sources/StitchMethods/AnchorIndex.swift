@@ -1,0 +1,167 @@
+import CZlib
+import Foundation
+import StitchModelIO
+import StitchTensor
+
+public enum AnchorIndexError: Error, CustomStringConvertible {
+    case notAnIndex(file: String, detail: String)
+    case checksumMismatch(file: String, stored: String, computed: String)
+    case encoderMismatch(file: String, modality: String, index: String, given: String)
+    case incompatible(files: [String], detail: String)
+
+    public var description: String {
+        switch self {
+        case let .notAnIndex(file, detail): return "\(file): not a usable ASIF index: \(detail)"
+        case let .checksumMismatch(file, stored, computed): return "\(file): checksum mismatch (stored crc32 \(stored), data has \(computed)): the file is corrupt"
+        case let .encoderMismatch(file, modality, index, given):
+            return "\(file): built with \(modality) encoder \(index), but the query encoder is \(given)"
+        case let .incompatible(files, detail): return "cannot merge \(files.joined(separator: ", ")): \(detail)"
+        }
+    }
+}
+
+/// An ASIF anchor index: a safetensors file holding `image_anchors` [N, Di] and `text_anchors`
+/// [N, Dt] (unit rows, F32 or F16), the anchor `captions` (U8, one JSON string per line), and
+/// metadata naming the format version, both encoders, N and a CRC-32 of the data section.
+/// The matrices are searched in place in the memory mapping.
+public final class AnchorIndex: @unchecked Sendable {
+    public static let format = "stitch-asif", version = "1"
+
+    public let path: String
+    public let images: AnchorMatrix
+    public let texts: AnchorMatrix
+    public let captions: [String]
+    public let imageEncoder: String
+    public let textEncoder: String
+    private let file: SafetensorsFile
+
+    public var count: Int { images.count }
+
+    /// Opens an index; `verify` checks the CRC-32 of all its data (reads the whole file once).
+    public init(path: String, verify: Bool = true) throws {
+        self.path = path
+        file = try SafetensorsFile(path: path)
+        let metadata = file.metadata
+        guard metadata["format"] == Self.format else { throw AnchorIndexError.notAnIndex(file: path, detail: "no '\(Self.format)' format in its metadata") }
+        guard metadata["version"] == Self.version else {
+            throw AnchorIndexError.notAnIndex(file: path, detail: "format version \(metadata["version"] ?? "?"), this Stitch reads version \(Self.version)")
+        }
+        guard let imageEncoder = metadata["image_encoder"], let textEncoder = metadata["text_encoder"],
+              let count = metadata["count"].flatMap(Int.init), let checksum = metadata["crc32"] else {
+            throw AnchorIndexError.notAnIndex(file: path, detail: "metadata lacks image_encoder, text_encoder, count or crc32")
+        }
+        self.imageEncoder = imageEncoder
+        self.textEncoder = textEncoder
+        if verify {
+            let computed = crc32Hex(file.dataSection)
+            guard computed == checksum else { throw AnchorIndexError.checksumMismatch(file: path, stored: checksum, computed: computed) }
+        }
+        images = try Self.matrix("image_anchors", in: file, count: count)
+        texts = try Self.matrix("text_anchors", in: file, count: count)
+        let lines = String(decoding: try file.bytes("captions"), as: UTF8.self).split(separator: "\n").filter { !$0.allSatisfy(\.isWhitespace) }
+        captions = try lines.map { line in
+            guard let caption = try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [.fragmentsAllowed]) as? String else {
+                throw AnchorIndexError.notAnIndex(file: path, detail: "a caption line is not a JSON string")
+            }
+            return caption
+        }
+        guard captions.count == count else { throw AnchorIndexError.notAnIndex(file: path, detail: "\(captions.count) captions for \(count) anchors") }
+    }
+
+    private static func matrix(_ name: String, in file: SafetensorsFile, count: Int) throws -> AnchorMatrix {
+        guard let info = file.tensors[name] else { throw AnchorIndexError.notAnIndex(file: file.path, detail: "no '\(name)' tensor") }
+        guard info.shape.count == 2, info.shape[0] == count, info.shape[1] > 0, info.dtype == .f32 || info.dtype == .f16 else {
+            throw AnchorIndexError.notAnIndex(file: file.path, detail: "'\(name)' is \(info.dtype.rawValue) \(info.shape), expected F32 or F16 [\(count), dimension]")
+        }
+        let bytes = try file.bytes(name)
+        return AnchorMatrix(count: count, dimension: info.shape[1], dtype: info.dtype, base: bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!, owner: file)
+    }
+
+    /// Writes an index atomically. `images` [N, Di] and `texts` [N, Dt] are L2-normalised here.
+    public static func write(images: Tensor, texts: Tensor, captions: [String], imageEncoder: String, textEncoder: String,
+                             dtype: TensorDType = .f32, to path: String) throws {
+        precondition(images.rank == 2 && texts.rank == 2 && images.shape[0] == texts.shape[0] && captions.count == images.shape[0],
+                     "anchors: images \(images.shape), texts \(texts.shape), \(captions.count) captions")
+        var (unitImages, unitTexts) = (images, texts)
+        l2NormalizeRows(&unitImages)
+        l2NormalizeRows(&unitTexts)
+        var captionBytes = Data(try captions.map { caption in
+            String(decoding: try JSONSerialization.data(withJSONObject: caption, options: [.fragmentsAllowed]), as: UTF8.self) + "\n"
+        }.joined().utf8)
+        // Padding keeps the matrices after it 8-byte aligned, so F32 rows are used in place.
+        while captionBytes.count % 8 != 0 { captionBytes.append(0x20) }
+        let entries = ["captions": SafetensorsEntry(dtype: .u8, shape: [captionBytes.count], bytes: captionBytes),
+                       "image_anchors": SafetensorsEntry(unitImages, as: dtype), "text_anchors": SafetensorsEntry(unitTexts, as: dtype)]
+        // The checksum covers the data section in the writer's order (sorted names).
+        var data = Data()
+        for name in entries.keys.sorted() { data.append(entries[name]!.bytes) }
+        let checksum = data.withUnsafeBytes { crc32Hex($0) }
+        try writeSafetensors(entries: entries, metadata: ["format": format, "version": version, "image_encoder": imageEncoder,
+                                                          "text_encoder": textEncoder, "count": "\(captions.count)", "crc32": checksum], to: path)
+    }
+
+    /// Concatenates indexes built with the same encoders (e.g. shards) into one.
+    public static func merge(_ paths: [String], dtype: TensorDType = .f32, to output: String) throws {
+        let parts = try paths.map { try AnchorIndex(path: $0) }
+        guard let first = parts.first else { throw AnchorIndexError.incompatible(files: paths, detail: "nothing to merge") }
+        for part in parts where part.imageEncoder != first.imageEncoder || part.textEncoder != first.textEncoder
+            || part.images.dimension != first.images.dimension || part.texts.dimension != first.texts.dimension {
+            throw AnchorIndexError.incompatible(files: [first.path, part.path], detail: "different encoders or dimensions")
+        }
+        let images = concatenate(parts.map { $0.images.tensor() }, axis: 0), texts = concatenate(parts.map { $0.texts.tensor() }, axis: 0)
+        try write(images: images, texts: texts, captions: parts.flatMap(\.captions), imageEncoder: first.imageEncoder,
+                  textEncoder: first.textEncoder, dtype: dtype, to: output)
+    }
+
+    /// Checks that queries come from the encoders the index was built with.
+    public func requireEncoders(image: String?, text: String?) throws {
+        if let image, image != imageEncoder { throw AnchorIndexError.encoderMismatch(file: path, modality: "image", index: imageEncoder, given: image) }
+        if let text, text != textEncoder { throw AnchorIndexError.encoderMismatch(file: path, modality: "text", index: textEncoder, given: text) }
+    }
+}
+
+extension AnchorMatrix {
+    /// A Float32 copy [count, dimension].
+    func tensor() -> Tensor {
+        withRows(0..<count) { Tensor(shape: [count, dimension], scalars: Array(UnsafeBufferPointer(start: $0, count: count * dimension))) }
+    }
+}
+
+/// CRC-32 (zlib's) of a byte range, as 8 hex digits.
+func crc32Hex(_ bytes: UnsafeRawBufferPointer) -> String {
+    var crc = crc32(0, nil, 0)
+    var offset = 0
+    while offset < bytes.count {
+        let length = min(1 << 30, bytes.count - offset)
+        crc = crc32(crc, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset, uInt(length))
+        offset += length
+    }
+    let hex = String(crc, radix: 16)
+    return String(repeating: "0", count: 8 - hex.count) + hex
+}
+
+extension AnchorIndex {
+    /// ASIF similarities [images, texts] of unit-length image and text embeddings from the index's encoders.
+    public func scores(images: Tensor, texts: Tensor, settings: ASIFSettings) -> Tensor {
+        relativeScores(relativeRepresentations(images, anchors: self.images, settings: settings),
+                       relativeRepresentations(texts, anchors: self.texts, settings: settings), anchorCount: count)
+    }
+
+    /// Zero-shot scores [images, labels]: each label in every template ("{}" marks the label),
+    /// scores averaged over the templates.
+    public func classify(images: Tensor, labels: [String], templates: [String], text: TextEmbedder, settings: ASIFSettings) throws -> Tensor {
+        let prompts = labels.flatMap { label in templates.map { $0.replacingOccurrences(of: "{}", with: label) } }
+        let all = scores(images: images, texts: try text.embed(prompts), settings: settings)   // [images, labels * templates]
+        var out = Tensor(zeros: [images.shape[0], labels.count])
+        out.withUnsafeMutableBufferPointer { averaged in
+            all.withUnsafeBufferPointer { source in
+                for row in 0..<images.shape[0] {
+                    for column in 0..<labels.count * templates.count {
+                        averaged[row * labels.count + column / templates.count] += source[row * prompts.count + column] / Float(templates.count)
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
