@@ -59,7 +59,7 @@ public indirect enum NodeArgument: Sendable {
 public struct ComponentSpec: Sendable {
     public let kind: String
     public var model: String
-    public let options: [String: Value]
+    public var options: [String: Value]
 }
 
 public struct NodeSpec: Sendable {

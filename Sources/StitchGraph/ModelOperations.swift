@@ -12,9 +12,71 @@ extension OperationRegistry {
         let registry = OperationRegistry()
         registry.register(modelKind("clip", files: CLIP.files) { try CLIP(folder: $0) })
         registry.register(modelKind("gpt2", files: GPT2.files) { try GPT2(folder: $0) })
-        for operation in clipOperations + languageModelOperations { registry.register(operation) }
+        registry.register(asifKind)
+        for operation in clipOperations + languageModelOperations + asifOperations { registry.register(operation) }
         return registry
     }
+
+    /// An ASIF anchor index (`model`: the index file) with the encoders it was built with
+    /// (options `image_encoder`, `text_encoder`: folders or hub ids).
+    static let asifKind = ComponentKind("asif", load: { spec in
+        guard let image = spec.options["image_encoder"]?.string, let text = spec.options["text_encoder"]?.string else {
+            throw GraphError.badInput("an asif component needs image_encoder and text_encoder options")
+        }
+        let locator = ModelLocator.fromEnvironment()
+        let component = ASIFComponent(index: try AnchorIndex(path: spec.model), image: try locator.imageEmbedder(image), text: try locator.textEmbedder(text))
+        try component.index.requireEncoders(image: component.image.identity, text: component.text.identity)
+        return component
+    }, identity: { spec in
+        let attributes = (try? FileManager.default.attributesOfItem(atPath: spec.model)) ?? [:]
+        let stamp = "\((attributes[.size] as? NSNumber)?.intValue ?? 0):\((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
+        return "asif:\(URL(fileURLWithPath: spec.model).standardizedFileURL.path):\(stamp):\(Value.object(spec.options).canonicalJSON)"
+    })
+
+    static let asifOperations: [Operation] = [
+        Operation("asif_classify", "ASIF zero-shot classification: the best label and every label's score.",
+                  arguments: [.component("asif", kind: "asif"), .value("image", .image), .value("labels", .texts),
+                              .value("templates", .texts, default: .array([.string("a photo of a {}.")])),
+                              .value("k", .number, default: .number(800)), .value("p", .number, default: .number(8))],
+                  output: .record(["label": .text, "scores": .json])) { input in
+            let asif = try input.component("asif", as: ASIFComponent.self)
+            let labels = try input.texts("labels")
+            let settings = ASIFSettings(k: try input.integer("k"), p: Float(try input.number("p")))
+            let scores = try asif.index.classify(images: asif.image.embed([RGBImage(contentsOf: input.text("image"))]), labels: labels,
+                                                 templates: input.texts("templates"), text: asif.text, settings: settings).scalars
+            let best = rankings(Tensor(shape: [1, scores.count], scalars: scores))[0].first ?? 0
+            return .object(["label": .string(labels[best]),
+                            "scores": .object(Dictionary(zip(labels, scores.map { .number(Double($0)) }), uniquingKeysWith: { a, _ in a }))])
+        },
+        Operation("asif_retrieve", "ASIF image-to-text retrieval from `texts` (default: the anchor captions, i.e. captioning by retrieval), best first.",
+                  arguments: [.component("asif", kind: "asif"), .value("image", .image), .value("texts", .texts, default: .array([])),
+                              .value("top", .number, default: .number(5)), .value("k", .number, default: .number(800)), .value("p", .number, default: .number(8))],
+                  output: .record(["texts": .texts, "scores": .json])) { input in
+            let asif = try input.component("asif", as: ASIFComponent.self)
+            let given = try input.texts("texts")
+            let pool = given.isEmpty ? asif.index.captions : given
+            let settings = ASIFSettings(k: try input.integer("k"), p: Float(try input.number("p")))
+            let scores = asif.index.scores(images: try asif.image.embed([RGBImage(contentsOf: input.text("image"))]), texts: try asif.text.embed(pool), settings: settings)
+            let ranked = Array(rankings(scores)[0].prefix(max(0, try input.integer("top"))))
+            return .object(["texts": .array(ranked.map { .string(pool[$0]) }), "scores": .array(ranked.map { .number(Double(scores[0, $0])) })])
+        },
+    ]
+}
+
+/// An anchor index with its two encoders, as graphs hold it.
+final class ASIFComponent: @unchecked Sendable {
+    let index: AnchorIndex
+    let image: ImageEmbedder
+    let text: TextEmbedder
+
+    init(index: AnchorIndex, image: ImageEmbedder, text: TextEmbedder) {
+        self.index = index
+        self.image = image
+        self.text = text
+    }
+}
+
+extension OperationRegistry {
 
     /// A component kind loaded from a model folder or hub id (through the Hugging Face cache),
     /// identified by its folder and its weights' size and modification date.

@@ -80,7 +80,8 @@ public struct AnchorIndexBuilder {
         self.text = text
     }
 
-    public func build(anchors: String, output: String, progress: (Int, Int) -> Void = { _, _ in }) throws {
+    /// `progress` gets (anchors done, anchors in this shard) after every batch; throwing from it stops the build resumably.
+    public func build(anchors: String, output: String, progress: (Int, Int) throws -> Void = { _, _ in }) throws {
         guard let data = FileManager.default.contents(atPath: anchors) else { throw AnchorIndexError.notAnIndex(file: anchors, detail: "cannot read the anchors file") }
         let folder = URL(fileURLWithPath: anchors).deletingLastPathComponent()
         var pairs: [(image: String, caption: String)] = []
@@ -93,13 +94,13 @@ public struct AnchorIndexBuilder {
             pairs.append((path.hasPrefix("/") ? path : folder.appendingPathComponent(path).path, caption))
         }
         let partial = try PartialAnchors(folder: URL(fileURLWithPath: output + ".partial"), identity: "\(image.identity)|\(text.identity)|\(anchors)|\(shard)")
-        progress(partial.done, pairs.count)
+        try progress(partial.done, pairs.count)
         for start in stride(from: partial.done, to: pairs.count, by: batchSize) {
             let batch = pairs[start..<min(start + batchSize, pairs.count)]
             let images = try image.embed(batch.map { try RGBImage(contentsOf: $0.image) })
             let texts = try text.embed(batch.map(\.caption))
             try partial.append(images: images, texts: texts, captions: batch.map(\.caption))
-            progress(partial.done, pairs.count)
+            try progress(partial.done, pairs.count)
         }
         let (images, texts) = try partial.matrices()
         try AnchorIndex.write(images: images, texts: texts, captions: pairs.map(\.caption), imageEncoder: image.identity,

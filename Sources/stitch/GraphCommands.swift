@@ -32,7 +32,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("input"), help: "name=value for a graph input (repeatable).")
     var inputs: [String] = []
 
-    @Option(name: .customLong("component"), help: "name=model to point a component at another folder or hub id (repeatable).")
+    @Option(name: .customLong("component"), help: "name=model to point a component at another folder or hub id, or name.option=value (repeatable).")
     var components: [String] = []
 
     @Option(name: .customLong("inputs"), help: "A JSONL file with one object of inputs per line (batch mode).")
@@ -59,9 +59,10 @@ struct Run: ParsableCommand {
     func run() throws {
         var loaded = try Graph.load(graph, registry: .standard())
         for assignment in components {
-            let (name, model) = try split(assignment, "--component")
-            guard loaded.components[name] != nil else { throw ValidationError("the graph has no component '\(name)'") }
-            loaded.components[name]!.model = model
+            let (target, value) = try split(assignment, "--component")
+            let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
+            guard let name = parts.first, loaded.components[name] != nil else { throw ValidationError("the graph has no component '\(target)'") }
+            if parts.count == 2 { loaded.components[name]!.options[parts[1]] = .string(value) } else { loaded.components[name]!.model = value }
         }
         let runner = GraphRunner(graph: loaded, registry: .standard(), cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
         if let items {

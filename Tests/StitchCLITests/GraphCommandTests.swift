@@ -126,3 +126,49 @@ final class GraphCommandTests: XCTestCase {
         XCTAssert(leftovers.allSatisfy { $0.hasSuffix(".json") }, "partial cache files: \(leftovers.filter { !$0.hasSuffix(".json") })")
     }
 }
+
+/// `stitch asif` commands and Examples/asif_classify.yaml on the real encoders in ../shared.
+final class ASIFCommandTests: XCTestCase {
+    func testBuildClassifyRetrieveEvaluateAndExampleGraph() throws {
+        guard let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0"), let minilm = Fixtures.sharedPath("models/all-MiniLM-L6-v2"),
+              let zebra = Fixtures.sharedPath("images/zebra.jpg"), let street = Fixtures.sharedPath("images/dog_bicycle_truck.jpg") else {
+            throw XCTSkip("needs the real encoders and photos in ../shared")
+        }
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let anchors = folder.appendingPathComponent("anchors.jsonl").path
+        try """
+        {"image": "\(zebra.path)", "caption": "a zebra standing in the grass"}
+        {"image": "\(street.path)", "caption": "a dog next to a bicycle and a truck"}
+        """.write(toFile: anchors, atomically: true, encoding: .utf8)
+        let index = folder.appendingPathComponent("anchors.asif").path
+        let encoders = ["--image-encoder", efficientnet.path, "--text-encoder", minilm.path]
+        let built = try StitchCLI.run(["asif", "build", anchors, "-o", index, "--dtype", "f16"] + encoders)
+        XCTAssertEqual(built.status, 0, built.errors)
+        XCTAssert(built.output.contains("2 anchors"), built.output)
+
+        let classified = try StitchCLI.run(["asif", "classify", "--index", index, "--labels", "zebra,dog", "--k", "2", zebra.path] + encoders)
+        XCTAssertEqual(classified.status, 0, classified.errors)
+        XCTAssert(classified.output.hasPrefix("\(zebra.path)\tzebra\t"), classified.output)
+        let retrieved = try StitchCLI.run(["asif", "retrieve", "--index", index, "--image", street.path, "--k", "2", "--top", "1"] + encoders)
+        XCTAssertEqual(retrieved.output, "\(street.path)\ta dog next to a bicycle and a truck\t" + retrieved.output.split(separator: "\t").last!)
+        let evaluated = try StitchCLI.run(["asif", "eval", "--index", index, "--k", "2", anchors] + encoders)
+        let report = try JSONSerialization.jsonObject(with: Data(evaluated.output.utf8)) as! [String: Any]
+        XCTAssertEqual(report["image_to_text_recall@1"] as? Double, 1, evaluated.output)
+        XCTAssertEqual(report["text_to_image_recall@1"] as? Double, 1, evaluated.output)
+
+        // The wrong encoder for the index is a clear error.
+        let wrong = try StitchCLI.run(["asif", "classify", "--index", index, "--labels", "zebra", "--image-encoder", efficientnet.path,
+                                       "--text-encoder", efficientnet.path, zebra.path])
+        XCTAssertNotEqual(wrong.status, 0)
+
+        let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/asif_classify.yaml").path
+        let ran = try StitchCLI.run(["run", example, "--component", "asif=\(index)", "--component", "asif.image_encoder=\(efficientnet.path)",
+                                     "--component", "asif.text_encoder=\(minilm.path)", "--input", "image=\(zebra.path)", "--input", "labels=zebra,truck",
+                                     "--json", "--no-cache"])
+        XCTAssertEqual(ran.status, 0, ran.errors)
+        let outputs = try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as! [String: Any]
+        XCTAssertEqual(outputs["label"] as? String, "zebra")
+        XCTAssertEqual((outputs["caption"] as? [String])?.first, "a zebra standing in the grass")
+    }
+}

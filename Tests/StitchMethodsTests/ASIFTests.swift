@@ -156,3 +156,68 @@ final class AnchorIndexFileTests: XCTestCase {
         XCTAssertThrowsError(try AnchorIndex.merge([path, foreign], to: merged)) { XCTAssert("\($0)".contains("different encoders")) }
     }
 }
+
+/// Building with stand-in encoders (deterministic, no weights): resume after an interruption,
+/// and shards that merge into the unsharded index.
+final class AnchorBuilderTests: XCTestCase {
+    struct Interrupted: Error {}
+
+    func encoders() -> (ImageEmbedder, TextEmbedder) {
+        let image = ImageEmbedder(identity: "mean-colour") { images in
+            var rows = Tensor(shape: [images.count, 3], scalars: images.flatMap { image in
+                (0..<3).map { c in Float(stride(from: c, to: image.pixels.count, by: 3).reduce(0) { $0 + Int(image.pixels[$1]) }) + 1 }
+            })
+            l2NormalizeRows(&rows)
+            return rows
+        }
+        let text = TextEmbedder(identity: "length-and-vowels") { texts in
+            var rows = Tensor(shape: [texts.count, 2], scalars: texts.flatMap { [Float($0.count), Float($0.filter { "aeiou".contains($0) }.count) + 1] })
+            l2NormalizeRows(&rows)
+            return rows
+        }
+        return (image, text)
+    }
+
+    func testResumeAndShards() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var lines: [String] = []
+        for number in 0..<10 {
+            let value = UInt8(number * 25)
+            try RGBImage(width: 8, height: 8, pixels: (0..<192).map { UInt8(($0 % 3) * 40) &+ value }).writeJPEG(to: folder.appendingPathComponent("i\(number).jpg").path)
+            lines.append(#"{"image": "i\#(number).jpg", "caption": "caption number \#(number)"}"#)
+        }
+        let anchors = folder.appendingPathComponent("anchors.jsonl").path
+        try lines.joined(separator: "\n").write(toFile: anchors, atomically: true, encoding: .utf8)
+        let (image, text) = encoders()
+        var builder = AnchorIndexBuilder(image: image, text: text)
+        builder.batchSize = 3
+        let whole = folder.appendingPathComponent("whole.asif").path
+        try builder.build(anchors: anchors, output: whole)
+
+        // Interrupted after two batches, then resumed: the same index, and no partial folder left.
+        let resumed = folder.appendingPathComponent("resumed.asif").path
+        XCTAssertThrowsError(try builder.build(anchors: anchors, output: resumed) { done, _ in if done >= 6 { throw Interrupted() } })
+        XCTAssert(FileManager.default.fileExists(atPath: resumed + ".partial"))
+        var starts: [Int] = []
+        try builder.build(anchors: anchors, output: resumed) { done, _ in starts.append(done) }
+        XCTAssertEqual(starts.first, 6, "resumed after the two finished batches")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + ".partial"))
+        let (a, b) = (try AnchorIndex(path: whole), try AnchorIndex(path: resumed))
+        XCTAssertEqual(a.captions, b.captions)
+        XCTAssertEqual(a.images.tensor().scalars, b.images.tensor().scalars)
+
+        // Three shards merged hold the same anchors.
+        var parts: [String] = []
+        for shard in 0..<3 {
+            builder.shard = (shard, 3)
+            parts.append(folder.appendingPathComponent("part\(shard).asif").path)
+            try builder.build(anchors: anchors, output: parts.last!)
+        }
+        let merged = folder.appendingPathComponent("merged.asif").path
+        try AnchorIndex.merge(parts, to: merged)
+        let m = try AnchorIndex(path: merged)
+        XCTAssertEqual(Set(m.captions), Set(a.captions))
+        XCTAssertEqual(m.count, 10)
+    }
+}
