@@ -48,16 +48,16 @@ public struct AnchorMatrix: @unchecked Sendable {
         self.owner = owner
     }
 
-    /// Calls `body` with rows `range` as F32 [range.count, dimension]: in place for F32, through a
-    /// block-sized conversion buffer for F16, so memory stays near the file's size.
-    func withRows<R>(_ range: Range<Int>, _ body: (UnsafePointer<Float>) -> R) -> R {
-        if dtype == .f32 { return body(base.assumingMemoryBound(to: Float.self) + range.lowerBound * dimension) }
-        let count = range.count * dimension
-        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
-        defer { buffer.deallocate() }
-        let source = base + range.lowerBound * dimension * 2
-        for i in 0..<count { buffer[i] = Float(Float16(bitPattern: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
-        return body(buffer)
+    /// Rows `range` as F32 [range.count, dimension]: in place for F32; for F16 widened into
+    /// `scratch` (at least range.count * dimension floats), so memory stays near the file's size.
+    func rows(_ range: Range<Int>, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        if dtype == .f32 { return base.assumingMemoryBound(to: Float.self) + range.lowerBound * dimension }
+        let (source, count) = (base + range.lowerBound * dimension * 2, range.count * dimension)
+        // Widened in parallel slices: the conversion is a pass over memory like the product after it.
+        Parallel.forChunks(count) { slice in
+            widenHalfFloats(source + 2 * slice.lowerBound, count: slice.count, into: scratch + slice.lowerBound)
+        }
+        return UnsafePointer(scratch)
     }
 }
 
@@ -74,39 +74,30 @@ final class AnchorStorage: @unchecked Sendable {
 /// per block of anchors for the whole batch, keeping each query's k best similarities as it goes
 /// (ties broken by the lower anchor index, as a stable sort would).
 public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, settings: ASIFSettings,
-                                    blockSize: Int = 8192) -> [RelativeRepresentation] {
+                                    blockSize: Int? = nil) -> [RelativeRepresentation] {
     precondition(queries.rank == 2 && queries.shape[1] == anchors.dimension, "queries \(queries.shape) for anchors of dimension \(anchors.dimension)")
     let (q, n, d) = (queries.shape[0], anchors.count, anchors.dimension)
     let k = max(1, min(settings.k, n))
-    let best = (0..<q).map { _ in KeptSimilarities() }   // one per query, each touched by its own row only
-    let block = min(blockSize, max(n, 1))
+    let best = (0..<q).map { _ in KeptSimilarities(capacity: 2 * k) }   // one per query, each touched by its own row only
+    // Blocks of about 4 MB of F32 rows stay in cache from widening to the product.
+    let block = min(blockSize ?? max(256, (1 << 20) / max(d, 1)), max(n, 1))
     let similarities = UnsafeMutablePointer<Float>.allocate(capacity: q * block)
-    defer { similarities.deallocate() }
+    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: anchors.dtype == .f32 ? 1 : block * d)
+    defer {
+        similarities.deallocate()
+        scratch.deallocate()
+    }
     queries.withUnsafeBufferPointer { query in
         for start in stride(from: 0, to: n, by: block) {
             let rows = min(block, n - start)
-            anchors.withRows(start..<start + rows) { anchorRows in
-                // similarities [q, rows] = queries [q, d] · anchorsᵀ [d, rows]
-                BLAS.gemm(transposeA: false, transposeB: true, m: q, n: rows, k: d,
-                          a: query.baseAddress!, lda: d, b: anchorRows, ldb: d, c: similarities, ldc: rows)
-            }
-            Parallel.forEach(q) { row in
-                let values = similarities + row * rows
-                var kept = best[row].entries
-                var threshold = kept.count >= k ? kept[k - 1].value : -Float.infinity
-                for j in 0..<rows where values[j] > threshold || (kept.count < k && values[j] == threshold) {
-                    kept.append((values[j], Int32(start + j)))
-                    if kept.count >= 2 * k {
-                        kept = Array(kept.sorted(by: ranksBefore).prefix(k))
-                        threshold = kept[k - 1].value
-                    }
-                }
-                best[row].entries = Array(kept.sorted(by: ranksBefore).prefix(k))
-            }
+            // similarities [q, rows] = queries [q, d] · anchorsᵀ [d, rows]
+            BLAS.gemm(transposeA: false, transposeB: true, m: q, n: rows, k: d, a: query.baseAddress!, lda: d,
+                      b: anchors.rows(start..<start + rows, scratch: scratch), ldb: d, c: similarities, ldc: rows)
+            Parallel.forEach(q) { row in best[row].offer(similarities + row * rows, count: rows, firstIndex: start, keep: k) }
         }
     }
     return best.map { kept in
-        let order = kept.entries.sorted { $0.index < $1.index }
+        let order = kept.best(k).sorted { $0.index < $1.index }
         var values = order.map { powf($0.value, settings.p) }
         let norm = values.reduce(0) { $0 + $1 * $1 }.squareRoot()
         if norm > 0 { values = values.map { $0 / norm } }
@@ -114,8 +105,32 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
     }
 }
 
+/// One query's best similarities so far: values above the running threshold are collected, and
+/// the list is cut back to the k best whenever it reaches twice that.
 final class KeptSimilarities: @unchecked Sendable {
-    var entries: [(value: Float, index: Int32)] = []
+    private var entries: [(value: Float, index: Int32)]
+    private var threshold = -Float.infinity
+
+    init(capacity: Int) { entries = []; entries.reserveCapacity(capacity + 1) }
+
+    func offer(_ values: UnsafePointer<Float>, count: Int, firstIndex: Int, keep k: Int) {
+        for j in 0..<count where values[j] > threshold || (entries.count < k && values[j] == threshold) {
+            entries.append((values[j], Int32(firstIndex + j)))
+            if entries.count >= 2 * k { prune(k) }
+        }
+    }
+
+    /// Keeps the k best; later offers must beat the k-th (an equal value loses to the lower index kept).
+    private func prune(_ k: Int) {
+        entries.sort(by: ranksBefore)
+        entries.removeLast(entries.count - k)
+        threshold = entries[k - 1].value
+    }
+
+    func best(_ k: Int) -> [(value: Float, index: Int32)] {
+        if entries.count > k { prune(k) } else { entries.sort(by: ranksBefore) }
+        return entries
+    }
 }
 
 /// Larger similarity first; equal ones by lower anchor index.

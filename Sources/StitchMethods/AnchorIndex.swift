@@ -123,7 +123,9 @@ public final class AnchorIndex: @unchecked Sendable {
 extension AnchorMatrix {
     /// A Float32 copy [count, dimension].
     func tensor() -> Tensor {
-        withRows(0..<count) { Tensor(shape: [count, dimension], scalars: Array(UnsafeBufferPointer(start: $0, count: count * dimension))) }
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, count * dimension))
+        defer { scratch.deallocate() }
+        return Tensor(shape: [count, dimension], scalars: Array(UnsafeBufferPointer(start: rows(0..<count, scratch: scratch), count: count * dimension)))
     }
 }
 

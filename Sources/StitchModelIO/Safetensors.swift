@@ -185,9 +185,7 @@ public final class SafetensorsFile: @unchecked Sendable {
             return out
         case .f16:
             var out = Tensor(uninitialized: info.shape)
-            out.withUnsafeMutableBufferPointer { dst in
-                for i in 0..<count { dst[i] = Float(Float16(bitPattern: UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
-            }
+            out.withUnsafeMutableBufferPointer { widenHalfFloats(source, count: count, into: $0.baseAddress!) }
             return out
         case .bf16:
             var out = Tensor(uninitialized: info.shape)

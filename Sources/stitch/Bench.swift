@@ -90,7 +90,10 @@ struct Bench: ParsableCommand {
                 print(label + "skipped: \(gpt2) has no tokenizer files (--tokenizers names the folder to copy them from)")
                 continue
             }
-            let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)"]
+            if row.anchorCount != nil, let throughput = try ASIFBenchData.prepare(row, in: workDir) {
+                print(label + String(format: "(index written once: %.0f anchors/s)", throughput))
+            }
+            let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir]
             let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")
             let python = referenceProblem == nil ? try? Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference") : nil
             var line = label + stitch.note.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.2f", stitch.seconds * 1000)
@@ -101,7 +104,7 @@ struct Bench: ParsableCommand {
             }
             print(line)
             if let mine = stitch.output, let theirs = python?.output {
-                print(String(repeating: " ", count: 16) + (mine == theirs ? "same \(mine.count) tokens on both sides" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
+                print(String(repeating: " ", count: 16) + (mine == theirs ? "same output on both sides (\(mine.count) values)" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
             }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }

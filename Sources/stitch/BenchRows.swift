@@ -8,6 +8,16 @@ import StitchTensor
 enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case clipImage1 = "clip-image-1", clipImage16 = "clip-image-16", clipText = "clip-text"
     case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
+    case asif10k = "asif-10k", asif100k = "asif-100k"
+
+    /// Anchors in an ASIF row's random index.
+    var anchorCount: Int? {
+        switch self {
+        case .asif10k: return 10_000
+        case .asif100k: return 100_000
+        default: return nil
+        }
+    }
 
     /// The folder options (without dashes) the row needs.
     var neededFolders: [String] {
@@ -17,6 +27,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .magic: return ["clip", "gpt2"]
         case .minilm: return ["minilm"]
         case .efficientnet: return ["efficientnet"]
+        case .asif10k, .asif100k: return []
         }
     }
 
@@ -35,6 +46,7 @@ struct BenchRowWorker: ParsableCommand {
     @Option var efficientnet: String?
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
+    @Option var workDir: String?
 
     func folder(_ path: String?) throws -> URL {
         guard let path else { throw ValidationError("--\(row.neededFolders.joined(separator: " --")) required for \(row.rawValue)") }
@@ -52,25 +64,25 @@ struct BenchRowWorker: ParsableCommand {
 
     func run() throws {
         BLAS.configureThreads(threads)
-        let (time, note): (Double, String)
+        var (measured, note): (Double, String) = (0, "")
         var output: [Int]?
         switch row {
         case .clipImage1, .clipImage16:
             let clip = try CLIP(folder: folder(clip))
             let batch = row == .clipImage1 ? 1 : 16
             let pixels = Tensor(shape: [batch, 3, 224, 224], scalars: noise(batch * 3 * 224 * 224))
-            (time, note) = (try bestTime(seconds: seconds) { _ = try clip.imageFeatures(pixels) }, "batch \(batch)")
+            (measured, note) = (try bestTime(seconds: seconds) { _ = try clip.imageFeatures(pixels) }, "batch \(batch)")
         case .clipText:
             let clip = try CLIP(folder: folder(clip))
             let ids = noise(45 * 14).map { 1 + Int(($0 + 1) * 24_700) }
             let tokens = (0..<45).map { [49406] + ids[$0 * 14..<($0 + 1) * 14] + [49407] }
-            (time, note) = (try bestTime(seconds: seconds) { _ = try clip.textFeatures(tokens) }, "45 texts x 16 tokens")
+            (measured, note) = (try bestTime(seconds: seconds) { _ = try clip.textFeatures(tokens) }, "45 texts x 16 tokens")
         case .gpt2Greedy:
             let gpt2 = try GPT2(folder: folder(gpt2))
             let prompt = [50256, 32, 4590, 286, 257]
             // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
             let total = try bestTime(seconds: seconds) { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
-            (time, note) = (total / 64, "per token, 64 new tokens")
+            (measured, note) = (total / 64, "per token, 64 new tokens")
         case .magic:
             // One caption from the image: CLIP image features, then 16 MAGiC steps (the reference's defaults).
             let captioner = MagicCaptioner(lm: try GPT2(folder: folder(gpt2)), clip: try CLIP(folder: folder(clip)))
@@ -81,17 +93,26 @@ struct BenchRowWorker: ParsableCommand {
                 tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: ContrastiveSettings(k: 45, alpha: 0.1, beta: 2.0),
                                                 stop: StopConditions(maxTokens: 16, atEndToken: false))
             }
-            (time, note, output) = (seconds, "per caption, 16 tokens, k=45", tokens)
+            (measured, note, output) = (seconds, "per caption, 16 tokens, k=45", tokens)
+        case .asif10k, .asif100k:
+            guard let workDir else { throw ValidationError("--work-dir is required for \(row.rawValue)") }
+            let index = try AnchorIndex(path: ASIFBenchData.path(for: row, in: workDir), verify: false)
+            let (images, texts) = ASIFBenchData.queries()
+            var best: [Int] = []
+            let time = try bestTime(seconds: seconds) {
+                best = rankings(index.scores(images: images, texts: texts, settings: ASIFSettings(k: 800, p: 8))).map { $0[0] }
+            }
+            (measured, note, output) = (time, "16 images x 100 texts, k=800", best)
         case .minilm:
             let encoder = try SentenceEncoder(folder: folder(minilm))
             let sentences = (0..<32).map { "a photo of \($0) zebras standing next to a red truck on a sunny street" }
-            (time, note) = (try bestTime(seconds: seconds) { _ = try encoder.encode(sentences) }, "batch 32")
+            (measured, note) = (try bestTime(seconds: seconds) { _ = try encoder.encode(sentences) }, "batch 32")
         case .efficientnet:
             let network = try EfficientNetLite(folder: folder(efficientnet))
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))
-            (time, note) = (try bestTime(seconds: seconds) { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
+            (measured, note) = (try bestTime(seconds: seconds) { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
         }
-        var result: [String: Any] = ["seconds": time, "peak_mb": peakResidentMB(), "note": note]
+        var result: [String: Any] = ["seconds": measured, "peak_mb": peakResidentMB(), "note": note]
         result["output"] = output
         print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
     }
@@ -104,4 +125,45 @@ func peakResidentMB() -> Double {
     guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
           let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return .nan }
     return kilobytes / 1024
+}
+
+/// The random anchor indexes and queries of the ASIF rows: EfficientNet-Lite0 (1280-d) image and
+/// MiniLM (384-d) text embeddings, F16 on disk, written once into the bench's work folder.
+enum ASIFBenchData {
+    static let (imageDimension, textDimension) = (1280, 384)
+
+    static func path(for row: BenchRow, in workDir: String) -> String { "\(workDir)/\(row.rawValue).asif" }
+
+    /// Writes the row's index if it is not there yet; returns its build throughput (anchors/s) when it wrote one.
+    static func prepare(_ row: BenchRow, in workDir: String) throws -> Double? {
+        let path = path(for: row, in: workDir)
+        guard let count = row.anchorCount, !FileManager.default.fileExists(atPath: path) else { return nil }
+        try FileManager.default.createDirectory(atPath: workDir, withIntermediateDirectories: true)
+        var generator = SeededGenerator(seed: UInt64(count))
+        let images = gaussian(count, imageDimension, &generator), texts = gaussian(count, textDimension, &generator)
+        let start = DispatchTime.now().uptimeNanoseconds
+        try AnchorIndex.write(images: images, texts: texts, captions: (0..<count).map { "anchor \($0)" },
+                              imageEncoder: "random:\(imageDimension)", textEncoder: "random:\(textDimension)", dtype: .f16, to: path)
+        return Double(count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+
+    /// 16 image and 100 text queries, the same on both sides (bench_reference.py draws them alike).
+    static func queries() -> (Tensor, Tensor) {
+        var generator = SeededGenerator(seed: 7)
+        var (images, texts) = (gaussian(16, imageDimension, &generator), gaussian(100, textDimension, &generator))
+        l2NormalizeRows(&images)
+        l2NormalizeRows(&texts)
+        return (images, texts)
+    }
+
+    /// Roughly normal values (sum of four uniforms, centred) from a seeded generator.
+    static func gaussian(_ rows: Int, _ columns: Int, _ generator: inout SeededGenerator) -> Tensor {
+        var values = [Float](repeating: 0, count: rows * columns)
+        for i in values.indices {
+            var sum: Float = 0
+            for _ in 0..<4 { sum += Float(generator.next() >> 40) / Float(1 << 24) }
+            values[i] = sum - 2
+        }
+        return Tensor(shape: [rows, columns], scalars: values)
+    }
 }

@@ -28,6 +28,44 @@ def best_time(fn, seconds):
     return best
 
 
+class SplitMix64:
+    """Stitch's SeededGenerator, so both sides draw the same queries."""
+    def __init__(self, seed):
+        self.state = seed
+
+    def next(self):
+        mask = (1 << 64) - 1
+        self.state = (self.state + 0x9E3779B97F4A7C15) & mask
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    def gaussian(self, rows, columns):
+        import numpy as np
+        values = np.zeros(rows * columns, dtype=np.float32)
+        for i in range(rows * columns):
+            total = np.float32(0)
+            for _ in range(4):
+                total = np.float32(total + np.float32((self.next() >> 40) / (1 << 24)))
+            values[i] = total - np.float32(2)
+        return values.reshape(rows, columns)
+
+
+def unit(x):
+    import numpy as np
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def asif_relative(embeddings, anchors, k, p):
+    """Relative representations: the k largest cosine similarities, to the power p, L2-normalised."""
+    import numpy as np
+    similarities = embeddings @ anchors.T
+    kept = np.argpartition(-similarities, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(similarities, kept, axis=1) ** p
+    return kept, values / np.linalg.norm(values, axis=1, keepdims=True)
+
+
 def noise(count):
     """The pseudo-random values in [-1, 1) of Stitch's bench worker, so both sides see the same input."""
     state, values = 0x9E3779B97F4A7C15, []
@@ -93,6 +131,25 @@ def row(name, args):
                 tokens[:] = magic_reference.magic_search(lm, lm_tokenizer, clip, clip_tokenizer, features, [50256],
                                                          k=45, alpha=0.1, beta=2.0, max_tokens=16)
             return best_time(caption, args.seconds), "per caption, 16 tokens, k=45", tokens
+        if name.startswith("asif-"):
+            import numpy as np
+            from safetensors.numpy import load_file
+            # numpy as the ASIF paper's code uses it; the F16 matrices are converted once, untimed.
+            index = load_file(os.path.join(args.work_dir, f"{name}.asif"))
+            anchor_images = index["image_anchors"].astype(np.float32)
+            anchor_texts = index["text_anchors"].astype(np.float32)
+            generator = SplitMix64(7)
+            images, texts = unit(generator.gaussian(16, 1280)), unit(generator.gaussian(100, 384))
+            best = []
+
+            def query():
+                image_idx, image_val = asif_relative(images, anchor_images, 800, 8.0)
+                text_idx, text_val = asif_relative(texts, anchor_texts, 800, 8.0)
+                dense = np.zeros((len(images), len(anchor_images)), dtype=np.float32)
+                np.put_along_axis(dense, image_idx, image_val, axis=1)
+                scores = (dense[:, text_idx] * text_val[None]).sum(-1)          # [images, texts]
+                best[:] = np.argmax(scores, axis=1).tolist()
+            return best_time(query, args.seconds), "16 images x 100 texts, k=800", best
         if name == "minilm":
             from sentence_transformers import SentenceTransformer
             model = SentenceTransformer(args.minilm, device="cpu")
@@ -119,6 +176,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--tokenizers", default=os.path.join("..", "shared", "models", "tokenizers"))
+    parser.add_argument("--work-dir")
     args = parser.parse_args()
     if args.row == "prepare":
         prepare(args.work, args.tokenizers)
