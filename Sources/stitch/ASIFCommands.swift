@@ -123,9 +123,7 @@ struct ASIFClassify: ParsableCommand {
         let (index, imageEncoder, textEncoder) = try options.open(needsImages: true, needsTexts: true)
         let embeddings = try imageEncoder!.embed(images.map { try RGBImage(contentsOf: $0) })
         let scores = try index.classify(images: embeddings, labels: names, templates: template, text: textEncoder!, settings: options.settings)
-        for (row, ranked) in rankings(scores).enumerated() {
-            for column in ranked.prefix(topK) { print("\(images[row])\t\(names[column])\t\(String(format: "%.4f", scores[row, column]))") }
-        }
+        printRanked(scores, queries: images, results: names, top: topK)
     }
 }
 
@@ -164,9 +162,7 @@ struct ASIFRetrieve: ParsableCommand {
             scores = transposed(all, 0, 1)
             queries = text
         }
-        for (row, ranked) in rankings(scores).enumerated() {
-            for column in ranked.prefix(top) { print("\(queries[row])\t\(results[column])\t\(String(format: "%.4f", scores[row, column]))") }
-        }
+        printRanked(scores, queries: queries, results: results, top: top)
     }
 }
 
@@ -215,6 +211,13 @@ struct ASIFEvaluate: ParsableCommand {
     /// The share of rows whose true column is among their first `n` ranked columns.
     func accuracy(_ ranked: [[Int]], _ truth: [Int], within n: Int) -> Double {
         Double(zip(ranked, truth).filter { $0.prefix(n).contains($1) }.count) / Double(max(truth.count, 1))
+    }
+}
+
+/// "query<TAB>result<TAB>score" for each query's `top` best results.
+func printRanked(_ scores: Tensor, queries: [String], results: [String], top: Int) {
+    for (row, ranked) in rankings(scores).enumerated() {
+        for column in ranked.prefix(top) { print("\(queries[row])\t\(results[column])\t\(String(format: "%.4f", scores[row, column]))") }
     }
 }
 
