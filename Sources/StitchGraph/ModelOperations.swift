@@ -56,7 +56,7 @@ extension OperationRegistry {
             let given = try input.texts("texts")
             let pool = given.isEmpty ? asif.index.captions : given
             let settings = ASIFSettings(k: try input.integer("k"), p: Float(try input.number("p")))
-            let scores = asif.index.scores(images: try asif.image.embed([RGBImage(contentsOf: input.text("image"))]), texts: try asif.text.embed(pool), settings: settings)
+            let scores = try asif.index.scores(images: try asif.image.embed([RGBImage(contentsOf: input.text("image"))]), texts: try asif.text.embed(pool), settings: settings)
             let ranked = Array(rankings(scores)[0].prefix(max(0, try input.integer("top"))))
             return .object(["texts": .array(ranked.map { .string(pool[$0]) }), "scores": .array(ranked.map { .number(Double(scores[0, $0])) })])
         },

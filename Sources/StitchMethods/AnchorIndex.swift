@@ -4,6 +4,7 @@ import StitchModelIO
 import StitchTensor
 
 public enum AnchorIndexError: Error, CustomStringConvertible {
+    /// Not an index, or not one these queries fit.
     case notAnIndex(file: String, detail: String)
     case checksumMismatch(file: String, stored: String, computed: String)
     case encoderMismatch(file: String, modality: String, index: String, given: String)
@@ -144,16 +145,19 @@ func crc32Hex(_ bytes: UnsafeRawBufferPointer) -> String {
 
 extension AnchorIndex {
     /// ASIF similarities [images, texts] of unit-length image and text embeddings from the index's encoders.
-    public func scores(images: Tensor, texts: Tensor, settings: ASIFSettings) -> Tensor {
-        relativeScores(relativeRepresentations(images, anchors: self.images, settings: settings),
-                       relativeRepresentations(texts, anchors: self.texts, settings: settings), anchorCount: count)
+    public func scores(images: Tensor, texts: Tensor, settings: ASIFSettings) throws -> Tensor {
+        for (queries, anchors, modality) in [(images, self.images, "image"), (texts, self.texts, "text")] where queries.rank != 2 || queries.shape[1] != anchors.dimension {
+            throw AnchorIndexError.notAnIndex(file: path, detail: "\(modality) queries are \(queries.shape) but its \(modality) anchors are \(anchors.dimension)-d")
+        }
+        return relativeScores(relativeRepresentations(images, anchors: self.images, settings: settings),
+                              relativeRepresentations(texts, anchors: self.texts, settings: settings), anchorCount: count)
     }
 
     /// Zero-shot scores [images, labels]: each label in every template ("{}" marks the label),
     /// scores averaged over the templates.
     public func classify(images: Tensor, labels: [String], templates: [String], text: TextEmbedder, settings: ASIFSettings) throws -> Tensor {
         let prompts = labels.flatMap { label in templates.map { $0.replacingOccurrences(of: "{}", with: label) } }
-        let all = scores(images: images, texts: try text.embed(prompts), settings: settings)   // [images, labels * templates]
+        let all = try scores(images: images, texts: try text.embed(prompts), settings: settings)   // [images, labels * templates]
         var out = Tensor(zeros: [images.shape[0], labels.count])
         out.withUnsafeMutableBufferPointer { averaged in
             all.withUnsafeBufferPointer { source in

@@ -153,12 +153,12 @@ struct ASIFRetrieve: ParsableCommand {
         let scores: Tensor, queries: [String], results: [String]
         if !image.isEmpty {
             results = candidates ?? index.captions
-            scores = index.scores(images: try imageEncoder!.embed(image.map { try RGBImage(contentsOf: $0) }), texts: try textEncoder!.embed(results), settings: options.settings)
+            scores = try index.scores(images: try imageEncoder!.embed(image.map { try RGBImage(contentsOf: $0) }), texts: try textEncoder!.embed(results), settings: options.settings)
             queries = image
         } else {
             guard let candidates else { throw ValidationError("text to image retrieval needs --pool with image paths") }
             results = candidates
-            let all = index.scores(images: try imageEncoder!.embed(candidates.map { try RGBImage(contentsOf: $0) }), texts: try textEncoder!.embed(text), settings: options.settings)
+            let all = try index.scores(images: try imageEncoder!.embed(candidates.map { try RGBImage(contentsOf: $0) }), texts: try textEncoder!.embed(text), settings: options.settings)
             scores = transposed(all, 0, 1)
             queries = text
         }
@@ -198,7 +198,7 @@ struct ASIFEvaluate: ParsableCommand {
             for n in [1, 5] { report["top\(n)"] = accuracy(ranked, truth, within: n) }
         }
         if rows.allSatisfy({ $0["caption"] != nil }) {
-            let scores = index.scores(images: images, texts: try textEncoder!.embed(rows.map { $0["caption"]! }), settings: options.settings)
+            let scores = try index.scores(images: images, texts: try textEncoder!.embed(rows.map { $0["caption"]! }), settings: options.settings)
             let truth = Array(rows.indices)
             for n in [1, 5, 10] {
                 report["image_to_text_recall@\(n)"] = accuracy(rankings(scores), truth, within: n)

@@ -100,7 +100,7 @@ struct BenchRowWorker: ParsableCommand {
             let (images, texts) = ASIFBenchData.queries()
             var best: [Int] = []
             let time = try bestTime(seconds: seconds) {
-                best = rankings(index.scores(images: images, texts: texts, settings: ASIFSettings(k: 800, p: 8))).map { $0[0] }
+                best = rankings(try index.scores(images: images, texts: texts, settings: ASIFSettings(k: 800, p: 8))).map { $0[0] }
             }
             (measured, note, output) = (time, "16 images x 100 texts, k=800", best)
         case .minilm:

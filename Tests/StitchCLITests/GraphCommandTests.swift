@@ -157,6 +157,16 @@ final class ASIFCommandTests: XCTestCase {
         XCTAssertEqual(report["image_to_text_recall@1"] as? Double, 1, evaluated.output)
         XCTAssertEqual(report["text_to_image_recall@1"] as? Double, 1, evaluated.output)
 
+        let labelled = folder.appendingPathComponent("labelled.jsonl").path
+        try """
+        {"image": "\(zebra.path)", "label": "zebra"}
+        {"image": "\(street.path)", "label": "dog"}
+        """.write(toFile: labelled, atomically: true, encoding: .utf8)
+        let accuracy = try StitchCLI.run(["asif", "eval", "--index", index, "--k", "2", labelled] + encoders)
+        let scores = try JSONSerialization.jsonObject(with: Data(accuracy.output.utf8)) as! [String: Any]
+        XCTAssertEqual(scores["top5"] as? Double, 1, accuracy.output)   // two labels: always within the top 5
+        XCTAssertEqual(scores["top1"] as? Double, 1, accuracy.output)
+
         // The wrong encoder for the index is a clear error.
         let wrong = try StitchCLI.run(["asif", "classify", "--index", index, "--labels", "zebra", "--image-encoder", efficientnet.path,
                                        "--text-encoder", efficientnet.path, zebra.path])

@@ -110,7 +110,7 @@ final class ASIFRealWeightTests: XCTestCase {
         let captions = try text.embed(index.captions)
         for (number, (anchorImage, caption)) in anchors.enumerated() {
             let queries = try image.embed(Self.nearDuplicates(anchorImage))
-            for (variant, ranked) in rankings(index.scores(images: queries, texts: captions, settings: settings)).enumerated() {
+            for (variant, ranked) in rankings(try index.scores(images: queries, texts: captions, settings: settings)).enumerated() {
                 XCTAssertEqual(index.captions[ranked[0]], caption, "anchor \(number) variant \(variant)")
             }
         }
@@ -129,6 +129,10 @@ final class AnchorIndexFileTests: XCTestCase {
         XCTAssertEqual(index.captions, ["a", "b \"quoted\"\nline", "c"])
         XCTAssertEqual(index.images.dimension, 4)
         XCTAssertThrowsError(try index.requireEncoders(image: "img:other:1", text: nil)) { XCTAssert("\($0)".contains("img:x:1") && "\($0)".contains(path)) }
+        // Queries of the wrong width are an error, not a crash.
+        XCTAssertThrowsError(try index.scores(images: Tensor(zeros: [1, 5]), texts: texts, settings: ASIFSettings())) {
+            XCTAssert("\($0)".contains("image queries are [1, 5] but its image anchors are 4-d"), "\($0)")
+        }
 
         func expectError(_ bytes: Data, _ message: String) throws {
             let bad = folder.appendingPathComponent("bad.asif").path
