@@ -134,31 +134,25 @@ extension OperationRegistry {
                               .value("top_k", .number, default: .number(0)), .value("top_p", .number, default: .number(1)),
                               .value("seed", .number, default: .number(0))], output: .text) { input in
             let lm = try input.component("lm", as: GPT2.self)
-            guard let tokenizer = lm.tokenizer else { throw GraphError.operationFailed(node: input.node, detail: "the GPT-2 folder has no tokenizer") }
-            let promptText = try input.text("prompt")
-            let prompt = promptText.isEmpty ? [lm.endTokenID] : tokenizer.encode(promptText)
             let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
-            let tokens: [Int]
+            let strategy: DecodingStrategy
             switch try input.text("strategy") {
-            case "greedy": tokens = try greedyDecode(lm, prompt: prompt, stop: stop)
+            case "greedy": strategy = .greedy
             case "sample":
-                let settings = SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
-                                                topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed"))))
-                tokens = try sampleDecode(lm, prompt: prompt, settings: settings, stop: stop)
-            case "beam": tokens = try beamSearch(lm, prompt: prompt, settings: BeamSettings(beams: try input.integer("beams")), maxTokens: stop.maxTokens)
-            case "contrastive":
-                tokens = try contrastiveSearch(lm, prompt: prompt, settings: ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: 0), stop: stop)
+                strategy = .sample(SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
+                                                    topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed")))))
+            case "beam": strategy = .beam(BeamSettings(beams: try input.integer("beams")))
+            case "contrastive": strategy = .contrastive(ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: 0))
             case let other: throw GraphError.operationFailed(node: input.node, detail: "unknown strategy '\(other)' (greedy, sample, beam, contrastive)")
             }
+            let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), strategy: strategy, stop: stop)
             return .string(try stop.text(of: tokens, model: lm))
         },
         Operation("lm_score", "Total log-probability of `continuation` after `prompt`.",
                   arguments: [.component("lm", kind: "gpt2"), .value("prompt", .text), .value("continuation", .text)], output: .number) { input in
             let lm = try input.component("lm", as: GPT2.self)
-            guard let tokenizer = lm.tokenizer else { throw GraphError.operationFailed(node: input.node, detail: "the GPT-2 folder has no tokenizer") }
-            let promptText = try input.text("prompt")
-            let prompt = promptText.isEmpty ? [lm.endTokenID] : tokenizer.encode(promptText)
-            return .number(Double(try lm.logProbabilities(of: tokenizer.encode(input.text("continuation")), after: prompt).reduce(0, +)))
+            let prompt = try lm.promptTokens(input.text("prompt"))
+            return .number(Double(try lm.logProbabilities(of: lm.encode(input.text("continuation")), after: prompt).reduce(0, +)))
         },
         Operation("magic_decode", "MAGiC: a caption (or, with a title, a story) guided by CLIP towards the image.",
                   arguments: [.component("lm", kind: "gpt2"), .component("clip", kind: "clip"), .value("image", .image),
@@ -167,9 +161,8 @@ extension OperationRegistry {
                               .value("title", .text, default: .string("")), .value("stop", .texts, default: .array([]))],
                   output: .record(["text": .text, "tokens": .json])) { input in
             let lm = try input.component("lm", as: GPT2.self), clip = try input.component("clip", as: CLIP.self)
-            guard let tokenizer = lm.tokenizer else { throw GraphError.operationFailed(node: input.node, detail: "the GPT-2 folder has no tokenizer") }
             let title = try input.text("title")
-            let prompt = title.isEmpty ? [tokenizer.id(of: "<-start_of_text->") ?? tokenizer.endOfTextID] : tokenizer.encode(title)
+            let prompt = try lm.magicPrompt(title: title.isEmpty ? nil : title)
             let settings = ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"))
             let caption = try MagicCaptioner(lm: lm, clip: clip).caption(RGBImage(contentsOf: input.text("image")), prompt: prompt, settings: settings,
                                                                          stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))

@@ -113,11 +113,14 @@ public struct AnchorIndexBuilder {
 /// so rows past the count (from a batch cut short) are ignored on resume.
 final class PartialAnchors {
     let folder: URL
+    /// What the work is for (encoders, anchors file, shard): a folder left by another build is discarded.
+    private let identity: String
     private(set) var done = 0
     private var imageDimension = 0, textDimension = 0
 
     init(folder: URL, identity: String) throws {
         self.folder = folder
+        self.identity = identity
         let state = folder.appendingPathComponent("state.json")
         if let data = FileManager.default.contents(atPath: state.path),
            let saved = try? JSONSerialization.jsonObject(with: data) as? [String: Any], saved["identity"] as? String == identity {
@@ -130,12 +133,9 @@ final class PartialAnchors {
             try Data().write(to: folder.appendingPathComponent("images.f32"))
             try Data().write(to: folder.appendingPathComponent("texts.f32"))
         }
-        self.identity = identity
         try truncate("images.f32", rows: done, dimension: imageDimension)
         try truncate("texts.f32", rows: done, dimension: textDimension)
     }
-
-    private let identity: String
 
     private func truncate(_ name: String, rows: Int, dimension: Int) throws {
         let handle = try FileHandle(forWritingTo: folder.appendingPathComponent(name))

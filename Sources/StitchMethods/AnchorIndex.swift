@@ -54,7 +54,9 @@ public final class AnchorIndex: @unchecked Sendable {
         self.imageEncoder = imageEncoder
         self.textEncoder = textEncoder
         if verify {
-            let computed = crc32Hex(file.dataSection)
+            var crc = CRC32()
+            crc.update(file.dataSection)
+            let computed = crc.hex
             guard computed == checksum else { throw AnchorIndexError.checksumMismatch(file: path, stored: checksum, computed: computed) }
         }
         images = try Self.matrix("image_anchors", in: file, count: count)
@@ -93,10 +95,10 @@ public final class AnchorIndex: @unchecked Sendable {
         while captionBytes.count % 8 != 0 { captionBytes.append(0x20) }
         let entries = ["captions": SafetensorsEntry(dtype: .u8, shape: [captionBytes.count], bytes: captionBytes),
                        "image_anchors": SafetensorsEntry(unitImages, as: dtype), "text_anchors": SafetensorsEntry(unitTexts, as: dtype)]
-        // The checksum covers the data section in the writer's order (sorted names).
-        var data = Data()
-        for name in entries.keys.sorted() { data.append(entries[name]!.bytes) }
-        let checksum = data.withUnsafeBytes { crc32Hex($0) }
+        // The checksum covers the data section: the entries in the writer's order (sorted names).
+        var crc = CRC32()
+        for name in entries.keys.sorted() { entries[name]!.bytes.withUnsafeBytes { crc.update($0) } }
+        let checksum = crc.hex
         try writeSafetensors(entries: entries, metadata: ["format": format, "version": version, "image_encoder": imageEncoder,
                                                           "text_encoder": textEncoder, "count": "\(captions.count)", "crc32": checksum], to: path)
     }
@@ -130,17 +132,24 @@ extension AnchorMatrix {
     }
 }
 
-/// CRC-32 (zlib's) of a byte range, as 8 hex digits.
-func crc32Hex(_ bytes: UnsafeRawBufferPointer) -> String {
-    var crc = crc32(0, nil, 0)
-    var offset = 0
-    while offset < bytes.count {
-        let length = min(1 << 30, bytes.count - offset)
-        crc = crc32(crc, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset, uInt(length))
-        offset += length
+/// zlib's CRC-32, fed byte ranges in order.
+struct CRC32 {
+    private var value = crc32(0, nil, 0)
+
+    mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let length = min(1 << 30, bytes.count - offset)   // zlib takes 32-bit lengths
+            value = crc32(value, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset, uInt(length))
+            offset += length
+        }
     }
-    let hex = String(crc, radix: 16)
-    return String(repeating: "0", count: 8 - hex.count) + hex
+
+    /// 8 hex digits.
+    var hex: String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 8 - digits.count) + digits
+    }
 }
 
 extension AnchorIndex {

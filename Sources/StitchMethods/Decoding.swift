@@ -46,6 +46,25 @@ enum DecodingError: Error, CustomStringConvertible {
     }
 }
 
+/// A decoding strategy with its settings, for callers that choose one at run time.
+public enum DecodingStrategy: Sendable {
+    case greedy
+    case sample(SamplingSettings)
+    /// Beam search stops at `stop.maxTokens` and the end token only.
+    case beam(BeamSettings)
+    case contrastive(ContrastiveSettings)
+}
+
+/// New tokens after `prompt` by `strategy`.
+public func decode<M: CausalLanguageModel>(_ model: M, prompt: [Int], strategy: DecodingStrategy, stop: StopConditions) throws -> [Int] {
+    switch strategy {
+    case .greedy: return try greedyDecode(model, prompt: prompt, stop: stop)
+    case .sample(let settings): return try sampleDecode(model, prompt: prompt, settings: settings, stop: stop)
+    case .beam(let settings): return try beamSearch(model, prompt: prompt, settings: settings, maxTokens: stop.maxTokens)
+    case .contrastive(let settings): return try contrastiveSearch(model, prompt: prompt, settings: settings, stop: stop)
+    }
+}
+
 /// Greedy decoding: the most likely next token each step (transformers' generate with do_sample=False).
 public func greedyDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions) throws -> [Int] {
     try decodeTokenByToken(model, prompt: prompt, stop: stop) { argmax($0) }

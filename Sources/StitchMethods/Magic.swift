@@ -92,3 +92,12 @@ public final class MagicCaptioner<LM: CausalLanguageModel> {
         return (tokens, try stop.text(of: tokens, model: lm).split(whereSeparator: \.isWhitespace).joined(separator: " "))
     }
 }
+
+extension GPT2 {
+    /// MAGiC's prompt: a story's title, else the LM's start token (`<-start_of_text->` in MAGiC's
+    /// caption models, `<|endoftext|>` in other GPT-2s).
+    public func magicPrompt(title: String?) throws -> [Int] {
+        let tokenizer = try requireTokenizer()
+        return try title.map(encode) ?? [tokenizer.id(of: "<-start_of_text->") ?? tokenizer.endOfTextID]
+    }
+}

@@ -195,8 +195,16 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     public var endTokenID: Int { config.endTokenID }
     public var contextLength: Int { config.maxPositions }
 
-    public func decode(_ ids: [Int]) throws -> String {
-        guard let tokenizer else { throw ModelError.invalidInput(model: "GPT-2", detail: "the model folder has no vocab.json / merges.txt to decode text") }
-        return tokenizer.decode(ids)
+    public func decode(_ ids: [Int]) throws -> String { try requireTokenizer().decode(ids) }
+
+    /// Token ids of text; throws when the model has no tokenizer.
+    public func encode(_ text: String) throws -> [Int] { try requireTokenizer().encode(text) }
+
+    /// Token ids of a prompt; the empty prompt is the end-of-text token, from which GPT-2 starts a text.
+    public func promptTokens(_ text: String) throws -> [Int] { text.isEmpty ? [endTokenID] : try encode(text) }
+
+    public func requireTokenizer() throws -> GPT2Tokenizer {
+        guard let tokenizer else { throw ModelError.invalidInput(model: "GPT-2", detail: "the model folder has no vocab.json / merges.txt for text") }
+        return tokenizer
     }
 }

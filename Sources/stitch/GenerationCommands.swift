@@ -44,20 +44,15 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let gpt2 = try GPT2(folder: try ModelLocator.fromEnvironment().resolve(model, files: GPT2.files))
-        guard let tokenizer = gpt2.tokenizer else { throw ValidationError("\(model) has no vocab.json / merges.txt") }
-        let ids = prompt.isEmpty ? [gpt2.endTokenID] : tokenizer.encode(prompt)
         let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
-        let generated: [Int]
+        let chosen: DecodingStrategy
         switch strategy {
-        case .greedy: generated = try greedyDecode(gpt2, prompt: ids, stop: conditions)
-        case .sample:
-            generated = try sampleDecode(gpt2, prompt: ids, settings: SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed), stop: conditions)
-        case .beam:
-            generated = try beamSearch(gpt2, prompt: ids, settings: BeamSettings(beams: beams, lengthPenalty: lengthPenalty, earlyStopping: earlyStopping),
-                                       maxTokens: maxTokens)
-        case .contrastive:
-            generated = try contrastiveSearch(gpt2, prompt: ids, settings: ContrastiveSettings(k: k, alpha: alpha, beta: 0), stop: conditions)
+        case .greedy: chosen = .greedy
+        case .sample: chosen = .sample(SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed))
+        case .beam: chosen = .beam(BeamSettings(beams: beams, lengthPenalty: lengthPenalty, earlyStopping: earlyStopping))
+        case .contrastive: chosen = .contrastive(ContrastiveSettings(k: k, alpha: alpha, beta: 0))
         }
+        let generated = try decode(gpt2, prompt: try gpt2.promptTokens(prompt), strategy: chosen, stop: conditions)
         let text = try conditions.text(of: generated, model: gpt2)
         if json { try printJSONLine(["text": text, "tokens": generated]) } else { print(text) }
     }
@@ -112,8 +107,7 @@ struct Caption: ParsableCommand {
         let locator = ModelLocator.fromEnvironment()
         let language = try GPT2(folder: locator.resolve(lm, files: GPT2.files))
         let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
-        guard let tokenizer = language.tokenizer else { throw ValidationError("\(lm) has no vocab.json / merges.txt") }
-        let prompt = title.map(tokenizer.encode) ?? [tokenizer.id(of: "<-start_of_text->") ?? tokenizer.endOfTextID]
+        let prompt = try language.magicPrompt(title: title)
         guard !prompt.isEmpty else { throw ValidationError("--title is empty") }
         let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
         let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
