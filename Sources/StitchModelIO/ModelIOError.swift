@@ -4,6 +4,7 @@ public enum ModelIOError: Error, CustomStringConvertible, Equatable {
     case cannotOpen(file: String, reason: String)
     case truncated(file: String, detail: String)
     case invalidHeader(file: String, detail: String)
+    case invalidModel(file: String, detail: String)
     case unsupportedDtype(file: String, tensor: String, dtype: String)
     case badTensorEntry(file: String, tensor: String, detail: String)
     case missingTensor(file: String, tensor: String)
@@ -19,6 +20,7 @@ public enum ModelIOError: Error, CustomStringConvertible, Equatable {
         case let .cannotOpen(file, reason): return "\(file): cannot open: \(reason)"
         case let .truncated(file, detail): return "\(file): file is truncated: \(detail)"
         case let .invalidHeader(file, detail): return "\(file): invalid safetensors header: \(detail)"
+        case let .invalidModel(file, detail): return "\(file): \(detail)"
         case let .unsupportedDtype(file, tensor, dtype):
             return "\(file): tensor '\(tensor)' has dtype \(dtype); supported are F32, F16 and BF16"
         case let .badTensorEntry(file, tensor, detail): return "\(file): tensor '\(tensor)': \(detail)"

@@ -136,3 +136,52 @@ public func globalAveragePool(_ x: Tensor) -> Tensor {
         values[channel * plane..<(channel + 1) * plane].reduce(0, +) / Float(plane)
     })
 }
+
+/// Max pooling of x [c, h, w] with a k×k window, stride 1 and k/2 padding that never wins
+/// (as PyTorch's MaxPool2d pads with -inf): output [c, h, w]. Max is separable, so rows then columns.
+public func maxPoolSame(_ x: Tensor, kernel: Int) -> Tensor {
+    let (c, h, w) = (x.shape[0], x.shape[1], x.shape[2])
+    let r = kernel / 2
+    var rows = Tensor(uninitialized: x.shape), out = Tensor(uninitialized: x.shape)
+    x.withUnsafeBufferPointer { src in
+        rows.withUnsafeMutableBufferPointer { mid in
+            out.withUnsafeMutableBufferPointer { dst in
+                let (s, m, d) = (src.baseAddress!, mid.baseAddress!, dst.baseAddress!)
+                Parallel.forEach(c) { channel in
+                    let plane = channel * h * w
+                    for y in 0..<h {
+                        for xo in 0..<w {
+                            var best = -Float.infinity
+                            for xi in max(xo - r, 0)...min(xo + r, w - 1) { best = max(best, s[plane + y * w + xi]) }
+                            m[plane + y * w + xo] = best
+                        }
+                    }
+                    for y in 0..<h {
+                        for xo in 0..<w {
+                            var best = -Float.infinity
+                            for yi in max(y - r, 0)...min(y + r, h - 1) { best = max(best, m[plane + yi * w + xo]) }
+                            d[plane + y * w + xo] = best
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// Nearest-neighbour 2× upsampling of x [c, h, w] -> [c, 2h, 2w].
+public func upsample2x(_ x: Tensor) -> Tensor {
+    let (c, h, w) = (x.shape[0], x.shape[1], x.shape[2])
+    var out = Tensor(uninitialized: [c, 2 * h, 2 * w])
+    x.withUnsafeBufferPointer { src in
+        out.withUnsafeMutableBufferPointer { dst in
+            for channel in 0..<c {
+                for y in 0..<2 * h {
+                    for xo in 0..<2 * w { dst[(channel * 2 * h + y) * 2 * w + xo] = src[(channel * h + y / 2) * w + xo / 2] }
+                }
+            }
+        }
+    }
+    return out
+}

@@ -34,6 +34,21 @@ public func quickGelu(_ x: inout Tensor) {
     }
 }
 
+/// SiLU, x·σ(x), in place.
+public func silu(_ x: inout Tensor) {
+    forEachChunk(&x) { p, n in
+        for i in 0..<n { p[i] = p[i] / (1 + fastExp(-p[i])) }
+    }
+}
+
+/// The logistic sigmoid, in place.
+public func sigmoid(_ x: inout Tensor) {
+    forEachChunk(&x) { p, n in
+        for i in 0..<n { p[i] = 1 / (1 + fastExp(-p[i])) }
+    }
+}
+
+
 /// Runs `body` on parallel chunks of the elements (pointer, count). The loop lives in the
 /// caller's closure, so element-wise arithmetic there is vectorised.
 func forEachChunk(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) -> Void) {

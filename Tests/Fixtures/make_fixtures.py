@@ -24,6 +24,7 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "Sources", "stitch", "Resources"))
 import magic_reference  # noqa: E402  (the MAGiC reference is shared with `stitch bench`)
+import yolox_reference  # noqa: E402  (as is the YOLOX one)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -31,6 +32,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 TOKENIZERS = os.path.join(SHARED, "models", "tokenizers")
 MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
 IMAGES = os.path.join(SHARED, "images")
+YOLOX = os.path.join(SHARED, "models", "yolox-nano-coco")
 
 
 def out(*parts):
@@ -518,8 +520,30 @@ def make_efficientnet_goldens():
     save_file(golden, out("efficientnet", "golden.safetensors"))
 
 
+def make_yolox_goldens():
+    """onnxruntime on the real YOLOX-Nano file: letterbox checksums, raw head rows (every 23rd
+    cell plus every cell scoring over 0.05) and the post-processed detections."""
+    import zlib
+    sess = yolox_reference.session(os.path.join(YOLOX, "yolox_nano.onnx"), 1)
+    golden, rows_of = {}, {}
+    for path in [os.path.join(IMAGES, "dog_bicycle_truck.jpg"), os.path.join(IMAGES, "zebra.jpg"), out("images", "rgb.jpg")]:
+        raw, ratio, pixels, detections = yolox_reference.detect(sess, path)
+        scores = raw[:, 4:5] * raw[:, 5:]
+        rows = sorted(set(range(0, len(raw), 23)) | set(np.nonzero(scores.max(1) > 0.05)[0].tolist()))
+        rows_of[f"{os.path.basename(path)}.rows"] = np.array(rows, dtype=np.float32)
+        rows_of[f"{os.path.basename(path)}.raw"] = raw[rows]
+        golden[os.path.basename(path)] = {
+            "letterbox_crc32": zlib.crc32(pixels.astype(np.uint8).tobytes()),
+            "ratio": ratio,
+            "detections": [{"class": c, "score": score, "box": box} for c, score, box in detections],
+        }
+        print(f"yolox {os.path.basename(path)}: {len(rows)} rows, detections {[(c, round(s, 3)) for c, s, _ in detections]}")
+    write_json(golden, "yolox", "golden.json")
+    save_file(rows_of, out("yolox", "raw_rows.safetensors"))
+
+
 if __name__ == "__main__":
-    for path in [TOKENIZERS, MINILM, IMAGES]:
+    for path in [TOKENIZERS, MINILM, IMAGES, YOLOX]:
         if not os.path.isdir(path):
             sys.exit(f"missing {path}: the fixtures need the real tokenizer files and photos in ../shared")
     torch.set_num_threads(1)
@@ -538,3 +562,4 @@ if __name__ == "__main__":
     make_clip_manifests()
     make_minilm_goldens()
     make_efficientnet_goldens()
+    make_yolox_goldens()

@@ -1,0 +1,86 @@
+import StitchTensor
+
+extension RGBImage {
+    /// Bilinear resize bit-identical to OpenCV's `cv2.resize(..., INTER_LINEAR)` on 8-bit
+    /// images (the resize YOLOX's preprocessing uses): 11-bit fixed-point weights from
+    /// half-pixel-centred source coordinates, an exact integer horizontal pass, and the
+    /// vertical pass rounded the way OpenCV's SIMD kernel does it, ((h0>>4)·β0>>16 +
+    /// (h1>>4)·β1>>16 + 2) >> 2, which differs from exact rounding by one level at times.
+    public func resizedBilinearOpenCV(width newWidth: Int, height newHeight: Int) -> RGBImage {
+        precondition(newWidth > 0 && newHeight > 0, "resize to \(newWidth)x\(newHeight)")
+        let coefficientScale: Float = 2048
+        /// Source index and the two fixed-point weights for each destination index.
+        func taps(count: Int, sourceCount: Int, clampWeights: Bool) -> [(index: Int, w0: Int32, w1: Int32)] {
+            let scale = 1.0 / (Double(count) / Double(sourceCount))
+            return (0..<count).map { d in
+                var f = Float((Double(d) + 0.5) * scale - 0.5)
+                var s = Int(f.rounded(.down))
+                f -= Float(s)
+                if clampWeights && s < 0 { (f, s) = (0, 0) }
+                if clampWeights && s >= sourceCount - 1 { (f, s) = (0, sourceCount - 1) }
+                return (s, Int32(((1 - f) * coefficientScale).rounded(.toNearestOrEven)), Int32((f * coefficientScale).rounded(.toNearestOrEven)))
+            }
+        }
+        let columns = taps(count: newWidth, sourceCount: width, clampWeights: true)
+        // Rows keep their weights at the edges; OpenCV clamps the row index instead.
+        let rows = taps(count: newHeight, sourceCount: height, clampWeights: false)
+
+        // Horizontal pass over every source row: values scaled by 2048.
+        var horizontal = [Int32](repeating: 0, count: height * newWidth * 3)
+        pixels.withUnsafeBufferPointer { src in
+            horizontal.withUnsafeMutableBufferPointer { dst in
+                for y in 0..<height {
+                    let row = y * width * 3, out = y * newWidth * 3
+                    for (x, tap) in columns.enumerated() {
+                        let left = row + tap.index * 3, right = row + min(tap.index + 1, width - 1) * 3
+                        for c in 0..<3 {
+                            dst[out + x * 3 + c] = Int32(src[left + c]) * tap.w0 + Int32(src[right + c]) * tap.w1
+                        }
+                    }
+                }
+            }
+        }
+        var result = [UInt8](repeating: 0, count: newWidth * newHeight * 3)
+        let rowLength = newWidth * 3
+        for (y, tap) in rows.enumerated() {
+            let top = min(max(tap.index, 0), height - 1) * rowLength
+            let bottom = min(max(tap.index + 1, 0), height - 1) * rowLength
+            for i in 0..<rowLength {
+                let a = ((horizontal[top + i] >> 4) * tap.w0) >> 16
+                let b = ((horizontal[bottom + i] >> 4) * tap.w1) >> 16
+                result[y * rowLength + i] = UInt8(clamping: (a + b + 2) >> 2)
+            }
+        }
+        return RGBImage(width: newWidth, height: newHeight, pixels: result)
+    }
+}
+
+/// YOLOX's preprocessing: scale the image to fit a square (aspect kept, OpenCV bilinear),
+/// put it in the top-left corner of a canvas filled with grey 114, and hand it over as
+/// BGR planes of raw 0...255 values, [3, size, size]. `scale` maps input pixels back to
+/// the original image.
+public struct Letterbox: Sendable {
+    public static let padValue: Float = 114
+    public let pixels: Tensor
+    public let scale: Float
+    public let size: Int
+
+    public init(_ image: RGBImage, size: Int) {
+        let ratio = min(Double(size) / Double(image.height), Double(size) / Double(image.width))
+        // Sizes as YOLOX computes them: int() of the scaled float sizes.
+        let width = max(Int(Double(image.width) * ratio), 1), height = max(Int(Double(image.height) * ratio), 1)
+        let resized = image.resizedBilinearOpenCV(width: width, height: height)
+        var planes = [Float](repeating: Self.padValue, count: 3 * size * size)
+        for y in 0..<height {
+            for x in 0..<width {
+                let source = (y * width + x) * 3
+                for c in 0..<3 {   // RGB → BGR planes
+                    planes[(2 - c) * size * size + y * size + x] = Float(resized.pixels[source + c])
+                }
+            }
+        }
+        pixels = Tensor(shape: [3, size, size], scalars: planes)
+        scale = Float(ratio)
+        self.size = size
+    }
+}

@@ -1,0 +1,63 @@
+import CZlib
+import Foundation
+import StitchImaging
+import StitchModelIO
+import StitchTensor
+import StitchTestSupport
+import XCTest
+@testable import StitchModels
+
+/// The real YOLOX-Nano in ../shared/models/yolox-nano-coco against onnxruntime and
+/// YOLOX's ONNX demo post-processing (Tests/Fixtures/yolox, from make_fixtures.py).
+final class YOLOXTests: XCTestCase {
+    static let images = ["dog_bicycle_truck.jpg": "images/dog_bicycle_truck.jpg", "zebra.jpg": "images/zebra.jpg"]
+
+    func imagePath(_ name: String) -> String? {
+        if let shared = Self.images[name] { return Fixtures.sharedPath(shared)?.path }
+        return Fixtures.url("images/\(name)").path
+    }
+
+    func testMatchesONNXRuntime() throws {
+        guard let folder = Fixtures.sharedPath("models/yolox-nano-coco") else { throw XCTSkip("needs ../shared/models/yolox-nano-coco") }
+        let model = try YOLOX(path: folder.path)
+        XCTAssertEqual(model.numClasses, 80)
+        let golden = try Fixtures.json("yolox/golden.json") as! [String: [String: Any]]
+        let rows = try Fixtures.tensors("yolox/raw_rows.safetensors")
+        for (name, expected) in golden.sorted(by: { $0.key < $1.key }) {
+            guard let path = imagePath(name) else { continue }
+            let image = try RGBImage(contentsOf: path)
+            let letterbox = Letterbox(image, size: YOLOX.inputSize)
+            let bytes = letterbox.pixels.scalars.map { UInt8($0) }
+            let crc = bytes.withUnsafeBufferPointer { UInt32(crc32(0, $0.baseAddress, UInt32($0.count))) }
+            XCTAssertEqual(Int(crc), expected["letterbox_crc32"] as? Int, "\(name): letterbox pixels differ from cv2's")
+            XCTAssertEqual(Double(letterbox.scale), expected["ratio"] as! Double, accuracy: 1e-6)
+
+            let raw = try model.rawOutputs(letterbox.pixels)
+            XCTAssertEqual(raw.shape, [3549, 85])
+            let indices = rows["\(name).rows"]!.scalars.map { Int($0) }
+            let got = indices.flatMap { raw.row($0).scalars }
+            let difference = maxAbsoluteDifference(got, rows["\(name).raw"]!.scalars)
+            print("YOLOX-Nano \(name): raw head outputs max abs difference to onnxruntime \(difference) over \(indices.count) cells")
+            XCTAssertLessThanOrEqual(difference, 1e-3)
+
+            let detections = try model.detect(image)
+            let reference = expected["detections"] as! [[String: Any]]
+            print("  detections: \(detections.map { "\($0.label) \(String(format: "%.3f", $0.score))" }.joined(separator: ", "))")
+            XCTAssertEqual(detections.map(\.classIndex), reference.map { $0["class"] as! Int }, name)
+            for (d, r) in zip(detections, reference) {
+                let box = (r["box"] as! [Double]).map { Float($0) }
+                XCTAssertGreaterThanOrEqual(iou(d.box, box), 0.99, "\(name) \(d.label): \(d.box) vs \(box)")
+                XCTAssertEqual(d.score, Float(r["score"] as! Double), accuracy: 1e-3)
+            }
+            if name == "dog_bicycle_truck.jpg" {
+                XCTAssertEqual(Array(detections.prefix(3).map(\.label)).sorted(), ["bicycle", "car", "dog"])
+            }
+        }
+    }
+
+    func iou(_ a: [Float], _ b: [Float]) -> Float {
+        let w = max(0, min(a[2], b[2]) - max(a[0], b[0])), h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return union > 0 ? w * h / union : 1
+    }
+}
