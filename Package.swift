@@ -26,8 +26,10 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
+        // Vectorised inner loops (activations, depthwise convolution) built for several x86-64 levels, picked at load time.
+        .target(name: "CStitchKernels"),
         // Tensor core: Float32 tensors, BLAS-backed linear algebra, transformer building blocks.
-        .target(name: "StitchTensor", dependencies: ["CBLAS"]),
+        .target(name: "StitchTensor", dependencies: ["CBLAS", "CStitchKernels"]),
         // Model I/O: safetensors, config.json, weight store, Hugging Face cache and downloads.
         .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl"]),
         // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
@@ -45,7 +47,7 @@ let package = Package(
         .executableTarget(name: "stitch", dependencies: [
             "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "StitchGraph", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py")]),
+        ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 
         .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),

@@ -1,7 +1,8 @@
 import StitchTensor
 
 /// Turns an image into a model's pixel tensor [3, size, size]: resize the
-/// shortest side, center-crop, scale to [0, 1], normalise per channel.
+/// shortest side and center-crop (or, for ViT, resize both sides to the square),
+/// scale to [0, 1], normalise per channel.
 /// Two presets reproduce the references models were trained with.
 public struct ImagePreprocessor: Sendable, Equatable {
     /// How the crop's top-left corner is rounded when the margin is odd.
@@ -16,6 +17,8 @@ public struct ImagePreprocessor: Sendable, Equatable {
     public var mean: [Float]
     public var std: [Float]
     public var cropRounding: CropRounding
+    /// Resize straight to cropSize × cropSize, aspect not kept (ViTImageProcessor), instead of resize-and-crop.
+    public var squares: Bool = false
 
     public init(shortestEdge: Int, cropSize: Int, filter: ResampleFilter, mean: [Float], std: [Float], cropRounding: CropRounding) {
         self.shortestEdge = shortestEdge
@@ -24,6 +27,12 @@ public struct ImagePreprocessor: Sendable, Equatable {
         self.mean = mean
         self.std = std
         self.cropRounding = cropRounding
+    }
+
+    /// ViTImageProcessor: both sides resized to `squareSize`.
+    public init(squareSize: Int, filter: ResampleFilter, mean: [Float], std: [Float]) {
+        self.init(shortestEdge: squareSize, cropSize: squareSize, filter: filter, mean: mean, std: std, cropRounding: .floor)
+        squares = true
     }
 
     /// transformers' CLIPImageProcessor defaults (openai/clip-vit-base-patch32).
@@ -40,6 +49,7 @@ public struct ImagePreprocessor: Sendable, Equatable {
 
     /// The resized and cropped 8-bit image, before normalisation.
     public func resizedAndCropped(_ image: RGBImage) -> RGBImage {
+        if squares { return image.resized(width: cropSize, height: cropSize, filter: filter) }
         let (short, long) = image.width <= image.height ? (image.width, image.height) : (image.height, image.width)
         // Both references truncate the long side: int(size * long / short).
         let newLong = Int(Double(shortestEdge) * Double(long) / Double(short))

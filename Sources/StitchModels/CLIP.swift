@@ -279,26 +279,7 @@ public final class CLIP: @unchecked Sendable {
             throw ModelError.invalidInput(model: "CLIP vision", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
         }
         let (batch, grid, d) = (pixels.shape[0], s / p, config.vision.hiddenSize)
-        // Patches [batch * grid², c * p * p], flattened in the conv weight's (channel, row, column) order.
-        var patches = Tensor(uninitialized: [batch * grid * grid, c * p * p])
-        pixels.withUnsafeBufferPointer { src in
-            patches.withUnsafeMutableBufferPointer { dst in
-                for b in 0..<batch {
-                    for gy in 0..<grid {
-                        for gx in 0..<grid {
-                            var o = ((b * grid + gy) * grid + gx) * c * p * p
-                            for ch in 0..<c {
-                                for i in 0..<p {
-                                    let row = ((b * c + ch) * s + gy * p + i) * s + gx * p
-                                    for j in 0..<p { dst[o] = src[row + j]; o += 1 }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let embedded = matmul(patches, patchWeight, transposeB: true).reshaped([batch, grid * grid, d])
+        let embedded = matmul(flattenPatches(pixels, patch: p), patchWeight, transposeB: true).reshaped([batch, grid * grid, d])
         let classRow = classEmbedding.reshaped([1, 1, d])
         var hidden = concatenate((0..<batch).map { b in
             concatenate([classRow, embedded.row(b).reshaped([1, grid * grid, d])], axis: 1)

@@ -20,14 +20,16 @@ public final class EfficientNetLite: @unchecked Sendable {
         }
     }
 
-    /// A convolution with its batch norm folded in: weight' = w·γ/√(σ²+ε), bias' = β − μ·γ/√(σ²+ε).
+    /// A convolution with its batch norm folded in, then ReLU6 unless told otherwise: weight' = w·γ/√(σ²+ε), bias' = β − μ·γ/√(σ²+ε).
     struct FoldedConv {
         let weight: Tensor
         let bias: Tensor
         let stride: Int
         let depthwise: Bool
+        let activation: ConvActivation
 
-        init(_ store: WeightStore, conv: String, batchNorm: String, shape: [Int], stride: Int = 1, depthwise: Bool = false, epsilon: Float) {
+        init(_ store: WeightStore, conv: String, batchNorm: String, shape: [Int], stride: Int = 1, depthwise: Bool = false,
+             activation: ConvActivation = .relu6, epsilon: Float) {
             let channels = shape[0]
             let gamma = store.take("\(batchNorm).weight", shape: [channels]).scalars
             let beta = store.take("\(batchNorm).bias", shape: [channels]).scalars
@@ -43,13 +45,14 @@ public final class EfficientNetLite: @unchecked Sendable {
             bias = Tensor(shape: [channels], scalars: (0..<channels).map { beta[$0] - mean[$0] * scales[$0] })
             self.stride = stride
             self.depthwise = depthwise
+            self.activation = activation
         }
 
-        /// x [c, h, w] -> [c', h', w'] with TensorFlow "SAME" padding.
+        /// x [c, h, w] -> [c', h', w'] with TensorFlow "SAME" padding, then the activation.
         func callAsFunction(_ x: Tensor) -> Tensor {
             let padding = Padding2D.same(height: x.shape[1], width: x.shape[2], kernel: weight.shape[2], stride: stride)
-            return depthwise ? depthwiseConv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
-                             : conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+            return depthwise ? depthwiseConv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
+                             : conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
         }
     }
 
@@ -98,7 +101,8 @@ public final class EfficientNetLite: @unchecked Sendable {
                     expand: expansion == 1 ? nil : FoldedConv(store, conv: "\(p)._expand_conv", batchNorm: "\(p)._bn0", shape: [hidden, i, 1, 1], epsilon: e),
                     depthwise: FoldedConv(store, conv: "\(p)._depthwise_conv", batchNorm: "\(p)._bn1", shape: [hidden, 1, kernel, kernel],
                                           stride: s, depthwise: true, epsilon: e),
-                    project: FoldedConv(store, conv: "\(p)._project_conv", batchNorm: "\(p)._bn2", shape: [outputs, hidden, 1, 1], epsilon: e),
+                    project: FoldedConv(store, conv: "\(p)._project_conv", batchNorm: "\(p)._bn2", shape: [outputs, hidden, 1, 1],
+                                        activation: .none, epsilon: e),
                     residual: s == 1 && i == outputs))
             }
         }
@@ -108,27 +112,20 @@ public final class EfficientNetLite: @unchecked Sendable {
         try store.finish(ignoreUnused: { $0.hasSuffix(".num_batches_tracked") })   // a training counter
     }
 
-    private static func relu6(_ x: inout Tensor) { mapInPlace(&x) { min(max($0, 0), 6) } }
-
     /// Pooled features [featuresDim] of one preprocessed image [3, size, size].
     public func features(_ pixels: Tensor) throws -> Tensor {
         guard pixels.shape == [3, config.imageSize, config.imageSize] else {
             throw ModelError.invalidInput(model: "EfficientNet-Lite0", detail: "pixels must be [3, \(config.imageSize), \(config.imageSize)], got \(pixels.shape)")
         }
         var x = stem(pixels)
-        Self.relu6(&x)
         for block in blocks {
             var y = x
-            if let expand = block.expand { y = expand(y); Self.relu6(&y) }
-            y = block.depthwise(y)
-            Self.relu6(&y)
-            y = block.project(y)
+            if let expand = block.expand { y = expand(y) }
+            y = block.project(block.depthwise(y))
             if block.residual { addInPlace(&y, x) }
             x = y
         }
-        x = head(x)
-        Self.relu6(&x)
-        return globalAveragePool(x)
+        return globalAveragePool(head(x))
     }
 
     /// ImageNet logits [numClasses] from pooled features.

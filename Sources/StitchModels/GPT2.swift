@@ -14,6 +14,8 @@ public struct GPT2Config: Decodable, Sendable {
     public var activation: Activation
     public var layerNormEpsilon: Float
     public var endTokenID: Int
+    /// A decoder of a VisionEncoderDecoder: every block also attends to the encoder's states.
+    public var addCrossAttention: Bool
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
@@ -26,6 +28,7 @@ public struct GPT2Config: Decodable, Sendable {
         activation = try c.value("activation_function", default: .geluNew)
         layerNormEpsilon = try c.value("layer_norm_epsilon", default: 1e-5)
         endTokenID = try c.value("eos_token_id", default: 50256)
+        addCrossAttention = try c.value("add_cross_attention", default: false)
         for (key, supported) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("reorder_and_upcast_attn", false)] {
             if try c.value(key, default: supported) != supported {
                 throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey(key)], debugDescription: "only \(supported) is supported"))
@@ -34,15 +37,17 @@ public struct GPT2Config: Decodable, Sendable {
     }
 }
 
-/// Per-layer keys and values of the positions fed so far.
+/// Per-layer keys and values of the positions fed so far, and for a decoder the encoder's
+/// memory, which every row shares.
 public struct GPT2Cache: LanguageModelCache {
     var layers: [KVCache]
+    var memory: [CrossMemory]?
     public var batch: Int { layers.first?.batch ?? 0 }
     public var length: Int { layers.first?.length ?? 0 }
 
-    public func repeated(_ count: Int) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.repeated(count) }) }
+    public func repeated(_ count: Int) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.repeated(count) }, memory: memory) }
 
-    public func gathering(_ rows: [Int]) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.gathering(rows) }) }
+    public func gathering(_ rows: [Int]) -> GPT2Cache { GPT2Cache(layers: layers.map { $0.gathering(rows) }, memory: memory) }
 
     /// Forgets positions beyond `length`.
     public mutating func truncate(to length: Int) {
@@ -54,13 +59,18 @@ extension TransformerBlock {
     /// A GPT-2 block; its Conv1D weights are stored [inputs, outputs], c_attn already fused.
     init(gpt2 store: WeightStore, _ prefix: String, _ config: GPT2Config) {
         let d = config.hiddenSize
+        let cross = config.addCrossAttention ? CrossAttention(
+            layerNorm: LayerNorm(store, "\(prefix).ln_cross_attn", size: d, epsilon: config.layerNormEpsilon),
+            query: Linear(store, "\(prefix).crossattention.q_attn", inputs: d, outputs: d, layout: .inputsByOutputs),
+            keyValue: Linear(store, "\(prefix).crossattention.c_attn", inputs: d, outputs: 2 * d, layout: .inputsByOutputs),
+            out: Linear(store, "\(prefix).crossattention.c_proj", inputs: d, outputs: d, layout: .inputsByOutputs)) : nil
         self.init(layerNorm1: LayerNorm(store, "\(prefix).ln_1", size: d, epsilon: config.layerNormEpsilon),
                   layerNorm2: LayerNorm(store, "\(prefix).ln_2", size: d, epsilon: config.layerNormEpsilon),
                   qkv: Linear(store, "\(prefix).attn.c_attn", inputs: d, outputs: 3 * d, layout: .inputsByOutputs),
                   out: Linear(store, "\(prefix).attn.c_proj", inputs: d, outputs: d, layout: .inputsByOutputs),
                   fc1: Linear(store, "\(prefix).mlp.c_fc", inputs: d, outputs: config.innerSize, layout: .inputsByOutputs),
                   fc2: Linear(store, "\(prefix).mlp.c_proj", inputs: config.innerSize, outputs: d, layout: .inputsByOutputs),
-                  heads: config.heads, activation: config.activation)
+                  heads: config.heads, activation: config.activation, cross: cross)
     }
 }
 
@@ -90,26 +100,47 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
                       tokenizer: hasVocabulary ? GPT2Tokenizer(folder: folder) : nil)
     }
 
-    public init(config: GPT2Config, weights store: WeightStore, tokenizer: GPT2Tokenizer?) throws {
+    /// `root` prefixes every weight name: "decoder." inside a VisionEncoderDecoder checkpoint.
+    public init(config: GPT2Config, weights store: WeightStore, tokenizer: GPT2Tokenizer?, root: String = "", finish: Bool = true) throws {
         self.config = config
         self.tokenizer = tokenizer
         // GPT2LMHeadModel prefixes its weights with "transformer."; a saved GPT2Model does not.
-        let p = store.contains("transformer.wte.weight") ? "transformer." : ""
+        let p = root + (store.contains("\(root)transformer.wte.weight") ? "transformer." : "")
         let d = config.hiddenSize
         tokenEmbedding = store.take("\(p)wte.weight", shape: [config.vocabularySize, d])
         positionEmbedding = store.take("\(p)wpe.weight", shape: [config.maxPositions, d])
         blocks = (0..<config.layers).map { TransformerBlock(gpt2: store, "\(p)h.\($0)", config) }
         finalLayerNorm = LayerNorm(store, "\(p)ln_f", size: d, epsilon: config.layerNormEpsilon)
-        if store.contains("lm_head.weight") {
+        if store.contains("\(root)lm_head.weight") {
             // Tied: the head must be the embedding matrix again, which Stitch uses directly.
-            _ = store.take("lm_head.weight", shape: [config.vocabularySize, d])
+            _ = store.take("\(root)lm_head.weight", shape: [config.vocabularySize, d])
         }
-        // Older checkpoints store the causal mask buffers attn.bias / attn.masked_bias.
-        try store.finish(ignoreUnused: { $0.hasSuffix(".attn.bias") || $0.hasSuffix(".attn.masked_bias") })
+        if finish { try store.finish(ignoreUnused: Self.isMaskBuffer) }
     }
 
-    public func makeCache(batch: Int = 1) -> GPT2Cache {
-        GPT2Cache(layers: blocks.map { _ in KVCache(batch: batch, width: config.hiddenSize) })
+    /// Older checkpoints store the causal mask buffers attn.bias / attn.masked_bias (crossattention.* too).
+    static func isMaskBuffer(_ name: String) -> Bool { name.hasSuffix("attn.bias") || name.hasSuffix("attn.masked_bias") || name.hasSuffix("attention.bias") || name.hasSuffix("attention.masked_bias") }
+
+    /// A cache for `batch` sequences; a decoder's also holds the memory of the encoder states it attends to.
+    public func makeCache(batch: Int = 1) -> GPT2Cache { makeCache(batch: batch, memory: nil) }
+
+    public func makeCache(batch: Int, memory: [CrossMemory]?) -> GPT2Cache {
+        GPT2Cache(layers: blocks.map { _ in KVCache(batch: batch, width: config.hiddenSize) }, memory: memory)
+    }
+
+    /// Each layer's keys and values of encoder states [1, t, hiddenSize], for a decoder's cache.
+    public func memory(encoderStates: Tensor) throws -> [CrossMemory] {
+        guard config.addCrossAttention else { throw ModelError.invalidInput(model: "GPT-2", detail: "this GPT-2 has no cross-attention to attend to encoder states") }
+        guard encoderStates.rank == 3, encoderStates.shape[0] == 1, encoderStates.shape[2] == config.hiddenSize else {
+            throw ModelError.invalidInput(model: "GPT-2", detail: "encoder states must be [1, t, \(config.hiddenSize)], got \(encoderStates.shape)")
+        }
+        return blocks.map { $0.cross!.memory(encoderStates) }
+    }
+
+    private func requireMemory(_ cache: GPT2Cache) throws {
+        if config.addCrossAttention && cache.memory == nil {
+            throw ModelError.invalidInput(model: "GPT-2", detail: "a decoder with cross-attention needs a cache made with the encoder's memory")
+        }
     }
 
     /// Feeds `tokens` (one equal-length row per cache row) after the positions in `cache`
@@ -120,6 +151,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         guard tokens.count == cache.batch, t > 0, tokens.allSatisfy({ $0.count == t }) else {
             throw ModelError.invalidInput(model: "GPT-2", detail: "expected \(cache.batch) rows of one non-zero length, got lengths \(tokens.map(\.count))")
         }
+        try requireMemory(cache)
         let start = cache.length
         guard start + t <= config.maxPositions else {
             throw ModelError.invalidInput(model: "GPT-2", detail: "\(start + t) positions exceed the context of \(config.maxPositions)")
@@ -134,7 +166,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let positions = positionEmbedding.rows(start..<start + t).reshaped([1, t, d])
         addInPlace(&hidden, concatenate(Array(repeating: positions, count: tokens.count), axis: 0))
         for (index, block) in blocks.enumerated() {
-            hidden = block(hidden, cache: &cache.layers[index])
+            hidden = block(hidden, cache: &cache.layers[index], memory: cache.memory?[index])
         }
         return finalLayerNorm(hidden)
     }
@@ -142,6 +174,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     /// Hidden states [n, hiddenSize] of n one-token continuations of the single sequence in `cache`,
     /// all in one batch that reads the cache in place instead of copying it n times.
     public func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
+        try requireMemory(cache)
         let start = cache.length
         guard cache.batch == 1, !tokens.isEmpty, start < config.maxPositions else {
             throw ModelError.invalidInput(model: "GPT-2", detail: "candidates need a one-sequence cache with room for a position, and at least one token")
@@ -156,7 +189,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let segments = tokens.indices.map { PackedSegment(rows: $0..<$0 + 1, sharedLength: start) }
         var projections: [Tensor] = []
         for (index, block) in blocks.enumerated() {
-            let step = block(packed: hidden, segments: segments, prefix: cache.layers[index])
+            let step = block(packed: hidden, segments: segments, prefix: cache.layers[index], memory: cache.memory?[index])
             hidden = step.hidden
             projections.append(step.projections)
         }

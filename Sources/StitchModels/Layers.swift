@@ -39,6 +39,33 @@ struct LayerNorm {
     func callAsFunction(_ x: Tensor) -> Tensor { layerNorm(x, weight: weight, bias: bias, epsilon: epsilon) }
 }
 
+/// The non-overlapping p×p patches of pixels [batch, c, s, s] as rows [batch * (s/p)², c * p * p],
+/// row-major over the grid and flattened in a patch conv weight's (channel, row, column) order:
+/// a stride-p convolution becomes one product with the weight reshaped to [d, c * p * p].
+func flattenPatches(_ pixels: Tensor, patch p: Int) -> Tensor {
+    let (batch, c, s) = (pixels.shape[0], pixels.shape[1], pixels.shape[2])
+    let grid = s / p
+    var patches = Tensor(uninitialized: [batch * grid * grid, c * p * p])
+    pixels.withUnsafeBufferPointer { src in
+        patches.withUnsafeMutableBufferPointer { dst in
+            for b in 0..<batch {
+                for gy in 0..<grid {
+                    for gx in 0..<grid {
+                        var o = ((b * grid + gy) * grid + gx) * c * p * p
+                        for ch in 0..<c {
+                            for i in 0..<p {
+                                let row = ((b * c + ch) * s + gy * p + i) * s + gx * p
+                                for j in 0..<p { dst[o] = src[row + j]; o += 1 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return patches
+}
+
 /// Splits x [..., parts * n] into `parts` tensors [..., n] (copies).
 func splitLastDimension(_ x: Tensor, parts: Int) -> [Tensor] {
     let width = x.lastDimension / parts

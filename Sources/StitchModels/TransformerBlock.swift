@@ -4,6 +4,8 @@ import StitchTensor
 /// A pre-layer-norm transformer block, as GPT-2's blocks and CLIP's encoder layers are:
 /// x + out(attention(qkv(layerNorm1 x))), then + fc2(activation(fc1(layerNorm2 ·))).
 /// Each model file builds it from its own weight names; the attention varies by use.
+/// A decoder block (GPT-2 with add_cross_attention) also attends to an encoder's states
+/// between the two: + crossOut(attention(query(crossLayerNorm ·), memory)).
 struct TransformerBlock {
     let layerNorm1, layerNorm2: LayerNorm
     /// Queries, keys and values fused along the outputs, so one product serves all three.
@@ -11,6 +13,7 @@ struct TransformerBlock {
     let out, fc1, fc2: Linear
     let heads: Int
     let activation: Activation
+    var cross: CrossAttention? = nil
 
     /// The last layer for one pooled position per sequence: keys and values for every token,
     /// but queries, output projection and MLP only for `positions` (one per batch row).
@@ -40,12 +43,13 @@ struct TransformerBlock {
         return hidden
     }
 
-    /// The causal layer for positions after those in `cache`, whose keys and values it appends.
-    /// x [batch, t, d] -> [batch, t, d]
-    func callAsFunction(_ x: Tensor, cache: inout KVCache) -> Tensor {
+    /// The causal layer for positions after those in `cache`, whose keys and values it appends;
+    /// a decoder block also attends to `memory`. x [batch, t, d] -> [batch, t, d]
+    func callAsFunction(_ x: Tensor, cache: inout KVCache, memory: CrossMemory? = nil) -> Tensor {
         let parts = splitLastDimension(qkv(layerNorm1(x)), parts: 3)
         var hidden = x
         addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)))
+        addCrossAttention(&hidden, memory)
         addFeedForward(&hidden)
         return hidden
     }
@@ -53,12 +57,26 @@ struct TransformerBlock {
     /// The causal layer over packed sequences that continue a shared prefix, which they read in
     /// place (`packedPrefixAttention`). x [total, d] -> outputs [total, d] and the fused q/k/v
     /// projections [total, 3d], whose key and value thirds a cache can take later.
-    func callAsFunction(packed x: Tensor, segments: [PackedSegment], prefix: KVCache) -> (hidden: Tensor, projections: Tensor) {
+    func callAsFunction(packed x: Tensor, segments: [PackedSegment], prefix: KVCache, memory: CrossMemory? = nil) -> (hidden: Tensor, projections: Tensor) {
         let projections = qkv(layerNorm1(x))
         var hidden = x
         addInPlace(&hidden, out(packedPrefixAttention(projections, segments: segments, prefix: prefix, heads: heads)))
+        if memory != nil {
+            // Packed rows attend to the memory independently: one batch row of `total` queries.
+            var rows = hidden.reshaped([1, hidden.shape[0], hidden.shape[1]])
+            addCrossAttention(&rows, memory)
+            hidden = rows.reshaped(hidden.shape)
+        }
         addFeedForward(&hidden)
         return (hidden, projections)
+    }
+
+    /// hidden [batch, t, d] += crossOut(attention(query(crossLayerNorm hidden), memory)), when the block has one.
+    private func addCrossAttention(_ hidden: inout Tensor, _ memory: CrossMemory?) {
+        guard let cross else { return }
+        guard let memory else { preconditionFailure("a cross-attention block needs the encoder's memory") }
+        let queries = cross.query(cross.layerNorm(hidden))
+        addInPlace(&hidden, cross.out(multiHeadAttention(query: queries, key: memory.keys, value: memory.values, heads: heads, causal: false)))
     }
 
     /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).
@@ -76,4 +94,23 @@ func gatherRows(_ x: Tensor, _ positions: [Int]) -> Tensor {
         precondition(p >= 0 && p < t, "position \(p) outside 0..<\(t)")
         return x.row(b).row(p).reshaped([1, 1, d])
     }, axis: 0)
+}
+
+/// A decoder block's attention to an encoder: layer norm, query projection, fused key/value
+/// projection of the encoder's states, output projection.
+struct CrossAttention {
+    let layerNorm: LayerNorm
+    let query, keyValue, out: Linear
+
+    /// Keys and values of encoder states [1, t, d], computed once per image.
+    func memory(_ states: Tensor) -> CrossMemory {
+        let parts = splitLastDimension(keyValue(states), parts: 2)
+        return CrossMemory(keys: parts[0], values: parts[1])
+    }
+}
+
+/// One decoder layer's keys and values of the encoder's states [1, t, d], shared by every
+/// sequence decoded for that input.
+public struct CrossMemory: Sendable {
+    let keys, values: Tensor
 }

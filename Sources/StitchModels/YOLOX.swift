@@ -28,10 +28,9 @@ public final class YOLOX: @unchecked Sendable {
 
         func callAsFunction(_ x: Tensor) -> Tensor {
             let padding = Padding2D.symmetric((weight.shape[2] - 1) / 2)
-            var y = depthwise ? depthwiseConv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
-                              : conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
-            if activated { silu(&y) }
-            return y
+            let activation: ConvActivation = activated ? .silu : .none
+            return depthwise ? depthwiseConv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
+                             : conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
         }
     }
 

@@ -89,21 +89,23 @@ struct AttentionOperand {
 
 /// Scaled dot-product multi-head attention.
 ///
-/// - query: [batch, tq, heads * headDim]; key/value: [batch, tk, heads * headDim].
+/// - query: [batch, tq, heads * headDim]; key/value: [batch, tk, heads * headDim], or
+///   [1, tk, heads * headDim] shared by every batch row (cross-attention to one image).
 /// - causal: query i (absolute position `tk - tq + i`) sees keys 0...tk-tq+i.
 /// - keyMask: [batch, tk] with 1 for real tokens and 0 for padding (Hugging Face's attention_mask).
 /// Returns [batch, tq, heads * headDim].
 public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
                                causal: Bool, keyMask: Tensor? = nil) -> Tensor {
-    precondition(query.rank == 3 && key.rank == 3 && key.shape == value.shape && query.shape[0] == key.shape[0] && query.shape[2] == key.shape[2],
-                 "attention shapes q \(query.shape) k \(key.shape) v \(value.shape)")
-    let (batch, tq, tk, width) = (key.shape[0], query.shape[1], key.shape[1], key.shape[2])
+    precondition(query.rank == 3 && key.rank == 3 && key.shape == value.shape && (key.shape[0] == query.shape[0] || key.shape[0] == 1)
+                 && query.shape[2] == key.shape[2], "attention shapes q \(query.shape) k \(key.shape) v \(value.shape)")
+    let (batch, tq, tk, width) = (query.shape[0], query.shape[1], key.shape[1], key.shape[2])
+    let keyBatchStride = key.shape[0] == 1 ? 0 : tk * width
     return query.withUnsafeBufferPointer { q in
         key.withUnsafeBufferPointer { k in
             value.withUnsafeBufferPointer { v in
                 attend(query: AttentionOperand(base: q.baseAddress!, rowStride: width, batchStride: tq * width),
-                       keys: AttentionOperand(base: k.baseAddress!, rowStride: width, batchStride: tk * width),
-                       values: AttentionOperand(base: v.baseAddress!, rowStride: width, batchStride: tk * width),
+                       keys: AttentionOperand(base: k.baseAddress!, rowStride: width, batchStride: keyBatchStride),
+                       values: AttentionOperand(base: v.baseAddress!, rowStride: width, batchStride: keyBatchStride),
                        batch: batch, queryLength: tq, keyLength: tk, width: width, heads: heads,
                        causalOffset: causal ? tk - tq : nil, keyMask: keyMask)
             }

@@ -1,3 +1,5 @@
+import CStitchKernels
+
 /// Zero padding around an image: rows added on top and bottom, columns on left and right.
 public struct Padding2D: Sendable, Equatable {
     public var top, bottom, left, right: Int
@@ -25,84 +27,115 @@ private func outputSize(_ size: Int, kernel: Int, stride: Int, before: Int, afte
     (size + before + after - kernel) / stride + 1
 }
 
+/// What a convolution applies to each output after its bias, in the same pass.
+public enum ConvActivation: Sendable {
+    case none, silu, relu6
+
+    var kernel: stitch_activation {
+        switch self {
+        case .none: return STITCH_ACTIVATION_NONE
+        case .silu: return STITCH_ACTIVATION_SILU
+        case .relu6: return STITCH_ACTIVATION_RELU6
+        }
+    }
+}
+
 /// 2-D convolution of one image x [cIn, h, w] with weight [cOut, cIn, kh, kw]
-/// (PyTorch layout) and optional bias [cOut], giving [cOut, hOut, wOut].
-/// 1x1 convolutions are one sgemm; others go through im2col and one sgemm.
-public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0)) -> Tensor {
+/// (PyTorch layout), bias [cOut] and an activation, giving [cOut, hOut, wOut].
+/// The output is computed in tiles of whole rows spread over the cores; for each tile,
+/// im2col (skipped for 1×1 stride-1 kernels), one single-threaded sgemm, then bias and
+/// activation while the tile is still in cache.
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
+                   activation: ConvActivation = .none) -> Tensor {
     precondition(x.rank == 3 && weight.rank == 4 && weight.shape[1] == x.shape[0],
                  "conv2d of input \(x.shape) with weight \(weight.shape)")
     let (cIn, h, w) = (x.shape[0], x.shape[1], x.shape[2])
     let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
     let hOut = outputSize(h, kernel: kh, stride: stride, before: padding.top, after: padding.bottom)
     let wOut = outputSize(w, kernel: kw, stride: stride, before: padding.left, after: padding.right)
-    let columns: Tensor
-    if kh == 1 && kw == 1 && stride == 1 && padding == .symmetric(0) {
-        columns = x.reshaped([cIn, h * w])
-    } else {
-        // im2col: row (c, i, j) holds input pixel (c, y*stride + i - top, x*stride + j - left) for every output (y, x).
-        var cols = Tensor(uninitialized: [cIn * kh * kw, hOut * wOut])
-        x.withUnsafeBufferPointer { src in
-            cols.withUnsafeMutableBufferPointer { dst in
-                let (s, d) = (src.baseAddress!, dst.baseAddress!)
-                Parallel.forEach(cIn) { c in
-                    for i in 0..<kh {
-                        for j in 0..<kw {
-                            let row = d + ((c * kh + i) * kw + j) * hOut * wOut
-                            for y in 0..<hOut {
-                                let sy = y * stride + i - padding.top
-                                for xo in 0..<wOut {
-                                    let sx = xo * stride + j - padding.left
-                                    row[y * wOut + xo] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? s[(c * h + sy) * w + sx] : 0
+    let plane = hOut * wOut, depth = cIn * kh * kw
+    let direct = kh == 1 && kw == 1 && stride == 1 && padding == .symmetric(0)
+    // Rows per tile: about 2048 outputs (an im2col tile of depth × 2048 stays in L2), and
+    // enough tiles to keep every core busy.
+    let rowsPerTile = max(1, min(max(2048 / max(wOut, 1), 1), (hOut + Parallel.limit - 1) / Parallel.limit))
+    let tiles = (hOut + rowsPerTile - 1) / rowsPerTile
+    let biases = bias?.scalars ?? [Float](repeating: 0, count: cOut)
+    var out = Tensor(uninitialized: [cOut, hOut, wOut])
+    x.withUnsafeBufferPointer { src in
+        weight.withUnsafeBufferPointer { kernel in
+            out.withUnsafeMutableBufferPointer { dst in
+                let (s, k, d) = (src.baseAddress!, kernel.baseAddress!, dst.baseAddress!)
+                Parallel.forEach(tiles) { tile in
+                    let firstRow = tile * rowsPerTile, rows = min(rowsPerTile, hOut - firstRow)
+                    let (start, columns) = (firstRow * wOut, rows * wOut)
+                    let product = { (b: UnsafePointer<Float>, ldb: Int) in
+                        // [cOut, depth] · [depth, columns] into columns start..<start+columns of each output channel
+                        BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: depth, a: k, lda: depth,
+                                  b: b, ldb: ldb, c: d + start, ldc: plane)
+                    }
+                    if direct {
+                        product(s + start, h * w)
+                    } else {
+                        // im2col row (c, i, j) holds input pixel (c, y·stride + i − top, x·stride + j − left) for each output (y, x) of the tile.
+                        let cols = UnsafeMutablePointer<Float>.allocate(capacity: depth * columns)
+                        defer { cols.deallocate() }
+                        for c in 0..<cIn {
+                            for i in 0..<kh {
+                                for j in 0..<kw {
+                                    let row = cols + ((c * kh + i) * kw + j) * columns
+                                    let valid = validOutputs(offset: j - padding.left, stride: stride, inputSize: w, outputSize: wOut)
+                                    for y in 0..<rows {
+                                        let target = row + y * wOut
+                                        let sy = (firstRow + y) * stride + i - padding.top
+                                        guard sy >= 0 && sy < h else {
+                                            target.initialize(repeating: 0, count: wOut)
+                                            continue
+                                        }
+                                        let input = s + (c * h + sy) * w + j - padding.left
+                                        for xo in 0..<valid.lowerBound { target[xo] = 0 }
+                                        if stride == 1 {
+                                            (target + valid.lowerBound).update(from: input + valid.lowerBound, count: valid.count)
+                                        } else {
+                                            for xo in valid { target[xo] = input[xo * stride] }
+                                        }
+                                        for xo in valid.upperBound..<wOut { target[xo] = 0 }
+                                    }
                                 }
                             }
                         }
+                        product(cols, columns)
                     }
+                    for c in 0..<cOut { stitch_bias_activation(d + c * plane + start, columns, biases[c], activation.kernel) }
                 }
             }
         }
-        columns = cols
     }
-    // [cOut, cIn*kh*kw] · [cIn*kh*kw, hOut*wOut]
-    var out = matmul(weight.reshaped([cOut, cIn * kh * kw]), columns)
-    if let bias { addChannelBias(&out, bias, plane: hOut * wOut) }
-    return out.reshaped([cOut, hOut, wOut])
+    return out
 }
 
-/// Depthwise 2-D convolution (groups == channels): x [c, h, w], weight [c, 1, kh, kw].
-public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0)) -> Tensor {
-    precondition(x.rank == 3 && weight.rank == 4 && weight.shape[0] == x.shape[0] && weight.shape[1] == 1,
+/// Depthwise 2-D convolution (groups == channels): x [c, h, w], weight [c, 1, kh, kw], with
+/// bias and activation applied to each channel as soon as it is done.
+public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
+                            activation: ConvActivation = .none) -> Tensor {
+    precondition(x.rank == 3 && weight.rank == 4 && weight.shape[0] == x.shape[0] && weight.shape[1] == 1 && weight.shape[3] <= 16,
                  "depthwise conv2d of input \(x.shape) with weight \(weight.shape)")
     let (c, h, w) = (x.shape[0], x.shape[1], x.shape[2])
     let (kh, kw) = (weight.shape[2], weight.shape[3])
     let hOut = outputSize(h, kernel: kh, stride: stride, before: padding.top, after: padding.bottom)
     let wOut = outputSize(w, kernel: kw, stride: stride, before: padding.left, after: padding.right)
-    var out = Tensor(zeros: [c, hOut, wOut])
+    let biases = bias?.scalars ?? [Float](repeating: 0, count: c)
+    var out = Tensor(uninitialized: [c, hOut, wOut])
     x.withUnsafeBufferPointer { src in
         weight.withUnsafeBufferPointer { kernel in
             out.withUnsafeMutableBufferPointer { dst in
                 let (s, k, d) = (src.baseAddress!, kernel.baseAddress!, dst.baseAddress!)
                 Parallel.forEach(c) { channel in
-                    let input = s + channel * h * w, taps = k + channel * kh * kw, output = d + channel * hOut * wOut
-                    // Each tap (i, j) sweeps the output columns whose input column lies inside the image,
-                    // so the inner loop is contiguous and unchecked; every output still sums its taps in (i, j) order.
-                    let columns = (0..<kw).map { j in validOutputs(offset: j - padding.left, stride: stride, inputSize: w, outputSize: wOut) }
-                    for y in 0..<hOut {
-                        let row = output + y * wOut
-                        for i in 0..<kh {
-                            let sy = y * stride + i - padding.top
-                            guard sy >= 0 && sy < h else { continue }
-                            let inputRow = input + sy * w
-                            for j in 0..<kw {
-                                let tap = taps[i * kw + j], shift = j - padding.left
-                                for xo in columns[j] { row[xo] += inputRow[xo * stride + shift] * tap }
-                            }
-                        }
-                    }
+                    stitch_depthwise_channel(s + channel * h * w, h, w, k + channel * kh * kw, kh, kw, stride, padding.top, padding.left,
+                                             d + channel * hOut * wOut, hOut, wOut, biases[channel], activation.kernel)
                 }
             }
         }
     }
-    if let bias { addChannelBias(&out, bias, plane: hOut * wOut) }
     return out
 }
 
@@ -113,18 +146,6 @@ private func validOutputs(offset: Int, stride: Int, inputSize: Int, outputSize: 
     var end = first
     while end < outputSize && end * stride + offset < inputSize { end += 1 }
     return first..<end
-}
-
-/// Adds bias[c] to every element of channel c in x [c, plane...].
-private func addChannelBias(_ x: inout Tensor, _ bias: Tensor, plane: Int) {
-    let values = bias.scalars
-    precondition(values.count * plane == x.count, "bias of \(values.count) channels for \(x.shape)")
-    x.withUnsafeMutableBufferPointer { p in
-        let base = p.baseAddress!
-        Parallel.forEach(values.count) { c in
-            for i in 0..<plane { base[c * plane + i] += values[c] }
-        }
-    }
 }
 
 /// Mean over the spatial axes of x [c, h, w], giving [c].

@@ -1,3 +1,4 @@
+import CStitchKernels
 import Foundation
 
 /// Applies `transform` to every element in place, in parallel chunks.
@@ -16,41 +17,16 @@ public func geluErf(_ x: inout Tensor) {
 }
 
 /// GELU, tanh approximation (GPT-2's "gelu_new", CLIP's "gelu_pytorch_tanh"), with
-/// tanh(u) = 1 - 2 / (exp(2u) + 1).
-public func geluTanh(_ x: inout Tensor) {
-    let c = Float(0.79788456080286535587989211986876) // sqrt(2/pi)
-    forEachChunk(&x) { p, n in
-        for i in 0..<n {
-            let v = p[i]
-            p[i] = 0.5 * v * (2 - 2 / (fastExp(2 * c * (v + 0.044715 * v * v * v)) + 1))
-        }
-    }
-}
+/// tanh(u) = 1 - 2 / (exp(2u) + 1) and an exp within about 1 ulp of expf.
+public func geluTanh(_ x: inout Tensor) { forEachChunk(&x) { stitch_gelu_tanh($0, $1) } }
 
 /// Quick GELU, x * sigmoid(1.702 x) (OpenAI CLIP).
-public func quickGelu(_ x: inout Tensor) {
-    forEachChunk(&x) { p, n in
-        for i in 0..<n { p[i] = p[i] / (1 + fastExp(-1.702 * p[i])) }
-    }
-}
-
-/// SiLU, x·σ(x), in place.
-public func silu(_ x: inout Tensor) {
-    forEachChunk(&x) { p, n in
-        for i in 0..<n { p[i] = p[i] / (1 + fastExp(-p[i])) }
-    }
-}
+public func quickGelu(_ x: inout Tensor) { forEachChunk(&x) { stitch_quick_gelu($0, $1) } }
 
 /// The logistic sigmoid, in place.
-public func sigmoid(_ x: inout Tensor) {
-    forEachChunk(&x) { p, n in
-        for i in 0..<n { p[i] = 1 / (1 + fastExp(-p[i])) }
-    }
-}
+public func sigmoid(_ x: inout Tensor) { forEachChunk(&x) { stitch_sigmoid($0, $1) } }
 
-
-/// Runs `body` on parallel chunks of the elements (pointer, count). The loop lives in the
-/// caller's closure, so element-wise arithmetic there is vectorised.
+/// Runs `body` on parallel chunks of the elements (pointer, count).
 func forEachChunk(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) -> Void) {
     x.withUnsafeMutableBufferPointer { buffer in
         let base = buffer.baseAddress!
@@ -58,29 +34,11 @@ func forEachChunk(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) 
     }
 }
 
-/// e^x within about 1 ulp of expf, in plain arithmetic the compiler vectorises (expf is a library
-/// call it cannot): x = n ln 2 + r with |r| <= ln 2 / 2, Cephes' degree-6 polynomial for e^r, and
-/// 2^n built in the exponent bits. Saturates to 0 and +inf like expf.
-@inline(__always)
-func fastExp(_ x: Float) -> Float {
-    let clamped = min(max(x, -87.33654), 88.72283)
-    // n = round(x / ln 2): adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
-    let shifted = clamped * 1.44269504088896341 + 12_582_912
-    let n = shifted - 12_582_912
-    let r = clamped - n * 0.693359375 + n * 2.12194440e-4   // ln 2 split in two for an exact product
-    var p: Float = 1.9875691500e-4
-    p = p * r + 1.3981999507e-3
-    p = p * r + 8.3334519073e-3
-    p = p * r + 4.1665795894e-2
-    p = p * r + 1.6666665459e-1
-    p = p * r + 5.0000001201e-1
-    p = p * r * r + r + 1
-    let integer = Int32(bitPattern: shifted.bitPattern) &- 0x4B40_0000   // n, from the mantissa bits
-    // p * 2^n in two halves, so that n = 128 (x near the top of the range) does not overflow 2^n.
-    let half = integer >> 1
-    let result = p * Float(bitPattern: UInt32(bitPattern: (half &+ 127) &<< 23))
-        * Float(bitPattern: UInt32(bitPattern: (integer &- half &+ 127) &<< 23))
-    return x < -87.33654 ? 0 : (x > 88.72283 ? .infinity : result)
+/// e^x for each value, by the kernels' exp (within about 1 ulp of expf; 0 and +inf outside its range).
+func fastExponentials(_ x: [Float]) -> [Float] {
+    var y = [Float](repeating: 0, count: x.count)
+    x.withUnsafeBufferPointer { source in y.withUnsafeMutableBufferPointer { stitch_exp(source.baseAddress, $0.baseAddress, x.count) } }
+    return y
 }
 
 /// Activation functions named as in Hugging Face configs (`hidden_act`, `activation_function`).

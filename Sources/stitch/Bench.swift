@@ -43,6 +43,12 @@ struct Bench: ParsableCommand {
     @Option(help: "The EfficientNet-Lite0 folder (the row is skipped without it).")
     var efficientnet: String?
 
+    @Option(help: "The YOLOX-Nano folder (ONNX file and class names) of the yolox row.")
+    var yolox = "../shared/models/yolox-nano-coco"
+
+    @Option(help: "The photo the yolox row detects in.")
+    var image = "../shared/images/dog_bicycle_truck.jpg"
+
     @Option(help: "GPT-2 and CLIP tokenizer files copied into the random-weight folders (the magic row decodes text).")
     var tokenizers = "../shared/models/tokenizers"
 
@@ -63,7 +69,8 @@ struct Bench: ParsableCommand {
         let script = try referenceScript()
         let reference = ReferenceSide(python: python, script: script)
         let referenceProblem = reference.availability()
-        var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet)
+        var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet,
+                                   yolox: existing(yolox), image: existing(image))
         if (clip == nil || gpt2 == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
             if let referenceProblem {
                 print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
@@ -109,6 +116,9 @@ struct Bench: ParsableCommand {
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
     }
+
+    /// The path when it exists: rows whose default files are absent are skipped.
+    private func existing(_ path: String) -> String? { FileManager.default.fileExists(atPath: path) ? path : nil }
 
     /// bench_reference.py, shipped as a resource of the binary.
     private func referenceScript() throws -> String {
@@ -182,11 +192,11 @@ struct ReferenceSide {
 
 /// The model folders each row needs.
 struct BenchFolders {
-    var clip, gpt2, minilm, efficientnet: String?
+    var clip, gpt2, minilm, efficientnet, yolox, image: String?
 
     /// The row's folder options, or nil when one is missing.
     func arguments(for row: BenchRow) -> [String]? {
-        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet]
+        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "yolox": yolox, "image": image]
         var arguments: [String] = []
         for name in row.neededFolders {
             guard let folder = folders[name] ?? nil else { return nil }

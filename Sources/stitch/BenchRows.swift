@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StitchImaging
 import StitchMethods
 import StitchModels
 import StitchTensor
@@ -9,6 +10,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case clipImage1 = "clip-image-1", clipImage16 = "clip-image-16", clipText = "clip-text"
     case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
     case asif10k = "asif-10k", asif100k = "asif-100k"
+    case yolox
 
     /// Anchors in an ASIF row's random index.
     var anchorCount: Int? {
@@ -28,6 +30,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .minilm: return ["minilm"]
         case .efficientnet: return ["efficientnet"]
         case .asif10k, .asif100k: return []
+        case .yolox: return ["yolox", "image"]
         }
     }
 
@@ -44,6 +47,8 @@ struct BenchRowWorker: ParsableCommand {
     @Option var gpt2: String?
     @Option var minilm: String?
     @Option var efficientnet: String?
+    @Option var yolox: String?
+    @Option var image: String?
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
     @Option var workDir: String?
@@ -107,6 +112,13 @@ struct BenchRowWorker: ParsableCommand {
             let encoder = try SentenceEncoder(folder: folder(minilm))
             let sentences = (0..<32).map { "a photo of \($0) zebras standing next to a red truck on a sunny street" }
             (measured, note) = (try bestTime(seconds: seconds) { _ = try encoder.encode(sentences) }, "batch 32")
+        case .yolox:
+            // Per image from its file: decode, letterbox, network, decoding and NMS.
+            let detector = try YOLOX(path: folder(yolox).path)
+            let path = try folder(image).path
+            var classes: [Int] = []
+            let time = try bestTime(seconds: seconds) { classes = try detector.detect(try RGBImage(contentsOf: path)).map(\.classIndex) }
+            (measured, note, output) = (time, "per image, 416x416", classes)
         case .efficientnet:
             let network = try EfficientNetLite(folder: folder(efficientnet))
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))

@@ -542,6 +542,53 @@ def make_yolox_goldens():
     save_file(rows_of, out("yolox", "raw_rows.safetensors"))
 
 
+CAPTIONER_IMAGES = [os.path.join(IMAGES, "dog_bicycle_truck.jpg"), os.path.join(IMAGES, "zebra.jpg"), out("images", "rgb.jpg")]
+
+
+def make_captioner_goldens():
+    """A tiny random VisionEncoderDecoderModel (ViT encoder 24 wide, GPT-2 decoder 32 wide with
+    cross-attention, so enc_to_dec_proj is used; vocabulary cut to 1000 ids; initialised 10x wider than
+    the default so that a random decoder does not just echo its start token) and transformers' decoder
+    logits and generate() captions (greedy and beam search) for three images."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel, VisionEncoderDecoderModel
+    torch.manual_seed(2)
+    start = 999
+    encoder = ViTModel(ViTConfig(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                                 image_size=32, patch_size=8, initializer_range=0.2))
+    decoder = GPT2LMHeadModel(GPT2Config(vocab_size=1000, n_positions=64, n_embd=32, n_layer=2, n_head=4, add_cross_attention=True,
+                                         is_decoder=True, bos_token_id=start, eos_token_id=start, initializer_range=0.2))
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = start
+    model.config.pad_token_id = start
+    model.config.eos_token_id = start
+    save_tiny(model, "tiny-vit-gpt2")
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(out("tiny-vit-gpt2"))
+    model = VisionEncoderDecoderModel.from_pretrained(out("tiny-vit-gpt2"), torch_dtype=torch.float32).eval()
+    decoder_input = [start, 5, 17, 300, 42]
+    tensors, golden = {}, {"images": [os.path.relpath(p, ROOT) if p.startswith(ROOT) else "shared:" + os.path.basename(p) for p in CAPTIONER_IMAGES],
+                           "decoder_input": decoder_input, "settings": []}
+    pixels = [processor(images=[Image.open(p).convert("RGB")], return_tensors="pt")["pixel_values"] for p in CAPTIONER_IMAGES]
+    with torch.no_grad():
+        for i, x in enumerate(pixels):
+            tensors[f"pixels.{i}"] = x[0].numpy()
+            tensors[f"logits.{i}"] = model(pixel_values=x, decoder_input_ids=torch.tensor([decoder_input])).logits[0].numpy()
+
+        def generate(x, **settings):
+            return model.generate(pixel_values=x, do_sample=False, **settings)[0, 1:].tolist()
+        # End tokens the model actually emits, so that hypotheses finish early under beam search.
+        plain = generate(pixels[0], num_beams=1, max_new_tokens=12)
+        for beams, penalty, early, end in [(1, 1.0, False, start), (4, 1.0, False, start), (3, 1.0, False, plain[3]),
+                                           (4, 0.7, True, plain[1]), (2, 1.5, False, plain[5])]:
+            settings = dict(num_beams=beams, length_penalty=penalty, early_stopping=early, max_new_tokens=12, eos_token_id=end)
+            golden["settings"].append(dict(beams=beams, length_penalty=penalty, early_stopping=early, max_tokens=12, end_token=end,
+                                           outputs=[generate(x, **settings) for x in pixels]))
+    assert len({tuple(o) for o in golden["settings"][1]["outputs"]}) > 1, "captions must depend on the image"
+    save_file(tensors, out("tiny-vit-gpt2", "golden.safetensors"))
+    write_json(golden, "tiny-vit-gpt2", "golden.json")
+    print("captioner:", [s["outputs"][0] for s in golden["settings"]])
+
+
 if __name__ == "__main__":
     for path in [TOKENIZERS, MINILM, IMAGES, YOLOX]:
         if not os.path.isdir(path):
@@ -563,3 +610,4 @@ if __name__ == "__main__":
     make_minilm_goldens()
     make_efficientnet_goldens()
     make_yolox_goldens()
+    make_captioner_goldens()

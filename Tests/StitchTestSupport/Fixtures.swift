@@ -27,7 +27,7 @@ public enum Fixtures {
     /// A copy of a tiny fixture model folder (tiny-gpt2, tiny-clip) inside `folder`, with the real
     /// tokenizer files from ../shared linked in under their Hugging Face names.
     public static func modelWithTokenizer(_ fixture: String, in folder: URL) throws -> URL {
-        let links = fixture.hasPrefix("tiny-gpt2")
+        let links = fixture.contains("gpt2")
             ? ["vocab.json": "gpt2-vocab.json", "merges.txt": "gpt2-merges.txt"]
             : ["bpe_simple_vocab_16e6.txt.gz": "bpe_simple_vocab_16e6.txt.gz"]
         let target = folder.appendingPathComponent(fixture)

@@ -155,6 +155,14 @@ def row(name, args):
             model = SentenceTransformer(args.minilm, device="cpu")
             sentences = [f"a photo of {i} zebras standing next to a red truck on a sunny street" for i in range(32)]
             return best_time(lambda: model.encode(sentences, batch_size=32), args.seconds), "batch 32"
+        if name == "yolox":
+            import yolox_reference
+            session = yolox_reference.session(os.path.join(args.yolox, "yolox_nano.onnx"), args.threads)
+            classes = []
+
+            def detect():
+                classes[:] = [c for c, _, _ in yolox_reference.detect(session, args.image)[3]]
+            return best_time(detect, args.seconds), "per image, 416x416", classes
         if name == "efficientnet":
             from efficientnet_lite_pytorch import EfficientNet
             from safetensors.torch import load_file
@@ -173,6 +181,8 @@ def main():
     parser.add_argument("--gpt2")
     parser.add_argument("--minilm")
     parser.add_argument("--efficientnet")
+    parser.add_argument("--yolox")
+    parser.add_argument("--image")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--tokenizers", default=os.path.join("..", "shared", "models", "tokenizers"))

@@ -1,0 +1,87 @@
+import Foundation
+import StitchImaging
+import StitchModelIO
+import StitchTensor
+
+/// transformers' ViTConfig, with its defaults.
+public struct ViTConfig: Decodable, Sendable {
+    public var hiddenSize: Int
+    public var layers: Int
+    public var heads: Int
+    public var intermediateSize: Int
+    public var activation: Activation
+    public var layerNormEpsilon: Float
+    public var imageSize: Int
+    public var patchSize: Int
+    public var channels: Int
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: AnyKey.self)
+        hiddenSize = try c.value("hidden_size", default: 768)
+        layers = try c.value("num_hidden_layers", default: 12)
+        heads = try c.value("num_attention_heads", default: 12)
+        intermediateSize = try c.value("intermediate_size", default: 3072)
+        activation = try c.value("hidden_act", default: .gelu)
+        layerNormEpsilon = try c.value("layer_norm_eps", default: 1e-12)
+        imageSize = try c.value("image_size", default: 224)
+        patchSize = try c.value("patch_size", default: 16)
+        channels = try c.value("num_channels", default: 3)
+        if try c.value("qkv_bias", default: true) != true {
+            throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey("qkv_bias")], debugDescription: "only true is supported"))
+        }
+    }
+}
+
+extension TransformerBlock {
+    /// A ViT encoder layer (layernorm_before / attention / layernorm_after / intermediate / output).
+    init(vit store: WeightStore, _ prefix: String, _ config: ViTConfig) {
+        let d = config.hiddenSize
+        self.init(layerNorm1: LayerNorm(store, "\(prefix).layernorm_before", size: d, epsilon: config.layerNormEpsilon),
+                  layerNorm2: LayerNorm(store, "\(prefix).layernorm_after", size: d, epsilon: config.layerNormEpsilon),
+                  qkv: Linear(fusing: ["query", "key", "value"].map { Linear(store, "\(prefix).attention.attention.\($0)", inputs: d, outputs: d) }),
+                  out: Linear(store, "\(prefix).attention.output.dense", inputs: d, outputs: d),
+                  fc1: Linear(store, "\(prefix).intermediate.dense", inputs: d, outputs: config.intermediateSize),
+                  fc2: Linear(store, "\(prefix).output.dense", inputs: config.intermediateSize, outputs: d),
+                  heads: config.heads, activation: config.activation)
+    }
+}
+
+/// The ViT encoder (transformers ViTModel without its pooler): patch and class embeddings
+/// with positions, pre-layer-norm layers, a final layer norm. Its last hidden states are
+/// what a VisionEncoderDecoder's decoder attends to.
+public final class ViT: @unchecked Sendable {
+    public let config: ViTConfig
+    let classToken, positions, patchWeight, patchBias: Tensor
+    let layers: [TransformerBlock]
+    let finalLayerNorm: LayerNorm
+
+    /// `root` prefixes every weight name: "encoder." inside a VisionEncoderDecoder checkpoint.
+    public init(config: ViTConfig, weights store: WeightStore, root: String = "") {
+        self.config = config
+        let (d, p, c) = (config.hiddenSize, config.patchSize, config.channels)
+        let patches = (config.imageSize / p) * (config.imageSize / p)
+        classToken = store.take("\(root)embeddings.cls_token", shape: [1, 1, d])
+        positions = store.take("\(root)embeddings.position_embeddings", shape: [1, patches + 1, d])
+        // Conv weight [d, c, p, p] used as a linear map of flattened patches [d, c * p * p].
+        patchWeight = store.take("\(root)embeddings.patch_embeddings.projection.weight", shape: [d, c, p, p]).reshaped([d, c * p * p])
+        patchBias = store.take("\(root)embeddings.patch_embeddings.projection.bias", shape: [d])
+        layers = (0..<config.layers).map { TransformerBlock(vit: store, "\(root)encoder.layer.\($0)", config) }
+        finalLayerNorm = LayerNorm(store, "\(root)layernorm", size: d, epsilon: config.layerNormEpsilon)
+    }
+
+    /// Last hidden states [batch, 1 + patches, d] of pixels [batch, channels, size, size].
+    public func hiddenStates(_ pixels: Tensor) throws -> Tensor {
+        let (s, p, c, d) = (config.imageSize, config.patchSize, config.channels, config.hiddenSize)
+        guard pixels.rank == 4, Array(pixels.shape.dropFirst()) == [c, s, s] else {
+            throw ModelError.invalidInput(model: "ViT", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
+        }
+        let (batch, patches) = (pixels.shape[0], (s / p) * (s / p))
+        let embedded = linear(flattenPatches(pixels, patch: p), weight: patchWeight, bias: patchBias).reshaped([batch, patches, d])
+        var hidden = concatenate((0..<batch).map { b in
+            concatenate([classToken, embedded.row(b).reshaped([1, patches, d])], axis: 1)
+        }, axis: 0)
+        addInPlace(&hidden, concatenate(Array(repeating: positions, count: batch), axis: 0))
+        for layer in layers { hidden = layer(hidden, causal: false) }
+        return finalLayerNorm(hidden)
+    }
+}
