@@ -57,6 +57,6 @@ let package = Package(
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchTestSupport"]),
-        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchTestSupport"]),
+        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchTestSupport"]),
     ]
 )

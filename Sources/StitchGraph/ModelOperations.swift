@@ -12,8 +12,10 @@ extension OperationRegistry {
         let registry = OperationRegistry()
         registry.register(modelKind("clip", files: CLIP.files) { try CLIP(folder: $0) })
         registry.register(modelKind("gpt2", files: GPT2.files) { try GPT2(folder: $0) })
+        registry.register(modelKind("captioner", files: VisionEncoderDecoder.files) { try VisionEncoderDecoder(folder: $0) })
         registry.register(asifKind)
-        for operation in clipOperations + languageModelOperations + asifOperations { registry.register(operation) }
+        registry.register(detectorKind)
+        for operation in clipOperations + languageModelOperations + asifOperations + visionOperations { registry.register(operation) }
         return registry
     }
 
@@ -27,11 +29,42 @@ extension OperationRegistry {
         let component = ASIFComponent(index: try AnchorIndex(path: spec.model), image: try locator.imageEmbedder(image), text: try locator.textEmbedder(text))
         try component.index.requireEncoders(image: component.image.identity, text: component.text.identity)
         return component
-    }, identity: { spec in
-        let attributes = (try? FileManager.default.attributesOfItem(atPath: spec.model)) ?? [:]
+    }, identity: { spec in fileIdentity("asif", spec, file: spec.model) })
+
+    /// YOLOX-Nano (`model`: its folder with the .onnx file and coco_labels.txt, or the .onnx file).
+    static let detectorKind = ComponentKind("detector", load: { spec in try YOLOX(path: spec.model) },
+                                            identity: { spec in fileIdentity("detector", spec, file: YOLOX.modelFile(spec.model) ?? spec.model) })
+
+    /// A component read from one local file, identified by its path, size and modification date.
+    static func fileIdentity(_ kind: String, _ spec: ComponentSpec, file: String) -> String {
+        let attributes = (try? FileManager.default.attributesOfItem(atPath: file)) ?? [:]
         let stamp = "\((attributes[.size] as? NSNumber)?.intValue ?? 0):\((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
-        return "asif:\(URL(fileURLWithPath: spec.model).standardizedFileURL.path):\(stamp):\(Value.object(spec.options).canonicalJSON)"
-    })
+        return "\(kind):\(URL(fileURLWithPath: file).standardizedFileURL.path):\(stamp):\(Value.object(spec.options).canonicalJSON)"
+    }
+
+    static let visionOperations: [Operation] = [
+        Operation("caption", "A caption of the image by a ViT-GPT2 captioner: strategy beam (default), greedy or sample.",
+                  arguments: [.component("captioner", kind: "captioner"), .value("image", .image),
+                              .value("max_tokens", .number, default: .number(15)), .value("strategy", .text, default: .string("beam"))]
+                      + decodingArguments, output: .text) { input in
+            let captioner = try input.component("captioner", as: VisionEncoderDecoder.self)
+            let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
+            return .string(try captioner.caption(RGBImage(contentsOf: input.text("image")), strategy: decodingStrategy(input), stop: stop).text)
+        },
+        Operation("detect", "Objects in the image (YOLOX-Nano, COCO classes): `tags`, the distinct labels best first joined by \", \", and every detection.",
+                  arguments: [.component("detector", kind: "detector"), .value("image", .image),
+                              .value("threshold", .number, default: .number(0.3)), .value("nms", .number, default: .number(0.45))],
+                  output: .record(["tags": .text, "detections": .json])) { input in
+            let detector = try input.component("detector", as: YOLOX.self)
+            let detections = try detector.detect(RGBImage(contentsOf: input.text("image")), threshold: Float(try input.number("threshold")),
+                                                 nmsThreshold: Float(try input.number("nms")))
+            var labels: [String] = []
+            for d in detections where !labels.contains(d.label) { labels.append(d.label) }
+            return .object(["tags": .string(labels.joined(separator: ", ")), "detections": .array(detections.map { d in
+                .object(["label": .string(d.label), "score": .number(Double(d.score)), "box": .array(d.box.map { .number(Double($0)) })])
+            })])
+        },
+    ]
 
     static let asifOperations: [Operation] = [
         Operation("asif_classify", "ASIF zero-shot classification: the best label and every label's score.",
@@ -125,27 +158,33 @@ extension OperationRegistry {
         },
     ]
 
+    /// The settings of every decoding strategy, for operations that take a `strategy` argument.
+    static let decodingArguments: [OperationArgument] = [
+        .value("stop", .texts, default: .array([])), .value("beams", .number, default: .number(4)), .value("k", .number, default: .number(4)),
+        .value("alpha", .number, default: .number(0.6)), .value("temperature", .number, default: .number(1)),
+        .value("top_k", .number, default: .number(0)), .value("top_p", .number, default: .number(1)), .value("seed", .number, default: .number(0)),
+    ]
+
+    /// The strategy named by the `strategy` argument, with its settings from `decodingArguments`.
+    static func decodingStrategy(_ input: OperationInput) throws -> DecodingStrategy {
+        switch try input.text("strategy") {
+        case "greedy": return .greedy
+        case "sample":
+            return .sample(SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
+                                            topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed")))))
+        case "beam": return .beam(BeamSettings(beams: try input.integer("beams")))
+        case "contrastive": return .contrastive(ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: 0))
+        case let other: throw GraphError.operationFailed(node: input.node, detail: "unknown strategy '\(other)' (greedy, sample, beam, contrastive)")
+        }
+    }
+
     static let languageModelOperations: [Operation] = [
         Operation("lm_generate", "Continue a prompt: strategy greedy, sample, beam or contrastive.",
                   arguments: [.component("lm", kind: "gpt2"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
-                              .value("strategy", .text, default: .string("greedy")), .value("stop", .texts, default: .array([])),
-                              .value("beams", .number, default: .number(4)), .value("k", .number, default: .number(4)),
-                              .value("alpha", .number, default: .number(0.6)), .value("temperature", .number, default: .number(1)),
-                              .value("top_k", .number, default: .number(0)), .value("top_p", .number, default: .number(1)),
-                              .value("seed", .number, default: .number(0))], output: .text) { input in
+                              .value("strategy", .text, default: .string("greedy"))] + decodingArguments, output: .text) { input in
             let lm = try input.component("lm", as: GPT2.self)
             let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
-            let strategy: DecodingStrategy
-            switch try input.text("strategy") {
-            case "greedy": strategy = .greedy
-            case "sample":
-                strategy = .sample(SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
-                                                    topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed")))))
-            case "beam": strategy = .beam(BeamSettings(beams: try input.integer("beams")))
-            case "contrastive": strategy = .contrastive(ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: 0))
-            case let other: throw GraphError.operationFailed(node: input.node, detail: "unknown strategy '\(other)' (greedy, sample, beam, contrastive)")
-            }
-            let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), strategy: strategy, stop: stop)
+            let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), strategy: decodingStrategy(input), stop: stop)
             return .string(try stop.text(of: tokens, model: lm))
         },
         Operation("lm_score", "Total log-probability of `continuation` after `prompt`.",

@@ -116,6 +116,20 @@ extension RGBImage {
         }
     }
 
+    /// Draws the outline of the box [x1, y1, x2, y2] (pixel coordinates, clipped to the image), `thickness` pixels wide, inside the box.
+    public mutating func drawBox(_ box: [Float], color: (UInt8, UInt8, UInt8), thickness: Int = 2) {
+        guard box.count == 4, width > 0, height > 0 else { return }
+        let x1 = min(max(Int(box[0].rounded()), 0), width - 1), y1 = min(max(Int(box[1].rounded()), 0), height - 1)
+        let x2 = min(max(Int(box[2].rounded()), 0), width - 1), y2 = min(max(Int(box[3].rounded()), 0), height - 1)
+        guard x1 <= x2, y1 <= y2 else { return }
+        for y in y1...y2 {
+            for x in x1...x2 where x - x1 < thickness || x2 - x < thickness || y - y1 < thickness || y2 - y < thickness {
+                let i = (y * width + x) * 3
+                (pixels[i], pixels[i + 1], pixels[i + 2]) = color
+            }
+        }
+    }
+
     /// Writes the image as a JPEG file atomically (temporary file, then rename).
     public func writeJPEG(to path: String, quality: Int = 90) throws(ImageError) {
         var output: UnsafeMutablePointer<UInt8>?

@@ -76,22 +76,24 @@ public final class YOLOX: @unchecked Sendable {
             throw ModelIOError.modelNotFound(spec: path, detail: "no such file or folder")
         }
         let folder = isFolder.boolValue ? URL(fileURLWithPath: path) : URL(fileURLWithPath: path).deletingLastPathComponent()
-        let model: URL
-        if isFolder.boolValue {
-            let onnx = (try? FileManager.default.contentsOfDirectory(atPath: path))?.filter { $0.hasSuffix(".onnx") }.sorted() ?? []
-            guard let name = onnx.count == 1 ? onnx[0] : onnx.first(where: { $0 == "yolox_nano.onnx" }) else {
-                throw ModelIOError.modelNotFound(spec: path, detail: onnx.isEmpty ? "no .onnx file in the folder" : "several .onnx files: \(onnx.joined(separator: ", "))")
-            }
-            model = folder.appendingPathComponent(name)
-        } else {
-            model = URL(fileURLWithPath: path)
+        guard let model = Self.modelFile(path) else {
+            throw ModelIOError.modelNotFound(spec: path, detail: "no single .onnx file (or yolox_nano.onnx) in the folder")
         }
         let labelsFile = folder.appendingPathComponent("coco_labels.txt")
         guard let text = try? String(contentsOf: labelsFile, encoding: .utf8) else {
             throw ModelIOError.cannotOpen(file: labelsFile.path, reason: "the class names (one per line) are missing or unreadable")
         }
         let labels = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        try self.init(onnx: try ONNXModel(path: model.path), labels: labels)
+        try self.init(onnx: try ONNXModel(path: model), labels: labels)
+    }
+
+    /// The ONNX file `path` names: the file itself, or a folder's only .onnx file (else its yolox_nano.onnx).
+    public static func modelFile(_ path: String) -> String? {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return nil }
+        guard isFolder.boolValue else { return path }
+        let onnx = (try? FileManager.default.contentsOfDirectory(atPath: path))?.filter { $0.hasSuffix(".onnx") }.sorted() ?? []
+        return (onnx.count == 1 ? onnx.first : onnx.first { $0 == "yolox_nano.onnx" }).map { URL(fileURLWithPath: path).appendingPathComponent($0).path }
     }
 
     public init(onnx: ONNXModel, labels: [String]) throws {

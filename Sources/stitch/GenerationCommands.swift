@@ -59,23 +59,25 @@ struct Generate: ParsableCommand {
 }
 
 enum CaptionMethod: String, ExpressibleByArgument, CaseIterable {
-    case magic, contrastive
+    case magic, contrastive, captioner
 }
 
 struct Caption: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Caption images with MAGiC: a language model guided by CLIP (Su et al. 2022).",
+        abstract: "Caption images with MAGiC (a language model guided by CLIP, Su et al. 2022) or a trained captioner.",
         discussion: """
-        One LM and one CLIP are loaded for all images. The LM starts from its start token (MAGiC's \
+        magic: one LM and one CLIP are loaded for all images. The LM starts from its start token (MAGiC's \
         <-start_of_text-> when its tokenizer has it, else <|endoftext|>); with --title it continues the title \
-        instead (story mode). --method contrastive ignores the image (beta = 0). Prints "image<TAB>caption" \
-        per image, or JSON lines with --json.
+        instead (story mode). --method contrastive ignores the image (beta = 0). \
+        captioner: a ViT-GPT2 VisionEncoderDecoder (--captioner) decodes by beam search (--beams; 1 is greedy) \
+        or, with --sample, by sampling (--temperature --top-k --top-p --seed). \
+        Prints "image<TAB>caption" per image, or JSON lines with --json.
         """)
 
     @Argument(help: "JPEG or PNG images; standard input lines when none.")
     var images: [String] = []
 
-    @Option(help: "magic or contrastive (the LM alone).")
+    @Option(help: "magic, contrastive (the LM alone) or captioner.")
     var method = CaptionMethod.magic
 
     @Option(help: "GPT-2 language model folder or hub id.")
@@ -84,10 +86,20 @@ struct Caption: ParsableCommand {
     @Option(help: "CLIP model folder or hub id.")
     var clip = "openai/clip-vit-base-patch32"
 
+    @Option(help: "Captioner folder or hub id (--method captioner).")
+    var captioner = "nlpconnect/vit-gpt2-image-captioning"
+
     @Option(help: "Candidates per step.") var k = 45
     @Option(help: "Degeneration penalty weight.") var alpha = 0.1
     @Option(help: "Weight of CLIP's image-text score.") var beta = 2.0
-    @Option(help: "New tokens at most.") var maxTokens = 16
+    @Option(help: "New tokens at most (default 16; 15 for the captioner, its checkpoint's max_length 16 with the start token).")
+    var maxTokens: Int?
+    @Option(help: "Beams of the captioner's beam search (1: greedy).") var beams = 4
+    @Flag(help: "The captioner samples instead of beam search.") var sample = false
+    @Option(help: "Sampling temperature.") var temperature: Float = 1
+    @Option(help: "Sample from the k most likely tokens only (0: all).") var topK = 0
+    @Option(help: "Sample from the smallest set of tokens reaching this probability.") var topP: Float = 1
+    @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
 
     @Option(help: "Stop once the caption contains this string (repeatable), e.g. \".\".")
     var stop: [String] = []
@@ -105,18 +117,27 @@ struct Caption: ParsableCommand {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
         let locator = ModelLocator.fromEnvironment()
-        let language = try GPT2(folder: locator.resolve(lm, files: GPT2.files))
-        let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
-        let prompt = try language.magicPrompt(title: title)
-        guard !prompt.isEmpty else { throw ValidationError("--title is empty") }
-        let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
-        let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
-        let captioner = MagicCaptioner(lm: language, clip: vision)
+        let makeCaption: (RGBImage) throws -> (tokens: [Int], text: String)
+        if method == .captioner {
+            let model = try VisionEncoderDecoder(folder: locator.resolve(captioner, files: VisionEncoderDecoder.files))
+            let strategy: DecodingStrategy = sample ? .sample(SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed))
+                : beams == 1 ? .greedy : .beam(BeamSettings(beams: beams))
+            let conditions = StopConditions(maxTokens: maxTokens ?? 15, strings: stop)
+            makeCaption = { try model.caption($0, strategy: strategy, stop: conditions) }
+        } else {
+            let language = try GPT2(folder: locator.resolve(lm, files: GPT2.files))
+            let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
+            let prompt = try language.magicPrompt(title: title)
+            guard !prompt.isEmpty else { throw ValidationError("--title is empty") }
+            let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
+            let conditions = StopConditions(maxTokens: maxTokens ?? 16, strings: stop)
+            let captioner = MagicCaptioner(lm: language, clip: vision)
+            makeCaption = { try captioner.caption($0, prompt: prompt, settings: settings, stop: conditions) }
+        }
         let progress = ProgressBar(total: paths.count, label: "captioning")
         for path in paths {
             let started = Date()
-            let image = try RGBImage(contentsOf: path)
-            let caption = try captioner.caption(image, prompt: prompt, settings: settings, stop: conditions)
+            let caption = try makeCaption(try RGBImage(contentsOf: path))
             if json {
                 try printJSONLine(["image": path, "caption": caption.text, "tokens": caption.tokens, "seconds": Date().timeIntervalSince(started)])
             } else {

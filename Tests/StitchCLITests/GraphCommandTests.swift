@@ -1,4 +1,5 @@
 import Foundation
+import StitchImaging
 import StitchTestSupport
 import XCTest
 
@@ -180,5 +181,54 @@ final class ASIFCommandTests: XCTestCase {
         let outputs = try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as! [String: Any]
         XCTAssertEqual(outputs["label"] as? String, "zebra")
         XCTAssertEqual((outputs["caption"] as? [String])?.first, "a zebra standing in the grass")
+    }
+}
+
+/// `stitch detect`, `stitch caption --method captioner` and Examples/scene_context.yaml
+/// (the real YOLOX-Nano and the tiny fixture captioner).
+final class VisionCommandTests: XCTestCase {
+    func testDetectCaptionAndSceneContextGraph() throws {
+        guard let detector = Fixtures.sharedPath("models/yolox-nano-coco"), Fixtures.sharedPath("models/tokenizers") != nil,
+              let street = Fixtures.sharedPath("images/dog_bicycle_truck.jpg") else { throw XCTSkip("needs YOLOX-Nano, the tokenizers and photos in ../shared") }
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+
+        let drawn = folder.appendingPathComponent("boxes.jpg").path
+        let detected = try StitchCLI.run(["detect", "--model", detector.path, street.path, "--draw", drawn])
+        XCTAssertEqual(detected.status, 0, detected.errors)
+        let lines = detected.output.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
+        XCTAssertEqual(lines.prefix(3).map { $0[1] }.sorted(), ["bicycle", "car", "dog"])
+        XCTAssert(lines.allSatisfy { $0.count == 4 && $0[0] == street.path && $0[3].split(separator: ",").count == 4 }, detected.output)
+        let original = try RGBImage(contentsOf: street.path), copy = try RGBImage(contentsOf: drawn)
+        XCTAssertEqual([copy.width, copy.height], [original.width, original.height])
+        let json = try StitchCLI.run(["detect", "--model", detector.path, "--json", "--threshold", "0.5", street.path])
+        let record = try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as! [String: Any]
+        XCTAssertEqual((record["detections"] as! [[String: Any]]).map { $0["label"] as! String }, ["dog", "bicycle", "car"])
+        let refused = try StitchCLI.run(["detect", "--model", detector.path, "--draw", drawn, street.path, street.path])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssert(refused.errors.contains("--draw needs exactly one image"), refused.errors)
+
+        // The captioner's beam-search caption equals transformers' (tiny-vit-gpt2/golden.json, 4 beams, 12 tokens).
+        let captioner = try Fixtures.modelWithTokenizer("tiny-vit-gpt2", in: folder).path
+        let captioned = try StitchCLI.run(["caption", "--method", "captioner", "--captioner", captioner, "--beams", "4", "--max-tokens", "12", "--json", street.path])
+        XCTAssertEqual(captioned.status, 0, captioned.errors)
+        let caption = try JSONSerialization.jsonObject(with: Data(captioned.output.utf8)) as! [String: Any]
+        let golden = try Fixtures.json("tiny-vit-gpt2/golden.json") as! [String: Any]
+        let beams = (golden["settings"] as! [[String: Any]]).first { $0["beams"] as? Int == 4 && $0["end_token"] as? Int == 999 }!
+        XCTAssertEqual(caption["tokens"] as? [Int], (beams["outputs"] as! [[Int]])[0])
+
+        // The example graph's caption node (4 beams, 15 tokens) equals the command's defaults.
+        let defaults = try StitchCLI.run(["caption", "--method", "captioner", "--captioner", captioner, street.path])
+        XCTAssertEqual(defaults.status, 0, defaults.errors)
+        let defaultCaption = String(defaults.output.split(separator: "\t").last!.dropLast())
+        let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/scene_context.yaml").path
+        let ran = try StitchCLI.run(["run", example, "--component", "captioner=\(captioner)", "--component", "detector=\(detector.path)",
+                                     "--input", "image=\(street.path)", "--json", "--no-cache"])
+        XCTAssertEqual(ran.status, 0, ran.errors)
+        let outputs = try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as! [String: Any]
+        XCTAssertEqual(outputs["tags"] as? String, "dog, bicycle, car, truck")
+        XCTAssertEqual(outputs["caption"] as? String, defaultCaption)
+        XCTAssertEqual(outputs["context"] as? String, "\(defaultCaption). dog, bicycle, car, truck")
+        XCTAssertEqual((outputs["detections"] as? [[String: Any]])?.count, 4)
     }
 }

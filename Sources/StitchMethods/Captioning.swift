@@ -1,0 +1,13 @@
+import Foundation
+import StitchImaging
+import StitchModels
+
+extension VisionEncoderDecoder {
+    /// A caption of `image`: the decoder, conditioned on it, continues the start token by `strategy`.
+    /// The text is up to the end token, trimmed, as transformers' batch_decode(skip_special_tokens) and strip().
+    public func caption(_ image: RGBImage, strategy: DecodingStrategy, stop: StopConditions) throws -> (tokens: [Int], text: String) {
+        let conditioned = try decoder(for: image)
+        let tokens = try decode(conditioned, prompt: startTokens, strategy: strategy, stop: stop)
+        return (tokens, try stop.text(of: tokens, model: conditioned).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}
