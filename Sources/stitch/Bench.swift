@@ -10,10 +10,11 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure Stitch against its references and print the ratios.",
         discussion: """
-        Model rows use real-size architectures: CLIP ViT-B/32 and GPT-2 small with random weights written once
-        into --work-dir by the Python reference (unless --clip / --gpt2 name real folders), and the real MiniLM and
-        EfficientNet-Lite0 folders given by --minilm / --efficientnet. The reference side needs python3 with torch,
-        transformers, sentence-transformers and efficientnet-lite-pytorch (Tests/Fixtures/requirements.txt).
+        Model rows use real-size architectures: CLIP ViT-B/32, GPT-2 small and a ViT-B/16 + GPT-2 captioner with
+        random weights written once into --work-dir by the Python reference (unless --clip / --gpt2 / --captioner name
+        real folders), the real MiniLM and EfficientNet-Lite0 folders given by --minilm / --efficientnet, and the real
+        YOLOX-Nano (--yolox, on --image). The reference side needs python3 with torch, transformers,
+        sentence-transformers, efficientnet-lite-pytorch, onnxruntime and opencv (Tests/Fixtures/requirements.txt).
         """)
 
     @Option(help: "Minimum seconds spent timing each side of each row.")
@@ -43,6 +44,9 @@ struct Bench: ParsableCommand {
     @Option(help: "The EfficientNet-Lite0 folder (the row is skipped without it).")
     var efficientnet: String?
 
+    @Option(help: "A ViT-GPT2 captioner folder to use instead of random nlpconnect/vit-gpt2-image-captioning-sized weights.")
+    var captioner: String?
+
     @Option(help: "The YOLOX-Nano folder (ONNX file and class names) of the yolox row.")
     var yolox = "../shared/models/yolox-nano-coco"
 
@@ -69,16 +73,17 @@ struct Bench: ParsableCommand {
         let script = try referenceScript()
         let reference = ReferenceSide(python: python, script: script)
         let referenceProblem = reference.availability()
-        var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet,
+        var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet, captioner: captioner,
                                    yolox: existing(yolox), image: existing(image))
-        if (clip == nil || gpt2 == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
+        if (clip == nil || gpt2 == nil || captioner == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
             if let referenceProblem {
                 print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
             } else {
-                print("\npreparing random-weight CLIP ViT-B/32 and GPT-2 small in \(workDir) (once) ...")
+                print("\npreparing random-weight CLIP ViT-B/32, GPT-2 small and ViT-GPT2 in \(workDir) (once) ...")
                 try reference.prepare(workDir: workDir, tokenizers: tokenizers)
                 folders.clip = folders.clip ?? workDir + "/clip-b32"
                 folders.gpt2 = folders.gpt2 ?? workDir + "/gpt2-small"
+                folders.captioner = folders.captioner ?? workDir + "/vit-gpt2"
             }
         }
         print("")
@@ -192,11 +197,11 @@ struct ReferenceSide {
 
 /// The model folders each row needs.
 struct BenchFolders {
-    var clip, gpt2, minilm, efficientnet, yolox, image: String?
+    var clip, gpt2, minilm, efficientnet, captioner, yolox, image: String?
 
     /// The row's folder options, or nil when one is missing.
     func arguments(for row: BenchRow) -> [String]? {
-        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "yolox": yolox, "image": image]
+        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "yolox": yolox, "image": image]
         var arguments: [String] = []
         for name in row.neededFolders {
             guard let folder = folders[name] ?? nil else { return nil }

@@ -10,7 +10,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case clipImage1 = "clip-image-1", clipImage16 = "clip-image-16", clipText = "clip-text"
     case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
     case asif10k = "asif-10k", asif100k = "asif-100k"
-    case yolox
+    case captioner, yolox
 
     /// Anchors in an ASIF row's random index.
     var anchorCount: Int? {
@@ -30,11 +30,12 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .minilm: return ["minilm"]
         case .efficientnet: return ["efficientnet"]
         case .asif10k, .asif100k: return []
+        case .captioner: return ["captioner"]
         case .yolox: return ["yolox", "image"]
         }
     }
 
-    var usesRandomWeights: Bool { neededFolders.contains("clip") || neededFolders.contains("gpt2") }
+    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner"].contains { neededFolders.contains($0) } }
 }
 
 /// The Stitch side of one bench row, in its own process so its peak memory is its own.
@@ -47,6 +48,7 @@ struct BenchRowWorker: ParsableCommand {
     @Option var gpt2: String?
     @Option var minilm: String?
     @Option var efficientnet: String?
+    @Option var captioner: String?
     @Option var yolox: String?
     @Option var image: String?
     @Option var threads = Parallel.cores
@@ -112,6 +114,26 @@ struct BenchRowWorker: ParsableCommand {
             let encoder = try SentenceEncoder(folder: folder(minilm))
             let sentences = (0..<32).map { "a photo of \($0) zebras standing next to a red truck on a sunny street" }
             (measured, note) = (try bestTime(seconds: seconds) { _ = try encoder.encode(sentences) }, "batch 32")
+        case .captioner:
+            let model = try VisionEncoderDecoder(folder: folder(captioner))
+            let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
+            var tokens: [Int] = []
+            // No end token (an id outside the vocabulary), so both sides run all 15 steps.
+            let time = try bestTime(seconds: seconds) {
+                tokens = try beamSearch(try model.decoder(pixels: pixels), prompt: model.startTokens, settings: BeamSettings(beams: 4),
+                                        maxTokens: 15, endToken: model.config.decoder.vocabularySize)
+            }
+            (measured, note, output) = (time, "per caption, 4 beams x 15", tokens)
+        case .captioner:
+            let model = try VisionEncoderDecoder(folder: folder(captioner))
+            let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
+            var tokens: [Int] = []
+            // No end token (an id outside the vocabulary), so both sides run all 15 steps.
+            let time = try bestTime(seconds: seconds) {
+                tokens = try beamSearch(try model.decoder(pixels: pixels), prompt: model.startTokens, settings: BeamSettings(beams: 4),
+                                        maxTokens: 15, endToken: model.config.decoder.vocabularySize)
+            }
+            (measured, note, output) = (time, "per caption, 4 beams x 15", tokens)
         case .yolox:
             // Per image from its file: decode, letterbox, network, decoding and NMS.
             let detector = try YOLOX(path: folder(yolox).path)

@@ -61,3 +61,34 @@ final class YOLOXTests: XCTestCase {
         return union > 0 ? w * h / union : 1
     }
 }
+
+/// Bad detector files are errors that name the file and the problem.
+final class YOLOXErrorTests: XCTestCase {
+    func testBadFilesAreNamedErrors() throws {
+        guard let folder = Fixtures.sharedPath("models/yolox-nano-coco") else { throw XCTSkip("needs ../shared/models/yolox-nano-coco") }
+        let temporary = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: temporary) }
+        let original = try Data(contentsOf: folder.appendingPathComponent("yolox_nano.onnx"))
+
+        let truncated = temporary.appendingPathComponent("truncated.onnx").path
+        try original.prefix(original.count / 2).write(to: URL(fileURLWithPath: truncated))
+        XCTAssertThrowsError(try ONNXModel(path: truncated)) { error in
+            XCTAssert("\(error)".hasPrefix("\(truncated): not a readable ONNX model"), "\(error)")
+        }
+        let garbage = temporary.appendingPathComponent("garbage.onnx").path
+        try Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7919) }).write(to: URL(fileURLWithPath: garbage))
+        XCTAssertThrowsError(try ONNXModel(path: garbage)) { XCTAssert("\($0)".hasPrefix(garbage), "\($0)") }
+
+        // A folder without class names, then class names that do not fit the head.
+        let copy = temporary.appendingPathComponent("yolox")
+        try FileManager.default.createDirectory(at: copy, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(at: copy.appendingPathComponent("yolox_nano.onnx"), withDestinationURL: folder.appendingPathComponent("yolox_nano.onnx"))
+        XCTAssertThrowsError(try YOLOX(path: copy.path)) { XCTAssert("\($0)".contains("coco_labels.txt"), "\($0)") }
+        try (0..<79).map { "class \($0)" }.joined(separator: "\n").write(to: copy.appendingPathComponent("coco_labels.txt"), atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try YOLOX(path: copy.path)) { error in
+            XCTAssert("\(error)".contains("head.cls_preds.0"), "\(error)")
+            XCTAssert("\(error)".contains("expected [79, 64, 1, 1]"), "\(error)")
+        }
+        XCTAssertThrowsError(try YOLOX(path: temporary.appendingPathComponent("absent").path)) { XCTAssert("\($0)".contains("absent"), "\($0)") }
+    }
+}

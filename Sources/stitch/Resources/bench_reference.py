@@ -87,6 +87,14 @@ def prepare(work, tokenizers):
         config = GPT2Config()  # the defaults are GPT-2 small
         config.architectures = ["GPT2LMHeadModel"]
         GPT2LMHeadModel(config).save_pretrained(os.path.join(work, "gpt2-small"), safe_serialization=True)
+    if not os.path.exists(os.path.join(work, "vit-gpt2", "model.safetensors")):
+        # nlpconnect/vit-gpt2-image-captioning's architecture: ViT-B/16 encoder, GPT-2 small decoder with cross-attention.
+        from transformers import ViTConfig, ViTImageProcessor, ViTModel, VisionEncoderDecoderModel
+        decoder_config = GPT2Config(add_cross_attention=True, is_decoder=True)
+        model = VisionEncoderDecoderModel(encoder=ViTModel(ViTConfig()), decoder=GPT2LMHeadModel(decoder_config))
+        model.config.decoder_start_token_id = model.config.pad_token_id = model.config.eos_token_id = 50256
+        model.save_pretrained(os.path.join(work, "vit-gpt2"), safe_serialization=True)
+        ViTImageProcessor(size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(os.path.join(work, "vit-gpt2"))
     # Tokenizer files, for the rows that decode text (magic); skipped when absent.
     if os.path.isdir(tokenizers):
         for name, target in [("gpt2-vocab.json", "vocab.json"), ("gpt2-merges.txt", "merges.txt")]:
@@ -155,6 +163,18 @@ def row(name, args):
             model = SentenceTransformer(args.minilm, device="cpu")
             sentences = [f"a photo of {i} zebras standing next to a red truck on a sunny street" for i in range(32)]
             return best_time(lambda: model.encode(sentences, batch_size=32), args.seconds), "batch 32"
+        if name == "captioner":
+            from transformers import VisionEncoderDecoderModel
+            model = VisionEncoderDecoderModel.from_pretrained(args.captioner).eval()
+            pixels = torch.tensor(noise(3 * 224 * 224)).view(1, 3, 224, 224)
+            tokens = []
+
+            def caption():
+                # 4 beams, 15 new tokens (the checkpoint's max_length 16); no end token, so both sides run all 15 steps.
+                output = model.generate(pixel_values=pixels, num_beams=4, max_new_tokens=15, do_sample=False,
+                                        eos_token_id=None, pad_token_id=50256, early_stopping=False)
+                tokens[:] = output[0, 1:].tolist()
+            return best_time(caption, args.seconds), "per caption, 4 beams x 15", tokens
         if name == "yolox":
             import yolox_reference
             session = yolox_reference.session(os.path.join(args.yolox, "yolox_nano.onnx"), args.threads)
@@ -181,6 +201,7 @@ def main():
     parser.add_argument("--gpt2")
     parser.add_argument("--minilm")
     parser.add_argument("--efficientnet")
+    parser.add_argument("--captioner")
     parser.add_argument("--yolox")
     parser.add_argument("--image")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
