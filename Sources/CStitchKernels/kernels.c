@@ -1,6 +1,9 @@
 #include "stitch_kernels.h"
 #include <stdint.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #pragma clang fp contract(off)
 
@@ -111,3 +114,111 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
     stitch_bias_activation(output, h_out * w_out, bias, activation);
 }
 
+
+/* 16 floats: one AVX-512 register, two AVX2 or four SSE ones, as each variant compiles it.
+   aligned(4) lets it load from any float address. */
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
+
+/* fast_exp on 16 lanes, the same steps in vector form (vectors pass by pointer: no vector
+   arguments, whose ABI differs between the instruction-set variants). */
+static inline __attribute__((always_inline)) void fast_exp_v16(const v16 *in, v16 *out) {
+    v16 x = *in;
+    const v16 low = (v16){0} + -87.33654f, high = (v16){0} + 88.72283f;
+    v16 clamped = __builtin_elementwise_min(__builtin_elementwise_max(x, low), high);
+    v16 shifted = clamped * 1.44269504088896341f + 12582912.0f;
+    v16 n = shifted - 12582912.0f;
+    v16 r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+    v16 p = (v16){0} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1;
+    v16i integer = (v16i)shifted - 0x4B400000;
+    v16i half = integer >> 1;
+    v16 result = p * (v16)((half + 127) << 23) * (v16)((integer - half + 127) << 23);
+    v16i below = x < low, above = x > high;
+    v16 infinity = (v16){0} + __builtin_inff();
+    *out = (v16)((~below & ~above & (v16i)result) | (above & (v16i)infinity));
+}
+
+/* bias + activation of 16 outputs in registers, in place. */
+static inline __attribute__((always_inline)) void activate_v16(v16 *v, float bias, stitch_activation activation) {
+    *v += bias;
+    switch (activation) {
+    case STITCH_ACTIVATION_NONE: break;
+    case STITCH_ACTIVATION_SILU: {
+        v16 negated = -*v, e;
+        fast_exp_v16(&negated, &e);
+        *v = *v / (1.0f + e);
+        break;
+    }
+    case STITCH_ACTIVATION_RELU6: *v = __builtin_elementwise_min(__builtin_elementwise_max(*v, (v16){0}), (v16){0} + 6.0f); break;
+    }
+}
+
+#define TILE_CHANNELS 4
+#define TILE_COLUMNS 32
+
+DISPATCH void stitch_conv_direct(const float *input, long c_in, long in_plane, long in_row, const float *packed, long c_out,
+                                 long kh, long kw, const float *bias, stitch_activation activation,
+                                 float *output, long out_plane, long w_out, long y_begin, long y_end, long x_begin, long x_end) {
+#pragma clang fp contract(fast)
+    long taps = c_in * kh * kw;
+    float tail[TILE_CHANNELS][TILE_COLUMNS];
+    for (long y = y_begin; y < y_end; y++) {
+        for (long co0 = 0; co0 < c_out; co0 += TILE_CHANNELS) {
+            const float *weights = packed + co0 * taps;   /* [taps][TILE_CHANNELS] of this channel block */
+            long channels = c_out - co0 < TILE_CHANNELS ? c_out - co0 : TILE_CHANNELS;
+            float b[TILE_CHANNELS] = {0};
+            for (long c = 0; c < channels; c++) b[c] = bias[co0 + c];
+            for (long x0 = x_begin; x0 < x_end; x0 += TILE_COLUMNS) {
+                /* 4 channels x 32 columns in 8 vectors (named, so they stay in registers). */
+                v16 lo0 = {0}, hi0 = {0}, lo1 = {0}, hi1 = {0}, lo2 = {0}, hi2 = {0}, lo3 = {0}, hi3 = {0};
+                const float *w = weights;
+                for (long ci = 0; ci < c_in; ci++) {
+                    for (long ki = 0; ki < kh; ki++) {
+                        const float *row = input + ci * in_plane + (y + ki) * in_row + x0;
+                        for (long kj = 0; kj < kw; kj++, w += TILE_CHANNELS) {
+                            v16 lo = *(const v16 *)(row + kj), hi = *(const v16 *)(row + kj + 16);
+                            lo0 += lo * w[0]; hi0 += hi * w[0];
+                            lo1 += lo * w[1]; hi1 += hi * w[1];
+                            lo2 += lo * w[2]; hi2 += hi * w[2];
+                            lo3 += lo * w[3]; hi3 += hi * w[3];
+                        }
+                    }
+                }
+                v16 acc[TILE_CHANNELS][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}};
+                long columns = x_end - x0 < TILE_COLUMNS ? x_end - x0 : TILE_COLUMNS;
+                float *out = output + co0 * out_plane + y * w_out + x0;
+                for (int c = 0; c < TILE_CHANNELS; c++) {
+                    activate_v16(&acc[c][0], b[c], activation);
+                    activate_v16(&acc[c][1], b[c], activation);
+                }
+                if (columns == TILE_COLUMNS && channels == TILE_CHANNELS) {
+                    for (int c = 0; c < TILE_CHANNELS; c++) {
+                        *(v16 *)(out + c * out_plane) = acc[c][0];
+                        *(v16 *)(out + c * out_plane + 16) = acc[c][1];
+                    }
+                } else {
+                    for (int c = 0; c < TILE_CHANNELS; c++) {
+                        *(v16 *)tail[c] = acc[c][0];
+                        *(v16 *)(tail[c] + 16) = acc[c][1];
+                    }
+                    for (long c = 0; c < channels; c++)
+                        for (long x = 0; x < columns; x++) out[c * out_plane + x] = tail[c][x];
+                }
+            }
+        }
+    }
+}
+
+void stitch_keep_freed_memory(void) {
+#ifdef __GLIBC__
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);  /* tensors come from the heap, not from fresh mappings */
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);    /* and freed heap stays mapped for the next ones */
+#endif
+}

@@ -22,11 +22,7 @@ public final class EfficientNetLite: @unchecked Sendable {
 
     /// A convolution with its batch norm folded in, then ReLU6 unless told otherwise: weight' = w·γ/√(σ²+ε), bias' = β − μ·γ/√(σ²+ε).
     struct FoldedConv {
-        let weight: Tensor
-        let bias: Tensor
-        let stride: Int
-        let depthwise: Bool
-        let activation: ConvActivation
+        let convolution: Convolution
 
         init(_ store: WeightStore, conv: String, batchNorm: String, shape: [Int], stride: Int = 1, depthwise: Bool = false,
              activation: ConvActivation = .relu6, epsilon: Float) {
@@ -41,18 +37,13 @@ public final class EfficientNetLite: @unchecked Sendable {
             folded.withUnsafeMutableBufferPointer { w in
                 for c in 0..<channels { for i in 0..<perChannel { w[c * perChannel + i] *= scales[c] } }
             }
-            weight = folded
-            bias = Tensor(shape: [channels], scalars: (0..<channels).map { beta[$0] - mean[$0] * scales[$0] })
-            self.stride = stride
-            self.depthwise = depthwise
-            self.activation = activation
+            let bias = Tensor(shape: [channels], scalars: (0..<channels).map { beta[$0] - mean[$0] * scales[$0] })
+            convolution = Convolution(weight: folded, bias: bias, stride: stride, depthwise: depthwise, activation: activation)
         }
 
         /// x [c, h, w] -> [c', h', w'] with TensorFlow "SAME" padding, then the activation.
         func callAsFunction(_ x: Tensor) -> Tensor {
-            let padding = Padding2D.same(height: x.shape[1], width: x.shape[2], kernel: weight.shape[2], stride: stride)
-            return depthwise ? depthwiseConv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
-                             : conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
+            convolution(x, padding: .same(height: x.shape[1], width: x.shape[2], kernel: convolution.weight.shape[2], stride: convolution.stride))
         }
     }
 

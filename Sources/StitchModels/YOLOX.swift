@@ -18,20 +18,15 @@ public final class YOLOX: @unchecked Sendable {
     let neck: Neck
     let head: [HeadLevel]
 
-    /// A convolution with bias, optionally followed by SiLU (YOLOX's BaseConv).
+    /// A convolution with bias, SiLU unless it is a prediction (YOLOX's BaseConv), "same" padding.
     struct Conv {
-        let weight: Tensor   // [cOut, cIn, k, k], or [c, 1, k, k] when depthwise
-        let bias: Tensor
-        let stride: Int
-        let depthwise: Bool
-        let activated: Bool
+        let convolution: Convolution
 
-        func callAsFunction(_ x: Tensor) -> Tensor {
-            let padding = Padding2D.symmetric((weight.shape[2] - 1) / 2)
-            let activation: ConvActivation = activated ? .silu : .none
-            return depthwise ? depthwiseConv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
-                             : conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, activation: activation)
+        init(weight: Tensor, bias: Tensor, stride: Int, depthwise: Bool, activated: Bool) {
+            convolution = Convolution(weight: weight, bias: bias, stride: stride, depthwise: depthwise, activation: activated ? .silu : .none)
         }
+
+        func callAsFunction(_ x: Tensor) -> Tensor { convolution(x, padding: .symmetric((convolution.weight.shape[2] - 1) / 2)) }
     }
 
     /// One step of a stage: a (depthwise) convolution, a CSP layer, or the SPP bottleneck.

@@ -40,103 +40,189 @@ public enum ConvActivation: Sendable {
     }
 }
 
-/// 2-D convolution of one image x [cIn, h, w] with weight [cOut, cIn, kh, kw]
-/// (PyTorch layout), bias [cOut] and an activation, giving [cOut, hOut, wOut].
-/// The output is computed in tiles of whole rows spread over the cores; for each tile,
-/// im2col (skipped for 1×1 stride-1 kernels), one single-threaded sgemm, then bias and
-/// activation while the tile is still in cache.
-public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
-                   activation: ConvActivation = .none) -> Tensor {
-    precondition(x.rank == 3 && weight.rank == 4 && weight.shape[1] == x.shape[0],
-                 "conv2d of input \(x.shape) with weight \(weight.shape)")
-    let (cIn, h, w) = (x.shape[0], x.shape[1], x.shape[2])
-    let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
-    let hOut = outputSize(h, kernel: kh, stride: stride, before: padding.top, after: padding.bottom)
-    let wOut = outputSize(w, kernel: kw, stride: stride, before: padding.left, after: padding.right)
-    let plane = hOut * wOut, depth = cIn * kh * kw
-    let direct = kh == 1 && kw == 1 && stride == 1 && padding == .symmetric(0)
-    // Rows per tile: about 2048 outputs (an im2col tile of depth × 2048 stays in L2), and
-    // enough tiles to keep every core busy.
-    let rowsPerTile = max(1, min(max(2048 / max(wOut, 1), 1), (hOut + Parallel.limit - 1) / Parallel.limit))
-    let tiles = (hOut + rowsPerTile - 1) / rowsPerTile
-    let biases = bias?.scalars ?? [Float](repeating: 0, count: cOut)
-    var out = Tensor(uninitialized: [cOut, hOut, wOut])
-    x.withUnsafeBufferPointer { src in
-        weight.withUnsafeBufferPointer { kernel in
+/// A convolution layer prepared once: PyTorch-layout weight [cOut, cIn / groups, kh, kw] (groups 1,
+/// or one per channel when `depthwise`), bias [cOut], stride and the activation applied in the same
+/// pass. Applied to one image x [cIn, h, w] with a padding, it gives [cOut, hOut, wOut]:
+/// - dense, stride 1: the direct kernel (`stitch_conv_direct`) on weights packed at preparation;
+/// - dense, other strides: im2col and one single-threaded sgemm per tile of output rows, then bias
+///   and activation while the tile is in cache;
+/// - depthwise: one channel per task, bias and activation as each channel finishes.
+public struct Convolution: @unchecked Sendable {
+    public let weight: Tensor
+    public let stride: Int
+    public let depthwise: Bool
+    public let activation: ConvActivation
+    let biases: [Float]
+    /// Weights for the direct kernel: [ceil(cOut / 4)][cIn·kh·kw][4], each tap's 4 output-channel weights side by side.
+    let packed: [Float]?
+
+    public init(weight: Tensor, bias: Tensor?, stride: Int = 1, depthwise: Bool = false, activation: ConvActivation = .none) {
+        precondition(weight.rank == 4 && (!depthwise || (weight.shape[1] == 1 && weight.shape[3] <= 16)), "convolution weight \(weight.shape)")
+        let cOut = weight.shape[0]
+        precondition(bias == nil || bias!.shape == [cOut], "bias \(bias!.shape) for weight \(weight.shape)")
+        self.weight = weight
+        self.stride = stride
+        self.depthwise = depthwise
+        self.activation = activation
+        biases = bias?.scalars ?? [Float](repeating: 0, count: cOut)
+        if !depthwise && stride == 1 {
+            let taps = weight.count / cOut
+            var packed = [Float](repeating: 0, count: (cOut + 3) / 4 * taps * 4)
+            weight.withUnsafeBufferPointer { w in
+                for co in 0..<cOut {
+                    for t in 0..<taps { packed[((co / 4) * taps + t) * 4 + co % 4] = w[co * taps + t] }
+                }
+            }
+            self.packed = packed
+        } else {
+            packed = nil
+        }
+    }
+
+    public func callAsFunction(_ x: Tensor, padding: Padding2D = .symmetric(0)) -> Tensor {
+        precondition(x.rank == 3 && x.shape[0] == (depthwise ? weight.shape[0] : weight.shape[1]),
+                     "convolution of input \(x.shape) with weight \(weight.shape)")
+        let (kh, kw) = (weight.shape[2], weight.shape[3])
+        let hOut = outputSize(x.shape[1], kernel: kh, stride: stride, before: padding.top, after: padding.bottom)
+        let wOut = outputSize(x.shape[2], kernel: kw, stride: stride, before: padding.left, after: padding.right)
+        var out = Tensor(uninitialized: [weight.shape[0], hOut, wOut])
+        x.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
-                let (s, k, d) = (src.baseAddress!, kernel.baseAddress!, dst.baseAddress!)
-                Parallel.forEach(tiles) { tile in
-                    let firstRow = tile * rowsPerTile, rows = min(rowsPerTile, hOut - firstRow)
-                    let (start, columns) = (firstRow * wOut, rows * wOut)
-                    let product = { (b: UnsafePointer<Float>, ldb: Int) in
-                        // [cOut, depth] · [depth, columns] into columns start..<start+columns of each output channel
-                        BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: depth, a: k, lda: depth,
-                                  b: b, ldb: ldb, c: d + start, ldc: plane)
-                    }
-                    if direct {
-                        product(s + start, h * w)
-                    } else {
-                        // im2col row (c, i, j) holds input pixel (c, y·stride + i − top, x·stride + j − left) for each output (y, x) of the tile.
-                        let cols = UnsafeMutablePointer<Float>.allocate(capacity: depth * columns)
-                        defer { cols.deallocate() }
-                        for c in 0..<cIn {
-                            for i in 0..<kh {
-                                for j in 0..<kw {
-                                    let row = cols + ((c * kh + i) * kw + j) * columns
-                                    let valid = validOutputs(offset: j - padding.left, stride: stride, inputSize: w, outputSize: wOut)
-                                    for y in 0..<rows {
-                                        let target = row + y * wOut
-                                        let sy = (firstRow + y) * stride + i - padding.top
-                                        guard sy >= 0 && sy < h else {
-                                            target.initialize(repeating: 0, count: wOut)
-                                            continue
-                                        }
-                                        let input = s + (c * h + sy) * w + j - padding.left
-                                        for xo in 0..<valid.lowerBound { target[xo] = 0 }
-                                        if stride == 1 {
-                                            (target + valid.lowerBound).update(from: input + valid.lowerBound, count: valid.count)
-                                        } else {
-                                            for xo in valid { target[xo] = input[xo * stride] }
-                                        }
-                                        for xo in valid.upperBound..<wOut { target[xo] = 0 }
-                                    }
-                                }
-                            }
-                        }
-                        product(cols, columns)
-                    }
-                    for c in 0..<cOut { stitch_bias_activation(d + c * plane + start, columns, biases[c], activation.kernel) }
+                let (shape, d) = ((x.shape[0], x.shape[1], x.shape[2]), dst.baseAddress!)
+                if depthwise {
+                    runDepthwise(src.baseAddress!, shape, padding: padding, into: d, hOut, wOut)
+                } else if let packed {
+                    runDirect(x, packed, padding: padding, into: d, hOut, wOut)
+                } else {
+                    runIm2col(src.baseAddress!, shape, padding: padding, into: d, hOut, wOut)
                 }
             }
         }
+        return out
     }
-    return out
-}
 
-/// Depthwise 2-D convolution (groups == channels): x [c, h, w], weight [c, 1, kh, kw], with
-/// bias and activation applied to each channel as soon as it is done.
-public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
-                            activation: ConvActivation = .none) -> Tensor {
-    precondition(x.rank == 3 && weight.rank == 4 && weight.shape[0] == x.shape[0] && weight.shape[1] == 1 && weight.shape[3] <= 16,
-                 "depthwise conv2d of input \(x.shape) with weight \(weight.shape)")
-    let (c, h, w) = (x.shape[0], x.shape[1], x.shape[2])
-    let (kh, kw) = (weight.shape[2], weight.shape[3])
-    let hOut = outputSize(h, kernel: kh, stride: stride, before: padding.top, after: padding.bottom)
-    let wOut = outputSize(w, kernel: kw, stride: stride, before: padding.left, after: padding.right)
-    let biases = bias?.scalars ?? [Float](repeating: 0, count: c)
-    var out = Tensor(uninitialized: [c, hOut, wOut])
-    x.withUnsafeBufferPointer { src in
+    private func runDirect(_ x: Tensor, _ packed: [Float], padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
+        let (cIn, h, w) = (x.shape[0], x.shape[1], x.shape[2])
+        let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
+        let plane = hOut * wOut
+        if kh == 1 && kw == 1 && padding == .symmetric(0) {
+            // Each plane as one long row, split into column ranges of whole 32-column tiles; the
+            // kernel's reads past the last column need slack after the input, which tensors
+            // allocated here have (`TensorStorage.slack`); other inputs are copied first.
+            let source = x.hasSlack(Self.readAhead + 1) ? x : x.copyWithSlack()
+            let tiles = (plane + 31) / 32
+            let parts = min(Parallel.limit, max(1, tiles / 4), Self.worthwhileParts(macs: cOut * cIn * plane))
+            let perPart = (tiles + parts - 1) / parts * 32
+            source.withUnsafeBufferPointer { s in
+                Parallel.forEach(parts) { part in
+                    let begin = part * perPart, end = min(plane, begin + perPart)
+                    guard begin < end else { return }
+                    stitch_conv_direct(s.baseAddress!, cIn, plane, plane, packed, cOut, 1, 1, biases, activation.kernel, d, plane, plane, 0, 1, begin, end)
+                }
+            }
+            return
+        }
+        // The input with its zero border, plus slack for the kernel's reads past a row's end.
+        let (ph, pw) = (h + padding.top + padding.bottom, w + padding.left + padding.right)
+        let input = UnsafeMutablePointer<Float>.allocate(capacity: cIn * ph * pw + Self.readAhead + kw)
+        defer { input.deallocate() }
+        input.initialize(repeating: 0, count: cIn * ph * pw + Self.readAhead + kw)
+        x.withUnsafeBufferPointer { src in
+            for c in 0..<cIn {
+                for y in 0..<h {
+                    (input + (c * ph + y + padding.top) * pw + padding.left).update(from: src.baseAddress! + (c * h + y) * w, count: w)
+                }
+            }
+        }
+        let parts = min(Parallel.limit, hOut, Self.worthwhileParts(macs: cOut * cIn * kh * kw * plane))
+        let rowsPerPart = (hOut + parts - 1) / max(parts, 1)
+        Parallel.forEach(parts) { part in
+            let begin = part * rowsPerPart, end = min(hOut, begin + rowsPerPart)
+            guard begin < end else { return }
+            stitch_conv_direct(input, cIn, ph * pw, pw, packed, cOut, kh, kw, biases, activation.kernel, d, plane, wOut, begin, end, 0, wOut)
+        }
+    }
+
+    /// Floats the direct kernel may read past the last output column (its 32-column tiles).
+    static let readAhead = 32
+
+    /// Parts worth splitting `macs` multiply-adds into: waking another core costs about as much
+    /// as a few million multiply-adds, so small layers run on the calling thread alone.
+    static func worthwhileParts(macs: Int) -> Int { max(1, macs / 4_000_000) }
+
+    private func runIm2col(_ s: UnsafePointer<Float>, _ shape: (Int, Int, Int), padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
+        let (cIn, h, w) = shape
+        let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
+        let plane = hOut * wOut, depth = cIn * kh * kw
+        // Rows per tile: about 2048 outputs (an im2col tile of depth × 2048 stays in L2), and
+        // enough tiles to keep every core busy.
+        let rowsPerTile = max(1, min(max(2048 / max(wOut, 1), 1), (hOut + Parallel.limit - 1) / Parallel.limit))
+        let tiles = (hOut + rowsPerTile - 1) / rowsPerTile
         weight.withUnsafeBufferPointer { kernel in
-            out.withUnsafeMutableBufferPointer { dst in
-                let (s, k, d) = (src.baseAddress!, kernel.baseAddress!, dst.baseAddress!)
-                Parallel.forEach(c) { channel in
+            let k = kernel.baseAddress!
+            Parallel.forEach(tiles) { tile in
+                let firstRow = tile * rowsPerTile, rows = min(rowsPerTile, hOut - firstRow)
+                let (start, columns) = (firstRow * wOut, rows * wOut)
+                // im2col row (c, i, j) holds input pixel (c, y·stride + i − top, x·stride + j − left) for each output (y, x) of the tile.
+                let cols = UnsafeMutablePointer<Float>.allocate(capacity: depth * columns)
+                defer { cols.deallocate() }
+                for c in 0..<cIn {
+                    for i in 0..<kh {
+                        for j in 0..<kw {
+                            let row = cols + ((c * kh + i) * kw + j) * columns
+                            let valid = validOutputs(offset: j - padding.left, stride: stride, inputSize: w, outputSize: wOut)
+                            for y in 0..<rows {
+                                let target = row + y * wOut
+                                let sy = (firstRow + y) * stride + i - padding.top
+                                guard sy >= 0 && sy < h else {
+                                    target.initialize(repeating: 0, count: wOut)
+                                    continue
+                                }
+                                let input = s + (c * h + sy) * w + j - padding.left
+                                for xo in 0..<valid.lowerBound { target[xo] = 0 }
+                                for xo in valid { target[xo] = input[xo * stride] }
+                                for xo in valid.upperBound..<wOut { target[xo] = 0 }
+                            }
+                        }
+                    }
+                }
+                // [cOut, depth] · [depth, columns] into columns start..<start+columns of each output channel
+                BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: depth, a: k, lda: depth,
+                          b: cols, ldb: columns, c: d + start, ldc: plane)
+                for c in 0..<cOut { stitch_bias_activation(d + c * plane + start, columns, biases[c], activation.kernel) }
+            }
+        }
+    }
+
+    private func runDepthwise(_ s: UnsafePointer<Float>, _ shape: (Int, Int, Int), padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
+        let (c, h, w) = shape
+        let (kh, kw) = (weight.shape[2], weight.shape[3])
+        let parts = min(Parallel.limit, c, Self.worthwhileParts(macs: c * kh * kw * hOut * wOut * 4))
+        let channelsPerPart = (c + parts - 1) / parts
+        weight.withUnsafeBufferPointer { kernel in
+            let k = kernel.baseAddress!
+            Parallel.forEach(parts) { part in
+                for channel in part * channelsPerPart..<min(c, (part + 1) * channelsPerPart) {
                     stitch_depthwise_channel(s + channel * h * w, h, w, k + channel * kh * kw, kh, kw, stride, padding.top, padding.left,
                                              d + channel * hOut * wOut, hOut, wOut, biases[channel], activation.kernel)
                 }
             }
         }
     }
-    return out
+}
+
+/// 2-D convolution of one image x [cIn, h, w] with weight [cOut, cIn, kh, kw] (PyTorch layout),
+/// bias [cOut] and an activation, giving [cOut, hOut, wOut]. Layers applied repeatedly should
+/// prepare a `Convolution` once instead.
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
+                   activation: ConvActivation = .none) -> Tensor {
+    Convolution(weight: weight, bias: bias, stride: stride, activation: activation)(x, padding: padding)
+}
+
+/// Depthwise 2-D convolution (groups == channels): x [c, h, w], weight [c, 1, kh, kw].
+public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
+                            activation: ConvActivation = .none) -> Tensor {
+    Convolution(weight: weight, bias: bias, stride: stride, depthwise: true, activation: activation)(x, padding: padding)
 }
 
 /// The outputs xo whose input column xo * stride + offset lies in 0..<inputSize.

@@ -124,16 +124,6 @@ struct BenchRowWorker: ParsableCommand {
                                         maxTokens: 15, endToken: model.config.decoder.vocabularySize)
             }
             (measured, note, output) = (time, "per caption, 4 beams x 15", tokens)
-        case .captioner:
-            let model = try VisionEncoderDecoder(folder: folder(captioner))
-            let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
-            var tokens: [Int] = []
-            // No end token (an id outside the vocabulary), so both sides run all 15 steps.
-            let time = try bestTime(seconds: seconds) {
-                tokens = try beamSearch(try model.decoder(pixels: pixels), prompt: model.startTokens, settings: BeamSettings(beams: 4),
-                                        maxTokens: 15, endToken: model.config.decoder.vocabularySize)
-            }
-            (measured, note, output) = (time, "per caption, 4 beams x 15", tokens)
         case .yolox:
             // Per image from its file: decode, letterbox, network, decoding and NMS.
             let detector = try YOLOX(path: folder(yolox).path)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import StitchTensor
 
 @main
 struct Stitch: ParsableCommand {
@@ -11,4 +12,9 @@ struct Stitch: ParsableCommand {
         there when absent unless HF_HUB_OFFLINE=1.
         """,
         subcommands: [Classify.self, EmbedImage.self, EmbedText.self, Generate.self, Caption.self, Detect.self, Run.self, Validate.self, ASIFCommand.self, Bench.self, BenchRowWorker.self, Tokenize.self, Preprocess.self, Fetch.self])
+
+    static func main() {
+        Memory.keepFreedMemory()
+        main(nil)
+    }
 }

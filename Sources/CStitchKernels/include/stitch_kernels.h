@@ -3,7 +3,8 @@
 
 /* Element-wise and convolution inner loops, compiled for AVX-512, AVX2 and baseline
    x86-64 and chosen at load time (the Swift package itself builds for baseline x86-64).
-   Floating-point contraction is off, so every variant computes bit-identical results. */
+   Floating-point contraction is off (except in the direct convolution), so every variant of the
+   element-wise kernels computes bit-identical results. */
 
 typedef enum { STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_ACTIVATION_RELU6 = 2 } stitch_activation;
 
@@ -24,5 +25,20 @@ void stitch_bias_activation(float *p, long n, float bias, stitch_activation acti
 void stitch_depthwise_channel(const float *input, long h, long w, const float *taps, long kh, long kw, long stride,
                               long pad_top, long pad_left, float *output, long h_out, long w_out,
                               float bias, stitch_activation activation);
+
+/* A stride-1 convolution computed directly, without im2col, over output rows [y_begin, y_end) and
+   columns [x_begin, x_end): output[co, y, x] = activation(bias[co] + sum over (ci, ki, kj) of
+   weight[co, ci, ki, kj] * input[ci, y + ki, x + kj]), with input planes of in_plane floats and rows of
+   in_row floats (already zero-padded; a 1x1 convolution can treat each plane as one long row).
+   `packed` holds the weights as [ceil(c_out / 4)][c_in * kh * kw][4] (zeros past c_out). Reads run up
+   to 31 + kw floats past the last output column, so the input needs that much slack. Multiply-adds
+   are fused where the CPU can, so results may differ from other paths in the last bits; so does the
+   activation, applied in registers. */
+void stitch_conv_direct(const float *input, long c_in, long in_plane, long in_row, const float *packed, long c_out,
+                        long kh, long kw, const float *bias, stitch_activation activation,
+                        float *output, long out_plane, long w_out, long y_begin, long y_end, long x_begin, long x_end);
+
+/* glibc: serve large allocations from the heap and keep freed memory mapped (no-op elsewhere). */
+void stitch_keep_freed_memory(void);
 
 #endif
