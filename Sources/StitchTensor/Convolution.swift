@@ -147,8 +147,8 @@ public struct Convolution: @unchecked Sendable {
     static let readAhead = 32
 
     /// Parts worth splitting `macs` multiply-adds into: waking another core costs about as much
-    /// as a few million multiply-adds, so small layers run on the calling thread alone.
-    static func worthwhileParts(macs: Int) -> Int { max(1, macs / 4_000_000) }
+    /// as about a million multiply-adds, so small layers run on the calling thread alone.
+    static func worthwhileParts(macs: Int) -> Int { max(1, macs / 1_000_000) }
 
     private func runIm2col(_ s: UnsafePointer<Float>, _ shape: (Int, Int, Int), padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
         let (cIn, h, w) = shape
