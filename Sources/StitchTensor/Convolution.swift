@@ -146,9 +146,9 @@ public struct Convolution: @unchecked Sendable {
     /// Floats the direct kernel may read past the last output column (its 32-column tiles).
     static let readAhead = 32
 
-    /// Parts worth splitting `macs` multiply-adds into: waking another core costs about as much
-    /// as about a million multiply-adds, so small layers run on the calling thread alone.
-    static func worthwhileParts(macs: Int) -> Int { max(1, macs / 1_000_000) }
+    /// Parts worth splitting `macs` multiply-adds into: handing a part to a (spinning) pool worker
+    /// costs about as much as a quarter million multiply-adds, so tiny layers stay on the caller.
+    static func worthwhileParts(macs: Int) -> Int { max(1, macs / 250_000) }
 
     private func runIm2col(_ s: UnsafePointer<Float>, _ shape: (Int, Int, Int), padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
         let (cIn, h, w) = shape

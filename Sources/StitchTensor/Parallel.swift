@@ -11,17 +11,21 @@ public enum Parallel {
     /// How many of them parallel loops use (`BLAS.configureThreads` sets it).
     nonisolated(unsafe) public static var limit = cores
 
-    /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile.
-    /// Iterations must touch disjoint memory; that is the caller's contract,
-    /// which is why `body` need not be Sendable.
+    /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile, on the calling
+    /// thread and Stitch's worker pool (`stitch_parallel_for`). Iterations must touch disjoint
+    /// memory; that is the caller's contract, which is why `body` need not be Sendable.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
         if count <= 1 || limit == 1 {
             for i in 0..<count { body(i) }
             return
         }
         withoutActuallyEscaping(body) { escapable in
-            let task = UncheckedSendable(escapable)
-            DispatchQueue.concurrentPerform(iterations: count) { task.value($0) }
+            var task = escapable
+            withUnsafeMutablePointer(to: &task) { pointer in
+                stitch_parallel_for(count, limit, { context, index in
+                    context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(index)
+                }, pointer)
+            }
         }
     }
 
@@ -36,13 +40,6 @@ public enum Parallel {
             if start < end { body(start..<end) }
         }
     }
-}
-
-/// Carries a closure into concurrentPerform; safe because `Parallel`'s
-/// callers give each iteration disjoint memory.
-private struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }
 
 /// Process-wide allocator settings for tensor workloads.

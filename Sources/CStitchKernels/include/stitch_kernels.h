@@ -41,4 +41,10 @@ void stitch_conv_direct(const float *input, long c_in, long in_plane, long in_ro
 /* glibc: serve large allocations from the heap and keep freed memory mapped (no-op elsewhere). */
 void stitch_keep_freed_memory(void);
 
+/* Calls function(context, i) for i in 0..<count on the calling thread and up to threads - 1 pool
+   workers; returns when all are done. Runs inline when the pool is busy (nested or concurrent
+   callers), for one iteration, or for counts of 2^20 and more. */
+typedef void (*stitch_task)(void *context, long index);
+void stitch_parallel_for(long count, long threads, stitch_task function, void *context);
+
 #endif

@@ -1,0 +1,114 @@
+#include "stitch_kernels.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <unistd.h>
+
+/* A pool of worker threads for Stitch's parallel loops. Workers spin for a while after each job
+   (a model's layers come back to back, and waking a sleeping thread costs more than a small
+   layer), then sleep on a condition variable.
+
+   A job is published in one atomic word, `claim`: job number (24 bits), iteration count (20 bits)
+   and next iteration (20 bits). An iteration is taken by compare-and-swap on that word, so a
+   worker late from a finished job can never take an iteration of the next one, and the job's
+   function and context stay valid while any of its iterations can still be taken. */
+
+#define MAX_WORKERS 255
+#define SPIN_ROUNDS 200000
+
+static struct {
+    pthread_once_t started;
+    long workers;                 /* threads besides the caller */
+    _Atomic uint64_t claim;
+    _Atomic long done;            /* iterations finished in the current job */
+    _Atomic long participants;    /* how many threads may work on the current job, caller included */
+    _Atomic int busy;             /* a job is running: other callers run theirs inline */
+    _Atomic long sleepers;
+    stitch_task function;
+    void *context;
+    pthread_mutex_t mutex;
+    pthread_cond_t wake;
+} pool = {.started = PTHREAD_ONCE_INIT, .mutex = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t job_of(uint64_t claim) { return claim >> 40; }
+static inline uint64_t count_of(uint64_t claim) { return (claim >> 20) & 0xFFFFF; }
+static inline uint64_t index_of(uint64_t claim) { return claim & 0xFFFFF; }
+
+/* Takes and runs iterations of job `job` until none is left. */
+static void work_on(uint64_t job) {
+    uint64_t claim = atomic_load(&pool.claim);
+    while (job_of(claim) == job && index_of(claim) < count_of(claim)) {
+        if (atomic_compare_exchange_weak(&pool.claim, &claim, claim + 1)) {
+            pool.function(pool.context, (long)index_of(claim));
+            atomic_fetch_add(&pool.done, 1);
+            claim = atomic_load(&pool.claim);
+        }
+    }
+}
+
+static void *worker_main(void *argument) {
+    long rank = (long)(intptr_t)argument;   /* 1 ... workers; the caller is 0 */
+    uint64_t seen = job_of(atomic_load(&pool.claim));
+    for (;;) {
+        uint64_t job;
+        long spins = 0;
+        while ((job = job_of(atomic_load(&pool.claim))) == seen) {
+            if (++spins < SPIN_ROUNDS) { relax(); continue; }
+            atomic_fetch_add(&pool.sleepers, 1);
+            pthread_mutex_lock(&pool.mutex);
+            while (job_of(atomic_load(&pool.claim)) == seen) pthread_cond_wait(&pool.wake, &pool.mutex);
+            pthread_mutex_unlock(&pool.mutex);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            spins = 0;
+        }
+        seen = job;
+        if (rank < atomic_load(&pool.participants)) work_on(job);
+    }
+    return NULL;
+}
+
+static void start_workers(void) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long wanted = cores > 1 ? cores - 1 : 0;
+    if (wanted > MAX_WORKERS) wanted = MAX_WORKERS;
+    pthread_attr_t attributes;
+    pthread_attr_init(&attributes);
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    for (long i = 0; i < wanted; i++) {
+        pthread_t thread;
+        if (pthread_create(&thread, &attributes, worker_main, (void *)(intptr_t)(i + 1)) != 0) break;
+        pool.workers++;
+    }
+    pthread_attr_destroy(&attributes);
+}
+
+void stitch_parallel_for(long count, long threads, stitch_task function, void *context) {
+    int idle = 0;
+    if (count <= 1 || threads <= 1 || count > 0xFFFFF || !atomic_compare_exchange_strong(&pool.busy, &idle, 1)) {
+        for (long i = 0; i < count; i++) function(context, i);
+        return;
+    }
+    pthread_once(&pool.started, start_workers);
+    pool.function = function;
+    pool.context = context;
+    atomic_store(&pool.participants, threads);
+    atomic_store(&pool.done, 0);
+    uint64_t job = (job_of(atomic_load(&pool.claim)) + 1) & 0xFFFFFF;
+    atomic_store(&pool.claim, (job << 40) | ((uint64_t)count << 20));
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.mutex);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.mutex);
+    }
+    work_on(job);
+    while (atomic_load(&pool.done) < count) relax();
+    atomic_store(&pool.busy, 0);
+}
