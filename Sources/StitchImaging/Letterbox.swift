@@ -29,7 +29,7 @@ extension RGBImage {
         var horizontal = [Int32](repeating: 0, count: height * newWidth * 3)
         pixels.withUnsafeBufferPointer { src in
             horizontal.withUnsafeMutableBufferPointer { dst in
-                for y in 0..<height {
+                Parallel.forChunks(height, minimumChunk: 64) { rows in for y in rows {
                     let row = y * width * 3, out = y * newWidth * 3
                     for (x, tap) in columns.enumerated() {
                         let left = row + tap.index * 3, right = row + min(tap.index + 1, width - 1) * 3
@@ -37,18 +37,26 @@ extension RGBImage {
                             dst[out + x * 3 + c] = Int32(src[left + c]) * tap.w0 + Int32(src[right + c]) * tap.w1
                         }
                     }
-                }
+                } }
             }
         }
         var result = [UInt8](repeating: 0, count: newWidth * newHeight * 3)
         let rowLength = newWidth * 3
-        for (y, tap) in rows.enumerated() {
-            let top = min(max(tap.index, 0), height - 1) * rowLength
-            let bottom = min(max(tap.index + 1, 0), height - 1) * rowLength
-            for i in 0..<rowLength {
-                let a = ((horizontal[top + i] >> 4) * tap.w0) >> 16
-                let b = ((horizontal[bottom + i] >> 4) * tap.w1) >> 16
-                result[y * rowLength + i] = UInt8(clamping: (a + b + 2) >> 2)
+        horizontal.withUnsafeBufferPointer { h in
+            result.withUnsafeMutableBufferPointer { out in
+                Parallel.forChunks(newHeight, minimumChunk: 64) { range in
+                    for y in range {
+                        let tap = rows[y]
+                        let top = h.baseAddress! + min(max(tap.index, 0), height - 1) * rowLength
+                        let bottom = h.baseAddress! + min(max(tap.index + 1, 0), height - 1) * rowLength
+                        let target = out.baseAddress! + y * rowLength
+                        for i in 0..<rowLength {
+                            let a = ((top[i] >> 4) * tap.w0) >> 16
+                            let b = ((bottom[i] >> 4) * tap.w1) >> 16
+                            target[i] = UInt8(clamping: (a + b + 2) >> 2)
+                        }
+                    }
+                }
             }
         }
         return RGBImage(width: newWidth, height: newHeight, pixels: result)
@@ -70,16 +78,21 @@ public struct Letterbox: Sendable {
         // Sizes as YOLOX computes them: int() of the scaled float sizes.
         let width = max(Int(Double(image.width) * ratio), 1), height = max(Int(Double(image.height) * ratio), 1)
         let resized = image.resizedBilinearOpenCV(width: width, height: height)
-        var planes = [Float](repeating: Self.padValue, count: 3 * size * size)
-        for y in 0..<height {
-            for x in 0..<width {
-                let source = (y * width + x) * 3
-                for c in 0..<3 {   // RGB → BGR planes
-                    planes[(2 - c) * size * size + y * size + x] = Float(resized.pixels[source + c])
+        var planes = Tensor(shape: [3, size, size], repeating: Self.padValue)
+        resized.pixels.withUnsafeBufferPointer { source in
+            planes.withUnsafeMutableBufferPointer { target in
+                Parallel.forChunks(height, minimumChunk: 64) { rows in
+                    for y in rows {
+                        for x in 0..<width {
+                            for c in 0..<3 {   // RGB → BGR planes
+                                target[(2 - c) * size * size + y * size + x] = Float(source[(y * width + x) * 3 + c])
+                            }
+                        }
+                    }
                 }
             }
         }
-        pixels = Tensor(shape: [3, size, size], scalars: planes)
+        pixels = planes
         scale = Float(ratio)
         self.size = size
     }

@@ -194,7 +194,11 @@ public final class YOLOX: @unchecked Sendable {
         for conv in neck.buConv1 { p0 = conv(p0) }
         let pan0 = neck.c3n4(concatenate([p0, fpnOut0], axis: 0))                        // [256, 13, 13]
 
-        var levels: [Tensor] = []
+        // Each level's [4 + 1 + classes, h, w] maps written straight into rows of the output,
+        // one row per cell: (dx, dy, log w, log h, σ(objectness), σ(classes)).
+        let columns = 5 + numClasses
+        var output = Tensor(uninitialized: [Self.strides.reduce(0) { $0 + (size / $1) * (size / $1) }, columns])
+        var firstRow = 0
         for (level, feature) in zip(head, [pan2, pan1, pan0]) {
             let stemmed = level.stem(feature)
             var cls = stemmed, reg = stemmed
@@ -203,11 +207,22 @@ public final class YOLOX: @unchecked Sendable {
             var objectness = level.objPred(reg), classes = level.clsPred(cls)
             sigmoid(&objectness)
             sigmoid(&classes)
-            let output = concatenate([level.regPred(reg), objectness, classes], axis: 0)   // [85, h, w]
-            let cells = output.shape[1] * output.shape[2]
-            levels.append(transposed(output.reshaped([output.shape[0], cells]), 0, 1))  // [h*w, 85]
+            let boxes = level.regPred(reg)
+            let cells = feature.shape[1] * feature.shape[2]
+            output.withUnsafeMutableBufferPointer { out in
+                for (part, offset) in [(boxes, 0), (objectness, 4), (classes, 5)] {
+                    part.withUnsafeBufferPointer { maps in   // [channels, cells] into columns offset..< of the rows
+                        Parallel.forChunks(cells, minimumChunk: 256) { range in
+                            for channel in 0..<part.shape[0] {
+                                for cell in range { out[(firstRow + cell) * columns + offset + channel] = maps[channel * cells + cell] }
+                            }
+                        }
+                    }
+                }
+            }
+            firstRow += cells
         }
-        return concatenate(levels, axis: 0)
+        return output
     }
 
     /// Labelled boxes in `image`: letterbox, network, grid decoding, then class-aware NMS
@@ -256,14 +271,15 @@ public final class YOLOX: @unchecked Sendable {
         let (h, w) = (x.shape[1], x.shape[2])
         let (oh, ow) = (h / 2, w / 2)
         var out = Tensor(uninitialized: [12, oh, ow])
+        let offsets = [(0, 0), (1, 0), (0, 1), (1, 1)]
         x.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
-                for (part, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].enumerated() {
-                    for c in 0..<3 {
-                        let plane = dst.baseAddress! + (part * 3 + c) * oh * ow
-                        for y in 0..<oh {
-                            for xo in 0..<ow { plane[y * ow + xo] = src[(c * h + 2 * y + dy) * w + 2 * xo + dx] }
-                        }
+                Parallel.forEach(12) { index in
+                    let (part, c) = (index / 3, index % 3)
+                    let (dy, dx) = offsets[part]
+                    let plane = dst.baseAddress! + index * oh * ow
+                    for y in 0..<oh {
+                        for xo in 0..<ow { plane[y * ow + xo] = src[(c * h + 2 * y + dy) * w + 2 * xo + dx] }
                     }
                 }
             }

@@ -283,7 +283,7 @@ public func upsample2x(_ x: Tensor) -> Tensor {
     var out = Tensor(uninitialized: [c, 2 * h, 2 * w])
     x.withUnsafeBufferPointer { src in
         out.withUnsafeMutableBufferPointer { dst in
-            for channel in 0..<c {
+            Parallel.forEach(c) { channel in
                 for y in 0..<2 * h {
                     for xo in 0..<2 * w { dst[(channel * 2 * h + y) * 2 * w + xo] = src[(channel * h + y / 2) * w + xo / 2] }
                 }
