@@ -589,6 +589,61 @@ def make_captioner_goldens():
     print("captioner:", [s["outputs"][0] for s in golden["settings"]])
 
 
+def make_metric_goldens():
+    """pycocoevalcap on 60 synthetic caption groups (a candidate, 5 references): its PTBTokenizer's
+    tokens (Stanford CoreNLP, needs java) and BLEU-1..4, ROUGE-L and CIDEr-D per image and over the
+    corpus; and nltk's Porter stemmer (original algorithm) on every token."""
+    from nltk.stem.porter import PorterStemmer
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    rng = random.Random(7)
+    subjects = ["a man", "A woman", "two dogs", "the cat", "a group of people", "an old red truck", "three zebras", "a child's kite",
+                "some bikes", "a big brown bear", "the players", "a plate of food"]
+    verbs = ["is standing", "are running", "sits", "is parked", "are grazing", "is flying", "stand", "is eating", "walks", "is sleeping",
+             "isn't moving", "are playing"]
+    places = ["on the grass", "next to a truck", "in a field", "near the water.", "on a busy street,", "in the kitchen!", "at the beach",
+              "under a tree", "by the road", "in a room", "on a snowy hill", "behind the fence"]
+    extras = ["", "", "", " with a dog", " while it rains", " (at night)", " in 2019", " - happily", " and smiles", "; it's sunny",
+              ' "quietly"', " near 3.5 meters of rope"]
+
+    def sentence():
+        return rng.choice(subjects) + " " + rng.choice(verbs) + " " + rng.choice(places) + rng.choice(extras) + rng.choice(["", ".", " .", "!"])
+    groups = [{"candidate": sentence(), "references": [sentence() for _ in range(5)]} for _ in range(60)]
+    # Some candidates share words with their references, some equal one, one is empty of overlap.
+    for g in groups[:20]:
+        g["candidate"] = g["references"][0].replace("the", "a", 1)
+    groups[20]["candidate"] = groups[20]["references"][2]
+    raw = {str(i): [{"caption": c} for c in [g["candidate"]] + g["references"]] for i, g in enumerate(groups)}
+    tokenized = PTBTokenizer().tokenize(raw)
+    res = {k: [v[0]] for k, v in tokenized.items()}
+    gts = {k: v[1:] for k, v in tokenized.items()}
+    bleu, bleu_per_image = Bleu(4).compute_score(gts, res)
+    cider, cider_per_image = Cider().compute_score(gts, res)
+    rouge, rouge_per_image = Rouge().compute_score(gts, res)
+    stemmer = PorterStemmer(mode=PorterStemmer.ORIGINAL_ALGORITHM)
+    words = sorted({w for v in tokenized.values() for c in v for w in c.split()} | set(STEMMER_WORDS))
+    write_json({
+        "groups": [dict(g, tokenized_candidate=res[str(i)][0], tokenized_references=gts[str(i)]) for i, g in enumerate(groups)],
+        "bleu": bleu, "bleu_per_image": [[float(x) for x in b] for b in bleu_per_image],
+        "cider": float(cider), "cider_per_image": [float(x) for x in cider_per_image],
+        "rouge_l": float(rouge), "rouge_l_per_image": [float(x) for x in rouge_per_image],
+        "stems": {w: stemmer.stem(w, to_lowercase=False) for w in words},
+    }, "metrics", "captions.json")
+    print(f"metrics: BLEU-4 {bleu[3]:.4f}, CIDEr-D {cider:.4f}, ROUGE-L {rouge:.4f}, {len(words)} stemmed words")
+
+
+# Words exercising every step of the Porter stemmer (the examples of Porter 1980 and more).
+STEMMER_WORDS = """caresses ponies ties caress cats feed agreed plastered bled motoring sing conflated troubled sized hopping
+tanned falling hissing fizzed failing filing happy sky relational conditional rational valenci hesitanci digitizer conformabli
+radicalli differentli vileli analogousli vietnamization predication operator feudalism decisiveness hopefulness callousness
+formaliti sensitiviti sensibiliti triplicate formative formalize electriciti electrical hopeful goodness revival allowance
+inference airliner gyroscopic adjustable defensible irritant replacement adjustment dependent adoption homologou communism
+activate angulariti homologous effective bowdlerize probate rate cease controll roll generalizations oscillators running
+ran runs easily fairly cries dying lying agreement""".split()
+
+
 if __name__ == "__main__":
     for path in [TOKENIZERS, MINILM, IMAGES, YOLOX]:
         if not os.path.isdir(path):
@@ -611,3 +666,4 @@ if __name__ == "__main__":
     make_efficientnet_goldens()
     make_yolox_goldens()
     make_captioner_goldens()
+    make_metric_goldens()

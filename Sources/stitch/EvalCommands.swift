@@ -1,0 +1,76 @@
+import ArgumentParser
+import Foundation
+import StitchMethods
+
+struct Evaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval", abstract: "Score outputs against references with the standard metrics.",
+        subcommands: [EvaluateCaptions.self])
+}
+
+struct EvaluateCaptions: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "captions",
+        abstract: "BLEU-1..4, METEOR-F, ROUGE-L and CIDEr-D of captions, as the COCO caption evaluation computes them.",
+        discussion: """
+        References are a COCO annotations file ({"annotations": [{"image_id", "caption"}, ...]}); results are a COCO \
+        results file ([{"image_id", "caption"}, ...]), one caption per image. Captions are tokenized as the evaluation's \
+        PTBTokenizer does, then scored as pycocoevalcap scores them (document frequencies for CIDEr-D come from the \
+        references of the evaluated images). METEOR-F is METEOR's unigram F-mean with Porter-stem matching, without \
+        its fragmentation penalty. Prints one JSON object.
+        """)
+
+    @Option(help: "COCO-format results: [{\"image_id\": ..., \"caption\": ...}].")
+    var results: String
+
+    @Option(help: "COCO-format references: {\"annotations\": [{\"image_id\": ..., \"caption\": ...}]}.")
+    var references: String
+
+    @Flag(help: "Also list every image's scores.")
+    var perImage = false
+
+    func run() throws {
+        let referenceEntries = try Self.entries(of: references, key: "annotations")
+        let resultEntries = try Self.entries(of: results, key: nil)
+        var referencesByImage: [String: [String]] = [:]
+        for (image, caption) in referenceEntries { referencesByImage[image, default: []].append(CaptionTokenizer.tokenize(caption)) }
+        var seen = Set<String>()
+        var candidates: [String] = [], grouped: [[String]] = [], images: [String] = []
+        for (image, caption) in resultEntries {
+            guard seen.insert(image).inserted else { throw ValidationError("\(results): image \(image) has more than one caption") }
+            guard let refs = referencesByImage[image] else { throw ValidationError("\(results): image \(image) has no references in \(references)") }
+            candidates.append(CaptionTokenizer.tokenize(caption))
+            grouped.append(refs)
+            images.append(image)
+        }
+        guard !candidates.isEmpty else { throw ValidationError("\(results): no captions to score") }
+        let (corpus, each) = CaptionMetrics.score(candidates: candidates, references: grouped)
+        var report = Self.fields(corpus)
+        report["images"] = candidates.count
+        if perImage { report["per_image"] = zip(images, each).map { image, scores in Self.fields(scores).merging(["image_id": image]) { a, _ in a } } }
+        try printJSONLine(report)
+    }
+
+    static func fields(_ scores: CaptionScores) -> [String: Any] {
+        var fields: [String: Any] = ["METEOR-F": scores.meteorF, "ROUGE-L": scores.rougeL, "CIDEr-D": scores.ciderD]
+        for (k, value) in scores.bleu.enumerated() { fields["BLEU-\(k + 1)"] = value }
+        return fields
+    }
+
+    /// (image id as text, caption) pairs of a COCO file: the array under `key`, or the top-level array.
+    static func entries(of path: String, key: String?) throws -> [(String, String)] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): missing or unreadable") }
+        let root: Any
+        do { root = try JSONSerialization.jsonObject(with: data) } catch { throw ValidationError("\(path): not valid JSON") }
+        let list = key.map { (root as? [String: Any])?[$0] } ?? root
+        guard let items = list as? [[String: Any]] else {
+            throw ValidationError("\(path): expected \(key.map { "an object with an \"\($0)\" array" } ?? "an array") of {\"image_id\", \"caption\"} objects")
+        }
+        return try items.enumerated().map { index, item in
+            guard let image = item["image_id"].map({ "\($0)" }), let caption = item["caption"] as? String else {
+                throw ValidationError("\(path): entry \(index) needs an image_id and a caption string")
+            }
+            return (image, caption)
+        }
+    }
+}

@@ -1,0 +1,35 @@
+import Foundation
+import StitchTestSupport
+import XCTest
+
+/// `stitch eval captions` from raw COCO-format files equals pycocoevalcap (PTBTokenizer, then the scorers).
+final class EvalCommandTests: XCTestCase {
+    func testCaptionEvaluationFromCOCOFiles() throws {
+        let golden = try Fixtures.json("metrics/captions.json") as! [String: Any]
+        let groups = golden["groups"] as! [[String: Any]]
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let references = folder.appendingPathComponent("refs.json"), results = folder.appendingPathComponent("res.json")
+        let annotations = groups.enumerated().flatMap { i, g in (g["references"] as! [String]).map { ["image_id": i, "caption": $0] as [String: Any] } }
+        try JSONSerialization.data(withJSONObject: ["annotations": annotations, "images": []]).write(to: references)
+        try JSONSerialization.data(withJSONObject: groups.enumerated().map { i, g in ["image_id": i, "caption": g["candidate"]!] }).write(to: results)
+
+        let run = try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path, "--per-image"])
+        XCTAssertEqual(run.status, 0, run.errors)
+        let report = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as! [String: Any]
+        let bleu = golden["bleu"] as! [Double]
+        for k in 0..<4 { XCTAssertEqual(report["BLEU-\(k + 1)"] as! Double, bleu[k], accuracy: 1e-4) }
+        XCTAssertEqual(report["CIDEr-D"] as! Double, golden["cider"] as! Double, accuracy: 1e-4)
+        XCTAssertEqual(report["ROUGE-L"] as! Double, golden["rouge_l"] as! Double, accuracy: 1e-4)
+        XCTAssertEqual(report["images"] as? Int, groups.count)
+        XCTAssertEqual((report["per_image"] as? [[String: Any]])?.count, groups.count)
+
+        // An image without references is an error naming both files.
+        try JSONSerialization.data(withJSONObject: [["image_id": 999, "caption": "a cat"]]).write(to: results)
+        let orphan = try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path])
+        XCTAssertNotEqual(orphan.status, 0)
+        XCTAssert(orphan.errors.contains("image 999 has no references"), orphan.errors)
+        try Data("{not json".utf8).write(to: results)
+        XCTAssert(try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path]).errors.contains("not valid JSON"))
+    }
+}
