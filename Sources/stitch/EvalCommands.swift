@@ -5,7 +5,7 @@ import StitchMethods
 struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval", abstract: "Score outputs against references with the standard metrics.",
-        subcommands: [EvaluateCaptions.self])
+        subcommands: [EvaluateCaptions.self, EvaluateVQA.self])
 }
 
 struct EvaluateCaptions: ParsableCommand {
@@ -72,5 +72,67 @@ struct EvaluateCaptions: ParsableCommand {
             }
             return (image, caption)
         }
+    }
+}
+
+struct EvaluateVQA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vqa",
+        abstract: "VQA accuracy as the official VQA evaluator computes it (answer normalisation, min(1, matches / 3) over the annotators).",
+        discussion: """
+        Annotations are a VQA annotations file ({"annotations": [{"question_id", "answers": [{"answer"}, ...], \
+        "answer_type", "question_type"}, ...]}); results are [{"question_id", "answer"}, ...]. Prints one JSON object: \
+        overall accuracy and per answer type and question type, in percent rounded to 2 places as the evaluator does.
+        """)
+
+    @Option(help: "Results: [{\"question_id\": ..., \"answer\": ...}].")
+    var results: String
+
+    @Option(help: "VQA annotations: {\"annotations\": [{\"question_id\", \"answers\": [{\"answer\"}]}]}.")
+    var annotations: String
+
+    @Flag(help: "Also list every question's accuracy.")
+    var perQuestion = false
+
+    func run() throws {
+        let annotationItems = try Self.items(annotations, key: "annotations")
+        var byQuestion: [String: (answers: [String], answerType: String, questionType: String)] = [:]
+        for (index, item) in annotationItems.enumerated() {
+            guard let id = item["question_id"].map({ "\($0)" }), let answers = item["answers"] as? [[String: Any]] else {
+                throw ValidationError("\(annotations): annotation \(index) needs a question_id and an answers list")
+            }
+            byQuestion[id] = (answers.compactMap { $0["answer"] as? String }, item["answer_type"] as? String ?? "other",
+                              item["question_type"] as? String ?? "none")
+        }
+        var overall: [Double] = [], byAnswerType: [String: [Double]] = [:], byQuestionType: [String: [Double]] = [:]
+        var each: [[String: Any]] = []
+        for (index, item) in try Self.items(results, key: nil).enumerated() {
+            guard let id = item["question_id"].map({ "\($0)" }), let answer = item["answer"] as? String else {
+                throw ValidationError("\(results): result \(index) needs a question_id and an answer string")
+            }
+            guard let truth = byQuestion[id] else { throw ValidationError("\(results): question \(id) is not in \(annotations)") }
+            let accuracy = VQAAccuracy.score(prediction: answer, answers: truth.answers)
+            overall.append(accuracy)
+            byAnswerType[truth.answerType, default: []].append(accuracy)
+            byQuestionType[truth.questionType, default: []].append(accuracy)
+            if perQuestion { each.append(["question_id": id, "accuracy": Self.percent([accuracy])]) }
+        }
+        guard !overall.isEmpty else { throw ValidationError("\(results): no answers to score") }
+        var report: [String: Any] = ["overall": Self.percent(overall), "questions": overall.count,
+                                     "per_answer_type": byAnswerType.mapValues(Self.percent), "per_question_type": byQuestionType.mapValues(Self.percent)]
+        if perQuestion { report["per_question"] = each }
+        try printJSONLine(report)
+    }
+
+    /// Mean accuracy in percent, rounded to 2 places like the evaluator.
+    static func percent(_ values: [Double]) -> Double { (100 * values.reduce(0, +) / Double(values.count) * 100).rounded() / 100 }
+
+    static func items(_ path: String, key: String?) throws -> [[String: Any]] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): missing or unreadable") }
+        guard let root = try? JSONSerialization.jsonObject(with: data) else { throw ValidationError("\(path): not valid JSON") }
+        guard let items = (key.map { (root as? [String: Any])?[$0] } ?? root) as? [[String: Any]] else {
+            throw ValidationError("\(path): expected \(key.map { "an object with an \"\($0)\" array" } ?? "an array") of objects")
+        }
+        return items
     }
 }

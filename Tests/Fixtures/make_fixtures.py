@@ -644,6 +644,65 @@ activate angulariti homologous effective bowdlerize probate rate cease controll 
 ran runs easily fairly cries dying lying agreement""".split()
 
 
+def official_vqa_evaluator():
+    """The VQA v2 evaluator (vqa_eval.py) as salesforce-lavis ships it on PyPI, loaded from its
+    wheel without installing the package (it imports only re and sys)."""
+    import importlib.util
+    import subprocess
+    import zipfile
+    folder = tempfile.mkdtemp()
+    subprocess.run([sys.executable, "-m", "pip", "download", "salesforce-lavis==1.0.2", "--no-deps", "-q", "-d", folder], check=True)
+    wheel = zipfile.ZipFile(os.path.join(folder, "salesforce_lavis-1.0.2-py3-none-any.whl"))
+    path = os.path.join(folder, "vqa_eval.py")
+    with open(path, "wb") as f:
+        f.write(wheel.read("lavis/common/vqa_tools/vqa_eval.py"))
+    spec = importlib.util.spec_from_file_location("vqa_eval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VQAEval
+
+
+def make_vqa_metric_goldens():
+    """The official VQA evaluator's per-question accuracy (and normalised answers) on 200 cases
+    whose answers vary in case, articles, number words, punctuation and contractions."""
+    import contextlib
+    import io
+    VQAEval = official_vqa_evaluator()
+    rng = random.Random(11)
+    pools = [["2", "two", "Two", "2.", "two ", "3", "three"], ["yes", "Yes", "yes!", "no", "No."], ["a dog", "dog", "the dog", "dogs", "Dog"],
+             ["red", "Red", "red-orange", "red orange", "orange"], ["dont know", "don't know", "dont", "unknown"],
+             ["tennis", "tennis racket", "racket", "a tennis racket", "tennis-racket"], ["1,000", "1000", "one thousand", "1 000"],
+             ["3.5", "3.50", "3,5", "three and a half"], ["left", "Left.", "on the left", "left side"], ["t-shirt", "t shirt", "tshirt", "shirt"],
+             ["hes happy", "he's happy", "happy", "Happy!"], ["yes, it is", "yes it is", "yes", "(yes)"]]
+    cases, qa_gt, qa_res = [], {}, {}
+    for question_id in range(200):
+        pool = rng.choice(pools)
+        answers = [rng.choice(pool) for _ in range(10)]
+        if question_id % 10 == 0:
+            answers = [answers[0]] * 10                    # unanimous annotators: answers left unprocessed
+        prediction = rng.choice(pool) if question_id % 7 else rng.choice(["\tyes\n", " Two ", "the  red", "not in the pool"])
+        cases.append({"question_id": question_id, "answers": answers, "prediction": prediction})
+        qa_gt[question_id] = {"question_id": question_id, "question_type": "what", "answer_type": "other",
+                              "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]}
+        qa_res[question_id] = {"question_id": question_id, "answer": prediction}
+
+    class Annotations:
+        def __init__(self, qa):
+            self.qa = qa
+
+        def getQuesIds(self):
+            return list(self.qa)
+    evaluator = VQAEval(Annotations(qa_gt), Annotations(qa_res), n=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+    normaliser = VQAEval(Annotations({}), Annotations({}))
+    for case in cases:
+        case["accuracy"] = evaluator.evalQA[case["question_id"]]
+        case["normalized_prediction"] = normaliser.processDigitArticle(normaliser.processPunctuation(case["prediction"].strip()))
+    write_json({"cases": cases, "overall": evaluator.accuracy["overall"]}, "metrics", "vqa.json")
+    print(f"vqa: {len(cases)} cases, overall accuracy {evaluator.accuracy['overall']}")
+
+
 if __name__ == "__main__":
     for path in [TOKENIZERS, MINILM, IMAGES, YOLOX]:
         if not os.path.isdir(path):
@@ -667,3 +726,4 @@ if __name__ == "__main__":
     make_yolox_goldens()
     make_captioner_goldens()
     make_metric_goldens()
+    make_vqa_metric_goldens()

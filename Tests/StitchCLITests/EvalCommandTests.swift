@@ -32,4 +32,24 @@ final class EvalCommandTests: XCTestCase {
         try Data("{not json".utf8).write(to: results)
         XCTAssert(try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path]).errors.contains("not valid JSON"))
     }
+
+    /// `stitch eval vqa` on the 200 cases of Tests/Fixtures/metrics/vqa.json equals the official evaluator's overall accuracy.
+    func testVQAEvaluation() throws {
+        let golden = try Fixtures.json("metrics/vqa.json") as! [String: Any]
+        let cases = golden["cases"] as! [[String: Any]]
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let annotations = folder.appendingPathComponent("annotations.json"), results = folder.appendingPathComponent("results.json")
+        try JSONSerialization.data(withJSONObject: ["annotations": cases.map { c in
+            ["question_id": c["question_id"]!, "answer_type": "other", "question_type": "what",
+             "answers": (c["answers"] as! [String]).map { ["answer": $0] }] as [String: Any]
+        }]).write(to: annotations)
+        try JSONSerialization.data(withJSONObject: cases.map { ["question_id": $0["question_id"]!, "answer": $0["prediction"]!] }).write(to: results)
+        let run = try StitchCLI.run(["eval", "vqa", "--results", results.path, "--annotations", annotations.path])
+        XCTAssertEqual(run.status, 0, run.errors)
+        let report = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as! [String: Any]
+        XCTAssertEqual(report["overall"] as? Double, golden["overall"] as? Double)
+        XCTAssertEqual(report["questions"] as? Int, 200)
+        XCTAssertEqual((report["per_answer_type"] as? [String: Double])?["other"], golden["overall"] as? Double)
+    }
 }
