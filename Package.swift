@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "StitchModels", targets: ["StitchModels"]),
         .library(name: "StitchMethods", targets: ["StitchMethods"]),
         .library(name: "StitchGraph", targets: ["StitchGraph"]),
+        .library(name: "StitchRemote", targets: ["StitchRemote"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -40,12 +41,14 @@ let package = Package(
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
         .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "CZlib"]),
+        // Remote language models: the completion protocol, the local GPT-2 backend, an OpenAI-compatible client (libcurl) and HTTP server.
+        .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "CCurl"]),
         // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
         .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods",
                                                     .product(name: "Yams", package: "Yams")]),
         // The command-line tool.
         .executableTarget(name: "stitch", dependencies: [
-            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "StitchGraph", "CBLAS",
+            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "StitchGraph", "StitchRemote", "CBLAS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 
@@ -57,6 +60,7 @@ let package = Package(
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchTestSupport"]),
+        .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchTestSupport"]),
     ]
 )

@@ -1,0 +1,150 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An HTTP/1.1 request as the server hands it to its handler.
+public struct HTTPRequest: Sendable {
+    public let method: String
+    public let path: String
+    /// Header names lower-cased.
+    public let headers: [String: String]
+    public let body: Data
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [String: String]
+    public var body: Data
+
+    public init(status: Int, headers: [String: String] = [:], body: Data = Data()) {
+        (self.status, self.headers, self.body) = (status, headers, body)
+    }
+
+    /// A JSON response.
+    public static func json(_ object: Any, status: Int = 200) -> HTTPResponse {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return HTTPResponse(status: status, headers: ["Content-Type": "application/json"], body: data)
+    }
+
+    /// An error in OpenAI's shape: {"error": {"message", "type"}}.
+    public static func error(_ message: String, status: Int) -> HTTPResponse {
+        json(["error": ["message": message, "type": status < 500 ? "invalid_request_error" : "server_error"]], status: status)
+    }
+}
+
+/// A small HTTP/1.1 server on a TCP port: one thread per connection, one request per
+/// connection (Connection: close), bodies by Content-Length up to `maximumBody` bytes.
+public final class HTTPServer: @unchecked Sendable {
+    public typealias Handler = @Sendable (HTTPRequest) -> HTTPResponse
+    public let host: String
+    public private(set) var port: UInt16 = 0
+    public var maximumBody = 16 << 20
+    private let socketFD: Int32
+    private let handler: Handler
+    private let lock = NSLock()
+    private var stopped = false
+
+    /// Binds `host:port` (port 0: any free port, then read `port`) and starts accepting.
+    public init(host: String = "127.0.0.1", port: UInt16 = 0, handler: @escaping Handler) throws {
+        self.host = host
+        self.handler = handler
+        socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socketFD >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        var yes: Int32 = 1
+        setsockopt(socketFD, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
+            close(socketFD)
+            throw CompletionError.invalidRequest("'\(host)' is not an IPv4 address to listen on")
+        }
+        address.sin_port = port.bigEndian
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(socketFD, 64) == 0 else {
+            let code = errno
+            close(socketFD)
+            throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EADDRINUSE)
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(socketFD, $0, &length) }
+        }
+        self.port = UInt16(bigEndian: address.sin_port)
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    public var baseURL: String { "http://\(host):\(port)" }
+
+    public func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+        shutdown(socketFD, Int32(SHUT_RDWR))
+        close(socketFD)
+    }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(socketFD, nil, nil)
+            lock.lock(); let done = stopped; lock.unlock()
+            if done { if client >= 0 { close(client) }; return }
+            if client < 0 { continue }
+            Thread { [self] in
+                let response = read(client).map(handler) ?? .error("malformed HTTP request", status: 400)
+                write(response, to: client)
+                close(client)
+            }.start()
+        }
+    }
+
+    /// The request on `client`, or nil when it is not HTTP or its body is too large.
+    private func read(_ client: Int32) -> HTTPRequest? {
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let separator = Data("\r\n\r\n".utf8)
+        var headEnd: Range<Data.Index>?
+        while headEnd == nil {
+            let n = recv(client, &buffer, buffer.count, 0)
+            guard n > 0, data.count < 1 << 20 else { return nil }
+            data.append(contentsOf: buffer[0..<n])
+            headEnd = data.range(of: separator)
+        }
+        let head = String(decoding: data[..<headEnd!.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+        let requestLine = head[0].split(separator: " ")
+        guard requestLine.count >= 2 else { return nil }
+        var headers: [String: String] = [:]
+        for line in head.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        let length = Int(headers["content-length"] ?? "0") ?? -1
+        guard length >= 0, length <= maximumBody else { return nil }
+        var body = Data(data[headEnd!.upperBound...])
+        while body.count < length {
+            let n = recv(client, &buffer, min(buffer.count, length - body.count), 0)
+            guard n > 0 else { return nil }
+            body.append(contentsOf: buffer[0..<n])
+        }
+        return HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: body.prefix(length))
+    }
+
+    private func write(_ response: HTTPResponse, to client: Int32) {
+        let reasons = [200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
+                       500: "Internal Server Error", 503: "Service Unavailable"]
+        var head = "HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Status")\r\nConnection: close\r\n"
+        var headers = response.headers
+        headers["Content-Length"] = "\(response.body.count)"
+        for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
+        var bytes = Data((head + "\r\n").utf8)
+        bytes.append(response.body)
+        bytes.withUnsafeBytes { raw in
+            var sent = 0
+            while sent < raw.count {
+                let n = send(client, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                if n <= 0 { return }
+                sent += n
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import CCurl
+import Foundation
+
+/// OpenAI's /v1/completions wire format, shared by the client and `stitch serve`.
+enum CompletionWire {
+    static func requestBody(_ r: CompletionRequest, model: String) -> [String: Any] {
+        var body: [String: Any] = ["model": model, "prompt": r.prompt, "max_tokens": r.maxTokens, "temperature": r.temperature,
+                                   "top_p": r.topP, "n": r.count, "seed": r.seed]
+        if !r.stop.isEmpty { body["stop"] = r.stop }
+        if r.logprobs { body["logprobs"] = 1 }
+        return body
+    }
+
+    static func parseRequest(_ body: Data) throws -> (request: CompletionRequest, model: String?) {
+        guard let json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] else {
+            throw CompletionError.invalidRequest("the body is not a JSON object")
+        }
+        guard let prompt = json["prompt"] as? String ?? (json["prompt"] as? [String])?.first else {
+            throw CompletionError.invalidRequest("'prompt' must be a string")
+        }
+        func number(_ key: String, _ fallback: Double) throws -> Double {
+            guard let value = json[key], !(value is NSNull) else { return fallback }
+            guard let number = value as? NSNumber else { throw CompletionError.invalidRequest("'\(key)' must be a number") }
+            return number.doubleValue
+        }
+        let stop = json["stop"] as? [String] ?? (json["stop"] as? String).map { [$0] } ?? []
+        var request = CompletionRequest(prompt: prompt, maxTokens: Int(try number("max_tokens", 16)), temperature: try number("temperature", 1),
+                                        topP: try number("top_p", 1), count: Int(try number("n", 1)), stop: stop,
+                                        logprobs: (json["logprobs"] as? NSNumber).map { $0.intValue > 0 } ?? false,
+                                        seed: UInt64(max(0, try number("seed", 0))))
+        if request.count < 1 || request.count > 16 { throw CompletionError.invalidRequest("'n' must lie in 1...16") }
+        if request.maxTokens < 0 { throw CompletionError.invalidRequest("'max_tokens' must not be negative") }
+        request.stop = Array(request.stop.prefix(4))
+        return (request, json["model"] as? String)
+    }
+
+    static func responseBody(_ completions: [Completion], model: String, logprobs: Bool) -> [String: Any] {
+        let choices: [[String: Any]] = completions.enumerated().map { index, c in
+            var choice: [String: Any] = ["index": index, "text": c.text, "finish_reason": c.finishReason, "logprobs": NSNull()]
+            if logprobs { choice["logprobs"] = ["tokens": c.tokens, "token_logprobs": c.tokenLogprobs] }
+            return choice
+        }
+        return ["id": "cmpl-\(UUID().uuidString.lowercased())", "object": "text_completion", "created": Int(Date().timeIntervalSince1970),
+                "model": model, "choices": choices]
+    }
+
+    static func parseResponse(_ body: Data) throws -> [Completion] {
+        guard let json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any], let choices = json["choices"] as? [[String: Any]] else {
+            throw CompletionError.invalidRequest("the response is not a completions object")
+        }
+        return try choices.sorted { ($0["index"] as? Int ?? 0) < ($1["index"] as? Int ?? 0) }.map { choice in
+            guard let text = choice["text"] as? String else { throw CompletionError.invalidRequest("a choice has no text") }
+            let logprobs = choice["logprobs"] as? [String: Any]
+            return Completion(text: text, tokens: logprobs?["tokens"] as? [String] ?? [],
+                              tokenLogprobs: (logprobs?["token_logprobs"] as? [Any])?.compactMap { ($0 as? NSNumber)?.doubleValue } ?? [],
+                              finishReason: choice["finish_reason"] as? String ?? "stop")
+        }
+    }
+}
+
+private let curlReady: Bool = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK }()
+
+/// Any server speaking OpenAI's /v1/completions (a hosted LLM, a local one, `stitch serve`),
+/// over libcurl: timeouts, retries with exponential backoff on connection failures, 408, 429
+/// and 5xx, and errors that name the URL and quote the server's message. The API key is sent
+/// as a bearer token and never appears in messages.
+public struct OpenAICompletionClient: CompletionBackend {
+    public let url: String
+    public let model: String
+    let apiKey: String?
+    public var timeout = 120
+    public var attempts = 4
+    public var initialBackoff: TimeInterval = 1
+
+    public var name: String { model }
+
+    /// `baseURL` with or without its /v1 (e.g. http://127.0.0.1:8080 or https://api.openai.com/v1).
+    public init(baseURL: String, model: String, apiKey: String?) {
+        var base = baseURL
+        while base.hasSuffix("/") { base.removeLast() }
+        url = base.hasSuffix("/v1") ? base + "/completions" : base + "/v1/completions"
+        self.model = model
+        self.apiKey = apiKey
+    }
+
+    /// Base URL and key from the arguments, else STITCH_LM_BASE_URL / STITCH_LM_API_KEY, else OPENAI_BASE_URL / OPENAI_API_KEY.
+    public static func fromEnvironment(baseURL: String?, model: String, apiKey: String?) throws -> OpenAICompletionClient {
+        let environment = ProcessInfo.processInfo.environment
+        guard let base = baseURL ?? environment["STITCH_LM_BASE_URL"] ?? environment["OPENAI_BASE_URL"] else {
+            throw CompletionError.invalidRequest("no server: give --lm-url or set STITCH_LM_BASE_URL")
+        }
+        return OpenAICompletionClient(baseURL: base, model: model, apiKey: apiKey ?? environment["STITCH_LM_API_KEY"] ?? environment["OPENAI_API_KEY"])
+    }
+
+    public func complete(_ request: CompletionRequest) throws -> [Completion] {
+        let body = try JSONSerialization.data(withJSONObject: CompletionWire.requestBody(request, model: model))
+        var delay = initialBackoff
+        for attempt in 1...max(1, attempts) {
+            let (status, response, failure) = post(body)
+            if let failure {
+                if attempt == attempts { throw CompletionError.server(url: url, detail: failure + " (after \(attempt) attempts)") }
+            } else if status == 200 {
+                return try CompletionWire.parseResponse(response)
+            } else {
+                let message = ((try? JSONSerialization.jsonObject(with: response)) as? [String: Any])
+                    .flatMap { ($0["error"] as? [String: Any])?["message"] as? String ?? $0["error"] as? String }
+                    ?? String(decoding: response.prefix(200), as: UTF8.self)
+                let retryable = status == 408 || status == 429 || status >= 500
+                if !retryable || attempt == attempts {
+                    let hint = status == 401 || status == 403 ? " (check the API key)" : ""
+                    throw CompletionError.server(url: url, detail: "HTTP \(status): \(message)\(hint)" + (attempt > 1 ? " (after \(attempt) attempts)" : ""))
+                }
+            }
+            Thread.sleep(forTimeInterval: delay)
+            delay *= 2
+        }
+        throw CompletionError.server(url: url, detail: "no attempts made")
+    }
+
+    /// One POST: (status, body, transport failure).
+    private func post(_ body: Data) -> (Int, Data, String?) {
+        guard curlReady, let handle = curl_easy_init() else { return (0, Data(), "libcurl could not be initialised") }
+        defer { curl_easy_cleanup(handle) }
+        let response = ResponseBuffer()
+        var headers = curl_slist_append(nil, "Content-Type: application/json")
+        if let apiKey, !apiKey.isEmpty { headers = curl_slist_append(headers, "Authorization: Bearer \(apiKey)") }
+        defer { curl_slist_free_all(headers) }
+        stitch_curl_set_string(handle, CURLOPT_URL, url)
+        stitch_curl_set_string(handle, CURLOPT_USERAGENT, "stitch/0.1")
+        stitch_curl_set_long(handle, CURLOPT_NOSIGNAL, 1)
+        stitch_curl_set_long(handle, CURLOPT_CONNECTTIMEOUT, 30)
+        stitch_curl_set_long(handle, CURLOPT_TIMEOUT, timeout)
+        stitch_curl_set_slist(handle, CURLOPT_HTTPHEADER, headers)
+        stitch_curl_set_long(handle, CURLOPT_POSTFIELDSIZE, body.count)
+        body.withUnsafeBytes { raw in
+            _ = raw.withMemoryRebound(to: CChar.self) { stitch_curl_set_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress!)) }
+        }
+        stitch_curl_set_data_callback(handle, CURLOPT_WRITEFUNCTION) { data, size, count, context in
+            Unmanaged<ResponseBuffer>.fromOpaque(context!).takeUnretainedValue().data.append(UnsafeRawPointer(data!).assumingMemoryBound(to: UInt8.self), count: size * count)
+            return size * count
+        }
+        stitch_curl_set_pointer(handle, CURLOPT_WRITEDATA, Unmanaged.passUnretained(response).toOpaque())
+        let code = curl_easy_perform(handle)
+        guard code == CURLE_OK else { return (0, Data(), "\(String(cString: curl_easy_strerror(code))) (curl error \(code.rawValue))") }
+        var status = 0
+        stitch_curl_get_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return (status, response.data, nil)
+    }
+}
+
+private final class ResponseBuffer {
+    var data = Data()
+}

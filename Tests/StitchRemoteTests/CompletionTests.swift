@@ -1,0 +1,106 @@
+import Foundation
+import StitchModelIO
+import StitchModels
+import StitchTestSupport
+import StitchTokenizers
+import XCTest
+@testable import StitchRemote
+
+/// The OpenAI-compatible client against real servers on 127.0.0.1: the local GPT-2 behind
+/// `CompletionService`, and scripted servers for retries, errors and timeouts.
+final class CompletionTests: XCTestCase {
+    func tinyGPT2() throws -> GPT2 {
+        guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
+              let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        let folder = Fixtures.url("tiny-gpt2")
+        return try GPT2(config: loadConfig(GPT2Config.self, from: folder.appendingPathComponent("config.json")),
+                        weights: WeightStore(folder: folder), tokenizer: GPT2Tokenizer(vocabularyFile: vocabulary.path, mergesFile: merges.path))
+    }
+
+    /// Equal texts, tokens and finish reasons, and log-probabilities equal up to JSON's printed precision.
+    func assertSame(_ a: [Completion], _ b: [Completion], file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.map(\.text), b.map(\.text), file: file, line: line)
+        XCTAssertEqual(a.map(\.tokens), b.map(\.tokens), file: file, line: line)
+        XCTAssertEqual(a.map(\.finishReason), b.map(\.finishReason), file: file, line: line)
+        for (x, y) in zip(a, b) {
+            XCTAssertEqual(x.tokenLogprobs.count, y.tokenLogprobs.count, file: file, line: line)
+            for (p, q) in zip(x.tokenLogprobs, y.tokenLogprobs) { XCTAssertEqual(p, q, accuracy: 1e-9, file: file, line: line) }
+        }
+    }
+
+    func testClientAgainstLocalModelServer() throws {
+        let model = try tinyGPT2()
+        let local = LocalCompletionBackend(model: model, name: "tiny-gpt2")
+        let server = try HTTPServer(handler: CompletionService(backend: local).handle)
+        defer { server.stop() }
+        let client = OpenAICompletionClient(baseURL: server.baseURL, model: "tiny-gpt2", apiKey: "sk-test")
+
+        let greedy = CompletionRequest(prompt: "A photo of a", maxTokens: 8, temperature: 0, logprobs: true)
+        let remote = try client.complete(greedy)
+        assertSame(remote, try local.complete(greedy))
+        XCTAssertEqual(remote[0].tokenLogprobs.count, 8)
+        // The log-probabilities are the model's own for the generated tokens.
+        let ids = try model.encode(remote[0].tokens.joined())
+        let expected = try model.logProbabilities(of: ids, after: model.encode("A photo of a")).map(Double.init)
+        XCTAssertEqual(remote[0].tokenLogprobs.count, expected.count)
+        for (a, b) in zip(remote[0].tokenLogprobs, expected) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+
+        let sampled = CompletionRequest(prompt: "Hello", maxTokens: 6, temperature: 0.9, topP: 0.95, count: 3, seed: 5)
+        let samples = try client.complete(sampled)
+        XCTAssertEqual(samples.count, 3)
+        assertSame(samples, try local.complete(sampled))
+        XCTAssertGreaterThan(Set(samples.map(\.text)).count, 1, "different seeds give different samples")
+
+        // A stop string ends the text before it.
+        let full = try local.complete(CompletionRequest(prompt: "A photo of a", maxTokens: 12, temperature: 0))[0].text
+        let stop = String(full.dropFirst(3).prefix(2))
+        let stopped = try client.complete(CompletionRequest(prompt: "A photo of a", maxTokens: 12, temperature: 0, stop: [stop]))[0]
+        XCTAssertEqual(stopped.text, String(full[..<full.range(of: stop)!.lowerBound]))
+        XCTAssertEqual(stopped.finishReason, "stop")
+
+        // Bad requests are 400s whose message the client quotes.
+        XCTAssertThrowsError(try client.complete(CompletionRequest(prompt: "x", count: 40))) { error in
+            XCTAssert("\(error)".contains("HTTP 400: invalid completion request: 'n' must lie in 1...16"), "\(error)")
+        }
+    }
+
+    func testRetriesErrorsAndTimeouts() throws {
+        final class Counter: @unchecked Sendable { var value = 0; let lock = NSLock()
+            func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value } }
+        let calls = Counter()
+        let flaky = try HTTPServer { _ in
+            calls.next() <= 2 ? .error("overloaded", status: 503)
+                : .json(CompletionWire.responseBody([Completion(text: " yes", tokens: [" yes"], tokenLogprobs: [-0.5], finishReason: "stop")],
+                                                    model: "m", logprobs: true))
+        }
+        defer { flaky.stop() }
+        var client = OpenAICompletionClient(baseURL: flaky.baseURL + "/v1/", model: "m", apiKey: nil)
+        client.initialBackoff = 0.01
+        XCTAssertEqual(try client.complete(CompletionRequest(prompt: "q", logprobs: true)).first?.totalLogprob, -0.5)
+        XCTAssertEqual(calls.value, 3, "two 503s, then the answer")
+
+        let secret = "sk-very-secret-key"
+        let unauthorized = try HTTPServer { _ in .error("Incorrect API key provided", status: 401) }
+        defer { unauthorized.stop() }
+        XCTAssertThrowsError(try OpenAICompletionClient(baseURL: unauthorized.baseURL, model: "m", apiKey: secret).complete(CompletionRequest(prompt: "q"))) { error in
+            let message = "\(error)"
+            XCTAssert(message.hasPrefix("\(unauthorized.baseURL)/v1/completions: HTTP 401: Incorrect API key provided (check the API key)"), message)
+            XCTAssertFalse(message.contains(secret))
+        }
+
+        let slow = try HTTPServer { _ in Thread.sleep(forTimeInterval: 3); return .json([:]) }
+        defer { slow.stop() }
+        var impatient = OpenAICompletionClient(baseURL: slow.baseURL, model: "m", apiKey: nil)
+        (impatient.timeout, impatient.attempts) = (1, 1)
+        XCTAssertThrowsError(try impatient.complete(CompletionRequest(prompt: "q"))) { XCTAssert("\($0)".contains("Timeout"), "\($0)") }
+
+        let gone = try HTTPServer { _ in .json([:]) }
+        let address = gone.baseURL
+        gone.stop()
+        var unreachable = OpenAICompletionClient(baseURL: address, model: "m", apiKey: nil)
+        (unreachable.attempts, unreachable.initialBackoff) = (2, 0.01)
+        XCTAssertThrowsError(try unreachable.complete(CompletionRequest(prompt: "q"))) { error in
+            XCTAssert("\(error)".hasPrefix("\(address)/v1/completions: ") && "\(error)".contains("after 2 attempts"), "\(error)")
+        }
+    }
+}
