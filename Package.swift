@@ -61,6 +61,6 @@ let package = Package(
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchTestSupport"]),
         .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
-        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchTestSupport"]),
+        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchRemote", "StitchTestSupport"]),
     ]
 )

@@ -117,23 +117,32 @@ public struct OpenAICompletionClient: CompletionBackend {
         throw CompletionError.server(url: url, detail: "no attempts made")
     }
 
-    /// One POST: (status, body, transport failure).
     private func post(_ body: Data) -> (Int, Data, String?) {
+        var headers = ["Content-Type: application/json"]
+        if let apiKey, !apiKey.isEmpty { headers.append("Authorization: Bearer \(apiKey)") }
+        return HTTPClient.post(url, body: body, headers: headers, timeout: timeout)
+    }
+}
+
+/// HTTP POST over libcurl.
+public enum HTTPClient {
+    /// One POST: (status, response body, transport failure as text).
+    public static func post(_ url: String, body: Data, headers: [String], timeout: Int) -> (status: Int, body: Data, failure: String?) {
         guard curlReady, let handle = curl_easy_init() else { return (0, Data(), "libcurl could not be initialised") }
         defer { curl_easy_cleanup(handle) }
         let response = ResponseBuffer()
-        var headers = curl_slist_append(nil, "Content-Type: application/json")
-        if let apiKey, !apiKey.isEmpty { headers = curl_slist_append(headers, "Authorization: Bearer \(apiKey)") }
-        defer { curl_slist_free_all(headers) }
+        var list: UnsafeMutablePointer<curl_slist>?
+        for header in headers { list = curl_slist_append(list, header) }
+        defer { curl_slist_free_all(list) }
         stitch_curl_set_string(handle, CURLOPT_URL, url)
         stitch_curl_set_string(handle, CURLOPT_USERAGENT, "stitch/0.1")
         stitch_curl_set_long(handle, CURLOPT_NOSIGNAL, 1)
         stitch_curl_set_long(handle, CURLOPT_CONNECTTIMEOUT, 30)
         stitch_curl_set_long(handle, CURLOPT_TIMEOUT, timeout)
-        stitch_curl_set_slist(handle, CURLOPT_HTTPHEADER, headers)
+        stitch_curl_set_slist(handle, CURLOPT_HTTPHEADER, list)
         stitch_curl_set_long(handle, CURLOPT_POSTFIELDSIZE, body.count)
         body.withUnsafeBytes { raw in
-            _ = raw.withMemoryRebound(to: CChar.self) { stitch_curl_set_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress!)) }
+            _ = stitch_curl_set_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
         }
         stitch_curl_set_data_callback(handle, CURLOPT_WRITEFUNCTION) { data, size, count, context in
             Unmanaged<ResponseBuffer>.fromOpaque(context!).takeUnretainedValue().data.append(UnsafeRawPointer(data!).assumingMemoryBound(to: UInt8.self), count: size * count)

@@ -1,0 +1,57 @@
+import Foundation
+import StitchRemote
+import StitchTestSupport
+import XCTest
+
+/// `stitch serve` as users run it: the binary on a free port, queried by the OpenAI-compatible
+/// client and over plain HTTP for a graph endpoint.
+final class ServeCommandTests: XCTestCase {
+    func testServeCompletionsAndGraphs() throws {
+        guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let model = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder)
+        let graph = folder.appendingPathComponent("hello.yaml")
+        try "inputs:\n  name: text\nnodes:\n  greeting: {op: template, template: \"hello {name}\", values: {name: $name}}\noutputs:\n  greeting: $greeting\n"
+            .write(to: graph, atomically: true, encoding: .utf8)
+
+        let process = Process()
+        process.executableURL = StitchCLI.binary
+        process.arguments = ["serve", "--lm", model.path, "--port", "0", "--graph", "hello=\(graph.path)"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = Pipe()
+        try process.run()
+        defer { process.terminate(); process.waitUntilExit() }
+        // The first stderr line names the address: "stitch serve: listening on http://127.0.0.1:PORT (...)".
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = errors.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { return XCTFail("stitch serve exited: \(String(decoding: line, as: UTF8.self))") }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard let start = text.range(of: "http://"), let end = text[start.lowerBound...].firstIndex(of: " ") else { return XCTFail(text) }
+        let base = String(text[start.lowerBound..<end])
+
+        let client = OpenAICompletionClient(baseURL: base, model: "tiny-gpt2", apiKey: nil)
+        let completion = try client.complete(CompletionRequest(prompt: "A photo of a", maxTokens: 12, temperature: 0, logprobs: true))[0]
+        // Greedy: the continuation `stitch generate` prints (itself equal to transformers' generate),
+        // 12 tokens as in tiny-gpt2/golden.json, each with its log-probability.
+        let generated = try StitchCLI.run(["generate", "--model", model.path, "--prompt", "A photo of a", "--max-tokens", "12", "--json"])
+        let reference = try JSONSerialization.jsonObject(with: Data(generated.output.utf8)) as! [String: Any]
+        XCTAssertEqual(completion.text, reference["text"] as? String)
+        let golden = try Fixtures.json("tiny-gpt2/golden.json") as! [String: Any]
+        XCTAssertEqual(reference["tokens"] as? [Int], (golden["greedy"] as! [[Int]])[0])
+        XCTAssertEqual(completion.tokens.count, 12)
+        XCTAssertEqual(completion.tokens.joined(), completion.text)
+        XCTAssert(completion.tokenLogprobs.allSatisfy { $0 < 0 })
+
+        let post = { (path: String, body: String) in HTTPClient.post(base + path, body: Data(body.utf8), headers: ["Content-Type: application/json"], timeout: 30) }
+        let answer = post("/graphs/hello", #"{"name": "zebra"}"#)
+        XCTAssertEqual(answer.status, 200)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: answer.body) as? [String: Any])?["greeting"] as? String, "hello zebra")
+        XCTAssertEqual(post("/graphs/nope", "{}").status, 404)
+        XCTAssertEqual(post("/graphs/hello", #"{"nome": 1}"#).status, 400)
+    }
+}
