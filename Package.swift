@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
         .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "CZlib"]),
-        // Remote language models: the completion protocol, the local GPT-2 backend, an OpenAI-compatible client (libcurl) and HTTP server.
+        // Remote language models: an OpenAI-compatible completions client (libcurl) and an HTTP server.
         .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "CCurl"]),
         // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
         .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods",
@@ -60,7 +60,7 @@ let package = Package(
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchTestSupport"]),
-        .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
-        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchRemote", "StitchTestSupport"]),
+        .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchMethods", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
+        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchMethods", "StitchRemote", "StitchTestSupport"]),
     ]
 )

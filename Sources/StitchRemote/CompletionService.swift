@@ -1,4 +1,5 @@
 import Foundation
+import StitchMethods
 
 /// OpenAI's completions API over a backend: GET /v1/models and POST /v1/completions, one
 /// request at a time (a model already uses every core). Other paths go to `fallback`.

@@ -1,4 +1,5 @@
 import Foundation
+import StitchMethods
 #if canImport(Glibc)
 import Glibc
 #endif

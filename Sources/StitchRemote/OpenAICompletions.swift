@@ -1,5 +1,6 @@
 import CCurl
 import Foundation
+import StitchMethods
 
 /// OpenAI's /v1/completions wire format, shared by the client and `stitch serve`.
 enum CompletionWire {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StitchGraph
+import StitchMethods
 import StitchModelIO
 import StitchModels
 import StitchRemote

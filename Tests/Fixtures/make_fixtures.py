@@ -644,6 +644,22 @@ activate angulariti homologous effective bowdlerize probate rate cease controll 
 ran runs easily fairly cries dying lying agreement""".split()
 
 
+def make_pica_goldens():
+    """PICa's in-context example ranking in numpy: cos(question, pool question) + cos(image, pool image)
+    on random unit embeddings, best first (stable on ties)."""
+    rng = np.random.default_rng(13)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    pool_questions, pool_images = unit(rng.normal(size=(50, 16))), unit(rng.normal(size=(50, 24)))
+    questions, images = unit(rng.normal(size=(5, 16))), unit(rng.normal(size=(5, 24)))
+    scores = questions.astype(np.float64) @ pool_questions.T.astype(np.float64) + images.astype(np.float64) @ pool_images.T.astype(np.float64)
+    rankings = [np.argsort(-row, kind="stable").tolist() for row in scores]
+    save_file({"pool_questions": pool_questions, "pool_images": pool_images, "questions": questions, "images": images}, out("pica", "embeddings.safetensors"))
+    write_json({"rankings": rankings}, "pica", "rankings.json")
+    print("pica: example rankings for 5 queries over a pool of 50")
+
+
 def official_vqa_evaluator():
     """The VQA v2 evaluator (vqa_eval.py) as salesforce-lavis ships it on PyPI, loaded from its
     wheel without installing the package (it imports only re and sys)."""
@@ -727,3 +743,4 @@ if __name__ == "__main__":
     make_captioner_goldens()
     make_metric_goldens()
     make_vqa_metric_goldens()
+    make_pica_goldens()

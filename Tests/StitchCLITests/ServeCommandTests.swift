@@ -1,4 +1,5 @@
 import Foundation
+import StitchMethods
 import StitchRemote
 import StitchTestSupport
 import XCTest

@@ -1,4 +1,5 @@
 import Foundation
+import StitchMethods
 import StitchModelIO
 import StitchModels
 import StitchTestSupport
@@ -102,5 +103,38 @@ final class CompletionTests: XCTestCase {
         XCTAssertThrowsError(try unreachable.complete(CompletionRequest(prompt: "q"))) { error in
             XCTAssert("\(error)".hasPrefix("\(address)/v1/completions: ") && "\(error)".contains("after 2 attempts"), "\(error)")
         }
+    }
+}
+
+/// PICa's multi-query ensemble against a server whose answers and log-probabilities are known.
+final class PICaEnsembleTests: XCTestCase {
+    func testEnsembleKeepsTheMostLikelyAnswer() throws {
+        // Each prompt's first example decides the server's answer and its token log-probabilities.
+        let script: [String: (String, [Double])] = ["kitchen": (" A cat", [-1.5, -0.5]), "park": (" Two\n", [-0.2, -0.1]), "street": (" dogs", [-0.9])]
+        final class Log: @unchecked Sendable { var prompts: [[String: Any]] = []; let lock = NSLock() }
+        let log = Log()
+        let server = try HTTPServer { request in
+            let body = (try? JSONSerialization.jsonObject(with: request.body)) as? [String: Any] ?? [:]
+            log.lock.lock(); log.prompts.append(body); log.lock.unlock()
+            let prompt = body["prompt"] as? String ?? ""
+            let key = script.keys.first { prompt.contains("Context: a \($0)") } ?? "street"
+            let (text, logprobs) = script[key]!
+            return .json(["choices": [["index": 0, "text": text, "finish_reason": "stop",
+                                       "logprobs": ["tokens": logprobs.map { _ in "t" }, "token_logprobs": logprobs]]]])
+        }
+        defer { server.stop() }
+        let pica = PICa()
+        let test = PICa.Example(context: "a photo", question: "How many?")
+        let prompts = ["kitchen", "park", "street"].map { place in
+            pica.prompt(examples: [PICa.Example(context: "a \(place)", question: "q", answer: "a")], test: test)
+        }
+        let client = OpenAICompletionClient(baseURL: server.baseURL, model: "scripted", apiKey: nil)
+        let result = try PICa.answer(prompts: prompts, backend: client)
+        XCTAssertEqual(result.candidates.map(\.answer), ["cat", "2", "dogs"])
+        XCTAssertEqual(result.candidates.map(\.logprob), [-2.0, -0.30000000000000004, -0.9])
+        XCTAssertEqual(result.answer, "2", "the highest summed log-probability wins, normalised as VQA answers are")
+        // Greedy, logprobs requested, stopping at the end of the line.
+        XCTAssertEqual(log.prompts.count, 3)
+        XCTAssert(log.prompts.allSatisfy { ($0["temperature"] as? Double) == 0 && ($0["logprobs"] as? Int) == 1 && ($0["stop"] as? [String]) == ["\n"] })
     }
 }

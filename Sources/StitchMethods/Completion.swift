@@ -1,5 +1,4 @@
 import Foundation
-import StitchMethods
 import StitchModels
 
 /// A text-completion request, as OpenAI's /v1/completions takes it.
