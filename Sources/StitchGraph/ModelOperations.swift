@@ -151,10 +151,8 @@ extension OperationRegistry {
                   output: .record(["texts": .texts, "scores": .json])) { input in
             let clip = try input.component("clip", as: CLIP.self)
             let texts = try input.texts("texts")
-            let image = try clip.imageFeatures(clip.preprocessor.batch([RGBImage(contentsOf: input.text("image"))]))
-            let logits = clip.logits(imageFeatures: image, textFeatures: try clip.textFeatures(clip.tokenize(texts))).scalars
-            let order = texts.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
-            return .object(["texts": .array(order.map { .string(texts[$0]) }), "scores": .array(order.map { .number(Double(logits[$0])) })])
+            let ranked = try clip.rank(texts, for: RGBImage(contentsOf: input.text("image")))
+            return .object(["texts": .array(ranked.map { .string(texts[$0.index]) }), "scores": .array(ranked.map { .number(Double($0.logit)) })])
         },
     ]
 

@@ -46,7 +46,7 @@ public protocol CompletionBackend: Sendable {
     func complete(_ request: CompletionRequest) throws -> [Completion]
 }
 
-/// GPT-2 running in this process.
+/// GPT-2 running in this process. Prompts longer than its context minus max_tokens keep their last tokens.
 public struct LocalCompletionBackend: CompletionBackend {
     public let model: GPT2
     public let name: String
@@ -59,7 +59,11 @@ public struct LocalCompletionBackend: CompletionBackend {
     public func complete(_ request: CompletionRequest) throws -> [Completion] {
         guard request.count >= 1, request.maxTokens >= 0 else { throw CompletionError.invalidRequest("n must be at least 1 and max_tokens at least 0") }
         let tokenizer = try model.requireTokenizer()
-        let prompt = try model.promptTokens(request.prompt)
+        guard request.maxTokens < model.contextLength else {
+            throw CompletionError.invalidRequest("max_tokens \(request.maxTokens) leaves no room for the prompt in the context of \(model.contextLength)")
+        }
+        // A prompt longer than the context keeps its last tokens (its end holds the question being asked).
+        let prompt = Array(try model.promptTokens(request.prompt).suffix(model.contextLength - request.maxTokens))
         let stop = StopConditions(maxTokens: request.maxTokens, strings: request.stop)
         return try (0..<request.count).map { index in
             let strategy: DecodingStrategy = request.temperature == 0 ? .greedy

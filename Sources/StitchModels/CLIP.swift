@@ -346,6 +346,13 @@ public final class CLIP: @unchecked Sendable {
         return means
     }
 
+    /// Indices of `texts` ranked by their image-text logit with `image`, best first (ties by index), with the logits.
+    public func rank(_ texts: [String], for image: RGBImage) throws -> [(index: Int, logit: Float)] {
+        let imageFeatures = try imageFeatures(preprocessor.batch([image]))
+        let logits = logits(imageFeatures: imageFeatures, textFeatures: try textFeatures(tokenize(texts))).scalars
+        return texts.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }.map { ($0, logits[$0]) }
+    }
+
     /// Zero-shot classification: softmax over labels of the image-text logits, [images, labels].
     public func classify(_ images: [RGBImage], labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
         labelProbabilities(imageEmbeddings: try imageEmbeddings(images), labelEmbeddings: try labelEmbeddings(labels, templates: templates))

@@ -59,7 +59,7 @@ struct Generate: ParsableCommand {
 }
 
 enum CaptionMethod: String, ExpressibleByArgument, CaseIterable {
-    case magic, contrastive, captioner
+    case magic, contrastive, captioner, socratic
 }
 
 struct Caption: ParsableCommand {
@@ -71,17 +71,27 @@ struct Caption: ParsableCommand {
         instead (story mode). --method contrastive ignores the image (beta = 0). \
         captioner: a ViT-GPT2 VisionEncoderDecoder (--captioner) decodes by beam search (--beams; 1 is greedy) \
         or, with --sample, by sampling (--temperature --top-k --top-p --seed). \
+        socratic: CLIP ranks places, objects, image types and people counts (lists in --categories), the prompt \
+        template (Prompts/socratic_caption.txt) asks a language model (--lm, or a server with --lm-url) for \
+        --candidates sampled captions, and CLIP keeps the best. \
         Prints "image<TAB>caption" per image, or JSON lines with --json.
         """)
 
     @Argument(help: "JPEG or PNG images; standard input lines when none.")
     var images: [String] = []
 
-    @Option(help: "magic, contrastive (the LM alone) or captioner.")
+    @Option(help: "magic, contrastive (the LM alone), captioner or socratic.")
     var method = CaptionMethod.magic
 
-    @Option(help: "GPT-2 language model folder or hub id.")
-    var lm = "cambridgeltl/magic_mscoco"
+    @Option(help: "GPT-2 language model folder or hub id (default cambridgeltl/magic_mscoco; gpt2 for socratic).")
+    var lm: String?
+
+    @OptionGroup var language: LanguageModelOptions
+
+    @Option(help: "Folder of the socratic category lists and prompt template.")
+    var categories = "Prompts"
+
+    @Option(help: "Captions the socratic LM samples for CLIP to choose from.") var candidates = 10
 
     @Option(help: "CLIP model folder or hub id.")
     var clip = "openai/clip-vit-base-patch32"
@@ -96,7 +106,7 @@ struct Caption: ParsableCommand {
     var maxTokens: Int?
     @Option(help: "Beams of the captioner's beam search (1: greedy).") var beams = 4
     @Flag(help: "The captioner samples instead of beam search.") var sample = false
-    @Option(help: "Sampling temperature.") var temperature: Float = 1
+    @Option(help: "Sampling temperature (default 1; 0.9 for socratic).") var temperature: Float?
     @Option(help: "Sample from the k most likely tokens only (0: all).") var topK = 0
     @Option(help: "Sample from the smallest set of tokens reaching this probability.") var topP: Float = 1
     @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
@@ -120,12 +130,25 @@ struct Caption: ParsableCommand {
         let makeCaption: (RGBImage) throws -> (tokens: [Int], text: String)
         if method == .captioner {
             let model = try VisionEncoderDecoder(folder: locator.resolve(captioner, files: VisionEncoderDecoder.files))
-            let strategy: DecodingStrategy = sample ? .sample(SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed))
+            let strategy: DecodingStrategy = sample ? .sample(SamplingSettings(temperature: temperature ?? 1, topK: topK, topP: topP, seed: seed))
                 : beams == 1 ? .greedy : .beam(BeamSettings(beams: beams))
             let conditions = StopConditions(maxTokens: maxTokens ?? 15, strings: stop)
             makeCaption = { try model.caption($0, strategy: strategy, stop: conditions) }
+        } else if method == .socratic {
+            let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
+            let folder = URL(fileURLWithPath: categories)
+            let lists = try SocraticCaptioner.Categories(folder: folder)
+            let template = try String(contentsOf: folder.appendingPathComponent("socratic_caption.txt"), encoding: .utf8)
+            let socratic = SocraticCaptioner(template: template)
+            let backend = try language.backend(local: lm ?? "gpt2")
+            let tokens = maxTokens ?? 20
+            makeCaption = { image in
+                let result = try socratic.caption(image, clip: vision, backend: backend, categories: lists, candidates: candidates,
+                                                  temperature: Double(temperature ?? 0.9), maxTokens: tokens, seed: seed)
+                return ([], result.ranked.first?.caption ?? "")
+            }
         } else {
-            let language = try GPT2(folder: locator.resolve(lm, files: GPT2.files))
+            let language = try GPT2(folder: locator.resolve(lm ?? "cambridgeltl/magic_mscoco", files: GPT2.files))
             let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
             let prompt = try language.magicPrompt(title: title)
             guard !prompt.isEmpty else { throw ValidationError("--title is empty") }

@@ -138,3 +138,18 @@ final class PICaEnsembleTests: XCTestCase {
         XCTAssert(log.prompts.allSatisfy { ($0["temperature"] as? Double) == 0 && ($0["logprobs"] as? Int) == 1 && ($0["stop"] as? [String]) == ["\n"] })
     }
 }
+
+/// The local backend keeps the end of prompts longer than its context.
+final class LocalBackendTests: XCTestCase {
+    func testLongPromptsKeepTheirEnd() throws {
+        let model = try CompletionTests().tinyGPT2()   // 64 positions
+        let backend = LocalCompletionBackend(model: model, name: "tiny")
+        let long = (0..<80).map { "word\($0)" }.joined(separator: " ")
+        let ids = try model.encode(long)
+        XCTAssertGreaterThan(ids.count, 64)
+        let tail = try model.decode(Array(ids.suffix(60)))
+        XCTAssertEqual(try backend.complete(CompletionRequest(prompt: long, maxTokens: 4, temperature: 0)),
+                       try backend.complete(CompletionRequest(prompt: tail, maxTokens: 4, temperature: 0)))
+        XCTAssertThrowsError(try backend.complete(CompletionRequest(prompt: "x", maxTokens: 64))) { XCTAssert("\($0)".contains("no room for the prompt")) }
+    }
+}
