@@ -10,7 +10,7 @@ import XCTest
 /// The OpenAI-compatible client against real servers on 127.0.0.1: the local GPT-2 behind
 /// `CompletionService`, and scripted servers for retries, errors and timeouts.
 final class CompletionTests: XCTestCase {
-    func tinyGPT2() throws -> GPT2 {
+    static func tinyGPT2() throws -> GPT2 {
         guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
               let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt") else { throw XCTSkip("needs ../shared/models/tokenizers") }
         let folder = Fixtures.url("tiny-gpt2")
@@ -30,7 +30,7 @@ final class CompletionTests: XCTestCase {
     }
 
     func testClientAgainstLocalModelServer() throws {
-        let model = try tinyGPT2()
+        let model = try Self.tinyGPT2()
         let local = LocalCompletionBackend(model: model, name: "tiny-gpt2")
         let server = try HTTPServer(handler: CompletionService(backend: local).handle)
         defer { server.stop() }
@@ -142,7 +142,7 @@ final class PICaEnsembleTests: XCTestCase {
 /// The local backend keeps the end of prompts longer than its context.
 final class LocalBackendTests: XCTestCase {
     func testLongPromptsKeepTheirEnd() throws {
-        let model = try CompletionTests().tinyGPT2()   // 64 positions
+        let model = try CompletionTests.tinyGPT2()   // 64 positions
         let backend = LocalCompletionBackend(model: model, name: "tiny")
         let long = (0..<80).map { "word\($0)" }.joined(separator: " ")
         let ids = try model.encode(long)
