@@ -44,7 +44,7 @@ let package = Package(
         // Remote language models: an OpenAI-compatible completions client (libcurl) and an HTTP server.
         .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "CCurl"]),
         // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
-        .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods",
+        .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods", "StitchRemote",
                                                     .product(name: "Yams", package: "Yams")]),
         // The command-line tool.
         .executableTarget(name: "stitch", dependencies: [

@@ -3,6 +3,7 @@ import StitchImaging
 import StitchMethods
 import StitchModelIO
 import StitchModels
+import StitchRemote
 import StitchTensor
 
 extension OperationRegistry {
@@ -15,7 +16,8 @@ extension OperationRegistry {
         registry.register(modelKind("captioner", files: VisionEncoderDecoder.files) { try VisionEncoderDecoder(folder: $0) })
         registry.register(asifKind)
         registry.register(detectorKind)
-        for operation in clipOperations + languageModelOperations + asifOperations + visionOperations { registry.register(operation) }
+        registry.register(completionKind)
+        for operation in clipOperations + languageModelOperations + asifOperations + visionOperations + [completeOperation] { registry.register(operation) }
         return registry
     }
 
@@ -34,6 +36,33 @@ extension OperationRegistry {
     /// YOLOX-Nano (`model`: its folder with the .onnx file and coco_labels.txt, or the .onnx file).
     static let detectorKind = ComponentKind("detector", load: { spec in try YOLOX(path: spec.model) },
                                             identity: { spec in fileIdentity("detector", spec, file: YOLOX.modelFile(spec.model) ?? spec.model) })
+
+    /// A language model for `lm_complete`: the local GPT-2 `model`, or with option `url` an
+    /// OpenAI-compatible server (option `model` its model name; the key from STITCH_LM_API_KEY or OPENAI_API_KEY).
+    static let completionKind: ComponentKind = {
+        let local = modelKind("completion", files: GPT2.files) { folder in
+            CompletionComponent(LocalCompletionBackend(model: try GPT2(folder: folder), name: folder.lastPathComponent))
+        }
+        return ComponentKind("completion", load: { spec in
+            guard let url = spec.options["url"]?.string else { return try local.load(spec) }
+            return CompletionComponent(try OpenAICompletionClient.fromEnvironment(baseURL: url, model: spec.options["model"]?.string ?? spec.model, apiKey: nil))
+        }, identity: { spec in
+            spec.options["url"]?.string.map { "completion:\($0):\(spec.options["model"]?.string ?? spec.model)" } ?? local.identity(spec)
+        })
+    }()
+
+    static let completeOperation = Operation(
+        "lm_complete", "Complete a prompt with a completion component (local or a server): temperature 0 is greedy.",
+        arguments: [.component("lm", kind: "completion"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
+                    .value("temperature", .number, default: .number(0)), .value("stop", .texts, default: .array([])),
+                    .value("seed", .number, default: .number(0))],
+        output: .record(["text": .text, "logprob": .number])) { input in
+        let lm = try input.component("lm", as: CompletionComponent.self)
+        let completion = try lm.backend.complete(CompletionRequest(prompt: try input.text("prompt"), maxTokens: try input.integer("max_tokens"),
+                                                                   temperature: try input.number("temperature"), stop: try input.texts("stop"),
+                                                                   logprobs: true, seed: UInt64(max(0, try input.integer("seed")))))[0]
+        return .object(["text": .string(completion.text), "logprob": .number(completion.totalLogprob)])
+    }
 
     /// A component read from one local file, identified by its path, size and modification date.
     static func fileIdentity(_ kind: String, _ spec: ComponentSpec, file: String) -> String {
@@ -206,4 +235,10 @@ extension OperationRegistry {
             return .object(["text": .string(caption.text), "tokens": .array(caption.tokens.map { .number(Double($0)) })])
         },
     ]
+}
+
+/// A completion backend as graphs hold it.
+final class CompletionComponent: @unchecked Sendable {
+    let backend: CompletionBackend
+    init(_ backend: CompletionBackend) { self.backend = backend }
 }

@@ -65,7 +65,7 @@ final class MethodCommandTests: XCTestCase {
                                     "--input", "image=\(m.street)", "--input", "question=What is next to the dog?"] + components)
         XCTAssertEqual(qa.status, 0, qa.errors)
         let answer = try JSONSerialization.jsonObject(with: Data(qa.output.utf8)) as! [String: Any]
-        XCTAssertEqual(Set(answer.keys), ["description", "tags", "prompt", "answer"])
+        XCTAssertEqual(Set(answer.keys), ["description", "tags", "prompt", "answer", "logprob"])
         XCTAssertEqual(answer["tags"] as? String, "dog, bicycle, car, truck")
         XCTAssert((answer["prompt"] as! String).hasSuffix("Objects I can detect in it: dog, bicycle, car, truck.\nQ: What is next to the dog?\nA:"))
         XCTAssertNotNil(answer["answer"] as? String)

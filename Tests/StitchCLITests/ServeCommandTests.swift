@@ -48,6 +48,14 @@ final class ServeCommandTests: XCTestCase {
         XCTAssertEqual(completion.tokens.joined(), completion.text)
         XCTAssert(completion.tokenLogprobs.allSatisfy { $0 < 0 })
 
+        // A graph's completion component pointed at the server gives the client's text.
+        let remoteGraph = folder.appendingPathComponent("remote.yaml")
+        try "components:\n  lm: {kind: completion, model: tiny, url: \"\(base)\"}\ninputs:\n  prompt: text\nnodes:\n  out: {op: lm_complete, lm: lm, prompt: $prompt, max_tokens: 12}\noutputs:\n  text: $out.text\n"
+            .write(to: remoteGraph, atomically: true, encoding: .utf8)
+        let ran = try StitchCLI.run(["run", remoteGraph.path, "--input", "prompt=A photo of a", "--json", "--no-cache"])
+        XCTAssertEqual(ran.status, 0, ran.errors)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as? [String: Any])?["text"] as? String, completion.text)
+
         let post = { (path: String, body: String) in HTTPClient.post(base + path, body: Data(body.utf8), headers: ["Content-Type: application/json"], timeout: 30) }
         let answer = post("/graphs/hello", #"{"name": "zebra"}"#)
         XCTAssertEqual(answer.status, 200)
