@@ -52,9 +52,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 
-        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO"], path: "Tests/StitchTestSupport"),
+        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
-        .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTestSupport"]),
+        .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchRemote", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),

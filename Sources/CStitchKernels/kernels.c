@@ -9,73 +9,107 @@
 
 #define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-/* e^x: x = n ln 2 + r with |r| <= ln 2 / 2, Cephes' degree-6 polynomial for e^r, and 2^n
-   built in the exponent bits, in plain arithmetic the compiler vectorises (expf is a call). */
-static inline float fast_exp(float x) {
-    float clamped = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
-    /* n = round(x / ln 2): adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits. */
-    float shifted = clamped * 1.44269504088896341f + 12582912.0f;
-    float n = shifted - 12582912.0f;
-    float r = clamped - n * 0.693359375f + n * 2.12194440e-4f; /* ln 2 split in two for an exact product */
-    float p = 1.9875691500e-4f;
+/* 16 floats: one AVX-512 register, two AVX2 or four SSE ones, as each variant compiles it.
+   aligned(4) lets it load from any float address. */
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
+
+/* e^x on 16 lanes within about 1 ulp of expf (0 and +inf outside its range): x = n ln 2 + r with
+   |r| <= ln 2 / 2 (n = round(x / ln 2) by adding 1.5 * 2^23, which leaves n in the low mantissa bits;
+   ln 2 split in two for an exact product), Cephes' degree-6 polynomial for e^r, and 2^n built in the
+   exponent bits in two halves, so that n = 128 does not overflow. Vectors pass by pointer: vector
+   arguments' ABI differs between the instruction-set variants. */
+static inline __attribute__((always_inline)) void fast_exp_v16(const v16 *in, v16 *out) {
+    v16 x = *in;
+    const v16 low = (v16){0} + -87.33654f, high = (v16){0} + 88.72283f;
+    v16 clamped = __builtin_elementwise_min(__builtin_elementwise_max(x, low), high);
+    v16 shifted = clamped * 1.44269504088896341f + 12582912.0f;
+    v16 n = shifted - 12582912.0f;
+    v16 r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+    v16 p = (v16){0} + 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1;
-    int32_t bits;
-    memcpy(&bits, &shifted, sizeof bits);
-    int32_t integer = bits - 0x4B400000; /* n, from the mantissa bits */
-    /* p * 2^n in two halves, so that n = 128 (x near the top of the range) does not overflow 2^n. */
-    int32_t half = integer >> 1;
-    uint32_t low = (uint32_t)(half + 127) << 23, high = (uint32_t)(integer - half + 127) << 23;
-    float scale_low, scale_high;
-    memcpy(&scale_low, &low, sizeof low);
-    memcpy(&scale_high, &high, sizeof high);
-    float result = p * scale_low * scale_high;
-    return x < -87.33654f ? 0.0f : (x > 88.72283f ? __builtin_inff() : result);
+    v16i integer = (v16i)shifted - 0x4B400000;
+    v16i half = integer >> 1;
+    v16 result = p * (v16)((half + 127) << 23) * (v16)((integer - half + 127) << 23);
+    v16i below = x < low, above = x > high;
+    v16 infinity = (v16){0} + __builtin_inff();
+    *out = (v16)((~below & ~above & (v16i)result) | (above & (v16i)infinity));
 }
 
+/* bias + activation of 16 outputs in registers, in place. */
+static inline __attribute__((always_inline)) void activate_v16(v16 *v, float bias, stitch_activation activation) {
+    *v += bias;
+    switch (activation) {
+    case STITCH_ACTIVATION_NONE: break;
+    case STITCH_ACTIVATION_SILU: {
+        v16 negated = -*v, e;
+        fast_exp_v16(&negated, &e);
+        *v = *v / (1.0f + e);
+        break;
+    }
+    case STITCH_ACTIVATION_RELU6: *v = __builtin_elementwise_min(__builtin_elementwise_max(*v, (v16){0}), (v16){0} + 6.0f); break;
+    }
+}
+
+/* Runs the statements given last on p[0..<n] 16 floats at a time as the v16 `v`, the last partial
+   block through a zero-padded copy. */
+#define BLOCKWISE(p, n, v, ...)                                                               \
+    do {                                                                                      \
+        long i_ = 0;                                                                          \
+        for (; i_ + 16 <= (n); i_ += 16) {                                                    \
+            v16 v = *(const v16 *)((p) + i_);                                                 \
+            __VA_ARGS__;                                                                      \
+            *(v16 *)((p) + i_) = v;                                                           \
+        }                                                                                     \
+        if (i_ < (n)) {                                                                       \
+            float tail_[16] = {0};                                                            \
+            memcpy(tail_, (p) + i_, (size_t)((n) - i_) * sizeof(float));                      \
+            v16 v = *(const v16 *)tail_;                                                      \
+            __VA_ARGS__;                                                                      \
+            *(v16 *)tail_ = v;                                                                \
+            memcpy((p) + i_, tail_, (size_t)((n) - i_) * sizeof(float));                      \
+        }                                                                                     \
+    } while (0)
+
 DISPATCH void stitch_exp(const float *x, float *y, long n) {
-    for (long i = 0; i < n; i++) y[i] = fast_exp(x[i]);
+    memcpy(y, x, (size_t)n * sizeof(float));
+    BLOCKWISE(y, n, v, fast_exp_v16(&v, &v));
 }
 
 /* tanh(u) = 1 - 2 / (e^(2u) + 1) */
 DISPATCH void stitch_gelu_tanh(float *p, long n) {
     const float c = 0.79788456080286535587989211986876f; /* sqrt(2/pi) */
-    for (long i = 0; i < n; i++) {
-        float v = p[i];
-        p[i] = 0.5f * v * (2.0f - 2.0f / (fast_exp(2.0f * c * (v + 0.044715f * v * v * v)) + 1.0f));
-    }
+    BLOCKWISE(p, n, v, {
+        v16 u = 2.0f * c * (v + 0.044715f * v * v * v), e;
+        fast_exp_v16(&u, &e);
+        v = 0.5f * v * (2.0f - 2.0f / (e + 1.0f));
+    });
 }
 
 DISPATCH void stitch_quick_gelu(float *p, long n) {
-    for (long i = 0; i < n; i++) p[i] = p[i] / (1.0f + fast_exp(-1.702f * p[i]));
+    BLOCKWISE(p, n, v, {
+        v16 u = -1.702f * v, e;
+        fast_exp_v16(&u, &e);
+        v = v / (1.0f + e);
+    });
 }
 
 DISPATCH void stitch_sigmoid(float *p, long n) {
-    for (long i = 0; i < n; i++) p[i] = 1.0f / (1.0f + fast_exp(-p[i]));
+    BLOCKWISE(p, n, v, {
+        v16 u = -v, e;
+        fast_exp_v16(&u, &e);
+        v = 1.0f / (1.0f + e);
+    });
 }
 
 DISPATCH void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation) {
-    switch (activation) {
-    case STITCH_ACTIVATION_NONE:
-        for (long i = 0; i < n; i++) p[i] += bias;
-        break;
-    case STITCH_ACTIVATION_SILU:
-        for (long i = 0; i < n; i++) {
-            float v = p[i] + bias;
-            p[i] = v / (1.0f + fast_exp(-v));
-        }
-        break;
-    case STITCH_ACTIVATION_RELU6:
-        for (long i = 0; i < n; i++) {
-            float v = p[i] + bias;
-            p[i] = v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
-        }
-        break;
-    }
+    BLOCKWISE(p, n, v, activate_v16(&v, bias, activation));
 }
 
 /* The output columns [first, end) whose input column x * stride + offset lies in [0, size). */
@@ -114,51 +148,6 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
     stitch_bias_activation(output, h_out * w_out, bias, activation);
 }
 
-
-/* 16 floats: one AVX-512 register, two AVX2 or four SSE ones, as each variant compiles it.
-   aligned(4) lets it load from any float address. */
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-
-typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
-
-/* fast_exp on 16 lanes, the same steps in vector form (vectors pass by pointer: no vector
-   arguments, whose ABI differs between the instruction-set variants). */
-static inline __attribute__((always_inline)) void fast_exp_v16(const v16 *in, v16 *out) {
-    v16 x = *in;
-    const v16 low = (v16){0} + -87.33654f, high = (v16){0} + 88.72283f;
-    v16 clamped = __builtin_elementwise_min(__builtin_elementwise_max(x, low), high);
-    v16 shifted = clamped * 1.44269504088896341f + 12582912.0f;
-    v16 n = shifted - 12582912.0f;
-    v16 r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
-    v16 p = (v16){0} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1;
-    v16i integer = (v16i)shifted - 0x4B400000;
-    v16i half = integer >> 1;
-    v16 result = p * (v16)((half + 127) << 23) * (v16)((integer - half + 127) << 23);
-    v16i below = x < low, above = x > high;
-    v16 infinity = (v16){0} + __builtin_inff();
-    *out = (v16)((~below & ~above & (v16i)result) | (above & (v16i)infinity));
-}
-
-/* bias + activation of 16 outputs in registers, in place. */
-static inline __attribute__((always_inline)) void activate_v16(v16 *v, float bias, stitch_activation activation) {
-    *v += bias;
-    switch (activation) {
-    case STITCH_ACTIVATION_NONE: break;
-    case STITCH_ACTIVATION_SILU: {
-        v16 negated = -*v, e;
-        fast_exp_v16(&negated, &e);
-        *v = *v / (1.0f + e);
-        break;
-    }
-    case STITCH_ACTIVATION_RELU6: *v = __builtin_elementwise_min(__builtin_elementwise_max(*v, (v16){0}), (v16){0} + 6.0f); break;
-    }
-}
 
 #define TILE_CHANNELS 4
 #define TILE_COLUMNS 32

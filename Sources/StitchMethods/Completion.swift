@@ -80,7 +80,7 @@ public struct LocalCompletionBackend: CompletionBackend {
             }
             guard request.logprobs else { return Completion(text: text, finishReason: finish) }
             let logprobs = generated.isEmpty ? [] : try model.logProbabilities(of: generated, after: prompt).map(Double.init)
-            return Completion(text: text, tokens: try generated.map { try tokenizer.decode([$0]) }, tokenLogprobs: logprobs, finishReason: finish)
+            return Completion(text: text, tokens: generated.map { tokenizer.decode([$0]) }, tokenLogprobs: logprobs, finishReason: finish)
         }
     }
 }

@@ -38,43 +38,57 @@ public struct HTTPResponse: Sendable {
 /// connection (Connection: close), bodies by Content-Length up to `maximumBody` bytes.
 public final class HTTPServer: @unchecked Sendable {
     public typealias Handler = @Sendable (HTTPRequest) -> HTTPResponse
+    /// Serves one accepted connection (the server closes it afterwards).
+    public typealias ConnectionHandler = @Sendable (Int32) -> Void
+    public static let maximumBody = 16 << 20
     public let host: String
-    public private(set) var port: UInt16 = 0
-    public var maximumBody = 16 << 20
+    public let port: UInt16
     private let socketFD: Int32
-    private let handler: Handler
+    private let connection: ConnectionHandler
     private let lock = NSLock()
     private var stopped = false
 
-    /// Binds `host:port` (port 0: any free port, then read `port`) and starts accepting.
-    public init(host: String = "127.0.0.1", port: UInt16 = 0, handler: @escaping Handler) throws {
+    /// Binds `host:port` (port 0: any free port, then read `port`) and answers each request with `handler`.
+    public convenience init(host: String = "127.0.0.1", port: UInt16 = 0, handler: @escaping Handler) throws {
+        try self.init(host: host, port: port) { client in
+            Self.write(Self.read(client).map(handler) ?? .error("malformed HTTP request", status: 400), to: client)
+        }
+    }
+
+    /// Binds `host:port` and hands every accepted socket to `connection`, on a thread of its own.
+    public init(host: String = "127.0.0.1", port: UInt16 = 0, connection: @escaping ConnectionHandler) throws {
         self.host = host
-        self.handler = handler
-        socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard socketFD >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        self.connection = connection
+        (socketFD, self.port) = try Self.listeningSocket(host: host, port: port)
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    /// A TCP socket listening on `host:port` (port 0: any free port) and the port it got.
+    public static func listeningSocket(host: String, port: UInt16) throws -> (socket: Int32, port: UInt16) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         var yes: Int32 = 1
-        setsockopt(socketFD, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
-            close(socketFD)
+            close(fd)
             throw CompletionError.invalidRequest("'\(host)' is not an IPv4 address to listen on")
         }
         address.sin_port = port.bigEndian
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0, listen(socketFD, 64) == 0 else {
+        guard bound == 0, listen(fd, 64) == 0 else {
             let code = errno
-            close(socketFD)
+            close(fd)
             throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EADDRINUSE)
         }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(socketFD, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
         }
-        self.port = UInt16(bigEndian: address.sin_port)
-        Thread { [self] in acceptLoop() }.start()
+        return (fd, UInt16(bigEndian: address.sin_port))
     }
 
     public var baseURL: String { "http://\(host):\(port)" }
@@ -91,16 +105,15 @@ public final class HTTPServer: @unchecked Sendable {
             lock.lock(); let done = stopped; lock.unlock()
             if done { if client >= 0 { close(client) }; return }
             if client < 0 { continue }
-            Thread { [self] in
-                let response = read(client).map(handler) ?? .error("malformed HTTP request", status: 400)
-                write(response, to: client)
+            Thread { [connection] in
+                connection(client)
                 close(client)
             }.start()
         }
     }
 
     /// The request on `client`, or nil when it is not HTTP or its body is too large.
-    private func read(_ client: Int32) -> HTTPRequest? {
+    static func read(_ client: Int32) -> HTTPRequest? {
         var data = Data()
         var buffer = [UInt8](repeating: 0, count: 65536)
         let separator = Data("\r\n\r\n".utf8)
@@ -130,7 +143,7 @@ public final class HTTPServer: @unchecked Sendable {
         return HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: body.prefix(length))
     }
 
-    private func write(_ response: HTTPResponse, to client: Int32) {
+    static func write(_ response: HTTPResponse, to client: Int32) {
         let reasons = [200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
                        500: "Internal Server Error", 503: "Service Unavailable"]
         var head = "HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Status")\r\nConnection: close\r\n"

@@ -59,14 +59,7 @@ struct EvaluateCaptions: ParsableCommand {
 
     /// (image id as text, caption) pairs of a COCO file: the array under `key`, or the top-level array.
     static func entries(of path: String, key: String?) throws -> [(String, String)] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): missing or unreadable") }
-        let root: Any
-        do { root = try JSONSerialization.jsonObject(with: data) } catch { throw ValidationError("\(path): not valid JSON") }
-        let list = key.map { (root as? [String: Any])?[$0] } ?? root
-        guard let items = list as? [[String: Any]] else {
-            throw ValidationError("\(path): expected \(key.map { "an object with an \"\($0)\" array" } ?? "an array") of {\"image_id\", \"caption\"} objects")
-        }
-        return try items.enumerated().map { index, item in
+        try jsonObjects(path, key: key).enumerated().map { index, item in
             guard let image = item["image_id"].map({ "\($0)" }), let caption = item["caption"] as? String else {
                 throw ValidationError("\(path): entry \(index) needs an image_id and a caption string")
             }
@@ -95,7 +88,7 @@ struct EvaluateVQA: ParsableCommand {
     var perQuestion = false
 
     func run() throws {
-        let annotationItems = try Self.items(annotations, key: "annotations")
+        let annotationItems = try jsonObjects(annotations, key: "annotations")
         var byQuestion: [String: (answers: [String], answerType: String, questionType: String)] = [:]
         for (index, item) in annotationItems.enumerated() {
             guard let id = item["question_id"].map({ "\($0)" }), let answers = item["answers"] as? [[String: Any]] else {
@@ -106,7 +99,7 @@ struct EvaluateVQA: ParsableCommand {
         }
         var overall: [Double] = [], byAnswerType: [String: [Double]] = [:], byQuestionType: [String: [Double]] = [:]
         var each: [[String: Any]] = []
-        for (index, item) in try Self.items(results, key: nil).enumerated() {
+        for (index, item) in try jsonObjects(results, key: nil).enumerated() {
             guard let id = item["question_id"].map({ "\($0)" }), let answer = item["answer"] as? String else {
                 throw ValidationError("\(results): result \(index) needs a question_id and an answer string")
             }
@@ -127,12 +120,15 @@ struct EvaluateVQA: ParsableCommand {
     /// Mean accuracy in percent, rounded to 2 places like the evaluator.
     static func percent(_ values: [Double]) -> Double { (100 * values.reduce(0, +) / Double(values.count) * 100).rounded() / 100 }
 
-    static func items(_ path: String, key: String?) throws -> [[String: Any]] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): missing or unreadable") }
-        guard let root = try? JSONSerialization.jsonObject(with: data) else { throw ValidationError("\(path): not valid JSON") }
-        guard let items = (key.map { (root as? [String: Any])?[$0] } ?? root) as? [[String: Any]] else {
-            throw ValidationError("\(path): expected \(key.map { "an object with an \"\($0)\" array" } ?? "an array") of objects")
-        }
-        return items
+}
+
+/// The objects of a JSON file's array: the one under `key`, or the top-level array.
+func jsonObjects(_ path: String, key: String?) throws -> [[String: Any]] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): missing or unreadable") }
+    guard let root = try? JSONSerialization.jsonObject(with: data) else { throw ValidationError("\(path): not valid JSON") }
+    let list: Any? = key.map { (root as? [String: Any])?[$0] as Any } ?? root
+    guard let items = list as? [[String: Any]] else {
+        throw ValidationError("\(path): expected \(key.map { "an object with an \"\($0)\" array" } ?? "an array") of objects")
     }
+    return items
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StitchRemote
 
 /// A small HTTP/1.1 server on 127.0.0.1 that imitates the hub's resolve
 /// endpoints, for testing the downloader against real sockets:
@@ -16,8 +17,7 @@ final class LocalHubServer: @unchecked Sendable {
     }
 
     let commit = "0123456789abcdef0123456789abcdef01234567"
-    private(set) var port: UInt16 = 0
-    private let socketFD: Int32
+    private var server: HTTPServer!
     private let lock = NSLock()
     private var files: [String: File] = [:]       // "repo/file" -> contents
     private var failuresLeft: [String: Int] = [:] // path -> how many 503s to answer first
@@ -26,30 +26,12 @@ final class LocalHubServer: @unchecked Sendable {
     /// The first GET sends its headers and a little data, then stalls for this long before hanging up.
     var stallFirstTransfer: TimeInterval = 0
     private var dropped = false
-    private var stopped = false
 
     var requests: [String] { lock.lock(); defer { lock.unlock() }; return _requests }
-    var baseURL: String { "http://127.0.0.1:\(port)" }
+    var baseURL: String { server.baseURL }
 
     init() throws {
-        socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var yes: Int32 = 1
-        setsockopt(socketFD, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(socketFD, 16) == 0 else { throw POSIXError(.EADDRINUSE) }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(socketFD, $0, &length) }
-        }
-        port = UInt16(bigEndian: address.sin_port)
-        let thread = Thread { [unowned self] in self.acceptLoop() }
-        thread.start()
+        server = try HTTPServer { [unowned self] client in self.handle(client) }
     }
 
     func add(repo: String, file: String, data: Data, etag: String, redirected: Bool) {
@@ -62,21 +44,7 @@ final class LocalHubServer: @unchecked Sendable {
         failuresLeft[path] = count
     }
 
-    func stop() {
-        lock.lock(); stopped = true; lock.unlock()
-        shutdown(socketFD, Int32(SHUT_RDWR))
-        close(socketFD)
-    }
-
-    private func acceptLoop() {
-        while true {
-            let client = accept(socketFD, nil, nil)
-            lock.lock(); let done = stopped; lock.unlock()
-            if client < 0 || done { if client >= 0 { close(client) }; return }
-            handle(client)
-            close(client)
-        }
-    }
+    func stop() { server.stop() }
 
     private func handle(_ client: Int32) {
         var request = Data()

@@ -10,14 +10,6 @@ import XCTest
 /// The OpenAI-compatible client against real servers on 127.0.0.1: the local GPT-2 behind
 /// `CompletionService`, and scripted servers for retries, errors and timeouts.
 final class CompletionTests: XCTestCase {
-    static func tinyGPT2() throws -> GPT2 {
-        guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
-              let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt") else { throw XCTSkip("needs ../shared/models/tokenizers") }
-        let folder = Fixtures.url("tiny-gpt2")
-        return try GPT2(config: loadConfig(GPT2Config.self, from: folder.appendingPathComponent("config.json")),
-                        weights: WeightStore(folder: folder), tokenizer: GPT2Tokenizer(vocabularyFile: vocabulary.path, mergesFile: merges.path))
-    }
-
     /// Equal texts, tokens and finish reasons, and log-probabilities equal up to JSON's printed precision.
     func assertSame(_ a: [Completion], _ b: [Completion], file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(a.map(\.text), b.map(\.text), file: file, line: line)
@@ -30,7 +22,7 @@ final class CompletionTests: XCTestCase {
     }
 
     func testClientAgainstLocalModelServer() throws {
-        let model = try Self.tinyGPT2()
+        let model = try TinyModels.gpt2WithTokenizer()
         let local = LocalCompletionBackend(model: model, name: "tiny-gpt2")
         let server = try HTTPServer(handler: CompletionService(backend: local).handle)
         defer { server.stop() }
@@ -142,7 +134,7 @@ final class PICaEnsembleTests: XCTestCase {
 /// The local backend keeps the end of prompts longer than its context.
 final class LocalBackendTests: XCTestCase {
     func testLongPromptsKeepTheirEnd() throws {
-        let model = try CompletionTests.tinyGPT2()   // 64 positions
+        let model = try TinyModels.gpt2WithTokenizer()   // 64 positions
         let backend = LocalCompletionBackend(model: model, name: "tiny")
         let long = (0..<80).map { "word\($0)" }.joined(separator: " ")
         let ids = try model.encode(long)
