@@ -112,8 +112,7 @@ DISPATCH void stitch_bias_activation(float *p, long n, float bias, stitch_activa
     BLOCKWISE(p, n, v, activate_v16(&v, bias, activation));
 }
 
-/* The output columns [first, end) whose input column x * stride + offset lies in [0, size). */
-static void valid_columns(long offset, long stride, long size, long w_out, long *first, long *end) {
+void stitch_valid_columns(long offset, long stride, long size, long w_out, long *first, long *end) {
     long lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
     long hi = size - offset <= 0 ? 0 : (size - offset - 1) / stride + 1;
     *first = lo < w_out ? lo : w_out;
@@ -126,7 +125,7 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
     /* Each tap sweeps the columns whose input lies inside the image, so the inner loop is
        contiguous and unchecked; every output still sums its taps in (i, j) order. */
     long first[16], end[16];
-    for (long j = 0; j < kw && j < 16; j++) valid_columns(j - pad_left, stride, w, w_out, &first[j], &end[j]);
+    for (long j = 0; j < kw && j < 16; j++) stitch_valid_columns(j - pad_left, stride, w, w_out, &first[j], &end[j]);
     for (long y = 0; y < h_out; y++) {
         float *row = output + y * w_out;
         for (long x = 0; x < w_out; x++) row[x] = 0.0f;

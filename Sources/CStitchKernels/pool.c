@@ -18,7 +18,6 @@
 
 static struct {
     pthread_once_t started;
-    long workers;                 /* threads besides the caller */
     _Atomic uint64_t claim;
     _Atomic long done;            /* iterations finished in the current job */
     _Atomic long participants;    /* how many threads may work on the current job, caller included */
@@ -85,7 +84,6 @@ static void start_workers(void) {
     for (long i = 0; i < wanted; i++) {
         pthread_t thread;
         if (pthread_create(&thread, &attributes, worker_main, (void *)(intptr_t)(i + 1)) != 0) break;
-        pool.workers++;
     }
     pthread_attr_destroy(&attributes);
 }

@@ -47,9 +47,9 @@ public final class VisionEncoderDecoder: @unchecked Sendable {
         try ArchitectureHeader.require(["VisionEncoderDecoderModel", "vision-encoder-decoder"], in: configFile)
         let config = try loadConfig(VisionEncoderDecoderConfig.self, from: configFile)
         let preprocessing = folder.appendingPathComponent("preprocessor_config.json")
-        let preprocessor = FileManager.default.fileExists(atPath: preprocessing.path)
-            ? try loadConfig(ViTPreprocessing.self, from: preprocessing).preprocessor(size: config.encoder.imageSize)
-            : ViTPreprocessing.defaults(size: config.encoder.imageSize)
+        // Without the file, ViTImageProcessor's defaults.
+        let settings = FileManager.default.fileExists(atPath: preprocessing.path) ? try loadConfig(ViTPreprocessing.self, from: preprocessing) : ViTPreprocessing()
+        let preprocessor = settings.preprocessor(size: config.encoder.imageSize)
         let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path)
         try self.init(config: config, weights: WeightStore(folder: folder), tokenizer: hasVocabulary ? GPT2Tokenizer(folder: folder) : nil,
                       preprocessor: preprocessor)
@@ -118,6 +118,8 @@ struct ViTPreprocessing: Decodable {
 
     enum CodingKeys: String, CodingKey { case size, imageMean = "image_mean", imageStd = "image_std", resample }
 
+    init() {}
+
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         // `size` is an int in older files and {"height", "width"} in newer ones.
@@ -137,10 +139,7 @@ struct ViTPreprocessing: Decodable {
         }
     }
 
-    static func defaults(size: Int) -> ImagePreprocessor {
-        ImagePreprocessor(squareSize: size, filter: .bilinear, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5])
-    }
-
+    /// Fields absent from the file take ViTImageProcessor's defaults: the model's image size, bilinear, mean and std 0.5.
     func preprocessor(size modelSize: Int) -> ImagePreprocessor {
         ImagePreprocessor(squareSize: size ?? modelSize, filter: resample == 3 ? .bicubic : .bilinear,
                           mean: imageMean ?? [0.5, 0.5, 0.5], std: imageStd ?? [0.5, 0.5, 0.5])

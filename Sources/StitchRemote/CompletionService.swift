@@ -20,7 +20,7 @@ public final class CompletionService: @unchecked Sendable {
             return .json(["object": "list", "data": [["id": backend.name, "object": "model", "owned_by": "stitch"]]])
         case ("POST", "/v1/completions"):
             do {
-                let (completionRequest, _) = try CompletionWire.parseRequest(request.body)
+                let completionRequest = try CompletionWire.parseRequest(request.body)
                 lock.lock()
                 defer { lock.unlock() }
                 let completions = try backend.complete(completionRequest)

@@ -12,7 +12,7 @@ enum CompletionWire {
         return body
     }
 
-    static func parseRequest(_ body: Data) throws -> (request: CompletionRequest, model: String?) {
+    static func parseRequest(_ body: Data) throws -> CompletionRequest {
         guard let json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] else {
             throw CompletionError.invalidRequest("the body is not a JSON object")
         }
@@ -32,7 +32,7 @@ enum CompletionWire {
         if request.count < 1 || request.count > 16 { throw CompletionError.invalidRequest("'n' must lie in 1...16") }
         if request.maxTokens < 0 { throw CompletionError.invalidRequest("'max_tokens' must not be negative") }
         request.stop = Array(request.stop.prefix(4))
-        return (request, json["model"] as? String)
+        return request
     }
 
     static func responseBody(_ completions: [Completion], model: String, logprobs: Bool) -> [String: Any] {

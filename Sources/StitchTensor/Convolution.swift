@@ -111,13 +111,10 @@ public struct Convolution: @unchecked Sendable {
             // allocated here have (`TensorStorage.slack`); other inputs are copied first.
             let source = x.hasSlack(Self.readAhead + 1) ? x : x.copyWithSlack()
             let tiles = (plane + 31) / 32
-            let parts = min(Parallel.limit, max(1, tiles / 4), Self.worthwhileParts(macs: cOut * cIn * plane))
-            let perPart = (tiles + parts - 1) / parts * 32
             source.withUnsafeBufferPointer { s in
-                Parallel.forEach(parts) { part in
-                    let begin = part * perPart, end = min(plane, begin + perPart)
-                    guard begin < end else { return }
-                    stitch_conv_direct(s.baseAddress!, cIn, plane, plane, packed, cOut, 1, 1, biases, activation.kernel, d, plane, plane, 0, 1, begin, end)
+                Parallel.forChunks(tiles, parts: min(tiles / 4, Self.worthwhileParts(macs: cOut * cIn * plane))) { range in
+                    stitch_conv_direct(s.baseAddress!, cIn, plane, plane, packed, cOut, 1, 1, biases, activation.kernel, d, plane, plane, 0, 1,
+                                       range.lowerBound * 32, min(plane, range.upperBound * 32))
                 }
             }
             return
@@ -134,12 +131,8 @@ public struct Convolution: @unchecked Sendable {
                 }
             }
         }
-        let parts = min(Parallel.limit, hOut, Self.worthwhileParts(macs: cOut * cIn * kh * kw * plane))
-        let rowsPerPart = (hOut + parts - 1) / max(parts, 1)
-        Parallel.forEach(parts) { part in
-            let begin = part * rowsPerPart, end = min(hOut, begin + rowsPerPart)
-            guard begin < end else { return }
-            stitch_conv_direct(input, cIn, ph * pw, pw, packed, cOut, kh, kw, biases, activation.kernel, d, plane, wOut, begin, end, 0, wOut)
+        Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: cOut * cIn * kh * kw * plane)) { rows in
+            stitch_conv_direct(input, cIn, ph * pw, pw, packed, cOut, kh, kw, biases, activation.kernel, d, plane, wOut, rows.lowerBound, rows.upperBound, 0, wOut)
         }
     }
 
@@ -170,7 +163,9 @@ public struct Convolution: @unchecked Sendable {
                     for i in 0..<kh {
                         for j in 0..<kw {
                             let row = cols + ((c * kh + i) * kw + j) * columns
-                            let valid = validOutputs(offset: j - padding.left, stride: stride, inputSize: w, outputSize: wOut)
+                            var (first, end) = (0, 0)
+                            stitch_valid_columns(j - padding.left, stride, w, wOut, &first, &end)
+                            let valid = first..<end
                             for y in 0..<rows {
                                 let target = row + y * wOut
                                 let sy = (firstRow + y) * stride + i - padding.top
@@ -197,12 +192,12 @@ public struct Convolution: @unchecked Sendable {
     private func runDepthwise(_ s: UnsafePointer<Float>, _ shape: (Int, Int, Int), padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
         let (c, h, w) = shape
         let (kh, kw) = (weight.shape[2], weight.shape[3])
-        let parts = min(Parallel.limit, c, Self.worthwhileParts(macs: c * kh * kw * hOut * wOut * 4))
-        let channelsPerPart = (c + parts - 1) / parts
+        // A depthwise multiply-add costs several of the direct kernel's (short rows, no register
+        // blocking), so the work counts 4 times when deciding whether to split.
         weight.withUnsafeBufferPointer { kernel in
             let k = kernel.baseAddress!
-            Parallel.forEach(parts) { part in
-                for channel in part * channelsPerPart..<min(c, (part + 1) * channelsPerPart) {
+            Parallel.forChunks(c, parts: Self.worthwhileParts(macs: c * kh * kw * hOut * wOut * 4)) { channels in
+                for channel in channels {
                     stitch_depthwise_channel(s + channel * h * w, h, w, k + channel * kh * kw, kh, kw, stride, padding.top, padding.left,
                                              d + channel * hOut * wOut, hOut, wOut, biases[channel], activation.kernel)
                 }
@@ -223,15 +218,6 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, 
 public func depthwiseConv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding2D = .symmetric(0),
                             activation: ConvActivation = .none) -> Tensor {
     Convolution(weight: weight, bias: bias, stride: stride, depthwise: true, activation: activation)(x, padding: padding)
-}
-
-/// The outputs xo whose input column xo * stride + offset lies in 0..<inputSize.
-private func validOutputs(offset: Int, stride: Int, inputSize: Int, outputSize: Int) -> Range<Int> {
-    var first = 0
-    while first < outputSize && first * stride + offset < 0 { first += 1 }
-    var end = first
-    while end < outputSize && end * stride + offset < inputSize { end += 1 }
-    return first..<end
 }
 
 /// Mean over the spatial axes of x [c, h, w], giving [c].

@@ -1,5 +1,4 @@
 import CStitchKernels
-import Dispatch
 import Foundation
 
 /// Parallel loops for the work OpenBLAS does not do for us (element-wise
@@ -32,7 +31,13 @@ public enum Parallel {
     /// Splits 0..<count into at most `cores` contiguous chunks and runs them
     /// concurrently; small ranges (below `minimumChunk` per core) run inline.
     public static func forChunks(_ count: Int, minimumChunk: Int = 16_384, _ body: (Range<Int>) -> Void) {
-        let chunks = min(limit, max(1, count / max(minimumChunk, 1)))
+        forChunks(count, parts: count / max(minimumChunk, 1), body)
+    }
+
+    /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `limit` and `count`)
+    /// and runs them concurrently; empty chunks are skipped.
+    public static func forChunks(_ count: Int, parts: Int, _ body: (Range<Int>) -> Void) {
+        let chunks = min(limit, count, max(1, parts))
         let size = (count + chunks - 1) / max(chunks, 1)
         forEach(chunks) { chunk in
             let start = chunk * size

@@ -158,24 +158,30 @@ struct Run: ParsableCommand {
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
     let interrupt = Interrupt.shared
     interrupt.install()
-    let outcome = BlockingOutcome<T>()
-    let finished = DispatchSemaphore(value: 0)
-    let task = Task {
-        do { outcome.result = Result<T, Error>.success(try await body()) } catch { outcome.result = .failure(error) }
-        finished.signal()
-    }
-    interrupt.track(task)
-    finished.wait()
+    let result = waitForTask(body) { interrupt.track($0) }
     interrupt.track(nil)
     if interrupt.requested {
         FileHandle.standardError.write(Data("cancelled\n".utf8))
         throw ExitCode(130)
     }
-    return try outcome.result!.get()
+    return try result.get()
 }
 
-/// Where `runBlocking`'s task leaves its result; read only after the task signals.
-final class BlockingOutcome<T>: @unchecked Sendable {
+/// Runs `body` in a task and waits for its result on the calling thread; `started` sees the task first.
+func waitForTask<T>(_ body: @escaping @Sendable () async throws -> T, started: (Task<Void, Never>) -> Void = { _ in }) -> Result<T, Error> {
+    let outcome = BlockingOutcome<T>()
+    let finished = DispatchSemaphore(value: 0)
+    let task = Task {
+        do { outcome.result = .success(try await body()) } catch { outcome.result = .failure(error) }
+        finished.signal()
+    }
+    started(task)
+    finished.wait()
+    return outcome.result!
+}
+
+/// Where `waitForTask`'s task leaves its result; read only after the task signals.
+private final class BlockingOutcome<T>: @unchecked Sendable {
     var result: Result<T, Error>?
 }
 

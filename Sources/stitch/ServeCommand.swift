@@ -55,14 +55,7 @@ struct Serve: ParsableCommand {
               let inputs = try? object.mapValues(Value.init(json:)) else {
             return .error("the body must be a JSON object of the graph's inputs", status: 400)
         }
-        let outcome = BlockingOutcome<[String: Value]>()
-        let finished = DispatchSemaphore(value: 0)
-        Task {
-            do { outcome.result = .success(try await runner.run(inputs: inputs)) } catch { outcome.result = .failure(error) }
-            finished.signal()
-        }
-        finished.wait()
-        switch outcome.result! {
+        switch waitForTask({ try await runner.run(inputs: inputs) }) {
         case .success(let outputs): return .json(outputs.mapValues(\.json))
         case .failure(let error): return .error("\(error)", status: 400)
         }

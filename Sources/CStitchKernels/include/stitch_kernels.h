@@ -19,6 +19,9 @@ void stitch_sigmoid(float *p, long n);
 /* In place: p[i] = activation(p[i] + bias). */
 void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation);
 
+/* The output columns [first, end) of w_out whose input column x * stride + offset lies in [0, size). */
+void stitch_valid_columns(long offset, long stride, long size, long w_out, long *first, long *end);
+
 /* One channel of a depthwise convolution: output[h_out, w_out] = sum over taps (i, j) in order of
    taps[i, j] * input[y*stride + i - pad_top, x*stride + j - pad_left] (zero outside), then
    bias and activation. Kernels are at most 16 columns wide. */
