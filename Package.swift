@@ -31,8 +31,8 @@ let package = Package(
         .target(name: "CStitchKernels"),
         // Tensor core: Float32 tensors, BLAS-backed linear algebra, transformer building blocks.
         .target(name: "StitchTensor", dependencies: ["CBLAS", "CStitchKernels"]),
-        // Model I/O: safetensors, config.json, weight store, Hugging Face cache and downloads.
-        .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl"]),
+        // Model I/O: safetensors and PyTorch checkpoints (allow-list unpickler), config.json, weight store, Hugging Face cache and downloads.
+        .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib"]),
         // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
         .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
         // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece.
@@ -54,7 +54,7 @@ let package = Package(
 
         .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
-        .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchRemote", "StitchTestSupport"]),
+        .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTensor", "StitchRemote", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),

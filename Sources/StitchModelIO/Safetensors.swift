@@ -172,33 +172,53 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// read-only view of the mapping (no copy); F16 and BF16 are converted.
     public func tensor(_ name: String) throws(ModelIOError) -> Tensor {
         guard let info = tensors[name] else { throw .missingTensor(file: path, tensor: name) }
-        let source = map.base + dataStart + info.byteRange.lowerBound
-        let count = info.shape.reduce(1, *)
-        switch info.dtype {
-        case .f32:
-            if Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
-                let storage = TensorStorage(borrowing: source.assumingMemoryBound(to: Float.self), capacity: count, owner: map)
-                return Tensor(shape: info.shape, storage: storage)
-            }
-            var out = Tensor(uninitialized: info.shape)
-            out.withUnsafeMutableBufferPointer { UnsafeMutableRawBufferPointer($0).copyMemory(from: UnsafeRawBufferPointer(start: source, count: count * 4)) }
-            return out
-        case .f16:
-            var out = Tensor(uninitialized: info.shape)
-            out.withUnsafeMutableBufferPointer { widenHalfFloats(source, count: count, into: $0.baseAddress!) }
-            return out
-        case .bf16:
-            var out = Tensor(uninitialized: info.shape)
-            out.withUnsafeMutableBufferPointer { dst in
-                for i in 0..<count {
-                    let bits = UInt32(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16
-                    dst[i] = Float(bitPattern: bits)
-                }
-            }
-            return out
-        default:
-            throw .unsupportedDtype(file: path, tensor: name, dtype: info.dtype.rawValue)
+        return try floatTensor(file: path, name: name, dtype: info.dtype, shape: info.shape, bytes: try bytes(name), owner: map)
+    }
+}
+
+extension SafetensorsFile: TensorFile {
+    public var tensorNames: [String] { Array(tensors.keys) }
+    public func shape(of name: String) -> [Int]? { tensors[name]?.shape }
+    public func dtype(of name: String) -> TensorDType? { tensors[name]?.dtype }
+    public func entry(_ name: String) throws(ModelIOError) -> SafetensorsEntry {
+        guard let info = tensors[name] else { throw .missingTensor(file: path, tensor: name) }
+        return SafetensorsEntry(dtype: info.dtype, shape: info.shape, bytes: Data(try bytes(name)))
+    }
+}
+
+/// Little-endian `bytes` of `dtype` as a Float32 tensor: F32 borrowed in place when aligned and `owner` keeps the bytes
+/// alive, else copied; F16 and BF16 widened; other dtypes are an error naming the file and tensor.
+func floatTensor(file: String, name: String, dtype: TensorDType, shape: [Int], bytes: UnsafeRawBufferPointer, owner: AnyObject?) throws(ModelIOError) -> Tensor {
+    let count = shape.reduce(1, *)
+    guard let source = bytes.baseAddress ?? (count == 0 ? UnsafeRawPointer(bitPattern: 8) : nil) else { return Tensor(zeros: shape) }
+    switch dtype {
+    case .f32:
+        if let owner, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
+            return Tensor(shape: shape, storage: TensorStorage(borrowing: source.assumingMemoryBound(to: Float.self), capacity: count, owner: owner))
         }
+        var out = Tensor(uninitialized: shape)
+        out.withUnsafeMutableBufferPointer { UnsafeMutableRawBufferPointer($0).copyMemory(from: UnsafeRawBufferPointer(start: source, count: count * 4)) }
+        return out
+    case .f16:
+        var out = Tensor(uninitialized: shape)
+        if Int(bitPattern: source) % 2 == 0 {
+            out.withUnsafeMutableBufferPointer { widenHalfFloats(source, count: count, into: $0.baseAddress!) }
+        } else {   // a legacy PyTorch file can leave storages at odd offsets
+            let aligned = Array(UnsafeRawBufferPointer(start: source, count: count * 2))
+            aligned.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { widenHalfFloats(raw.baseAddress!, count: count, into: $0.baseAddress!) } }
+        }
+        return out
+    case .bf16:
+        var out = Tensor(uninitialized: shape)
+        out.withUnsafeMutableBufferPointer { dst in
+            for i in 0..<count {
+                let bits = UInt32(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16
+                dst[i] = Float(bitPattern: bits)
+            }
+        }
+        return out
+    default:
+        throw .unsupportedDtype(file: file, tensor: name, dtype: dtype.rawValue)
     }
 }
 

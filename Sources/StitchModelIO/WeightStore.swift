@@ -1,53 +1,32 @@
 import Foundation
 import StitchTensor
 
-/// The tensors of a checkpoint (one safetensors file or a sharded set), handed
+/// The tensors of a checkpoint (safetensors or PyTorch, one file or shards), handed
 /// out by name and expected shape. Problems are collected rather than thrown
 /// one at a time, so `finish()` can report every missing, wrong-shape and
 /// unused tensor of a bad checkpoint at once.
 /// Used by one loader at a time, so it is not Sendable.
 public final class WeightStore {
     public let source: String
-    private var fileOf: [String: SafetensorsFile] = [:]
+    private var fileOf: [String: TensorFile] = [:]
     private var used: Set<String> = []
     private var problems: [String] = []
     private let recording: Bool
     /// Every (name, shape) asked for, in order: a model's weight manifest.
     public private(set) var requested: [(name: String, shape: [Int])] = []
 
-    public init(files: [SafetensorsFile], source: String) {
+    public init(files: [TensorFile], source: String) {
         self.source = source
         recording = false
         for file in files {
-            for name in file.tensors.keys { fileOf[name] = file }
+            for name in file.tensorNames { fileOf[name] = file }
         }
     }
 
-    /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`, in `folder`.
+    /// Opens the checkpoint in `folder` in the layout `CheckpointLayout.choose` prefers.
     public convenience init(folder: URL) throws(ModelIOError) {
-        let single = folder.appendingPathComponent("model.safetensors").path
-        let index = folder.appendingPathComponent("model.safetensors.index.json").path
-        if FileManager.default.fileExists(atPath: single) {
-            self.init(files: [try SafetensorsFile(path: single)], source: single)
-        } else if FileManager.default.fileExists(atPath: index) {
-            let shards = try Self.shardNames(indexFile: index)
-            var files: [SafetensorsFile] = []
-            for shard in shards { files.append(try SafetensorsFile(path: folder.appendingPathComponent(shard).path)) }
-            self.init(files: files, source: index)
-        } else {
-            throw .modelNotFound(spec: folder.path, detail: "no model.safetensors or model.safetensors.index.json in the folder")
-        }
-    }
-
-    private static func shardNames(indexFile: String) throws(ModelIOError) -> [String] {
-        guard let data = FileManager.default.contents(atPath: indexFile) else {
-            throw .cannotOpen(file: indexFile, reason: "unreadable")
-        }
-        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let map = object["weight_map"] as? [String: String] else {
-            throw .invalidConfig(file: indexFile, field: "weight_map", detail: "missing or not an object of file names")
-        }
-        return Array(Set(map.values)).sorted()
+        let checkpoint = try Checkpoint(folder: folder)
+        self.init(files: try checkpoint.open(), source: checkpoint.source)
     }
 
     /// A store without files that hands out zeros (allocated lazily) for every request and
@@ -62,7 +41,7 @@ public final class WeightStore {
     public func contains(_ name: String) -> Bool { fileOf[name] != nil }
 
     /// The shape stored for `name`, if present.
-    public func shape(of name: String) -> [Int]? { fileOf[name]?.tensors[name]?.shape }
+    public func shape(of name: String) -> [Int]? { fileOf[name]?.shape(of: name) }
 
     /// The tensor `name`, which must have `shape`. On a problem it is recorded
     /// and zeros of `shape` are returned so loading can go on and find the rest;
@@ -75,7 +54,7 @@ public final class WeightStore {
             problems.append("missing tensor '\(name)' (expected shape \(shape))")
             return Tensor(zeros: shape)
         }
-        let stored = file.tensors[name]!.shape
+        let stored = file.shape(of: name)!
         guard stored == shape else {
             problems.append("tensor '\(name)' has shape \(stored), expected \(shape)")
             return Tensor(zeros: shape)

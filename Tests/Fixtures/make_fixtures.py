@@ -719,7 +719,242 @@ def make_vqa_metric_goldens():
     print(f"vqa: {len(cases)} cases, overall accuracy {evaluator.accuracy['overall']}")
 
 
+# ---------------------------------------------------------------- checkpoint forms
+
+def make_tiny_bert():
+    """A MiniLM-style sentence encoder (BERT, mean pooling, normalised) with random weights and the
+    first 3,000 entries of MiniLM's vocabulary (special tokens, characters and common words)."""
+    from transformers import BertConfig, BertModel
+    with open(os.path.join(MINILM, "vocab.txt"), encoding="utf-8") as f:
+        vocab = f.read().splitlines()[:3000]
+    torch.manual_seed(3)
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=128))
+    save_tiny(model, "tiny-bert")
+    with open(out("tiny-bert", "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    with open(os.path.join(MINILM, "modules.json"), encoding="utf-8") as f:
+        write_json(json.load(f), "tiny-bert", "modules.json")
+    write_json({"max_seq_length": 128, "do_lower_case": False}, "tiny-bert", "sentence_bert_config.json")
+    write_json({"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, "tiny-bert", "1_Pooling", "config.json")
+
+
+CHECKPOINT_MODELS = {"tiny-gpt2": "GPT2LMHeadModel", "tiny-clip": "CLIPModel", "tiny-vit-gpt2": "VisionEncoderDecoderModel", "tiny-bert": "BertModel"}
+
+
+def copy_model_files(source, target):
+    """Everything of a fixture model folder but its weights and goldens."""
+    import shutil
+    for root, _, names in os.walk(out(source)):
+        for name in names:
+            if name.startswith("model.") or name.startswith("golden") or name == "tensor_sums.json":
+                continue
+            relative = os.path.relpath(os.path.join(root, name), out(source))
+            os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
+            shutil.copyfile(os.path.join(root, name), os.path.join(target, relative))
+
+
+def make_checkpoint_forms():
+    """Each tiny model as users download published checkpoints: pytorch_model.bin written by
+    transformers' save_pretrained (torch's zip format), the same state dict in torch's legacy format,
+    and two pytorch_model-0000N-of-00002.bin shards with their index. The GPT-2 forms also hold the
+    uint8 causal-mask buffers older transformers saved (as cambridgeltl/magic_mscoco does)."""
+    import shutil
+    import transformers
+    for name, architecture in CHECKPOINT_MODELS.items():
+        model = getattr(transformers, architecture).from_pretrained(out(name), torch_dtype=torch.float16).eval()
+        root = out("checkpoints", name, "x")[:-2]
+        shutil.rmtree(root, ignore_errors=True)
+        for form in ["zip", "legacy", "sharded"]:
+            copy_model_files(name, os.path.join(root, form))
+        model.save_pretrained(os.path.join(root, "zip"), safe_serialization=False)
+        state = torch.load(os.path.join(root, "zip", "pytorch_model.bin"), weights_only=True)
+        if name == "tiny-gpt2":
+            n = model.config.n_positions
+            for layer in range(model.config.n_layer):
+                state[f"transformer.h.{layer}.attn.bias"] = torch.tril(torch.ones(n, n, dtype=torch.uint8)).view(1, 1, n, n)
+                state[f"transformer.h.{layer}.attn.masked_bias"] = torch.tensor(-1e4, dtype=torch.float16)
+            torch.save(state, os.path.join(root, "zip", "pytorch_model.bin"))
+        torch.save(state, os.path.join(root, "legacy", "pytorch_model.bin"), _use_new_zipfile_serialization=False)
+        # Two shards split by size, as save_pretrained(max_shard_size=...) names and indexes them.
+        names = sorted(k for k in state if not k.endswith("lm_head.weight"))   # tied to the embeddings: shards leave it out
+        sizes = [state[k].numel() * state[k].element_size() for k in names]
+        total, running, split = sum(sizes), 0, len(names) - 1
+        for i, size in enumerate(sizes):
+            running += size
+            if running >= total / 2:
+                split = max(1, min(i, len(names) - 1))
+                break
+        weight_map = {}
+        for index, part in enumerate([names[:split], names[split:]]):
+            file = f"pytorch_model-{index + 1:05d}-of-00002.bin"
+            # Each shard holds its own storages (a view would drag its whole storage along).
+            torch.save({k: state[k].clone() for k in part}, os.path.join(root, "sharded", file))
+            weight_map.update({k: file for k in part})
+        with open(os.path.join(root, "sharded", "pytorch_model.bin.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
+        print(f"checkpoint forms of {name}: zip, legacy, 2 shards ({split} + {len(names) - split} tensors)")
+
+
+class _Storage:
+    """A storage of a hand-written checkpoint: its key, dtype class and claimed element count."""
+    def __init__(self, key, count, kind=None):
+        self.key, self.count, self.kind = key, count, kind
+
+
+class _View:
+    """A tensor of a hand-written checkpoint, pickled as torch pickles tensors."""
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def __reduce__(self):
+        import collections
+        return (torch._utils._rebuild_tensor_v2, (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()))
+
+
+def write_torch_zip(path, state, storages):
+    """A checkpoint in torch's zip layout whose pickle and storages say exactly what they are told to."""
+    import io
+    import pickle
+    import zipfile
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _Storage):
+                return ("storage", obj.kind or torch.FloatStorage, obj.key, "cpu", obj.count)
+            return None
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(state)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/version", "3\n")
+        for key, data in storages.items():
+            archive.writestr(f"archive/data/{key}", data)
+
+
+# The file a malicious pickle would create if anything ran it; the Swift tests check it never appears.
+SIDE_EFFECT = "/tmp/stitch-pickle-side-effect"
+
+
+def make_checkpoint_reader_fixtures():
+    """Strided views, shared storages and every dtype in both torch formats (with their contiguous
+    values as safetensors), and malicious or broken checkpoints that must be refused."""
+    import zipfile
+    from safetensors.torch import save_file as save_torch
+    torch.manual_seed(4)
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    half = torch.randn(3, 5).half()
+    state = {
+        "base": base, "transposed": base.t(), "block": base[1:3, 2:5], "every_other": base[:, ::2], "row": base[2],
+        "half": half, "half_transposed": half.t(), "bfloat": torch.randn(4, 2).bfloat16(), "double": torch.randn(2, 3, dtype=torch.float64),
+        "long": torch.arange(-3, 7), "int": torch.arange(6, dtype=torch.int32).reshape(2, 3), "short": torch.arange(4, dtype=torch.int16),
+        "char": torch.arange(-2, 3, dtype=torch.int8), "byte": torch.arange(250, 256, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 3),
+    }
+    folder = out("checkpoints", "views", "x")[:-2]
+    os.makedirs(folder, exist_ok=True)
+    save_torch({k: v.contiguous().clone() for k, v in state.items()}, os.path.join(folder, "expected.safetensors"))
+    torch.save(state, os.path.join(folder, "zip.bin"))
+    torch.save(state, os.path.join(folder, "legacy.bin"), _use_new_zipfile_serialization=False)
+    # The zip form re-packed with deflate, as a user's zip tool might.
+    with zipfile.ZipFile(os.path.join(folder, "zip.bin")) as source, \
+            zipfile.ZipFile(os.path.join(folder, "deflated.bin"), "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item.filename))
+
+    hostile = out("checkpoints", "hostile", "x")[:-2]
+    os.makedirs(hostile, exist_ok=True)
+
+    class SystemCall:
+        def __reduce__(self):
+            return (os.system, (f"touch {SIDE_EFFECT}",))
+
+    class Evaluation:
+        def __reduce__(self):
+            return (eval, (f"__import__('os').system('touch {SIDE_EFFECT}')",))
+    torch.save({"weight": SystemCall()}, os.path.join(hostile, "os_system.bin"))
+    torch.save({"weight": Evaluation()}, os.path.join(hostile, "builtins_eval.bin"))
+    torch.save({"weight": Evaluation()}, os.path.join(hostile, "builtins_eval_legacy.bin"), _use_new_zipfile_serialization=False)
+    torch.save({"weight": np.zeros(3, dtype=np.float32)}, os.path.join(hostile, "numpy_array.bin"))
+    torch.save({"state_dict": {"weight": torch.zeros(2)}}, os.path.join(hostile, "nested.bin"))
+    four = np.arange(4, dtype=np.float32).tobytes()
+    write_torch_zip(os.path.join(hostile, "short_storage.bin"), {"weight": _View(_Storage("0", 100), 0, (100,), (1,))}, {"0": four})
+    write_torch_zip(os.path.join(hostile, "view_past_storage.bin"), {"weight": _View(_Storage("0", 4), 0, (3,), (2,))}, {"0": four})
+    write_torch_zip(os.path.join(hostile, "huge_claim.bin"), {"weight": _View(_Storage("0", 25_000_000_000), 0, (25_000_000_000,), (1,))}, {"0": four})
+    write_torch_zip(os.path.join(hostile, "missing_storage.bin"), {"weight": _View(_Storage("7", 4), 0, (4,), (1,))}, {"0": four})
+    with zipfile.ZipFile(os.path.join(hostile, "not_a_checkpoint.bin"), "w") as archive:
+        archive.writestr("notes/readme.txt", "just a zip file\n")
+    print(f"checkpoint reader fixtures: {len(state)} tensors in 3 encodings, {len(os.listdir(hostile))} hostile files")
+
+
+def make_hub_cache():
+    """A Hugging Face cache as huggingface_hub's snapshot_download fills it (refs/main, snapshots/<commit>
+    linking into blobs/) for a repository holding the tiny captioner as pytorch_model.bin, fetched from a
+    local imitation of the hub: the cache Python users already have, which Stitch must read without a request."""
+    import hashlib
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from huggingface_hub import snapshot_download
+    repo, commit = "stitch-fixtures/tiny-captioner", "f1c2" * 10
+    source = out("checkpoints", "tiny-vit-gpt2", "zip")
+    files = {name: open(os.path.join(source, name), "rb").read() for name in sorted(os.listdir(source))}
+    # Only the vocabulary's first 1,000 ids: all the tiny decoder can emit.
+    with open(os.path.join(TOKENIZERS, "gpt2-vocab.json"), encoding="utf-8") as f:
+        files["vocab.json"] = json.dumps({k: v for k, v in json.load(f).items() if v < 1000}, ensure_ascii=False).encode()
+    files["merges.txt"] = b"#version: 0.2\n"
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def answer(self, body):
+            path = self.path.split("?")[0]
+            if path.startswith(f"/api/models/{repo}/revision/"):
+                data = json.dumps({"id": repo, "sha": commit, "siblings": [{"rfilename": n} for n in files]}).encode()
+                headers = {"Content-Type": "application/json"}
+            elif path.startswith(f"/{repo}/resolve/"):
+                name = path.split("/resolve/", 1)[1].split("/", 1)[1]
+                data = files[name]
+                headers = {"X-Repo-Commit": commit, "ETag": '"' + hashlib.sha256(data).hexdigest() + '"'}
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_HEAD(self):
+            self.answer(False)
+
+        def do_GET(self):
+            self.answer(True)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = out("hub-cache", "x")[:-2]
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    try:
+        snapshot_download(repo, cache_dir=cache, endpoint=f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    shutil.rmtree(os.path.join(cache, ".locks"), ignore_errors=True)
+    print(f"hub cache: {repo} at {commit[:8]} with {len(files)} files")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1:   # only the named steps, e.g. make_checkpoint_forms
+        torch.set_num_threads(1)
+        for step in sys.argv[1:]:
+            globals()[step]()
+        sys.exit()
     for path in [TOKENIZERS, MINILM, IMAGES, YOLOX]:
         if not os.path.isdir(path):
             sys.exit(f"missing {path}: the fixtures need the real tokenizer files and photos in ../shared")
@@ -744,3 +979,7 @@ if __name__ == "__main__":
     make_metric_goldens()
     make_vqa_metric_goldens()
     make_pica_goldens()
+    make_tiny_bert()
+    make_checkpoint_forms()
+    make_checkpoint_reader_fixtures()
+    make_hub_cache()
