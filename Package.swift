@@ -52,7 +52,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 
-        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers"], path: "Tests/StitchTestSupport"),
+        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers", "StitchRemote"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
         .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTensor", "StitchRemote", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),

@@ -140,16 +140,15 @@ final class ASIFComponent: @unchecked Sendable {
 
 extension OperationRegistry {
 
-    /// A component kind loaded from a model folder or hub id (through the Hugging Face cache),
-    /// identified by its folder and its weights' size and modification date.
-    static func modelKind(_ name: String, files: [String], load: @escaping @Sendable (URL) throws -> AnyObject) -> ComponentKind {
-        let resolve: @Sendable (ComponentSpec) throws -> URL = { spec in try ModelLocator.fromEnvironment().resolve(spec.model, files: files) }
+    /// A component kind loaded from a model folder or hub id (through the Hugging Face cache; option
+    /// `revision` picks a branch, tag, commit or refs/pr/N), identified by its checkpoint and options.
+    static func modelKind(_ name: String, files: ModelFiles, load: @escaping @Sendable (URL) throws -> AnyObject) -> ComponentKind {
+        let resolve: @Sendable (ComponentSpec) throws -> URL = { spec in
+            try ModelLocator.fromEnvironment().at(revision: spec.options["revision"]?.string).resolveModel(spec.model, files: files)
+        }
         return ComponentKind(name, load: { try load(resolve($0)) }, identity: { spec in
-            guard let folder = try? resolve(spec) else { return "\(name):\(spec.model)" }
-            let weights = (try? FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("model.safetensors").path)) ?? [:]
-            let size = (weights[.size] as? NSNumber)?.intValue ?? 0
-            let date = (weights[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-            return "\(name):\(folder.standardizedFileURL.path):\(size):\(date):\(Value.object(spec.options).canonicalJSON)"
+            guard let folder = try? resolve(spec), let checkpoint = try? Checkpoint(folder: folder) else { return "\(name):\(spec.model)" }
+            return "\(name):\(checkpoint.identity):\(Value.object(spec.options).canonicalJSON)"
         })
     }
 

@@ -57,10 +57,9 @@ extension ModelLocator {
         }
     }
 
-    /// Kind, folder name and weights size: enough to tell encoders apart, stable when a folder moves.
+    /// The model kind and its checkpoint's identity: stable when a folder moves, different for other weights.
     static func identity(_ kind: ModelKind, _ folder: URL) -> String {
-        let size = (try? FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("model.safetensors").path)[.size] as? NSNumber)?.intValue ?? 0
-        return "\(kind.rawValue):\(folder.standardizedFileURL.lastPathComponent):\(size)"
+        "\(kind.rawValue):" + ((try? Checkpoint(folder: folder).identity) ?? folder.standardizedFileURL.lastPathComponent)
     }
 }
 

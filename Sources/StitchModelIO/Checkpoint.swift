@@ -83,12 +83,12 @@ public struct Checkpoint: Sendable {
         return opened
     }
 
-    /// What tells one model's weights from another's, for result caches and ASIF indexes: the folder's
-    /// name (a hub snapshot's is its commit), and each weight file's name, size and a CRC-32 of 16
-    /// blocks spread over it, so retrained weights of the same shape differ. It does not depend on
-    /// where the folder is or when it was copied.
+    /// What tells one model from another, for result caches and ASIF indexes: the folder's name (a hub
+    /// snapshot's is its commit); each weight file's name, size and a CRC-32 of 16 blocks spread over it,
+    /// so retrained weights of the same shape differ; and a CRC-32 of each config and tokenizer file present.
+    /// It does not depend on where the folder is or when it was copied.
     public var identity: String {
-        let parts = files.map { name -> String in
+        let weights = files.map { name -> String in
             let path = folder.appendingPathComponent(name).path
             guard let handle = FileHandle(forReadingAtPath: path) else { return "\(name):missing" }
             defer { try? handle.close() }
@@ -98,12 +98,20 @@ public struct Checkpoint: Sendable {
             for i in 0..<blocks {
                 let offset = size <= block ? 0 : (size - block) * i / (blocks - 1)
                 try? handle.seek(toOffset: UInt64(offset))
-                let data = (try? handle.read(upToCount: block)) ?? Data()
-                crc = data.withUnsafeBytes { crc32(crc, $0.bindMemory(to: Bytef.self).baseAddress, uInt($0.count)) }
+                crc = Self.crc(crc, (try? handle.read(upToCount: block)) ?? Data())
                 if size <= block { break }
             }
             return "\(name):\(size):\(String(crc, radix: 16))"
         }
+        let settings = (["config.json", "vocab.json", "merges.txt", "vocab.txt"] + ModelFiles.tokenizerAndProcessorFiles).compactMap { name -> String? in
+            guard let data = FileManager.default.contents(atPath: folder.appendingPathComponent(name).path) else { return nil }
+            return "\(name):\(String(Self.crc(crc32(0, nil, 0), data), radix: 16))"
+        }
+        let parts = weights + settings
         return "\(folder.standardizedFileURL.lastPathComponent)[\(parts.joined(separator: ","))]"
+    }
+
+    private static func crc(_ running: uLong, _ data: Data) -> uLong {
+        data.withUnsafeBytes { crc32(running, $0.bindMemory(to: Bytef.self).baseAddress, uInt($0.count)) }
     }
 }

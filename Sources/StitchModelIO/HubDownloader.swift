@@ -30,9 +30,37 @@ public struct HubDownloader: Sendable {
         let size: Int?
     }
 
+    /// A revision as one URL path segment, as the hub expects it ("refs/pr/15" -> "refs%2Fpr%2F15").
+    static func pathSegment(_ revision: String) -> String {
+        revision.addingPercentEncoding(withAllowedCharacters: CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.~"))) ?? revision
+    }
+
+    /// The commit a revision points to and the repository's files there (the hub's model-info endpoint).
+    public func listFiles(repo: String, revision: String) throws(ModelIOError) -> (commit: String, files: [String]) {
+        let url = "\(endpoint)/api/models/\(repo)/revision/\(Self.pathSegment(revision))"
+        let body = try withRetries(url: url) { () throws(TransferFailure) -> Data in
+            let transfer = Transfer()
+            transfer.body = Data()
+            let handle = try makeHandle(url, transfer: transfer)
+            defer { curl_easy_cleanup(handle) }
+            stitch_curl_set_long(handle, CURLOPT_FOLLOWLOCATION, 1)
+            stitch_curl_set_long(handle, CURLOPT_MAXREDIRS, 10)
+            let status = try perform(handle, url: url, transfer: transfer)
+            guard status == 200 else { throw Self.httpFailure(status) }
+            guard let body = transfer.body else { throw TransferFailure(detail: "the listing is larger than \(Transfer.maximumBody) bytes", retryable: false) }
+            return body
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+              let commit = object["sha"] as? String, ModelLocator.isCommitHash(commit),
+              let siblings = object["siblings"] as? [[String: Any]] else {
+            throw .download(url: url, detail: "the answer is not a model listing with a commit (sha) and files (siblings)")
+        }
+        return (commit, siblings.compactMap { $0["rfilename"] as? String })
+    }
+
     /// Makes `file` of `repo` at `revision` present in the cache and returns the snapshot folder.
     func fetch(repo: String, file: String, revision: String, into repoFolder: URL) throws(ModelIOError) -> URL {
-        let url = "\(endpoint)/\(repo)/resolve/\(revision)/\(file)"
+        let url = "\(endpoint)/\(repo)/resolve/\(Self.pathSegment(revision))/\(file)"
         let remote = try withRetries(url: url) { () throws(TransferFailure) in try head(url) }
         let blobs = repoFolder.appendingPathComponent("blobs")
         let blob = blobs.appendingPathComponent(remote.etag)
@@ -142,10 +170,6 @@ public struct HubDownloader: Sendable {
         stitch_curl_set_long(handle, CURLOPT_FOLLOWLOCATION, 1)
         stitch_curl_set_long(handle, CURLOPT_MAXREDIRS, 10)
         if existing > 0 { stitch_curl_set_offset(handle, CURLOPT_RESUME_FROM_LARGE, curl_off_t(existing)) }
-        stitch_curl_set_data_callback(handle, CURLOPT_WRITEFUNCTION) { data, size, count, context in
-            let transfer = Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue()
-            return transfer.write(data!, size * count)
-        }
         stitch_curl_set_long(handle, CURLOPT_NOPROGRESS, 0)
         stitch_curl_set_progress_callback(handle) { context, total, now, _, _ in
             Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue().progress(total: Int(total), now: Int(now))
@@ -193,6 +217,10 @@ public struct HubDownloader: Sendable {
             return size * count
         }
         stitch_curl_set_pointer(handle, CURLOPT_HEADERDATA, Unmanaged.passUnretained(transfer).toOpaque())
+        stitch_curl_set_data_callback(handle, CURLOPT_WRITEFUNCTION) { data, size, count, context in
+            let transfer = Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue()
+            return transfer.write(data!, size * count)
+        }
         stitch_curl_set_pointer(handle, CURLOPT_WRITEDATA, Unmanaged.passUnretained(transfer).toOpaque())
         return handle
     }
@@ -221,7 +249,11 @@ public struct HubDownloader: Sendable {
 
 /// State shared with libcurl's C callbacks for one request.
 private final class Transfer {
+    /// Listings are read into memory up to this size; past it `body` becomes nil and the transfer stops.
+    static let maximumBody = 64 << 20
     var headers: [String: String] = [:]
+    /// Set to receive a successful response's body in memory rather than in `file`.
+    var body: Data?
     var requestHeaders: UnsafeMutablePointer<curl_slist>?
     var file: UnsafeMutablePointer<FILE>?
     var resumeOffset = 0
@@ -249,6 +281,11 @@ private final class Transfer {
     }
 
     func write(_ data: UnsafeMutablePointer<CChar>, _ length: Int) -> Int {
+        if body != nil, (200..<300).contains(responseStatus) {
+            guard body!.count + length <= Self.maximumBody else { body = nil; return 0 }
+            body!.append(UnsafeRawPointer(data).assumingMemoryBound(to: UInt8.self), count: length)
+            return length
+        }
         guard let file else { return length }
         if !bodyStarted {
             bodyStarted = true

@@ -129,8 +129,10 @@ public final class CLIP: @unchecked Sendable {
                       tokenizer: CLIPTokenizer.isPresent(in: folder) ? CLIPTokenizer(folder: folder, contextLength: config.maxPositions) : nil)
     }
 
-    /// The files a Hugging Face CLIP folder holds.
-    public static let files = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+    /// The files a CLIP folder holds: the tokenizer is optional (ids can still be embedded), as Hugging Face's
+    /// vocab.json and merges.txt or OpenAI's bpe_simple_vocab_16e6.txt.gz.
+    public static let files = ModelFiles(required: ["config.json"],
+                                         optional: ["vocab.json", "merges.txt", CLIPTokenizer.openAIVocabularyFile] + ModelFiles.tokenizerAndProcessorFiles)
 
     public init(config: CLIPConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?) throws {
         self.config = config

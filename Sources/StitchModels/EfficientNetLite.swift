@@ -67,7 +67,7 @@ public final class EfficientNetLite: @unchecked Sendable {
     let head: FoldedConv
     let classifier: Linear
 
-    public static let files = ["config.json", "model.safetensors"]
+    public static let files = ModelFiles(required: ["config.json"])
 
     public convenience init(folder: URL) throws {
         let configFile = folder.appendingPathComponent("config.json")

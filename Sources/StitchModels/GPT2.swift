@@ -90,7 +90,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     let finalLayerNorm: LayerNorm
 
     /// The files a GPT-2 folder must hold.
-    public static let files = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+    public static let files = ModelFiles(required: ["config.json", "vocab.json", "merges.txt"])
 
     public convenience init(folder: URL) throws {
         let configFile = folder.appendingPathComponent("config.json")

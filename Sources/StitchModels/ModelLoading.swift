@@ -25,7 +25,7 @@ public enum ModelKind: String, Sendable, CaseIterable {
     }
 
     /// The files a folder of this kind needs (fetched for hub ids).
-    public var files: [String] {
+    public var files: ModelFiles {
         switch self {
         case .clip: return CLIP.files
         case .gpt2: return GPT2.files
@@ -38,8 +38,8 @@ public enum ModelKind: String, Sendable, CaseIterable {
 extension ModelLocator {
     /// The folder of `spec` with every file its kind needs, and that kind.
     public func resolveModel(_ spec: String) throws -> (folder: URL, kind: ModelKind) {
-        let configOnly = try resolve(spec, files: ["config.json"])
+        let configOnly = try resolveModel(spec, files: .configOnly)
         let kind = try ModelKind.detect(configFile: configOnly.appendingPathComponent("config.json"))
-        return (try resolve(spec, files: kind.files), kind)
+        return (try resolveModel(spec, files: kind.files), kind)
     }
 }

@@ -73,7 +73,7 @@ public final class SentenceEncoder: @unchecked Sendable {
     let embeddingNorm: LayerNorm
     let layers: [BERTLayer]
 
-    public static let files = ["config.json", "model.safetensors", "vocab.txt", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    public static let files = ModelFiles(required: ["config.json", "vocab.txt", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"])
 
     public convenience init(folder: URL) throws {
         let configFile = folder.appendingPathComponent("config.json")

@@ -40,7 +40,7 @@ public final class VisionEncoderDecoder: @unchecked Sendable {
     public let preprocessor: ImagePreprocessor
 
     /// The files a captioner folder must hold.
-    public static let files = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "preprocessor_config.json"]
+    public static let files = ModelFiles(required: ["config.json", "vocab.json", "merges.txt"])
 
     public convenience init(folder: URL) throws {
         let configFile = folder.appendingPathComponent("config.json")

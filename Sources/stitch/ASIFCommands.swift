@@ -32,11 +32,13 @@ struct ASIFQueryOptions: ParsableArguments {
     @Flag(help: "Skip the index checksum (it reads the whole file once).")
     var noVerify = false
 
+    @OptionGroup var hub: HubOptions
+
     var settings: ASIFSettings { ASIFSettings(k: k, p: p) }
 
     func open(needsImages: Bool, needsTexts: Bool) throws -> (AnchorIndex, ImageEmbedder?, TextEmbedder?) {
         let loaded = try AnchorIndex(path: index, verify: !noVerify)
-        let locator = ModelLocator.fromEnvironment()
+        let locator = hub.locator
         let image = needsImages ? try locator.imageEmbedder(imageEncoder) : nil
         let text = needsTexts ? try locator.textEmbedder(textEncoder) : nil
         try loaded.requireEncoders(image: image?.identity, text: text?.identity)
@@ -66,9 +68,11 @@ struct ASIFBuild: ParsableCommand {
     @Option(help: "i/n: embed only the lines numbered i modulo n (merge the shards with `stitch asif merge`).")
     var shard: String?
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
         guard let type = TensorDType(rawValue: dtype.uppercased()), type == .f32 || type == .f16 else { throw ValidationError("--dtype is f32 or f16") }
-        let locator = ModelLocator.fromEnvironment()
+        let locator = hub.locator
         var builder = AnchorIndexBuilder(image: try locator.imageEmbedder(imageEncoder), text: try locator.textEmbedder(textEncoder))
         builder.dtype = type
         if let shard { builder.shard = try parseShard(shard) }

@@ -12,10 +12,18 @@ struct Fetch: ParsableCommand {
     @Option(name: .customLong("file"), help: "A file to fetch; repeat for several.")
     var files: [String] = ["config.json", "model.safetensors"]
 
-    @Option(help: "Branch, tag or commit.")
-    var revision = "main"
+    @OptionGroup var hub: HubOptions
 
     func run() throws {
-        print(try ModelLocator.fromEnvironment().resolve(model, files: files, revision: revision).path)
+        print(try hub.locator.resolve(model, files: files).path)
     }
+}
+
+/// `--revision` for every command that takes models, and the locator it sets.
+struct HubOptions: ParsableArguments {
+    @Option(help: "Branch, tag, commit or refs/pr/N of the hub models given without one (org/name@revision names its own).")
+    var revision: String?
+
+    /// Where models are found: the Hugging Face cache and hub the environment names, at --revision.
+    var locator: ModelLocator { ModelLocator.fromEnvironment().at(revision: revision) }
 }

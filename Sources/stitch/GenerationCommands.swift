@@ -42,8 +42,10 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print a JSON object with the text and token ids.")
     var json = false
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
-        let gpt2 = try GPT2(folder: try ModelLocator.fromEnvironment().resolve(model, files: GPT2.files))
+        let gpt2 = try GPT2(folder: try hub.locator.resolveModel(model, files: GPT2.files))
         let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
         let chosen: DecodingStrategy
         switch strategy {
@@ -123,24 +125,26 @@ struct Caption: ParsableCommand {
     @Flag(help: "Print one JSON object per image.")
     var json = false
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
-        let locator = ModelLocator.fromEnvironment()
+        let locator = hub.locator
         let makeCaption: (RGBImage) throws -> (tokens: [Int], text: String)
         if method == .captioner {
-            let model = try VisionEncoderDecoder(folder: locator.resolve(captioner, files: VisionEncoderDecoder.files))
+            let model = try VisionEncoderDecoder(folder: locator.resolveModel(captioner, files: VisionEncoderDecoder.files))
             let strategy: DecodingStrategy = sample ? .sample(SamplingSettings(temperature: temperature ?? 1, topK: topK, topP: topP, seed: seed))
                 : beams == 1 ? .greedy : .beam(BeamSettings(beams: beams))
             let conditions = StopConditions(maxTokens: maxTokens ?? 15, strings: stop)
             makeCaption = { try model.caption($0, strategy: strategy, stop: conditions) }
         } else if method == .socratic {
-            let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
+            let vision = try CLIP(folder: locator.resolveModel(clip, files: CLIP.files))
             let folder = URL(fileURLWithPath: categories)
             let lists = try SocraticCaptioner.Categories(folder: folder)
             let template = try String(contentsOf: folder.appendingPathComponent("socratic_caption.txt"), encoding: .utf8)
             let socratic = SocraticCaptioner(template: template)
-            let backend = try language.backend(local: lm ?? "gpt2")
+            let backend = try language.backend(local: lm ?? "gpt2", locator: locator)
             let tokens = maxTokens ?? 20
             makeCaption = { image in
                 let result = try socratic.caption(image, clip: vision, backend: backend, categories: lists, candidates: candidates,
@@ -148,8 +152,8 @@ struct Caption: ParsableCommand {
                 return ([], result.ranked.first?.caption ?? "")
             }
         } else {
-            let language = try GPT2(folder: locator.resolve(lm ?? "cambridgeltl/magic_mscoco", files: GPT2.files))
-            let vision = try CLIP(folder: locator.resolve(clip, files: CLIP.files))
+            let language = try GPT2(folder: locator.resolveModel(lm ?? "cambridgeltl/magic_mscoco", files: GPT2.files))
+            let vision = try CLIP(folder: locator.resolveModel(clip, files: CLIP.files))
             let prompt = try language.magicPrompt(title: title)
             guard !prompt.isEmpty else { throw ValidationError("--title is empty") }
             let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)

@@ -27,8 +27,10 @@ struct EmbedImage: ParsableCommand {
     @Argument(help: "JPEG or PNG images; standard input lines when none.")
     var images: [String] = []
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
-        let (folder, kind) = try ModelLocator.fromEnvironment().resolveModel(model)
+        let (folder, kind) = try hub.locator.resolveModel(model)
         let paths = images.isEmpty ? standardInputLines() : images
         switch kind {
         case .clip:
@@ -62,8 +64,10 @@ struct EmbedText: ParsableCommand {
     @Argument(help: "Texts; standard input lines when none.")
     var texts: [String] = []
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
-        let (folder, kind) = try ModelLocator.fromEnvironment().resolveModel(model)
+        let (folder, kind) = try hub.locator.resolveModel(model)
         let inputs = texts.isEmpty ? standardInputLines() : texts
         let embed: ([String]) throws -> Tensor
         switch kind {
@@ -109,8 +113,10 @@ struct Classify: ParsableCommand {
         guard templates.allSatisfy({ $0.contains("{}") }) else { throw ValidationError("every --template needs {} where the label goes") }
     }
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
-        let clip = try CLIP(folder: try ModelLocator.fromEnvironment().resolve(model, files: CLIP.files))
+        let clip = try CLIP(folder: try hub.locator.resolveModel(model, files: CLIP.files))
         let names = labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let labelRows = try clip.labelEmbeddings(names, templates: templates)   // embedded once for all images
         for path in images {

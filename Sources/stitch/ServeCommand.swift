@@ -27,8 +27,10 @@ struct Serve: ParsableCommand {
     @Option(help: "A graph served at POST /graphs/NAME (repeatable): NAME=FILE.yaml.")
     var graph: [String] = []
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
-        let model = try GPT2(folder: ModelLocator.fromEnvironment().resolve(lm, files: GPT2.files))
+        let model = try GPT2(folder: hub.locator.resolveModel(lm, files: GPT2.files))
         _ = try model.requireTokenizer()
         let registry = OperationRegistry.standard()
         var graphs: [String: Graph] = [:]

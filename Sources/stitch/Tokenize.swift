@@ -24,6 +24,8 @@ struct Tokenize: ParsableCommand {
     @Argument(help: "Texts to tokenize; standard input when none.")
     var texts: [String] = []
 
+    @OptionGroup var hub: HubOptions
+
     func run() throws {
         let tokenizer = try load()
         let inputs = texts.isEmpty ? standardInputLines() : texts
@@ -36,7 +38,7 @@ struct Tokenize: ParsableCommand {
     private func load() throws -> any Tokenizer {
         if kind == .clip && model.hasSuffix(".gz") { return try CLIPTokenizer(bpeFile: model) }
         let files: [String] = kind == .wordpiece ? ["vocab.txt"] : ["vocab.json", "merges.txt"]
-        let folder = try ModelLocator.fromEnvironment().resolve(model, files: files)
+        let folder = try hub.locator.resolve(model, files: files)
         switch kind {
         case .gpt2: return try GPT2Tokenizer(folder: folder)
         case .clip: return try CLIPTokenizer(folder: folder)

@@ -19,11 +19,11 @@ struct LanguageModelOptions: ParsableArguments {
     var lmKey: String?
 
     /// The server when one is named (flag or STITCH_LM_BASE_URL), else the local GPT-2 `local`.
-    func backend(local: String) throws -> CompletionBackend {
+    func backend(local: String, locator: ModelLocator) throws -> CompletionBackend {
         if lmUrl != nil || ProcessInfo.processInfo.environment["STITCH_LM_BASE_URL"] != nil {
             return try OpenAICompletionClient.fromEnvironment(baseURL: lmUrl, model: lmModel, apiKey: lmKey)
         }
-        let model = try GPT2(folder: ModelLocator.fromEnvironment().resolve(local, files: GPT2.files))
+        let model = try GPT2(folder: locator.resolveModel(local, files: GPT2.files))
         return LocalCompletionBackend(model: model, name: local)
     }
 }
@@ -39,8 +39,8 @@ struct SceneTextOptions: ParsableArguments {
     @Flag(help: "Contexts without detector tags.")
     var noTags = false
 
-    func describer() throws -> (RGBImage) throws -> String {
-        let model = try VisionEncoderDecoder(folder: ModelLocator.fromEnvironment().resolve(captioner, files: VisionEncoderDecoder.files))
+    func describer(locator: ModelLocator) throws -> (RGBImage) throws -> String {
+        let model = try VisionEncoderDecoder(folder: locator.resolveModel(captioner, files: VisionEncoderDecoder.files))
         let yolox = noTags ? nil : try YOLOX(path: detector)
         return { image in
             let caption = try model.caption(image, strategy: .beam(BeamSettings(beams: 4)), stop: StopConditions(maxTokens: 15)).text
@@ -73,6 +73,7 @@ struct VQA: ParsableCommand {
     @Option(help: "New tokens per answer at most.") var maxTokens = 5
     @OptionGroup var language: LanguageModelOptions
     @OptionGroup var scene: SceneTextOptions
+    @OptionGroup var hub: HubOptions
     @Flag(help: "Print a JSON object with the answer, every candidate and the prompts.") var json = false
 
     func validate() throws {
@@ -80,13 +81,14 @@ struct VQA: ParsableCommand {
     }
 
     func run() throws {
-        let describe = try scene.describer()
+        let locator = hub.locator
+        let describe = try scene.describer(locator: locator)
         let photo = try RGBImage(contentsOf: image)
         let test = PICa.Example(context: try describe(photo), question: question)
         let examples = try pool.map { try Self.loadPool($0, describe: describe) } ?? []
         var groups: [[PICa.Example]] = [[]]
         if !examples.isEmpty && shots > 0 {
-            let vision = try CLIP(folder: ModelLocator.fromEnvironment().resolve(clip, files: CLIP.files))
+            let vision = try CLIP(folder: locator.resolveModel(clip, files: CLIP.files))
             let ranked = PICa.rankExamples(question: try vision.textEmbeddings([question]).row(0), image: try vision.imageEmbeddings([photo]).row(0),
                                            poolQuestions: try vision.textEmbeddings(examples.map(\.example.question)),
                                            poolImages: try Self.imageEmbeddings(examples.map(\.image), clip: vision))
@@ -95,7 +97,7 @@ struct VQA: ParsableCommand {
         }
         let pica = PICa()
         let prompts = groups.map { pica.prompt(examples: $0, test: test) }
-        let result = try PICa.answer(prompts: prompts, backend: try language.backend(local: lm), maxTokens: maxTokens)
+        let result = try PICa.answer(prompts: prompts, backend: try language.backend(local: lm, locator: locator), maxTokens: maxTokens)
         if json {
             try printJSONLine(["answer": result.answer, "context": test.context, "prompts": prompts,
                                "candidates": result.candidates.map { ["answer": $0.answer, "logprob": $0.logprob] as [String: Any] }])

@@ -797,6 +797,28 @@ def make_checkpoint_forms():
         print(f"checkpoint forms of {name}: zip, legacy, 2 shards ({split} + {len(names) - split} tensors)")
 
 
+def make_tiny_magic():
+    """A repository shaped like cambridgeltl/magic_mscoco: a GPT-2 whose vocabulary has MAGiC's two added
+    tokens (added_tokens.json, special_tokens_map.json, tokenizer_config.json) and whose only weights are a
+    pytorch_model.bin with the old causal-mask buffers. Narrow (8 wide) to stay small; vocab.json and
+    merges.txt are GPT-2's, which the tests take from ../shared."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(6)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50259, n_positions=64, n_embd=8, n_layer=1, n_head=2, initializer_range=0.5)).half()
+    folder = out("checkpoints", "tiny-magic", "x")[:-2]
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=False)
+    state = torch.load(os.path.join(folder, "pytorch_model.bin"), weights_only=True)
+    state["transformer.h.0.attn.bias"] = torch.tril(torch.ones(64, 64, dtype=torch.uint8)).view(1, 1, 64, 64)
+    state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4, dtype=torch.float16)
+    torch.save(state, os.path.join(folder, "pytorch_model.bin"))
+    write_json({"<-start_of_text->": 50257, "<-pad->": 50258}, "checkpoints", "tiny-magic", "added_tokens.json")
+    write_json({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<-pad->",
+                "additional_special_tokens": ["<-start_of_text->"]}, "checkpoints", "tiny-magic", "special_tokens_map.json")
+    write_json({"model_max_length": 1024, "tokenizer_class": "GPT2Tokenizer"}, "checkpoints", "tiny-magic", "tokenizer_config.json")
+    print("tiny-magic: GPT-2 with MAGiC's added tokens, pytorch_model.bin only")
+
+
 class _Storage:
     """A storage of a hand-written checkpoint: its key, dtype class and claimed element count."""
     def __init__(self, key, count, kind=None):
@@ -981,5 +1003,6 @@ if __name__ == "__main__":
     make_pica_goldens()
     make_tiny_bert()
     make_checkpoint_forms()
+    make_tiny_magic()
     make_checkpoint_reader_fixtures()
     make_hub_cache()

@@ -1,0 +1,109 @@
+import Foundation
+import StitchImaging
+import StitchModelIO
+import StitchModels
+import StitchTensor
+import StitchTokenizers
+import StitchTestSupport
+import XCTest
+@testable import StitchMethods
+
+/// Every registered model type loaded by hub id (from a loopback hub serving pickled weights, as published
+/// repositories do) gives the same outputs as the same files in a local folder: the listing brings every
+/// tokenizer and processor file the loader reads, such as MAGiC's added_tokens.json.
+final class HubLoadingTests: XCTestCase {
+    var server: LocalHubServer!
+    var root: URL!
+    var locator: ModelLocator!
+    let image = Fixtures.url("images/rgb.jpg")
+
+    override func setUpWithError() throws {
+        server = try LocalHubServer()
+        root = try Fixtures.temporaryFolder()
+        var downloader = HubDownloader(endpoint: server.baseURL)
+        downloader.showProgress = false
+        locator = ModelLocator(cacheRoot: root.appendingPathComponent("hub"), offline: false, downloader: downloader)
+    }
+
+    override func tearDownWithError() throws {
+        server.stop()
+        try? FileManager.default.removeItem(at: root)
+    }
+
+    /// `files` served as `repo`, and the same files linked into a local folder.
+    func publish(_ repo: String, _ files: [String: URL]) throws -> (hubID: String, folder: URL) {
+        let folder = root.appendingPathComponent(repo.replacingOccurrences(of: "/", with: "--"))
+        for (name, source) in files {
+            let link = folder.appendingPathComponent(name)
+            try FileManager.default.createDirectory(at: link.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(at: link, withDestinationURL: source)
+        }
+        try server.addFolder(folder, repo: repo)
+        return (repo, folder)
+    }
+
+    func folderFiles(_ relative: String) -> [String: URL] {
+        let folder = Fixtures.url(relative)
+        return Dictionary(uniqueKeysWithValues: (FileManager.default.subpaths(atPath: folder.path) ?? [])
+            .filter { !$0.hasPrefix("golden") && $0 != "tensor_sums.json" && !$0.hasSuffix("/") }
+            .map { ($0, folder.appendingPathComponent($0)) }
+            .filter { (try? $0.1.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) != true })
+    }
+
+    func gpt2Tokenizer() throws -> [String: URL] {
+        guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
+              let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        return ["vocab.json": vocabulary, "merges.txt": merges]
+    }
+
+    func testEveryModelTypeLoadsTheSameFromTheHubAsFromAFolder() throws {
+        let photo = try RGBImage(contentsOf: image.path)
+        var checked: Set<ModelKind> = []
+
+        // GPT-2 as cambridgeltl/magic_mscoco publishes it: the MAGiC start token comes from added_tokens.json.
+        let magic = try publish("org/magic", folderFiles("checkpoints/tiny-magic").merging(try gpt2Tokenizer()) { a, _ in a })
+        let (magicFolder, magicKind) = try locator.resolveModel(magic.hubID)
+        XCTAssertEqual(magicKind, .gpt2)
+        let fromHub = try GPT2(folder: magicFolder), fromFolder = try GPT2(folder: magic.folder)
+        XCTAssertEqual(try fromHub.magicPrompt(title: nil), [50257], "<-start_of_text->, not <|endoftext|>")
+        XCTAssertEqual(try fromHub.magicPrompt(title: nil), try fromFolder.magicPrompt(title: nil))
+        let stop = StopConditions(maxTokens: 10)
+        XCTAssertEqual(try decode(fromHub, prompt: [50257], strategy: .greedy, stop: stop), try decode(fromFolder, prompt: [50257], strategy: .greedy, stop: stop))
+        checked.insert(magicKind)
+
+        // CLIP with OpenAI's tokenizer file, weights as torch's zip format.
+        guard let bpe = Fixtures.sharedPath("models/tokenizers/bpe_simple_vocab_16e6.txt.gz") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        var clipFiles = folderFiles("checkpoints/tiny-clip/zip")
+        clipFiles[CLIPTokenizer.openAIVocabularyFile] = bpe
+        let clip = try publish("org/clip", clipFiles)
+        let (clipFolder, clipKind) = try locator.resolveModel(clip.hubID)
+        let clipHub = try CLIP(folder: clipFolder), clipLocal = try CLIP(folder: clip.folder)
+        XCTAssertEqual(try clipHub.textEmbeddings(["a photo of a dog"]).scalars, try clipLocal.textEmbeddings(["a photo of a dog"]).scalars)
+        XCTAssertEqual(try clipHub.imageEmbeddings([photo]).scalars, try clipLocal.imageEmbeddings([photo]).scalars)
+        checked.insert(clipKind)
+
+        // The captioner reads preprocessor_config.json, which the hub must bring along.
+        let captioner = try publish("org/captioner", folderFiles("checkpoints/tiny-vit-gpt2/legacy").merging(try gpt2Tokenizer()) { a, _ in a })
+        let captionerFolder = try locator.resolveModel(captioner.hubID, files: VisionEncoderDecoder.files)
+        XCTAssert(FileManager.default.fileExists(atPath: captionerFolder.appendingPathComponent("preprocessor_config.json").path))
+        XCTAssertEqual(try VisionEncoderDecoder(folder: captionerFolder).caption(photo, strategy: .beam(BeamSettings(beams: 3)), stop: stop).tokens,
+                       try VisionEncoderDecoder(folder: captioner.folder).caption(photo, strategy: .beam(BeamSettings(beams: 3)), stop: stop).tokens)
+
+        // A sentence encoder in two shards, with its pooling folder.
+        let bert = try publish("org/bert", folderFiles("checkpoints/tiny-bert/sharded"))
+        let (bertFolder, bertKind) = try locator.resolveModel(bert.hubID)
+        XCTAssertEqual(try SentenceEncoder(folder: bertFolder).encode(["the dog was in the house"]).scalars,
+                       try SentenceEncoder(folder: bert.folder).encode(["the dog was in the house"]).scalars)
+        checked.insert(bertKind)
+
+        // EfficientNet-Lite0's real weights (safetensors).
+        guard let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0") else { throw XCTSkip("needs ../shared/models") }
+        let net = try publish("org/efficientnet", ["config.json": efficientnet.appendingPathComponent("config.json"),
+                                                   "model.safetensors": efficientnet.appendingPathComponent("model.safetensors")])
+        let (netFolder, netKind) = try locator.resolveModel(net.hubID)
+        XCTAssertEqual(try EfficientNetLite(folder: netFolder).features(of: photo).scalars, try EfficientNetLite(folder: net.folder).features(of: photo).scalars)
+        checked.insert(netKind)
+
+        XCTAssertEqual(checked, Set(ModelKind.allCases), "every registered model type is covered")
+    }
+}
