@@ -149,7 +149,7 @@ final class WeightStoreTests: XCTestCase {
         XCTAssertEqual(store.take("a", shape: [2]).scalars, [1, 2])
         XCTAssertNoThrow(try store.finish())
         XCTAssertThrowsError(try WeightStore(folder: folder.appendingPathComponent("nothing"))) { error in
-            XCTAssert("\(error)".contains("no model.safetensors"), "\(error)")
+            XCTAssert("\(error)".contains("no weights in the folder (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin"), "\(error)")
         }
     }
 }
