@@ -277,6 +277,11 @@ public final class PyTorchCheckpoint: TensorFile, @unchecked Sendable {
         guard !overflow, count == 0 || last < elements else {
             throw .invalidModel(file: path, detail: "tensor '\(name)' (shape \(tensor.shape), stride \(tensor.stride), offset \(tensor.offset)) reaches past its storage of \(elements) elements")
         }
+        // Only an overlapping view (stride 0, as expand() makes) has more elements than its storage; weights never are one,
+        // and copying one out could need any amount of memory.
+        guard count <= elements else {
+            throw .invalidModel(file: path, detail: "tensor '\(name)' (shape \(tensor.shape), stride \(tensor.stride)) has more elements than its storage of \(elements): an overlapping view, not weights")
+        }
     }
 }
 

@@ -755,6 +755,58 @@ def copy_model_files(source, target):
             shutil.copyfile(os.path.join(root, name), os.path.join(target, relative))
 
 
+def save_legacy(state, path):
+    """torch.save in the pre-1.6 format. Its storage keys are memory addresses and its storages follow in
+    the keys' sorted order; keys are renumbered in order of first use (same length, so the pickles stay
+    valid) and the storages laid out in that order, so reruns write identical files."""
+    import io
+    import pickle
+    import pickletools
+    import struct
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    data = open(path, "rb").read()
+    stream = io.BytesIO(data)
+    for _ in range(3):   # magic number, protocol version, system information
+        for _ in pickletools.genops(stream):
+            pass
+    kinds = {}
+
+    class Reader(pickle.Unpickler):
+        def persistent_load(self, pid):
+            kinds[pid[2]] = pid[1]
+
+        def find_class(self, module, name):
+            return getattr(torch, name) if name.endswith("Storage") else (lambda *args: None)
+    Reader(stream).load()
+    head_end = stream.tell()
+    keys = pickle.load(stream)
+    blocks, position = {}, stream.tell()
+    for key in keys:
+        count = struct.unpack("<q", data[position:position + 8])[0]
+        size = 8 + count * {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                             "Byte": 1, "Bool": 1}[kinds[key].__name__[:-len("Storage")]]
+        blocks[key], position = data[position:position + size], position + size
+    assert position == len(data)
+
+    def encoded(key):
+        return b"X" + struct.pack("<I", len(key.encode())) + key.encode()
+    order = sorted(keys, key=lambda k: data.index(encoded(k)))
+    head = data[:head_end]
+    for index, key in enumerate(order):
+        head = head.replace(encoded(key), encoded(str(index).zfill(len(key))))
+    tail = pickle.dumps([str(i).zfill(len(k)) for i, k in enumerate(order)], protocol=2) + b"".join(blocks[k] for k in order)
+    with open(path, "wb") as f:
+        f.write(head + tail)
+
+
+def deterministic_zip(path, entries, compression):
+    """A zip archive whose entries carry a fixed timestamp."""
+    import zipfile
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in entries:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, compress_type=compression)
+
+
 def make_checkpoint_forms():
     """Each tiny model as users download published checkpoints: pytorch_model.bin written by
     transformers' save_pretrained (torch's zip format), the same state dict in torch's legacy format,
@@ -776,7 +828,7 @@ def make_checkpoint_forms():
                 state[f"transformer.h.{layer}.attn.bias"] = torch.tril(torch.ones(n, n, dtype=torch.uint8)).view(1, 1, n, n)
                 state[f"transformer.h.{layer}.attn.masked_bias"] = torch.tensor(-1e4, dtype=torch.float16)
             torch.save(state, os.path.join(root, "zip", "pytorch_model.bin"))
-        torch.save(state, os.path.join(root, "legacy", "pytorch_model.bin"), _use_new_zipfile_serialization=False)
+        save_legacy(state, os.path.join(root, "legacy", "pytorch_model.bin"))
         # Two shards split by size, as save_pretrained(max_shard_size=...) names and indexes them.
         names = sorted(k for k in state if not k.endswith("lm_head.weight"))   # tied to the embeddings: shards leave it out
         sizes = [state[k].numel() * state[k].element_size() for k in names]
@@ -848,12 +900,8 @@ def write_torch_zip(path, state, storages):
             return None
     buffer = io.BytesIO()
     Pickler(buffer, protocol=2).dump(state)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("archive/data.pkl", buffer.getvalue())
-        archive.writestr("archive/byteorder", "little")
-        archive.writestr("archive/version", "3\n")
-        for key, data in storages.items():
-            archive.writestr(f"archive/data/{key}", data)
+    deterministic_zip(path, [("archive/data.pkl", buffer.getvalue()), ("archive/byteorder", "little"), ("archive/version", "3\n")]
+                      + [(f"archive/data/{key}", data) for key, data in storages.items()], zipfile.ZIP_STORED)
 
 
 # The file a malicious pickle would create if anything ran it; the Swift tests check it never appears.
@@ -879,12 +927,10 @@ def make_checkpoint_reader_fixtures():
     os.makedirs(folder, exist_ok=True)
     save_torch({k: v.contiguous().clone() for k, v in state.items()}, os.path.join(folder, "expected.safetensors"))
     torch.save(state, os.path.join(folder, "zip.bin"))
-    torch.save(state, os.path.join(folder, "legacy.bin"), _use_new_zipfile_serialization=False)
+    save_legacy(state, os.path.join(folder, "legacy.bin"))
     # The zip form re-packed with deflate, as a user's zip tool might.
-    with zipfile.ZipFile(os.path.join(folder, "zip.bin")) as source, \
-            zipfile.ZipFile(os.path.join(folder, "deflated.bin"), "w", zipfile.ZIP_DEFLATED) as target:
-        for item in source.infolist():
-            target.writestr(item.filename, source.read(item.filename))
+    with zipfile.ZipFile(os.path.join(folder, "zip.bin")) as source:
+        deterministic_zip(os.path.join(folder, "deflated.bin"), [(i.filename, source.read(i.filename)) for i in source.infolist()], zipfile.ZIP_DEFLATED)
 
     hostile = out("checkpoints", "hostile", "x")[:-2]
     os.makedirs(hostile, exist_ok=True)
@@ -898,16 +944,16 @@ def make_checkpoint_reader_fixtures():
             return (eval, (f"__import__('os').system('touch {SIDE_EFFECT}')",))
     torch.save({"weight": SystemCall()}, os.path.join(hostile, "os_system.bin"))
     torch.save({"weight": Evaluation()}, os.path.join(hostile, "builtins_eval.bin"))
-    torch.save({"weight": Evaluation()}, os.path.join(hostile, "builtins_eval_legacy.bin"), _use_new_zipfile_serialization=False)
+    save_legacy({"weight": Evaluation()}, os.path.join(hostile, "builtins_eval_legacy.bin"))
     torch.save({"weight": np.zeros(3, dtype=np.float32)}, os.path.join(hostile, "numpy_array.bin"))
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, os.path.join(hostile, "nested.bin"))
     four = np.arange(4, dtype=np.float32).tobytes()
     write_torch_zip(os.path.join(hostile, "short_storage.bin"), {"weight": _View(_Storage("0", 100), 0, (100,), (1,))}, {"0": four})
     write_torch_zip(os.path.join(hostile, "view_past_storage.bin"), {"weight": _View(_Storage("0", 4), 0, (3,), (2,))}, {"0": four})
     write_torch_zip(os.path.join(hostile, "huge_claim.bin"), {"weight": _View(_Storage("0", 25_000_000_000), 0, (25_000_000_000,), (1,))}, {"0": four})
+    write_torch_zip(os.path.join(hostile, "overlapping_view.bin"), {"weight": _View(_Storage("0", 4), 0, (10 ** 12,), (0,))}, {"0": four})
     write_torch_zip(os.path.join(hostile, "missing_storage.bin"), {"weight": _View(_Storage("7", 4), 0, (4,), (1,))}, {"0": four})
-    with zipfile.ZipFile(os.path.join(hostile, "not_a_checkpoint.bin"), "w") as archive:
-        archive.writestr("notes/readme.txt", "just a zip file\n")
+    deterministic_zip(os.path.join(hostile, "not_a_checkpoint.bin"), [("notes/readme.txt", "just a zip file\n")], zipfile.ZIP_STORED)
     print(f"checkpoint reader fixtures: {len(state)} tensors in 3 encodings, {len(os.listdir(hostile))} hostile files")
 
 

@@ -51,6 +51,7 @@ final class PyTorchCheckpointTests: XCTestCase {
             ("huge_claim.bin", "claims 25000000000 elements"),
             ("view_past_storage.bin", "reaches past its storage of 4 elements"),
             ("missing_storage.bin", "storage '7' has no entry"),
+            ("overlapping_view.bin", "has more elements than its storage of 4"),
             ("not_a_checkpoint.bin", "not a PyTorch checkpoint"),
         ]
         for (file, message) in cases {
