@@ -188,6 +188,13 @@ public struct ModelFiles: Sendable {
     public static let tokenizerAndProcessorFiles = ["added_tokens.json", "special_tokens_map.json", "tokenizer_config.json",
                                                    "tokenizer.json", "preprocessor_config.json", "generation_config.json"]
 
+    /// Config, weights and every tokenizer and processor file a model of any kind may have: what
+    /// `stitch fetch` and `stitch convert` take when they do not know the model's kind.
+    public static let wholeModel = ModelFiles(required: ["config.json"], optional: tokenizerAndProcessorFiles + [
+        "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "tokenizer.model", "bpe_simple_vocab_16e6.txt.gz",
+        "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
+    ])
+
     /// Just config.json: enough to tell which model a repository holds.
     public static let configOnly = ModelFiles(required: ["config.json"], optional: [], weights: false)
 

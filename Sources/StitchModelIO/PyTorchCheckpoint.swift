@@ -274,7 +274,7 @@ public final class PyTorchCheckpoint: TensorFile, @unchecked Sendable {
                 overflow = overflow || step.overflow || sum.overflow
             }
         }
-        guard !overflow, count == 0 || last < elements else {
+        guard !overflow, tensor.offset <= elements, count == 0 || last < elements else {
             throw .invalidModel(file: path, detail: "tensor '\(name)' (shape \(tensor.shape), stride \(tensor.stride), offset \(tensor.offset)) reaches past its storage of \(elements) elements")
         }
         // Only an overlapping view (stride 0, as expand() makes) has more elements than its storage; weights never are one,

@@ -22,14 +22,8 @@ struct Convert: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
-    /// The non-weight files a model folder may hold, fetched for hub ids when the repository has them.
-    static let modelFiles = ModelFiles(required: ["config.json"], optional: ModelFiles.tokenizerAndProcessorFiles + [
-        "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "tokenizer.model",
-        "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
-    ])
-
     func run() throws {
-        let folder = try hub.locator.resolveModel(model, files: Self.modelFiles)
+        let folder = try hub.locator.resolveModel(model, files: .wholeModel)
         let checkpoint = try Checkpoint(folder: folder)
         let target = URL(fileURLWithPath: output)
         if let existing = try? FileManager.default.contentsOfDirectory(atPath: target.path), !existing.isEmpty {

@@ -9,13 +9,14 @@ struct Fetch: ParsableCommand {
     @Argument(help: "A hub id such as openai/clip-vit-base-patch32, or a local folder.")
     var model: String
 
-    @Option(name: .customLong("file"), help: "A file to fetch; repeat for several.")
-    var files: [String] = ["config.json", "model.safetensors"]
+    @Option(name: .customLong("file"), help: "A file to fetch; repeat for several. Without it: config.json, the weights in the form the repository has, and its tokenizer and processor files.")
+    var files: [String] = []
 
     @OptionGroup var hub: HubOptions
 
     func run() throws {
-        print(try hub.locator.resolve(model, files: files).path)
+        let locator = hub.locator
+        print(try (files.isEmpty ? locator.resolveModel(model, files: .wholeModel) : locator.resolve(model, files: files)).path)
     }
 }
 

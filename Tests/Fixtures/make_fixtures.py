@@ -952,6 +952,7 @@ def make_checkpoint_reader_fixtures():
     write_torch_zip(os.path.join(hostile, "view_past_storage.bin"), {"weight": _View(_Storage("0", 4), 0, (3,), (2,))}, {"0": four})
     write_torch_zip(os.path.join(hostile, "huge_claim.bin"), {"weight": _View(_Storage("0", 25_000_000_000), 0, (25_000_000_000,), (1,))}, {"0": four})
     write_torch_zip(os.path.join(hostile, "overlapping_view.bin"), {"weight": _View(_Storage("0", 4), 0, (10 ** 12,), (0,))}, {"0": four})
+    write_torch_zip(os.path.join(hostile, "empty_view_past_storage.bin"), {"weight": _View(_Storage("0", 4), 9, (0, 3), (3, 1))}, {"0": four})
     write_torch_zip(os.path.join(hostile, "missing_storage.bin"), {"weight": _View(_Storage("7", 4), 0, (4,), (1,))}, {"0": four})
     deterministic_zip(os.path.join(hostile, "not_a_checkpoint.bin"), [("notes/readme.txt", "just a zip file\n")], zipfile.ZIP_STORED)
     print(f"checkpoint reader fixtures: {len(state)} tensors in 3 encodings, {len(os.listdir(hostile))} hostile files")
