@@ -9,6 +9,8 @@ public enum TensorDType: String, Sendable {
     case i64 = "I64", i32 = "I32", i16 = "I16", i8 = "I8"
     case u64 = "U64", u32 = "U32", u16 = "U16", u8 = "U8", bool = "BOOL"
 
+    public var isFloatingPoint: Bool { [.f64, .f32, .f16, .bf16, .f8e4m3, .f8e5m2].contains(self) }
+
     var byteSize: Int {
         switch self {
         case .f64, .i64, .u64: return 8

@@ -67,9 +67,10 @@ public final class WeightStore {
         }
     }
 
-    /// Throws every recorded problem, plus the tensors nobody took (unless `ignoreUnused` accepts them).
+    /// Throws every recorded problem, plus the float tensors nobody took (unless `ignoreUnused` accepts them).
     public func finish(ignoreUnused: (String) -> Bool = { _ in false }) throws(ModelIOError) {
-        let unused = fileOf.keys.filter { !used.contains($0) && !ignoreUnused($0) }.sorted()
+        // Integer and boolean tensors are buffers (causal masks, position ids, counters) that checkpoints carry along, never weights.
+        let unused = fileOf.keys.filter { !used.contains($0) && !ignoreUnused($0) && fileOf[$0]!.dtype(of: $0)?.isFloatingPoint != false }.sorted()
         let all = problems + unused.map { "unused tensor '\($0)' (shape \(shape(of: $0)!))" }
         if !all.isEmpty { throw .weightMismatch(source: source, problems: all) }
     }

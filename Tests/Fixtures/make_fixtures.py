@@ -816,6 +816,7 @@ def make_checkpoint_forms():
     import transformers
     for name, architecture in CHECKPOINT_MODELS.items():
         model = getattr(transformers, architecture).from_pretrained(out(name), torch_dtype=torch.float16).eval()
+        model.config._name_or_path = name   # not this machine's path
         root = out("checkpoints", name, "x")[:-2]
         shutil.rmtree(root, ignore_errors=True)
         for form in ["zip", "legacy", "sharded"]:

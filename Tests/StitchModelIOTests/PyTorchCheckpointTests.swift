@@ -36,6 +36,18 @@ final class PyTorchCheckpointTests: XCTestCase {
         XCTAssertFalse(try checkpoint.tensor("transposed").storage.isReadOnly)
     }
 
+    /// Unused integer and boolean tensors are buffers (masks, position ids) and do not fail a load; unused floats do.
+    func testUnusedBuffersAreNotProblems() throws {
+        let checkpoint = try PyTorchCheckpoint(path: views.appendingPathComponent("zip.bin").path)
+        let store = WeightStore(files: [checkpoint], source: "zip.bin")
+        _ = store.take("base", shape: [4, 6])
+        XCTAssertThrowsError(try store.finish()) { error in
+            let message = "\(error)"
+            XCTAssert(message.contains("unused tensor 'half'") && message.contains("unused tensor 'double'"), message)
+            XCTAssertFalse(["'long'", "'byte'", "'bool'", "'int'"].contains { message.contains($0) }, message)
+        }
+    }
+
     /// Pickles that would run code or build anything but tensors are refused, naming the file and the global;
     /// nothing they ask for ever runs.
     func testMaliciousAndBrokenCheckpointsAreNamedErrors() throws {
