@@ -35,8 +35,8 @@ let package = Package(
         .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib"]),
         // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
         .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
-        // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece.
-        .target(name: "StitchTokenizers", dependencies: ["CZlib"]),
+        // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece, SentencePiece (unigram and BPE model files).
+        .target(name: "StitchTokenizers", dependencies: ["StitchModelIO", "CZlib"]),
         // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.

@@ -1019,6 +1019,91 @@ def make_hub_cache():
     print(f"hub cache: {repo} at {commit[:8]} with {len(files)} files")
 
 
+# ---------------------------------------------------------------- SentencePiece
+
+def sentencepiece_training_text():
+    """Captions, prompts, sentences and the tokenizer corpus: enough text for small vocabularies."""
+    with open(out("metrics", "captions.json"), encoding="utf-8") as f:
+        groups = json.load(f)["groups"]
+    lines = [g["candidate"] for g in groups] + [r for g in groups for r in g["references"]]
+    for name in sorted(os.listdir(os.path.join(ROOT, "Prompts"))):
+        with open(os.path.join(ROOT, "Prompts", name), encoding="utf-8") as f:
+            lines += [line for line in f.read().splitlines() if line.strip()]
+    lines += SENTENCES + [t for t in tokenizer_corpus() if t.strip()]
+    return [line.replace("\n", " ") for line in lines]
+
+
+def sentencepiece_test_strings(training):
+    """At least 1,000 strings: the tokenizer corpus, training lines changed in case and punctuation, whitespace
+    runs, code, numbers, emoji and CJK, special-token look-alikes and random code points."""
+    rng = random.Random(20261202)
+    strings = list(tokenizer_corpus())
+    extras = ["</s>", "<unk>", "<s>", "<pad>", "▁", "▁▁x", "a▁b", "  double  spaces  ", "\u3000全角\u3000", "tab\there",
+              "def f(x):\n    return x**2  # square", "for (int i = 0; i < n; ++i) { sum += a[i]; }", "SELECT * FROM t WHERE id=42;",
+              "x = [1, 2, 3]\nprint(x[-1])", "3.14159265358979", "1,234,567.89", "0xDEADBEEF", "+1-555-0100", "2026-12-02T00:11:45Z",
+              "😀😃😄😁", "👨‍👩‍👧", "🇯🇵🇰🇷", "東京タワーは高い", "我爱北京天安门", "한국어를 배워요", "ÀÉÎÕÜ àéîõü", "ＡＢＣ１２３", "ﬁﬂ", "Ⅻ ⅻ ½",
+              "hello</s>world", "<unk> Hey", "Hey <unk>", " leading", "trailing ", "", " ", "\n\n", "a" * 200, "word " * 40]
+    strings += extras
+    while len(strings) < 1100:
+        kind = rng.random()
+        if kind < 0.45:
+            line = rng.choice(training)
+            line = line.upper() if rng.random() < 0.2 else line.title() if rng.random() < 0.2 else line
+            if rng.random() < 0.3:
+                line = line.replace(" ", rng.choice(["  ", " \t ", "   ", "\u00a0"]))
+            strings.append(line + rng.choice(["", ".", "!", "?", "...", " :)", ";", " 42"]))
+        elif kind < 0.75:
+            strings.append(" ".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 8))))
+        else:
+            strings.append("".join(chr(rng.choice([rng.randint(0x20, 0x7E), rng.randint(0xA0, 0x24F), rng.randint(0x3040, 0x30FF),
+                                                   rng.randint(0x4E00, 0x9FFF), rng.randint(0xAC00, 0xD7A3), rng.randint(0x1F300, 0x1F6FF),
+                                                   0x20, 0x20, 0x2581, 0x3000]))
+                                   for _ in range(rng.randint(1, 20))))
+    return strings
+
+
+def make_sentencepiece_goldens():
+    """Three SentencePiece models trained with the sentencepiece library on sentencepiece_training_text():
+    a SigLIP-style unigram (nmt_nfkc, T5's <pad>/</s>/<unk>), a Llama-2-style BPE (byte fallback, identity
+    normalization, no whitespace folding, split digits) and a unigram with user-defined symbols and byte
+    fallback. Goldens: sentencepiece's ids and decoded text for every test string, SiglipTokenizer's ids
+    (and padded to 64), and LlamaTokenizer's ids in its legacy and non-legacy behaviour."""
+    import io
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer, SiglipTokenizer
+    training = sentencepiece_training_text()
+    folder = out("sentencepiece", "x")[:-2]
+    os.makedirs(folder, exist_ok=True)
+    settings = {
+        "siglip": dict(model_type="unigram", vocab_size=1200, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False),
+        "llama": dict(model_type="bpe", vocab_size=700, character_coverage=0.99, byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
+                      remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2,
+                      hard_vocab_limit=False),
+        "symbols": dict(model_type="unigram", vocab_size=700, character_coverage=0.99, byte_fallback=True, user_defined_symbols=["<sep>", "[MASK]", "```", "ab"],
+                        control_symbols=["<ctrl>"], hard_vocab_limit=False),
+    }
+    strings = sentencepiece_test_strings(training)
+    golden = {"strings": strings}
+    for name, options in settings.items():
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(training), model_writer=model,
+                                       num_threads=1, seed_sentencepiece_size=100000, shuffle_input_sentence=False, minloglevel=2, **options)
+        path = os.path.join(folder, f"{name}.model")
+        with open(path, "wb") as f:
+            f.write(model.getvalue())
+        processor = spm.SentencePieceProcessor(model_file=path)
+        ids = [processor.encode(text) for text in strings]
+        golden[name] = {"ids": ids, "decoded": [processor.decode(i) for i in ids], "pieces": processor.get_piece_size()}
+    siglip = SiglipTokenizer(os.path.join(folder, "siglip.model"))
+    golden["siglip_tokenizer"] = {"ids": [siglip(text)["input_ids"] for text in strings],
+                                  "padded": [siglip(text, padding="max_length", max_length=64, truncation=True)["input_ids"] for text in strings[:200]]}
+    for legacy in [True, False]:
+        llama = LlamaTokenizer(os.path.join(folder, "llama.model"), legacy=legacy)
+        golden[f"llama_tokenizer_legacy_{str(legacy).lower()}"] = {"ids": [llama(text)["input_ids"] for text in strings]}
+    write_json(golden, "sentencepiece", "golden.json")
+    print(f"sentencepiece: {len(strings)} strings, models " + ", ".join(f"{n} ({golden[n]['pieces']} pieces)" for n in settings))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1:   # only the named steps, e.g. make_checkpoint_forms
         torch.set_num_threads(1)
@@ -1054,3 +1139,4 @@ if __name__ == "__main__":
     make_tiny_magic()
     make_checkpoint_reader_fixtures()
     make_hub_cache()
+    make_sentencepiece_goldens()
