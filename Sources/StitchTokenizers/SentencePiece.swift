@@ -179,21 +179,27 @@ public struct SentencePieceModel: Sendable {
     public func piece(_ id: Int) -> String? { pieces.indices.contains(id) ? String(decoding: pieces[id].text, as: UTF8.self) : nil }
 
     /// The ids sentencepiece's `encode` gives for `text`.
-    public func encode(_ text: String) -> [Int] {
+    public func encode(_ text: String) -> [Int] { encodePieces(text).map(\.id) }
+
+    /// The pieces sentencepiece's `encode(out_type=str)` gives, with their ids: an unknown character becomes its
+    /// byte pieces (byte fallback) or joins the unknown piece before it.
+    public func encodePieces(_ text: String) -> [(id: Int, piece: [UInt8])] {
         let normalized = normalize(Array(text.utf8))
         let segments = algorithm == .unigram ? unigram(normalized) : bpe(normalized)
-        var ids: [Int] = []
+        var result: [(id: Int, piece: [UInt8])] = []
         var previousUnknown = false
         for (range, id) in segments {
             let unknown = id == unknownID
             if unknown && byteFallback {
-                ids += normalized[range].map { byteIDs[Int($0)] }
-            } else if !(unknown && previousUnknown) {   // a run of unknown pieces is one <unk>
-                ids.append(id)
+                result += normalized[range].map { (byteIDs[Int($0)], pieces[byteIDs[Int($0)]].text) }
+            } else if unknown && previousUnknown {   // a run of unknown pieces is one <unk>
+                result[result.count - 1].piece += normalized[range]
+            } else {
+                result.append((id, Array(normalized[range])))
             }
             previousUnknown = unknown
         }
-        return ids
+        return result
     }
 
     /// The text of `ids` as sentencepiece's `decode` makes it: "▁" as spaces, the first one dropped, byte

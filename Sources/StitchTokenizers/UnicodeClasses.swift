@@ -42,3 +42,33 @@ func contractionLength(_ scalars: [Unicode.Scalar], at i: Int) -> Int? {
     if rest >= 1, "stmd".unicodeScalars.contains(scalars[i + 1]) { return 2 }
     return nil
 }
+
+/// Python's `str` operations that transformers' slow tokenizers apply, with Python's character classes.
+enum PythonText {
+    /// `str.isspace()`: Unicode White_Space plus the separators U+001C...U+001F.
+    static func isSpace(_ scalar: Unicode.Scalar) -> Bool { scalar.properties.isWhitespace || (0x1C...0x1F).contains(scalar.value) }
+
+    /// `str.strip()`, `lstrip()`, `rstrip()` without arguments.
+    static func strip(_ text: Substring, leading: Bool = true, trailing: Bool = true) -> Substring {
+        var scalars = text.unicodeScalars[...]
+        if leading { while let first = scalars.first, isSpace(first) { scalars = scalars.dropFirst() } }
+        if trailing { while let last = scalars.last, isSpace(last) { scalars = scalars.dropLast() } }
+        return Substring(scalars)
+    }
+
+    /// `re.sub(r"\s+", " ", text)`.
+    static func foldWhitespace(_ text: String) -> String {
+        var out = String.UnicodeScalarView()
+        var inRun = false
+        for scalar in text.unicodeScalars {
+            if isSpace(scalar) {
+                if !inRun { out.append(" ") }
+                inRun = true
+            } else {
+                out.append(scalar)
+                inRun = false
+            }
+        }
+        return String(out)
+    }
+}

@@ -9,10 +9,10 @@ struct Tokenize: ParsableCommand {
         abstract: "Print token ids for each text argument, or for each line of standard input.")
 
     enum Kind: String, ExpressibleByArgument, CaseIterable {
-        case gpt2, clip, wordpiece
+        case gpt2, clip, wordpiece, sentencepiece
     }
 
-    @Option(help: "Tokenizer: gpt2 (vocab.json + merges.txt), clip (vocab.json + merges.txt, or a bpe_simple_vocab_16e6.txt.gz file), wordpiece (vocab.txt).")
+    @Option(help: "Tokenizer: gpt2 (vocab.json + merges.txt), clip (vocab.json + merges.txt, or a bpe_simple_vocab_16e6.txt.gz file), wordpiece (vocab.txt), sentencepiece (spiece.model or tokenizer.model with tokenizer_config.json: SigLIP or Llama; or a .model file).")
     var kind: Kind
 
     @Option(help: "Model folder or hub id holding the tokenizer files (or, for clip, the .gz file).")
@@ -36,13 +36,17 @@ struct Tokenize: ParsableCommand {
     }
 
     private func load() throws -> any Tokenizer {
-        if kind == .clip && model.hasSuffix(".gz") { return try CLIPTokenizer(bpeFile: model) }
-        let files: [String] = kind == .wordpiece ? ["vocab.txt"] : ["vocab.json", "merges.txt"]
-        let folder = try hub.locator.resolve(model, files: files)
+        let locator = hub.locator
         switch kind {
-        case .gpt2: return try GPT2Tokenizer(folder: folder)
-        case .clip: return try CLIPTokenizer(folder: folder)
-        case .wordpiece: return try WordPieceTokenizer(folder: folder)
+        case .clip where model.hasSuffix(".gz"): return try CLIPTokenizer(bpeFile: model)
+        case .clip: return try CLIPTokenizer(folder: locator.resolve(model, files: ["vocab.json", "merges.txt"]))
+        case .gpt2: return try GPT2Tokenizer(folder: locator.resolve(model, files: ["vocab.json", "merges.txt"]))
+        case .wordpiece: return try WordPieceTokenizer(folder: locator.resolve(model, files: ["vocab.txt"]))
+        case .sentencepiece where model.hasSuffix(".model"):
+            return try SentencePieceTokenizer(modelFile: model, style: URL(fileURLWithPath: model).lastPathComponent == "spiece.model" ? .siglip : .llama(legacy: true))
+        case .sentencepiece:
+            let files = ModelFiles(required: [], optional: SentencePieceTokenizer.modelFiles + ModelFiles.tokenizerAndProcessorFiles, weights: false)
+            return try SentencePieceTokenizer(folder: locator.resolveModel(model, files: files))
         }
     }
 }

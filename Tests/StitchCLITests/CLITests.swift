@@ -66,6 +66,9 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(piped.output, "a photo of a zebra\nsecond line\n")
         let clipIDs = try stitch(["tokenize", "--kind", "clip", "--model", clip.path, "A photo of a dog."])
         XCTAssertEqual(clipIDs.output, "49406 320 1125 539 320 1929 269 49407\n")
+        // A SentencePiece model file (ids as LlamaTokenizer gives them, see SentencePieceTests).
+        let llama = try stitch(["tokenize", "--kind", "sentencepiece", "--model", Fixtures.url("sentencepiece/llama.model").path, "Hello world 2024 😀"])
+        XCTAssertEqual(llama.output, "1 530 607 531 469 536 271 529 324 530 557 563 557 571 530 598\n", llama.errors)
     }
 
     func testPreprocessWritesPixelsAndRejectsCorruptImages() throws {
