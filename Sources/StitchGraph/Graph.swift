@@ -231,7 +231,7 @@ struct GraphParser {
                     report(value, "'\(argumentName)' must name a component of kind \(kind)", in: name)
                     continue
                 }
-                guard component.kind == kind else {
+                guard registry.componentKinds[component.kind]?.provides == kind else {
                     report(value, "'\(argumentName)' needs a \(kind) component; '\(componentName)' is a \(component.kind)", in: name)
                     continue
                 }

@@ -7,49 +7,52 @@ import StitchRemote
 import StitchTensor
 
 extension OperationRegistry {
-    /// Every component kind and operation Stitch ships: text operations, CLIP and GPT-2 with
-    /// their operations, and MAGiC decoding. Later components and methods register here.
-    public static func standard() -> OperationRegistry {
+    /// Every component kind and operation Stitch ships. Model components are named by the capability the
+    /// operations need (`scorer`, `lm`, `captioner`, `detector`); whichever model type `models` finds in the
+    /// component's folder loads, so any registered type with the capability plugs in. `clip` and `gpt2` are
+    /// the older names of `scorer` and `lm`.
+    public static func standard(models: ModelRegistry = .standard) -> OperationRegistry {
         let registry = OperationRegistry()
-        registry.register(modelKind("clip", files: CLIP.files) { try CLIP(folder: $0) })
-        registry.register(modelKind("gpt2", files: GPT2.files) { try GPT2(folder: $0) })
-        registry.register(modelKind("captioner", files: VisionEncoderDecoder.files) { try VisionEncoderDecoder(folder: $0) })
-        registry.register(asifKind)
-        registry.register(detectorKind)
-        registry.register(completionKind)
+        registry.register(modelKind("scorer", as: (any ImageTextScorer).self, models: models))
+        registry.register(modelKind("lm", as: (any CausalLanguageModel).self, models: models))
+        registry.register(modelKind("captioner", as: (any ImageCaptioner).self, models: models))
+        registry.register(modelKind("detector", as: (any ObjectDetector).self, models: models))
+        registry.register(modelKind("clip", providing: "scorer", as: (any ImageTextScorer).self, models: models))
+        registry.register(modelKind("gpt2", providing: "lm", as: (any CausalLanguageModel).self, models: models))
+        registry.register(asifKind(models: models))
+        registry.register(completionKind(models: models))
         for operation in clipOperations + languageModelOperations + asifOperations + visionOperations + [completeOperation] { registry.register(operation) }
         return registry
     }
 
     /// An ASIF anchor index (`model`: the index file) with the encoders it was built with
     /// (options `image_encoder`, `text_encoder`: folders or hub ids).
-    static let asifKind = ComponentKind("asif", load: { spec in
-        guard let image = spec.options["image_encoder"]?.string, let text = spec.options["text_encoder"]?.string else {
-            throw GraphError.badInput("an asif component needs image_encoder and text_encoder options")
-        }
-        let locator = ModelLocator.fromEnvironment()
-        let component = ASIFComponent(index: try AnchorIndex(path: spec.model), image: try locator.imageEmbedder(image), text: try locator.textEmbedder(text))
-        try component.index.requireEncoders(image: component.image.identity, text: component.text.identity)
-        return component
-    }, identity: { spec in fileIdentity("asif", spec, file: spec.model) })
+    static func asifKind(models: ModelRegistry) -> ComponentKind {
+        ComponentKind("asif", load: { spec in
+            guard let image = spec.options["image_encoder"]?.string, let text = spec.options["text_encoder"]?.string else {
+                throw GraphError.badInput("an asif component needs image_encoder and text_encoder options")
+            }
+            let locator = locator(spec)
+            let component = ASIFComponent(index: try AnchorIndex(path: spec.model), image: try models.imageEncoder(image, locator: locator),
+                                          text: try models.textEncoder(text, locator: locator))
+            try component.index.requireEncoders(image: component.image.identity, text: component.text.identity)
+            return component
+        }, identity: { spec in fileIdentity("asif", spec, file: spec.model) })
+    }
 
-    /// YOLOX-Nano (`model`: its folder with the .onnx file and coco_labels.txt, or the .onnx file).
-    static let detectorKind = ComponentKind("detector", load: { spec in try YOLOX(path: spec.model) },
-                                            identity: { spec in fileIdentity("detector", spec, file: YOLOX.modelFile(spec.model) ?? spec.model) })
-
-    /// A language model for `lm_complete`: the local GPT-2 `model`, or with option `url` an
+    /// A language model for `lm_complete`: a local causal LM `model`, or with option `url` an
     /// OpenAI-compatible server (option `model` its model name; the key from STITCH_LM_API_KEY or OPENAI_API_KEY).
-    static let completionKind: ComponentKind = {
-        let local = modelKind("completion", files: GPT2.files) { folder in
-            CompletionComponent(LocalCompletionBackend(model: try GPT2(folder: folder), name: folder.lastPathComponent))
-        }
+    static func completionKind(models: ModelRegistry) -> ComponentKind {
+        let local = modelKind("completion", as: (any CausalLanguageModel).self, models: models)
         return ComponentKind("completion", load: { spec in
-            guard let url = spec.options["url"]?.string else { return try local.load(spec) }
+            guard let url = spec.options["url"]?.string else {
+                return CompletionComponent(LocalCompletionBackend(model: try local.load(spec) as! any CausalLanguageModel, name: spec.model))
+            }
             return CompletionComponent(try OpenAICompletionClient.fromEnvironment(baseURL: url, model: spec.options["model"]?.string ?? spec.model, apiKey: nil))
         }, identity: { spec in
             spec.options["url"]?.string.map { "completion:\($0):\(spec.options["model"]?.string ?? spec.model)" } ?? local.identity(spec)
         })
-    }()
+    }
 
     static let completeOperation = Operation(
         "lm_complete", "Complete a prompt with a completion component (local or a server): temperature 0 is greedy.",
@@ -64,27 +67,30 @@ extension OperationRegistry {
         return .object(["text": .string(completion.text), "logprob": .number(completion.totalLogprob)])
     }
 
-    /// A component read from one local file, identified by its path, size and modification date.
+    /// A component read from local files (one file, or every file of a folder), identified by their paths, sizes and modification dates.
     static func fileIdentity(_ kind: String, _ spec: ComponentSpec, file: String) -> String {
-        let attributes = (try? FileManager.default.attributesOfItem(atPath: file)) ?? [:]
-        let stamp = "\((attributes[.size] as? NSNumber)?.intValue ?? 0):\((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
-        return "\(kind):\(URL(fileURLWithPath: file).standardizedFileURL.path):\(stamp):\(Value.object(spec.options).canonicalJSON)"
+        let children = (try? FileManager.default.contentsOfDirectory(atPath: file))?.sorted().map { (file as NSString).appendingPathComponent($0) }
+        let stamps = (children ?? [file]).map { path in
+            let attributes = (try? FileManager.default.attributesOfItem(atPath: path)) ?? [:]
+            return "\(URL(fileURLWithPath: path).standardizedFileURL.path):\((attributes[.size] as? NSNumber)?.intValue ?? 0):\((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
+        }
+        return "\(kind):\(stamps.joined(separator: ",")):\(Value.object(spec.options).canonicalJSON)"
     }
 
     static let visionOperations: [Operation] = [
-        Operation("caption", "A caption of the image by a ViT-GPT2 captioner: strategy beam (default), greedy or sample.",
+        Operation("caption", "A caption of the image by a captioner (ViT-GPT2): strategy beam (default), greedy or sample.",
                   arguments: [.component("captioner", kind: "captioner"), .value("image", .image),
                               .value("max_tokens", .number, default: .number(15)), .value("strategy", .text, default: .string("beam"))]
                       + decodingArguments, output: .text) { input in
-            let captioner = try input.component("captioner", as: VisionEncoderDecoder.self)
+            let captioner = try input.component("captioner", as: (any ImageCaptioner).self)
             let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
             return .string(try captioner.caption(RGBImage(contentsOf: input.text("image")), strategy: decodingStrategy(input), stop: stop).text)
         },
-        Operation("detect", "Objects in the image (YOLOX-Nano, COCO classes): `tags`, the distinct labels best first joined by \", \", and every detection.",
+        Operation("detect", "Objects in the image (a detector such as YOLOX-Nano): `tags`, the distinct labels best first joined by \", \", and every detection.",
                   arguments: [.component("detector", kind: "detector"), .value("image", .image),
                               .value("threshold", .number, default: .number(0.3)), .value("nms", .number, default: .number(0.45))],
                   output: .record(["tags": .text, "detections": .json])) { input in
-            let detector = try input.component("detector", as: YOLOX.self)
+            let detector = try input.component("detector", as: (any ObjectDetector).self)
             let detections = try detector.detect(RGBImage(contentsOf: input.text("image")), threshold: Float(try input.number("threshold")),
                                                  nmsThreshold: Float(try input.number("nms")))
             var labels: [String] = []
@@ -128,10 +134,10 @@ extension OperationRegistry {
 /// An anchor index with its two encoders, as graphs hold it.
 final class ASIFComponent: @unchecked Sendable {
     let index: AnchorIndex
-    let image: ImageEmbedder
-    let text: TextEmbedder
+    let image: AnchorEncoder<RGBImage>
+    let text: AnchorEncoder<String>
 
-    init(index: AnchorIndex, image: ImageEmbedder, text: TextEmbedder) {
+    init(index: AnchorIndex, image: AnchorEncoder<RGBImage>, text: AnchorEncoder<String>) {
         self.index = index
         self.image = image
         self.text = text
@@ -140,34 +146,41 @@ final class ASIFComponent: @unchecked Sendable {
 
 extension OperationRegistry {
 
-    /// A component kind loaded from a model folder or hub id (through the Hugging Face cache; option
-    /// `revision` picks a branch, tag, commit or refs/pr/N), identified by its checkpoint and options.
-    static func modelKind(_ name: String, files: ModelFiles, load: @escaping @Sendable (URL) throws -> AnyObject) -> ComponentKind {
-        let resolve: @Sendable (ComponentSpec) throws -> URL = { spec in
-            try ModelLocator.fromEnvironment().at(revision: spec.options["revision"]?.string).resolveModel(spec.model, files: files)
-        }
-        return ComponentKind(name, load: { try load(resolve($0)) }, identity: { spec in
-            guard let folder = try? resolve(spec), let checkpoint = try? Checkpoint(folder: folder) else { return "\(name):\(spec.model)" }
+    /// Where a component's models are found: the environment's Hugging Face cache and hub, at option `revision`.
+    static func locator(_ spec: ComponentSpec) -> ModelLocator {
+        ModelLocator.fromEnvironment().at(revision: spec.options["revision"]?.string)
+    }
+
+    /// A component kind whose `model` (a folder or hub id) is loaded by the model type its config names, and must
+    /// have `capability`; identified by its checkpoint and options.
+    static func modelKind<Capable>(_ name: String, providing: String? = nil, as capability: Capable.Type, models: ModelRegistry) -> ComponentKind {
+        ComponentKind(name, provides: providing, load: { spec in
+            let loaded = try models.load(spec.model, locator: locator(spec))
+            _ = try ModelRegistry.require(loaded, spec: spec.model, as: capability)
+            return loaded.object
+        }, identity: { spec in
+            guard let folder = try? models.folder(spec.model, locator: locator(spec)) else { return "\(name):\(spec.model)" }
+            guard let checkpoint = try? Checkpoint(folder: folder) else { return fileIdentity(name, spec, file: folder.path) }   // e.g. an ONNX detector
             return "\(name):\(checkpoint.identity):\(Value.object(spec.options).canonicalJSON)"
         })
     }
 
     static let clipOperations: [Operation] = [
         Operation("clip_embed_image", "CLIP's unit-length embedding of an image.",
-                  arguments: [.component("clip", kind: "clip"), .value("image", .image)], output: .json) { input in
-            let clip = try input.component("clip", as: CLIP.self)
+                  arguments: [.component("clip", kind: "scorer"), .value("image", .image)], output: .json) { input in
+            let clip = try input.component("clip", as: (any ImageTextScorer).self)
             return .array(try clip.imageEmbeddings([RGBImage(contentsOf: input.text("image"))]).scalars.map { .number(Double($0)) })
         },
         Operation("clip_embed_text", "CLIP's unit-length embedding of a text.",
-                  arguments: [.component("clip", kind: "clip"), .value("text", .text)], output: .json) { input in
-            let clip = try input.component("clip", as: CLIP.self)
+                  arguments: [.component("clip", kind: "scorer"), .value("text", .text)], output: .json) { input in
+            let clip = try input.component("clip", as: (any ImageTextScorer).self)
             return .array(try clip.textEmbeddings([input.text("text")]).scalars.map { .number(Double($0)) })
         },
         Operation("clip_classify", "CLIP zero-shot classification: the best label and every label's probability.",
-                  arguments: [.component("clip", kind: "clip"), .value("image", .image), .value("labels", .texts),
+                  arguments: [.component("clip", kind: "scorer"), .value("image", .image), .value("labels", .texts),
                               .value("templates", .texts, default: .array([.string("a photo of a {}.")]))],
                   output: .record(["label": .text, "probabilities": .json])) { input in
-            let clip = try input.component("clip", as: CLIP.self)
+            let clip = try input.component("clip", as: (any ImageTextScorer).self)
             let labels = try input.texts("labels")
             let probabilities = try clip.classify([RGBImage(contentsOf: input.text("image"))], labels: labels, templates: input.texts("templates")).scalars
             let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] } ?? 0
@@ -175,9 +188,9 @@ extension OperationRegistry {
                             "probabilities": .object(Dictionary(zip(labels, probabilities.map { .number(Double($0)) }), uniquingKeysWith: { a, _ in a }))])
         },
         Operation("clip_rank", "Texts ranked by CLIP similarity to an image, best first, with their logits.",
-                  arguments: [.component("clip", kind: "clip"), .value("image", .image), .value("texts", .texts)],
+                  arguments: [.component("clip", kind: "scorer"), .value("image", .image), .value("texts", .texts)],
                   output: .record(["texts": .texts, "scores": .json])) { input in
-            let clip = try input.component("clip", as: CLIP.self)
+            let clip = try input.component("clip", as: (any ImageTextScorer).self)
             let texts = try input.texts("texts")
             let ranked = try clip.rank(texts, for: RGBImage(contentsOf: input.text("image")))
             return .object(["texts": .array(ranked.map { .string(texts[$0.index]) }), "scores": .array(ranked.map { .number(Double($0.logit)) })])
@@ -206,31 +219,30 @@ extension OperationRegistry {
 
     static let languageModelOperations: [Operation] = [
         Operation("lm_generate", "Continue a prompt: strategy greedy, sample, beam or contrastive.",
-                  arguments: [.component("lm", kind: "gpt2"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
+                  arguments: [.component("lm", kind: "lm"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
                               .value("strategy", .text, default: .string("greedy"))] + decodingArguments, output: .text) { input in
-            let lm = try input.component("lm", as: GPT2.self)
+            let lm = try input.component("lm", as: (any CausalLanguageModel).self)
             let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
             let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), strategy: decodingStrategy(input), stop: stop)
             return .string(try stop.text(of: tokens, model: lm))
         },
         Operation("lm_score", "Total log-probability of `continuation` after `prompt`.",
-                  arguments: [.component("lm", kind: "gpt2"), .value("prompt", .text), .value("continuation", .text)], output: .number) { input in
-            let lm = try input.component("lm", as: GPT2.self)
+                  arguments: [.component("lm", kind: "lm"), .value("prompt", .text), .value("continuation", .text)], output: .number) { input in
+            let lm = try input.component("lm", as: (any CausalLanguageModel).self)
             let prompt = try lm.promptTokens(input.text("prompt"))
             return .number(Double(try lm.logProbabilities(of: lm.encode(input.text("continuation")), after: prompt).reduce(0, +)))
         },
         Operation("magic_decode", "MAGiC: a caption (or, with a title, a story) guided by CLIP towards the image.",
-                  arguments: [.component("lm", kind: "gpt2"), .component("clip", kind: "clip"), .value("image", .image),
+                  arguments: [.component("lm", kind: "lm"), .component("clip", kind: "scorer"), .value("image", .image),
                               .value("k", .number, default: .number(45)), .value("alpha", .number, default: .number(0.1)),
                               .value("beta", .number, default: .number(2.0)), .value("max_tokens", .number, default: .number(16)),
                               .value("title", .text, default: .string("")), .value("stop", .texts, default: .array([]))],
                   output: .record(["text": .text, "tokens": .json])) { input in
-            let lm = try input.component("lm", as: GPT2.self), clip = try input.component("clip", as: CLIP.self)
+            let lm = try input.component("lm", as: (any CausalLanguageModel).self), clip = try input.component("clip", as: (any ImageTextScorer).self)
             let title = try input.text("title")
-            let prompt = try lm.magicPrompt(title: title.isEmpty ? nil : title)
             let settings = ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"))
-            let caption = try MagicCaptioner(lm: lm, clip: clip).caption(RGBImage(contentsOf: input.text("image")), prompt: prompt, settings: settings,
-                                                                         stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))
+            let caption = try magicCaption(lm, scorer: clip, image: RGBImage(contentsOf: input.text("image")), title: title.isEmpty ? nil : title, settings: settings,
+                                           stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))
             return .object(["text": .string(caption.text), "tokens": .array(caption.tokens.map { .number(Double($0)) })])
         },
     ]

@@ -80,12 +80,16 @@ public struct Operation: Sendable {
 /// How a component kind loads (once per run) and what identifies its weights in cache keys.
 public struct ComponentKind: Sendable {
     public let name: String
+    /// The kind operations ask for that this one provides: itself, or for an old name (`clip`) the capability (`scorer`).
+    public let provides: String
     public let load: @Sendable (ComponentSpec) throws -> AnyObject
-    /// Changes whenever the loaded model would: e.g. the resolved folder and its weights' size and date.
+    /// Changes whenever the loaded model would: e.g. the resolved checkpoint's identity and the options.
     public let identity: @Sendable (ComponentSpec) -> String
 
-    public init(_ name: String, load: @escaping @Sendable (ComponentSpec) throws -> AnyObject, identity: @escaping @Sendable (ComponentSpec) -> String) {
+    public init(_ name: String, provides: String? = nil, load: @escaping @Sendable (ComponentSpec) throws -> AnyObject,
+                identity: @escaping @Sendable (ComponentSpec) -> String) {
         self.name = name
+        self.provides = provides ?? name
         self.load = load
         self.identity = identity
     }

@@ -4,62 +4,30 @@ import StitchModelIO
 import StitchModels
 import StitchTensor
 
-/// An encoder of images into unit-length rows, with a name that identifies its weights.
-public struct ImageEmbedder: Sendable {
+/// An encoder of inputs into unit-length rows, with the identity of its weights (ASIF indexes record it).
+public struct AnchorEncoder<Input>: Sendable {
     public let identity: String
-    public let embed: @Sendable ([RGBImage]) throws -> Tensor
+    public let embed: @Sendable ([Input]) throws -> Tensor
 }
 
-/// An encoder of texts into unit-length rows, with a name that identifies its weights.
-public struct TextEmbedder: Sendable {
-    public let identity: String
-    public let embed: @Sendable ([String]) throws -> Tensor
-}
-
-extension ModelLocator {
-    /// An image encoder from a model folder or hub id: CLIP's image tower or EfficientNet-Lite features.
-    public func imageEmbedder(_ spec: String) throws -> ImageEmbedder {
-        let (folder, kind) = try resolveModel(spec)
-        let identity = Self.identity(kind, folder)
-        switch kind {
-        case .clip:
-            let clip = try CLIP(folder: folder)
-            return ImageEmbedder(identity: identity) { try clip.imageEmbeddings($0) }
-        case .efficientNet:
-            let network = try EfficientNetLite(folder: folder)
-            return ImageEmbedder(identity: identity) { images in
-                var features = concatenate(try images.map { try network.features(of: $0).reshaped([1, -1]) }, axis: 0)
-                l2NormalizeRows(&features)
-                return features
-            }
-        default:
-            throw ModelError.invalidInput(model: spec, detail: "\(kind.rawValue) is not an image encoder (use CLIP or EfficientNet-Lite)")
-        }
+extension ModelRegistry {
+    /// ASIF's image side: any model that embeds images (CLIP's image tower, EfficientNet-Lite features).
+    public func imageEncoder(_ spec: String, locator: ModelLocator) throws -> AnchorEncoder<RGBImage> {
+        let loaded = try load(spec, locator: locator)
+        let model = try Self.require(loaded, spec: spec, as: (any ImageEmbedder).self)
+        return AnchorEncoder(identity: Self.identity(loaded)) { try model.imageEmbeddings($0) }
     }
 
-    /// A text encoder from a model folder or hub id: CLIP's text tower or a sentence encoder.
-    public func textEmbedder(_ spec: String) throws -> TextEmbedder {
-        let (folder, kind) = try resolveModel(spec)
-        let identity = Self.identity(kind, folder)
-        switch kind {
-        case .clip:
-            let clip = try CLIP(folder: folder)
-            return TextEmbedder(identity: identity) { try clip.textEmbeddings($0) }
-        case .sentenceEncoder:
-            let encoder = try SentenceEncoder(folder: folder)
-            return TextEmbedder(identity: identity) { texts in
-                var embeddings = try encoder.encode(texts)
-                l2NormalizeRows(&embeddings)
-                return embeddings
-            }
-        default:
-            throw ModelError.invalidInput(model: spec, detail: "\(kind.rawValue) is not a text encoder (use CLIP or a sentence encoder)")
-        }
+    /// ASIF's text side: any model that embeds texts (CLIP's text tower, a sentence encoder).
+    public func textEncoder(_ spec: String, locator: ModelLocator) throws -> AnchorEncoder<String> {
+        let loaded = try load(spec, locator: locator)
+        let model = try Self.require(loaded, spec: spec, as: (any TextEmbedder).self)
+        return AnchorEncoder(identity: Self.identity(loaded)) { try model.textEmbeddings($0) }
     }
 
-    /// The model kind and its checkpoint's identity: stable when a folder moves, different for other weights.
-    static func identity(_ kind: ModelKind, _ folder: URL) -> String {
-        "\(kind.rawValue):" + ((try? Checkpoint(folder: folder).identity) ?? folder.standardizedFileURL.lastPathComponent)
+    /// The model type and its checkpoint's identity: stable when a folder moves, different for other weights.
+    static func identity(_ loaded: LoadedModel) -> String {
+        "\(loaded.type.name):" + ((try? Checkpoint(folder: loaded.folder).identity) ?? loaded.folder.standardizedFileURL.lastPathComponent)
     }
 }
 
@@ -68,13 +36,13 @@ extension ModelLocator {
 /// build resumes where it stopped; `shard` (i, n) takes the lines numbered i modulo n, and the
 /// shards' indexes can be merged.
 public struct AnchorIndexBuilder {
-    public let image: ImageEmbedder
-    public let text: TextEmbedder
+    public let image: AnchorEncoder<RGBImage>
+    public let text: AnchorEncoder<String>
     public var batchSize = 16
     public var dtype: TensorDType = .f32
     public var shard: (index: Int, count: Int) = (0, 1)
 
-    public init(image: ImageEmbedder, text: TextEmbedder) {
+    public init(image: AnchorEncoder<RGBImage>, text: AnchorEncoder<String>) {
         self.image = image
         self.text = text
     }

@@ -164,7 +164,7 @@ extension AnchorIndex {
 
     /// Zero-shot scores [images, labels]: each label in every template ("{}" marks the label),
     /// scores averaged over the templates.
-    public func classify(images: Tensor, labels: [String], templates: [String], text: TextEmbedder, settings: ASIFSettings) throws -> Tensor {
+    public func classify(images: Tensor, labels: [String], templates: [String], text: AnchorEncoder<String>, settings: ASIFSettings) throws -> Tensor {
         let prompts = labels.flatMap { label in templates.map { $0.replacingOccurrences(of: "{}", with: label) } }
         let all = try scores(images: images, texts: try text.embed(prompts), settings: settings)   // [images, labels * templates]
         var out = Tensor(zeros: [images.shape[0], labels.count])

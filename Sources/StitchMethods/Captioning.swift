@@ -2,7 +2,7 @@ import Foundation
 import StitchImaging
 import StitchModels
 
-extension VisionEncoderDecoder {
+extension ImageCaptioner {
     /// A caption of `image`: the decoder, conditioned on it, continues the start token by `strategy`.
     /// The text is up to the end token, trimmed, as transformers' batch_decode(skip_special_tokens) and strip().
     public func caption(_ image: RGBImage, strategy: DecodingStrategy, stop: StopConditions) throws -> (tokens: [Int], text: String) {

@@ -46,19 +46,20 @@ public protocol CompletionBackend: Sendable {
     func complete(_ request: CompletionRequest) throws -> [Completion]
 }
 
-/// GPT-2 running in this process. Prompts longer than its context minus max_tokens keep their last tokens.
+/// A causal language model running in this process. Prompts longer than its context minus max_tokens keep their last tokens.
 public struct LocalCompletionBackend: CompletionBackend {
-    public let model: GPT2
+    public let model: any CausalLanguageModel
     public let name: String
 
-    public init(model: GPT2, name: String) {
+    public init(model: any CausalLanguageModel, name: String) {
         self.model = model
         self.name = name
     }
 
-    public func complete(_ request: CompletionRequest) throws -> [Completion] {
+    public func complete(_ request: CompletionRequest) throws -> [Completion] { try complete(request, with: model) }
+
+    private func complete<Model: CausalLanguageModel>(_ request: CompletionRequest, with model: Model) throws -> [Completion] {
         guard request.count >= 1, request.maxTokens >= 0 else { throw CompletionError.invalidRequest("n must be at least 1 and max_tokens at least 0") }
-        let tokenizer = try model.requireTokenizer()
         guard request.maxTokens < model.contextLength else {
             throw CompletionError.invalidRequest("max_tokens \(request.maxTokens) leaves no room for the prompt in the context of \(model.contextLength)")
         }
@@ -80,7 +81,7 @@ public struct LocalCompletionBackend: CompletionBackend {
             }
             guard request.logprobs else { return Completion(text: text, finishReason: finish) }
             let logprobs = generated.isEmpty ? [] : try model.logProbabilities(of: generated, after: prompt).map(Double.init)
-            return Completion(text: text, tokens: generated.map { tokenizer.decode([$0]) }, tokenLogprobs: logprobs, finishReason: finish)
+            return Completion(text: text, tokens: try generated.map { try model.decode([$0]) }, tokenLogprobs: logprobs, finishReason: finish)
         }
     }
 }

@@ -2,9 +2,9 @@ import Foundation
 import StitchImaging
 import StitchModels
 
-/// Socratic-model captioning (Zeng et al. 2022): CLIP ranks place categories, object categories,
-/// image types and people counts zero-shot; the best fill a prompt template; a language model
-/// samples candidate captions from it; CLIP re-ranks the candidates against the image.
+/// Socratic-model captioning (Zeng et al. 2022): an image-text scorer (CLIP) ranks place categories, object
+/// categories, image types and people counts zero-shot; the best fill a prompt template; a language model
+/// samples candidate captions from it; the scorer re-ranks the candidates against the image.
 public struct SocraticCaptioner: Sendable {
     public struct Categories: Sendable {
         public var places, objects, imageTypes, people: [String]
@@ -49,9 +49,9 @@ public struct SocraticCaptioner: Sendable {
     }
 
     /// CLIP's zero-shot view of the image: the best type and people count, the best `places` places and `objects` objects.
-    public func scene(of image: RGBImage, clip: CLIP, categories: Categories) throws -> Scene {
+    public func scene(of image: RGBImage, scorer: any ImageTextScorer, categories: Categories) throws -> Scene {
         func ranked(_ labels: [String], _ template: String, _ count: Int) throws -> [String] {
-            let probabilities = try clip.classify([image], labels: labels, templates: [template]).scalars
+            let probabilities = try scorer.classify([image], labels: labels, templates: [template]).scalars
             return Array(labels.indices.sorted { probabilities[$0] > probabilities[$1] || (probabilities[$0] == probabilities[$1] && $0 < $1) }
                 .prefix(count).map { labels[$0] })
         }
@@ -61,13 +61,13 @@ public struct SocraticCaptioner: Sendable {
 
     /// Samples `candidates` captions from the prompt (one line each, up to `maxTokens`) and returns them ranked by CLIP's
     /// image-text logit, best first; empty candidates are dropped.
-    public func caption(_ image: RGBImage, clip: CLIP, backend: CompletionBackend, categories: Categories, candidates: Int = 10,
+    public func caption(_ image: RGBImage, scorer: any ImageTextScorer, backend: CompletionBackend, categories: Categories, candidates: Int = 10,
                         temperature: Double = 0.9, maxTokens: Int = 20, seed: UInt64 = 0) throws -> (prompt: String, ranked: [(caption: String, score: Float)]) {
-        let prompt = prompt(try scene(of: image, clip: clip, categories: categories))
+        let prompt = prompt(try scene(of: image, scorer: scorer, categories: categories))
         let texts = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: temperature, count: candidates,
                                                           stop: ["\n"], seed: seed))
             .map { $0.text.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
         guard !texts.isEmpty else { return (prompt, []) }
-        return (prompt, try clip.rank(texts, for: image).map { (texts[$0.index], $0.logit) })
+        return (prompt, try scorer.rank(texts, for: image).map { (texts[$0.index], $0.logit) })
     }
 }

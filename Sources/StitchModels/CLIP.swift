@@ -106,7 +106,7 @@ public struct CLIPTextCache: Sendable {
 /// CLIP (transformers CLIPModel): a ViT image tower and a causal text tower
 /// projected into one embedding space. Loads any CLIPModel folder
 /// (openai/clip-vit-base-patch32, -patch16, -large-patch14, ...).
-public final class CLIP: @unchecked Sendable {
+public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecked Sendable {
     public let config: CLIPConfig
     /// Absent when the folder has no vocab.json / merges.txt: token ids can still be embedded.
     public let tokenizer: CLIPTokenizer?
@@ -258,12 +258,11 @@ public final class CLIP: @unchecked Sendable {
         return ids.firstIndex(of: config.endTokenID) ?? 0
     }
 
-    /// Unit-length text embeddings [batch, projectionDim].
-    public func textEmbeddings(_ texts: [String]) throws -> Tensor {
-        var features = try textFeatures(tokenize(texts))
-        l2NormalizeRows(&features)
-        return features
-    }
+    /// Projected text features [texts, projectionDim], not normalised.
+    public func textFeatures(of texts: [String]) throws -> Tensor { try textFeatures(tokenize(texts)) }
+
+    /// Text features for MAGiC that reuse the cached states of the text kept last step.
+    public func makeIncrementalTextEncoder() -> IncrementalTextEncoder? { CLIPPrefixTextEncoder(clip: self) }
 
     // MARK: images
 
@@ -300,12 +299,8 @@ public final class CLIP: @unchecked Sendable {
         return visualProjection(postLayerNorm(classTokens.reshaped([batch, config.vision.hiddenSize])))
     }
 
-    /// Unit-length image embeddings [batch, projectionDim].
-    public func imageEmbeddings(_ images: [RGBImage]) throws -> Tensor {
-        var features = try imageFeatures(preprocessor.batch(images))
-        l2NormalizeRows(&features)
-        return features
-    }
+    /// Projected image features [images, projectionDim], not normalised.
+    public func imageFeatures(of images: [RGBImage]) throws -> Tensor { try imageFeatures(preprocessor.batch(images)) }
 
     // MARK: similarity
 
@@ -325,38 +320,48 @@ public final class CLIP: @unchecked Sendable {
     }
 
     /// Zero-shot probabilities [images, labels]: softmax over labels of the scaled similarities
-    /// of unit-length image embeddings and label embeddings (`labelEmbeddings`).
+    /// of unit-length image embeddings and label embeddings (no renormalisation).
     public func labelProbabilities(imageEmbeddings: Tensor, labelEmbeddings: Tensor) -> Tensor {
         var probabilities = scaledSimilarities(imageEmbeddings, labelEmbeddings)
         softmaxLastDimension(&probabilities)
         return probabilities
     }
+}
 
-    /// Zero-shot label embeddings: each label in every template, embedded, averaged and renormalised
-    /// (the prompt ensembling of the CLIP paper). Templates contain "{}" where the label goes.
-    public func labelEmbeddings(_ labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
-        let d = config.projectionDim
-        let prompts = labels.flatMap { label in templates.map { $0.replacingOccurrences(of: "{}", with: label) } }
-        let all = try textEmbeddings(prompts).scalars
-        var means = Tensor(zeros: [labels.count, d])
-        means.withUnsafeMutableBufferPointer { out in
-            for (index, value) in all.enumerated() {
-                out[(index / d / templates.count) * d + index % d] += value / Float(templates.count)
-            }
+/// MAGiC's candidate texts through CLIP's causal text tower without repeating shared work: the states of the
+/// text kept last step stay cached, each candidate runs only its differing tail (plus the end token), and
+/// identical texts run once. Equal to `textFeatures(of:)`.
+final class CLIPPrefixTextEncoder: IncrementalTextEncoder {
+    let clip: CLIP
+    private var prefix: CLIPTextCache
+    private var lastTokens: [[Int]] = []
+
+    init(clip: CLIP) {
+        self.clip = clip
+        prefix = clip.makeTextCache()
+    }
+
+    func features(of texts: [String]) throws -> Tensor {
+        lastTokens = try clip.tokenize(texts)
+        var unique: [[Int]: Int] = [:]
+        var sequences: [[Int]] = []
+        let rowOfText = lastTokens.map { sequence in
+            if let row = unique[sequence] { return row }
+            unique[sequence] = sequences.count
+            sequences.append(sequence)
+            return sequences.count - 1
         }
-        l2NormalizeRows(&means)
-        return means
+        let pools = sequences.map(clip.poolPosition)
+        // The pooled position must be computed per text, so it is never part of the shared prefix.
+        let shared = zip(sequences, pools).map { sequence, pool in min(zip(prefix.tokens, sequence).prefix { $0 == $1 }.count, pool) }
+        let features = try clip.textFeatures(tails: zip(sequences, shared).map { Array($0[$1...]) }, sharedLengths: shared,
+                                             poolPositions: zip(pools, shared).map { $0 - $1 }, after: prefix)
+        return concatenate(rowOfText.map { features.rows($0..<$0 + 1) }, axis: 0)
     }
 
-    /// Indices of `texts` ranked by their image-text logit with `image`, best first (ties by index), with the logits.
-    public func rank(_ texts: [String], for image: RGBImage) throws -> [(index: Int, logit: Float)] {
-        let imageFeatures = try imageFeatures(preprocessor.batch([image]))
-        let logits = logits(imageFeatures: imageFeatures, textFeatures: try textFeatures(tokenize(texts))).scalars
-        return texts.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }.map { ($0, logits[$0]) }
-    }
-
-    /// Zero-shot classification: softmax over labels of the image-text logits, [images, labels].
-    public func classify(_ images: [RGBImage], labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
-        labelProbabilities(imageEmbeddings: try imageEmbeddings(images), labelEmbeddings: try labelEmbeddings(labels, templates: templates))
+    func keep(_ index: Int) throws {
+        // Next step's texts all extend this one (up to its last word, which a candidate may continue).
+        let tokens = lastTokens[index]
+        try clip.extendTextCache(&prefix, to: Array(tokens[..<clip.poolPosition(tokens)]))
     }
 }

@@ -6,7 +6,7 @@ import StitchTensor
 /// EfficientNet-Lite0 as in the efficientnet_lite_pytorch package (lukemelas-style
 /// weight names): MBConv blocks without squeeze-excitation, ReLU6, TensorFlow
 /// "SAME" padding, batch norms folded into the convolutions at load time.
-public final class EfficientNetLite: @unchecked Sendable {
+public final class EfficientNetLite: ImageEmbedder, @unchecked Sendable {
     /// The folder's config.json (not a transformers config).
     public struct Config: Decodable, Sendable {
         public let architecture: String
@@ -126,4 +126,11 @@ public final class EfficientNetLite: @unchecked Sendable {
 
     /// Features of an image, preprocessed the ImageNet way.
     public func features(of image: RGBImage) throws -> Tensor { try features(preprocessor(image)) }
+
+    /// Unit-length pooled features [images, featuresDim]: ASIF's image side.
+    public func imageEmbeddings(_ images: [RGBImage]) throws -> Tensor {
+        var pooled = concatenate(try images.map { try features(of: $0).reshaped([1, -1]) }, axis: 0)
+        l2NormalizeRows(&pooled)
+        return pooled
+    }
 }

@@ -210,20 +210,6 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         matmul(hidden, tokenEmbedding, transposeB: true)
     }
 
-    /// Log-probabilities of each token of `continuation` after `prefix` (at least one token).
-    public func logProbabilities(of continuation: [Int], after prefix: [Int]) throws -> [Float] {
-        guard !prefix.isEmpty else { throw ModelError.invalidInput(model: "GPT-2", detail: "the prefix needs at least one token") }
-        guard !continuation.isEmpty else { return [] }
-        var cache = makeCache()
-        let all = prefix + continuation
-        let hidden = try forward([Array(all.dropLast())], cache: &cache)
-        // Only the rows that predict continuation tokens need the LM head.
-        let rows = hidden.row(0).rows(prefix.count - 1..<all.count - 1)
-        var scores = logits(rows)
-        logSoftmaxLastDimension(&scores)
-        return continuation.enumerated().map { i, token in scores[i, token] }
-    }
-
     public var vocabularySize: Int { config.vocabularySize }
     public var endTokenID: Int { config.endTokenID }
     public var contextLength: Int { config.maxPositions }
@@ -233,8 +219,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     /// Token ids of text; throws when the model has no tokenizer.
     public func encode(_ text: String) throws -> [Int] { try requireTokenizer().encode(text) }
 
-    /// Token ids of a prompt; the empty prompt is the end-of-text token, from which GPT-2 starts a text.
-    public func promptTokens(_ text: String) throws -> [Int] { text.isEmpty ? [endTokenID] : try encode(text) }
+    public func tokenID(of token: String) -> Int? { tokenizer?.id(of: token) }
 
     public func requireTokenizer() throws -> GPT2Tokenizer {
         guard let tokenizer else { throw ModelError.invalidInput(model: "GPT-2", detail: "the model folder has no vocab.json / merges.txt for text") }

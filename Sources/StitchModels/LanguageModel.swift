@@ -27,6 +27,10 @@ public protocol CausalLanguageModel: AnyObject, Sendable {
     func logits(_ hidden: Tensor) -> Tensor
     /// The text of generated ids; throws when the model has no tokenizer.
     func decode(_ ids: [Int]) throws -> String
+    /// Token ids of text; throws when the model has no tokenizer.
+    func encode(_ text: String) throws -> [Int]
+    /// The id of one whole token of the vocabulary (added tokens included), if it has it.
+    func tokenID(of token: String) -> Int?
     /// Hidden states [n, d] of n one-token continuations of the single sequence in `cache`.
     func forwardCandidates(_ tokens: [Int], after cache: Cache) throws -> (hidden: Tensor, candidates: Candidates)
     /// Extends `cache` with candidate `row` of `forwardCandidates`.
@@ -34,6 +38,23 @@ public protocol CausalLanguageModel: AnyObject, Sendable {
 }
 
 extension CausalLanguageModel {
+    /// Token ids of a prompt; the empty prompt is the end token, from which a model starts a text.
+    public func promptTokens(_ text: String) throws -> [Int] { text.isEmpty ? [endTokenID] : try encode(text) }
+
+    /// Log-probabilities of each `continuation` token after `prefix` (at least one token).
+    public func logProbabilities(of continuation: [Int], after prefix: [Int]) throws -> [Float] {
+        guard !prefix.isEmpty else { throw ModelError.invalidInput(model: "language model", detail: "the prefix needs at least one token") }
+        guard !continuation.isEmpty else { return [] }
+        var cache = makeCache(batch: 1)
+        let all = prefix + continuation
+        let hidden = try forward([Array(all.dropLast())], cache: &cache)
+        // Only the rows that predict continuation tokens need the LM head.
+        let rows = hidden.row(0).rows(prefix.count - 1..<all.count - 1)
+        var scores = logits(rows)
+        logSoftmaxLastDimension(&scores)
+        return continuation.enumerated().map { i, token in scores[i, token] }
+    }
+
     /// Candidates through n copies of the cache: what models without a shared-prefix path do,
     /// and the reference computation that tests compare the shared path with.
     public func forwardCandidatesByCopying(_ tokens: [Int], after cache: Cache) throws -> (hidden: Tensor, branch: Cache) {

@@ -65,7 +65,7 @@ struct BERTLayer {
 
 /// A sentence-transformers model made of a BERT encoder, mean pooling and
 /// (when modules.json lists it) L2 normalisation: all-MiniLM-L6-v2 and kin.
-public final class SentenceEncoder: @unchecked Sendable {
+public final class SentenceEncoder: TextEmbedder, @unchecked Sendable {
     public let config: BERTConfig
     public let tokenizer: WordPieceTokenizer
     public let normalizes: Bool
@@ -119,6 +119,13 @@ public final class SentenceEncoder: @unchecked Sendable {
 
     /// Sentence embeddings [texts, hiddenSize]: mean of the token states under the attention mask,
     /// L2-normalised when the model's pipeline normalises.
+    /// Unit-length sentence embeddings [texts, hiddenSize]: ASIF's text side.
+    public func textEmbeddings(_ texts: [String]) throws -> Tensor {
+        var embeddings = try encode(texts)
+        l2NormalizeRows(&embeddings)
+        return embeddings
+    }
+
     public func encode(_ texts: [String]) throws -> Tensor {
         let ids = texts.map(tokenizer.encode)
         let length = ids.map(\.count).max() ?? 0

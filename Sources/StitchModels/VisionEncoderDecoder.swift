@@ -32,7 +32,7 @@ public struct VisionEncoderDecoderConfig: Decodable, Sendable {
 /// An image captioner: transformers' VisionEncoderDecoderModel with a ViT encoder and a GPT-2
 /// decoder that cross-attends to the encoder's last hidden states (projected by enc_to_dec_proj
 /// when their widths differ), e.g. nlpconnect/vit-gpt2-image-captioning.
-public final class VisionEncoderDecoder: @unchecked Sendable {
+public final class VisionEncoderDecoder: ImageCaptioner, @unchecked Sendable {
     public let config: VisionEncoderDecoderConfig
     public let encoder: ViT
     public let decoder: GPT2
@@ -103,6 +103,8 @@ public final class ImageConditionedDecoder: CausalLanguageModel, @unchecked Send
     public func forward(_ tokens: [[Int]], cache: inout GPT2Cache) throws -> Tensor { try lm.forward(tokens, cache: &cache) }
     public func logits(_ hidden: Tensor) -> Tensor { lm.logits(hidden) }
     public func decode(_ ids: [Int]) throws -> String { try lm.decode(ids) }
+    public func encode(_ text: String) throws -> [Int] { try lm.encode(text) }
+    public func tokenID(of token: String) -> Int? { lm.tokenID(of: token) }
     public func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
         try lm.forwardCandidates(tokens, after: cache)
     }

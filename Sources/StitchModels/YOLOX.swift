@@ -8,7 +8,7 @@ import StitchTensor
 /// are taken in graph order and checked one by one against the architecture below, which
 /// names each after its PyTorch module. The ONNX file is the complete source: the
 /// `.initializers.safetensors` export beside it lacks the objectness biases.
-public final class YOLOX: @unchecked Sendable {
+public final class YOLOX: ObjectDetector, @unchecked Sendable {
     public static let inputSize = 416
     public static let strides = [8, 16, 32]
     public let labels: [String]
@@ -83,6 +83,14 @@ public final class YOLOX: @unchecked Sendable {
     }
 
     /// The ONNX file `path` names: the file itself, or a folder's only .onnx file (else its yolox_nano.onnx).
+    /// Whether `path` is a YOLOX ONNX file or a folder holding one (and no config.json: that would be another model).
+    @Sendable public static func isModel(_ path: String) -> Bool {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return false }
+        if !isFolder.boolValue { return path.hasSuffix(".onnx") }
+        return !FileManager.default.fileExists(atPath: URL(fileURLWithPath: path).appendingPathComponent("config.json").path) && modelFile(path) != nil
+    }
+
     public static func modelFile(_ path: String) -> String? {
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return nil }

@@ -3,6 +3,7 @@ import Foundation
 import StitchImaging
 import StitchMethods
 import StitchModelIO
+import StitchModels
 import StitchTensor
 
 struct ASIFCommand: ParsableCommand {
@@ -36,11 +37,11 @@ struct ASIFQueryOptions: ParsableArguments {
 
     var settings: ASIFSettings { ASIFSettings(k: k, p: p) }
 
-    func open(needsImages: Bool, needsTexts: Bool) throws -> (AnchorIndex, ImageEmbedder?, TextEmbedder?) {
+    func open(needsImages: Bool, needsTexts: Bool) throws -> (AnchorIndex, AnchorEncoder<RGBImage>?, AnchorEncoder<String>?) {
         let loaded = try AnchorIndex(path: index, verify: !noVerify)
         let locator = hub.locator
-        let image = needsImages ? try locator.imageEmbedder(imageEncoder) : nil
-        let text = needsTexts ? try locator.textEmbedder(textEncoder) : nil
+        let image = needsImages ? try ModelRegistry.standard.imageEncoder(imageEncoder, locator: locator) : nil
+        let text = needsTexts ? try ModelRegistry.standard.textEncoder(textEncoder, locator: locator) : nil
         try loaded.requireEncoders(image: image?.identity, text: text?.identity)
         return (loaded, image, text)
     }
@@ -73,7 +74,8 @@ struct ASIFBuild: ParsableCommand {
     func run() throws {
         guard let type = TensorDType(rawValue: dtype.uppercased()), type == .f32 || type == .f16 else { throw ValidationError("--dtype is f32 or f16") }
         let locator = hub.locator
-        var builder = AnchorIndexBuilder(image: try locator.imageEmbedder(imageEncoder), text: try locator.textEmbedder(textEncoder))
+        var builder = AnchorIndexBuilder(image: try ModelRegistry.standard.imageEncoder(imageEncoder, locator: locator),
+                                         text: try ModelRegistry.standard.textEncoder(textEncoder, locator: locator))
         builder.dtype = type
         if let shard { builder.shard = try parseShard(shard) }
         var bar: ProgressBar?

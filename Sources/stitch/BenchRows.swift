@@ -92,11 +92,12 @@ struct BenchRowWorker: ParsableCommand {
             (measured, note) = (total / 64, "per token, 64 new tokens")
         case .magic:
             // One caption from the image: CLIP image features, then 16 MAGiC steps (the reference's defaults).
-            let captioner = MagicCaptioner(lm: try GPT2(folder: folder(gpt2)), clip: try CLIP(folder: folder(clip)))
+            let clipModel = try CLIP(folder: folder(clip))
+            let captioner = MagicCaptioner(lm: try GPT2(folder: folder(gpt2)), scorer: clipModel)
             let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
             var tokens: [Int] = []
             let seconds = try bestTime(seconds: seconds) {
-                let features = try captioner.clip.imageFeatures(pixels)
+                let features = try clipModel.imageFeatures(pixels)
                 tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: ContrastiveSettings(k: 45, alpha: 0.1, beta: 2.0),
                                                 stop: StopConditions(maxTokens: 16, atEndToken: false))
             }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import StitchModelIO
+import StitchModels
 
 /// Puts a model's files in the Hugging Face cache and prints the folder.
 struct Fetch: ParsableCommand {
@@ -27,4 +28,9 @@ struct HubOptions: ParsableArguments {
 
     /// Where models are found: the Hugging Face cache and hub the environment names, at --revision.
     var locator: ModelLocator { ModelLocator.fromEnvironment().at(revision: revision) }
+
+    /// The model `spec` as a capability (`any ImageTextScorer`, ...), whichever registered type its config names.
+    func load<Capable>(_ spec: String, as capability: Capable.Type) throws -> Capable {
+        try ModelRegistry.standard.load(spec, as: capability, locator: locator)
+    }
 }

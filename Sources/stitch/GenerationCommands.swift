@@ -130,36 +130,33 @@ struct Caption: ParsableCommand {
     func run() throws {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
-        let locator = hub.locator
         let makeCaption: (RGBImage) throws -> (tokens: [Int], text: String)
         if method == .captioner {
-            let model = try VisionEncoderDecoder(folder: locator.resolveModel(captioner, files: VisionEncoderDecoder.files))
+            let model = try hub.load(captioner, as: (any ImageCaptioner).self)
             let strategy: DecodingStrategy = sample ? .sample(SamplingSettings(temperature: temperature ?? 1, topK: topK, topP: topP, seed: seed))
                 : beams == 1 ? .greedy : .beam(BeamSettings(beams: beams))
             let conditions = StopConditions(maxTokens: maxTokens ?? 15, strings: stop)
             makeCaption = { try model.caption($0, strategy: strategy, stop: conditions) }
         } else if method == .socratic {
-            let vision = try CLIP(folder: locator.resolveModel(clip, files: CLIP.files))
+            let vision = try hub.load(clip, as: (any ImageTextScorer).self)
             let folder = URL(fileURLWithPath: categories)
             let lists = try SocraticCaptioner.Categories(folder: folder)
             let template = try String(contentsOf: folder.appendingPathComponent("socratic_caption.txt"), encoding: .utf8)
             let socratic = SocraticCaptioner(template: template)
-            let backend = try language.backend(local: lm ?? "gpt2", locator: locator)
+            let backend = try language.backend(local: lm ?? "gpt2", hub: hub)
             let tokens = maxTokens ?? 20
             makeCaption = { image in
-                let result = try socratic.caption(image, clip: vision, backend: backend, categories: lists, candidates: candidates,
+                let result = try socratic.caption(image, scorer: vision, backend: backend, categories: lists, candidates: candidates,
                                                   temperature: Double(temperature ?? 0.9), maxTokens: tokens, seed: seed)
                 return ([], result.ranked.first?.caption ?? "")
             }
         } else {
-            let language = try GPT2(folder: locator.resolveModel(lm ?? "cambridgeltl/magic_mscoco", files: GPT2.files))
-            let vision = try CLIP(folder: locator.resolveModel(clip, files: CLIP.files))
-            let prompt = try language.magicPrompt(title: title)
-            guard !prompt.isEmpty else { throw ValidationError("--title is empty") }
+            let language = try hub.load(lm ?? "cambridgeltl/magic_mscoco", as: (any CausalLanguageModel).self)
+            let vision = try hub.load(clip, as: (any ImageTextScorer).self)
+            guard title.map({ !$0.isEmpty }) ?? true else { throw ValidationError("--title is empty") }
             let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
             let conditions = StopConditions(maxTokens: maxTokens ?? 16, strings: stop)
-            let captioner = MagicCaptioner(lm: language, clip: vision)
-            makeCaption = { try captioner.caption($0, prompt: prompt, settings: settings, stop: conditions) }
+            makeCaption = { [title] image in try magicCaption(language, scorer: vision, image: image, title: title, settings: settings, stop: conditions) }
         }
         let progress = ProgressBar(total: paths.count, label: "captioning")
         for path in paths {

@@ -19,9 +19,9 @@ func standardInputLines() -> [String] {
 struct EmbedImage: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "embed-image",
-        abstract: "Embed images with CLIP (unit-length projections) or EfficientNet-Lite (pooled features); one JSON line per image.")
+        abstract: "Embed images as unit-length vectors (CLIP's projection, EfficientNet-Lite's pooled features, any image embedder); one JSON line per image.")
 
-    @Option(help: "Model folder or hub id: a CLIP model or EfficientNet-Lite0.")
+    @Option(help: "Model folder or hub id of an image embedder: a CLIP model or EfficientNet-Lite0.")
     var model = "openai/clip-vit-base-patch32"
 
     @Argument(help: "JPEG or PNG images; standard input lines when none.")
@@ -30,22 +30,9 @@ struct EmbedImage: ParsableCommand {
     @OptionGroup var hub: HubOptions
 
     func run() throws {
-        let (folder, kind) = try hub.locator.resolveModel(model)
-        let paths = images.isEmpty ? standardInputLines() : images
-        switch kind {
-        case .clip:
-            let clip = try CLIP(folder: folder)
-            for path in paths {
-                let embedding = try clip.imageEmbeddings([RGBImage(contentsOf: path)])
-                try printJSONLine(["image": path, "embedding": embedding.scalars])
-            }
-        case .efficientNet:
-            let network = try EfficientNetLite(folder: folder)
-            for path in paths {
-                try printJSONLine(["image": path, "embedding": try network.features(of: RGBImage(contentsOf: path)).scalars])
-            }
-        case .gpt2, .sentenceEncoder:
-            throw ValidationError("\(model) is a \(kind.rawValue) model; embed-image needs CLIP or EfficientNet-Lite")
+        let embedder = try hub.load(model, as: (any ImageEmbedder).self)
+        for path in images.isEmpty ? standardInputLines() : images {
+            try printJSONLine(["image": path, "embedding": try embedder.imageEmbeddings([RGBImage(contentsOf: path)]).scalars])
         }
     }
 }
@@ -53,9 +40,9 @@ struct EmbedImage: ParsableCommand {
 struct EmbedText: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "embed-text",
-        abstract: "Embed texts with CLIP's text tower or a sentence-transformers encoder; one JSON line per text.")
+        abstract: "Embed texts as unit-length vectors (CLIP's text tower, a sentence-transformers encoder, any text embedder); one JSON line per text.")
 
-    @Option(help: "Model folder or hub id: a CLIP model or a BERT sentence encoder such as all-MiniLM-L6-v2.")
+    @Option(help: "Model folder or hub id of a text embedder: a CLIP model or a BERT sentence encoder such as all-MiniLM-L6-v2.")
     var model = "openai/clip-vit-base-patch32"
 
     @Option(help: "Texts per forward pass.")
@@ -67,18 +54,11 @@ struct EmbedText: ParsableCommand {
     @OptionGroup var hub: HubOptions
 
     func run() throws {
-        let (folder, kind) = try hub.locator.resolveModel(model)
+        let embedder = try hub.load(model, as: (any TextEmbedder).self)
         let inputs = texts.isEmpty ? standardInputLines() : texts
-        let embed: ([String]) throws -> Tensor
-        switch kind {
-        case .clip: embed = try CLIP(folder: folder).textEmbeddings
-        case .sentenceEncoder: embed = try SentenceEncoder(folder: folder).encode
-        case .gpt2, .efficientNet:
-            throw ValidationError("\(model) is a \(kind.rawValue) model; embed-text needs CLIP or a sentence encoder")
-        }
         for start in stride(from: 0, to: inputs.count, by: max(batchSize, 1)) {
             let batch = Array(inputs[start..<min(start + max(batchSize, 1), inputs.count)])
-            let embeddings = try embed(batch)
+            let embeddings = try embedder.textEmbeddings(batch)
             for (i, text) in batch.enumerated() { try printJSONLine(["text": text, "embedding": embeddings.row(i).scalars]) }
         }
     }
@@ -86,9 +66,9 @@ struct EmbedText: ParsableCommand {
 
 struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Zero-shot image classification with CLIP: the top labels of each image with their probabilities.")
+        abstract: "Zero-shot image classification with CLIP (or any image-text scorer): the top labels of each image with their probabilities.")
 
-    @Option(help: "CLIP model folder or hub id.")
+    @Option(help: "Image-text scorer folder or hub id (CLIP).")
     var model = "openai/clip-vit-base-patch32"
 
     @Option(help: "Comma-separated candidate labels.")
@@ -116,7 +96,7 @@ struct Classify: ParsableCommand {
     @OptionGroup var hub: HubOptions
 
     func run() throws {
-        let clip = try CLIP(folder: try hub.locator.resolveModel(model, files: CLIP.files))
+        let clip = try hub.load(model, as: (any ImageTextScorer).self)
         let names = labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let labelRows = try clip.labelEmbeddings(names, templates: templates)   // embedded once for all images
         for path in images {

@@ -19,12 +19,11 @@ struct LanguageModelOptions: ParsableArguments {
     var lmKey: String?
 
     /// The server when one is named (flag or STITCH_LM_BASE_URL), else the local GPT-2 `local`.
-    func backend(local: String, locator: ModelLocator) throws -> CompletionBackend {
+    func backend(local: String, hub: HubOptions) throws -> CompletionBackend {
         if lmUrl != nil || ProcessInfo.processInfo.environment["STITCH_LM_BASE_URL"] != nil {
             return try OpenAICompletionClient.fromEnvironment(baseURL: lmUrl, model: lmModel, apiKey: lmKey)
         }
-        let model = try GPT2(folder: locator.resolveModel(local, files: GPT2.files))
-        return LocalCompletionBackend(model: model, name: local)
+        return LocalCompletionBackend(model: try hub.load(local, as: (any CausalLanguageModel).self), name: local)
     }
 }
 
@@ -39,13 +38,13 @@ struct SceneTextOptions: ParsableArguments {
     @Flag(help: "Contexts without detector tags.")
     var noTags = false
 
-    func describer(locator: ModelLocator) throws -> (RGBImage) throws -> String {
-        let model = try VisionEncoderDecoder(folder: locator.resolveModel(captioner, files: VisionEncoderDecoder.files))
-        let yolox = noTags ? nil : try YOLOX(path: detector)
+    func describer(hub: HubOptions) throws -> (RGBImage) throws -> String {
+        let model = try hub.load(captioner, as: (any ImageCaptioner).self)
+        let yolox = noTags ? nil : try hub.load(detector, as: (any ObjectDetector).self)
         return { image in
             let caption = try model.caption(image, strategy: .beam(BeamSettings(beams: 4)), stop: StopConditions(maxTokens: 15)).text
             var tags: [String] = []
-            for d in try yolox?.detect(image) ?? [] where !tags.contains(d.label) { tags.append(d.label) }
+            for d in try yolox?.detect(image, threshold: 0.3, nmsThreshold: 0.45) ?? [] where !tags.contains(d.label) { tags.append(d.label) }
             return PICa.context(caption: caption, tags: tags.joined(separator: ", "))
         }
     }
@@ -81,14 +80,13 @@ struct VQA: ParsableCommand {
     }
 
     func run() throws {
-        let locator = hub.locator
-        let describe = try scene.describer(locator: locator)
+        let describe = try scene.describer(hub: hub)
         let photo = try RGBImage(contentsOf: image)
         let test = PICa.Example(context: try describe(photo), question: question)
         let examples = try pool.map { try Self.loadPool($0, describe: describe) } ?? []
         var groups: [[PICa.Example]] = [[]]
         if !examples.isEmpty && shots > 0 {
-            let vision = try CLIP(folder: locator.resolveModel(clip, files: CLIP.files))
+            let vision = try hub.load(clip, as: (any ImageTextScorer).self)
             let ranked = PICa.rankExamples(question: try vision.textEmbeddings([question]).row(0), image: try vision.imageEmbeddings([photo]).row(0),
                                            poolQuestions: try vision.textEmbeddings(examples.map(\.example.question)),
                                            poolImages: try Self.imageEmbeddings(examples.map(\.image), clip: vision))
@@ -97,7 +95,7 @@ struct VQA: ParsableCommand {
         }
         let pica = PICa()
         let prompts = groups.map { pica.prompt(examples: $0, test: test) }
-        let result = try PICa.answer(prompts: prompts, backend: try language.backend(local: lm, locator: locator), maxTokens: maxTokens)
+        let result = try PICa.answer(prompts: prompts, backend: try language.backend(local: lm, hub: hub), maxTokens: maxTokens)
         if json {
             try printJSONLine(["answer": result.answer, "context": test.context, "prompts": prompts,
                                "candidates": result.candidates.map { ["answer": $0.answer, "logprob": $0.logprob] as [String: Any] }])
@@ -127,10 +125,10 @@ struct VQA: ParsableCommand {
     }
 
     /// Unit image embeddings of the pool; entries without an image get zeros (no image similarity).
-    static func imageEmbeddings(_ images: [RGBImage?], clip: CLIP) throws -> Tensor {
+    static func imageEmbeddings(_ images: [RGBImage?], clip: any ImageTextScorer) throws -> Tensor {
         let present = images.compactMap { $0 }
         let embedded = present.isEmpty ? nil : try clip.imageEmbeddings(present)
-        let width = clip.config.projectionDim
+        let width = try embedded?.shape[1] ?? clip.textEmbeddings([""]).shape[1]
         var next = 0
         return concatenate(images.map { image in
             guard image != nil, let embedded else { return Tensor(zeros: [1, width]) }

@@ -67,7 +67,7 @@ final class ModelCommandTests: XCTestCase {
 
         let wrong = try StitchCLI.run(["embed-text", "--model", efficientnet.path, "hello"])
         XCTAssertNotEqual(wrong.status, 0)
-        XCTAssert(wrong.errors.contains("efficientnet-lite model; embed-text needs CLIP or a sentence encoder"), wrong.errors)
+        XCTAssert(wrong.errors.contains("its model type efficientnet-lite is not a text embedder (it is: image embedder)"), wrong.errors)
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import StitchImaging
 import StitchModelIO
+import StitchModels
 import StitchTensor
 import StitchTestSupport
 import XCTest
@@ -94,7 +95,8 @@ final class ASIFRealWeightTests: XCTestCase {
         let jsonl = folder.appendingPathComponent("anchors.jsonl").path
         try (lines.joined(separator: "\n") + "\n").write(toFile: jsonl, atomically: true, encoding: .utf8)
         let locator = ModelLocator.fromEnvironment()
-        let (image, text) = (try locator.imageEmbedder(efficientnet.path), try locator.textEmbedder(minilm.path))
+        let (image, text) = (try ModelRegistry.standard.imageEncoder(efficientnet.path, locator: locator),
+                              try ModelRegistry.standard.textEncoder(minilm.path, locator: locator))
         var builder = AnchorIndexBuilder(image: image, text: text)
         builder.batchSize = 3
         builder.dtype = .f16
@@ -166,15 +168,15 @@ final class AnchorIndexFileTests: XCTestCase {
 final class AnchorBuilderTests: XCTestCase {
     struct Interrupted: Error {}
 
-    func encoders() -> (ImageEmbedder, TextEmbedder) {
-        let image = ImageEmbedder(identity: "mean-colour") { images in
+    func encoders() -> (AnchorEncoder<RGBImage>, AnchorEncoder<String>) {
+        let image = AnchorEncoder<RGBImage>(identity: "mean-colour") { images in
             var rows = Tensor(shape: [images.count, 3], scalars: images.flatMap { image in
                 (0..<3).map { c in Float(stride(from: c, to: image.pixels.count, by: 3).reduce(0) { $0 + Int(image.pixels[$1]) }) + 1 }
             })
             l2NormalizeRows(&rows)
             return rows
         }
-        let text = TextEmbedder(identity: "length-and-vowels") { texts in
+        let text = AnchorEncoder<String>(identity: "length-and-vowels") { texts in
             var rows = Tensor(shape: [texts.count, 2], scalars: texts.flatMap { [Float($0.count), Float($0.filter { "aeiou".contains($0) }.count) + 1] })
             l2NormalizeRows(&rows)
             return rows

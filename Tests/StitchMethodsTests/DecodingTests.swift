@@ -143,6 +143,8 @@ final class PeakedLM: CausalLanguageModel, @unchecked Sendable {
         return scaled
     }
     func decode(_ ids: [Int]) throws -> String { try base.decode(ids) }
+    func encode(_ text: String) throws -> [Int] { try base.encode(text) }
+    func tokenID(of token: String) -> Int? { base.tokenID(of: token) }
     func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
         candidateCounts.append(tokens.count)
         return try base.forwardCandidates(tokens, after: cache)

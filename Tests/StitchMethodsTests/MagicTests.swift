@@ -20,8 +20,9 @@ final class MagicTests: XCTestCase {
     }
 
     func testMagicEqualsReferenceWithAndWithoutSpeedups() throws {
-        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), clip: try TinyModels.clipWithTokenizer())
-        let features = try imageFeatures(captioner.clip)
+        let clip = try TinyModels.clipWithTokenizer()
+        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), scorer: clip)
+        let features = try imageFeatures(clip)
         var compared = 0
         for setting in golden.settings {
             for (image, expected) in zip(features, setting.outputs) {
@@ -40,10 +41,11 @@ final class MagicTests: XCTestCase {
     }
 
     func testStoryModeEqualsReference() throws {
-        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), clip: try TinyModels.clipWithTokenizer())
+        let clip = try TinyModels.clipWithTokenizer()
+        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), scorer: clip)
         let story = golden.story
         XCTAssertEqual(captioner.lm.tokenizer!.encode(story.title), story.prompt)
-        for (image, expected) in zip(try imageFeatures(captioner.clip), story.outputs) {
+        for (image, expected) in zip(try imageFeatures(clip), story.outputs) {
             let tokens = try captioner.generate(imageFeatures: image, prompt: story.prompt,
                                                 settings: ContrastiveSettings(k: story.k, alpha: story.alpha, beta: story.beta),
                                                 stop: StopConditions(maxTokens: story.max_tokens, atEndToken: false))
@@ -79,8 +81,8 @@ final class MagicTests: XCTestCase {
     func testScorerSharingMatchesPlainScores() throws {
         let lm = try TinyModels.gpt2WithTokenizer(), clip = try TinyModels.clipWithTokenizer()
         let image = try imageFeatures(clip)[0]
-        let shared = MagicScorer(clip: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: true)
-        let plain = MagicScorer(clip: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: false)
+        let shared = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: true)
+        let plain = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: false)
         var generated: [Int] = []
         // Candidates mixing new words, word continuations, punctuation and duplicates of one text.
         let candidates = [257, 1110, 82, 13, 11, 262, 318, 257, 50256]

@@ -36,7 +36,7 @@ final class SocraticTests: XCTestCase {
         let categories = try SocraticCaptioner.Categories(folder: Fixtures.repositoryRoot.appendingPathComponent("Prompts"))
         let socratic = SocraticCaptioner(template: try template())
         let image = try RGBImage(contentsOf: zebra.path)
-        let scene = try socratic.scene(of: image, clip: clip, categories: categories)
+        let scene = try socratic.scene(of: image, scorer: clip, categories: categories)
         XCTAssertEqual(scene.places.count, 3)
         XCTAssertEqual(scene.objects.count, 10)
         XCTAssert(categories.imageTypes.contains(scene.imageType) && categories.people.contains(scene.people))
@@ -45,7 +45,7 @@ final class SocraticTests: XCTestCase {
         XCTAssertEqual(scene.places[0], categories.places[probabilities.indices.max { probabilities[$0] < probabilities[$1] }!])
 
         let texts = ["zebras grazing in a field", "", "a red truck on a street", "two cats on a sofa"]
-        let result = try socratic.caption(image, clip: clip, backend: FixedBackend(texts: texts), categories: categories, candidates: 4)
+        let result = try socratic.caption(image, scorer: clip, backend: FixedBackend(texts: texts), categories: categories, candidates: 4)
         XCTAssertEqual(result.prompt, socratic.prompt(scene))
         let kept = texts.filter { !$0.isEmpty }
         XCTAssertEqual(result.ranked.map(\.caption), try clip.rank(kept, for: image).map { kept[$0.index] })
