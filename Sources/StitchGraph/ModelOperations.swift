@@ -78,13 +78,10 @@ extension OperationRegistry {
     }
 
     static let visionOperations: [Operation] = [
-        Operation("caption", "A caption of the image by a captioner (ViT-GPT2): strategy beam (default), greedy or sample.",
-                  arguments: [.component("captioner", kind: "captioner"), .value("image", .image),
-                              .value("max_tokens", .number, default: .number(15)), .value("strategy", .text, default: .string("beam"))]
-                      + decodingArguments, output: .text) { input in
+        Operation("caption", "A caption of the image by a captioner (ViT-GPT2): strategy beam (default, 4 beams, 15 tokens), greedy, sample or contrastive.",
+                  arguments: [.component("captioner", kind: "captioner"), .value("image", .image)] + decodingArguments(.captioner), output: .text) { input in
             let captioner = try input.component("captioner", as: (any ImageCaptioner).self)
-            let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
-            return .string(try captioner.caption(RGBImage(contentsOf: input.text("image")), strategy: decodingStrategy(input), stop: stop).text)
+            return .string(try captioner.caption(RGBImage(contentsOf: input.text("image")), options: decodingOptions(input)).text)
         },
         Operation("detect", "Objects in the image (a detector such as YOLOX-Nano): `tags`, the distinct labels best first joined by \", \", and every detection.",
                   arguments: [.component("detector", kind: "detector"), .value("image", .image),
@@ -197,34 +194,36 @@ extension OperationRegistry {
         },
     ]
 
-    /// The settings of every decoding strategy, for operations that take a `strategy` argument.
-    static let decodingArguments: [OperationArgument] = [
-        .value("stop", .texts, default: .array([])), .value("beams", .number, default: .number(4)), .value("k", .number, default: .number(4)),
-        .value("alpha", .number, default: .number(0.6)), .value("temperature", .number, default: .number(1)),
-        .value("top_k", .number, default: .number(0)), .value("top_p", .number, default: .number(1)), .value("seed", .number, default: .number(0)),
-    ]
+    /// `DecodingOptions` as arguments, for operations that decode; `defaults` gives their defaults.
+    static func decodingArguments(_ defaults: DecodingOptions) -> [OperationArgument] {
+        [.value("strategy", .text, default: .string(defaults.strategy.rawValue)), .value("max_tokens", .number, default: .number(Double(defaults.maxTokens))),
+         .value("stop", .texts, default: .array(defaults.stop.map(Value.string))),
+         .value("temperature", .number, default: .number(Double(defaults.sampling.temperature))), .value("top_k", .number, default: .number(Double(defaults.sampling.topK))),
+         .value("top_p", .number, default: .number(Double(defaults.sampling.topP))), .value("seed", .number, default: .number(Double(defaults.sampling.seed))),
+         .value("beams", .number, default: .number(Double(defaults.beam.beams))), .value("length_penalty", .number, default: .number(defaults.beam.lengthPenalty)),
+         .value("k", .number, default: .number(Double(defaults.contrastive.k))), .value("alpha", .number, default: .number(defaults.contrastive.alpha))]
+    }
 
-    /// The strategy named by the `strategy` argument, with its settings from `decodingArguments`.
-    static func decodingStrategy(_ input: OperationInput) throws -> DecodingStrategy {
-        switch try input.text("strategy") {
-        case "greedy": return .greedy
-        case "sample":
-            return .sample(SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
-                                            topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed")))))
-        case "beam": return .beam(BeamSettings(beams: try input.integer("beams")))
-        case "contrastive": return .contrastive(ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: 0))
-        case let other: throw GraphError.operationFailed(node: input.node, detail: "unknown strategy '\(other)' (greedy, sample, beam, contrastive)")
+    /// The `DecodingOptions` an operation's `decodingArguments` give.
+    static func decodingOptions(_ input: OperationInput) throws -> DecodingOptions {
+        let name = try input.text("strategy")
+        guard let strategy = DecodingOptions.Strategy(rawValue: name) else {
+            throw GraphError.operationFailed(node: input.node, detail: "unknown strategy '\(name)' (\(DecodingOptions.Strategy.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
+        return DecodingOptions(strategy: strategy, maxTokens: try input.integer("max_tokens"), stop: try input.texts("stop"),
+                               sampling: SamplingSettings(temperature: Float(try input.number("temperature")), topK: try input.integer("top_k"),
+                                                          topP: Float(try input.number("top_p")), seed: UInt64(max(0, try input.integer("seed")))),
+                               beam: BeamSettings(beams: try input.integer("beams"), lengthPenalty: try input.number("length_penalty")),
+                               contrastive: ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha")))
     }
 
     static let languageModelOperations: [Operation] = [
         Operation("lm_generate", "Continue a prompt: strategy greedy, sample, beam or contrastive.",
-                  arguments: [.component("lm", kind: "lm"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
-                              .value("strategy", .text, default: .string("greedy"))] + decodingArguments, output: .text) { input in
+                  arguments: [.component("lm", kind: "lm"), .value("prompt", .text)] + decodingArguments(DecodingOptions()), output: .text) { input in
             let lm = try input.component("lm", as: (any CausalLanguageModel).self)
-            let stop = StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop"))
-            let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), strategy: decodingStrategy(input), stop: stop)
-            return .string(try stop.text(of: tokens, model: lm))
+            let options = try decodingOptions(input)
+            let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), options: options)
+            return .string(try options.stopConditions.text(of: tokens, model: lm))
         },
         Operation("lm_score", "Total log-probability of `continuation` after `prompt`.",
                   arguments: [.component("lm", kind: "lm"), .value("prompt", .text), .value("continuation", .text)], output: .number) { input in
@@ -240,7 +239,7 @@ extension OperationRegistry {
                   output: .record(["text": .text, "tokens": .json])) { input in
             let lm = try input.component("lm", as: (any CausalLanguageModel).self), clip = try input.component("clip", as: (any ImageTextScorer).self)
             let title = try input.text("title")
-            let settings = ContrastiveSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"))
+            let settings = MagicSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"))
             let caption = try magicCaption(lm, scorer: clip, image: RGBImage(contentsOf: input.text("image")), title: title.isEmpty ? nil : title, settings: settings,
                                            stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))
             return .object(["text": .string(caption.text), "tokens": .array(caption.tokens.map { .number(Double($0)) })])

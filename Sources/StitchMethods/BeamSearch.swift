@@ -19,9 +19,10 @@ public struct BeamSettings: Sendable {
 }
 
 /// The best sequence's new tokens, ending with `endToken` if it finished with it.
-/// `endToken` defaults to the model's; the scores are float32 sums like transformers'.
+/// `endToken` defaults to the model's; the scores are float32 sums like transformers'. A hypothesis whose
+/// text comes to contain one of `stopStrings` finishes there, as one ending with the end token does.
 public func beamSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: BeamSettings, maxTokens: Int,
-                                               endToken: Int? = nil) throws -> [Int] {
+                                               endToken: Int? = nil, stopStrings: [String] = []) throws -> [Int] {
     guard !prompt.isEmpty else { throw DecodingError.emptyPrompt }
     guard settings.beams >= 1 else { throw DecodingError.invalidSetting("beam search needs at least one beam") }
     let (count, vocabulary, end) = (settings.beams, model.vocabularySize, endToken ?? model.endTokenID)
@@ -51,6 +52,8 @@ public func beamSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int], settin
             if token == end {
                 // An end token ranked below the top `beams` does not finish a hypothesis.
                 if rank < count { finished.add(sequences[beam], score: Double(scores[flat]), length: step) }
+            } else if !stopStrings.isEmpty, case let text = try model.decode(sequences[beam] + [token]), stopStrings.contains(where: text.contains) {
+                if rank < count { finished.add(sequences[beam] + [token], score: Double(scores[flat]), length: step) }
             } else {
                 next.append((beam, token, scores[flat]))
             }

@@ -65,11 +65,10 @@ public struct LocalCompletionBackend: CompletionBackend {
         }
         // A prompt longer than the context keeps its last tokens (its end holds the question being asked).
         let prompt = Array(try model.promptTokens(request.prompt).suffix(model.contextLength - request.maxTokens))
-        let stop = StopConditions(maxTokens: request.maxTokens, strings: request.stop)
         return try (0..<request.count).map { index in
-            let strategy: DecodingStrategy = request.temperature == 0 ? .greedy
-                : .sample(SamplingSettings(temperature: Float(request.temperature), topP: Float(request.topP), seed: request.seed &+ UInt64(index)))
-            var generated = request.maxTokens == 0 ? [] : try decode(model, prompt: prompt, strategy: strategy, stop: stop)
+            let options = DecodingOptions(strategy: request.temperature == 0 ? .greedy : .sample, maxTokens: request.maxTokens, stop: request.stop,
+                                          sampling: SamplingSettings(temperature: Float(request.temperature), topP: Float(request.topP), seed: request.seed &+ UInt64(index)))
+            var generated = request.maxTokens == 0 ? [] : try decode(model, prompt: prompt, options: options)
             var finish = generated.count < request.maxTokens || generated.last == model.endTokenID ? "stop" : "length"
             if let end = generated.firstIndex(of: model.endTokenID) { generated = Array(generated[..<end]) }
             var text = try model.decode(generated)

@@ -6,14 +6,31 @@ import StitchTensor
 ///     (1 - alpha) * p(v | x<t)  -  alpha * max_j cos(h_v, h_j)  +  beta * s(v)
 /// where h are last-layer hidden states and s is a candidate scorer (MAGiC: CLIP).
 public struct ContrastiveSettings: Sendable {
+    /// Candidates per step.
     public var k: Int
+    /// Weight of the degeneration penalty.
     public var alpha: Double
-    /// Weight of the scorer; 0 is plain contrastive search.
-    public var beta: Double
     /// Exactness-preserving shortcuts (candidate pruning, LM head on the chosen row only, the
     /// scorer's own sharing). Off runs the reference's full computation, for testing.
     public var speedups: Bool
 
+    /// k 4 and alpha 0.6, the settings of the contrastive search paper's open-ended generation.
+    public init(k: Int = 4, alpha: Double = 0.6, speedups: Bool = true) {
+        self.k = k
+        self.alpha = alpha
+        self.speedups = speedups
+    }
+}
+
+/// MAGiC search: contrastive search plus `beta` times the image-text scorer's magic score.
+public struct MagicSettings: Sendable {
+    public var k: Int
+    public var alpha: Double
+    /// Weight of the magic score; 0 is plain contrastive search.
+    public var beta: Double
+    public var speedups: Bool
+
+    /// The published MSCOCO settings: k 45, alpha 0.1, beta 2.0.
     public init(k: Int = 45, alpha: Double = 0.1, beta: Double = 2.0, speedups: Bool = true) {
         self.k = k
         self.alpha = alpha
@@ -30,9 +47,15 @@ public protocol CandidateScorer: AnyObject {
     func chose(_ index: Int) throws
 }
 
-/// Contrastive search, or MAGiC search with a `scorer` and beta > 0; returns the new tokens.
-public func contrastiveSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: ContrastiveSettings,
-                                                      stop: StopConditions, scorer: CandidateScorer? = nil) throws -> [Int] {
+/// Contrastive search (Su et al. 2022); returns the new tokens.
+public func contrastiveSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: ContrastiveSettings, stop: StopConditions) throws -> [Int] {
+    try magicSearch(model, prompt: prompt, settings: MagicSettings(k: settings.k, alpha: settings.alpha, beta: 0, speedups: settings.speedups),
+                    stop: stop, scorer: nil)
+}
+
+/// MAGiC search: contrastive search with `scorer`'s scores weighted by beta (none when beta is 0); returns the new tokens.
+public func magicSearch<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: MagicSettings,
+                                                stop: StopConditions, scorer: CandidateScorer?) throws -> [Int] {
     guard !prompt.isEmpty else { throw DecodingError.emptyPrompt }
     guard settings.k >= 1 && settings.k <= model.vocabularySize else {
         throw DecodingError.invalidSetting("k must be in 1...\(model.vocabularySize), got \(settings.k)")

@@ -50,9 +50,53 @@ enum DecodingError: Error, CustomStringConvertible {
 public enum DecodingStrategy: Sendable {
     case greedy
     case sample(SamplingSettings)
-    /// Beam search stops at `stop.maxTokens` and the end token only.
     case beam(BeamSettings)
     case contrastive(ContrastiveSettings)
+}
+
+/// How to continue a prompt: a strategy, every strategy's settings and when to stop, with one set of defaults
+/// (greedy, 32 new tokens, no stop strings, temperature 1 without top-k / top-p, 4 beams, contrastive k 4 and
+/// alpha 0.6). `stitch generate`, `stitch caption --method captioner`, the graph's `lm_generate` and `caption`
+/// and the local completion backend all decode through it; each may start from its own defaults (a captioner
+/// beam-searches 15 tokens).
+public struct DecodingOptions: Sendable {
+    public enum Strategy: String, Sendable, CaseIterable { case greedy, sample, beam, contrastive }
+
+    public var strategy: Strategy
+    public var maxTokens: Int
+    public var stop: [String]
+    public var sampling: SamplingSettings
+    public var beam: BeamSettings
+    public var contrastive: ContrastiveSettings
+
+    public init(strategy: Strategy = .greedy, maxTokens: Int = 32, stop: [String] = [], sampling: SamplingSettings = SamplingSettings(),
+                beam: BeamSettings = BeamSettings(), contrastive: ContrastiveSettings = ContrastiveSettings()) {
+        self.strategy = strategy
+        self.maxTokens = maxTokens
+        self.stop = stop
+        self.sampling = sampling
+        self.beam = beam
+        self.contrastive = contrastive
+    }
+
+    /// A captioner's defaults: beam search with 4 beams over 15 new tokens (the published checkpoints' max_length 16 with the start token).
+    public static let captioner = DecodingOptions(strategy: .beam, maxTokens: 15)
+
+    public var stopConditions: StopConditions { StopConditions(maxTokens: maxTokens, strings: stop) }
+
+    public var decodingStrategy: DecodingStrategy {
+        switch strategy {
+        case .greedy: return .greedy
+        case .sample: return .sample(sampling)
+        case .beam: return .beam(beam)
+        case .contrastive: return .contrastive(contrastive)
+        }
+    }
+}
+
+/// New tokens after `prompt` as `options` say.
+public func decode<M: CausalLanguageModel>(_ model: M, prompt: [Int], options: DecodingOptions) throws -> [Int] {
+    try decode(model, prompt: prompt, strategy: options.decodingStrategy, stop: options.stopConditions)
 }
 
 /// New tokens after `prompt` by `strategy`.
@@ -60,7 +104,7 @@ public func decode<M: CausalLanguageModel>(_ model: M, prompt: [Int], strategy: 
     switch strategy {
     case .greedy: return try greedyDecode(model, prompt: prompt, stop: stop)
     case .sample(let settings): return try sampleDecode(model, prompt: prompt, settings: settings, stop: stop)
-    case .beam(let settings): return try beamSearch(model, prompt: prompt, settings: settings, maxTokens: stop.maxTokens)
+    case .beam(let settings): return try beamSearch(model, prompt: prompt, settings: settings, maxTokens: stop.maxTokens, stopStrings: stop.strings)
     case .contrastive(let settings): return try contrastiveSearch(model, prompt: prompt, settings: settings, stop: stop)
     }
 }

@@ -48,15 +48,15 @@ public final class MagicCaptioner<LM: CausalLanguageModel> {
 
     /// New tokens after `prompt` for an image given as CLIP image features [1, projectionDim].
     /// beta = 0 ignores the image (contrastive search).
-    public func generate(imageFeatures: Tensor, prompt: [Int], settings: ContrastiveSettings, stop: StopConditions,
+    public func generate(imageFeatures: Tensor, prompt: [Int], settings: MagicSettings, stop: StopConditions,
                          window: Int = 60) throws -> [Int] {
         let magic = MagicScorer(scorer: scorer, imageFeatures: imageFeatures, decode: lm.decode, window: window, sharesPrefixes: settings.speedups)
-        return try contrastiveSearch(lm, prompt: prompt, settings: settings, stop: stop, scorer: magic)
+        return try magicSearch(lm, prompt: prompt, settings: settings, stop: stop, scorer: magic)
     }
 
     /// A caption (or, with a title as `prompt`, a story) for `image`: its new tokens, and their text
     /// with whitespace runs collapsed as MAGiC's reference prints its captions.
-    public func caption(_ image: RGBImage, prompt: [Int], settings: ContrastiveSettings, stop: StopConditions) throws -> (tokens: [Int], text: String) {
+    public func caption(_ image: RGBImage, prompt: [Int], settings: MagicSettings, stop: StopConditions) throws -> (tokens: [Int], text: String) {
         let features = try scorer.imageFeatures(of: [image])
         let tokens = try generate(imageFeatures: features, prompt: prompt, settings: settings, stop: stop)
         return (tokens, try stop.text(of: tokens, model: lm).split(whereSeparator: \.isWhitespace).joined(separator: " "))
@@ -65,7 +65,7 @@ public final class MagicCaptioner<LM: CausalLanguageModel> {
 
 /// MAGiC's caption of `image` (or, after a `title`, its story): the entry the CLI and graphs share.
 public func magicCaption<LM: CausalLanguageModel>(_ lm: LM, scorer: any ImageTextScorer, image: RGBImage, title: String?,
-                                                  settings: ContrastiveSettings, stop: StopConditions) throws -> (tokens: [Int], text: String) {
+                                                  settings: MagicSettings, stop: StopConditions) throws -> (tokens: [Int], text: String) {
     try MagicCaptioner(lm: lm, scorer: scorer).caption(image, prompt: try lm.magicPrompt(title: title), settings: settings, stop: stop)
 }
 

@@ -98,7 +98,7 @@ struct BenchRowWorker: ParsableCommand {
             var tokens: [Int] = []
             let seconds = try bestTime(seconds: seconds) {
                 let features = try clipModel.imageFeatures(pixels)
-                tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: ContrastiveSettings(k: 45, alpha: 0.1, beta: 2.0),
+                tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: MagicSettings(),
                                                 stop: StopConditions(maxTokens: 16, atEndToken: false))
             }
             (measured, note, output) = (seconds, "per caption, 16 tokens, k=45", tokens)

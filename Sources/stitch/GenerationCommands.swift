@@ -5,39 +5,55 @@ import StitchMethods
 import StitchModelIO
 import StitchModels
 
-enum Strategy: String, ExpressibleByArgument, CaseIterable {
-    case greedy, sample, beam, contrastive
+extension DecodingOptions.Strategy: ExpressibleByArgument {}
+
+/// `DecodingOptions` as command-line options: each command starts from its own defaults and the user's flags change them.
+struct DecodingArguments: ParsableArguments {
+    @Option(help: "Decoding strategy: \(DecodingOptions.Strategy.allCases.map(\.rawValue).joined(separator: ", ")) (default: the command's).")
+    var strategy: DecodingOptions.Strategy?
+    @Option(help: "At most this many new tokens (default: the command's).") var maxTokens: Int?
+    @Option(help: "Stop once the text contains this string (repeatable), e.g. \".\".") var stop: [String] = []
+    @Option(help: "Sampling temperature (default 1).") var temperature: Float?
+    @Option(help: "Sample from the k most likely tokens only (default 0: all).") var topK: Int?
+    @Option(help: "Sample from the smallest set of tokens reaching this probability (default 1).") var topP: Float?
+    @Option(help: "Seed of the sampler (default 0).") var seed: UInt64?
+    @Option(help: "Beams of beam search (default 4).") var beams: Int?
+    @Option(help: "Beam search length penalty (> 0 favours longer outputs; default 1).") var lengthPenalty: Double?
+    @Flag(help: "Beam search stops once `beams` hypotheses have finished.") var earlyStopping = false
+    @Option(help: "Candidates per step of contrastive search and MAGiC (default 4; 45 for MAGiC).") var k: Int?
+    @Option(help: "Degeneration penalty weight of contrastive search and MAGiC (default 0.6; 0.1 for MAGiC).") var alpha: Double?
+
+    /// `defaults` with every option the user gave.
+    func options(_ defaults: DecodingOptions) -> DecodingOptions {
+        var options = defaults
+        if let strategy { options.strategy = strategy }
+        if let maxTokens { options.maxTokens = maxTokens }
+        options.stop += stop
+        if let temperature { options.sampling.temperature = temperature }
+        if let topK { options.sampling.topK = topK }
+        if let topP { options.sampling.topP = topP }
+        if let seed { options.sampling.seed = seed }
+        if let beams { options.beam.beams = beams }
+        if let lengthPenalty { options.beam.lengthPenalty = lengthPenalty }
+        if earlyStopping { options.beam.earlyStopping = true }
+        if let k { options.contrastive.k = k }
+        if let alpha { options.contrastive.alpha = alpha }
+        return options
+    }
 }
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Continue a prompt with GPT-2 and print the continuation.",
-        discussion: "Strategies: greedy, sample (--temperature --top-k --top-p --seed), beam (--beams --length-penalty --early-stopping), contrastive (--k --alpha).")
+        abstract: "Continue a prompt with a language model (GPT-2) and print the continuation.",
+        discussion: "Strategies: greedy (default, 32 tokens), sample (--temperature --top-k --top-p --seed), beam (--beams --length-penalty --early-stopping), contrastive (--k --alpha).")
 
-    @Option(help: "GPT-2 model folder or hub id.")
+    @Option(help: "Language model folder or hub id.")
     var model = "gpt2"
 
     @Option(help: "The text to continue (empty: start from the end-of-text token).")
     var prompt: String
 
-    @Option(help: "Decoding strategy: \(Strategy.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var strategy = Strategy.greedy
-
-    @Option(help: "At most this many new tokens.")
-    var maxTokens = 32
-
-    @Option(help: "Stop once the continuation contains this string (repeatable).")
-    var stop: [String] = []
-
-    @Option(help: "Sampling temperature.") var temperature: Float = 1
-    @Option(help: "Sample from the k most likely tokens only (0: all).") var topK = 0
-    @Option(help: "Sample from the smallest set of tokens reaching this probability.") var topP: Float = 1
-    @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
-    @Option(help: "Beams of beam search.") var beams = 4
-    @Option(help: "Beam search length penalty (> 0 favours longer outputs).") var lengthPenalty = 1.0
-    @Flag(help: "Beam search stops once `beams` hypotheses have finished.") var earlyStopping = false
-    @Option(help: "Candidates per step of contrastive search.") var k = 4
-    @Option(help: "Degeneration penalty weight of contrastive search.") var alpha = 0.6
+    @OptionGroup var decoding: DecodingArguments
 
     @Flag(help: "Print a JSON object with the text and token ids.")
     var json = false
@@ -45,17 +61,10 @@ struct Generate: ParsableCommand {
     @OptionGroup var hub: HubOptions
 
     func run() throws {
-        let gpt2 = try GPT2(folder: try hub.locator.resolveModel(model, files: GPT2.files))
-        let conditions = StopConditions(maxTokens: maxTokens, strings: stop)
-        let chosen: DecodingStrategy
-        switch strategy {
-        case .greedy: chosen = .greedy
-        case .sample: chosen = .sample(SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed))
-        case .beam: chosen = .beam(BeamSettings(beams: beams, lengthPenalty: lengthPenalty, earlyStopping: earlyStopping))
-        case .contrastive: chosen = .contrastive(ContrastiveSettings(k: k, alpha: alpha, beta: 0))
-        }
-        let generated = try decode(gpt2, prompt: try gpt2.promptTokens(prompt), strategy: chosen, stop: conditions)
-        let text = try conditions.text(of: generated, model: gpt2)
+        let lm = try hub.load(model, as: (any CausalLanguageModel).self)
+        let options = decoding.options(DecodingOptions())
+        let generated = try decode(lm, prompt: try lm.promptTokens(prompt), options: options)
+        let text = try options.stopConditions.text(of: generated, model: lm)
         if json { try printJSONLine(["text": text, "tokens": generated]) } else { print(text) }
     }
 }
@@ -71,8 +80,9 @@ struct Caption: ParsableCommand {
         magic: one LM and one CLIP are loaded for all images. The LM starts from its start token (MAGiC's \
         <-start_of_text-> when its tokenizer has it, else <|endoftext|>); with --title it continues the title \
         instead (story mode). --method contrastive ignores the image (beta = 0). \
-        captioner: a ViT-GPT2 VisionEncoderDecoder (--captioner) decodes by beam search (--beams; 1 is greedy) \
-        or, with --sample, by sampling (--temperature --top-k --top-p --seed). \
+        MAGiC's settings: --k 45 --alpha 0.1 --beta 2.0 and 16 new tokens unless given. \
+        captioner: a captioner (--captioner, ViT-GPT2) decodes by beam search (4 beams, 15 new tokens) or any \
+        --strategy (greedy; sample with --temperature --top-k --top-p --seed; contrastive with --k --alpha). \
         socratic: CLIP ranks places, objects, image types and people counts (lists in --categories), the prompt \
         template (Prompts/socratic_caption.txt) asks a language model (--lm, or a server with --lm-url) for \
         --candidates sampled captions, and CLIP keeps the best. \
@@ -101,20 +111,9 @@ struct Caption: ParsableCommand {
     @Option(help: "Captioner folder or hub id (--method captioner).")
     var captioner = "nlpconnect/vit-gpt2-image-captioning"
 
-    @Option(help: "Candidates per step.") var k = 45
-    @Option(help: "Degeneration penalty weight.") var alpha = 0.1
-    @Option(help: "Weight of CLIP's image-text score.") var beta = 2.0
-    @Option(help: "New tokens at most (default 16; 15 for the captioner, its checkpoint's max_length 16 with the start token).")
-    var maxTokens: Int?
-    @Option(help: "Beams of the captioner's beam search (1: greedy).") var beams = 4
-    @Flag(help: "The captioner samples instead of beam search.") var sample = false
-    @Option(help: "Sampling temperature (default 1; 0.9 for socratic).") var temperature: Float?
-    @Option(help: "Sample from the k most likely tokens only (0: all).") var topK = 0
-    @Option(help: "Sample from the smallest set of tokens reaching this probability.") var topP: Float = 1
-    @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
+    @Option(help: "Weight of CLIP's image-text score in MAGiC (default 2.0).") var beta = 2.0
 
-    @Option(help: "Stop once the caption contains this string (repeatable), e.g. \".\".")
-    var stop: [String] = []
+    @OptionGroup var decoding: DecodingArguments
 
     @Option(help: "Story mode: a title the LM continues, guided by the image.")
     var title: String?
@@ -133,10 +132,8 @@ struct Caption: ParsableCommand {
         let makeCaption: (RGBImage) throws -> (tokens: [Int], text: String)
         if method == .captioner {
             let model = try hub.load(captioner, as: (any ImageCaptioner).self)
-            let strategy: DecodingStrategy = sample ? .sample(SamplingSettings(temperature: temperature ?? 1, topK: topK, topP: topP, seed: seed))
-                : beams == 1 ? .greedy : .beam(BeamSettings(beams: beams))
-            let conditions = StopConditions(maxTokens: maxTokens ?? 15, strings: stop)
-            makeCaption = { try model.caption($0, strategy: strategy, stop: conditions) }
+            let options = decoding.options(.captioner)
+            makeCaption = { try model.caption($0, options: options) }
         } else if method == .socratic {
             let vision = try hub.load(clip, as: (any ImageTextScorer).self)
             let folder = URL(fileURLWithPath: categories)
@@ -144,18 +141,18 @@ struct Caption: ParsableCommand {
             let template = try String(contentsOf: folder.appendingPathComponent("socratic_caption.txt"), encoding: .utf8)
             let socratic = SocraticCaptioner(template: template)
             let backend = try language.backend(local: lm ?? "gpt2", hub: hub)
-            let tokens = maxTokens ?? 20
+            let options = decoding.options(DecodingOptions(strategy: .sample, maxTokens: 20, sampling: SamplingSettings(temperature: 0.9)))
             makeCaption = { image in
                 let result = try socratic.caption(image, scorer: vision, backend: backend, categories: lists, candidates: candidates,
-                                                  temperature: Double(temperature ?? 0.9), maxTokens: tokens, seed: seed)
+                                                  temperature: Double(options.sampling.temperature), maxTokens: options.maxTokens, seed: options.sampling.seed)
                 return ([], result.ranked.first?.caption ?? "")
             }
         } else {
             let language = try hub.load(lm ?? "cambridgeltl/magic_mscoco", as: (any CausalLanguageModel).self)
             let vision = try hub.load(clip, as: (any ImageTextScorer).self)
             guard title.map({ !$0.isEmpty }) ?? true else { throw ValidationError("--title is empty") }
-            let settings = ContrastiveSettings(k: k, alpha: alpha, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
-            let conditions = StopConditions(maxTokens: maxTokens ?? 16, strings: stop)
+            let settings = MagicSettings(k: decoding.k ?? 45, alpha: decoding.alpha ?? 0.1, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
+            let conditions = StopConditions(maxTokens: decoding.maxTokens ?? 16, strings: decoding.stop)
             makeCaption = { [title] image in try magicCaption(language, scorer: vision, image: image, title: title, settings: settings, stop: conditions) }
         }
         let progress = ProgressBar(total: paths.count, label: "captioning")

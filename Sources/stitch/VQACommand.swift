@@ -42,7 +42,7 @@ struct SceneTextOptions: ParsableArguments {
         let model = try hub.load(captioner, as: (any ImageCaptioner).self)
         let yolox = noTags ? nil : try hub.load(detector, as: (any ObjectDetector).self)
         return { image in
-            let caption = try model.caption(image, strategy: .beam(BeamSettings(beams: 4)), stop: StopConditions(maxTokens: 15)).text
+            let caption = try model.caption(image, options: .captioner).text
             var tags: [String] = []
             for d in try yolox?.detect(image, threshold: 0.3, nmsThreshold: 0.45) ?? [] where !tags.contains(d.label) { tags.append(d.label) }
             return PICa.context(caption: caption, tags: tags.joined(separator: ", "))

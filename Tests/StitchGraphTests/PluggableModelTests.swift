@@ -114,8 +114,8 @@ final class PluggableModelTests: XCTestCase {
 
         // MAGiC: the toy scorer's magic scores steer the toy LM; with beta 0 it is plain contrastive search.
         let stop = StopConditions(maxTokens: 8)
-        let guided = try magicCaption(lm, scorer: scorer, image: image, title: nil, settings: ContrastiveSettings(k: 5, alpha: 0.1, beta: 2), stop: stop)
-        let unguided = try magicCaption(lm, scorer: scorer, image: image, title: nil, settings: ContrastiveSettings(k: 5, alpha: 0.1, beta: 0), stop: stop)
+        let guided = try magicCaption(lm, scorer: scorer, image: image, title: nil, settings: MagicSettings(k: 5, alpha: 0.1, beta: 2), stop: stop)
+        let unguided = try magicCaption(lm, scorer: scorer, image: image, title: nil, settings: MagicSettings(k: 5, alpha: 0.1, beta: 0), stop: stop)
         XCTAssertEqual(guided.tokens.count, 8)
         XCTAssertGreaterThan(Set(guided.tokens).count, 2, "a varied caption: \(guided.text)")
         XCTAssertNotEqual(guided.tokens, unguided.tokens, "the scorer changes what MAGiC picks")

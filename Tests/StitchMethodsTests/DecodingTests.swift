@@ -49,7 +49,7 @@ final class DecodingTests: XCTestCase {
         for setting in golden.contrastive {
             for (prompt, expected) in zip(golden.prompts, setting.outputs) {
                 for speedups in [true, false] {
-                    let settings = ContrastiveSettings(k: setting.k, alpha: setting.alpha, beta: 0, speedups: speedups)
+                    let settings = ContrastiveSettings(k: setting.k, alpha: setting.alpha, speedups: speedups)
                     let tokens = try contrastiveSearch(model, prompt: prompt, settings: settings, stop: StopConditions(maxTokens: setting.max_tokens))
                     XCTAssertEqual(tokens, expected, "k \(setting.k) alpha \(setting.alpha) prompt \(prompt) speedups \(speedups)")
                     compared += 1
@@ -119,10 +119,32 @@ final class DecodingTests: XCTestCase {
         XCTAssertEqual(try StopConditions(maxTokens: 1).text(of: [model.endTokenID], model: model), "")
     }
 
+    /// A beam whose text reaches a stop string finishes there, as one reaching the end token does.
+    func testBeamSearchHonoursStopStrings() throws {
+        let lm = try TinyModels.gpt2WithTokenizer()
+        let prompt = try lm.promptTokens("A photo of a")
+        // One beam: the only hypothesis stops at the token whose text is the stop string.
+        let single = DecodingOptions(strategy: .beam, maxTokens: 12, beam: BeamSettings(beams: 1))
+        let free = try decode(lm, prompt: prompt, options: single)
+        var stopping = single
+        stopping.stop = [try lm.decode([free[2]])]
+        XCTAssertEqual(try decode(lm, prompt: prompt, options: stopping).filter { $0 != lm.endTokenID }, Array(free.prefix(3)))
+        // Several beams: whichever hypothesis wins, it ends where a stop string first appears in it.
+        for index in 1..<6 {
+            let options = DecodingOptions(strategy: .beam, maxTokens: 12, stop: [try lm.decode([free[index]])])
+            let tokens = try decode(lm, prompt: prompt, options: options).filter { $0 != lm.endTokenID }
+            XCTAssertFalse(try lm.decode(Array(tokens.dropLast())).contains(options.stop[0]), "stop \(options.stop[0].debugDescription)")
+        }
+    }
+
     func testInvalidSettingsAreErrors() {
         XCTAssertThrowsError(try greedyDecode(model, prompt: [], stop: StopConditions(maxTokens: 3)))
         XCTAssertThrowsError(try contrastiveSearch(model, prompt: [1], settings: ContrastiveSettings(k: 0), stop: StopConditions(maxTokens: 3)))
-        XCTAssertThrowsError(try contrastiveSearch(model, prompt: [1], settings: ContrastiveSettings(k: 4, beta: 1), stop: StopConditions(maxTokens: 3)))
+        XCTAssertThrowsError(try magicSearch(model, prompt: [1], settings: MagicSettings(k: 4, beta: 1), stop: StopConditions(maxTokens: 3), scorer: nil))
+        // Every strategy's defaults decode (contrastive search's default has no image weight to need a scorer).
+        for strategy in DecodingOptions.Strategy.allCases {
+            XCTAssertEqual(try decode(model, prompt: [1], options: DecodingOptions(strategy: strategy, maxTokens: 3)).count, 3, "\(strategy)")
+        }
         XCTAssertThrowsError(try beamSearch(model, prompt: [1], settings: BeamSettings(beams: 0), maxTokens: 3))
     }
 }
@@ -159,8 +181,8 @@ final class CandidatePruningTests: XCTestCase {
         for prompt in DecodingGolden.shared.prompts {
             model.candidateCounts = []
             let stop = StopConditions(maxTokens: 12, atEndToken: false)
-            let pruned = try contrastiveSearch(model, prompt: prompt, settings: ContrastiveSettings(k: 20, alpha: 0.1, beta: 0), stop: stop)
-            let full = try contrastiveSearch(model, prompt: prompt, settings: ContrastiveSettings(k: 20, alpha: 0.1, beta: 0, speedups: false), stop: stop)
+            let pruned = try contrastiveSearch(model, prompt: prompt, settings: ContrastiveSettings(k: 20, alpha: 0.1), stop: stop)
+            let full = try contrastiveSearch(model, prompt: prompt, settings: ContrastiveSettings(k: 20, alpha: 0.1, speedups: false), stop: stop)
             XCTAssertEqual(pruned, full)
             print("prompt \(prompt): candidates through the LM per step \(model.candidateCounts) of 20")
             XCTAssertLessThan(model.candidateCounts.reduce(0, +), 20 * model.candidateCounts.count / 2)

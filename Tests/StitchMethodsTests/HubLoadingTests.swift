@@ -88,8 +88,8 @@ final class HubLoadingTests: XCTestCase {
         let (captionerFolder, captionerKind) = try registry.resolve(captioner.hubID, locator: locator)
         checked.insert(captionerKind.name)
         XCTAssert(FileManager.default.fileExists(atPath: captionerFolder.appendingPathComponent("preprocessor_config.json").path))
-        XCTAssertEqual(try VisionEncoderDecoder(folder: captionerFolder).caption(photo, strategy: .beam(BeamSettings(beams: 3)), stop: stop).tokens,
-                       try VisionEncoderDecoder(folder: captioner.folder).caption(photo, strategy: .beam(BeamSettings(beams: 3)), stop: stop).tokens)
+        XCTAssertEqual(try VisionEncoderDecoder(folder: captionerFolder).caption(photo, options: DecodingOptions(strategy: .beam, maxTokens: 10, beam: BeamSettings(beams: 3))).tokens,
+                       try VisionEncoderDecoder(folder: captioner.folder).caption(photo, options: DecodingOptions(strategy: .beam, maxTokens: 10, beam: BeamSettings(beams: 3))).tokens)
 
         // A sentence encoder in two shards, with its pooling folder.
         let bert = try publish("org/bert", folderFiles("checkpoints/tiny-bert/sharded"))

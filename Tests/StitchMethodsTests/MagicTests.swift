@@ -27,7 +27,7 @@ final class MagicTests: XCTestCase {
         for setting in golden.settings {
             for (image, expected) in zip(features, setting.outputs) {
                 for speedups in [true, false] {
-                    let settings = ContrastiveSettings(k: setting.k, alpha: setting.alpha, beta: setting.beta, speedups: speedups)
+                    let settings = MagicSettings(k: setting.k, alpha: setting.alpha, beta: setting.beta, speedups: speedups)
                     // The reference always decodes max_tokens tokens and trims afterwards.
                     let tokens = try captioner.generate(imageFeatures: image, prompt: [50256], settings: settings,
                                                         stop: StopConditions(maxTokens: setting.max_tokens, atEndToken: false))
@@ -47,7 +47,7 @@ final class MagicTests: XCTestCase {
         XCTAssertEqual(captioner.lm.tokenizer!.encode(story.title), story.prompt)
         for (image, expected) in zip(try imageFeatures(clip), story.outputs) {
             let tokens = try captioner.generate(imageFeatures: image, prompt: story.prompt,
-                                                settings: ContrastiveSettings(k: story.k, alpha: story.alpha, beta: story.beta),
+                                                settings: MagicSettings(k: story.k, alpha: story.alpha, beta: story.beta),
                                                 stop: StopConditions(maxTokens: story.max_tokens, atEndToken: false))
             XCTAssertEqual(tokens, expected)
         }
