@@ -31,7 +31,8 @@ let package = Package(
         .target(name: "CStitchKernels"),
         // Tensor core: Float32 tensors, BLAS-backed linear algebra, transformer building blocks.
         .target(name: "StitchTensor", dependencies: ["CBLAS", "CStitchKernels"]),
-        // Model I/O: safetensors and PyTorch checkpoints (allow-list unpickler), config.json, weight store, Hugging Face cache and downloads.
+        // Model I/O: safetensors and PyTorch checkpoints (allow-list unpickler), config.json, weight store, Hugging Face cache and downloads,
+        // and the one HTTP client layer (libcurl, timeouts, retry policy) the downloads and remote LMs share.
         .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib"]),
         // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
         .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
@@ -41,8 +42,8 @@ let package = Package(
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
         .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "CZlib"]),
-        // Remote language models: an OpenAI-compatible completions client (libcurl) and an HTTP server.
-        .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "CCurl"]),
+        // Remote language models: an OpenAI-compatible completions client (over StitchModelIO's HTTP layer) and an HTTP server.
+        .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "StitchModelIO"]),
         // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
         .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods", "StitchRemote",
                                                     .product(name: "Yams", package: "Yams")]),
@@ -61,6 +62,6 @@ let package = Package(
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchMethods", "StitchModels", "StitchModelIO", "StitchImaging", "StitchTensor", "StitchTestSupport"]),
         .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchMethods", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
-        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchMethods", "StitchRemote", "StitchTestSupport"]),
+        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchMethods", "StitchModelIO", "StitchRemote", "StitchTestSupport"]),
     ]
 )

@@ -70,8 +70,21 @@ public struct PICa: Sendable {
             candidates.append((VQAAccuracy.normalize(completion.text), completion.totalLogprob))
         }
         guard let best = candidates.indices.max(by: { candidates[$0].logprob < candidates[$1].logprob || (candidates[$0].logprob == candidates[$1].logprob && $0 > $1) }) else {
-            throw CompletionError.invalidRequest("an ensemble needs at least one prompt")
+            throw MethodError.invalidInput("PICa: an ensemble needs at least one prompt")
         }
         return (candidates[best].answer, candidates)
+    }
+}
+
+/// Bad input to a method: files it reads, arguments it cannot use.
+public enum MethodError: Error, CustomStringConvertible, Equatable {
+    case unreadableFile(String, String)
+    case invalidInput(String)
+
+    public var description: String {
+        switch self {
+        case let .unreadableFile(path, detail): return "\(path): \(detail)"
+        case let .invalidInput(detail): return detail
+        }
     }
 }

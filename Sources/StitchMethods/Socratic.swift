@@ -18,10 +18,10 @@ public struct SocraticCaptioner: Sendable {
             func lines(_ name: String) throws -> [String] {
                 let file = folder.appendingPathComponent(name)
                 guard let text = try? String(contentsOf: file, encoding: .utf8) else {
-                    throw CompletionError.invalidRequest("\(file.path): missing or unreadable (the category lists are in the repository's Prompts/)")
+                    throw MethodError.unreadableFile(file.path, "missing or unreadable (the category lists are in the repository's Prompts/)")
                 }
                 let entries = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-                guard !entries.isEmpty else { throw CompletionError.invalidRequest("\(file.path): no categories") }
+                guard !entries.isEmpty else { throw MethodError.unreadableFile(file.path, "no categories") }
                 return entries
             }
             self.init(places: try lines("socratic_places.txt"), objects: try lines("socratic_objects.txt"),

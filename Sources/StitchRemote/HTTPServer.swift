@@ -73,7 +73,7 @@ public final class HTTPServer: @unchecked Sendable {
         address.sin_family = sa_family_t(AF_INET)
         guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
             close(fd)
-            throw CompletionError.invalidRequest("'\(host)' is not an IPv4 address to listen on")
+            throw HTTPServerError.invalidAddress(host)
         }
         address.sin_port = port.bigEndian
         let bound = withUnsafePointer(to: &address) {
@@ -159,6 +159,16 @@ public final class HTTPServer: @unchecked Sendable {
                 if n <= 0 { return }
                 sent += n
             }
+        }
+    }
+}
+
+public enum HTTPServerError: Error, CustomStringConvertible, Equatable {
+    case invalidAddress(String)
+
+    public var description: String {
+        switch self {
+        case .invalidAddress(let host): return "'\(host)' is not an IPv4 address to listen on"
         }
     }
 }

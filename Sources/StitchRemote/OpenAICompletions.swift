@@ -1,6 +1,6 @@
-import CCurl
 import Foundation
 import StitchMethods
+import StitchModelIO
 
 /// OpenAI's /v1/completions wire format, shared by the client and `stitch serve`.
 enum CompletionWire {
@@ -45,12 +45,12 @@ enum CompletionWire {
                 "model": model, "choices": choices]
     }
 
-    static func parseResponse(_ body: Data) throws -> [Completion] {
+    static func parseResponse(_ body: Data, url: String) throws -> [Completion] {
         guard let json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any], let choices = json["choices"] as? [[String: Any]] else {
-            throw CompletionError.invalidRequest("the response is not a completions object")
+            throw CompletionError.server(url: url, detail: "the response is not a completions object")
         }
         return try choices.sorted { ($0["index"] as? Int ?? 0) < ($1["index"] as? Int ?? 0) }.map { choice in
-            guard let text = choice["text"] as? String else { throw CompletionError.invalidRequest("a choice has no text") }
+            guard let text = choice["text"] as? String else { throw CompletionError.server(url: url, detail: "a choice has no text") }
             let logprobs = choice["logprobs"] as? [String: Any]
             return Completion(text: text, tokens: logprobs?["tokens"] as? [String] ?? [],
                               tokenLogprobs: (logprobs?["token_logprobs"] as? [Any])?.compactMap { ($0 as? NSNumber)?.doubleValue } ?? [],
@@ -58,8 +58,6 @@ enum CompletionWire {
         }
     }
 }
-
-private let curlReady: Bool = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK }()
 
 /// Any server speaking OpenAI's /v1/completions (a hosted LLM, a local one, `stitch serve`),
 /// over libcurl: timeouts, retries with exponential backoff on connection failures, 408, 429
@@ -95,69 +93,23 @@ public struct OpenAICompletionClient: CompletionBackend {
 
     public func complete(_ request: CompletionRequest) throws -> [Completion] {
         let body = try JSONSerialization.data(withJSONObject: CompletionWire.requestBody(request, model: model))
-        var delay = initialBackoff
-        for attempt in 1...max(1, attempts) {
-            let (status, response, failure) = post(body)
-            if let failure {
-                if attempt == attempts { throw CompletionError.server(url: url, detail: failure + " (after \(attempt) attempts)") }
-            } else if status == 200 {
-                return try CompletionWire.parseResponse(response)
-            } else {
-                let message = ((try? JSONSerialization.jsonObject(with: response)) as? [String: Any])
-                    .flatMap { ($0["error"] as? [String: Any])?["message"] as? String ?? $0["error"] as? String }
-                    ?? String(decoding: response.prefix(200), as: UTF8.self)
-                let retryable = status == 408 || status == 429 || status >= 500
-                if !retryable || attempt == attempts {
-                    let hint = status == 401 || status == 403 ? " (check the API key)" : ""
-                    throw CompletionError.server(url: url, detail: "HTTP \(status): \(message)\(hint)" + (attempt > 1 ? " (after \(attempt) attempts)" : ""))
+        var post = HTTPClientRequest(url, method: .post(body), headers: ["Content-Type: application/json"] + (apiKey.map { $0.isEmpty ? [] : ["Authorization: Bearer \($0)"] } ?? []))
+        post.timeout = timeout
+        let response: HTTPClientResponse
+        do {
+            response = try RetryPolicy(attempts: max(1, attempts), initialBackoff: initialBackoff).run { () throws(HTTPFailure) -> HTTPClientResponse in
+                let response = try post.perform()
+                guard response.status == 200 else {
+                    let message = ((try? JSONSerialization.jsonObject(with: response.body)) as? [String: Any])
+                        .flatMap { ($0["error"] as? [String: Any])?["message"] as? String ?? $0["error"] as? String }
+                        ?? String(decoding: response.body.prefix(200), as: UTF8.self)
+                    throw HTTPFailure.status(response.status, message + (response.status == 401 || response.status == 403 ? " (check the API key)" : ""))
                 }
+                return response
             }
-            Thread.sleep(forTimeInterval: delay)
-            delay *= 2
+        } catch {
+            throw CompletionError.server(url: url, detail: error.detail)
         }
-        throw CompletionError.server(url: url, detail: "no attempts made")
+        return try CompletionWire.parseResponse(response.body, url: url)
     }
-
-    private func post(_ body: Data) -> (Int, Data, String?) {
-        var headers = ["Content-Type: application/json"]
-        if let apiKey, !apiKey.isEmpty { headers.append("Authorization: Bearer \(apiKey)") }
-        return HTTPClient.post(url, body: body, headers: headers, timeout: timeout)
-    }
-}
-
-/// HTTP POST over libcurl.
-public enum HTTPClient {
-    /// One POST: (status, response body, transport failure as text).
-    public static func post(_ url: String, body: Data, headers: [String], timeout: Int) -> (status: Int, body: Data, failure: String?) {
-        guard curlReady, let handle = curl_easy_init() else { return (0, Data(), "libcurl could not be initialised") }
-        defer { curl_easy_cleanup(handle) }
-        let response = ResponseBuffer()
-        var list: UnsafeMutablePointer<curl_slist>?
-        for header in headers { list = curl_slist_append(list, header) }
-        defer { curl_slist_free_all(list) }
-        stitch_curl_set_string(handle, CURLOPT_URL, url)
-        stitch_curl_set_string(handle, CURLOPT_USERAGENT, "stitch/0.1")
-        stitch_curl_set_long(handle, CURLOPT_NOSIGNAL, 1)
-        stitch_curl_set_long(handle, CURLOPT_CONNECTTIMEOUT, 30)
-        stitch_curl_set_long(handle, CURLOPT_TIMEOUT, timeout)
-        stitch_curl_set_slist(handle, CURLOPT_HTTPHEADER, list)
-        stitch_curl_set_long(handle, CURLOPT_POSTFIELDSIZE, body.count)
-        body.withUnsafeBytes { raw in
-            _ = stitch_curl_set_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
-        }
-        stitch_curl_set_data_callback(handle, CURLOPT_WRITEFUNCTION) { data, size, count, context in
-            Unmanaged<ResponseBuffer>.fromOpaque(context!).takeUnretainedValue().data.append(UnsafeRawPointer(data!).assumingMemoryBound(to: UInt8.self), count: size * count)
-            return size * count
-        }
-        stitch_curl_set_pointer(handle, CURLOPT_WRITEDATA, Unmanaged.passUnretained(response).toOpaque())
-        let code = curl_easy_perform(handle)
-        guard code == CURLE_OK else { return (0, Data(), "\(String(cString: curl_easy_strerror(code))) (curl error \(code.rawValue))") }
-        var status = 0
-        stitch_curl_get_long(handle, CURLINFO_RESPONSE_CODE, &status)
-        return (status, response.data, nil)
-    }
-}
-
-private final class ResponseBuffer {
-    var data = Data()
 }

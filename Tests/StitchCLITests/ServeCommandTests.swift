@@ -1,4 +1,5 @@
 import Foundation
+import StitchModelIO
 import StitchMethods
 import StitchRemote
 import StitchTestSupport
@@ -56,11 +57,13 @@ final class ServeCommandTests: XCTestCase {
         XCTAssertEqual(ran.status, 0, ran.errors)
         XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as? [String: Any])?["text"] as? String, completion.text)
 
-        let post = { (path: String, body: String) in HTTPClient.post(base + path, body: Data(body.utf8), headers: ["Content-Type: application/json"], timeout: 30) }
-        let answer = post("/graphs/hello", #"{"name": "zebra"}"#)
+        let post = { (path: String, body: String) in
+            try HTTPClientRequest(base + path, method: .post(Data(body.utf8)), headers: ["Content-Type: application/json"]).perform()
+        }
+        let answer = try post("/graphs/hello", #"{"name": "zebra"}"#)
         XCTAssertEqual(answer.status, 200)
         XCTAssertEqual((try JSONSerialization.jsonObject(with: answer.body) as? [String: Any])?["greeting"] as? String, "hello zebra")
-        XCTAssertEqual(post("/graphs/nope", "{}").status, 404)
-        XCTAssertEqual(post("/graphs/hello", #"{"nome": 1}"#).status, 400)
+        XCTAssertEqual(try post("/graphs/nope", "{}").status, 404)
+        XCTAssertEqual(try post("/graphs/hello", #"{"nome": 1}"#).status, 400)
     }
 }
