@@ -40,6 +40,18 @@ final class ModelCommandTests: XCTestCase {
         XCTAssertEqual(texts.output.split(separator: "\n").count, 2, texts.errors)
     }
 
+    /// `stitch models`: the registry's types, and each given model's type and capabilities.
+    func testModelsListsTypesAndCapabilities() throws {
+        let listed = try StitchCLI.run(["models"])
+        XCTAssertEqual(listed.status, 0, listed.errors)
+        XCTAssertEqual(Set(listed.output.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }),
+                       ["clip", "gpt2", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox"])
+        let described = try StitchCLI.run(["models", Fixtures.url("tiny-clip").path, Fixtures.url("tiny-vit-gpt2").path, Fixtures.url("checkpoints/tiny-gpt2/legacy").path])
+        XCTAssertEqual(described.status, 0, described.errors)
+        XCTAssertEqual(described.output.split(separator: "\n").map { $0.split(separator: "\t").dropFirst().joined(separator: "\t") },
+                       ["clip\timage-text scorer, text embedder, image embedder", "vision-encoder-decoder\tcaptioner", "gpt2\tcausal language model"])
+    }
+
     func testGenerateMatchesTransformersGreedy() throws {
         let gpt2 = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
         let golden = try Fixtures.json("tiny-gpt2/golden.json") as! [String: Any]
