@@ -218,11 +218,11 @@ extension OperationRegistry {
     }
 
     static let languageModelOperations: [Operation] = [
-        Operation("lm_generate", "Continue a prompt: strategy greedy, sample, beam or contrastive.",
+        Operation("lm_generate", "Continue a prompt (too long a prompt keeps its end): strategy greedy, sample, beam or contrastive.",
                   arguments: [.component("lm", kind: "lm"), .value("prompt", .text)] + decodingArguments(DecodingOptions()), output: .text) { input in
             let lm = try input.component("lm", as: (any CausalLanguageModel).self)
             let options = try decodingOptions(input)
-            let tokens = try decode(lm, prompt: try lm.promptTokens(input.text("prompt")), options: options)
+            let tokens = try decode(lm, prompt: lm.fitted(try lm.promptTokens(input.text("prompt")), leaving: options.maxTokens), options: options)
             return .string(try options.stopConditions.text(of: tokens, model: lm))
         },
         Operation("lm_score", "Total log-probability of `continuation` after `prompt`.",

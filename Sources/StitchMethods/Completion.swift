@@ -64,7 +64,7 @@ public struct LocalCompletionBackend: CompletionBackend {
             throw CompletionError.invalidRequest("max_tokens \(request.maxTokens) leaves no room for the prompt in the context of \(model.contextLength)")
         }
         // A prompt longer than the context keeps its last tokens (its end holds the question being asked).
-        let prompt = Array(try model.promptTokens(request.prompt).suffix(model.contextLength - request.maxTokens))
+        let prompt = model.fitted(try model.promptTokens(request.prompt), leaving: request.maxTokens)
         return try (0..<request.count).map { index in
             let options = DecodingOptions(strategy: request.temperature == 0 ? .greedy : .sample, maxTokens: request.maxTokens, stop: request.stop,
                                           sampling: SamplingSettings(temperature: Float(request.temperature), topP: Float(request.topP), seed: request.seed &+ UInt64(index)))

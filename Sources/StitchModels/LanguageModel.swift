@@ -41,6 +41,10 @@ extension CausalLanguageModel {
     /// Token ids of a prompt; the empty prompt is the end token, from which a model starts a text.
     public func promptTokens(_ text: String) throws -> [Int] { text.isEmpty ? [endTokenID] : try encode(text) }
 
+    /// `prompt` cut to its last tokens so that `newTokens` more fit the context: a long prompt's end holds
+    /// what is being asked (used wherever prompts are assembled from other steps' text).
+    public func fitted(_ prompt: [Int], leaving newTokens: Int) -> [Int] { Array(prompt.suffix(max(1, contextLength - newTokens))) }
+
     /// Log-probabilities of each `continuation` token after `prefix` (at least one token).
     public func logProbabilities(of continuation: [Int], after prefix: [Int]) throws -> [Float] {
         guard !prefix.isEmpty else { throw ModelError.invalidInput(model: "language model", detail: "the prefix needs at least one token") }

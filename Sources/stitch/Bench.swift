@@ -48,13 +48,13 @@ struct Bench: ParsableCommand {
     var captioner: String?
 
     @Option(help: "The YOLOX-Nano folder (ONNX file and class names) of the yolox row.")
-    var yolox = "../shared/models/yolox-nano-coco"
+    var yolox = "Tests/Fixtures/yolox-nano-coco"
 
     @Option(help: "The photo the yolox row detects in.")
-    var image = "../shared/images/dog_bicycle_truck.jpg"
+    var image = "Tests/Fixtures/photos/coffee.png"
 
     @Option(help: "GPT-2 and CLIP tokenizer files copied into the random-weight folders (the magic row decodes text).")
-    var tokenizers = "../shared/models/tokenizers"
+    var tokenizers = "Tests/Fixtures/tokenizers"
 
     func run() throws {
         BLAS.configureThreads(threads)

@@ -16,7 +16,7 @@ struct Detect: ParsableCommand {
     var images: [String] = []
 
     @Option(help: "YOLOX-Nano folder (its .onnx file and coco_labels.txt) or .onnx file.")
-    var model = "../shared/models/yolox-nano-coco"
+    var model = "Tests/Fixtures/yolox-nano-coco"
 
     @Option(help: "Keep detections scoring above this (objectness x class probability).")
     var threshold: Float = 0.3

@@ -33,7 +33,7 @@ struct SceneTextOptions: ParsableArguments {
     var captioner = "nlpconnect/vit-gpt2-image-captioning"
 
     @Option(help: "YOLOX-Nano folder for object tags.")
-    var detector = "../shared/models/yolox-nano-coco"
+    var detector = "Tests/Fixtures/yolox-nano-coco"
 
     @Flag(help: "Contexts without detector tags.")
     var noTags = false

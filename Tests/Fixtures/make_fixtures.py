@@ -7,7 +7,8 @@ Swift tests compare against them.
     pip install -r Tests/Fixtures/requirements.txt
     python3 Tests/Fixtures/make_fixtures.py            # from the repository root
 
-Real tokenizer files and photos are read from ../shared (beside the repo).
+Real tokenizer files, photos and the YOLOX-Nano ONNX file are committed under Tests/Fixtures;
+the real MiniLM and EfficientNet-Lite0 weights come from Scripts/fetch-test-models (run it first).
 Everything is seeded, so a rerun rewrites identical files.
 """
 import gzip
@@ -28,11 +29,12 @@ import yolox_reference  # noqa: E402  (as is the YOLOX one)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-TOKENIZERS = os.path.join(SHARED, "models", "tokenizers")
-MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")
-IMAGES = os.path.join(SHARED, "images")
-YOLOX = os.path.join(SHARED, "models", "yolox-nano-coco")
+TOKENIZERS = os.path.join(HERE, "tokenizers")
+IMAGES = os.path.join(HERE, "photos")
+YOLOX = os.path.join(HERE, "yolox-nano-coco")
+TEST_MODELS = os.environ.get("STITCH_TEST_MODELS") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stitch", "test-models")
+MINILM = os.path.join(TEST_MODELS, "all-MiniLM-L6-v2")
+EFFICIENTNET = os.path.join(TEST_MODELS, "efficientnet-lite0")
 
 
 def out(*parts):
@@ -237,7 +239,7 @@ def make_image_goldens():
         decoded[name] = np.asarray(image, dtype=np.float32)
         if name in ("gradient.png", "cmyk.jpg"):   # upscaling from a tiny image; a non-RGB source
             clip[name] = processor(images=image, return_tensors="np")["pixel_values"][0]
-    for name in sorted(os.listdir(IMAGES)):
+    for name in sorted(n for n in os.listdir(IMAGES) if not n.endswith(".md")):
         image = Image.open(os.path.join(IMAGES, name)).convert("RGB")
         clip[name] = processor(images=image, return_tensors="np")["pixel_values"][0]
         imagenet[name] = imagenet_reference(image)
@@ -308,7 +310,7 @@ def make_clip_goldens(folder):
     model = CLIPModel.from_pretrained(out(folder), torch_dtype=torch.float32).eval()
     size = model.config.vision_config.image_size
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    images = [Image.open(os.path.join(IMAGES, n)).convert("RGB") for n in ["zebra.jpg", "dog_bicycle_truck.jpg"]]
+    images = [Image.open(os.path.join(IMAGES, n)).convert("RGB") for n in ["chelsea.png", "coffee.png"]]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     text = clip_tokenizer()(CLIP_TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -356,7 +358,7 @@ def make_gpt2_goldens():
 
 # ---------------------------------------------------------------- decoding goldens
 
-MAGIC_IMAGES = [os.path.join(IMAGES, "zebra.jpg"), os.path.join(IMAGES, "dog_bicycle_truck.jpg"),
+MAGIC_IMAGES = [os.path.join(IMAGES, "chelsea.png"), os.path.join(IMAGES, "coffee.png"),
                 out("images", "rgb.jpg"), out("images", "grey.jpg"), out("images", "gradient.png")]
 MAGIC_SETTINGS = [dict(k=45, alpha=0.1, beta=2.0, max_tokens=16), dict(k=10, alpha=0.6, beta=1.0, max_tokens=12),
                   dict(k=30, alpha=0.0, beta=5.0, max_tokens=10)]
@@ -501,11 +503,11 @@ def make_minilm_goldens():
 
 
 def make_efficientnet_goldens():
-    """The efficientnet_lite_pytorch reference network on ../shared's weights and the ImageNet pixels above."""
+    """The efficientnet_lite_pytorch reference network on the real weights (Scripts/fetch-test-models) and the ImageNet pixels above."""
     from efficientnet_lite_pytorch import EfficientNet
     from safetensors.torch import load_file
     model = EfficientNet.from_name("efficientnet-lite0").eval()
-    state = load_file(os.path.join(SHARED, "models", "efficientnet-lite0", "model.safetensors"))
+    state = torch.load(os.path.join(EFFICIENTNET, "pytorch_model.bin"), weights_only=True)
     model.load_state_dict(state)
     from safetensors.numpy import load_file as load_np
     pixels = load_np(out("images", "imagenet_pixels.safetensors"))
@@ -526,7 +528,7 @@ def make_yolox_goldens():
     import zlib
     sess = yolox_reference.session(os.path.join(YOLOX, "yolox_nano.onnx"), 1)
     golden, rows_of = {}, {}
-    for path in [os.path.join(IMAGES, "dog_bicycle_truck.jpg"), os.path.join(IMAGES, "zebra.jpg"), out("images", "rgb.jpg")]:
+    for path in [os.path.join(IMAGES, "coffee.png"), os.path.join(IMAGES, "chelsea.png"), out("images", "rgb.jpg")]:
         raw, ratio, pixels, detections = yolox_reference.detect(sess, path)
         scores = raw[:, 4:5] * raw[:, 5:]
         rows = sorted(set(range(0, len(raw), 23)) | set(np.nonzero(scores.max(1) > 0.05)[0].tolist()))
@@ -542,7 +544,7 @@ def make_yolox_goldens():
     save_file(rows_of, out("yolox", "raw_rows.safetensors"))
 
 
-CAPTIONER_IMAGES = [os.path.join(IMAGES, "dog_bicycle_truck.jpg"), os.path.join(IMAGES, "zebra.jpg"), out("images", "rgb.jpg")]
+CAPTIONER_IMAGES = [os.path.join(IMAGES, "coffee.png"), os.path.join(IMAGES, "chelsea.png"), out("images", "rgb.jpg")]
 
 
 def make_captioner_goldens():
@@ -566,7 +568,7 @@ def make_captioner_goldens():
     processor.save_pretrained(out("tiny-vit-gpt2"))
     model = VisionEncoderDecoderModel.from_pretrained(out("tiny-vit-gpt2"), torch_dtype=torch.float32).eval()
     decoder_input = [start, 5, 17, 300, 42]
-    tensors, golden = {}, {"images": [os.path.relpath(p, ROOT) if p.startswith(ROOT) else "shared:" + os.path.basename(p) for p in CAPTIONER_IMAGES],
+    tensors, golden = {}, {"images": [os.path.relpath(p, ROOT) for p in CAPTIONER_IMAGES],
                            "decoder_input": decoder_input, "settings": []}
     pixels = [processor(images=[Image.open(p).convert("RGB")], return_tensors="pt")["pixel_values"] for p in CAPTIONER_IMAGES]
     with torch.no_grad():
@@ -854,7 +856,7 @@ def make_tiny_magic():
     """A repository shaped like cambridgeltl/magic_mscoco: a GPT-2 whose vocabulary has MAGiC's two added
     tokens (added_tokens.json, special_tokens_map.json, tokenizer_config.json) and whose only weights are a
     pytorch_model.bin with the old causal-mask buffers. Narrow (8 wide) to stay small; vocab.json and
-    merges.txt are GPT-2's, which the tests take from ../shared."""
+    merges.txt are GPT-2's, committed in Tests/Fixtures/tokenizers."""
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(6)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50259, n_positions=64, n_embd=8, n_layer=1, n_head=2, initializer_range=0.5)).half()
@@ -1110,9 +1112,9 @@ if __name__ == "__main__":
         for step in sys.argv[1:]:
             globals()[step]()
         sys.exit()
-    for path in [TOKENIZERS, MINILM, IMAGES, YOLOX]:
+    for path in [MINILM, EFFICIENTNET]:
         if not os.path.isdir(path):
-            sys.exit(f"missing {path}: the fixtures need the real tokenizer files and photos in ../shared")
+            sys.exit(f"missing {path}: run Scripts/fetch-test-models first")
     torch.set_num_threads(1)
     make_tokenizer_goldens()
     make_tensor_goldens()

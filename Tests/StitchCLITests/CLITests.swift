@@ -51,11 +51,9 @@ final class CLITests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: folder) }
 
     func testTokenizeArgumentsAndStandardInput() throws {
-        guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
-              let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt"),
-              let clip = Fixtures.sharedPath("models/tokenizers/bpe_simple_vocab_16e6.txt.gz") else {
-            throw XCTSkip("needs the tokenizer files in ../shared")
-        }
+        let vocabulary = Fixtures.tokenizerFile("gpt2-vocab.json")
+        let merges = Fixtures.tokenizerFile("gpt2-merges.txt")
+        let clip = Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz")
         // A Hugging Face-style GPT-2 folder.
         try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent("vocab.json"), withDestinationURL: vocabulary)
         try FileManager.default.createSymbolicLink(at: folder.appendingPathComponent("merges.txt"), withDestinationURL: merges)
@@ -106,7 +104,8 @@ final class CLITests: XCTestCase {
         XCTAssert(unknown.errors.contains("unknown bench rows: warp-drive"), unknown.errors)
 
         // Without a Python reference the Stitch side still runs and says why the other side is missing.
-        if let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0") {
+        do {
+            let efficientnet = try Fixtures.realModel("efficientnet-lite0")
             let alone = try stitch(["bench", "--seconds", "0", "--rows", "efficientnet", "--efficientnet", efficientnet.path,
                                     "--python", "/nonexistent/python3"])
             XCTAssertEqual(alone.status, 0, alone.errors)

@@ -10,7 +10,6 @@ final class CheckpointCommandTests: XCTestCase {
     var server: LocalHubServer!
 
     override func setUpWithError() throws {
-        guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
         folder = try Fixtures.temporaryFolder()
         server = try LocalHubServer()
     }
@@ -34,7 +33,7 @@ final class CheckpointCommandTests: XCTestCase {
         }
         for (name, source) in tokenizer {
             try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name),
-                                                       withDestinationURL: Fixtures.shared.appendingPathComponent("models/tokenizers/\(source)"))
+                                                       withDestinationURL: Fixtures.tokenizerFile(source))
         }
         return target
     }

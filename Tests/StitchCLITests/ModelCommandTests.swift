@@ -8,7 +8,6 @@ final class ModelCommandTests: XCTestCase {
     var folder: URL!
 
     override func setUpWithError() throws {
-        guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
         folder = try Fixtures.temporaryFolder()
     }
     override func tearDownWithError() throws { if let folder { try? FileManager.default.removeItem(at: folder) } }
@@ -65,8 +64,9 @@ final class ModelCommandTests: XCTestCase {
     }
 
     func testRealEncodersAndWrongModelKinds() throws {
-        guard let minilm = Fixtures.sharedPath("models/all-MiniLM-L6-v2"), let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0"),
-              let zebra = Fixtures.sharedPath("images/zebra.jpg") else { throw XCTSkip("needs ../shared models and images") }
+        let minilm = try Fixtures.realModel("all-MiniLM-L6-v2")
+        let efficientnet = try Fixtures.realModel("efficientnet-lite0")
+        let zebra = Fixtures.photo("chelsea.png")
         let sentences = (try Fixtures.json("minilm/golden.json") as! [String: [String]])["sentences"]!
         let result = try StitchCLI.run(["embed-text", "--model", minilm.path, sentences[0]])
         XCTAssertEqual(result.status, 0, result.errors)
@@ -90,7 +90,6 @@ final class GenerationCommandTests: XCTestCase {
     let golden = try! Fixtures.json("decoding/golden.json") as! [String: Any]
 
     override func setUpWithError() throws {
-        guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
         folder = try Fixtures.temporaryFolder()
         gpt2 = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
         clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
@@ -100,7 +99,6 @@ final class GenerationCommandTests: XCTestCase {
     func testCaptionManyImagesWithOneLoad() throws {
         let magic = golden["magic"] as! [String: Any]
         let images = (magic["images"] as! [String]).map { Fixtures.repositoryRoot.appendingPathComponent($0).path }
-        guard images.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else { throw XCTSkip("needs ../shared/images") }
         let setting = (magic["settings"] as! [[String: Any]])[0]
         let result = try StitchCLI.run(["caption", "--lm", gpt2, "--clip", clip, "--json"] + images)
         XCTAssertEqual(result.status, 0, result.errors)

@@ -9,7 +9,6 @@ import XCTest
 /// client and over plain HTTP for a graph endpoint.
 final class ServeCommandTests: XCTestCase {
     func testServeCompletionsAndGraphs() throws {
-        guard Fixtures.sharedPath("models/tokenizers") != nil else { throw XCTSkip("needs ../shared/models/tokenizers") }
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let model = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder)

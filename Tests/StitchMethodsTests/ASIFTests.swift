@@ -35,7 +35,7 @@ final class ASIFParityTests: XCTestCase {
     }
 }
 
-/// ASIF on the real EfficientNet-Lite0 and all-MiniLM-L6-v2 weights in ../shared: anchors from
+/// ASIF on the real EfficientNet-Lite0 and all-MiniLM-L6-v2 weights (Scripts/fetch-test-models): anchors from
 /// the photos there plus synthetic images, queried with held-out near-duplicates.
 final class ASIFRealWeightTests: XCTestCase {
     /// Solid colours and simple shapes drawn in code, each with a caption.
@@ -77,10 +77,10 @@ final class ASIFRealWeightTests: XCTestCase {
     }
 
     func testNearDuplicatesRetrieveTheirOwnCaption() throws {
-        guard let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0"), let minilm = Fixtures.sharedPath("models/all-MiniLM-L6-v2"),
-              let zebra = Fixtures.sharedPath("images/zebra.jpg"), let street = Fixtures.sharedPath("images/dog_bicycle_truck.jpg") else {
-            throw XCTSkip("needs the real encoders and photos in ../shared")
-        }
+        let efficientnet = try Fixtures.realModel("efficientnet-lite0")
+        let minilm = try Fixtures.realModel("all-MiniLM-L6-v2")
+        let zebra = Fixtures.photo("chelsea.png")
+        let street = Fixtures.photo("coffee.png")
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         var anchors = [(try RGBImage(contentsOf: zebra.path), "a zebra standing in the grass"),

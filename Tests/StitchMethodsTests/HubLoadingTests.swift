@@ -51,8 +51,8 @@ final class HubLoadingTests: XCTestCase {
     }
 
     func gpt2Tokenizer() throws -> [String: URL] {
-        guard let vocabulary = Fixtures.sharedPath("models/tokenizers/gpt2-vocab.json"),
-              let merges = Fixtures.sharedPath("models/tokenizers/gpt2-merges.txt") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        let vocabulary = Fixtures.tokenizerFile("gpt2-vocab.json")
+        let merges = Fixtures.tokenizerFile("gpt2-merges.txt")
         return ["vocab.json": vocabulary, "merges.txt": merges]
     }
 
@@ -73,7 +73,7 @@ final class HubLoadingTests: XCTestCase {
         checked.insert(magicKind.name)
 
         // CLIP with OpenAI's tokenizer file, weights as torch's zip format.
-        guard let bpe = Fixtures.sharedPath("models/tokenizers/bpe_simple_vocab_16e6.txt.gz") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        let bpe = Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz")
         var clipFiles = folderFiles("checkpoints/tiny-clip/zip")
         clipFiles[CLIPTokenizer.openAIVocabularyFile] = bpe
         let clip = try publish("org/clip", clipFiles)
@@ -99,7 +99,7 @@ final class HubLoadingTests: XCTestCase {
         checked.insert(bertKind.name)
 
         // EfficientNet-Lite0's real weights (safetensors).
-        guard let efficientnet = Fixtures.sharedPath("models/efficientnet-lite0") else { throw XCTSkip("needs ../shared/models") }
+        let efficientnet = try Fixtures.realModel("efficientnet-lite0")
         let net = try publish("org/efficientnet", ["config.json": efficientnet.appendingPathComponent("config.json"),
                                                    "model.safetensors": efficientnet.appendingPathComponent("model.safetensors")])
         let (netFolder, netKind) = try registry.resolve(net.hubID, locator: locator)

@@ -31,7 +31,7 @@ final class SocraticTests: XCTestCase {
 
     /// CLIP's zero-shot choices feed the prompt, and the candidates come back in CLIP's order.
     func testCaptionOnFixtureModels() throws {
-        guard let zebra = Fixtures.sharedPath("images/zebra.jpg") else { throw XCTSkip("needs ../shared/images") }
+        let zebra = Fixtures.photo("chelsea.png")
         let clip = try TinyModels.clipWithTokenizer()
         let categories = try SocraticCaptioner.Categories(folder: Fixtures.repositoryRoot.appendingPathComponent("Prompts"))
         let socratic = SocraticCaptioner(template: try template())

@@ -42,7 +42,7 @@ final class CLIPParityTests: XCTestCase {
 
     /// Text through Stitch's own tokenizer gives the golden ids and the same features.
     func testTokenizedTextPath() throws {
-        guard let bpe = Fixtures.sharedPath("models/tokenizers/bpe_simple_vocab_16e6.txt.gz") else { throw XCTSkip("needs ../shared") }
+        let bpe = Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz")
         let folder = Fixtures.url("tiny-clip")
         let clip = try CLIP(config: loadConfig(CLIPConfig.self, from: folder.appendingPathComponent("config.json")),
                             weights: WeightStore(folder: folder), tokenizer: CLIPTokenizer(bpeFile: bpe.path))

@@ -7,25 +7,21 @@ import StitchTestSupport
 import XCTest
 @testable import StitchModels
 
-/// The real YOLOX-Nano in ../shared/models/yolox-nano-coco against onnxruntime and
+/// The real YOLOX-Nano (Tests/Fixtures/yolox-nano-coco) against onnxruntime and
 /// YOLOX's ONNX demo post-processing (Tests/Fixtures/yolox, from make_fixtures.py).
 final class YOLOXTests: XCTestCase {
-    static let images = ["dog_bicycle_truck.jpg": "images/dog_bicycle_truck.jpg", "zebra.jpg": "images/zebra.jpg"]
-
-    func imagePath(_ name: String) -> String? {
-        if let shared = Self.images[name] { return Fixtures.sharedPath(shared)?.path }
-        return Fixtures.url("images/\(name)").path
+    func imagePath(_ name: String) -> String {
+        FileManager.default.fileExists(atPath: Fixtures.photo(name).path) ? Fixtures.photo(name).path : Fixtures.url("images/\(name)").path
     }
 
     func testMatchesONNXRuntime() throws {
-        guard let folder = Fixtures.sharedPath("models/yolox-nano-coco") else { throw XCTSkip("needs ../shared/models/yolox-nano-coco") }
+        let folder = Fixtures.yolox
         let model = try YOLOX(path: folder.path)
         XCTAssertEqual(model.numClasses, 80)
         let golden = try Fixtures.json("yolox/golden.json") as! [String: [String: Any]]
         let rows = try Fixtures.tensors("yolox/raw_rows.safetensors")
         for (name, expected) in golden.sorted(by: { $0.key < $1.key }) {
-            guard let path = imagePath(name) else { continue }
-            let image = try RGBImage(contentsOf: path)
+            let image = try RGBImage(contentsOf: imagePath(name))
             let letterbox = Letterbox(image, size: YOLOX.inputSize)
             let bytes = letterbox.pixels.scalars.map { UInt8($0) }
             let crc = bytes.withUnsafeBufferPointer { UInt32(crc32(0, $0.baseAddress, UInt32($0.count))) }
@@ -49,9 +45,8 @@ final class YOLOXTests: XCTestCase {
                 XCTAssertGreaterThanOrEqual(iou(d.box, box), 0.99, "\(name) \(d.label): \(d.box) vs \(box)")
                 XCTAssertEqual(d.score, Float(r["score"] as! Double), accuracy: 1e-3)
             }
-            if name == "dog_bicycle_truck.jpg" {
-                XCTAssertEqual(Array(detections.prefix(3).map(\.label)).sorted(), ["bicycle", "car", "dog"])
-            }
+            if name == "coffee.png" { XCTAssertEqual(detections.map(\.label), ["cup", "dining table"]) }
+            if name == "chelsea.png" { XCTAssertEqual(detections.map(\.label), ["cat"]) }
         }
     }
 
@@ -65,7 +60,7 @@ final class YOLOXTests: XCTestCase {
 /// Bad detector files are errors that name the file and the problem.
 final class YOLOXErrorTests: XCTestCase {
     func testBadFilesAreNamedErrors() throws {
-        guard let folder = Fixtures.sharedPath("models/yolox-nano-coco") else { throw XCTSkip("needs ../shared/models/yolox-nano-coco") }
+        let folder = Fixtures.yolox
         let temporary = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: temporary) }
         let original = try Data(contentsOf: folder.appendingPathComponent("yolox_nano.onnx"))

@@ -2,7 +2,8 @@ import Foundation
 import StitchModelIO
 import StitchTensor
 
-/// Paths the tests share: the committed fixtures and ../shared beside the repository.
+/// Paths the tests share: the committed fixtures (real tokenizer files, photos and YOLOX-Nano among them)
+/// and the real weights Scripts/fetch-test-models fetches.
 public enum Fixtures {
     /// The repository root, found from this source file's location.
     public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
@@ -13,19 +14,39 @@ public enum Fixtures {
 
     public static func url(_ relative: String) -> URL { folder.appendingPathComponent(relative) }
 
-    /// ../shared relative to the repository root, where real weights and images live.
-    public static let shared = repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared")
+    /// A real photo under Tests/Fixtures/photos (public domain or CC0; see its LICENSES.md).
+    public static func photo(_ name: String) -> URL { url("photos/\(name)") }
 
-    /// A path under ../shared, or nil (with a clear message) when it is absent.
-    public static func sharedPath(_ relative: String) -> URL? {
-        let url = shared.appendingPathComponent(relative)
-        if FileManager.default.fileExists(atPath: url.path) { return url }
-        print("note: \(url.path) is absent; tests that need the real files in ../shared are skipped")
-        return nil
+    /// Real tokenizer files (GPT-2's vocab.json / merges.txt, CLIP's BPE file) under Tests/Fixtures/tokenizers.
+    public static func tokenizerFile(_ name: String) -> URL { url("tokenizers/\(name)") }
+
+    /// The real YOLOX-Nano (COCO) ONNX file with its labels (Apache-2.0).
+    public static let yolox = url("yolox-nano-coco")
+
+    /// Where Scripts/fetch-test-models puts the real weights too large to commit (MiniLM, EfficientNet-Lite0).
+    public static let testModels: URL = {
+        let environment = ProcessInfo.processInfo.environment
+        if let folder = environment["STITCH_TEST_MODELS"], !folder.isEmpty { return URL(fileURLWithPath: folder) }
+        let cache = environment["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory() + "/.cache"
+        return URL(fileURLWithPath: cache).appendingPathComponent("stitch/test-models")
+    }()
+
+    /// A real model folder of `testModels`; its absence fails the test (it never skips) with what to run.
+    public static func realModel(_ name: String) throws -> URL {
+        let folder = testModels.appendingPathComponent(name)
+        guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("config.json").path) else {
+            throw MissingTestModel(folder: folder)
+        }
+        return folder
+    }
+
+    public struct MissingTestModel: Error, CustomStringConvertible {
+        let folder: URL
+        public var description: String { "\(folder.path) is missing: run Scripts/fetch-test-models (the README's test command does)" }
     }
 
     /// A copy of a tiny fixture model folder (tiny-gpt2, tiny-clip) inside `folder`, with the real
-    /// tokenizer files from ../shared linked in under their Hugging Face names.
+    /// tokenizer files linked in under their Hugging Face names.
     public static func modelWithTokenizer(_ fixture: String, in folder: URL) throws -> URL {
         let links = fixture.contains("gpt2")
             ? ["vocab.json": "gpt2-vocab.json", "merges.txt": "gpt2-merges.txt"]
@@ -33,8 +54,7 @@ public enum Fixtures {
         let target = folder.appendingPathComponent(fixture)
         try FileManager.default.copyItem(at: url(fixture), to: target)
         for (name, source) in links {
-            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name),
-                                                       withDestinationURL: shared.appendingPathComponent("models/tokenizers/\(source)"))
+            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: tokenizerFile(source))
         }
         return target
     }

@@ -17,11 +17,6 @@ final class TokenizerGoldenTests: XCTestCase {
 
     static let golden: Golden = try! JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tokenizers/golden.json")))
 
-    func sharedFile(_ relative: String) throws -> URL {
-        guard let url = Fixtures.sharedPath(relative) else { throw XCTSkip("needs ../shared/\(relative)") }
-        return url
-    }
-
     /// Compares every string and reports the first few mismatches with their text.
     func assertMatches(_ name: String, expected: [[Int]], _ encode: (String) -> [Int]) {
         let corpus = Self.golden.corpus
@@ -36,8 +31,8 @@ final class TokenizerGoldenTests: XCTestCase {
     }
 
     func testGPT2MatchesGPT2TokenizerFast() throws {
-        let tokenizer = try GPT2Tokenizer(vocabularyFile: sharedFile("models/tokenizers/gpt2-vocab.json").path,
-                                          mergesFile: sharedFile("models/tokenizers/gpt2-merges.txt").path)
+        let tokenizer = try GPT2Tokenizer(vocabularyFile: Fixtures.tokenizerFile("gpt2-vocab.json").path,
+                                          mergesFile: Fixtures.tokenizerFile("gpt2-merges.txt").path)
         assertMatches("GPT-2", expected: Self.golden.gpt2, tokenizer.encode)
         for (ids, text) in zip(Self.golden.gpt2, Self.golden.gpt2_decoded) {
             XCTAssertEqual(tokenizer.decode(ids), text)
@@ -46,7 +41,7 @@ final class TokenizerGoldenTests: XCTestCase {
 
     /// added_tokens.json (MAGiC's checkpoints add "<-start_of_text->" and "<-pad->") is read with the folder.
     func testGPT2AddedTokens() throws {
-        guard let shared = Fixtures.sharedPath("models/tokenizers") else { throw XCTSkip("needs ../shared/models/tokenizers") }
+        let shared = Fixtures.url("tokenizers")
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         for (name, source) in ["vocab.json": "gpt2-vocab.json", "merges.txt": "gpt2-merges.txt"] {
@@ -65,7 +60,7 @@ final class TokenizerGoldenTests: XCTestCase {
     }
 
     func testCLIPMatchesCLIPTokenizerFast() throws {
-        let tokenizer = try CLIPTokenizer(bpeFile: sharedFile("models/tokenizers/bpe_simple_vocab_16e6.txt.gz").path)
+        let tokenizer = try CLIPTokenizer(bpeFile: Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz").path)
         XCTAssertEqual(tokenizer.vocabularySize, 49408)
         assertMatches("CLIP", expected: Self.golden.clip, tokenizer.encode)
         for (ids, text) in zip(Self.golden.clip, Self.golden.clip_decoded) {
@@ -74,12 +69,12 @@ final class TokenizerGoldenTests: XCTestCase {
     }
 
     func testBERTMatchesTokenizersLibrary() throws {
-        let tokenizer = try WordPieceTokenizer(folder: sharedFile("models/all-MiniLM-L6-v2"))
+        let tokenizer = try WordPieceTokenizer(folder: Fixtures.realModel("all-MiniLM-L6-v2"))
         assertMatches("BERT WordPiece", expected: Self.golden.bert, tokenizer.encode)
     }
 
     func testCLIPTruncatesToContextKeepingEndToken() throws {
-        let tokenizer = try CLIPTokenizer(bpeFile: sharedFile("models/tokenizers/bpe_simple_vocab_16e6.txt.gz").path)
+        let tokenizer = try CLIPTokenizer(bpeFile: Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz").path)
         let ids = tokenizer.encode(Array(repeating: "zebra", count: 200).joined(separator: " "))
         XCTAssertEqual(ids.count, 77)
         XCTAssertEqual(ids.first, tokenizer.startID)
@@ -88,7 +83,7 @@ final class TokenizerGoldenTests: XCTestCase {
     }
 
     func testWordPieceTruncationAndUnknownWords() throws {
-        var tokenizer = try WordPieceTokenizer(folder: sharedFile("models/all-MiniLM-L6-v2"))
+        var tokenizer = try WordPieceTokenizer(folder: Fixtures.realModel("all-MiniLM-L6-v2"))
         tokenizer.maximumLength = 8
         let ids = tokenizer.encode("one two three four five six seven eight nine ten")
         XCTAssertEqual(ids.count, 8)
