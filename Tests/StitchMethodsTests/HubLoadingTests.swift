@@ -98,10 +98,10 @@ final class HubLoadingTests: XCTestCase {
                        try SentenceEncoder(folder: bert.folder).encode(["the dog was in the house"]).scalars)
         checked.insert(bertKind.name)
 
-        // EfficientNet-Lite0's real weights (safetensors).
+        // EfficientNet-Lite0's real weights (the legacy-format .pth its package ships).
         let efficientnet = try Fixtures.realModel("efficientnet-lite0")
         let net = try publish("org/efficientnet", ["config.json": efficientnet.appendingPathComponent("config.json"),
-                                                   "model.safetensors": efficientnet.appendingPathComponent("model.safetensors")])
+                                                   "pytorch_model.bin": efficientnet.appendingPathComponent("pytorch_model.bin")])
         let (netFolder, netKind) = try registry.resolve(net.hubID, locator: locator)
         XCTAssertEqual(try EfficientNetLite(folder: netFolder).features(of: photo).scalars, try EfficientNetLite(folder: net.folder).features(of: photo).scalars)
         checked.insert(netKind.name)
