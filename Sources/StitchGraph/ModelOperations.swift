@@ -45,10 +45,11 @@ extension OperationRegistry {
     static func completionKind(models: ModelRegistry) -> ComponentKind {
         let local = modelKind("completion", as: (any CausalLanguageModel).self, models: models)
         return ComponentKind("completion", load: { spec in
-            guard let url = spec.options["url"]?.string else {
-                return CompletionComponent(LocalCompletionBackend(model: try local.load(spec) as! any CausalLanguageModel, name: spec.model))
-            }
-            return CompletionComponent(try OpenAICompletionClient.fromEnvironment(baseURL: url, model: spec.options["model"]?.string ?? spec.model, apiKey: nil))
+            let environment = ProcessInfo.processInfo.environment.filter { $0.key.hasSuffix("_API_KEY") }   // keys, but not the choice of server
+            return CompletionComponent(try OpenAICompletionClient.backend(url: spec.options["url"]?.string, serverModel: spec.options["model"]?.string ?? spec.model,
+                                                                          apiKey: nil, environment: environment) {
+                LocalCompletionBackend(model: try local.load(spec) as! any CausalLanguageModel, name: spec.model)
+            })
         }, identity: { spec in
             spec.options["url"]?.string.map { "completion:\($0):\(spec.options["model"]?.string ?? spec.model)" } ?? local.identity(spec)
         })
@@ -81,14 +82,14 @@ extension OperationRegistry {
         Operation("caption", "A caption of the image by a captioner (ViT-GPT2): strategy beam (default, 4 beams, 15 tokens), greedy, sample or contrastive.",
                   arguments: [.component("captioner", kind: "captioner"), .value("image", .image)] + decodingArguments(.captioner), output: .text) { input in
             let captioner = try input.component("captioner", as: (any ImageCaptioner).self)
-            return .string(try captioner.caption(RGBImage(contentsOf: input.text("image")), options: decodingOptions(input)).text)
+            return .string(try captioner.caption(input.image("image"), options: decodingOptions(input)).text)
         },
         Operation("detect", "Objects in the image (a detector such as YOLOX-Nano): `tags`, the distinct labels best first joined by \", \", and every detection.",
                   arguments: [.component("detector", kind: "detector"), .value("image", .image),
                               .value("threshold", .number, default: .number(0.3)), .value("nms", .number, default: .number(0.45))],
                   output: .record(["tags": .text, "detections": .json])) { input in
             let detector = try input.component("detector", as: (any ObjectDetector).self)
-            let detections = try detector.detect(RGBImage(contentsOf: input.text("image")), threshold: Float(try input.number("threshold")),
+            let detections = try detector.detect(input.image("image"), threshold: Float(try input.number("threshold")),
                                                  nmsThreshold: Float(try input.number("nms")))
             var labels: [String] = []
             for d in detections where !labels.contains(d.label) { labels.append(d.label) }
@@ -107,7 +108,7 @@ extension OperationRegistry {
             let asif = try input.component("asif", as: ASIFComponent.self)
             let labels = try input.texts("labels")
             let settings = ASIFSettings(k: try input.integer("k"), p: Float(try input.number("p")))
-            let scores = try asif.index.classify(images: asif.image.embed([RGBImage(contentsOf: input.text("image"))]), labels: labels,
+            let scores = try asif.index.classify(images: asif.image.embed([input.image("image")]), labels: labels,
                                                  templates: input.texts("templates"), text: asif.text, settings: settings).scalars
             let best = rankings(Tensor(shape: [1, scores.count], scalars: scores))[0].first ?? 0
             return .object(["label": .string(labels[best]),
@@ -121,7 +122,7 @@ extension OperationRegistry {
             let given = try input.texts("texts")
             let pool = given.isEmpty ? asif.index.captions : given
             let settings = ASIFSettings(k: try input.integer("k"), p: Float(try input.number("p")))
-            let scores = try asif.index.scores(images: try asif.image.embed([RGBImage(contentsOf: input.text("image"))]), texts: try asif.text.embed(pool), settings: settings)
+            let scores = try asif.index.scores(images: try asif.image.embed([input.image("image")]), texts: try asif.text.embed(pool), settings: settings)
             let ranked = Array(rankings(scores)[0].prefix(max(0, try input.integer("top"))))
             return .object(["texts": .array(ranked.map { .string(pool[$0]) }), "scores": .array(ranked.map { .number(Double(scores[0, $0])) })])
         },
@@ -166,7 +167,7 @@ extension OperationRegistry {
         Operation("clip_embed_image", "CLIP's unit-length embedding of an image.",
                   arguments: [.component("clip", kind: "scorer"), .value("image", .image)], output: .json) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
-            return .array(try clip.imageEmbeddings([RGBImage(contentsOf: input.text("image"))]).scalars.map { .number(Double($0)) })
+            return .array(try clip.imageEmbeddings([input.image("image")]).scalars.map { .number(Double($0)) })
         },
         Operation("clip_embed_text", "CLIP's unit-length embedding of a text.",
                   arguments: [.component("clip", kind: "scorer"), .value("text", .text)], output: .json) { input in
@@ -179,7 +180,7 @@ extension OperationRegistry {
                   output: .record(["label": .text, "probabilities": .json])) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
             let labels = try input.texts("labels")
-            let probabilities = try clip.classify([RGBImage(contentsOf: input.text("image"))], labels: labels, templates: input.texts("templates")).scalars
+            let probabilities = try clip.classify([input.image("image")], labels: labels, templates: input.texts("templates")).scalars
             let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] } ?? 0
             return .object(["label": .string(labels[best]),
                             "probabilities": .object(Dictionary(zip(labels, probabilities.map { .number(Double($0)) }), uniquingKeysWith: { a, _ in a }))])
@@ -189,7 +190,7 @@ extension OperationRegistry {
                   output: .record(["texts": .texts, "scores": .json])) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
             let texts = try input.texts("texts")
-            let ranked = try clip.rank(texts, for: RGBImage(contentsOf: input.text("image")))
+            let ranked = try clip.rank(texts, for: input.image("image"))
             return .object(["texts": .array(ranked.map { .string(texts[$0.index]) }), "scores": .array(ranked.map { .number(Double($0.logit)) })])
         },
     ]
@@ -240,7 +241,7 @@ extension OperationRegistry {
             let lm = try input.component("lm", as: (any CausalLanguageModel).self), clip = try input.component("clip", as: (any ImageTextScorer).self)
             let title = try input.text("title")
             let settings = MagicSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"))
-            let caption = try magicCaption(lm, scorer: clip, image: RGBImage(contentsOf: input.text("image")), title: title.isEmpty ? nil : title, settings: settings,
+            let caption = try magicCaption(lm, scorer: clip, image: input.image("image"), title: title.isEmpty ? nil : title, settings: settings,
                                            stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))
             return .object(["text": .string(caption.text), "tokens": .array(caption.tokens.map { .number(Double($0)) })])
         },

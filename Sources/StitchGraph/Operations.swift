@@ -1,4 +1,5 @@
 import Foundation
+import StitchImaging
 
 /// One argument of an operation: a typed value or a component of some kind.
 public struct OperationArgument: Sendable {
@@ -34,6 +35,9 @@ public struct OperationInput: @unchecked Sendable {
         guard let component = components[name] as? T else { throw GraphError.operationFailed(node: node, detail: "component argument '\(name)' is not a \(T.self)") }
         return component
     }
+
+    /// The image at the path argument `name` holds, decoded.
+    public func image(_ name: String) throws -> RGBImage { try RGBImage(contentsOf: text(name)) }
 
     public func text(_ name: String) throws -> String {
         guard let text = arguments[name]?.string else { throw GraphError.operationFailed(node: node, detail: "'\(name)' is not text") }

@@ -82,9 +82,17 @@ public struct OpenAICompletionClient: CompletionBackend {
         self.apiKey = apiKey
     }
 
+    /// The one choice between a server and a local model: a server when `url` names one or `environment` has
+    /// STITCH_LM_BASE_URL (a graph passes only the API keys, so that its own option alone picks the server), else `local`.
+    public static func backend(url: String?, serverModel: String, apiKey: String?, environment: [String: String] = ProcessInfo.processInfo.environment,
+                               local: () throws -> CompletionBackend) throws -> CompletionBackend {
+        guard url != nil || environment["STITCH_LM_BASE_URL"] != nil else { return try local() }
+        return try fromEnvironment(baseURL: url, model: serverModel, apiKey: apiKey, environment: environment)
+    }
+
     /// Base URL and key from the arguments, else STITCH_LM_BASE_URL / STITCH_LM_API_KEY, else OPENAI_BASE_URL / OPENAI_API_KEY.
-    public static func fromEnvironment(baseURL: String?, model: String, apiKey: String?) throws -> OpenAICompletionClient {
-        let environment = ProcessInfo.processInfo.environment
+    static func fromEnvironment(baseURL: String?, model: String, apiKey: String?,
+                                       environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OpenAICompletionClient {
         guard let base = baseURL ?? environment["STITCH_LM_BASE_URL"] ?? environment["OPENAI_BASE_URL"] else {
             throw CompletionError.invalidRequest("no server: give --lm-url or set STITCH_LM_BASE_URL")
         }

@@ -20,10 +20,9 @@ struct LanguageModelOptions: ParsableArguments {
 
     /// The server when one is named (flag or STITCH_LM_BASE_URL), else the local GPT-2 `local`.
     func backend(local: String, hub: HubOptions) throws -> CompletionBackend {
-        if lmUrl != nil || ProcessInfo.processInfo.environment["STITCH_LM_BASE_URL"] != nil {
-            return try OpenAICompletionClient.fromEnvironment(baseURL: lmUrl, model: lmModel, apiKey: lmKey)
+        try OpenAICompletionClient.backend(url: lmUrl, serverModel: lmModel, apiKey: lmKey) {
+            LocalCompletionBackend(model: try hub.load(local, as: (any CausalLanguageModel).self), name: local)
         }
-        return LocalCompletionBackend(model: try hub.load(local, as: (any CausalLanguageModel).self), name: local)
     }
 }
 
