@@ -1,6 +1,7 @@
 import Foundation
 import StitchModelIO
 import StitchTensor
+import XCTest
 
 /// Paths the tests share: the committed fixtures (real tokenizer files, photos and YOLOX-Nano among them)
 /// and the real weights Scripts/fetch-test-models fetches.
@@ -92,4 +93,19 @@ public func maxAbsoluteDifference(_ a: [Float], _ b: [Float]) -> Float {
     var worst: Float = 0
     for (x, y) in zip(a, b) { worst = max(worst, abs(x - y)) }
     return worst
+}
+
+/// Compares `produce(input)` with the expected value for every input, prints how many agree, and fails
+/// with the first few mismatches and their inputs.
+public func assertEveryInputMatches<T: Equatable>(_ name: String, inputs: [String], expected: [T], minimumCount: Int,
+                                                  file: StaticString = #filePath, line: UInt = #line, _ produce: (String) -> T) {
+    XCTAssertGreaterThanOrEqual(inputs.count, minimumCount, file: file, line: line)
+    XCTAssertEqual(inputs.count, expected.count, file: file, line: line)
+    var mismatches: [String] = []
+    for (input, want) in zip(inputs, expected) {
+        let got = produce(input)
+        if got != want { mismatches.append("\(input.debugDescription): expected \(want) got \(got)") }
+    }
+    print("\(name): \(inputs.count - mismatches.count)/\(inputs.count) inputs give identical results")
+    XCTAssert(mismatches.isEmpty, "\(name) differs on \(mismatches.count) inputs:\n" + mismatches.prefix(8).joined(separator: "\n"), file: file, line: line)
 }

@@ -17,17 +17,8 @@ final class TokenizerGoldenTests: XCTestCase {
 
     static let golden: Golden = try! JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tokenizers/golden.json")))
 
-    /// Compares every string and reports the first few mismatches with their text.
     func assertMatches(_ name: String, expected: [[Int]], _ encode: (String) -> [Int]) {
-        let corpus = Self.golden.corpus
-        XCTAssertGreaterThanOrEqual(corpus.count, 300)
-        var mismatches: [String] = []
-        for (text, ids) in zip(corpus, expected) {
-            let got = encode(text)
-            if got != ids { mismatches.append("\(text.debugDescription): expected \(ids) got \(got)") }
-        }
-        print("\(name): \(corpus.count - mismatches.count)/\(corpus.count) strings give identical ids")
-        XCTAssert(mismatches.isEmpty, "\(name) differs on \(mismatches.count) strings:\n" + mismatches.prefix(10).joined(separator: "\n"))
+        assertEveryInputMatches(name, inputs: Self.golden.corpus, expected: expected, minimumCount: 300, encode)
     }
 
     func testGPT2MatchesGPT2TokenizerFast() throws {

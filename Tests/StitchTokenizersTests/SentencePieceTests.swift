@@ -24,17 +24,8 @@ final class SentencePieceTests: XCTestCase {
         try SentencePieceModel(file: Fixtures.url("sentencepiece/\(name).model").path)
     }
 
-    /// Compares every string, reporting the first few mismatches with their text.
     func assertMatches<T: Equatable>(_ name: String, _ expected: [T], _ produce: (String) -> T) {
-        let strings = Self.golden.strings
-        XCTAssertGreaterThanOrEqual(strings.count, 1000)
-        var mismatches: [String] = []
-        for (text, want) in zip(strings, expected) {
-            let got = produce(text)
-            if got != want { mismatches.append("\(text.debugDescription): expected \(want) got \(got)") }
-        }
-        print("\(name): \(strings.count - mismatches.count)/\(strings.count) strings identical")
-        XCTAssert(mismatches.isEmpty, "\(name) differs on \(mismatches.count) strings:\n" + mismatches.prefix(8).joined(separator: "\n"))
+        assertEveryInputMatches(name, inputs: Self.golden.strings, expected: expected, minimumCount: 1000, produce)
     }
 
     func testModelsEncodeAndDecodeAsTheLibraryDoes() throws {

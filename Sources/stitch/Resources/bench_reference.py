@@ -187,7 +187,11 @@ def row(name, args):
             from efficientnet_lite_pytorch import EfficientNet
             from safetensors.torch import load_file
             model = EfficientNet.from_name("efficientnet-lite0").eval()
-            model.load_state_dict(load_file(os.path.join(args.efficientnet, "model.safetensors")))
+            # A converted folder holds model.safetensors; the PyPI package's weights are a torch .pth (pytorch_model.bin).
+            safetensors = os.path.join(args.efficientnet, "model.safetensors")
+            state = load_file(safetensors) if os.path.exists(safetensors) else \
+                torch.load(os.path.join(args.efficientnet, "pytorch_model.bin"), weights_only=True)
+            model.load_state_dict(state)
             pixels = torch.randn(1, 3, 224, 224)
             return best_time(lambda: model(pixels), args.seconds), "batch 1"
     raise SystemExit(f"unknown row {name}")
