@@ -106,7 +106,13 @@ public struct ONNXModel: Sendable {
         }
         guard dataType == 1 else { return nil }   // TensorProto.FLOAT
         guard dims.allSatisfy({ $0 >= 0 }) else { throw ProtobufError("tensor '\(name)' has negative dimensions \(dims)") }
-        let count = dims.reduce(1, *)
+        // The element count must fit the data the file holds; dimensions that multiply past that (or past Int) are a lie.
+        var count = 1
+        for dim in dims {
+            let (product, overflow) = count.multipliedReportingOverflow(by: dim)
+            guard !overflow, product <= max(data.count, 1) else { throw ProtobufError("tensor '\(name)' claims shape \(dims), more values than its \(data.count) bytes hold") }
+            count = product
+        }
         if let raw {
             guard raw.count == count * 4 else {
                 throw ProtobufError("tensor '\(name)' of shape \(dims) holds \(raw.count) bytes, expected \(count * 4)")

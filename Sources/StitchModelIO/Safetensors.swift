@@ -139,9 +139,10 @@ public final class SafetensorsFile: @unchecked Sendable {
             let product = acc.0.multipliedReportingOverflow(by: dim)
             return (product.partialValue, acc.1 || product.overflow)
         }
-        guard !overflow, elements.multipliedReportingOverflow(by: dtype.byteSize).partialValue == end - begin else {
-            throw .badTensorEntry(file: file, tensor: name,
-                                  detail: "shape \(shape) of \(dtypeName) needs \(elements * dtype.byteSize) bytes but data_offsets span \(end - begin)")
+        let bytes = elements.multipliedReportingOverflow(by: dtype.byteSize)
+        guard !overflow, !bytes.overflow, bytes.partialValue == end - begin else {
+            let needed = overflow || bytes.overflow ? "more bytes than a 64-bit size holds" : "\(bytes.partialValue) bytes"
+            throw .badTensorEntry(file: file, tensor: name, detail: "shape \(shape) of \(dtypeName) needs \(needed) but data_offsets span \(end - begin)")
         }
         return TensorInfo(name: name, dtype: dtype, shape: shape, byteRange: begin..<end)
     }

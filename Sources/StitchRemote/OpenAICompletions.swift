@@ -19,18 +19,30 @@ enum CompletionWire {
         guard let prompt = json["prompt"] as? String ?? (json["prompt"] as? [String])?.first else {
             throw CompletionError.invalidRequest("'prompt' must be a string")
         }
-        func number(_ key: String, _ fallback: Double) throws -> Double {
-            guard let value = json[key], !(value is NSNull) else { return fallback }
-            guard let number = value as? NSNumber else { throw CompletionError.invalidRequest("'\(key)' must be a number") }
+        func value(_ key: String) throws -> Double? {
+            guard let value = json[key], !(value is NSNull) else { return nil }
+            guard let number = value as? NSNumber, number.doubleValue.isFinite else { throw CompletionError.invalidRequest("'\(key)' must be a number") }
             return number.doubleValue
         }
+        func number(_ key: String, _ fallback: Double, in range: ClosedRange<Double>) throws -> Double {
+            guard let number = try value(key) else { return fallback }
+            guard range.contains(number) else { throw CompletionError.invalidRequest("'\(key)' must lie in \(range.lowerBound)...\(range.upperBound)") }
+            return number
+        }
+        /// A whole number in `range`; anything else (1e19, 2.5) is a bad request, never a conversion trap.
+        func integer(_ key: String, _ fallback: Int, in range: ClosedRange<Int>) throws -> Int {
+            guard let number = try value(key) else { return fallback }
+            guard number == number.rounded(), number >= Double(range.lowerBound), number <= Double(range.upperBound) else {
+                throw CompletionError.invalidRequest("'\(key)' must be a whole number in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return Int(number)
+        }
         let stop = json["stop"] as? [String] ?? (json["stop"] as? String).map { [$0] } ?? []
-        var request = CompletionRequest(prompt: prompt, maxTokens: Int(try number("max_tokens", 16)), temperature: try number("temperature", 1),
-                                        topP: try number("top_p", 1), count: Int(try number("n", 1)), stop: stop,
+        var request = CompletionRequest(prompt: prompt, maxTokens: try integer("max_tokens", 16, in: 0...1 << 20),
+                                        temperature: try number("temperature", 1, in: 0...100), topP: try number("top_p", 1, in: 0...1),
+                                        count: try integer("n", 1, in: 1...16), stop: stop,
                                         logprobs: (json["logprobs"] as? NSNumber).map { $0.intValue > 0 } ?? false,
-                                        seed: UInt64(max(0, try number("seed", 0))))
-        if request.count < 1 || request.count > 16 { throw CompletionError.invalidRequest("'n' must lie in 1...16") }
-        if request.maxTokens < 0 { throw CompletionError.invalidRequest("'max_tokens' must not be negative") }
+                                        seed: UInt64(try integer("seed", 0, in: 0...Int(Int32.max))))
         request.stop = Array(request.stop.prefix(4))
         return request
     }

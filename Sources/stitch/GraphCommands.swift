@@ -120,7 +120,11 @@ struct Run: ParsableCommand {
         if let existing = FileManager.default.contents(atPath: output) {
             // A line cut short by an interrupted run is dropped and its item run again.
             for line in String(decoding: existing, as: UTF8.self).split(separator: "\n") {
-                if let value = try? Value.parse(json: String(line)), let item = value["item"]?.number { done.insert(Int(item)); kept.append(String(line)) }
+                if let value = try? Value.parse(json: String(line)), let item = value["item"]?.number, item == item.rounded(),
+                   (0..<Double(lines.count)).contains(item), value["outputs"] != nil {
+                    done.insert(Int(item))
+                    kept.append(String(line))
+                }
             }
         }
         try (kept.map { $0 + "\n" }.joined()).write(toFile: output, atomically: true, encoding: .utf8)

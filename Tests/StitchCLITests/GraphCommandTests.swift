@@ -86,6 +86,14 @@ final class GraphCommandTests: XCTestCase {
         XCTAssertEqual(try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", resumed, "--no-cache"]).status, 0)
         XCTAssertEqual(try results(resumed), expected)
         XCTAssertNotEqual(try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", resumed, "--shard", "3/3"]).status, 0)
+
+        // Lines that are not this run's results (an item far out of range, a fraction, no outputs) are dropped, never a crash.
+        let strange = folder.appendingPathComponent("strange.jsonl").path
+        try (done + "\n{\"item\": 1e300, \"outputs\": {}}\n{\"item\": 2.5, \"outputs\": {}}\n{\"item\": 3}\n")
+            .write(toFile: strange, atomically: true, encoding: .utf8)
+        let rerun = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", strange, "--no-cache"])
+        XCTAssertEqual(rerun.status, 0, rerun.errors)
+        XCTAssertEqual(try results(strange), expected)
     }
 
     /// Examples/magic_caption.yaml on the tiny fixture models: MAGiC's caption equals the reference's.

@@ -91,6 +91,9 @@ final class SafetensorsTests: XCTestCase {
                     { if case .badTensorEntry = $0 { return true }; return false }, "non-negative")
         assertFails(try makeFile("overflow.safetensors", header: #"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}}"#, data: 16),
                     { if case .badTensorEntry = $0 { return true }; return false }, "shape")
+        // Sizes whose byte count overflows only once multiplied by the element size once trapped in the error message.
+        assertFails(try makeFile("bytes-overflow.safetensors", header: #"{"w":{"dtype":"F16","shape":[2147483648,2147483648,2],"data_offsets":[0,16]}}"#, data: 16),
+                    { if case .badTensorEntry = $0 { return true }; return false }, "more bytes than a 64-bit size holds")
         assertFails(folder.appendingPathComponent("absent.safetensors").path,
                     { if case .cannotOpen = $0 { return true }; return false }, "No such file")
         assertFails(folder.path, { if case .cannotOpen = $0 { return true }; return false }, "not a regular file")

@@ -74,6 +74,18 @@ final class YOLOXErrorTests: XCTestCase {
         try Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7919) }).write(to: URL(fileURLWithPath: garbage))
         XCTAssertThrowsError(try ONNXModel(path: garbage)) { XCTAssert("\($0)".hasPrefix(garbage), "\($0)") }
 
+        // A 60-byte file whose one initializer claims dimensions that multiply past Int once trapped.
+        func field(_ number: UInt8, _ bytes: [UInt8]) -> [UInt8] { [number << 3 | 2, UInt8(bytes.count)] + bytes }
+        func varint(_ value: UInt64) -> [UInt8] {
+            var value = value, out: [UInt8] = []
+            repeat { out.append(UInt8(value & 0x7f) | (value > 0x7f ? 0x80 : 0)); value >>= 7 } while value > 0
+            return out
+        }
+        let huge = [0x08] + varint(1 << 40) + [0x08] + varint(1 << 40) + [0x10, 0x01] + field(9, [0, 0, 0, 0])   // dims, FLOAT, raw_data
+        let bomb = temporary.appendingPathComponent("huge-dims.onnx").path
+        try Data(field(7, field(5, huge))).write(to: URL(fileURLWithPath: bomb))
+        XCTAssertThrowsError(try ONNXModel(path: bomb)) { XCTAssert("\($0)".contains("more values than its"), "\($0)") }
+
         // A folder without class names, then class names that do not fit the head.
         let copy = temporary.appendingPathComponent("yolox")
         try FileManager.default.createDirectory(at: copy, withIntermediateDirectories: true)

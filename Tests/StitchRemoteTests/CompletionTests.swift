@@ -53,8 +53,20 @@ final class CompletionTests: XCTestCase {
 
         // Bad requests are 400s whose message the client quotes.
         XCTAssertThrowsError(try client.complete(CompletionRequest(prompt: "x", count: 40))) { error in
-            XCTAssert("\(error)".contains("HTTP 400: invalid completion request: 'n' must lie in 1...16"), "\(error)")
+            XCTAssert("\(error)".contains("HTTP 400: invalid completion request: 'n' must be a whole number in 1...16"), "\(error)")
         }
+    }
+
+    /// Parameters out of range or of the wrong kind are bad requests, never a trap converting them (1e19 once crashed serve).
+    func testOutOfRangeParametersAreBadRequests() {
+        for body in [#"{"prompt": "x", "max_tokens": 1e19}"#, #"{"prompt": "x", "n": 1e19}"#, #"{"prompt": "x", "seed": 1e19}"#,
+                     #"{"prompt": "x", "seed": -5}"#, #"{"prompt": "x", "max_tokens": 2.5}"#, #"{"prompt": "x", "max_tokens": -1}"#,
+                     #"{"prompt": "x", "temperature": "hot"}"#, #"{"prompt": "x", "top_p": 7}"#, #"{"prompt": "x", "n": 0}"#] {
+            XCTAssertThrowsError(try CompletionWire.parseRequest(Data(body.utf8)), body) { error in
+                guard case CompletionError.invalidRequest = error else { return XCTFail("\(body): \(error)") }
+            }
+        }
+        XCTAssertEqual(try CompletionWire.parseRequest(Data(#"{"prompt": "x", "max_tokens": 3, "n": 2, "seed": 9}"#.utf8)).count, 2)
     }
 
     func testRetriesErrorsAndTimeouts() throws {
