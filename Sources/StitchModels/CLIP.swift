@@ -39,6 +39,16 @@ public struct CLIPConfig: Decodable, Sendable {
         patchSize = vision.patchSize ?? 32
         channels = vision.numChannels ?? 3
         projectionDim = try root.value("projection_dim", default: 512)
+        let names = (width: "hidden_size", layers: "num_hidden_layers", heads: "num_attention_heads", inner: "intermediate_size")
+        for (tower, name) in [(self.text, "text_config"), (self.vision, "vision_config")] {
+            try checkTransformer(width: tower.hiddenSize, layers: tower.layers, heads: tower.heads, inner: tower.intermediateSize, names: names, within: [name])
+        }
+        try checkSize(vocabularySize, "text_config", "vocab_size", in: ConfigLimits.vocabulary)
+        try checkSize(maxPositions, "text_config", "max_position_embeddings", in: ConfigLimits.positions)
+        try checkSize(imageSize, "vision_config", "image_size", in: ConfigLimits.imageSize)
+        try checkSize(patchSize, "vision_config", "patch_size", in: 1...imageSize)
+        try checkSize(channels, "vision_config", "num_channels", in: 1...4)
+        try checkSize(projectionDim, "projection_dim", in: ConfigLimits.width)
     }
 
     /// One tower's fields as written in config.json; absent ones take transformers' defaults.

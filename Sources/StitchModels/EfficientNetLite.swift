@@ -18,6 +18,18 @@ public final class EfficientNetLite: ImageEmbedder, @unchecked Sendable {
         enum CodingKeys: String, CodingKey {
             case architecture, numClasses = "num_classes", imageSize = "image_size", batchNormEpsilon = "bn_eps", featuresDim = "features_dim"
         }
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            architecture = try c.decode(String.self, forKey: .architecture)
+            numClasses = try c.decode(Int.self, forKey: .numClasses)
+            imageSize = try c.decode(Int.self, forKey: .imageSize)
+            batchNormEpsilon = try c.decode(Float.self, forKey: .batchNormEpsilon)
+            featuresDim = try c.decode(Int.self, forKey: .featuresDim)
+            try checkSize(numClasses, "num_classes", in: 1...(1 << 20))
+            try checkSize(imageSize, "image_size", in: ConfigLimits.imageSize)
+            try checkSize(featuresDim, "features_dim", in: ConfigLimits.width)
+        }
     }
 
     /// A convolution with its batch norm folded in, then ReLU6 unless told otherwise: weight' = w·γ/√(σ²+ε), bias' = β − μ·γ/√(σ²+ε).

@@ -29,6 +29,9 @@ public struct GPT2Config: Decodable, Sendable {
         layerNormEpsilon = try c.value("layer_norm_epsilon", default: 1e-5)
         endTokenID = try c.value("eos_token_id", default: 50256)
         addCrossAttention = try c.value("add_cross_attention", default: false)
+        try checkTransformer(width: hiddenSize, layers: layers, heads: heads, inner: innerSize, names: ("n_embd", "n_layer", "n_head", "n_inner"))
+        try checkSize(vocabularySize, "vocab_size", in: ConfigLimits.vocabulary)
+        try checkSize(maxPositions, "n_positions", in: ConfigLimits.positions)
         for (key, supported) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false), ("reorder_and_upcast_attn", false)] {
             if try c.value(key, default: supported) != supported {
                 throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey(key)], debugDescription: "only \(supported) is supported"))

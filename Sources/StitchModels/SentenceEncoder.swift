@@ -26,6 +26,11 @@ public struct BERTConfig: Decodable, Sendable {
         typeVocabularySize = try c.value("type_vocab_size", default: 2)
         activation = try c.value("hidden_act", default: .gelu)
         layerNormEpsilon = try c.value("layer_norm_eps", default: 1e-12)
+        try checkTransformer(width: hiddenSize, layers: layers, heads: heads, inner: intermediateSize,
+                             names: ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"))
+        try checkSize(vocabularySize, "vocab_size", in: ConfigLimits.vocabulary)
+        try checkSize(maxPositions, "max_position_embeddings", in: ConfigLimits.positions)
+        try checkSize(typeVocabularySize, "type_vocab_size", in: 1...1024)
         if try c.value("position_embedding_type", default: "absolute") != "absolute" {
             throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey("position_embedding_type")], debugDescription: "only absolute is supported"))
         }

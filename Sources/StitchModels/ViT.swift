@@ -26,6 +26,11 @@ public struct ViTConfig: Decodable, Sendable {
         imageSize = try c.value("image_size", default: 224)
         patchSize = try c.value("patch_size", default: 16)
         channels = try c.value("num_channels", default: 3)
+        try checkTransformer(width: hiddenSize, layers: layers, heads: heads, inner: intermediateSize,
+                             names: ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"))
+        try checkSize(imageSize, "image_size", in: ConfigLimits.imageSize)
+        try checkSize(patchSize, "patch_size", in: 1...imageSize)
+        try checkSize(channels, "num_channels", in: 1...4)
         if try c.value("qkv_bias", default: true) != true {
             throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey("qkv_bias")], debugDescription: "only true is supported"))
         }

@@ -137,6 +137,38 @@ final class CheckpointErrorTests: XCTestCase {
         }
     }
 
+    /// Sizes out of any model's range, or heads that do not divide the width, are refused by field before anything
+    /// is allocated from them (n_head 0 was a division trap; vocab_size 1e12 and n_layer 1e6 asked for unbounded memory).
+    func testHostileConfigSizesAreRefusedByField() throws {
+        let cases: [(String, Any, String)] = [("n_head", 0, "0 is not in 1...512"), ("n_head", 5, "5 heads do not divide the width 32"),
+                                              ("vocab_size", -1, "-1 is not in"), ("n_inner", -4, "-4 is not in"),
+                                              ("vocab_size", 1_000_000_000_000, "1000000000000 is not in"), ("n_layer", 1_000_000, "1000000 is not in")]
+        for (field, value, message) in cases {
+            try editConfig { $0 = try! JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.url("tiny-gpt2/config.json"))) as! [String: Any]; $0[field] = value }
+            XCTAssertThrowsError(try GPT2(folder: folder), field) { error in
+                XCTAssert("\(error)".hasPrefix(self.folder.appendingPathComponent("config.json").path + ": field '\(field)'"), "\(error)")
+                XCTAssert("\(error)".contains(message), "\(error)")
+            }
+        }
+        // CLIP's towers and BERT are checked the same way.
+        let clip = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: clip) }
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.url("tiny-clip/config.json"))) as! [String: Any]
+        var vision = config["vision_config"] as! [String: Any]
+        vision["num_attention_heads"] = 0
+        config["vision_config"] = vision
+        try JSONSerialization.data(withJSONObject: config).write(to: clip.appendingPathComponent("config.json"))
+        XCTAssertThrowsError(try loadConfig(CLIPConfig.self, from: clip.appendingPathComponent("config.json"))) { error in
+            XCTAssert("\(error)".contains("field 'vision_config.num_attention_heads': 0 is not in 1...512"), "\(error)")
+        }
+        var bert = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.url("tiny-bert/config.json"))) as! [String: Any]
+        bert["num_hidden_layers"] = 1_000_000
+        try JSONSerialization.data(withJSONObject: bert).write(to: clip.appendingPathComponent("config.json"))
+        XCTAssertThrowsError(try loadConfig(BERTConfig.self, from: clip.appendingPathComponent("config.json"))) { error in
+            XCTAssert("\(error)".contains("field 'num_hidden_layers': 1000000 is not in 1...256"), "\(error)")
+        }
+    }
+
     func testUnknownArchitectureAndBadField() throws {
         try editConfig { $0["architectures"] = ["MambaForCausalLM"]; $0["model_type"] = "mamba" }
         XCTAssertThrowsError(try GPT2(folder: folder)) { error in
