@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
         .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTensor", "StitchRemote", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
-        .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTensor", "StitchTestSupport"]),
+        .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTensor", "StitchTestSupport", "CZlib"]),
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchMethods", "StitchModels", "StitchModelIO", "StitchImaging", "StitchTensor", "StitchTestSupport"]),

@@ -27,8 +27,9 @@ static void stitch_jpeg_emit_message(j_common_ptr info, int level) {
 
 /// Decodes a JPEG held in memory to interleaved 8-bit RGB (components == 3)
 /// or, for CMYK/YCCK files, to 8-bit CMYK (components == 4).
-/// Returns 0 on success; on failure returns -1 and fills `message`.
-static inline int stitch_jpeg_decode(const unsigned char *data, unsigned long size,
+/// Returns 0 on success; on failure returns -1 and fills `message`. An image of more than
+/// `max_pixels` pixels is refused from its header, before anything is decoded or allocated.
+static inline int stitch_jpeg_decode(const unsigned char *data, unsigned long size, unsigned long max_pixels,
                                      unsigned char **pixels, int *width, int *height,
                                      int *components, char *message, int message_size) {
     struct jpeg_decompress_struct info;
@@ -47,6 +48,11 @@ static inline int stitch_jpeg_decode(const unsigned char *data, unsigned long si
     jpeg_create_decompress(&info);
     jpeg_mem_src(&info, data, size);
     jpeg_read_header(&info, TRUE);
+    if ((unsigned long long)info.image_width * info.image_height > max_pixels) {
+        snprintf(message, message_size, "%ux%u pixels is more than the %lu this reads", info.image_width, info.image_height, max_pixels);
+        jpeg_destroy_decompress(&info);
+        return -1;
+    }
     if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
         info.out_color_space = JCS_CMYK;
     } else {

@@ -60,12 +60,16 @@ extension RGBImage {
         }
     }
 
+    /// The largest image decoded (2^28 pixels, 768 MB as RGB): the size is read from the header and checked
+    /// before anything is decoded, so a small file cannot claim gigabytes.
+    public static let maximumPixels = 1 << 28
+
     private static func decodeJPEG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
         var output: UnsafeMutablePointer<UInt8>?
         var width: Int32 = 0, height: Int32 = 0, components: Int32 = 0
         var message = [CChar](repeating: 0, count: 256)
         let status = bytes.withUnsafeBufferPointer { buffer in
-            stitch_jpeg_decode(buffer.baseAddress, UInt(buffer.count), &output, &width, &height, &components, &message, Int32(message.count))
+            stitch_jpeg_decode(buffer.baseAddress, UInt(buffer.count), UInt(Self.maximumPixels), &output, &width, &height, &components, &message, Int32(message.count))
         }
         guard status == 0, let output else {
             throw .corrupt(file: name, format: "JPEG", detail: cString(message))
@@ -93,8 +97,8 @@ extension RGBImage {
         // Read as RGBA and drop alpha: PIL's convert("RGB") discards it rather than compositing.
         image.format = stitch_png_format_rgba
         let width = Int(image.width), height = Int(image.height)
-        guard width > 0, height > 0, width * height <= 1 << 28 else {
-            throw .corrupt(file: name, format: "PNG", detail: "implausible size \(width)x\(height)")
+        guard width > 0, height > 0, width * height <= Self.maximumPixels else {
+            throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels is more than the \(Self.maximumPixels) this reads")
         }
         var rgba = [UInt8](repeating: 0, count: width * height * 4)
         let finished = rgba.withUnsafeMutableBytes { out in

@@ -54,14 +54,17 @@ public struct ImagePreprocessor: Sendable, Equatable {
         // Both references truncate the long side: int(size * long / short).
         let newLong = Int(Double(shortestEdge) * Double(long) / Double(short))
         let (newWidth, newHeight) = image.width <= image.height ? (shortestEdge, newLong) : (newLong, shortestEdge)
-        let resized = image.resized(width: newWidth, height: newHeight, filter: filter)
         func offset(_ size: Int) -> Int {
             switch cropRounding {
             case .floor: return (size - cropSize) >= 0 ? (size - cropSize) / 2 : -((cropSize - size + 1) / 2)
             case .roundHalfEven: return Int((Double(size - cropSize) / 2).rounded(.toNearestOrEven))
             }
         }
-        return resized.cropped(left: offset(newWidth), top: offset(newHeight), width: cropSize, height: cropSize)
+        // Only the part of the resized image the crop keeps is computed.
+        let (left, top) = (offset(newWidth), offset(newHeight))
+        let columns = max(0, left)..<min(newWidth, left + cropSize), rows = max(0, top)..<min(newHeight, top + cropSize)
+        let kept = image.resized(width: newWidth, height: newHeight, columns: columns, rows: rows, filter: filter)
+        return kept.cropped(left: left - columns.lowerBound, top: top - rows.lowerBound, width: cropSize, height: cropSize)
     }
 
     /// Pixel values [3, cropSize, cropSize], channel-major, as the model expects.

@@ -25,19 +25,19 @@ public enum ResampleFilter: Sendable {
 
 private let precisionBits = 32 - 8 - 2
 
-/// For each output index: the first input index, the tap count, and fixed-point weights.
+/// For each output index of `indices` (counted from its start): the first input index, the tap count, and fixed-point weights.
 private struct Coefficients {
     let taps: Int
     var first: [Int] = []
     var count: [Int] = []
     var weights: [Int32] = []
 
-    init(inputSize: Int, outputSize: Int, filter: ResampleFilter) {
+    init(inputSize: Int, outputSize: Int, indices: Range<Int>, filter: ResampleFilter) {
         let scale = Double(inputSize) / Double(outputSize)
         let filterScale = max(scale, 1)
         let support = filter.support * filterScale
         taps = Int(support.rounded(.up)) * 2 + 1
-        for index in 0..<outputSize {
+        for index in indices {
             let center = (Double(index) + 0.5) * scale
             let inverse = 1 / filterScale
             let low = max(Int(center - support + 0.5), 0)          // C's (int) truncates toward zero
@@ -68,25 +68,31 @@ private func clip8(_ value: Int32) -> UInt8 {
 extension RGBImage {
     /// The image resized to `width` x `height` exactly as Pillow resizes it.
     public func resized(width newWidth: Int, height newHeight: Int, filter: ResampleFilter = .bicubic) -> RGBImage {
+        resized(width: newWidth, height: newHeight, columns: 0..<newWidth, rows: 0..<newHeight, filter: filter)
+    }
+
+    /// Only `columns` x `rows` of the image resized to `width` x `height`, each pixel exactly as Pillow computes it:
+    /// a center crop of an extreme aspect ratio (1x65000 resized to 224 wide is 14.5 million rows) costs only what it keeps.
+    public func resized(width newWidth: Int, height newHeight: Int, columns: Range<Int>, rows: Range<Int>, filter: ResampleFilter = .bicubic) -> RGBImage {
         precondition(newWidth > 0 && newHeight > 0, "cannot resize to \(newWidth)x\(newHeight)")
-        var image = self
-        if newWidth != width {
-            image = image.resampledHorizontally(to: newWidth, filter: filter)
-        }
-        if newHeight != height {
-            image = image.resampledVertically(to: newHeight, filter: filter)
-        }
+        precondition(columns.lowerBound >= 0 && columns.upperBound <= newWidth && rows.lowerBound >= 0 && rows.upperBound <= newHeight, "window outside the image")
+        // Pillow skips the pass of a side whose size does not change; the window of such a side is a plain crop.
+        var image = newWidth != width ? resampledHorizontally(to: newWidth, columns: columns, filter: filter)
+            : cropped(left: columns.lowerBound, top: 0, width: columns.count, height: height)
+        image = newHeight != height ? image.resampledVertically(to: newHeight, rows: rows, filter: filter)
+            : image.cropped(left: 0, top: rows.lowerBound, width: image.width, height: rows.count)
         return image
     }
 
-    private func resampledHorizontally(to newWidth: Int, filter: ResampleFilter) -> RGBImage {
-        let c = Coefficients(inputSize: width, outputSize: newWidth, filter: filter)
-        var out = [UInt8](repeating: 0, count: newWidth * height * 3)
+    private func resampledHorizontally(to newWidth: Int, columns: Range<Int>, filter: ResampleFilter) -> RGBImage {
+        let c = Coefficients(inputSize: width, outputSize: newWidth, indices: columns, filter: filter)
+        let outWidth = columns.count
+        var out = [UInt8](repeating: 0, count: outWidth * height * 3)
         let half = Int32(1 << (precisionBits - 1))
         pixels.withUnsafeBufferPointer { src in
             for y in 0..<height {
                 let row = y * width * 3
-                for x in 0..<newWidth {
+                for x in 0..<outWidth {
                     var sums = (half, half, half)
                     let k = x * c.taps
                     for t in 0..<c.count[x] {
@@ -96,23 +102,24 @@ extension RGBImage {
                         sums.1 &+= Int32(src[p + 1]) &* w
                         sums.2 &+= Int32(src[p + 2]) &* w
                     }
-                    let o = (y * newWidth + x) * 3
+                    let o = (y * outWidth + x) * 3
                     out[o] = clip8(sums.0)
                     out[o + 1] = clip8(sums.1)
                     out[o + 2] = clip8(sums.2)
                 }
             }
         }
-        return RGBImage(width: newWidth, height: height, pixels: out)
+        return RGBImage(width: outWidth, height: height, pixels: out)
     }
 
-    private func resampledVertically(to newHeight: Int, filter: ResampleFilter) -> RGBImage {
-        let c = Coefficients(inputSize: height, outputSize: newHeight, filter: filter)
-        var out = [UInt8](repeating: 0, count: width * newHeight * 3)
+    private func resampledVertically(to newHeight: Int, rows: Range<Int>, filter: ResampleFilter) -> RGBImage {
+        let c = Coefficients(inputSize: height, outputSize: newHeight, indices: rows, filter: filter)
+        let outHeight = rows.count
+        var out = [UInt8](repeating: 0, count: width * outHeight * 3)
         let half = Int32(1 << (precisionBits - 1))
         let stride = width * 3
         pixels.withUnsafeBufferPointer { src in
-            for y in 0..<newHeight {
+            for y in 0..<outHeight {
                 let k = y * c.taps
                 for i in 0..<stride {
                     var sum = half
@@ -123,7 +130,7 @@ extension RGBImage {
                 }
             }
         }
-        return RGBImage(width: width, height: newHeight, pixels: out)
+        return RGBImage(width: width, height: outHeight, pixels: out)
     }
 
     /// The `width` x `height` window whose top-left corner is (`left`, `top`); areas outside the image are black.

@@ -2,6 +2,9 @@ import CZlib
 import Foundation
 
 /// Inflates a gzip file (CLIP ships its merges as bpe_simple_vocab_16e6.txt.gz).
+/// Decompressed tokenizer files stop here (CLIP's BPE file is 3.2 MB): a small gzip bomb cannot take gigabytes.
+let maximumGunzipped = 64 << 20
+
 func gunzip(_ data: Data, file: String) throws(TokenizerError) -> Data {
     var stream = z_stream()
     // 16 + MAX_WBITS: expect a gzip header rather than a raw zlib stream.
@@ -23,7 +26,10 @@ func gunzip(_ data: Data, file: String) throws(TokenizerError) -> Data {
                 status = inflate(&stream, Z_NO_FLUSH)
                 output.append(buffer.baseAddress!, count: buffer.count - Int(stream.avail_out))
             }
-        } while status == Z_OK
+        } while status == Z_OK && output.count <= maximumGunzipped
+    }
+    guard output.count <= maximumGunzipped else {
+        throw .malformed(file: file, line: nil, detail: "decompresses to more than \(maximumGunzipped >> 20) MB; tokenizer files are far smaller")
     }
     guard status == Z_STREAM_END else {
         throw .malformed(file: file, line: nil, detail: "gzip data is corrupt or truncated (zlib status \(status))")

@@ -107,6 +107,35 @@ final class PreprocessingTests: XCTestCase {
         }
     }
 
+    /// A small JPEG whose header claims 60000x60000 pixels is refused before anything is decoded (it once took 10 GB).
+    func testImageSizeBombsAreRefusedFromTheHeader() throws {
+        var jpeg = [UInt8](try Data(contentsOf: Fixtures.url("images/rgb.jpg")))
+        let frame = try XCTUnwrap((0..<jpeg.count - 1).first { jpeg[$0] == 0xFF && (jpeg[$0 + 1] == 0xC0 || jpeg[$0 + 1] == 0xC2) })
+        for offset in [5, 7] { (jpeg[frame + offset], jpeg[frame + offset + 1]) = (0xEA, 0x60) }   // height and width 60000
+        XCTAssertThrowsError(try RGBImage(data: Data(jpeg), name: "bomb.jpg")) { error in
+            XCTAssert("\(error)".contains("bomb.jpg") && "\(error)".contains("60000x60000 pixels is more than"), "\(error)")
+        }
+    }
+
+    /// An extreme aspect ratio (1x30000 resized to 224 wide is 6.7 million rows) costs only the crop, and the crop is
+    /// exactly the full resize's.
+    func testExtremeAspectRatiosCostOnlyTheCrop() {
+        let tall = RGBImage(width: 1, height: 30000, pixels: (0..<90000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        for preprocessor in [ImagePreprocessor.clip, .imageNet] {
+            XCTAssertEqual(preprocessor(tall).shape, [3, preprocessor.cropSize, preprocessor.cropSize])
+        }
+        let narrow = RGBImage(width: 3, height: 700, pixels: (0..<6300).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        let wide = RGBImage(width: 500, height: 40, pixels: (0..<60000).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        for image in [narrow, wide] {
+            let preprocessor = ImagePreprocessor.clip
+            let short = min(image.width, image.height), long = max(image.width, image.height)
+            let newLong = Int(Double(preprocessor.shortestEdge) * Double(long) / Double(short))
+            let (w, h) = image.width <= image.height ? (preprocessor.shortestEdge, newLong) : (newLong, preprocessor.shortestEdge)
+            let full = image.resized(width: w, height: h, filter: preprocessor.filter).cropped(left: (w - 224) / 2, top: (h - 224) / 2, width: 224, height: 224)
+            XCTAssertEqual(preprocessor.resizedAndCropped(image).pixels, full.pixels)
+        }
+    }
+
     func testBatchAndCropGeometry() throws {
         let image = RGBImage(width: 300, height: 200, pixels: [UInt8](repeating: 128, count: 300 * 200 * 3))
         let cropped = ImagePreprocessor.clip.resizedAndCropped(image)

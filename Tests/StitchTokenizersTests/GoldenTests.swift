@@ -1,3 +1,4 @@
+import CZlib
 import Foundation
 import StitchTestSupport
 import XCTest
@@ -86,6 +87,31 @@ final class TokenizerGoldenTests: XCTestCase {
 }
 
 final class TokenizerFileErrorTests: XCTestCase {
+    /// A gzip file that inflates without end is refused at a bound, not followed into gigabytes.
+    func testGzipBombIsRefused() throws {
+        var stream = z_stream()
+        XCTAssertEqual(deflateInit2_(&stream, 9, Z_DEFLATED, 16 + MAX_WBITS, 9, Z_DEFAULT_STRATEGY, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)), Z_OK)
+        var zeros = [UInt8](repeating: 0, count: 1 << 20), compressed = [UInt8](repeating: 0, count: 1 << 20), bomb = Data()
+        for round in 0..<100 {   // 100 MB of zeros
+            zeros.withUnsafeMutableBufferPointer { input in
+                compressed.withUnsafeMutableBufferPointer { output in
+                    stream.next_in = input.baseAddress
+                    stream.avail_in = uInt(input.count)
+                    stream.next_out = output.baseAddress
+                    stream.avail_out = uInt(output.count)
+                    _ = deflate(&stream, round == 99 ? Z_FINISH : Z_NO_FLUSH)
+                    bomb.append(output.baseAddress!, count: output.count - Int(stream.avail_out))
+                }
+            }
+        }
+        deflateEnd(&stream)
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("bpe_simple_vocab_16e6.txt.gz").path
+        try bomb.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try CLIPTokenizer(bpeFile: path)) { XCTAssert("\($0)".contains("decompresses to more than 64 MB"), "\($0)") }
+    }
+
     func testMissingAndMalformedFilesNameTheFile() throws {
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
