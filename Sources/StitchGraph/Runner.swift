@@ -1,4 +1,5 @@
 import Foundation
+import StitchModelIO
 
 /// Runs a validated graph: nodes in dependency order with independent nodes in parallel, each
 /// component loaded once and shared, node results cached on disk by a hash of the operation,

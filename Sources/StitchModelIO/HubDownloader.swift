@@ -50,6 +50,10 @@ public struct HubDownloader: Sendable {
 
     /// Makes `file` of `repo` at `revision` present in the cache and returns the snapshot folder.
     func fetch(repo: String, file: String, revision: String, into repoFolder: URL) throws(ModelIOError) -> URL {
+        let parts = file.split(separator: "/", omittingEmptySubsequences: false)
+        guard !file.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
+            throw .modelNotFound(spec: repo, detail: "'\(file)' is not a file name inside the repository")
+        }
         let url = "\(endpoint)/\(repo)/resolve/\(Self.pathSegment(revision))/\(file)"
         let remote = try withRetries(url: url) { () throws(HTTPFailure) in try head(url) }
         let blobs = repoFolder.appendingPathComponent("blobs")
@@ -63,20 +67,36 @@ public struct HubDownloader: Sendable {
             throw .download(url: url, detail: "cannot create cache folders under \(repoFolder.path): \(error.localizedDescription)")
         }
         if !FileManager.default.fileExists(atPath: blob.path) {
-            let partial = blobs.appendingPathComponent(remote.etag + ".incomplete")
-            try withRetries(url: url) { () throws(HTTPFailure) in
-                try get(url, to: partial.path, expectedSize: remote.size, label: file)
+            // One process downloads a blob at a time; the others wait, then find it in place. The lock lives where
+            // huggingface_hub keeps its own: <cache>/.locks/models--org--name/<etag>.lock.
+            let locks = repoFolder.deletingLastPathComponent().appendingPathComponent(".locks/\(repoFolder.lastPathComponent)")
+            try? FileManager.default.createDirectory(at: locks, withIntermediateDirectories: true)
+            let lockPath = locks.appendingPathComponent(remote.etag + ".lock").path
+            let lock = open(lockPath, O_CREAT | O_RDWR, 0o644)
+            guard lock >= 0, flock(lock, LOCK_EX) == 0 else {
+                throw .download(url: url, detail: "cannot lock \(lockPath): \(String(cString: strerror(errno)))")
             }
-            guard rename(partial.path, blob.path) == 0 else {
-                throw .download(url: url, detail: "cannot move the finished download into \(blob.path)")
+            defer { close(lock) }
+            if !FileManager.default.fileExists(atPath: blob.path) {
+                let partial = blobs.appendingPathComponent(remote.etag + ".incomplete")
+                try withRetries(url: url) { () throws(HTTPFailure) in
+                    try get(url, to: partial.path, expectedSize: remote.size, label: file)
+                    try Self.verify(partial.path, etag: remote.etag)
+                }
+                guard rename(partial.path, blob.path) == 0 else {
+                    throw .download(url: url, detail: "cannot move the finished download into \(blob.path)")
+                }
             }
         }
         // Relative link, as huggingface_hub makes it: snapshots/<commit>/<file> -> ../../blobs/<etag>
         let depth = file.split(separator: "/").count + 1
         let target = String(repeating: "../", count: depth) + "blobs/" + remote.etag
-        try? FileManager.default.removeItem(at: link)
-        guard symlink(target, link.path) == 0 else {
-            throw .download(url: url, detail: "cannot link \(link.path): \(String(cString: strerror(errno)))")
+        // Made under a private name, then renamed over: concurrent fetches of one file each replace the link whole.
+        let pendingLink = link.path + ".\(getpid()).\(UInt64.random(in: 0...UInt64.max)).link"
+        guard symlink(target, pendingLink) == 0, rename(pendingLink, link.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(pendingLink)
+            throw .download(url: url, detail: "cannot link \(link.path): \(reason)")
         }
         if revision != remote.commit {
             let ref = repoFolder.appendingPathComponent("refs/\(revision)")
@@ -160,6 +180,21 @@ public struct HubDownloader: Sendable {
         if let expectedSize, written != expectedSize {
             if written > expectedSize { ftruncate(fileno(file), 0) }
             throw HTTPFailure("received \(written) of \(expectedSize) bytes", retryable: true)
+        }
+    }
+
+    /// An LFS blob's ETag is the SHA-256 of its content: a download that does not hash to it (cut short without a
+    /// length to tell, or corrupted) is started over rather than put in place.
+    static func verify(_ path: String, etag: String) throws(HTTPFailure) {
+        guard etag.count == 64, etag.allSatisfy(\.isHexDigit) else { return }
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw HTTPFailure("cannot read \(path)", retryable: false) }
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        while let chunk = try? handle.read(upToCount: 1 << 22), !chunk.isEmpty { chunk.withUnsafeBytes { hasher.update($0) } }
+        let digest = hasher.finish()
+        guard digest == etag.lowercased() else {
+            truncate(path, 0)
+            throw HTTPFailure("the download's SHA-256 \(digest) is not its ETag \(etag)", retryable: true)
         }
     }
 

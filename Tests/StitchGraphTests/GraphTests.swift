@@ -1,4 +1,5 @@
 import Foundation
+import StitchModelIO
 import StitchTestSupport
 import XCTest
 @testable import StitchGraph
@@ -147,6 +148,17 @@ final class GraphValidationTests: XCTestCase {
         XCTAssertEqual(SHA256.hex(Array("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         XCTAssertEqual(SHA256.hex(Array(String(repeating: "a", count: 1000).utf8)),
                        "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
+        // Fed in uneven pieces (as a download is checked), the digest is the same.
+        let bytes = (0..<10_007).map { UInt8(truncatingIfNeeded: $0 &* 131) }
+        var hasher = SHA256()
+        var start = 0
+        for size in [1, 63, 64, 65, 700, 3, 128] + Array(repeating: 1000, count: 9) where start < bytes.count {
+            let end = min(bytes.count, start + size)
+            bytes[start..<end].withUnsafeBytes { hasher.update($0) }
+            start = end
+        }
+        bytes[start...].withUnsafeBytes { hasher.update($0) }
+        XCTAssertEqual(hasher.finish(), "f8667e661bff83fe7bddc9bff5035e51ef3f3b62e6ba580629ed1833911dbe17")   // hashlib.sha256
     }
 }
 

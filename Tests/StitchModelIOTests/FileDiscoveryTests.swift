@@ -62,9 +62,9 @@ final class FileDiscoveryTests: XCTestCase {
         let bin = try Data(contentsOf: Fixtures.url("checkpoints/tiny-clip/zip/pytorch_model.bin"))
         let safetensors = try Data(contentsOf: Fixtures.url("tiny-clip/model.safetensors"))
         server.add(repo: "org/clip", file: "config.json", data: config, etag: "c1", redirected: false)
-        server.add(repo: "org/clip", file: "pytorch_model.bin", data: bin, etag: String(repeating: "b1", count: 32), redirected: true)
+        server.add(repo: "org/clip", file: "pytorch_model.bin", data: bin, etag: LocalHubServer.etag(of: bin, large: true), redirected: true)
         server.add(repo: "org/clip", file: "config.json", data: config, etag: "c1", redirected: false, revision: "refs/pr/15")
-        server.add(repo: "org/clip", file: "model.safetensors", data: safetensors, etag: String(repeating: "5a", count: 32), redirected: true, revision: "refs/pr/15")
+        server.add(repo: "org/clip", file: "model.safetensors", data: safetensors, etag: LocalHubServer.etag(of: safetensors, large: true), redirected: true, revision: "refs/pr/15")
 
         let main = try locator().resolveModel("org/clip", files: gpt2Files)
         XCTAssertEqual(try Checkpoint(folder: main).layout, .pytorch)

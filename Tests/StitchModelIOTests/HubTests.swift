@@ -51,7 +51,7 @@ final class HubDownloaderTests: XCTestCase {
     var cache: URL!
     let weights = try! Data(contentsOf: Fixtures.url("tiny-gpt2/model.safetensors"))
     let config = try! Data(contentsOf: Fixtures.url("tiny-gpt2/config.json"))
-    let blobTag = String(repeating: "5e", count: 32)   // a sha256-like LFS ETag
+    lazy var blobTag = LocalHubServer.etag(of: weights, large: true)   // an LFS ETag: the content's SHA-256
 
     override func setUpWithError() throws {
         server = try LocalHubServer()
@@ -87,7 +87,7 @@ final class HubDownloaderTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: snapshot.appendingPathComponent("model.safetensors").path),
                        "../../blobs/\(blobTag)")
         let blobs = try FileManager.default.contentsOfDirectory(atPath: repo.appendingPathComponent("blobs").path).sorted()
-        XCTAssertEqual(blobs, [blobTag, "c0ffee"], "no .incomplete file may be left behind")
+        XCTAssertEqual(blobs, [blobTag, "c0ffee"].sorted(), "no .incomplete file may be left behind")
 
         let requests = server.requests
         XCTAssert(requests.contains("HEAD /org/tiny/resolve/main/model.safetensors"), "\(requests)")
@@ -124,6 +124,43 @@ final class HubDownloaderTests: XCTestCase {
         snapshot = try locator().resolve("org/tiny", files: ["model.safetensors"])
         XCTAssertEqual(try Data(contentsOf: snapshot.appendingPathComponent("model.safetensors")), weights)
         XCTAssertFalse(FileManager.default.fileExists(atPath: partial.path))
+    }
+
+    /// A body that does not hash to its LFS ETag (cut short without a length to tell, or corrupted) never lands in
+    /// the cache; file names that leave the repository are refused; two fetches of one blob at once both succeed.
+    func testBlobsAreVerifiedLockedAndKeptInsideTheCache() throws {
+        var damaged = weights
+        damaged[damaged.count / 2] ^= 0xFF
+        let claimedTag = LocalHubServer.etag(of: weights + Data([0]), large: true)   // not the body's hash
+        server.add(repo: "org/bad", file: "model.safetensors", data: damaged, etag: claimedTag, redirected: true)
+        XCTAssertThrowsError(try locator(attempts: 2).resolve("org/bad", files: ["model.safetensors"])) { error in
+            XCTAssert("\(error)".contains("SHA-256") && "\(error)".contains("is not its ETag"), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cache.appendingPathComponent("models--org--bad/blobs/\(claimedTag)").path))
+
+        for file in ["../../escape.txt", "/etc/passwd", "a//b", "./x"] {
+            XCTAssertThrowsError(try locator().resolve("org/tiny", files: [file]), file) { XCTAssert("\($0)".contains("is not a file name inside the repository"), "\($0)") }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cache.deletingLastPathComponent().appendingPathComponent("escape.txt").path))
+
+        let group = DispatchGroup()
+        let results = Results()
+        let concurrentLocator = locator()
+        for _ in 0..<3 {
+            DispatchQueue.global().async(group: group) {
+                results.add(Result { try concurrentLocator.resolve("org/tiny", files: ["config.json", "model.safetensors"]) })
+            }
+        }
+        group.wait()
+        XCTAssertEqual(results.all.compactMap { try? $0.get() }.count, 3, "\(results.all)")
+        XCTAssertEqual(try Data(contentsOf: cache.appendingPathComponent("models--org--tiny/blobs/\(blobTag)")), weights)
+    }
+
+    final class Results: @unchecked Sendable {
+        private let lock = NSLock()
+        private var values: [Result<URL, Error>] = []
+        func add(_ result: Result<URL, Error>) { lock.withLock { values.append(result) } }
+        var all: [Result<URL, Error>] { lock.withLock { values } }
     }
 
     func testRetriesServerErrorsThenSucceeds() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import StitchModelIO
 import StitchRemote
 
 /// A small HTTP/1.1 server on 127.0.0.1 that imitates the hub, for testing the downloader against real sockets:
@@ -75,12 +76,11 @@ public final class LocalHubServer: @unchecked Sendable {
         }
     }
 
-    /// A sha256-like ETag for LFS files, a shorter git-blob-like one for the rest (both only need to be unique).
-    static func etag(of data: Data, large: Bool) -> String {
-        var hash: UInt64 = 1469598103934665603
-        data.withUnsafeBytes { for byte in $0 { hash = (hash ^ UInt64(byte)) &* 1099511628211 } }
-        let hex = String(hash, radix: 16)
-        return large ? String(String(repeating: hex, count: 4).prefix(64)) : hex
+    /// The ETag the hub gives: the SHA-256 of the content for LFS files (which downloads are checked against),
+    /// a shorter git-blob-like one for the rest (only unique).
+    public static func etag(of data: Data, large: Bool) -> String {
+        let digest = data.withUnsafeBytes { bytes in var hasher = SHA256(); hasher.update(bytes); return hasher.finish() }
+        return large ? digest : String(digest.prefix(40))
     }
 
     public func stop() {
