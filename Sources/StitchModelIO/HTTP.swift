@@ -116,7 +116,9 @@ public struct HTTPClientRequest {
                 _ = stitch_curl_set_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
             }
         }
-        if resumeOffset > 0 { stitch_curl_set_offset(handle, CURLOPT_RESUME_FROM_LARGE, curl_off_t(resumeOffset)) }
+        // A Range header rather than CURLOPT_RESUME_FROM, which fails the transfer when the server ignores Range; the
+        // write callback starts the file over then instead.
+        if resumeOffset > 0 { stitch_curl_set_string(handle, CURLOPT_RANGE, "\(resumeOffset)-") }
         let context = Unmanaged.passUnretained(transfer).toOpaque()
         stitch_curl_set_data_callback(handle, CURLOPT_HEADERFUNCTION) { data, size, count, context in
             Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue().header(UnsafeRawBufferPointer(start: data, count: size * count))

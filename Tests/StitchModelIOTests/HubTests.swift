@@ -109,7 +109,8 @@ final class HubDownloaderTests: XCTestCase {
         XCTAssert(server.requests.contains("GET /cdn/\(blobTag) range=\(weights.count / 2)"), "\(server.requests)")
     }
 
-    /// A partial file left by an earlier run is resumed when it is a prefix, restarted when it is longer than the file.
+    /// A partial file left by an earlier run is resumed when it is a prefix, restarted when it is longer than the file
+    /// or when the server ignores Range and sends the whole file.
     func testLeftoverPartialFilesAreResumedOrReplaced() throws {
         let blobs = cache.appendingPathComponent("models--org--tiny/blobs")
         try FileManager.default.createDirectory(at: blobs, withIntermediateDirectories: true)
@@ -124,6 +125,13 @@ final class HubDownloaderTests: XCTestCase {
         snapshot = try locator().resolve("org/tiny", files: ["model.safetensors"])
         XCTAssertEqual(try Data(contentsOf: snapshot.appendingPathComponent("model.safetensors")), weights)
         XCTAssertFalse(FileManager.default.fileExists(atPath: partial.path))
+
+        try FileManager.default.removeItem(at: blobs.appendingPathComponent(blobTag))
+        try weights.prefix(1000).write(to: partial)
+        server.ignoresRange = true
+        snapshot = try locator(attempts: 1).resolve("org/tiny", files: ["model.safetensors"])
+        XCTAssertEqual(try Data(contentsOf: snapshot.appendingPathComponent("model.safetensors")), weights)
+        XCTAssert(server.requests.filter { $0 == "GET /cdn/\(blobTag) range=1000" }.count == 2, "\(server.requests)")
     }
 
     /// A body that does not hash to its LFS ETag (cut short without a length to tell, or corrupted) never lands in
@@ -142,6 +150,12 @@ final class HubDownloaderTests: XCTestCase {
             XCTAssertThrowsError(try locator().resolve("org/tiny", files: [file]), file) { XCTAssert("\($0)".contains("is not a file name inside the repository"), "\($0)") }
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: cache.deletingLastPathComponent().appendingPathComponent("escape.txt").path))
+        for spec in ["org/tiny@../../x", "org/tiny@refs/../../x", "../x", "org/tiny/../../x"] {
+            XCTAssertThrowsError(try locator().resolve(spec, files: ["config.json"]), spec) { error in
+                XCTAssert("\(error)".contains("is not a branch, tag") || "\(error)".contains("not a hub id"), "\(error)")
+            }
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: cache.path).filter { !$0.hasPrefix("models--") && $0 != ".locks" }, [])
 
         let group = DispatchGroup()
         let results = Results()

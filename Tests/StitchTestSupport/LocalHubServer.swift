@@ -7,7 +7,7 @@ import StitchRemote
 /// - HEAD/GET /{repo}/resolve/{rev}/{file}: small files answered directly with ETag and X-Repo-Commit; large ones
 ///   (`redirected`) with a 302 to /cdn/{etag} on a second server reached as `localhost` (another host, as the hub's
 ///   storage is) and X-Linked-Etag / X-Linked-Size, as the hub does for LFS files.
-/// - GET /cdn/{etag}: honours Range; `dropFirstTransfer` makes the first GET send half the body and close the
+/// - GET /cdn/{etag}: honours Range unless `ignoresRange`; `dropFirstTransfer` makes the first GET send half the body and close the
 ///   connection (`stallFirstTransfer`: stall first).
 /// Revisions (branches, tags, refs/pr/N, percent-encoded or not) map to commits; each commit has its own files.
 /// Every request line, its Range and whether it carried an Authorization header are recorded.
@@ -28,6 +28,8 @@ public final class LocalHubServer: @unchecked Sendable {
     private var _requests: [String] = []
     private var _authorized: [String] = []
     public var dropFirstTransfer = false
+    /// Storage answers every GET with the whole file and 200, as some proxies and mirrors do.
+    public var ignoresRange = false
     /// The first GET sends its headers and a little data, then stalls for this long before hanging up.
     public var stallFirstTransfer: TimeInterval = 0
     private var dropped = false
@@ -119,6 +121,7 @@ public final class LocalHubServer: @unchecked Sendable {
             if drop { dropped = true }
             lock.unlock()
             guard let file else { return send(client, status: "404 Not Found", headers: [:], body: Data(), method: method) }
+            let range = ignoresRange ? nil : range
             let start = min(range ?? 0, file.data.count)
             let body = file.data.subdata(in: start..<file.data.count)
             var headers = ["Content-Length": "\(body.count)", "ETag": "\"\(etag)\""]
