@@ -22,7 +22,8 @@ struct Run: ParsableCommand {
         Inputs are given as --input name=value (an image is its path; texts are a JSON array or comma-separated; \
         json is JSON). With --inputs items.jsonl each line is an object of inputs and each result is appended \
         to --output as {"item": N, "outputs": {...}}; a rerun skips items already there, and --shard i/n runs \
-        the items whose number is i modulo n, so n machines can share a dataset. Node results are cached under \
+        the items whose number is i modulo n, so n machines can share a dataset, each writing its own --output \
+        (`stitch merge` joins them; one results file has one writer at a time). Node results are cached under \
         --cache-dir unless --no-cache; Ctrl-C stops cleanly.
         """)
 
@@ -38,14 +39,14 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("inputs"), help: "A JSONL file with one object of inputs per line (batch mode).")
     var items: String?
 
-    @Option(help: "Where batch results are appended (JSONL).")
+    @Option(help: "Where batch results are appended (JSONL); a run resumes its own results file and refuses any other file.")
     var output: String?
 
     @Option(help: "i/n: run only the items whose line number is i modulo n.")
     var shard: String?
 
-    @Option(help: "Folder of cached node results.")
-    var cacheDir = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/stitch/graph").path
+    @Option(help: "Folder of cached node results ($XDG_CACHE_HOME/stitch/graph, else $HOME/.cache/stitch/graph).")
+    var cacheDir = Self.defaultCacheFolder()
 
     @Flag(help: "Compute every node afresh and store nothing.")
     var noCache = false
@@ -55,6 +56,13 @@ struct Run: ParsableCommand {
 
     @Flag(help: "Print the outputs as one JSON object.")
     var json = false
+
+    /// $XDG_CACHE_HOME/stitch/graph, else $HOME/.cache/stitch/graph: the user's cache, also when HOME is redirected.
+    static func defaultCacheFolder(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        let cache = environment["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()) + "/.cache"
+        return cache + "/stitch/graph"
+    }
 
     func run() throws {
         var loaded = try Graph.load(graph, registry: .standard())
@@ -115,23 +123,8 @@ struct Run: ParsableCommand {
     private func runBatch(_ runner: GraphRunner, items: String, output: String, shard: (index: Int, count: Int)) throws {
         guard let data = FileManager.default.contents(atPath: items) else { throw ValidationError("cannot read \(items)") }
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
-        var done = Set<Int>()
-        var kept: [String] = []
-        if let existing = FileManager.default.contents(atPath: output) {
-            // A line cut short by an interrupted run is dropped and its item run again.
-            for line in String(decoding: existing, as: UTF8.self).split(separator: "\n") {
-                if let value = try? Value.parse(json: String(line)), let item = value["item"]?.number, item == item.rounded(),
-                   (0..<Double(lines.count)).contains(item), value["outputs"] != nil {
-                    done.insert(Int(item))
-                    kept.append(String(line))
-                }
-            }
-        }
-        try (kept.map { $0 + "\n" }.joined()).write(toFile: output, atomically: true, encoding: .utf8)
-        guard let handle = FileHandle(forWritingAtPath: output) else { throw ValidationError("cannot write \(output)") }
-        defer { try? handle.close() }
-        try handle.seekToEnd()
-        let todo = lines.indices.filter { $0 % shard.count == shard.index && !done.contains($0) && !lines[$0].trimmingCharacters(in: .whitespaces).isEmpty }
+        let results = try ResultsFile(path: output, inputs: items, itemCount: lines.last == "" ? lines.count - 1 : lines.count)
+        let todo = lines.indices.filter { $0 % shard.count == shard.index && !results.done.contains($0) && !lines[$0].trimmingCharacters(in: .whitespaces).isEmpty }
         let progress = ProgressBar(total: todo.count, label: "items")
         for index in todo {
             guard let item = try? Value.parse(json: String(lines[index])), case .object(let inputs) = item else {
@@ -143,7 +136,7 @@ struct Run: ParsableCommand {
             } catch let error as GraphError {
                 throw ValidationError("\(items):\(index + 1): \(error)")
             }
-            try handle.write(contentsOf: Data((Value.object(["item": .number(Double(index)), "outputs": .object(outputs)]).canonicalJSON + "\n").utf8))
+            try results.append(item: index, outputs: outputs)
             progress.advance()
         }
         if trace { printTrace(runner) }

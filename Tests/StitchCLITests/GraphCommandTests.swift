@@ -87,13 +87,54 @@ final class GraphCommandTests: XCTestCase {
         XCTAssertEqual(try results(resumed), expected)
         XCTAssertNotEqual(try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", resumed, "--shard", "3/3"]).status, 0)
 
-        // Lines that are not this run's results (an item far out of range, a fraction, no outputs) are dropped, never a crash.
-        let strange = folder.appendingPathComponent("strange.jsonl").path
-        try (done + "\n{\"item\": 1e300, \"outputs\": {}}\n{\"item\": 2.5, \"outputs\": {}}\n{\"item\": 3}\n")
-            .write(toFile: strange, atomically: true, encoding: .utf8)
-        let rerun = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", strange, "--no-cache"])
-        XCTAssertEqual(rerun.status, 0, rerun.errors)
-        XCTAssertEqual(try results(strange), expected)
+        // A file that is not this run's results is refused and left as it was: a line that is not a result (a huge
+        // or fractional item, no outputs), an item past the inputs, the inputs file itself.
+        let strangeLines = ["{\"item\": 1e300, \"outputs\": {}}", "{\"item\": 2.5, \"outputs\": {}}", "{\"item\": 3}", "{\"item\": 99, \"outputs\": {}}"]
+        for (number, line) in strangeLines.enumerated() {
+            let strange = folder.appendingPathComponent("strange\(number).jsonl").path
+            let contents = done + "\n" + line + "\n"
+            try contents.write(toFile: strange, atomically: true, encoding: .utf8)
+            let rerun = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", strange, "--no-cache"])
+            XCTAssertEqual(rerun.status, 64, line)
+            XCTAssert(rerun.errors.contains(number == 3 ? "item 99 is past the 7 lines" : "strange\(number).jsonl:3: not a result line"), rerun.errors)
+            XCTAssertEqual(try String(contentsOfFile: strange, encoding: .utf8), contents)
+        }
+        let itemsBefore = try Data(contentsOf: URL(fileURLWithPath: inputs))
+        let intoInputs = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", folder.path + "/./items.jsonl", "--no-cache"])
+        XCTAssert(intoInputs.status == 64 && intoInputs.errors.contains("is the --inputs file"), intoInputs.errors)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: inputs)), itemsBefore)
+
+        // One writer per results file: a second run on a file another run holds stops before running anything.
+        let held = open(resumed, O_RDWR)
+        XCTAssertEqual(flock(held, LOCK_EX), 0)
+        let second = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", resumed, "--no-cache"])
+        close(held)
+        XCTAssert(second.status == 64 && second.errors.contains("is being written by another run"), second.errors)
+        XCTAssertEqual(try results(resumed), expected)
+
+        // Shards' files merge into exactly the unsharded file; an item with two different results is refused.
+        let parts = (0..<3).map { folder.appendingPathComponent("part\($0).jsonl").path }
+        let joined = folder.appendingPathComponent("joined.jsonl").path
+        let merge = try StitchCLI.run(["merge"] + parts + ["--output", joined])
+        XCTAssertEqual(merge.status, 0, merge.errors)
+        XCTAssertEqual(try String(contentsOfFile: joined, encoding: .utf8), try String(contentsOfFile: whole, encoding: .utf8))
+        let conflicting = folder.appendingPathComponent("conflicting.jsonl").path
+        try (try String(contentsOfFile: parts[0], encoding: .utf8).replacingOccurrences(of: "hello n0", with: "bye")).write(toFile: conflicting, atomically: true, encoding: .utf8)
+        let conflict = try StitchCLI.run(["merge", whole, conflicting, "--output", folder.appendingPathComponent("never.jsonl").path])
+        XCTAssert(conflict.status == 64 && conflict.errors.contains("item 0 has other outputs"), conflict.errors)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder.appendingPathComponent("never.jsonl").path))
+    }
+
+    /// Without --cache-dir, node results go under $XDG_CACHE_HOME, else $HOME, as the environment says.
+    func testGraphCacheFollowsTheEnvironment() throws {
+        let graph = try write("g.yaml", textGraph)
+        let home = folder.appendingPathComponent("home"), xdg = folder.appendingPathComponent("xdg")
+        for (environment, cache) in [(["HOME": home.path, "XDG_CACHE_HOME": ""], home.appendingPathComponent(".cache/stitch/graph")),
+                                     (["HOME": home.path, "XDG_CACHE_HOME": xdg.path], xdg.appendingPathComponent("stitch/graph"))] {
+            let result = try StitchCLI.run(["run", graph, "--input", "name=x", "--input", "tags=a"], environment: environment)
+            XCTAssertEqual(result.status, 0, result.errors)
+            XCTAssertFalse(((try? FileManager.default.contentsOfDirectory(atPath: cache.path)) ?? []).isEmpty, "nothing cached in \(cache.path)")
+        }
     }
 
     /// Examples/magic_caption.yaml on the tiny fixture models: MAGiC's caption equals the reference's.
