@@ -1,4 +1,5 @@
 import Foundation
+import StitchTensor
 import Yams
 
 /// One problem in a graph file, located by line and column and, when it has one, by node.
@@ -70,6 +71,34 @@ public struct NodeSpec: Sendable {
     public let dependencies: Set<String>
 }
 
+/// Which nodes wait on which: built once, so ordering and running a graph stay linear in its size.
+struct NodeDependencies {
+    /// How many other nodes each node reads.
+    var waitingOn: [String: Int]
+    /// The nodes that read each node's result, by name.
+    let dependents: [String: [String]]
+
+    init(_ nodes: [String: NodeSpec]) {
+        var dependents: [String: [String]] = [:]
+        var waitingOn: [String: Int] = [:]
+        for (name, node) in nodes {
+            let upstream = node.dependencies.filter { nodes[$0] != nil }
+            waitingOn[name] = upstream.count
+            for dependency in upstream { dependents[dependency, default: []].append(name) }
+        }
+        self.waitingOn = waitingOn
+        self.dependents = dependents.mapValues { $0.sorted() }
+    }
+
+    /// Marks `name` finished and returns the nodes that now have all they read.
+    mutating func finish(_ name: String) -> [String] {
+        (dependents[name] ?? []).filter { dependent in
+            waitingOn[dependent]! -= 1
+            return waitingOn[dependent] == 0
+        }
+    }
+}
+
 /// A validated graph: components, typed inputs, nodes in a runnable order, and outputs.
 public struct Graph: Sendable {
     public let file: String
@@ -82,8 +111,14 @@ public struct Graph: Sendable {
 
     /// Reads and validates a graph file; all problems are reported at once.
     public static func load(_ path: String, registry: OperationRegistry) throws -> Graph {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw GraphError.invalid([GraphDiagnostic(file: path, line: 1, column: 1, node: nil, message: "cannot read the file")])
+        func failure(_ message: String) -> GraphError { .invalid([GraphDiagnostic(file: path, line: 1, column: 1, node: nil, message: message)]) }
+        // Read with a bound, so /dev/zero or a huge file cannot fill memory.
+        guard let handle = FileHandle(forReadingAtPath: path), let data = try? handle.read(upToCount: GraphParser.maximumFileSize + 1) ?? Data() else {
+            throw failure("cannot read the file")
+        }
+        try? handle.close()
+        guard data.count <= GraphParser.maximumFileSize else {
+            throw failure("a graph file may be at most \(GraphParser.maximumFileSize) bytes")
         }
         return try parse(String(decoding: data, as: UTF8.self), file: path, registry: registry)
     }
@@ -134,6 +169,12 @@ struct GraphParser {
             report(root, "a graph is a mapping with components, inputs, nodes and outputs")
             return nil
         }
+        // Aliases repeat what they name, so a few hundred bytes can stand for billions of values; count before walking.
+        var budget = Self.maximumValues
+        guard Self.fits(root, within: &budget) else {
+            report(nil, "the document stands for more than \(Self.maximumValues) YAML values once its aliases are expanded")
+            return nil
+        }
         for (key, _) in top where !["components", "inputs", "nodes", "outputs"].contains(key.string ?? "") {
             report(key, "unknown section '\(key.string ?? "?")' (expected components, inputs, nodes, outputs)")
         }
@@ -164,6 +205,22 @@ struct GraphParser {
         }
         let order = topologicalOrder(nodes, marks: marks)
         return Graph(file: file, components: components, inputs: inputs, nodes: nodes, outputs: outputs, order: order)
+    }
+
+    /// Far beyond any real graph, small enough to validate in well under a second.
+    static let maximumValues = 2_000_000
+    /// The largest graph file read, in bytes.
+    static let maximumFileSize = 8 << 20
+
+    /// Whether `node`, aliases expanded, has at most `budget` values; stops as soon as it has more.
+    static func fits(_ node: Node, within budget: inout Int) -> Bool {
+        budget -= 1
+        guard budget >= 0 else { return false }
+        switch node {
+        case .sequence(let sequence): return sequence.allSatisfy { fits($0, within: &budget) }
+        case .mapping(let mapping): return mapping.allSatisfy { fits($0.key, within: &budget) && fits($0.value, within: &budget) }
+        default: return true
+        }
     }
 
     static func diagnostic(for error: YamlError, file: String) -> GraphDiagnostic {
@@ -349,17 +406,19 @@ struct GraphParser {
         }
     }
 
-    /// Kahn's algorithm; nodes left over sit on a cycle, which is reported with its members.
+    /// Kahn's algorithm, the smallest ready name first; nodes left over sit on a cycle, which is reported with its members.
     mutating func topologicalOrder(_ nodes: [String: NodeSpec], marks: [String: Node]) -> [String] {
-        var remaining = nodes.mapValues { $0.dependencies.filter { nodes[$0] != nil } }
+        var dependencies = NodeDependencies(nodes)
+        var ready = BinaryHeap<String>(before: <)
+        for (name, count) in dependencies.waitingOn where count == 0 { ready.push(name) }
         var order: [String] = []
-        while let next = remaining.filter({ $0.value.isEmpty }).keys.sorted().first {
+        while let next = ready.pop() {
             order.append(next)
-            remaining[next] = nil
-            for key in remaining.keys { remaining[key]!.remove(next) }
+            for name in dependencies.finish(next) { ready.push(name) }
         }
-        if !remaining.isEmpty {
-            let cycle = remaining.keys.sorted()
+        if order.count < nodes.count {
+            let placed = Set(order)
+            let cycle = nodes.keys.filter { !placed.contains($0) }.sorted()
             report(marks[cycle[0]], "cycle through nodes \(cycle.joined(separator: " -> "))", in: cycle[0])
         }
         return order

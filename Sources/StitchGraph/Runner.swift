@@ -46,22 +46,18 @@ public final class GraphRunner: @unchecked Sendable {
         lock.withLock { timings = [] }
         let started = Date()
         var results: [String: Value] = inputs
-        var waiting = graph.nodes.mapValues { $0.dependencies.filter { graph.nodes[$0] != nil } }
+        var dependencies = NodeDependencies(graph.nodes)
         try await withThrowingTaskGroup(of: (String, Value).self) { group in
-            func startReady() {
-                for name in graph.order where waiting[name]?.isEmpty == true {
-                    waiting[name] = nil
-                    let node = graph.nodes[name]!
-                    let arguments = node.arguments.mapValues { resolve($0, results) }
-                    group.addTask { (name, try await self.execute(node, arguments: arguments, since: started)) }
-                }
+            func start(_ name: String) {
+                let node = graph.nodes[name]!
+                let arguments = node.arguments.mapValues { resolve($0, results) }
+                group.addTask { (name, try await self.execute(node, arguments: arguments, since: started)) }
             }
-            startReady()
+            for name in graph.order where dependencies.waitingOn[name] == 0 { start(name) }
             for try await (name, value) in group {
                 try Task.checkCancellation()
                 results[name] = value
-                for key in waiting.keys { waiting[key]!.remove(name) }
-                startReady()
+                for ready in dependencies.finish(name) { start(ready) }
             }
         }
         return graph.outputs.mapValues { reference in

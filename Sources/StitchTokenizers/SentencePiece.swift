@@ -1,4 +1,5 @@
 import Foundation
+import StitchTensor
 import StitchModelIO
 
 /// A SentencePiece model file (`spiece.model`, `tokenizer.model`): the ModelProto protobuf with its
@@ -395,7 +396,7 @@ public struct SentencePieceModel: Sendable {
             position += length
         }
         guard !symbols.isEmpty else { return [] }
-        var agenda = PairHeap<Pair> { a, b in a.score > b.score || (a.score == b.score && a.left < b.left) }
+        var agenda = BinaryHeap<Pair> { a, b in a.score > b.score || (a.score == b.score && a.left < b.left) }
         var splits: [[UInt8]: (Range<Int>, Range<Int>)] = [:]
         func consider(_ left: Int, _ right: Int) {
             guard left >= 0, right >= 0, !symbols[left].frozen, !symbols[right].frozen else { return }
@@ -432,41 +433,6 @@ public struct SentencePieceModel: Sendable {
             index = symbols[index].next
         }
         return segments
-    }
-}
-
-/// A binary heap ordered by `before` (the first to pop is one nothing is before).
-struct PairHeap<Element> {
-    private var items: [Element] = []
-    let before: (Element, Element) -> Bool
-
-    init(before: @escaping (Element, Element) -> Bool) { self.before = before }
-
-    mutating func push(_ item: Element) {
-        items.append(item)
-        var child = items.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard before(items[child], items[parent]) else { break }
-            items.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> Element? {
-        guard !items.isEmpty else { return nil }
-        items.swapAt(0, items.count - 1)
-        let top = items.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1, right = left + 1
-            var first = parent
-            if left < items.count, before(items[left], items[first]) { first = left }
-            if right < items.count, before(items[right], items[first]) { first = right }
-            guard first != parent else { return top }
-            items.swapAt(parent, first)
-            parent = first
-        }
     }
 }
 

@@ -93,6 +93,28 @@ final class GraphValidationTests: XCTestCase {
     }
 
     /// Random edits and truncations of a valid graph never crash the parser: it returns a graph or diagnostics.
+    /// Hostile sizes: an alias bomb (9^9 values in a few hundred bytes), an endless file, and a 20,000-node chain,
+    /// which is validated and run in time linear in its size (it was quadratic).
+    func testHostileSizesAreRefusedOrLinear() async throws {
+        var anchors = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+        for level in 1..<9 { anchors.append("a\(level): &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 9).joined(separator: ", ") + "]") }
+        let bomb = "components: {}\ninputs: {word: text}\nanchors:\n" + anchors.map { "  " + $0 }.joined(separator: "\n")
+            + "\nnodes:\n  up: {op: slow, text: $word, extra: *a8}\noutputs: {up: $up}\n"
+        XCTAssertThrowsError(try Graph.parse(bomb, file: "bomb.yaml", registry: registry)) { error in
+            XCTAssertEqual("\(error)", "bomb.yaml:1:1: the document stands for more than 2000000 YAML values once its aliases are expanded")
+        }
+        XCTAssertThrowsError(try Graph.load("/dev/zero", registry: registry)) { XCTAssert("\($0)".contains("may be at most 8388608 bytes"), "\($0)") }
+
+        let count = 20_000
+        let chain = "inputs: {word: text}\nnodes:\n  n0: {op: slow, text: $word, seconds: 0}\n"
+            + (1..<count).map { "  n\($0): {op: slow, text: $n\($0 - 1), seconds: 0}\n" }.joined()
+            + "outputs: {last: $n\(count - 1)}\n"
+        let graph = try Graph.parse(chain, file: "chain.yaml", registry: registry)
+        XCTAssertEqual(graph.order, (0..<count).map { "n\($0)" })
+        let outputs = try await GraphRunner(graph: graph, registry: registry, cacheFolder: nil).run(inputs: ["word": .string("w")])
+        XCTAssertEqual(outputs, ["last": .string("w")])
+    }
+
     func testFuzzedYAMLNeverCrashes() {
         let source = Array("""
         components:
