@@ -108,6 +108,8 @@ public struct Graph: Sendable {
     public let outputs: [String: Reference]
     /// Node names in dependency order.
     public let order: [String]
+    /// The prompt files the graph read (each inside its folder or an allowed one).
+    public internal(set) var promptFiles: [String] = []
 
     /// Reads and validates a graph file; all problems are reported at once.
     public static func load(_ path: String, registry: OperationRegistry) throws -> Graph {
@@ -129,6 +131,17 @@ public struct Graph: Sendable {
         return graph
     }
 
+    /// What running the graph reaches outside it, one line each: the prompt files it read and the servers its
+    /// components send prompts to, with or without the API key.
+    public func reach(_ trust: GraphTrust) -> [String] {
+        let servers = components.sorted { $0.key < $1.key }.compactMap { name, spec -> String? in
+            guard let url = spec.options["url"]?.string else { return nil }
+            return trust.mayReceiveKey(url) ? "component '\(name)' sends prompts to \(url) with the API key"
+                : "component '\(name)' sends prompts to \(url) without the API key (not the configured server; --allow-url \(url) sends it)"
+        }
+        return promptFiles.map { "reads prompt file \($0)" } + servers
+    }
+
     /// The type of what a reference names.
     func type(of reference: Reference) -> ValueType? {
         let base = inputs[reference.name] ?? nodes[reference.name]?.operation.output
@@ -143,6 +156,8 @@ struct GraphParser {
     let file: String
     let registry: OperationRegistry
     var diagnostics: [GraphDiagnostic] = []
+    /// The prompt files read, for `stitch validate` to list.
+    var promptFiles: [String] = []
 
     init(file: String, registry: OperationRegistry) {
         self.file = file
@@ -204,7 +219,9 @@ struct GraphParser {
             checkReference(reference, graph: known, at: top["outputs"]?.mapping?[output], context: "output '\(output)'", node: nil)
         }
         let order = topologicalOrder(nodes, marks: marks)
-        return Graph(file: file, components: components, inputs: inputs, nodes: nodes, outputs: outputs, order: order)
+        var graph = Graph(file: file, components: components, inputs: inputs, nodes: nodes, outputs: outputs, order: order)
+        graph.promptFiles = promptFiles
+        return graph
     }
 
     /// Far beyond any real graph, small enough to validate in well under a second.
@@ -330,18 +347,28 @@ struct GraphParser {
         }
     }
 
-    /// A prompt file, relative to the graph file's folder, else to the current folder; the
-    /// newline that ends its last line is not part of the prompt.
+    /// A prompt file, relative to the graph file's folder, and inside it unless the user allowed another folder
+    /// (`registry.trust`); the newline that ends its last line is not part of the prompt.
     mutating func loadPrompt(_ path: String, at node: Node, in graphNode: String) -> NodeArgument? {
-        let beside = URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
-        for candidate in [path.hasPrefix("/") ? path : beside, path] {
-            if let data = FileManager.default.contents(atPath: candidate) {
-                let text = String(decoding: data, as: UTF8.self)
-                return .literal(.string(text.hasSuffix("\n") ? String(text.dropLast()) : text))
-            }
+        let folder = URL(fileURLWithPath: file).deletingLastPathComponent()
+        let candidate = path.hasPrefix("/") ? path : folder.appendingPathComponent(path).path
+        guard registry.trust.mayRead(candidate, besides: folder.path) else {
+            report(node, "prompt file '\(path)' is outside the graph's folder; --allow-path FOLDER lets graphs read there", in: graphNode)
+            return nil
         }
-        report(node, "prompt file '\(path)' not found (looked beside the graph and in the current folder)", in: graphNode)
-        return nil
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: candidate, isDirectory: &isFolder), !isFolder.boolValue,
+              let handle = FileHandle(forReadingAtPath: candidate), let data = try? handle.read(upToCount: Self.maximumFileSize + 1) else {
+            report(node, "prompt file '\(path)' not found beside the graph", in: graphNode)
+            return nil
+        }
+        guard data.count <= Self.maximumFileSize else {
+            report(node, "prompt file '\(path)' is over \(Self.maximumFileSize) bytes", in: graphNode)
+            return nil
+        }
+        promptFiles.append(candidate)
+        let text = String(decoding: data, as: UTF8.self)
+        return .literal(.string(text.hasSuffix("\n") ? String(text.dropLast()) : text))
     }
 
     func literal(_ node: Node) -> Value {

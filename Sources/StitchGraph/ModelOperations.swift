@@ -11,8 +11,8 @@ extension OperationRegistry {
     /// operations need (`scorer`, `lm`, `captioner`, `detector`); whichever model type `models` finds in the
     /// component's folder loads, so any registered type with the capability plugs in. `clip` and `gpt2` are
     /// the older names of `scorer` and `lm`.
-    public static func standard(models: ModelRegistry = .standard) -> OperationRegistry {
-        let registry = OperationRegistry()
+    public static func standard(models: ModelRegistry = .standard, trust: GraphTrust = GraphTrust()) -> OperationRegistry {
+        let registry = OperationRegistry(trust: trust)
         registry.register(modelKind("scorer", as: (any ImageTextScorer).self, models: models))
         registry.register(modelKind("lm", as: (any CausalLanguageModel).self, models: models))
         registry.register(modelKind("captioner", as: (any ImageCaptioner).self, models: models))
@@ -20,7 +20,7 @@ extension OperationRegistry {
         registry.register(modelKind("clip", providing: "scorer", as: (any ImageTextScorer).self, models: models))
         registry.register(modelKind("gpt2", providing: "lm", as: (any CausalLanguageModel).self, models: models))
         registry.register(asifKind(models: models))
-        registry.register(completionKind(models: models))
+        registry.register(completionKind(models: models, trust: trust))
         for operation in clipOperations + languageModelOperations + asifOperations + visionOperations + [completeOperation] { registry.register(operation) }
         return registry
     }
@@ -41,13 +41,15 @@ extension OperationRegistry {
     }
 
     /// A language model for `lm_complete`: a local causal LM `model`, or with option `url` an
-    /// OpenAI-compatible server (option `model` its model name; the key from STITCH_LM_API_KEY or OPENAI_API_KEY).
-    static func completionKind(models: ModelRegistry) -> ComponentKind {
+    /// OpenAI-compatible server (option `model` its model name). The API key (STITCH_LM_API_KEY or OPENAI_API_KEY)
+    /// goes only to a server `trust` allows; the graph's own option alone picks the server.
+    static func completionKind(models: ModelRegistry, trust: GraphTrust) -> ComponentKind {
         let local = modelKind("completion", as: (any CausalLanguageModel).self, models: models)
         return ComponentKind("completion", load: { spec in
-            let environment = ProcessInfo.processInfo.environment.filter { $0.key.hasSuffix("_API_KEY") }   // keys, but not the choice of server
-            return CompletionComponent(try OpenAICompletionClient.backend(url: spec.options["url"]?.string, serverModel: spec.options["model"]?.string ?? spec.model,
-                                                                          apiKey: nil, environment: environment) {
+            let url = spec.options["url"]?.string
+            // An empty key is none: no environment is consulted, so nothing the graph does not name picks a server.
+            return CompletionComponent(try OpenAICompletionClient.backend(url: url, serverModel: spec.options["model"]?.string ?? spec.model,
+                                                                          apiKey: trust.apiKey(for: url) ?? "", environment: [:]) {
                 LocalCompletionBackend(model: try local.load(spec) as! any CausalLanguageModel, name: spec.model)
             })
         }, identity: { spec in

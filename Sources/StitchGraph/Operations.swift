@@ -104,8 +104,11 @@ public struct ComponentKind: Sendable {
 public final class OperationRegistry: @unchecked Sendable {
     public private(set) var operations: [String: Operation] = [:]
     public private(set) var componentKinds: [String: ComponentKind] = [:]
+    /// What graphs checked and run with this registry may reach beyond themselves.
+    public let trust: GraphTrust
 
-    public init() {
+    public init(trust: GraphTrust = GraphTrust()) {
+        self.trust = trust
         for operation in Self.textOperations { register(operation) }
     }
 

@@ -2,16 +2,35 @@ import ArgumentParser
 import Foundation
 import StitchGraph
 
+/// What the user lets graphs reach beyond their own folder and the configured server.
+struct GraphTrustOptions: ParsableArguments {
+    @Option(name: .customLong("allow-path"), help: "A folder whose files graphs may read as prompts, besides their own folder, and (serve) clients may name as images (repeatable).")
+    var paths: [String] = []
+
+    @Option(name: .customLong("allow-url"), help: "A server that may receive the API key when a graph names it, besides STITCH_LM_BASE_URL (repeatable).")
+    var urls: [String] = []
+
+    /// `extraURLs`: servers the user named on the command line in other ways (`--component lm.url=...`).
+    func registry(allowing extraURLs: [String] = []) -> OperationRegistry {
+        .standard(trust: GraphTrust(readableFolders: paths, keyedURLs: urls + extraURLs))
+    }
+}
+
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check a graph file without loading any model; every problem is printed as file:line:column.")
+        abstract: "Check a graph file without loading any model; every problem is printed as file:line:column.",
+        discussion: "Then lists what the graph reaches: the prompt files it reads and the servers it sends prompts to, with or without the API key.")
 
     @Argument(help: "The graph YAML file.")
     var graph: String
 
+    @OptionGroup var trust: GraphTrustOptions
+
     func run() throws {
-        let loaded = try Graph.load(graph, registry: .standard())
+        let registry = trust.registry()
+        let loaded = try Graph.load(graph, registry: registry)
         print("\(graph): ok (\(loaded.components.count) components, \(loaded.inputs.count) inputs, \(loaded.nodes.count) nodes, \(loaded.outputs.count) outputs)")
+        for line in loaded.reach(registry.trust) { print("  \(line)") }
     }
 }
 
@@ -64,15 +83,19 @@ struct Run: ParsableCommand {
         return cache + "/stitch/graph"
     }
 
+    @OptionGroup var trust: GraphTrustOptions
+
     func run() throws {
-        var loaded = try Graph.load(graph, registry: .standard())
+        let userURLs = try components.map { try split($0, "--component") }.filter { $0.0.hasSuffix(".url") }.map(\.1)
+        let registry = trust.registry(allowing: userURLs)
+        var loaded = try Graph.load(graph, registry: registry)
         for assignment in components {
             let (target, value) = try split(assignment, "--component")
             let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
             guard let name = parts.first, loaded.components[name] != nil else { throw ValidationError("the graph has no component '\(target)'") }
             if parts.count == 2 { loaded.components[name]!.options[parts[1]] = .string(value) } else { loaded.components[name]!.model = value }
         }
-        let runner = GraphRunner(graph: loaded, registry: .standard(), cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
+        let runner = GraphRunner(graph: loaded, registry: registry, cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
         if let items {
             guard let output else { throw ValidationError("--inputs needs --output") }
             try runBatch(runner, items: items, output: output, shard: shard.map(parseShard) ?? (0, 1))

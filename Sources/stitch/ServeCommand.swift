@@ -29,10 +29,12 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var trust: GraphTrustOptions
+
     func run() throws {
         let model = try GPT2(folder: hub.locator.resolveModel(lm, files: GPT2.files))
         _ = try model.requireTokenizer()
-        let registry = OperationRegistry.standard()
+        let registry = trust.registry()
         var graphs: [String: Graph] = [:]
         for entry in graph {
             guard let equals = entry.firstIndex(of: "="), !entry[..<equals].isEmpty else { throw ValidationError("--graph takes NAME=FILE.yaml, got '\(entry)'") }
@@ -44,20 +46,42 @@ struct Serve: ParsableCommand {
             guard request.method == "POST", request.path.hasPrefix("/graphs/") else { return nil }
             let name = String(request.path.dropFirst("/graphs/".count))
             guard let runner = runners[name] else { return .error("no graph named '\(name)'", status: 404) }
-            return Self.runGraph(runner, body: request.body)
+            return Self.runGraph(runner, body: request.body, trust: registry.trust)
         }
         let server = try HTTPServer(host: host, port: port, handler: service.handle)
         FileHandle.standardError.write(Data("stitch serve: listening on \(server.baseURL) (model \(service.backend.name)\(graphs.isEmpty ? "" : "; graphs \(graphs.keys.sorted().joined(separator: ", "))"))\n".utf8))
         while true { sleep(3600) }
     }
 
-    /// Runs a graph on the JSON inputs of a request body; its outputs, or the error as a 400.
-    static func runGraph(_ runner: GraphRunner, body: Data) -> HTTPResponse {
+    /// Runs a graph on the JSON inputs of a request body; its outputs, or the error as a 400. Clients send images
+    /// as data, {"base64": "..."}, held in a private file for the request; a path on the server is accepted only
+    /// inside a folder the operator allowed, and the refusal is the same whether or not the file exists.
+    static func runGraph(_ runner: GraphRunner, body: Data, trust: GraphTrust) -> HTTPResponse {
         guard let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any],
-              let inputs = try? object.mapValues(Value.init(json:)) else {
+              var inputs = try? object.mapValues(Value.init(json:)) else {
             return .error("the body must be a JSON object of the graph's inputs", status: 400)
         }
-        switch waitForTask({ try await runner.run(inputs: inputs) }) {
+        var uploads: [URL] = []
+        defer { for file in uploads { try? FileManager.default.removeItem(at: file) } }
+        for (name, type) in runner.graph.inputs where type == .image {
+            switch inputs[name] {
+            case .object(let fields) where fields.count == 1 && fields["base64"] != nil:
+                guard let encoded = fields["base64"]?.string, let data = Data(base64Encoded: encoded.filter { !$0.isWhitespace }), !data.isEmpty else {
+                    return .error("input '\(name)': 'base64' must be the image's bytes in base64", status: 400)
+                }
+                let file = FileManager.default.temporaryDirectory.appendingPathComponent("stitch-upload-\(UUID().uuidString)")
+                guard FileManager.default.createFile(atPath: file.path, contents: data, attributes: [.posixPermissions: 0o600]) else {
+                    return .error("cannot hold the uploaded image", status: 500)
+                }
+                uploads.append(file)
+                inputs[name] = .string(file.path)
+            case .string(let path) where !trust.mayRead(path):
+                return .error("input '\(name)': send the image as {\"base64\": \"...\"}; paths on the server are read only inside folders the operator allows (--allow-path)", status: 400)
+            default: break
+            }
+        }
+        let given = inputs
+        switch waitForTask({ try await runner.run(inputs: given) }) {
         case .success(let outputs): return .json(outputs.mapValues(\.json))
         case .failure(let error): return .error("\(error)", status: 400)
         }

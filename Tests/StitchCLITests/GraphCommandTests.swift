@@ -143,8 +143,8 @@ final class GraphCommandTests: XCTestCase {
         let gpt2 = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
         let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
         let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/magic_caption.yaml").path
-        XCTAssertEqual(try StitchCLI.run(["validate", example]).status, 0)
-        let result = try StitchCLI.run(["run", example, "--component", "lm=\(gpt2)", "--component", "clip=\(clip)", "--input", "image=\(zebra.path)",
+        XCTAssertEqual(try StitchCLI.run(["validate", example] + Fixtures.allowPrompts).status, 0)
+        let result = try StitchCLI.run(["run", example] + Fixtures.allowPrompts + ["--component", "lm=\(gpt2)", "--component", "clip=\(clip)", "--input", "image=\(zebra.path)",
                                         "--input", "labels=zebra,dog,truck", "--json", "--no-cache"])
         XCTAssertEqual(result.status, 0, result.errors)
         let outputs = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as! [String: Any]
@@ -230,7 +230,7 @@ final class ASIFCommandTests: XCTestCase {
         XCTAssertNotEqual(wrong.status, 0)
 
         let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/asif_classify.yaml").path
-        let ran = try StitchCLI.run(["run", example, "--component", "asif=\(index)", "--component", "asif.image_encoder=\(efficientnet.path)",
+        let ran = try StitchCLI.run(["run", example] + Fixtures.allowPrompts + ["--component", "asif=\(index)", "--component", "asif.image_encoder=\(efficientnet.path)",
                                      "--component", "asif.text_encoder=\(minilm.path)", "--input", "image=\(zebra.path)", "--input", "labels=zebra,truck",
                                      "--json", "--no-cache"])
         XCTAssertEqual(ran.status, 0, ran.errors)
@@ -278,7 +278,7 @@ final class VisionCommandTests: XCTestCase {
         XCTAssertEqual(defaults.status, 0, defaults.errors)
         let defaultCaption = String(defaults.output.split(separator: "\t").last!.dropLast())
         let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/scene_context.yaml").path
-        let ran = try StitchCLI.run(["run", example, "--component", "captioner=\(captioner)", "--component", "detector=\(detector.path)",
+        let ran = try StitchCLI.run(["run", example] + Fixtures.allowPrompts + ["--component", "captioner=\(captioner)", "--component", "detector=\(detector.path)",
                                      "--input", "image=\(street.path)", "--json", "--no-cache"])
         XCTAssertEqual(ran.status, 0, ran.errors)
         let outputs = try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as! [String: Any]

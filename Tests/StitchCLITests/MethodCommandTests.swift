@@ -59,7 +59,7 @@ final class MethodCommandTests: XCTestCase {
     func testSocraticExampleGraphs() throws {
         let m = try models()
         let examples = Fixtures.repositoryRoot.appendingPathComponent("Examples")
-        let components = ["--component", "captioner=\(m.captioner)", "--component", "lm=\(m.gpt2)", "--json", "--no-cache"]
+        let components = ["--component", "captioner=\(m.captioner)", "--component", "lm=\(m.gpt2)", "--json", "--no-cache"] + Fixtures.allowPrompts
         let qa = try StitchCLI.run(["run", examples.appendingPathComponent("socratic_qa.yaml").path, "--component", "detector=\(m.detector)",
                                     "--input", "image=\(m.street)", "--input", "question=What is next to the dog?"] + components)
         XCTAssertEqual(qa.status, 0, qa.errors)

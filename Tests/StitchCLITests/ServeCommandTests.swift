@@ -13,12 +13,12 @@ final class ServeCommandTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: folder) }
         let model = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder)
         let graph = folder.appendingPathComponent("hello.yaml")
-        try "inputs:\n  name: text\nnodes:\n  greeting: {op: template, template: \"hello {name}\", values: {name: $name}}\noutputs:\n  greeting: $greeting\n"
+        try "inputs:\n  name: text\n  photo: image\nnodes:\n  greeting: {op: template, template: \"hello {name}\", values: {name: $name}}\noutputs:\n  greeting: $greeting\n"
             .write(to: graph, atomically: true, encoding: .utf8)
 
         let process = Process()
         process.executableURL = StitchCLI.binary
-        process.arguments = ["serve", "--lm", model.path, "--port", "0", "--graph", "hello=\(graph.path)"]
+        process.arguments = ["serve", "--lm", model.path, "--port", "0", "--graph", "hello=\(graph.path)", "--allow-path", model.path]
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = Pipe()
@@ -59,9 +59,22 @@ final class ServeCommandTests: XCTestCase {
         let post = { (path: String, body: String) in
             try HTTPClientRequest(base + path, method: .post(Data(body.utf8)), headers: ["Content-Type: application/json"]).perform()
         }
-        let answer = try post("/graphs/hello", #"{"name": "zebra"}"#)
-        XCTAssertEqual(answer.status, 200)
+        let photo = try Data(contentsOf: Fixtures.photo("coffee.png")).base64EncodedString()
+        let answer = try post("/graphs/hello", #"{"name": "zebra", "photo": {"base64": "\#(photo)"}}"#)
+        XCTAssertEqual(answer.status, 200, String(decoding: answer.body, as: UTF8.self))
         XCTAssertEqual((try JSONSerialization.jsonObject(with: answer.body) as? [String: Any])?["greeting"] as? String, "hello zebra")
+        let uploads = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix("stitch-upload-") }
+        XCTAssertEqual(uploads, [], "uploaded images are removed after their request")
+        // Paths on the server are refused alike whether or not the file exists; a bad upload is a 400.
+        let refusals = try ["/etc/passwd", "/no/such/file.jpg", Fixtures.photo("coffee.png").path].map { path in
+            try post("/graphs/hello", #"{"name": "zebra", "photo": "\#(path)"}"#)
+        }
+        XCTAssertEqual(refusals.map(\.status), [400, 400, 400])
+        XCTAssertEqual(Set(refusals.map { String(decoding: $0.body, as: UTF8.self) }).count, 1, "\(refusals.map { String(decoding: $0.body, as: UTF8.self) })")
+        XCTAssert(String(decoding: refusals[0].body, as: UTF8.self).contains("send the image as {"))
+        XCTAssertEqual(try post("/graphs/hello", #"{"name": "zebra", "photo": {"base64": "%%%"}}"#).status, 400)
+        // Inside a folder the operator allowed, a path is used as given.
+        XCTAssertEqual(try post("/graphs/hello", #"{"name": "zebra", "photo": "\#(model.path)/config.json"}"#).status, 200)
         XCTAssertEqual(try post("/graphs/nope", "{}").status, 404)
         XCTAssertEqual(try post("/graphs/hello", #"{"nome": 1}"#).status, 400)
     }

@@ -10,6 +10,9 @@ public enum Fixtures {
     public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
+    /// The option that lets the Examples/ graphs read their prompts from the repository's Prompts/ folder.
+    public static let allowPrompts = ["--allow-path", repositoryRoot.appendingPathComponent("Prompts").path]
+
     /// Tests/Fixtures: outputs of Tests/Fixtures/make_fixtures.py.
     public static let folder = repositoryRoot.appendingPathComponent("Tests/Fixtures")
 
