@@ -11,6 +11,13 @@ public struct HTTPRequest: Sendable {
     /// Header names lower-cased.
     public let headers: [String: String]
     public let body: Data
+
+    public init(method: String, path: String, headers: [String: String], body: Data) {
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+    }
 }
 
 public struct HTTPResponse: Sendable {

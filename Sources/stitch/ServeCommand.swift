@@ -18,8 +18,14 @@ struct Serve: ParsableCommand {
     @Option(help: "GPT-2 model folder or hub id.")
     var lm = "gpt2"
 
-    @Option(help: "Address to listen on.")
+    @Option(help: "Address to listen on. Beyond loopback it needs --api-key (or --insecure).")
     var host = "127.0.0.1"
+
+    @Option(name: .customLong("api-key"), help: "Clients must send 'Authorization: Bearer KEY' (else STITCH_SERVE_API_KEY); never printed.")
+    var apiKey: String?
+
+    @Flag(help: "Serve beyond loopback without an API key.")
+    var insecure = false
 
     @Option(help: "Port (0: any free port; the address is printed on stderr).")
     var port: UInt16 = 8080
@@ -30,6 +36,28 @@ struct Serve: ParsableCommand {
     @OptionGroup var hub: HubOptions
 
     @OptionGroup var trust: GraphTrustOptions
+
+    func validate() throws {
+        if !Self.isLoopback(host) && key == nil && !insecure {
+            throw ValidationError("--host \(host) is reachable from other machines: give --api-key (or STITCH_SERVE_API_KEY), or --insecure to serve without one")
+        }
+    }
+
+    /// The key clients must present, if any.
+    var key: String? {
+        (apiKey ?? ProcessInfo.processInfo.environment["STITCH_SERVE_API_KEY"]).flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// Whether `request` carries `Authorization: Bearer <key>`; compared in time independent of where they differ.
+    static func isAuthorized(_ request: HTTPRequest, key: String) -> Bool {
+        let given = Array((request.headers["authorization"] ?? "").utf8), expected = Array("Bearer \(key)".utf8)
+        guard given.count == expected.count else { return false }
+        return zip(given, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
 
     func run() throws {
         let model = try GPT2(folder: hub.locator.resolveModel(lm, files: GPT2.files))
@@ -48,7 +76,15 @@ struct Serve: ParsableCommand {
             guard let runner = runners[name] else { return .error("no graph named '\(name)'", status: 404) }
             return Self.runGraph(runner, body: request.body, trust: registry.trust)
         }
-        let server = try HTTPServer(host: host, port: port, handler: service.handle)
+        let key = self.key
+        let server = try HTTPServer(host: host, port: port) { request in
+            if let key, !Self.isAuthorized(request, key: key) {
+                var refusal = HTTPResponse.error("missing or wrong API key (Authorization: Bearer ...)", status: 401)
+                refusal.headers["WWW-Authenticate"] = "Bearer"
+                return refusal
+            }
+            return service.handle(request)
+        }
         FileHandle.standardError.write(Data("stitch serve: listening on \(server.baseURL) (model \(service.backend.name)\(graphs.isEmpty ? "" : "; graphs \(graphs.keys.sorted().joined(separator: ", "))"))\n".utf8))
         while true { sleep(3600) }
     }

@@ -8,6 +8,54 @@ import XCTest
 /// `stitch serve` as users run it: the binary on a free port, queried by the OpenAI-compatible
 /// client and over plain HTTP for a graph endpoint.
 final class ServeCommandTests: XCTestCase {
+    /// `stitch serve` on a free port, and its base URL, read from the first stderr line
+    /// ("stitch serve: listening on http://127.0.0.1:PORT (...)").
+    func startServe(_ arguments: [String], environment: [String: String] = [:]) throws -> (Process, String) {
+        let process = Process()
+        process.executableURL = StitchCLI.binary
+        process.arguments = ["serve", "--port", "0"] + arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = Pipe()
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = errors.fileHandleForReading.availableData
+            if chunk.isEmpty {
+                process.waitUntilExit()
+                throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "stitch serve exited: \(String(decoding: line, as: UTF8.self))"])
+            }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard let start = text.range(of: "http://"), let end = text[start.lowerBound...].firstIndex(of: " ") else {
+            process.terminate()
+            throw CocoaError(.fileReadCorruptFile, userInfo: [NSLocalizedDescriptionKey: "stitch serve said: \(text)"])
+        }
+        return (process, String(text[start.lowerBound..<end]))
+    }
+
+    /// Beyond loopback only with a key (or --insecure); with a key, requests without it are 401s.
+    func testServeNeedsAnAPIKeyBeyondLoopback() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let model = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder)
+        let open = try StitchCLI.run(["serve", "--lm", model.path, "--host", "0.0.0.0", "--port", "0"])
+        XCTAssertEqual(open.status, 64)
+        XCTAssert(open.errors.contains("--host 0.0.0.0 is reachable from other machines: give --api-key"), open.errors)
+
+        let (process, base) = try startServe(["--lm", model.path], environment: ["STITCH_SERVE_API_KEY": "s3cret"])
+        defer { process.terminate(); process.waitUntilExit() }
+        let request = CompletionRequest(prompt: "A photo of a", maxTokens: 2, temperature: 0)
+        for key in [nil, "wrong", "s3cre"] {
+            XCTAssertThrowsError(try OpenAICompletionClient(baseURL: base, model: "m", apiKey: key).complete(request), key ?? "none") {
+                XCTAssert("\($0)".contains("401"), "\($0)")
+            }
+        }
+        XCTAssertEqual(try OpenAICompletionClient(baseURL: base, model: "m", apiKey: "s3cret").complete(request).count, 1)
+    }
+
     func testServeCompletionsAndGraphs() throws {
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -16,24 +64,8 @@ final class ServeCommandTests: XCTestCase {
         try "inputs:\n  name: text\n  photo: image\nnodes:\n  greeting: {op: template, template: \"hello {name}\", values: {name: $name}}\noutputs:\n  greeting: $greeting\n"
             .write(to: graph, atomically: true, encoding: .utf8)
 
-        let process = Process()
-        process.executableURL = StitchCLI.binary
-        process.arguments = ["serve", "--lm", model.path, "--port", "0", "--graph", "hello=\(graph.path)", "--allow-path", model.path]
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = Pipe()
-        try process.run()
+        let (process, base) = try startServe(["--lm", model.path, "--graph", "hello=\(graph.path)", "--allow-path", model.path])
         defer { process.terminate(); process.waitUntilExit() }
-        // The first stderr line names the address: "stitch serve: listening on http://127.0.0.1:PORT (...)".
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = errors.fileHandleForReading.availableData
-            guard !chunk.isEmpty else { return XCTFail("stitch serve exited: \(String(decoding: line, as: UTF8.self))") }
-            line.append(chunk)
-        }
-        let text = String(decoding: line, as: UTF8.self)
-        guard let start = text.range(of: "http://"), let end = text[start.lowerBound...].firstIndex(of: " ") else { return XCTFail(text) }
-        let base = String(text[start.lowerBound..<end])
 
         let client = OpenAICompletionClient(baseURL: base, model: "tiny-gpt2", apiKey: nil)
         let completion = try client.complete(CompletionRequest(prompt: "A photo of a", maxTokens: 12, temperature: 0, logprobs: true))[0]
