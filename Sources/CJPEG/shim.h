@@ -49,7 +49,7 @@ static inline int stitch_jpeg_decode(const unsigned char *data, unsigned long si
     jpeg_mem_src(&info, data, size);
     jpeg_read_header(&info, TRUE);
     if ((unsigned long long)info.image_width * info.image_height > max_pixels) {
-        snprintf(message, message_size, "%ux%u pixels is more than the %lu this reads", info.image_width, info.image_height, max_pixels);
+        snprintf(message, message_size, "%ux%u pixels is more than the %lu this reads (STITCH_MAX_IMAGE_PIXELS raises it)", info.image_width, info.image_height, max_pixels);
         jpeg_destroy_decompress(&info);
         return -1;
     }

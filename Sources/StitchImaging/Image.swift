@@ -60,9 +60,9 @@ extension RGBImage {
         }
     }
 
-    /// The largest image decoded (2^28 pixels, 768 MB as RGB): the size is read from the header and checked
-    /// before anything is decoded, so a small file cannot claim gigabytes.
-    public static let maximumPixels = 1 << 28
+    /// The largest image decoded (2^28 pixels, 768 MB as RGB, unless STITCH_MAX_IMAGE_PIXELS says otherwise): the
+    /// size is read from the header and checked before anything is decoded, so a small file cannot claim gigabytes.
+    public static let maximumPixels = ProcessInfo.processInfo.environment["STITCH_MAX_IMAGE_PIXELS"].flatMap { Int($0) }.map { max(1, $0) } ?? 1 << 28
 
     private static func decodeJPEG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
         var output: UnsafeMutablePointer<UInt8>?
@@ -98,7 +98,7 @@ extension RGBImage {
         image.format = stitch_png_format_rgba
         let width = Int(image.width), height = Int(image.height)
         guard width > 0, height > 0, width * height <= Self.maximumPixels else {
-            throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels is more than the \(Self.maximumPixels) this reads")
+            throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels is more than the \(Self.maximumPixels) this reads (STITCH_MAX_IMAGE_PIXELS raises it)")
         }
         var rgba = [UInt8](repeating: 0, count: width * height * 4)
         let finished = rgba.withUnsafeMutableBytes { out in

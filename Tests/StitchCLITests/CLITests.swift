@@ -86,6 +86,13 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(failed.status, 0)
         XCTAssert(failed.errors.contains(corrupt.path) && failed.errors.contains("corrupt JPEG"), failed.errors)
         XCTAssertFalse(FileManager.default.fileExists(atPath: second), "no output may be written when an input fails")
+
+        // The decoded-size limit is the user's to change: lowered here, so both formats are refused from their headers.
+        for photo in [image, Fixtures.photo("rocket.jpg").path] {
+            let limited = try stitch(["preprocess", "--output", second, photo], environment: ["STITCH_MAX_IMAGE_PIXELS": "100"])
+            XCTAssertNotEqual(limited.status, 0)
+            XCTAssert(limited.errors.contains("is more than the 100 this reads (STITCH_MAX_IMAGE_PIXELS raises it)"), "\(limited)")
+        }
     }
 
     func testFetchOfflineErrorAndBenchRows() throws {
