@@ -29,11 +29,13 @@ let package = Package(
 
         // Vectorised inner loops (activations, depthwise convolution) built for several x86-64 levels, picked at load time.
         .target(name: "CStitchKernels"),
+        // A SIGBUS guard for memory-mapped files that shrink while in use (zero pages in place, the owner reports it).
+        .target(name: "CMapGuard"),
         // Tensor core: Float32 tensors, BLAS-backed linear algebra, transformer building blocks.
         .target(name: "StitchTensor", dependencies: ["CBLAS", "CStitchKernels"]),
         // Model I/O: safetensors and PyTorch checkpoints (allow-list unpickler), config.json, weight store, Hugging Face cache and downloads,
         // and the one HTTP client layer (libcurl, timeouts, retry policy) the downloads and remote LMs share.
-        .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib"]),
+        .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib", "CMapGuard"]),
         // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
         .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
         // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece, SentencePiece (unigram and BPE model files).

@@ -43,6 +43,7 @@ public final class GraphRunner: @unchecked Sendable {
     /// new nodes; cache files are only ever renamed into place whole.
     public func run(inputs: [String: Value]) async throws -> [String: Value] {
         try checkInputs(inputs)
+        let faultsBefore = MappedFiles.faults
         lock.withLock { timings = [] }
         let started = Date()
         var results: [String: Value] = inputs
@@ -60,6 +61,8 @@ public final class GraphRunner: @unchecked Sendable {
                 for ready in dependencies.finish(name) { start(ready) }
             }
         }
+        // A model or index file that shrank under this run was read as zeros: its results cannot be trusted.
+        if MappedFiles.faults != faultsBefore { throw MappedFiles.changedError() }
         return graph.outputs.mapValues { reference in
             let value = results[reference.name]!
             return reference.field.map { value[$0] ?? .null } ?? value

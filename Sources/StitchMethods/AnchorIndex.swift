@@ -158,8 +158,10 @@ extension AnchorIndex {
         for (queries, anchors, modality) in [(images, self.images, "image"), (texts, self.texts, "text")] where queries.rank != 2 || queries.shape[1] != anchors.dimension {
             throw AnchorIndexError.notAnIndex(file: path, detail: "\(modality) queries are \(queries.shape) but its \(modality) anchors are \(anchors.dimension)-d")
         }
-        return relativeScores(relativeRepresentations(images, anchors: self.images, settings: settings),
-                              relativeRepresentations(texts, anchors: self.texts, settings: settings), anchorCount: count)
+        let scores = relativeScores(relativeRepresentations(images, anchors: self.images, settings: settings),
+                                    relativeRepresentations(texts, anchors: self.texts, settings: settings), anchorCount: count)
+        if file.changedOnDisk { throw MappedFiles.changedError() }
+        return scores
     }
 
     /// Zero-shot scores [images, labels]: each label in every template ("{}" marks the label),

@@ -1,3 +1,4 @@
+import CMapGuard
 import Foundation
 import StitchTensor
 
@@ -30,12 +31,20 @@ public struct TensorInfo: Sendable, Equatable {
     public let byteRange: Range<Int>
 }
 
-/// A read-only memory map of a whole file, unmapped when the last user is gone.
+/// A read-only memory map of a whole file, unmapped when the last user is gone. It is registered with the SIGBUS
+/// guard (CMapGuard): if the file shrinks while mapped, reads past its new end see zeros instead of killing the
+/// process, and `MappedFiles` lets whoever is reading find out and fail.
 final class MemoryMap: @unchecked Sendable {
     let base: UnsafeRawPointer
     let size: Int
+    let path: String
+    private var guardSlot: Int32 = -1
+
+    /// Whether a read of this mapping went past the file's end since it was mapped.
+    var changedOnDisk: Bool { stitch_map_guard_damaged(guardSlot) != 0 }
 
     init(path: String) throws(ModelIOError) {
+        self.path = path
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw .cannotOpen(file: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -51,11 +60,42 @@ final class MemoryMap: @unchecked Sendable {
             throw .cannotOpen(file: path, reason: "mmap: " + String(cString: strerror(errno)))
         }
         base = UnsafeRawPointer(mapped)
+        guardSlot = stitch_map_guard_register(base, size)
+        MappedFiles.add(self)
     }
 
     deinit {
-        if size > 0 { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+        guard size > 0 else { return }
+        MappedFiles.remove(self)
+        stitch_map_guard_unregister(guardSlot)
+        munmap(UnsafeMutableRawPointer(mutating: base), size)
     }
+}
+
+/// The memory-mapped files of this process, for noticing that one changed on disk while in use: compare
+/// `faults` before and after some work, and name `changedFiles()` in the error.
+public enum MappedFiles {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var live: [ObjectIdentifier: Weak] = [:]
+    private struct Weak { weak var map: MemoryMap? }
+
+    /// Reads past a mapped file's end (it shrank) absorbed so far in this process.
+    public static var faults: UInt { stitch_map_guard_fault_count() }
+
+    /// The mapped files, still in use, that shrank while mapped.
+    public static func changedFiles() -> [String] {
+        lock.withLock { live.values.compactMap(\.map).filter(\.changedOnDisk).map(\.path) }.sorted()
+    }
+
+    /// The error for work during which `faults` changed.
+    public static func changedError() -> ModelIOError {
+        let files = changedFiles()
+        return .cannotOpen(file: files.isEmpty ? "a memory-mapped file" : files.joined(separator: ", "),
+                           reason: "changed on disk (it shrank) while in use; load it again")
+    }
+
+    static func add(_ map: MemoryMap) { lock.withLock { live[ObjectIdentifier(map)] = Weak(map: map) } }
+    static func remove(_ map: MemoryMap) { lock.withLock { live[ObjectIdentifier(map)] = nil } }
 }
 
 /// A memory-mapped safetensors file (https://github.com/huggingface/safetensors):
@@ -165,6 +205,9 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard let info = tensors[name] else { throw .missingTensor(file: path, tensor: name) }
         return UnsafeRawBufferPointer(start: map.base + dataStart + info.byteRange.lowerBound, count: info.byteRange.count)
     }
+
+    /// Whether the file shrank on disk after a read of it went past its new end (the read saw zeros).
+    public var changedOnDisk: Bool { map.changedOnDisk }
 
     /// The whole data section (all tensors' bytes), e.g. for a checksum.
     public var dataSection: UnsafeRawBufferPointer {

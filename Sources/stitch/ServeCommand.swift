@@ -83,7 +83,12 @@ struct Serve: ParsableCommand {
                 refusal.headers["WWW-Authenticate"] = "Bearer"
                 return refusal
             }
-            return service.handle(request)
+            let faultsBefore = MappedFiles.faults
+            let response = service.handle(request)
+            if MappedFiles.faults != faultsBefore {
+                return .error("\(MappedFiles.changedError()); restart stitch serve", status: 500)
+            }
+            return response
         }
         FileHandle.standardError.write(Data("stitch serve: listening on \(server.baseURL) (model \(service.backend.name)\(graphs.isEmpty ? "" : "; graphs \(graphs.keys.sorted().joined(separator: ", "))"))\n".utf8))
         while true { sleep(3600) }

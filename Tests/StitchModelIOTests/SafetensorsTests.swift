@@ -21,6 +21,25 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(file.tensors["x.bf16"]?.dtype, .bf16)
     }
 
+    /// A mapped file truncated in place while its tensor is in use: reads past the new end see zeros instead of
+    /// SIGBUS (which would end this test process), and the change is reported by file.
+    func testAFileShrinkingWhileMappedIsReportedNotFatal() throws {
+        let path = folder.appendingPathComponent("shrinks.safetensors").path
+        let values = (0..<1 << 18).map { Float($0 % 97) + 1 }   // 1 MB: many pages past the header
+        try writeSafetensors(["w": Tensor(shape: [values.count], scalars: values)], to: path)
+        let file = try SafetensorsFile(path: path)
+        let weights = try file.tensor("w")   // borrowed in place from the mapping
+        XCTAssertFalse(file.changedOnDisk)
+        let faultsBefore = MappedFiles.faults
+        XCTAssertEqual(truncate(path, 4096), 0)
+        let sum = weights.scalars.reduce(0, +)
+        XCTAssertLessThan(sum, values.reduce(0, +), "pages past the new end read as zeros")
+        XCTAssert(file.changedOnDisk)
+        XCTAssertGreaterThan(MappedFiles.faults, faultsBefore)
+        XCTAssertEqual(MappedFiles.changedFiles(), [path])
+        XCTAssert("\(MappedFiles.changedError())".contains("\(path): cannot open: changed on disk"), "\(MappedFiles.changedError())")
+    }
+
     func testWriteReadRoundTripAndMappedViewsAreReadOnly() throws {
         let path = folder.appendingPathComponent("t.safetensors").path
         let a = Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])
