@@ -41,14 +41,19 @@ public struct HTTPResponse: Sendable {
     }
 }
 
-/// A small HTTP/1.1 server on a TCP port: one thread per connection, one request per
-/// connection (Connection: close), bodies by Content-Length up to `maximumBody` bytes.
+/// A small HTTP/1.1 server on a TCP port: a thread per connection, at most `maximumConnections` at once (the rest
+/// wait in the listen backlog), one request per connection (Connection: close), bodies by Content-Length up to
+/// `maximumBody` bytes, and a request that is not in within `requestTimeout` (slow or silent clients) dropped.
 public final class HTTPServer: @unchecked Sendable {
     public typealias Handler = @Sendable (HTTPRequest) -> HTTPResponse
     /// Serves one accepted connection (the server closes it afterwards).
     public typealias ConnectionHandler = @Sendable (Int32) -> Void
     public static let maximumBody = 16 << 20
+    public static let maximumConnections = 256
     public let host: String
+    /// Seconds a client has to send its whole request (and to take the answer).
+    public let requestTimeout: Int
+    private let permits = Permits(HTTPServer.maximumConnections)
     public let port: UInt16
     private let socketFD: Int32
     private let connection: ConnectionHandler
@@ -56,15 +61,17 @@ public final class HTTPServer: @unchecked Sendable {
     private var stopped = false
 
     /// Binds `host:port` (port 0: any free port, then read `port`) and answers each request with `handler`.
-    public convenience init(host: String = "127.0.0.1", port: UInt16 = 0, handler: @escaping Handler) throws {
-        try self.init(host: host, port: port) { client in
-            Self.write(Self.read(client).map(handler) ?? .error("malformed HTTP request", status: 400), to: client)
+    public convenience init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30, handler: @escaping Handler) throws {
+        try self.init(host: host, port: port, requestTimeout: requestTimeout) { client in
+            let deadline = Date().addingTimeInterval(TimeInterval(requestTimeout))
+            Self.write(Self.read(client, until: deadline).map(handler) ?? .error("malformed, too large or too slow HTTP request", status: 400), to: client)
         }
     }
 
     /// Binds `host:port` and hands every accepted socket to `connection`, on a thread of its own.
-    public init(host: String = "127.0.0.1", port: UInt16 = 0, connection: @escaping ConnectionHandler) throws {
+    public init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30, connection: @escaping ConnectionHandler) throws {
         self.host = host
+        self.requestTimeout = requestTimeout
         self.connection = connection
         (socketFD, self.port) = try Self.listeningSocket(host: host, port: port)
         Thread { [self] in acceptLoop() }.start()
@@ -108,26 +115,38 @@ public final class HTTPServer: @unchecked Sendable {
 
     private func acceptLoop() {
         while true {
+            permits.acquire()
             let client = accept(socketFD, nil, nil)
+            let failure = errno
             lock.lock(); let done = stopped; lock.unlock()
             if done { if client >= 0 { close(client) }; return }
-            if client < 0 { continue }
-            Thread { [connection] in
+            guard client >= 0 else {
+                permits.release()
+                // Out of file descriptors or memory: wait for connections to finish rather than spin.
+                if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(failure) { usleep(50_000) }
+                continue
+            }
+            // Every recv and send on the connection gives up after the request timeout.
+            var timeout = timeval(tv_sec: requestTimeout, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            Thread { [connection, permits] in
                 connection(client)
                 close(client)
+                permits.release()
             }.start()
         }
     }
 
-    /// The request on `client`, or nil when it is not HTTP or its body is too large.
-    static func read(_ client: Int32) -> HTTPRequest? {
+    /// The request on `client`, or nil when it is not HTTP, its body is too large, or it is not all in by `deadline`.
+    static func read(_ client: Int32, until deadline: Date = .distantFuture) -> HTTPRequest? {
         var data = Data()
         var buffer = [UInt8](repeating: 0, count: 65536)
         let separator = Data("\r\n\r\n".utf8)
         var headEnd: Range<Data.Index>?
         while headEnd == nil {
             let n = recv(client, &buffer, buffer.count, 0)
-            guard n > 0, data.count < 1 << 20 else { return nil }
+            guard n > 0, data.count < 1 << 20, Date() < deadline else { return nil }
             data.append(contentsOf: buffer[0..<n])
             headEnd = data.range(of: separator)
         }
@@ -144,7 +163,7 @@ public final class HTTPServer: @unchecked Sendable {
         var body = Data(data[headEnd!.upperBound...])
         while body.count < length {
             let n = recv(client, &buffer, min(buffer.count, length - body.count), 0)
-            guard n > 0 else { return nil }
+            guard n > 0, Date() < deadline else { return nil }
             body.append(contentsOf: buffer[0..<n])
         }
         return HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: body.prefix(length))
@@ -167,6 +186,29 @@ public final class HTTPServer: @unchecked Sendable {
                 sent += n
             }
         }
+    }
+}
+
+/// A counting limit on open connections (a DispatchSemaphore may not be freed while a permit is out, which a
+/// stopped server's accept loop holds).
+private final class Permits: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var available: Int
+
+    init(_ count: Int) { available = count }
+
+    func acquire() {
+        condition.lock()
+        while available == 0 { condition.wait() }
+        available -= 1
+        condition.unlock()
+    }
+
+    func release() {
+        condition.lock()
+        available += 1
+        condition.signal()
+        condition.unlock()
     }
 }
 

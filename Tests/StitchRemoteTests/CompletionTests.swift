@@ -69,6 +69,44 @@ final class CompletionTests: XCTestCase {
         XCTAssertEqual(try CompletionWire.parseRequest(Data(#"{"prompt": "x", "max_tokens": 3, "n": 2, "seed": 9}"#.utf8)).count, 2)
     }
 
+    /// Silent, stalled and trickling clients are answered 400 and dropped once the request timeout passes; a
+    /// normal client is served meanwhile.
+    func testSlowAndSilentClientsAreDroppedWhileOthersAreServed() throws {
+        let server = try HTTPServer(requestTimeout: 1) { _ in .json(["ok": true]) }
+        defer { server.stop() }
+        func connection() -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = server.port.bigEndian
+            inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            var wait = timeval(tv_sec: 20, tv_usec: 0)   // the client's own limit, far above the server's
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+            return fd
+        }
+        @Sendable func send(_ fd: Int32, _ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
+        func answer(_ fd: Int32) -> String {
+            var data = Data(), buffer = [UInt8](repeating: 0, count: 4096)
+            while case let n = recv(fd, &buffer, buffer.count, 0), n > 0 { data.append(contentsOf: buffer[0..<n]) }
+            close(fd)
+            return String(decoding: data, as: UTF8.self)
+        }
+        let silent = connection()
+        let stalled = connection()
+        send(stalled, "POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        let trickling = connection()
+        let trickle = Thread {
+            for byte in "POST /v1/completions HTTP/1.1\r\nX-Padding: " + String(repeating: "a", count: 40) { send(trickling, String(byte)); usleep(100_000) }
+        }
+        trickle.start()
+        let normal = try HTTPClientRequest(server.baseURL + "/", method: .post(Data("{}".utf8))).perform()
+        XCTAssertEqual(normal.status, 200)
+        for (name, fd) in [("silent", silent), ("stalled", stalled), ("trickling", trickling)] {
+            XCTAssert(answer(fd).hasPrefix("HTTP/1.1 400"), "\(name) client was not answered and dropped")
+        }
+    }
+
     func testRetriesErrorsAndTimeouts() throws {
         final class Counter: @unchecked Sendable { var value = 0; let lock = NSLock()
             func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value } }
