@@ -164,9 +164,11 @@ public struct SentencePieceModel: Sendable {
 
     /// "<0x41>" -> 0x41.
     static func byteValue(_ text: [UInt8]) -> Int? {
+        // Exactly "<0x%02X>" as sentencepiece writes them: two upper-case hex digits (Int(_:radix:) would also take "-1").
+        let digits = Array("0123456789ABCDEF".utf8)
         guard text.count == 6, text.starts(with: Array("<0x".utf8)), text.last == UInt8(ascii: ">"),
-              let value = Int(String(decoding: text[3..<5], as: UTF8.self), radix: 16) else { return nil }
-        return value
+              let high = digits.firstIndex(of: text[3]), let low = digits.firstIndex(of: text[4]) else { return nil }
+        return high * 16 + low
     }
 
     public var count: Int { pieces.count }

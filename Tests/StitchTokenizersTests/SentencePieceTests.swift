@@ -107,6 +107,9 @@ final class SentencePieceTests: XCTestCase {
             (Data(piece("<unk>", type: 2) + piece("<0x41>", type: 6)), "byte piece 1 although byte_fallback is off"),
             (Data(piece("<unk>", type: 2) + field(2, [0x18, 0x03])), "model type 3 (word or char) is not supported"),
             (Data(piece("<unk>", type: 2) + field(2, [0x98, 0x02, 0x01])), "not all 256 byte pieces"),
+            // Found by Scripts/fuzz: "-B" parsed as hex (-11) indexed the byte table out of range.
+            (Data(piece("<unk>", type: 2) + piece("<0x-B>", type: 6) + field(2, [0x98, 0x02, 0x01])), "byte piece '<0x-B>' is not <0xXX>"),
+            (Data(piece("<unk>", type: 2) + piece("<0x0a>", type: 6) + field(2, [0x98, 0x02, 0x01])), "byte piece '<0x0a>' is not <0xXX>"),
             (Data(piece("<unk>", type: 2) + field(3, field(2, [0xff, 0xff, 0, 0, 1, 2]))), "character map's trie size"),
         ]
         for (data, message) in cases {
