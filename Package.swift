@@ -18,6 +18,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, each wrapped once.
@@ -39,13 +44,20 @@ let package = Package(
         // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
         .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
         // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece, SentencePiece (unigram and BPE model files).
-        .target(name: "StitchTokenizers", dependencies: ["StitchModelIO", "CZlib"]),
+        .target(name: "StitchTokenizers", dependencies: ["StitchTensor", "StitchModelIO", "CZlib"]),
         // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
         .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "CZlib"]),
-        // Remote language models: an OpenAI-compatible completions client (over StitchModelIO's HTTP layer) and an HTTP server.
-        .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "StitchModelIO"]),
+        // Remote language models: an OpenAI-compatible completions client (over StitchModelIO's HTTP layer) and the
+        // HTTP server `stitch serve` runs on (Hummingbird over SwiftNIO).
+        .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "StitchModelIO",
+                                                     .product(name: "Hummingbird", package: "hummingbird"),
+                                                     .product(name: "HummingbirdCore", package: "hummingbird"),
+                                                     .product(name: "NIOCore", package: "swift-nio"),
+                                                     .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                                                     .product(name: "HTTPTypes", package: "swift-http-types"),
+                                                     .product(name: "Logging", package: "swift-log")]),
         // Graph: YAML pipelines of components and operations, validated, then run in parallel with a result cache.
         .target(name: "StitchGraph", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchModels", "StitchMethods", "StitchRemote",
                                                     .product(name: "Yams", package: "Yams")]),
@@ -55,7 +67,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 
-        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers", "StitchRemote"], path: "Tests/StitchTestSupport"),
+        .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers"], path: "Tests/StitchTestSupport"),
         .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
         .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTensor", "StitchRemote", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),

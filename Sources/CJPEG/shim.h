@@ -28,7 +28,8 @@ static void stitch_jpeg_emit_message(j_common_ptr info, int level) {
 /// Decodes a JPEG held in memory to interleaved 8-bit RGB (components == 3)
 /// or, for CMYK/YCCK files, to 8-bit CMYK (components == 4).
 /// Returns 0 on success; on failure returns -1 and fills `message`. An image of more than
-/// `max_pixels` pixels is refused from its header, before anything is decoded or allocated.
+/// `max_pixels` pixels is refused from its header, before anything is decoded or allocated:
+/// -2, with `width` and `height` set.
 static inline int stitch_jpeg_decode(const unsigned char *data, unsigned long size, unsigned long max_pixels,
                                      unsigned char **pixels, int *width, int *height,
                                      int *components, char *message, int message_size) {
@@ -49,9 +50,10 @@ static inline int stitch_jpeg_decode(const unsigned char *data, unsigned long si
     jpeg_mem_src(&info, data, size);
     jpeg_read_header(&info, TRUE);
     if ((unsigned long long)info.image_width * info.image_height > max_pixels) {
-        snprintf(message, message_size, "%ux%u pixels is more than the %lu this reads (STITCH_MAX_IMAGE_PIXELS raises it)", info.image_width, info.image_height, max_pixels);
+        *width = (int)info.image_width;
+        *height = (int)info.image_height;
         jpeg_destroy_decompress(&info);
-        return -1;
+        return -2;
     }
     if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
         info.out_color_space = JCS_CMYK;

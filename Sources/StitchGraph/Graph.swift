@@ -115,12 +115,12 @@ public struct Graph: Sendable {
     public static func load(_ path: String, registry: OperationRegistry) throws -> Graph {
         func failure(_ message: String) -> GraphError { .invalid([GraphDiagnostic(file: path, line: 1, column: 1, node: nil, message: message)]) }
         // Read with a bound, so /dev/zero or a huge file cannot fill memory.
-        guard let handle = FileHandle(forReadingAtPath: path), let data = try? handle.read(upToCount: GraphParser.maximumFileSize + 1) ?? Data() else {
+        guard let handle = FileHandle(forReadingAtPath: path), let data = try? handle.read(upToCount: Limit.graphFileBytes.value + 1) ?? Data() else {
             throw failure("cannot read the file")
         }
         try? handle.close()
-        guard data.count <= GraphParser.maximumFileSize else {
-            throw failure("a graph file may be at most \(GraphParser.maximumFileSize) bytes")
+        guard data.count <= Limit.graphFileBytes.value else {
+            throw failure("a graph file may be at most \(Limit.graphFileBytes.value) bytes \(Limit.graphFileBytes.hint)")
         }
         return try parse(String(decoding: data, as: UTF8.self), file: path, registry: registry)
     }
@@ -185,9 +185,9 @@ struct GraphParser {
             return nil
         }
         // Aliases repeat what they name, so a few hundred bytes can stand for billions of values; count before walking.
-        var budget = Self.maximumValues
+        var budget = Limit.graphValues.value
         guard Self.fits(root, within: &budget) else {
-            report(nil, "the document stands for more than \(Self.maximumValues) YAML values once its aliases are expanded")
+            report(nil, "the document stands for more than \(Limit.graphValues.value) YAML values once its aliases are expanded \(Limit.graphValues.hint)")
             return nil
         }
         for (key, _) in top where !["components", "inputs", "nodes", "outputs"].contains(key.string ?? "") {
@@ -223,11 +223,6 @@ struct GraphParser {
         graph.promptFiles = promptFiles
         return graph
     }
-
-    /// Far beyond any real graph, small enough to validate in well under a second.
-    static let maximumValues = 2_000_000
-    /// The largest graph file read, in bytes.
-    static let maximumFileSize = 8 << 20
 
     /// Whether `node`, aliases expanded, has at most `budget` values; stops as soon as it has more.
     static func fits(_ node: Node, within budget: inout Int) -> Bool {
@@ -358,12 +353,12 @@ struct GraphParser {
         }
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: candidate, isDirectory: &isFolder), !isFolder.boolValue,
-              let handle = FileHandle(forReadingAtPath: candidate), let data = try? handle.read(upToCount: Self.maximumFileSize + 1) else {
+              let handle = FileHandle(forReadingAtPath: candidate), let data = try? handle.read(upToCount: Limit.graphFileBytes.value + 1) else {
             report(node, "prompt file '\(path)' not found beside the graph", in: graphNode)
             return nil
         }
-        guard data.count <= Self.maximumFileSize else {
-            report(node, "prompt file '\(path)' is over \(Self.maximumFileSize) bytes", in: graphNode)
+        guard data.count <= Limit.graphFileBytes.value else {
+            report(node, "prompt file '\(path)' is over \(Limit.graphFileBytes.value) bytes \(Limit.graphFileBytes.hint)", in: graphNode)
             return nil
         }
         promptFiles.append(candidate)

@@ -1,4 +1,5 @@
 import Foundation
+import StitchRemote
 
 /// What a graph file may reach beyond itself. A graph is treated as untrusted input: it reads prompt files only
 /// inside its own folder, and a server URL it names receives the user's API key only when it is the server the
@@ -27,35 +28,17 @@ public struct GraphTrust: Sendable {
     }
 
     /// The server the user configured in the environment, if any.
-    var configuredURL: String? {
-        [environment["STITCH_LM_BASE_URL"], environment["OPENAI_BASE_URL"]].compactMap { $0 }.first { !$0.isEmpty }
-    }
+    var configuredURL: String? { OpenAICompletionClient.configuredBaseURL(in: environment) }
 
     /// Whether a server at `url` (nil: the configured one) may be sent the API key.
     func mayReceiveKey(_ url: String?) -> Bool {
         guard let url else { return true }
-        return ([configuredURL].compactMap { $0 } + keyedURLs).contains { Self.sameServer($0, url) }
+        return ([configuredURL].compactMap { $0 } + keyedURLs).contains { OpenAICompletionClient.sameServer($0, url) }
     }
 
-    /// The API key from the environment (STITCH_LM_API_KEY, else OPENAI_API_KEY) for a server at `url`, or nil
-    /// when that server may not have it.
+    /// The API key from the environment for a server at `url`, or nil when that server may not have it.
     func apiKey(for url: String?) -> String? {
-        guard mayReceiveKey(url) else { return nil }
-        return [environment["STITCH_LM_API_KEY"], environment["OPENAI_API_KEY"]].compactMap { $0 }.first { !$0.isEmpty }
-    }
-
-    /// One server whether or not its URL ends in / or /v1, whatever the case of its scheme and host.
-    static func sameServer(_ a: String, _ b: String) -> Bool {
-        func normal(_ url: String) -> String {
-            var text = url
-            while text.hasSuffix("/") { text.removeLast() }
-            if text.hasSuffix("/v1") { text.removeLast(3) }
-            guard var components = URLComponents(string: text) else { return text }
-            components.scheme = components.scheme?.lowercased()
-            components.host = components.host?.lowercased()
-            return components.string ?? text
-        }
-        return normal(a) == normal(b)
+        mayReceiveKey(url) ? OpenAICompletionClient.configuredAPIKey(in: environment) : nil
     }
 
     private static func resolved(_ path: String) -> String {

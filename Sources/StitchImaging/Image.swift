@@ -1,6 +1,7 @@
 import CJPEG
 import CPNG
 import Foundation
+import StitchTensor
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved R, G, B.
 public struct RGBImage: Sendable, Equatable {
@@ -60,9 +61,13 @@ extension RGBImage {
         }
     }
 
-    /// The largest image decoded (2^28 pixels, 768 MB as RGB, unless STITCH_MAX_IMAGE_PIXELS says otherwise): the
-    /// size is read from the header and checked before anything is decoded, so a small file cannot claim gigabytes.
-    public static let maximumPixels = ProcessInfo.processInfo.environment["STITCH_MAX_IMAGE_PIXELS"].flatMap { Int($0) }.map { max(1, $0) } ?? 1 << 28
+    /// The largest image decoded: the size is read from the header and checked before anything is decoded, so a
+    /// small file cannot claim gigabytes.
+    public static var maximumPixels: Int { Limit.imagePixels.value }
+
+    private static func tooLarge(_ width: Int, _ height: Int, file: String, format: String) -> ImageError {
+        .corrupt(file: file, format: format, detail: "\(width)x\(height) pixels is more than the \(maximumPixels) this reads \(Limit.imagePixels.hint)")
+    }
 
     private static func decodeJPEG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
         var output: UnsafeMutablePointer<UInt8>?
@@ -71,6 +76,7 @@ extension RGBImage {
         let status = bytes.withUnsafeBufferPointer { buffer in
             stitch_jpeg_decode(buffer.baseAddress, UInt(buffer.count), UInt(Self.maximumPixels), &output, &width, &height, &components, &message, Int32(message.count))
         }
+        if status == -2 { throw tooLarge(Int(width), Int(height), file: name, format: "JPEG") }
         guard status == 0, let output else {
             throw .corrupt(file: name, format: "JPEG", detail: cString(message))
         }
@@ -97,9 +103,8 @@ extension RGBImage {
         // Read as RGBA and drop alpha: PIL's convert("RGB") discards it rather than compositing.
         image.format = stitch_png_format_rgba
         let width = Int(image.width), height = Int(image.height)
-        guard width > 0, height > 0, width * height <= Self.maximumPixels else {
-            throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels is more than the \(Self.maximumPixels) this reads (STITCH_MAX_IMAGE_PIXELS raises it)")
-        }
+        guard width > 0, height > 0 else { throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels") }
+        guard width * height <= Self.maximumPixels else { throw tooLarge(width, height, file: name, format: "PNG") }
         var rgba = [UInt8](repeating: 0, count: width * height * 4)
         let finished = rgba.withUnsafeMutableBytes { out in
             png_image_finish_read(&image, nil, out.baseAddress, Int32(width * 4), nil)

@@ -1,10 +1,15 @@
 import Foundation
-import StitchMethods
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTPTypes
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// An HTTP/1.1 request as the server hands it to its handler.
+/// An HTTP request as the server hands it to its handler.
 public struct HTTPRequest: Sendable {
     public let method: String
     public let path: String
@@ -41,183 +46,205 @@ public struct HTTPResponse: Sendable {
     }
 }
 
-/// A small HTTP/1.1 server on a TCP port: a thread per connection, at most `maximumConnections` at once (the rest
-/// wait in the listen backlog), one request per connection (Connection: close), bodies by Content-Length up to
-/// `maximumBody` bytes, and a request that is not in within `requestTimeout` (slow or silent clients) dropped.
-public final class HTTPServer: @unchecked Sendable {
-    public typealias Handler = @Sendable (HTTPRequest) -> HTTPResponse
-    /// Serves one accepted connection (the server closes it afterwards).
-    public typealias ConnectionHandler = @Sendable (Int32) -> Void
+/// An HTTP/1.1 server on Hummingbird (SwiftNIO event loops): keep-alive, at most `maximumConnections` open at once
+/// (fewer when the descriptor limit is lower; the rest wait in the listen backlog), bodies up to `maximumBody`
+/// bytes (a larger Content-Length is refused before its first byte is read), and a request not completely in within
+/// `requestTimeout` seconds of the connection becoming ready for it (silent, stalled or trickling clients, idle
+/// keep-alive connections) answered 408 and closed. Handlers run as tasks, never on the event loops.
+public final class HTTPServer: Sendable {
+    public typealias Handler = @Sendable (HTTPRequest) async -> HTTPResponse
     public static let maximumBody = 16 << 20
-    public static let maximumConnections = 256
+    public static let maximumConnections = 1024
     public let host: String
-    /// Seconds a client has to send its whole request (and to take the answer).
-    public let requestTimeout: Int
-    private let permits = Permits(HTTPServer.maximumConnections)
     public let port: UInt16
-    private let socketFD: Int32
-    private let connection: ConnectionHandler
-    private let lock = NSLock()
-    private var stopped = false
+    private let task: Task<Void, Never>
+    private let finished: DispatchSemaphore
 
     /// Binds `host:port` (port 0: any free port, then read `port`) and answers each request with `handler`.
-    public convenience init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30, handler: @escaping Handler) throws {
-        try self.init(host: host, port: port, requestTimeout: requestTimeout) { client in
-            let deadline = Date().addingTimeInterval(TimeInterval(requestTimeout))
-            Self.write(Self.read(client, until: deadline).map(handler) ?? .error("malformed, too large or too slow HTTP request", status: 400), to: client)
+    /// With `handlesSignals`, SIGINT and SIGTERM shut it down gracefully: no new connections, requests in progress
+    /// answered, then `wait()` returns.
+    public init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30, maximumBody: Int = HTTPServer.maximumBody,
+                handlesSignals: Bool = false, handler: @escaping Handler) throws {
+        let responder = CallbackResponder<BasicRequestContext> { request, _ in
+            await Self.respond(to: request, maximumBody: maximumBody, handler: handler)
         }
-    }
-
-    /// Binds `host:port` and hands every accepted socket to `connection`, on a thread of its own.
-    public init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30, connection: @escaping ConnectionHandler) throws {
+        var logger = Logger(label: "stitch.http")
+        logger.logLevel = .critical   // errors reach clients as responses; the server itself prints nothing
+        let bound = Outcome<Int>()
+        let app = Application(
+            responder: responder,
+            server: .http1(configuration: .init(additionalChannelHandlers: [RequestDeadline(seconds: requestTimeout)])),
+            configuration: .init(address: .hostname(host, port: Int(port)), backlog: 1024,
+                                 availableConnectionsDelegate: MaximumAvailableConnections(Self.connectionLimit())),
+            onServerRunning: { channel in bound.set(.success(channel.localAddress?.port ?? 0)) },
+            logger: logger)
+        let finished = DispatchSemaphore(value: 0)
+        task = Task {
+            do {
+                if handlesSignals { try await app.runService() } else { try await app.run() }
+            } catch {
+                bound.set(.failure(error))   // bind errors; ignored once the server ran
+            }
+            finished.signal()
+        }
+        self.finished = finished
         self.host = host
-        self.requestTimeout = requestTimeout
-        self.connection = connection
-        (socketFD, self.port) = try Self.listeningSocket(host: host, port: port)
-        Thread { [self] in acceptLoop() }.start()
+        self.port = UInt16(try bound.wait())
     }
 
-    /// A TCP socket listening on `host:port` (port 0: any free port) and the port it got.
-    public static func listeningSocket(host: String, port: UInt16) throws -> (socket: Int32, port: UInt16) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        var yes: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
-            close(fd)
-            throw HTTPServerError.invalidAddress(host)
+    /// A server whose handler blocks (sleeps, computes): each request's handler runs on a thread of its own.
+    public convenience init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30,
+                            blocking handler: @escaping @Sendable (HTTPRequest) -> HTTPResponse) throws {
+        try self.init(host: host, port: port, requestTimeout: requestTimeout) { request in
+            await runBlocking(on: .global()) { handler(request) }
         }
-        address.sin_port = port.bigEndian
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(fd, 64) == 0 else {
-            let code = errno
-            close(fd)
-            throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EADDRINUSE)
-        }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
-        }
-        return (fd, UInt16(bigEndian: address.sin_port))
     }
 
     public var baseURL: String { "http://\(host):\(port)" }
 
+    /// Stops listening and closes every connection, then returns.
     public func stop() {
-        lock.lock(); stopped = true; lock.unlock()
-        shutdown(socketFD, Int32(SHUT_RDWR))
-        close(socketFD)
+        task.cancel()
+        wait()
     }
 
-    private func acceptLoop() {
-        while true {
-            permits.acquire()
-            let client = accept(socketFD, nil, nil)
-            let failure = errno
-            lock.lock(); let done = stopped; lock.unlock()
-            if done { if client >= 0 { close(client) }; return }
-            guard client >= 0 else {
-                permits.release()
-                // Out of file descriptors or memory: wait for connections to finish rather than spin.
-                if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(failure) { usleep(50_000) }
-                continue
-            }
-            // Every recv and send on the connection gives up after the request timeout.
-            var timeout = timeval(tv_sec: requestTimeout, tv_usec: 0)
-            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            Thread { [connection, permits] in
-                connection(client)
-                close(client)
-                permits.release()
-            }.start()
-        }
+    /// Returns once the server has stopped (after a signal, with `handlesSignals`, or `stop()`).
+    public func wait() {
+        finished.wait()
+        finished.signal()   // later callers return too
     }
 
-    /// The request on `client`, or nil when it is not HTTP, its body is too large, or it is not all in by `deadline`.
-    static func read(_ client: Int32, until deadline: Date = .distantFuture) -> HTTPRequest? {
-        var data = Data()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        let separator = Data("\r\n\r\n".utf8)
-        var headEnd: Range<Data.Index>?
-        while headEnd == nil {
-            let n = recv(client, &buffer, buffer.count, 0)
-            guard n > 0, data.count < 1 << 20, Date() < deadline else { return nil }
-            data.append(contentsOf: buffer[0..<n])
-            headEnd = data.range(of: separator)
+    /// Connections the descriptor limit leaves room for: a quarter or at least 64 descriptors stay for model files,
+    /// uploads and the listener, so the server stops accepting before the process runs out.
+    static func connectionLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return maximumConnections }
+        let descriptors = Int(clamping: limit.rlim_cur)
+        return max(8, min(maximumConnections, descriptors - max(64, descriptors / 4)))
+    }
+
+    private static func respond(to request: Request, maximumBody: Int, handler: Handler) async -> Response {
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > maximumBody {
+            return Self.tooLarge(maximumBody)   // refused from the header; the connection closes unread
         }
-        let head = String(decoding: data[..<headEnd!.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
-        let requestLine = head[0].split(separator: " ")
-        guard requestLine.count >= 2 else { return nil }
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: maximumBody)
+        } catch {
+            return Self.tooLarge(maximumBody)
+        }
         var headers: [String: String] = [:]
-        for line in head.dropFirst() {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        for field in request.headers { headers[field.name.canonicalName] = field.value }
+        let response = await handler(HTTPRequest(method: request.method.rawValue, path: request.head.path ?? "/", headers: headers,
+                                                 body: Data(buffer: body)))
+        var fields = HTTPFields()
+        for (name, value) in response.headers.sorted(by: { $0.key < $1.key }) {
+            if let name = HTTPField.Name(name) { fields[name] = value }
         }
-        let length = Int(headers["content-length"] ?? "0") ?? -1
-        guard length >= 0, length <= maximumBody else { return nil }
-        var body = Data(data[headEnd!.upperBound...])
-        while body.count < length {
-            let n = recv(client, &buffer, min(buffer.count, length - body.count), 0)
-            guard n > 0, Date() < deadline else { return nil }
-            body.append(contentsOf: buffer[0..<n])
-        }
-        return HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: body.prefix(length))
+        return Response(status: .init(code: response.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: response.body)))
     }
 
-    static func write(_ response: HTTPResponse, to client: Int32) {
-        let reasons = [200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
-                       500: "Internal Server Error", 503: "Service Unavailable"]
-        var head = "HTTP/1.1 \(response.status) \(reasons[response.status] ?? "Status")\r\nConnection: close\r\n"
-        var headers = response.headers
-        headers["Content-Length"] = "\(response.body.count)"
-        for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
-        var bytes = Data((head + "\r\n").utf8)
-        bytes.append(response.body)
-        bytes.withUnsafeBytes { raw in
-            var sent = 0
-            while sent < raw.count {
-                let n = send(client, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                if n <= 0 { return }
-                sent += n
+    private static func tooLarge(_ limit: Int) -> Response {
+        let error = HTTPResponse.error("the request body is larger than the server's limit of \(limit) bytes", status: 413)
+        return Response(status: .contentTooLarge, headers: [.contentType: "application/json", .connection: "close"], body: .init(byteBuffer: ByteBuffer(bytes: error.body)))
+    }
+}
+
+/// Runs blocking work (model compute, large JSON, sleeps) on `queue`, off Swift's cooperative pool and the event loops.
+public func runBlocking<T: Sendable>(on queue: DispatchQueue, _ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: work()) } }
+}
+
+/// Per connection: a request must be completely in within the timeout of the connection becoming ready for it (open,
+/// or its previous response written), else the client gets 408 and the connection closes. Also closes the
+/// connection after a response that says `Connection: close` (a refused body is then never read).
+final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
+    /// Requests read completely and not yet answered (clients may pipeline).
+    private var pending = 0
+    private var closeAfterResponse = false
+
+    init(seconds: Int) { timeout = .seconds(Int64(seconds)) }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .end = unwrapInboundIn(data) {
+            pending += 1
+            timer?.cancel()
+            timer = nil
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            closeAfterResponse = head.headerFields[.connection] == "close"
+        case .body:
+            break
+        case .end:
+            if closeAfterResponse {
+                context.writeAndFlush(data, promise: promise)
+                context.close(promise: nil)
+                return
             }
+            pending = max(0, pending - 1)
+            if pending == 0 { arm(context) }
+        }
+        context.write(data, promise: promise)
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            timer = nil
+            let head = HTTPTypes.HTTPResponse(status: .requestTimeout, headerFields: [.connection: "close", .contentLength: "0"])
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.close(promise: nil)
         }
     }
 }
 
-/// A counting limit on open connections (a DispatchSemaphore may not be freed while a permit is out, which a
-/// stopped server's accept loop holds).
-private final class Permits: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var available: Int
+/// A value one task sets once and a thread waits for.
+private final class Outcome<T: Sendable>: @unchecked Sendable {
+    private let ready = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var result: Result<T, Error>?
 
-    init(_ count: Int) { available = count }
-
-    func acquire() {
-        condition.lock()
-        while available == 0 { condition.wait() }
-        available -= 1
-        condition.unlock()
+    func set(_ value: Result<T, Error>) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard result == nil else { return }
+        result = value
+        ready.signal()
     }
 
-    func release() {
-        condition.lock()
-        available += 1
-        condition.signal()
-        condition.unlock()
-    }
-}
-
-public enum HTTPServerError: Error, CustomStringConvertible, Equatable {
-    case invalidAddress(String)
-
-    public var description: String {
-        switch self {
-        case .invalidAddress(let host): return "'\(host)' is not an IPv4 address to listen on"
-        }
+    func wait() throws -> T {
+        ready.wait()
+        ready.signal()
+        lock.lock()
+        defer { lock.unlock() }
+        return try result!.get()
     }
 }

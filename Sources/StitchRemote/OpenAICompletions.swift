@@ -87,28 +87,56 @@ public struct OpenAICompletionClient: CompletionBackend {
 
     /// `baseURL` with or without its /v1 (e.g. http://127.0.0.1:8080 or https://api.openai.com/v1).
     public init(baseURL: String, model: String, apiKey: String?) {
-        var base = baseURL
-        while base.hasSuffix("/") { base.removeLast() }
-        url = base.hasSuffix("/v1") ? base + "/completions" : base + "/v1/completions"
+        url = Self.serverRoot(baseURL) + "/v1/completions"
         self.model = model
         self.apiKey = apiKey
+    }
+
+    /// A server's URL without trailing slashes and without its /v1.
+    static func serverRoot(_ url: String) -> String {
+        var text = url
+        while text.hasSuffix("/") { text.removeLast() }
+        if text.hasSuffix("/v1") { text.removeLast(3) }
+        return text
+    }
+
+    /// One server whether or not its URL ends in / or /v1, whatever the case of its scheme and host.
+    public static func sameServer(_ a: String, _ b: String) -> Bool {
+        func normal(_ url: String) -> String {
+            let root = serverRoot(url)
+            guard var components = URLComponents(string: root) else { return root }
+            components.scheme = components.scheme?.lowercased()
+            components.host = components.host?.lowercased()
+            return components.string ?? root
+        }
+        return normal(a) == normal(b)
+    }
+
+    /// The server the user configured: STITCH_LM_BASE_URL, else OPENAI_BASE_URL (an empty value counts as unset).
+    public static func configuredBaseURL(in environment: [String: String]) -> String? {
+        [environment["STITCH_LM_BASE_URL"], environment["OPENAI_BASE_URL"]].compactMap { $0 }.first { !$0.isEmpty }
+    }
+
+    /// The user's API key: STITCH_LM_API_KEY, else OPENAI_API_KEY (an empty value counts as unset).
+    public static func configuredAPIKey(in environment: [String: String]) -> String? {
+        [environment["STITCH_LM_API_KEY"], environment["OPENAI_API_KEY"]].compactMap { $0 }.first { !$0.isEmpty }
     }
 
     /// The one choice between a server and a local model: a server when `url` names one or `environment` has
     /// STITCH_LM_BASE_URL (a graph passes only the API keys, so that its own option alone picks the server), else `local`.
     public static func backend(url: String?, serverModel: String, apiKey: String?, environment: [String: String] = ProcessInfo.processInfo.environment,
                                local: () throws -> CompletionBackend) throws -> CompletionBackend {
-        guard url != nil || environment["STITCH_LM_BASE_URL"] != nil else { return try local() }
+        guard url != nil || !(environment["STITCH_LM_BASE_URL"] ?? "").isEmpty else { return try local() }
         return try fromEnvironment(baseURL: url, model: serverModel, apiKey: apiKey, environment: environment)
     }
 
     /// Base URL and key from the arguments, else STITCH_LM_BASE_URL / STITCH_LM_API_KEY, else OPENAI_BASE_URL / OPENAI_API_KEY.
     static func fromEnvironment(baseURL: String?, model: String, apiKey: String?,
                                        environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OpenAICompletionClient {
-        guard let base = baseURL ?? environment["STITCH_LM_BASE_URL"] ?? environment["OPENAI_BASE_URL"] else {
+        guard let base = baseURL ?? configuredBaseURL(in: environment) else {
             throw CompletionError.invalidRequest("no server: give --lm-url or set STITCH_LM_BASE_URL")
         }
-        return OpenAICompletionClient(baseURL: base, model: model, apiKey: apiKey ?? environment["STITCH_LM_API_KEY"] ?? environment["OPENAI_API_KEY"])
+        return OpenAICompletionClient(baseURL: base, model: model, apiKey: apiKey ?? configuredAPIKey(in: environment))
     }
 
     public func complete(_ request: CompletionRequest) throws -> [Completion] {

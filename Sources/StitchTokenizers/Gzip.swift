@@ -1,10 +1,9 @@
 import CZlib
 import Foundation
+import StitchTensor
 
 /// Inflates a gzip file (CLIP ships its merges as bpe_simple_vocab_16e6.txt.gz).
-/// Decompressed tokenizer files stop here (CLIP's BPE file is 3.2 MB): a small gzip bomb cannot take gigabytes.
-let maximumGunzipped = 64 << 20
-
+/// Decompression stops at `Limit.decompressedBytes`: a small gzip bomb cannot take gigabytes.
 func gunzip(_ data: Data, file: String) throws(TokenizerError) -> Data {
     var stream = z_stream()
     // 16 + MAX_WBITS: expect a gzip header rather than a raw zlib stream.
@@ -12,6 +11,7 @@ func gunzip(_ data: Data, file: String) throws(TokenizerError) -> Data {
         throw .malformed(file: file, line: nil, detail: "zlib could not start")
     }
     defer { inflateEnd(&stream) }
+    let maximumGunzipped = Limit.decompressedBytes.value
     var output = Data()
     var chunk = [UInt8](repeating: 0, count: 1 << 16)
     var status = Z_OK
@@ -29,7 +29,7 @@ func gunzip(_ data: Data, file: String) throws(TokenizerError) -> Data {
         } while status == Z_OK && output.count <= maximumGunzipped
     }
     guard output.count <= maximumGunzipped else {
-        throw .malformed(file: file, line: nil, detail: "decompresses to more than \(maximumGunzipped >> 20) MB; tokenizer files are far smaller")
+        throw .malformed(file: file, line: nil, detail: "decompresses to more than \(maximumGunzipped) bytes; tokenizer files are far smaller \(Limit.decompressedBytes.hint)")
     }
     guard status == Z_STREAM_END else {
         throw .malformed(file: file, line: nil, detail: "gzip data is corrupt or truncated (zlib status \(status))")

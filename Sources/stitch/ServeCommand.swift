@@ -30,6 +30,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Port (0: any free port; the address is printed on stderr).")
     var port: UInt16 = 8080
 
+    @Option(name: .customLong("max-body-mb"), help: "Largest request body in MB (a base64 image is 4/3 of its file).")
+    var maxBodyMB = 16
+
     @Option(help: "A graph served at POST /graphs/NAME (repeatable): NAME=FILE.yaml.")
     var graph: [String] = []
 
@@ -38,6 +41,7 @@ struct Serve: ParsableCommand {
     @OptionGroup var trust: GraphTrustOptions
 
     func validate() throws {
+        guard (1...4096).contains(maxBodyMB) else { throw ValidationError("--max-body-mb must be in 1...4096") }
         if !Self.isLoopback(host) && key == nil && !insecure {
             throw ValidationError("--host \(host) is reachable from other machines: give --api-key (or STITCH_SERVE_API_KEY), or --insecure to serve without one")
         }
@@ -74,57 +78,88 @@ struct Serve: ParsableCommand {
             guard request.method == "POST", request.path.hasPrefix("/graphs/") else { return nil }
             let name = String(request.path.dropFirst("/graphs/".count))
             guard let runner = runners[name] else { return .error("no graph named '\(name)'", status: 404) }
-            return Self.runGraph(runner, body: request.body, trust: registry.trust)
+            return await Self.runGraph(runner, body: request.body, trust: registry.trust)
         }
         let key = self.key
-        let server = try HTTPServer(host: host, port: port) { request in
-            if let key, !Self.isAuthorized(request, key: key) {
-                var refusal = HTTPResponse.error("missing or wrong API key (Authorization: Bearer ...)", status: 401)
-                refusal.headers["WWW-Authenticate"] = "Bearer"
-                return refusal
+        let server: HTTPServer
+        do {
+            server = try HTTPServer(host: host, port: port, maximumBody: maxBodyMB << 20, handlesSignals: true) { request in
+                if let key, !Self.isAuthorized(request, key: key) {
+                    var refusal = HTTPResponse.error("missing or wrong API key (Authorization: Bearer ...)", status: 401)
+                    refusal.headers["WWW-Authenticate"] = "Bearer"
+                    return refusal
+                }
+                let faultsBefore = MappedFiles.faults
+                let response = await service.handle(request)
+                if MappedFiles.faults != faultsBefore {
+                    return .error("\(MappedFiles.changedError()); restart stitch serve", status: 500)
+                }
+                return response
             }
-            let faultsBefore = MappedFiles.faults
-            let response = service.handle(request)
-            if MappedFiles.faults != faultsBefore {
-                return .error("\(MappedFiles.changedError()); restart stitch serve", status: 500)
-            }
-            return response
+        } catch {
+            throw ValidationError("cannot listen on \(host):\(port): \(error)")
         }
         FileHandle.standardError.write(Data("stitch serve: listening on \(server.baseURL) (model \(service.backend.name)\(graphs.isEmpty ? "" : "; graphs \(graphs.keys.sorted().joined(separator: ", "))"))\n".utf8))
-        while true { sleep(3600) }
+        server.wait()
+        FileHandle.standardError.write(Data("stitch serve: stopped\n".utf8))
     }
 
     /// Runs a graph on the JSON inputs of a request body; its outputs, or the error as a 400. Clients send images
     /// as data, {"base64": "..."}, held in a private file for the request; a path on the server is accepted only
-    /// inside a folder the operator allowed, and the refusal is the same whether or not the file exists.
-    static func runGraph(_ runner: GraphRunner, body: Data, trust: GraphTrust) -> HTTPResponse {
+    /// inside a folder the operator allowed, and the refusal is the same whether or not the file exists. The body
+    /// is decoded off the cooperative pool (a large upload takes a while).
+    static func runGraph(_ runner: GraphRunner, body: Data, trust: GraphTrust) async -> HTTPResponse {
+        // Bulk work at utility priority: other clients' small requests go first.
+        let prepared = await runBlocking(on: .global(qos: .utility)) { prepareGraphInputs(runner.graph, body: body, trust: trust) }
+        let inputs: [String: Value], uploads: [URL]
+        switch prepared {
+        case .failure(let refusal): return refusal.response
+        case .success(let value): (inputs, uploads) = value
+        }
+        defer { for file in uploads { try? FileManager.default.removeItem(at: file) } }
+        do {
+            return .json(try await runner.run(inputs: inputs).mapValues(\.json))
+        } catch {
+            return .error("\(error)", status: 400)
+        }
+    }
+
+    /// A refused request body, as the response to give.
+    struct Refusal: Error {
+        let response: HTTPResponse
+        init(_ message: String, status: Int = 400) { response = .error(message, status: status) }
+    }
+
+    /// The graph's inputs from a request body, uploaded images written to private files (the caller removes them).
+    static func prepareGraphInputs(_ graph: Graph, body: Data, trust: GraphTrust) -> Result<([String: Value], [URL]), Refusal> {
         guard let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any],
               var inputs = try? object.mapValues(Value.init(json:)) else {
-            return .error("the body must be a JSON object of the graph's inputs", status: 400)
+            return .failure(Refusal("the body must be a JSON object of the graph's inputs"))
         }
         var uploads: [URL] = []
-        defer { for file in uploads { try? FileManager.default.removeItem(at: file) } }
-        for (name, type) in runner.graph.inputs where type == .image {
+        func refuse(_ refusal: Refusal) -> Result<([String: Value], [URL]), Refusal> {
+            for file in uploads { try? FileManager.default.removeItem(at: file) }
+            return .failure(refusal)
+        }
+        for (name, type) in graph.inputs where type == .image {
             switch inputs[name] {
             case .object(let fields) where fields.count == 1 && fields["base64"] != nil:
-                guard let encoded = fields["base64"]?.string, let data = Data(base64Encoded: encoded.filter { !$0.isWhitespace }), !data.isEmpty else {
-                    return .error("input '\(name)': 'base64' must be the image's bytes in base64", status: 400)
+                // Line breaks allowed (as `base64` writes them); filtered as bytes, which is fast on megabytes.
+                guard let encoded = fields["base64"]?.string,
+                      let data = Data(base64Encoded: Data(encoded.utf8.filter { ![0x20, 0x09, 0x0A, 0x0D].contains($0) })), !data.isEmpty else {
+                    return refuse(Refusal("input '\(name)': 'base64' must be the image's bytes in base64"))
                 }
                 let file = FileManager.default.temporaryDirectory.appendingPathComponent("stitch-upload-\(UUID().uuidString)")
                 guard FileManager.default.createFile(atPath: file.path, contents: data, attributes: [.posixPermissions: 0o600]) else {
-                    return .error("cannot hold the uploaded image", status: 500)
+                    return refuse(Refusal("cannot hold the uploaded image", status: 500))
                 }
                 uploads.append(file)
                 inputs[name] = .string(file.path)
             case .string(let path) where !trust.mayRead(path):
-                return .error("input '\(name)': send the image as {\"base64\": \"...\"}; paths on the server are read only inside folders the operator allows (--allow-path)", status: 400)
+                return refuse(Refusal("input '\(name)': send the image as {\"base64\": \"...\"}; paths on the server are read only inside folders the operator allows (--allow-path)"))
             default: break
             }
         }
-        let given = inputs
-        switch waitForTask({ try await runner.run(inputs: given) }) {
-        case .success(let outputs): return .json(outputs.mapValues(\.json))
-        case .failure(let error): return .error("\(error)", status: 400)
-        }
+        return .success((inputs, uploads))
     }
 }

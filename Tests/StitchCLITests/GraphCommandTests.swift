@@ -37,6 +37,14 @@ final class GraphCommandTests: XCTestCase {
         let invalid = try StitchCLI.run(["validate", bad])
         XCTAssertNotEqual(invalid.status, 0)
         XCTAssert(invalid.errors.contains("\(bad):2:") && invalid.errors.contains("\(bad):3:"), invalid.errors)
+        // The size limits on graphs are the user's to raise (or lower), each named in its error.
+        for (variable, value, message) in [("STITCH_MAX_GRAPH_BYTES", "100", "a graph file may be at most 100 bytes (STITCH_MAX_GRAPH_BYTES raises it)"),
+                                           ("STITCH_MAX_GRAPH_VALUES", "10", "more than 10 YAML values once its aliases are expanded (STITCH_MAX_GRAPH_VALUES raises it)")] {
+            let limited = try StitchCLI.run(["validate", graph], environment: [variable: value])
+            XCTAssertNotEqual(limited.status, 0)
+            XCTAssert(limited.errors.contains(message), limited.errors)
+            XCTAssertEqual(try StitchCLI.run(["validate", graph], environment: [variable: "100000"]).status, 0)
+        }
 
         let cache = folder.appendingPathComponent("cache").path
         let run = try StitchCLI.run(["run", graph, "--input", "name=zebra", "--input", "tags=a,b", "--json", "--cache-dir", cache, "--trace"])

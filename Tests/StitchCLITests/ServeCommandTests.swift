@@ -110,4 +110,23 @@ final class ServeCommandTests: XCTestCase {
         XCTAssertEqual(try post("/graphs/nope", "{}").status, 404)
         XCTAssertEqual(try post("/graphs/hello", #"{"nome": 1}"#).status, 400)
     }
+
+    /// SIGTERM (as schedulers and `docker stop` send) stops serve gracefully: idle connections closed, exit status 0.
+    func testServeStopsGracefullyOnSIGTERM() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let model = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder)
+        let (process, base) = try startServe(["--lm", model.path])
+        defer { if process.isRunning { process.terminate() } }
+        let connection = try RawConnection(port: UInt16(base.split(separator: ":").last!)!)
+        connection.send("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(connection.readResponse()?.status, 200)
+        kill(process.processIdentifier, SIGTERM)
+        XCTAssert(connection.isClosedByServer(), "the idle keep-alive connection is closed")
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationReason, .exit)
+        XCTAssertEqual(process.terminationStatus, 0)
+        let errors = String(decoding: (process.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssert(errors.hasSuffix("stitch serve: stopped\n"), errors)
+    }
 }

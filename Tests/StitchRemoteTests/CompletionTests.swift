@@ -69,42 +69,83 @@ final class CompletionTests: XCTestCase {
         XCTAssertEqual(try CompletionWire.parseRequest(Data(#"{"prompt": "x", "max_tokens": 3, "n": 2, "seed": 9}"#.utf8)).count, 2)
     }
 
-    /// Silent, stalled and trickling clients are answered 400 and dropped once the request timeout passes; a
+    /// Silent, stalled and trickling clients are answered 408 and dropped once the request timeout passes; a
     /// normal client is served meanwhile.
     func testSlowAndSilentClientsAreDroppedWhileOthersAreServed() throws {
         let server = try HTTPServer(requestTimeout: 1) { _ in .json(["ok": true]) }
         defer { server.stop() }
-        func connection() -> Int32 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = server.port.bigEndian
-            inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            var wait = timeval(tv_sec: 20, tv_usec: 0)   // the client's own limit, far above the server's
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
-            return fd
-        }
-        @Sendable func send(_ fd: Int32, _ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
-        func answer(_ fd: Int32) -> String {
-            var data = Data(), buffer = [UInt8](repeating: 0, count: 4096)
-            while case let n = recv(fd, &buffer, buffer.count, 0), n > 0 { data.append(contentsOf: buffer[0..<n]) }
-            close(fd)
-            return String(decoding: data, as: UTF8.self)
-        }
-        let silent = connection()
-        let stalled = connection()
-        send(stalled, "POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
-        let trickling = connection()
+        let silent = try RawConnection(port: server.port)
+        let stalled = try RawConnection(port: server.port)
+        stalled.send("POST /v1/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        let trickling = try RawConnection(port: server.port)
         let trickle = Thread {
-            for byte in "POST /v1/completions HTTP/1.1\r\nX-Padding: " + String(repeating: "a", count: 40) { send(trickling, String(byte)); usleep(100_000) }
+            for byte in "POST /v1/completions HTTP/1.1\r\nX-Padding: " + String(repeating: "a", count: 40) { trickling.send(String(byte)); usleep(100_000) }
         }
         trickle.start()
         let normal = try HTTPClientRequest(server.baseURL + "/", method: .post(Data("{}".utf8))).perform()
         XCTAssertEqual(normal.status, 200)
-        for (name, fd) in [("silent", silent), ("stalled", stalled), ("trickling", trickling)] {
-            XCTAssert(answer(fd).hasPrefix("HTTP/1.1 400"), "\(name) client was not answered and dropped")
+        for (name, connection) in [("silent", silent), ("stalled", stalled), ("trickling", trickling)] {
+            XCTAssert(connection.readUntilClosed().hasPrefix("HTTP/1.1 408"), "\(name) client was not answered and dropped")
         }
+    }
+
+    /// Requests follow each other on one connection (keep-alive, pipelined too); a body over the limit is refused
+    /// from its Content-Length, before a byte of it is read, and the connection closes; so does a chunked one once
+    /// past the limit. The limit on open connections leaves descriptors for the rest of the process.
+    func testKeepAliveBodyLimitsAndConnectionLimit() throws {
+        let server = try HTTPServer(maximumBody: 1000) { request in .json(["bytes": request.body.count, "path": request.path]) }
+        defer { server.stop() }
+        let connection = try RawConnection(port: server.port)
+        for body in ["{}", String(repeating: "x", count: 1000)] {
+            connection.send("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            let answer = try XCTUnwrap(connection.readResponse())
+            XCTAssertEqual(answer.status, 200)
+            XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any])?["bytes"] as? Int, body.utf8.count)
+        }
+        connection.send("GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual([connection.readResponse()?.body, connection.readResponse()?.body].map { $0?.contains("\"path\":\"/") }, [true, true])
+        XCTAssertFalse(connection.isClosedByServer(within: 0.5))
+
+        let oversized = try RawConnection(port: server.port)
+        oversized.send("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n")
+        let refusal = try XCTUnwrap(oversized.readResponse())
+        XCTAssertEqual(refusal.status, 413)
+        XCTAssert(refusal.body.contains("larger than the server's limit of 1000 bytes"), refusal.body)
+        XCTAssert(oversized.isClosedByServer())
+
+        let chunked = try RawConnection(port: server.port)
+        chunked.send("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in 0..<3 { chunked.send("200\r\n" + String(repeating: "y", count: 512) + "\r\n") }
+        XCTAssertEqual(chunked.readResponse()?.status, 413)
+        XCTAssert(chunked.isClosedByServer())
+
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        defer { setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
+        var lowered = limit
+        lowered.rlim_cur = 256
+        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
+        XCTAssertEqual(HTTPServer.connectionLimit(), 192, "a quarter of the descriptors (at least 64) stay for the rest")
+        if limit.rlim_max >= 2048 {
+            lowered.rlim_cur = 2048
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lowered)
+            XCTAssertEqual(HTTPServer.connectionLimit(), HTTPServer.maximumConnections)
+        }
+    }
+
+    /// The server and key come from the environment in one way for every caller: STITCH_LM_* before OPENAI_*, an
+    /// empty value as if unset, a URL with or without /v1.
+    func testConfiguredServerAndKey() throws {
+        let environment = ["STITCH_LM_BASE_URL": "", "OPENAI_BASE_URL": "http://Example.org/v1/", "STITCH_LM_API_KEY": "", "OPENAI_API_KEY": "sk-o"]
+        XCTAssertEqual(OpenAICompletionClient.configuredBaseURL(in: environment), "http://Example.org/v1/")
+        XCTAssertEqual(OpenAICompletionClient.configuredAPIKey(in: environment), "sk-o")
+        let client = try OpenAICompletionClient.fromEnvironment(baseURL: nil, model: "m", apiKey: nil, environment: environment)
+        XCTAssertEqual(client.url, "http://Example.org/v1/completions")
+        XCTAssert(OpenAICompletionClient.sameServer(client.url.replacingOccurrences(of: "/v1/completions", with: ""), "HTTP://example.org/v1"))
+        XCTAssertFalse(OpenAICompletionClient.sameServer("http://example.org", "http://example.org:8080"))
+        let local = LocalBackendName()
+        XCTAssertEqual(try OpenAICompletionClient.backend(url: nil, serverModel: "m", apiKey: nil, environment: environment) { local }.name, "local",
+                       "only STITCH_LM_BASE_URL (set, not empty) sends the local choice to a server")
     }
 
     func testRetriesErrorsAndTimeouts() throws {
@@ -131,7 +172,7 @@ final class CompletionTests: XCTestCase {
             XCTAssertFalse(message.contains(secret))
         }
 
-        let slow = try HTTPServer { _ in Thread.sleep(forTimeInterval: 3); return .json([:]) }
+        let slow = try HTTPServer(blocking: { _ in Thread.sleep(forTimeInterval: 3); return .json([:]) })
         defer { slow.stop() }
         var impatient = OpenAICompletionClient(baseURL: slow.baseURL, model: "m", apiKey: nil)
         (impatient.timeout, impatient.attempts) = (1, 1)
@@ -194,4 +235,10 @@ final class LocalBackendTests: XCTestCase {
                        try backend.complete(CompletionRequest(prompt: tail, maxTokens: 4, temperature: 0)))
         XCTAssertThrowsError(try backend.complete(CompletionRequest(prompt: "x", maxTokens: 64))) { XCTAssert("\($0)".contains("no room for the prompt")) }
     }
+}
+
+/// A stand-in local backend that only has a name.
+private struct LocalBackendName: CompletionBackend {
+    var name: String { "local" }
+    func complete(_ request: CompletionRequest) throws -> [Completion] { [] }
 }

@@ -1,6 +1,5 @@
 import Foundation
 import StitchModelIO
-import StitchRemote
 
 /// A small HTTP/1.1 server on 127.0.0.1 that imitates the hub, for testing the downloader against real sockets:
 /// - GET /api/models/{repo}/revision/{rev}: the commit and file list (`sha`, `siblings`), as the model-info endpoint answers.
@@ -19,8 +18,8 @@ public final class LocalHubServer: @unchecked Sendable {
     }
 
     public let commit = "0123456789abcdef0123456789abcdef01234567"
-    private var server: HTTPServer!
-    private var storage: HTTPServer!
+    private var server: SocketServer!
+    private var storage: SocketServer!
     private let lock = NSLock()
     private var files: [String: File] = [:]       // "repo@commit/file" -> contents
     private var revisions: [String: String] = [:] // "repo@revision" -> commit
@@ -40,8 +39,8 @@ public final class LocalHubServer: @unchecked Sendable {
     public var baseURL: String { server.baseURL }
 
     public init() throws {
-        server = try HTTPServer { [unowned self] client in self.handle(client) }
-        storage = try HTTPServer { [unowned self] client in self.handle(client) }
+        server = try SocketServer { [unowned self] client in self.handle(client) }
+        storage = try SocketServer { [unowned self] client in self.handle(client) }
     }
 
     /// Adds a file at `revision` (main unless told), whose commit is `commit` for main, else one derived from the revision.

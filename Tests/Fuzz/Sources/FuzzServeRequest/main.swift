@@ -12,13 +12,11 @@ struct EchoBackend: CompletionBackend {
     }
 }
 
-let service = CompletionService(backend: EchoBackend())
-
 // Also libFuzzer's usual entry, which its runtime references.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
     let body = Data(bytes: start, count: count)
-    _ = service.handle(HTTPRequest(method: "POST", path: "/v1/completions", headers: ["content-type": "application/json"], body: body))
+    _ = CompletionService.complete(body, backend: EchoBackend())
     return 0
 }
 
