@@ -139,6 +139,31 @@ extension RGBImage {
         }
     }
 
+    /// Draws `text` in `BitmapFont`, `scale` times its 6x13 size, on a filled rectangle of `color` at the box's
+    /// top-left corner: above the box where there is room, else just inside it, moved left to fit the image (and
+    /// clipped if wider). The text is black or white, whichever reads better on `color`.
+    public mutating func drawLabel(_ text: String, box: [Float], color: (UInt8, UInt8, UInt8), scale: Int = 1) {
+        guard box.count == 4, width > 0, height > 0, scale > 0, !text.isEmpty else { return }
+        let glyphs = text.map(BitmapFont.glyph)
+        let labelWidth = glyphs.count * BitmapFont.width * scale + 2 * scale, labelHeight = BitmapFont.height * scale
+        let top = Int(box[1].rounded()), left = Int(box[0].rounded())
+        let x0 = max(0, min(left, width - labelWidth))
+        let y0 = max(0, top - labelHeight >= 0 ? top - labelHeight : min(top, height - labelHeight))
+        let luminance = 0.299 * Double(color.0) + 0.587 * Double(color.1) + 0.114 * Double(color.2)
+        let ink: (UInt8, UInt8, UInt8) = luminance > 140 ? (0, 0, 0) : (255, 255, 255)
+        for y in y0..<min(height, y0 + labelHeight) {
+            let row = (y - y0) / scale
+            for x in x0..<min(width, x0 + labelWidth) {
+                let column = (x - x0) / scale - 1   // one scaled pixel of padding on the left
+                let character = column >= 0 ? column / BitmapFont.width : -1
+                let lit = character >= 0 && character < glyphs.count
+                    && glyphs[character][glyphs[character].startIndex + row] & (0x20 >> (column % BitmapFont.width)) != 0
+                let i = (y * width + x) * 3
+                (pixels[i], pixels[i + 1], pixels[i + 2]) = lit ? ink : color
+            }
+        }
+    }
+
     /// Writes the image as a JPEG file atomically (temporary file, then rename).
     public func writeJPEG(to path: String, quality: Int = 90) throws(ImageError) {
         var output: UnsafeMutablePointer<UInt8>?

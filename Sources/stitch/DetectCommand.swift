@@ -9,7 +9,7 @@ struct Detect: ParsableCommand {
         discussion: """
         Prints one line per detection, "image<TAB>label<TAB>score<TAB>x1,y1,x2,y2" (pixels of the original image), \
         best first; --json prints one object per image instead. --draw writes a JPEG copy of the (single) image \
-        with the boxes drawn in a colour per class.
+        with each box and its label ("dog 0.87") drawn in a colour per class.
         """)
 
     @Argument(help: "JPEG or PNG images; standard input lines when none.")
@@ -53,9 +53,18 @@ struct Detect: ParsableCommand {
             }
             fflush(nil)
             if let draw {
-                for d in detections { image.drawBox(d.box, color: Self.color(of: d.classIndex), thickness: max(2, min(image.width, image.height) / 200)) }
+                Self.annotate(&image, with: detections)
                 try image.writeJPEG(to: draw)
             }
+        }
+    }
+
+    /// Draws each detection's box and then its label ("dog 0.87") in its class's colour, sized to the image.
+    static func annotate(_ image: inout RGBImage, with detections: [Detection]) {
+        let side = min(image.width, image.height)
+        for d in detections { image.drawBox(d.box, color: color(of: d.classIndex), thickness: max(2, side / 200)) }
+        for d in detections {
+            image.drawLabel("\(d.label) \(String(format: "%.2f", d.score))", box: d.box, color: color(of: d.classIndex), scale: max(1, side / 400))
         }
     }
 

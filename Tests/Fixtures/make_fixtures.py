@@ -12,6 +12,7 @@ the real MiniLM and EfficientNet-Lite0 weights come from Scripts/fetch-test-mode
 Everything is seeded, so a rerun rewrites identical files.
 """
 import gzip
+import io
 import json
 import os
 import random
@@ -1106,6 +1107,45 @@ def make_sentencepiece_goldens():
     print(f"sentencepiece: {len(strings)} strings, models " + ", ".join(f"{n} ({golden[n]['pieces']} pieces)" for n in settings))
 
 
+def make_label_golden():
+    """Boxes and their labels drawn by Pillow with X11's public-domain 6x13 font (xfonts-base: the font
+    Sources/StitchImaging/BitmapFont.swift was made from), laid out as `RGBImage.drawLabel` lays them out:
+    above the box where there is room, else inside; moved left to fit; one scaled pixel of padding; black text on
+    light colours, white on dark; non-ASCII drawn as '?'."""
+    from PIL import ImageDraw, ImageFont, PcfFontFile
+    folder = tempfile.mkdtemp()
+    pcf = PcfFontFile.PcfFontFile(io.BytesIO(gzip.open("/usr/share/fonts/X11/misc/6x13-ISO8859-1.pcf.gz").read()))
+    pcf.save(os.path.join(folder, "6x13"))
+    font = ImageFont.load(os.path.join(folder, "6x13.pil"))
+    spec = {"width": 160, "height": 100, "background": [128, 128, 128], "draws": [
+        {"box": [20, 5, 100, 60], "color": [255, 0, 0], "thickness": 2, "text": "dog 0.87 \u00e9", "scale": 1},
+        {"box": [10, 50, 60, 95], "color": [0, 255, 0], "thickness": 1, "text": "bus 0.5", "scale": 2},
+        {"box": [130, 80, 158, 98], "color": [0, 0, 255], "thickness": 3, "text": "traffic light 0.42", "scale": 1},
+    ]}
+    W, H = spec["width"], spec["height"]
+    image = Image.new("RGB", (W, H), tuple(spec["background"]))
+    draw = ImageDraw.Draw(image)
+    for d in spec["draws"]:
+        draw.rectangle(d["box"], outline=tuple(d["color"]), width=d["thickness"])
+    for d in spec["draws"]:
+        text = "".join(c if 32 <= ord(c) <= 126 else "?" for c in d["text"])
+        s, color = d["scale"], tuple(d["color"])
+        lw, lh = len(text) * 6 * s + 2 * s, 13 * s
+        left, top = d["box"][0], d["box"][1]
+        x0 = max(0, min(left, W - lw))
+        y0 = max(0, top - lh if top - lh >= 0 else min(top, H - lh))
+        draw.rectangle([x0, y0, x0 + lw - 1, y0 + lh - 1], fill=color)
+        mask = Image.new("1", (len(text) * 6, 13), 0)
+        ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=1)
+        mask = mask.resize((mask.width * s, mask.height * s), Image.NEAREST)
+        ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else (255, 255, 255)
+        image.paste(ink, (x0 + s, y0), mask)
+    os.makedirs(out("labels"), exist_ok=True)
+    image.save(out("labels", "golden.png"))
+    write_json(spec, "labels", "spec.json")
+    print("labels: golden.png")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1:   # only the named steps, e.g. make_checkpoint_forms
         torch.set_num_threads(1)
@@ -1142,3 +1182,4 @@ if __name__ == "__main__":
     make_checkpoint_reader_fixtures()
     make_hub_cache()
     make_sentencepiece_goldens()
+    make_label_golden()

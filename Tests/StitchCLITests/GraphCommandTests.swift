@@ -265,6 +265,18 @@ final class VisionCommandTests: XCTestCase {
         XCTAssert(lines.allSatisfy { $0.count == 4 && $0[0] == street.path && $0[3].split(separator: ",").count == 4 }, detected.output)
         let original = try RGBImage(contentsOf: street.path), copy = try RGBImage(contentsOf: drawn)
         XCTAssertEqual([copy.width, copy.height], [original.width, original.height])
+        // Each box carries its label, "cup 0.xx", on a band of the class colour at the box's top-left corner.
+        func meanDifference(x: Range<Int>, y: Range<Int>) -> Double {
+            var total = 0
+            for row in y { for column in x { for c in 0..<3 { let i = (row * copy.width + column) * 3 + c; total += abs(Int(copy.pixels[i]) - Int(original.pixels[i])) } } }
+            return Double(total) / Double(x.count * y.count * 3)
+        }
+        let box = lines[0][3].split(separator: ",").map { Int(Double($0)!.rounded()) }
+        let scale = max(1, min(original.width, original.height) / 400), labelWidth = (lines[0][1].count + 5) * 6 * scale + 2 * scale
+        let labelTop = box[1] >= 13 * scale ? box[1] - 13 * scale : box[1]
+        let labelLeft = min(box[0], original.width - labelWidth)
+        XCTAssertGreaterThan(meanDifference(x: labelLeft..<labelLeft + labelWidth, y: labelTop..<labelTop + 13 * scale), 40, "the label band is drawn")
+        XCTAssertLessThan(meanDifference(x: 0..<original.width, y: 0..<original.height), 10, "the rest is the photo")
         let json = try StitchCLI.run(["detect", "--model", detector.path, "--json", "--threshold", "0.5", street.path])
         let record = try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as! [String: Any]
         XCTAssertEqual((record["detections"] as! [[String: Any]]).map { $0["label"] as! String }, ["cup", "dining table"])

@@ -145,3 +145,30 @@ final class PreprocessingTests: XCTestCase {
         XCTAssert(cropped.pixels.allSatisfy { $0 == 128 })
     }
 }
+
+/// Detection drawings: boxes and their labels, pixel for pixel as Pillow draws them with the same public-domain
+/// 6x13 font (labels above or inside the box, moved left to fit, scaled, black or white text, '?' for non-ASCII).
+final class LabelDrawingTests: XCTestCase {
+    func testLabelledBoxesEqualPillowsDrawing() throws {
+        let spec = try Fixtures.json("labels/spec.json") as! [String: Any]
+        let (width, height) = (spec["width"] as! Int, spec["height"] as! Int)
+        let background = (spec["background"] as! [Int]).map(UInt8.init)
+        var image = RGBImage(width: width, height: height, pixels: Array((0..<width * height).map { _ in background }.joined()))
+        let draws = spec["draws"] as! [[String: Any]]
+        func color(_ draw: [String: Any]) -> (UInt8, UInt8, UInt8) {
+            let c = (draw["color"] as! [Int]).map(UInt8.init)
+            return (c[0], c[1], c[2])
+        }
+        for draw in draws { image.drawBox((draw["box"] as! [Int]).map(Float.init), color: color(draw), thickness: draw["thickness"] as! Int) }
+        let boxesOnly = image
+        for draw in draws {
+            image.drawLabel(draw["text"] as! String, box: (draw["box"] as! [Int]).map(Float.init), color: color(draw), scale: draw["scale"] as! Int)
+        }
+        let golden = try RGBImage(contentsOf: Fixtures.url("labels/golden.png").path)
+        XCTAssertEqual(golden.width, width)
+        let differing = zip(image.pixels, golden.pixels).filter { $0 != $1 }.count
+        print("labelled boxes: \(differing) of \(image.pixels.count) channel values differ from Pillow's drawing")
+        XCTAssertEqual(differing, 0)
+        XCTAssertNotEqual(image, boxesOnly, "labels were drawn")
+    }
+}
