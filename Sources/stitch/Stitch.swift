@@ -11,7 +11,7 @@ struct Stitch: ParsableCommand {
         standard cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub) and downloaded
         there when absent unless HF_HUB_OFFLINE=1.
         """,
-        subcommands: [Classify.self, EmbedImage.self, EmbedText.self, Generate.self, Caption.self, Detect.self, Run.self, Merge.self, Validate.self, ASIFCommand.self, Evaluate.self, VQA.self, Serve.self, Bench.self, BenchRowWorker.self, Tokenize.self, Preprocess.self, Fetch.self, Convert.self, Models.self])
+        subcommands: [Demo.self, Classify.self, EmbedImage.self, EmbedText.self, Generate.self, Caption.self, Detect.self, Run.self, Merge.self, Validate.self, ASIFCommand.self, Evaluate.self, VQA.self, Serve.self, Bench.self, BenchRowWorker.self, Tokenize.self, Preprocess.self, Fetch.self, Convert.self, Models.self])
 
     static func main() {
         Memory.keepFreedMemory()

@@ -1,4 +1,5 @@
 import Foundation
+import StitchImaging
 import StitchModelIO
 import StitchTestSupport
 import XCTest
@@ -69,6 +70,60 @@ final class CheckpointCommandTests: XCTestCase {
         // Everything is cached now: offline runs give the same.
         let offline = try StitchCLI.run(["caption", image, "--json", "--k", "5"], environment: hubEnvironment.merging(["HF_HUB_OFFLINE": "1"]) { $1 })
         XCTAssertEqual(try tokens(offline.output), try tokens(fromHub.output), offline.errors)
+    }
+
+    /// The README's main command offline: what the repository has (YOLOX-Nano) runs, each photo gets an annotated
+    /// image with boxes where the detector found something, the page shows them, and the missing models are named.
+    func testDemoOfflineRunsWhatTheMachineHas() throws {
+        let output = folder.appendingPathComponent("demo")
+        let demo = try StitchCLI.run(["demo", "--output", output.path], environment: hubEnvironment.merging(["HF_HUB_OFFLINE": "1"]) { $1 })
+        XCTAssertEqual(demo.status, 0, demo.errors)
+        for model in ["cambridgeltl/magic_mscoco", "openai/clip-vit-base-patch32", "nlpconnect/vit-gpt2-image-captioning", "gpt2"] {
+            XCTAssert(demo.errors.contains("  \(model) ("), "\(model) is not named: \(demo.errors)")
+        }
+        XCTAssert(demo.output.contains("detections:       person 0.93"), demo.output)
+        XCTAssert(demo.output.contains("PICa answer:      (model not available)"), demo.output)
+        let page = try String(contentsOf: output.appendingPathComponent("index.html"), encoding: .utf8)
+        for (photo, boxed) in [("astronaut.png", true), ("chelsea.png", true), ("coffee.png", true), ("rocket.jpg", false)] {
+            let stem = URL(fileURLWithPath: photo).deletingPathExtension().lastPathComponent
+            XCTAssert(page.contains("<img src=\"\(stem).jpg\""), "the page shows \(stem).jpg")
+            let original = try RGBImage(contentsOf: Fixtures.photo(photo).path)
+            let annotated = try RGBImage(contentsOf: output.appendingPathComponent("\(stem).jpg").path)
+            XCTAssertEqual([annotated.width, annotated.height], [original.width, original.height])
+            // Box lines and label bands change pixels far beyond JPEG's noise; without detections nothing does.
+            let changed = zip(annotated.pixels, original.pixels).filter { abs(Int($0) - Int($1)) > 120 }.count
+            XCTAssertEqual(changed > 200, boxed, "\(photo): \(changed) channel values changed")
+        }
+        XCTAssert(page.contains("person 0.93") && page.contains("Ran without: <code>openai/clip-vit-base-patch32</code>"), page)
+
+        // No network at all: the first model's download fails (after its retries) and the rest come from the cache only.
+        let closed = try SocketServer { _ in }
+        let address = closed.baseURL
+        closed.stop()
+        let unreachable = try StitchCLI.run(["demo", "--output", output.path], environment: hubEnvironment.merging(["HF_ENDPOINT": address]) { $1 })
+        XCTAssertEqual(unreachable.status, 0, unreachable.errors)
+        XCTAssert(unreachable.errors.contains("(so the other models were looked for in the cache only)"), unreachable.errors)
+        XCTAssertEqual(unreachable.errors.components(separatedBy: "failed: ").count, 2, "one download is tried: \(unreachable.errors)")
+    }
+
+    /// With the published ids served by a loopback hub (fixture models standing in), every section is filled.
+    func testDemoWithTheDefaultModelIDsFillsEverySection() throws {
+        try server.addFolder(try model("tiny-gpt2", tokenizer: gpt2Tokenizer, name: "magic"), repo: "cambridgeltl/magic_mscoco")
+        try server.addFolder(try model("tiny-gpt2", tokenizer: gpt2Tokenizer, name: "gpt2"), repo: "openai-community/gpt2")
+        try server.addFolder(try model("tiny-clip", tokenizer: clipTokenizer, name: "clip"), repo: "openai/clip-vit-base-patch32")
+        try server.addFolder(try model("tiny-vit-gpt2", tokenizer: gpt2Tokenizer, name: "captioner"), repo: "nlpconnect/vit-gpt2-image-captioning")
+        let output = folder.appendingPathComponent("demo")
+        let demo = try StitchCLI.run(["demo", "--output", output.path, "--lm", "openai-community/gpt2"], environment: hubEnvironment)
+        XCTAssertEqual(demo.status, 0, demo.errors)
+        XCTAssertFalse(demo.output.contains("not available") || demo.errors.contains("ran without"), demo.output + demo.errors)
+        let blocks = demo.output.components(separatedBy: "\n").filter { $0.hasPrefix("  ") }
+        XCTAssertEqual(blocks.count, 4 * 6, demo.output)
+        for section in ["MAGiC caption:", "ViT-GPT2 caption:", "CLIP label:", "PICa answer:"] {
+            XCTAssertEqual(blocks.filter { $0.hasPrefix("  \(section)") }.count, 4, section)
+        }
+        XCTAssert(blocks.filter { $0.hasPrefix("  CLIP label:") }.allSatisfy { $0.contains("(0.") || $0.contains("(1.") }, demo.output)
+        let page = try String(contentsOf: output.appendingPathComponent("index.html"), encoding: .utf8)
+        XCTAssertFalse(page.contains("model not available") || page.contains("Ran without"), page)
     }
 
     func tokens(_ output: String) throws -> [Int] {
