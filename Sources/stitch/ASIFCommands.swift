@@ -66,8 +66,11 @@ struct ASIFBuild: ParsableCommand {
     @Option(help: "Storage of the anchor matrices: f32 or f16.")
     var dtype = "f32"
 
-    @Option(help: "i/n: embed only the lines numbered i modulo n (merge the shards with `stitch asif merge`).")
+    @Option(help: "i/n: embed only the lines numbered i modulo n, into OUTPUT.shard-000i-of-000n.asif (merge them with `stitch asif merge`); auto: i and n from SLURM_ARRAY_TASK_* or JOB_COMPLETION_INDEX.")
     var shard: String?
+
+    @Option(help: "The shard count of a Kubernetes Indexed Job (its completions), for --shard auto; else STITCH_SHARD_COUNT.")
+    var shardCount: Int?
 
     @OptionGroup var hub: HubOptions
 
@@ -77,7 +80,9 @@ struct ASIFBuild: ParsableCommand {
         var builder = AnchorIndexBuilder(image: try ModelRegistry.standard.imageEncoder(imageEncoder, locator: locator),
                                          text: try ModelRegistry.standard.textEncoder(textEncoder, locator: locator))
         builder.dtype = type
-        if let shard { builder.shard = try parseShard(shard) }
+        let part = try shard.map { try Shard.parse($0, count: shardCount) } ?? .whole
+        builder.shard = (part.index, part.count)
+        let output = part.file(for: self.output)
         var bar: ProgressBar?
         try builder.build(anchors: anchors, output: output) { done, total in
             if bar == nil { bar = ProgressBar(total: total, label: "anchors", done: done) } else { bar!.advance(to: done) }
@@ -225,10 +230,4 @@ func printRanked(_ scores: Tensor, queries: [String], results: [String], top: In
     for (row, ranked) in rankings(scores).enumerated() {
         for column in ranked.prefix(top) { print("\(queries[row])\t\(results[column])\t\(String(format: "%.4f", scores[row, column]))") }
     }
-}
-
-func parseShard(_ text: String) throws -> (index: Int, count: Int) {
-    let parts = text.split(separator: "/").compactMap { Int($0) }
-    guard parts.count == 2, parts[1] > 0, parts[0] >= 0, parts[0] < parts[1] else { throw ValidationError("--shard takes i/n with 0 <= i < n, got '\(text)'") }
-    return (parts[0], parts[1])
 }

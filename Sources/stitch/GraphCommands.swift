@@ -41,9 +41,10 @@ struct Run: ParsableCommand {
         Inputs are given as --input name=value (an image is its path; texts are a JSON array or comma-separated; \
         json is JSON). With --inputs items.jsonl each line is an object of inputs and each result is appended \
         to --output as {"item": N, "outputs": {...}}; a rerun skips items already there, and --shard i/n runs \
-        the items whose number is i modulo n, so n machines can share a dataset, each writing its own --output \
-        (`stitch merge` joins them; one results file has one writer at a time). Node results are cached under \
-        --cache-dir unless --no-cache; Ctrl-C stops cleanly.
+        the items whose number is i modulo n, so n machines can share a dataset, each writing its own file \
+        (results.jsonl -> results.shard-000i-of-000n.jsonl; `stitch merge --output results.jsonl` joins them). \
+        --shard auto takes i and n from a Slurm job array or a Kubernetes Indexed Job. One results file has one \
+        writer at a time. Node results are cached under --cache-dir unless --no-cache; Ctrl-C stops cleanly.
         """)
 
     @Argument(help: "The graph YAML file.")
@@ -61,8 +62,11 @@ struct Run: ParsableCommand {
     @Option(help: "Where batch results are appended (JSONL); a run resumes its own results file and refuses any other file.")
     var output: String?
 
-    @Option(help: "i/n: run only the items whose line number is i modulo n.")
+    @Option(help: "i/n: run only the items whose line number is i modulo n; auto: i and n from SLURM_ARRAY_TASK_* or JOB_COMPLETION_INDEX.")
     var shard: String?
+
+    @Option(help: "The shard count of a Kubernetes Indexed Job (its completions), for --shard auto; else STITCH_SHARD_COUNT.")
+    var shardCount: Int?
 
     @Option(help: "Folder of cached node results ($XDG_CACHE_HOME/stitch/graph, else $HOME/.cache/stitch/graph).")
     var cacheDir = Self.defaultCacheFolder()
@@ -98,7 +102,9 @@ struct Run: ParsableCommand {
         let runner = GraphRunner(graph: loaded, registry: registry, cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
         if let items {
             guard let output else { throw ValidationError("--inputs needs --output") }
-            try runBatch(runner, items: items, output: output, shard: shard.map(parseShard) ?? (0, 1))
+            let part = try shard.map { try Shard.parse($0, count: shardCount) } ?? .whole
+            if part.count > 1 { FileHandle.standardError.write(Data("shard \(part.index) of \(part.count): results in \(part.file(for: output))\n".utf8)) }
+            try runBatch(runner, items: items, output: part.file(for: output), shard: part)
             return
         }
         var values: [String: Value] = [:]
@@ -143,7 +149,7 @@ struct Run: ParsableCommand {
     }
 
     /// Runs every item of this shard not yet in `output`, appending one line per item as it finishes.
-    private func runBatch(_ runner: GraphRunner, items: String, output: String, shard: (index: Int, count: Int)) throws {
+    private func runBatch(_ runner: GraphRunner, items: String, output: String, shard: Shard) throws {
         guard let data = FileManager.default.contents(atPath: items) else { throw ValidationError("cannot read \(items)") }
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
         let results = try ResultsFile(path: output, inputs: items, itemCount: lines.last == "" ? lines.count - 1 : lines.count)

@@ -67,32 +67,84 @@ struct ResultsFile {
 /// Joins the results files of shards (or of runs over parts of one inputs file) into one, ordered by item.
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Join batch results files (from `stitch run --shard i/n`) into one, ordered by item.",
-        discussion: "Every line must be a result line; an item in two files must have the same outputs in both. The output is written whole or not at all.")
+        abstract: "Join batch results files (from `stitch run --shard`) into one, ordered by item.",
+        discussion: """
+        Without files, joins the shards of --output: for results.jsonl, every results.shard-IIII-of-NNNN.jsonl \
+        beside it. Every line must be a result line, and no item may be in two files. Shard files must all be of one \
+        count, none missing, each holding only its own items; with --inputs, every input line must have its result. \
+        The output is written whole or not at all.
+        """)
 
-    @Argument(help: "Results files to join.")
-    var files: [String]
+    @Argument(help: "Results files to join (default: the shard files of --output).")
+    var files: [String] = []
 
     @Option(name: .shortAndLong, help: "The joined results file.")
     var output: String
 
+    @Option(help: "The batch's inputs file: every line of it must have a result.")
+    var inputs: String?
+
     func run() throws {
-        var lines: [Int: String] = [:]
+        let files = self.files.isEmpty ? try Self.shardFiles(of: output) : self.files
+        try Self.checkShards(files)
+        var lines: [Int: (line: String, file: String)] = [:]
         for file in files {
             guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+            let shard = Shard.of(file: file)
             for entry in try ResultsFile.parse(data, file: file) {
-                if let earlier = lines[entry.item], earlier != entry.line {
-                    throw ValidationError("\(file): item \(entry.item) has other outputs than in an earlier file")
+                if let earlier = lines[entry.item] {
+                    throw ValidationError("item \(entry.item) is in both \(earlier.file) and \(file)\(earlier.line == entry.line ? "" : ", with other outputs")")
                 }
-                lines[entry.item] = entry.line
+                if let shard, entry.item % shard.count != shard.index {
+                    throw ValidationError("\(file): item \(entry.item) belongs to shard \(entry.item % shard.count) of \(shard.count), not \(shard.index); were the shards run with another count?")
+                }
+                lines[entry.item] = (entry.line, file)
             }
         }
-        let text = lines.keys.sorted().map { lines[$0]! + "\n" }.joined()
+        if let inputs {
+            guard let data = FileManager.default.contents(atPath: inputs) else { throw ValidationError("cannot read \(inputs)") }
+            let items = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+                .filter { !$0.element.trimmingCharacters(in: .whitespaces).isEmpty }.map(\.offset)
+            let missing = items.filter { lines[$0] == nil }
+            if !missing.isEmpty {
+                throw ValidationError("\(missing.count) of the \(items.count) items of \(inputs) have no result, e.g. items \(missing.prefix(10).map(String.init).joined(separator: ", ")); rerun their shards (a rerun resumes)")
+            }
+            if let past = lines.keys.first(where: { $0 >= items.last.map { $0 + 1 } ?? 0 }) {
+                throw ValidationError("item \(past) (in \(lines[past]!.file)) is past the lines of \(inputs)")
+            }
+        }
+        let text = lines.keys.sorted().map { lines[$0]!.line + "\n" }.joined()
         do {
             try text.write(toFile: output, atomically: true, encoding: .utf8)
         } catch {
             throw ValidationError("cannot write \(output): \(error.localizedDescription)")
         }
         FileHandle.standardError.write(Data("\(lines.count) items from \(files.count) files into \(output)\n".utf8))
+    }
+
+    /// The shard files of `output` in its folder, in shard order.
+    static func shardFiles(of output: String) throws -> [String] {
+        let folder = (output as NSString).deletingLastPathComponent
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder.isEmpty ? "." : folder)) ?? []
+        let files = names.map { folder.isEmpty ? $0 : folder + "/" + $0 }.filter { file in
+            Shard.of(file: file).map { $0.file(for: output) == file } ?? false
+        }.sorted()
+        guard !files.isEmpty else { throw ValidationError("no shard files of \(output) (such as \(Shard(index: 0, count: 2).file(for: output))) to merge") }
+        return files
+    }
+
+    /// Shard files must be of one count with none missing.
+    static func checkShards(_ files: [String]) throws {
+        let shards = files.compactMap { file in Shard.of(file: file).map { (file, $0) } }
+        guard let first = shards.first else { return }
+        if let other = shards.first(where: { $0.1.count != first.1.count }) {
+            throw ValidationError("\(first.0) is a shard of \(first.1.count) but \(other.0) of \(other.1.count); merge the shards of one run")
+        }
+        let present = Set(shards.map(\.1.index))
+        let absent = (0..<first.1.count).filter { !present.contains($0) }
+        if !absent.isEmpty {
+            let example = Shard(index: absent[0], count: first.1.count).file(for: first.0.replacingOccurrences(of: String(format: ".shard-%04d-of-%04d", first.1.index, first.1.count), with: ""))
+            throw ValidationError("\(absent.count) of \(first.1.count) shards are missing (shards \(absent.prefix(10).map(String.init).joined(separator: ", ")); e.g. \(example))")
+        }
     }
 }

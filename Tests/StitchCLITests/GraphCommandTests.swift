@@ -77,15 +77,18 @@ final class GraphCommandTests: XCTestCase {
         let expected = try results(whole)
         XCTAssertEqual(expected, Dictionary(uniqueKeysWithValues: (0..<7).map { ($0, "hello n\($0)") }))
 
-        // Three shards together give exactly the unsharded result.
+        // Three shards, each in a file of its own (part.jsonl -> part.shard-000i-of-0003.jsonl), together give exactly
+        // the unsharded result.
         var merged: [Int: String] = [:]
+        let sharded = folder.appendingPathComponent("part.jsonl").path
+        let parts = (0..<3).map { folder.appendingPathComponent(String(format: "part.shard-%04d-of-0003.jsonl", $0)).path }
         for shard in 0..<3 {
-            let part = folder.appendingPathComponent("part\(shard).jsonl").path
-            let result = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", part, "--shard", "\(shard)/3", "--no-cache"])
+            let result = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", sharded, "--shard", "\(shard)/3", "--no-cache"])
             XCTAssertEqual(result.status, 0, result.errors)
-            merged.merge(try results(part)) { a, _ in XCTFail("an item in two shards"); return a }
+            merged.merge(try results(parts[shard])) { a, _ in XCTFail("an item in two shards"); return a }
         }
         XCTAssertEqual(merged, expected)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: sharded))
 
         // Resume: two items done and a line cut short by an interrupted run; the rest are run once.
         let resumed = folder.appendingPathComponent("resumed.jsonl").path
@@ -120,17 +123,69 @@ final class GraphCommandTests: XCTestCase {
         XCTAssert(second.status == 64 && second.errors.contains("is being written by another run"), second.errors)
         XCTAssertEqual(try results(resumed), expected)
 
-        // Shards' files merge into exactly the unsharded file; an item with two different results is refused.
-        let parts = (0..<3).map { folder.appendingPathComponent("part\($0).jsonl").path }
+        // Shards' files merge into exactly the unsharded file: named, or found beside --output.
         let joined = folder.appendingPathComponent("joined.jsonl").path
         let merge = try StitchCLI.run(["merge"] + parts + ["--output", joined])
         XCTAssertEqual(merge.status, 0, merge.errors)
         XCTAssertEqual(try String(contentsOfFile: joined, encoding: .utf8), try String(contentsOfFile: whole, encoding: .utf8))
+        let found = try StitchCLI.run(["merge", "--output", sharded, "--inputs", inputs])
+        XCTAssertEqual(found.status, 0, found.errors)
+        XCTAssertEqual(try String(contentsOfFile: sharded, encoding: .utf8), try String(contentsOfFile: whole, encoding: .utf8))
+
+        // Clear errors, and nothing written: an item in two files, a missing shard, shards of another count, items
+        // without results.
+        let never = folder.appendingPathComponent("never.jsonl").path
         let conflicting = folder.appendingPathComponent("conflicting.jsonl").path
         try (try String(contentsOfFile: parts[0], encoding: .utf8).replacingOccurrences(of: "hello n0", with: "bye")).write(toFile: conflicting, atomically: true, encoding: .utf8)
-        let conflict = try StitchCLI.run(["merge", whole, conflicting, "--output", folder.appendingPathComponent("never.jsonl").path])
-        XCTAssert(conflict.status == 64 && conflict.errors.contains("item 0 has other outputs"), conflict.errors)
-        XCTAssertFalse(FileManager.default.fileExists(atPath: folder.appendingPathComponent("never.jsonl").path))
+        let stray = folder.appendingPathComponent("stray.shard-0001-of-0002.jsonl").path
+        try FileManager.default.copyItem(atPath: parts[1], toPath: stray)
+        for (files, message) in [([whole, conflicting], "item 0 is in both \(whole) and \(conflicting), with other outputs"),
+                                 ([whole] + parts, "item 0 is in both \(whole) and \(parts[0])"),
+                                 ([parts[0], parts[2]], "1 of 3 shards are missing (shards 1; e.g. \(parts[1]))"),
+                                 (parts + [stray], "is a shard of 3 but \(stray) of 2"),
+                                 ([stray], "1 of 2 shards are missing"),
+                                 ([whole, folder.appendingPathComponent("absent.jsonl").path], "cannot read \(folder.appendingPathComponent("absent.jsonl").path)")] {
+            let refused = try StitchCLI.run(["merge"] + files + ["--output", never])
+            XCTAssert(refused.status == 64 && refused.errors.contains(message), "\(message): \(refused.errors)")
+        }
+        try (try String(contentsOfFile: parts[2], encoding: .utf8).split(separator: "\n").dropLast().map { $0 + "\n" }.joined()).write(toFile: parts[2], atomically: true, encoding: .utf8)
+        let incomplete = try StitchCLI.run(["merge", "--output", sharded, "--inputs", inputs])
+        XCTAssert(incomplete.status == 64 && incomplete.errors.contains("1 of the 7 items of \(inputs) have no result, e.g. items 5"), incomplete.errors)
+        let swapped = [1, 0, 2].enumerated().map { index, source in
+            let file = folder.appendingPathComponent(String(format: "swapped.shard-%04d-of-0003.jsonl", index)).path
+            try? FileManager.default.copyItem(atPath: parts[source], toPath: file)
+            return file
+        }
+        let misplaced = try StitchCLI.run(["merge"] + swapped + ["--output", never])
+        XCTAssert(misplaced.errors.contains("\(swapped[0]): item 1 belongs to shard 1 of 3, not 0; were the shards run with another count?"), misplaced.errors)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: never))
+    }
+
+    /// --shard auto reads a Slurm job array's or a Kubernetes Indexed Job's variables, or says which it needs.
+    func testShardAutoFromTheScheduler() throws {
+        let graph = try write("g.yaml", textGraph)
+        let inputs = try write("items.jsonl", (0..<5).map { #"{"name": "n\#($0)", "tags": ["t"]}"# }.joined(separator: "\n") + "\n")
+        let output = folder.appendingPathComponent("out.jsonl").path
+        let cases: [([String: String], [String], String?)] = [
+            (["SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"], [], "out.shard-0002-of-0004.jsonl"),
+            (["SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "6", "SLURM_ARRAY_TASK_STEP": "2"], [], "out.shard-0002-of-0004.jsonl"),
+            (["JOB_COMPLETION_INDEX": "1"], ["--shard-count", "3"], "out.shard-0001-of-0003.jsonl"),
+            (["JOB_COMPLETION_INDEX": "0", "STITCH_SHARD_COUNT": "2"], [], "out.shard-0000-of-0002.jsonl"),
+        ]
+        for (environment, flags, file) in cases {
+            let run = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", output, "--shard", "auto", "--no-cache"] + flags, environment: environment)
+            XCTAssertEqual(run.status, 0, "\(environment): \(run.errors)")
+            XCTAssert(FileManager.default.fileExists(atPath: folder.appendingPathComponent(file!).path), "\(environment): no \(file!)")
+        }
+        let clean = ["SLURM_ARRAY_TASK_ID": "", "JOB_COMPLETION_INDEX": "", "STITCH_SHARD_COUNT": ""]
+        for (environment, message) in [(clean, "--shard auto needs a scheduler's variables: SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT"),
+                                       (clean.merging(["JOB_COMPLETION_INDEX": "1"]) { $1 }, "give the job's completions as --shard-count or STITCH_SHARD_COUNT"),
+                                       (clean.merging(["SLURM_ARRAY_TASK_ID": "3"]) { $1 }, "neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX"),
+                                       (clean.merging(["JOB_COMPLETION_INDEX": "5", "STITCH_SHARD_COUNT": "2"]) { $1 }, "shard 5 of 2 is out of range"),
+                                       (clean.merging(["SLURM_ARRAY_TASK_ID": "x"]) { $1 }, "SLURM_ARRAY_TASK_ID=x is not a whole number")] {
+            let refused = try StitchCLI.run(["run", graph, "--inputs", inputs, "--output", output, "--shard", "auto"], environment: environment)
+            XCTAssert(refused.status == 64 && refused.errors.contains(message), "\(message): \(refused.errors)")
+        }
     }
 
     /// Without --cache-dir, node results go under $XDG_CACHE_HOME, else $HOME, as the environment says.
