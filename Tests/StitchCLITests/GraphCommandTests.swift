@@ -266,6 +266,18 @@ final class ASIFCommandTests: XCTestCase {
         let built = try StitchCLI.run(["asif", "build", anchors, "-o", index, "--dtype", "f16"] + encoders)
         XCTAssertEqual(built.status, 0, built.errors)
         XCTAssert(built.output.contains("2 anchors"), built.output)
+        // Built in two shards (each into a file of its own, the second's index from a Slurm array) and merged: the same anchors.
+        for (shard, environment) in [("0/2", [String: String]()), ("auto", ["SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"])] {
+            let part = try StitchCLI.run(["asif", "build", anchors, "-o", index, "--dtype", "f16", "--shard", shard] + encoders, environment: environment)
+            XCTAssert(part.status == 0 && part.output.contains("1 anchors"), part.errors + part.output)
+        }
+        let shards = (0..<2).map { folder.appendingPathComponent("anchors.shard-000\($0)-of-0002.asif").path }
+        let merged = folder.appendingPathComponent("merged.asif").path
+        XCTAssertEqual(try StitchCLI.run(["asif", "merge"] + shards + ["-o", merged, "--dtype", "f16"]).status, 0)
+        let query = ["--image", street.path, "--k", "2", "--top", "2"] + encoders
+        let fromMerged = try StitchCLI.run(["asif", "retrieve", "--index", merged] + query), fromWhole = try StitchCLI.run(["asif", "retrieve", "--index", index] + query)
+        XCTAssertEqual(fromMerged.status, 0, fromMerged.errors)
+        XCTAssertEqual(fromMerged.output, fromWhole.output)
 
         let classified = try StitchCLI.run(["asif", "classify", "--index", index, "--labels", "zebra,dog", "--k", "2", zebra.path] + encoders)
         XCTAssertEqual(classified.status, 0, classified.errors)
