@@ -188,6 +188,26 @@ final class GraphCommandTests: XCTestCase {
         }
     }
 
+    /// The Kubernetes examples can only be read here: each Indexed Job runs its shard with --shard auto and tells
+    /// stitch its shard count, equal to its completions; each shard file pattern its merge Job reads is one it writes.
+    func testKubernetesExamplesAgreeWithThemselves() throws {
+        let folder = Fixtures.repositoryRoot.appendingPathComponent("Examples/kubernetes")
+        for (job, merge, pattern) in [("stitch-run-indexed-job.yaml", "stitch-merge-job.yaml", "/data/results.jsonl"),
+                                      ("asif-build-indexed-job.yaml", "asif-merge-job.yaml", "/data/anchors.shard-*-of-0016.asif")] {
+            let text = try String(contentsOf: folder.appendingPathComponent(job), encoding: .utf8)
+            func value(after key: String) -> String? {
+                guard let range = text.range(of: key) else { return nil }
+                return text[range.upperBound...].split(separator: "\n").first?.trimmingCharacters(in: CharacterSet(charactersIn: " \""))
+            }
+            XCTAssertEqual(value(after: "completionMode:"), "Indexed", job)
+            let completions = try XCTUnwrap(value(after: "completions:"), job)
+            XCTAssertEqual(value(after: "- name: STITCH_SHARD_COUNT\n              value:"), completions, job)
+            XCTAssert(text.contains(#""--shard", "auto"]"#), job)
+            XCTAssert(try String(contentsOf: folder.appendingPathComponent(merge), encoding: .utf8).contains(pattern), merge)
+            XCTAssert(pattern.contains("-of-\(String(format: "%04d", Int(completions)!))") || !pattern.contains("shard"), pattern)
+        }
+    }
+
     /// Without --cache-dir, node results go under $XDG_CACHE_HOME, else $HOME, as the environment says.
     func testGraphCacheFollowsTheEnvironment() throws {
         let graph = try write("g.yaml", textGraph)
