@@ -20,7 +20,7 @@ public final class CompletionService: Sendable {
         case ("GET", "/v1/models"):
             return .json(["object": "list", "data": [["id": backend.name, "object": "model", "owned_by": "stitch"]]])
         case ("POST", "/v1/completions"):
-            return await runBlocking(on: modelQueue) { [backend] in Self.complete(request.body, backend: backend) }
+            return await offload(to: modelQueue) { [backend] in Self.complete(request.body, backend: backend) }
         case (_, "/v1/models"), (_, "/v1/completions"):
             return .error("\(request.method) is not allowed on \(path)", status: 405)
         default:

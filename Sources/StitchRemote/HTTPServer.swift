@@ -96,7 +96,7 @@ public final class HTTPServer: Sendable {
     public convenience init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30,
                             blocking handler: @escaping @Sendable (HTTPRequest) -> HTTPResponse) throws {
         try self.init(host: host, port: port, requestTimeout: requestTimeout) { request in
-            await runBlocking(on: .global()) { handler(request) }
+            await offload(to: .global()) { handler(request) }
         }
     }
 
@@ -152,7 +152,7 @@ public final class HTTPServer: Sendable {
 }
 
 /// Runs blocking work (model compute, large JSON, sleeps) on `queue`, off Swift's cooperative pool and the event loops.
-public func runBlocking<T: Sendable>(on queue: DispatchQueue, _ work: @escaping @Sendable () -> T) async -> T {
+public func offload<T: Sendable>(to queue: DispatchQueue, _ work: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: work()) } }
 }
 

@@ -110,7 +110,7 @@ struct Serve: ParsableCommand {
     /// is decoded off the cooperative pool (a large upload takes a while).
     static func runGraph(_ runner: GraphRunner, body: Data, trust: GraphTrust) async -> HTTPResponse {
         // Bulk work at utility priority: other clients' small requests go first.
-        let prepared = await runBlocking(on: .global(qos: .utility)) { prepareGraphInputs(runner.graph, body: body, trust: trust) }
+        let prepared = await offload(to: .global(qos: .utility)) { prepareGraphInputs(runner.graph, body: body, trust: trust) }
         let inputs: [String: Value], uploads: [URL]
         switch prepared {
         case .failure(let refusal): return refusal.response
