@@ -69,9 +69,10 @@ public struct AnchorIndexBuilder {
             try partial.append(images: images, texts: texts, captions: batch.map(\.caption))
             try progress(partial.done, pairs.count)
         }
-        let (images, texts) = try partial.matrices()
-        try AnchorIndex.write(images: images, texts: texts, captions: pairs.map(\.caption), imageEncoder: image.identity,
-                              textEncoder: text.identity, dtype: dtype, to: output)
+        let writer = try AnchorIndexWriter(path: output, captions: pairs.map(\.caption), imageDimension: partial.imageDimension,
+                                           textDimension: partial.textDimension, dtype: dtype, imageEncoder: image.identity, textEncoder: text.identity)
+        try partial.stream(into: writer)
+        try writer.finish()
         try FileManager.default.removeItem(at: partial.folder)
     }
 }
@@ -83,7 +84,7 @@ final class PartialAnchors {
     /// What the work is for (encoders, anchors file, shard): a folder left by another build is discarded.
     private let identity: String
     private(set) var done = 0
-    private var imageDimension = 0, textDimension = 0
+    private(set) var imageDimension = 0, textDimension = 0
 
     init(folder: URL, identity: String) throws {
         self.folder = folder
@@ -124,12 +125,19 @@ final class PartialAnchors {
         try JSONSerialization.data(withJSONObject: state).write(to: folder.appendingPathComponent("state.json"), options: .atomic)
     }
 
-    func matrices() throws -> (Tensor, Tensor) {
-        func read(_ name: String, _ dimension: Int) throws -> Tensor {
-            let data = try Data(contentsOf: folder.appendingPathComponent(name))
-            let values = data.prefix(done * dimension * 4).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-            return Tensor(shape: [done, dimension], scalars: values)
+    /// Hands the rows to `writer`, images then texts, a block at a time (memory stays at one block).
+    func stream(into writer: AnchorIndexWriter) throws {
+        for (name, dimension) in [("images.f32", imageDimension), ("texts.f32", textDimension)] where done > 0 {
+            let file = folder.appendingPathComponent(name)
+            let handle = try FileHandle(forReadingFrom: file)
+            defer { try? handle.close() }
+            for start in stride(from: 0, to: done, by: 8192) {
+                let bytes = (min(start + 8192, done) - start) * dimension * 4
+                guard let data = try handle.read(upToCount: bytes), data.count == bytes else {
+                    throw AnchorIndexError.notAnIndex(file: file.path, detail: "fewer rows than the build recorded; delete \(folder.path) to start over")
+                }
+                try data.withUnsafeBytes { try writer.append($0.bindMemory(to: Float.self)) }
+            }
         }
-        return (try read("images.f32", imageDimension), try read("texts.f32", textDimension))
     }
 }

@@ -85,25 +85,15 @@ public final class AnchorIndex: @unchecked Sendable {
                              dtype: TensorDType = .f32, to path: String) throws {
         precondition(images.rank == 2 && texts.rank == 2 && images.shape[0] == texts.shape[0] && captions.count == images.shape[0],
                      "anchors: images \(images.shape), texts \(texts.shape), \(captions.count) captions")
-        var (unitImages, unitTexts) = (images, texts)
-        l2NormalizeRows(&unitImages)
-        l2NormalizeRows(&unitTexts)
-        var captionBytes = Data(try captions.map { caption in
-            String(decoding: try JSONSerialization.data(withJSONObject: caption, options: [.fragmentsAllowed]), as: UTF8.self) + "\n"
-        }.joined().utf8)
-        // Padding keeps the matrices after it 8-byte aligned, so F32 rows are used in place.
-        while captionBytes.count % 8 != 0 { captionBytes.append(0x20) }
-        let entries = ["captions": SafetensorsEntry(dtype: .u8, shape: [captionBytes.count], bytes: captionBytes),
-                       "image_anchors": SafetensorsEntry(unitImages, as: dtype), "text_anchors": SafetensorsEntry(unitTexts, as: dtype)]
-        // The checksum covers the data section: the entries in the writer's order (sorted names).
-        var crc = CRC32()
-        for name in entries.keys.sorted() { entries[name]!.bytes.withUnsafeBytes { crc.update($0) } }
-        let checksum = crc.hex
-        try writeSafetensors(entries: entries, metadata: ["format": format, "version": version, "image_encoder": imageEncoder,
-                                                          "text_encoder": textEncoder, "count": "\(captions.count)", "crc32": checksum], to: path)
+        let writer = try AnchorIndexWriter(path: path, captions: captions, imageDimension: images.shape[1], textDimension: texts.shape[1],
+                                           dtype: dtype, imageEncoder: imageEncoder, textEncoder: textEncoder)
+        try images.withUnsafeBufferPointer { try writer.append($0) }
+        try texts.withUnsafeBufferPointer { try writer.append($0) }
+        try writer.finish()
     }
 
-    /// Concatenates indexes built with the same encoders (e.g. shards) into one.
+    /// Concatenates indexes built with the same encoders (e.g. shards) into one, a block of rows at a time: memory
+    /// stays near the captions plus one block, however many anchors.
     public static func merge(_ paths: [String], dtype: TensorDType = .f32, to output: String) throws {
         let parts = try paths.map { try AnchorIndex(path: $0) }
         guard let first = parts.first else { throw AnchorIndexError.incompatible(files: paths, detail: "nothing to merge") }
@@ -111,15 +101,78 @@ public final class AnchorIndex: @unchecked Sendable {
             || part.images.dimension != first.images.dimension || part.texts.dimension != first.texts.dimension {
             throw AnchorIndexError.incompatible(files: [first.path, part.path], detail: "different encoders or dimensions")
         }
-        let images = concatenate(parts.map { $0.images.tensor() }, axis: 0), texts = concatenate(parts.map { $0.texts.tensor() }, axis: 0)
-        try write(images: images, texts: texts, captions: parts.flatMap(\.captions), imageEncoder: first.imageEncoder,
-                  textEncoder: first.textEncoder, dtype: dtype, to: output)
+        let writer = try AnchorIndexWriter(path: output, captions: parts.flatMap(\.captions), imageDimension: first.images.dimension,
+                                           textDimension: first.texts.dimension, dtype: dtype, imageEncoder: first.imageEncoder, textEncoder: first.textEncoder)
+        for matrices in [parts.map(\.images), parts.map(\.texts)] {
+            let block = 8192
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: block * matrices[0].dimension)
+            defer { scratch.deallocate() }
+            for matrix in matrices {
+                for start in stride(from: 0, to: matrix.count, by: block) {
+                    let range = start..<min(start + block, matrix.count)
+                    try writer.append(UnsafeBufferPointer(start: matrix.rows(range, scratch: scratch), count: range.count * matrix.dimension))
+                }
+            }
+        }
+        try writer.finish()
     }
 
     /// Checks that queries come from the encoders the index was built with.
     public func requireEncoders(image: String?, text: String?) throws {
         if let image, image != imageEncoder { throw AnchorIndexError.encoderMismatch(file: path, modality: "image", index: imageEncoder, given: image) }
         if let text, text != textEncoder { throw AnchorIndexError.encoderMismatch(file: path, modality: "text", index: textEncoder, given: text) }
+    }
+}
+
+/// An index file written as its rows come: the captions, then every image row, then every text row, each row
+/// made unit-length and stored as `dtype`, the CRC-32 computed as they go, and the header written last.
+final class AnchorIndexWriter {
+    private let stream: SafetensorsStreamWriter
+    private let count: Int
+    private let dimensions: [Int]
+    private let dtype: TensorDType
+    private var rowsWritten = [0, 0]   // image rows, text rows
+    private var crc = CRC32()
+    private let metadata: [String: String]
+
+    init(path: String, captions: [String], imageDimension: Int, textDimension: Int, dtype: TensorDType, imageEncoder: String, textEncoder: String) throws {
+        precondition(dtype == .f32 || dtype == .f16, "anchors are stored as F32 or F16")
+        var captionBytes = Data(try captions.map { caption in
+            String(decoding: try JSONSerialization.data(withJSONObject: caption, options: [.fragmentsAllowed]), as: UTF8.self) + "\n"
+        }.joined().utf8)
+        // Padding keeps the matrices after it 8-byte aligned, so F32 rows are used in place.
+        while captionBytes.count % 8 != 0 { captionBytes.append(0x20) }
+        (count, dimensions, self.dtype) = (captions.count, [imageDimension, textDimension], dtype)
+        metadata = ["format": AnchorIndex.format, "version": AnchorIndex.version, "image_encoder": imageEncoder, "text_encoder": textEncoder,
+                    "count": "\(captions.count)"]
+        // Entries in the file's order (sorted names): captions, image_anchors, text_anchors.
+        stream = try SafetensorsStreamWriter(path: path, entries: [("captions", .u8, [captionBytes.count]), ("image_anchors", dtype, [count, imageDimension]),
+                                                                   ("text_anchors", dtype, [count, textDimension])],
+                                             metadataRoom: metadata.merging(["crc32": "00000000"]) { $1 })
+        try captionBytes.withUnsafeBytes { bytes in
+            crc.update(bytes)
+            try stream.append(bytes)
+        }
+    }
+
+    /// The next rows (row-major, F32): image rows until all `count` are in, then text rows.
+    func append(_ rows: UnsafeBufferPointer<Float>) throws {
+        let side = rowsWritten[0] < count ? 0 : 1
+        let dimension = dimensions[side]
+        precondition(rows.count % dimension == 0 && rowsWritten[side] + rows.count / dimension <= count, "anchor rows past the declared count")
+        var unit = Tensor(shape: [rows.count / dimension, dimension], scalars: Array(rows))
+        l2NormalizeRows(&unit)
+        let bytes = SafetensorsEntry(unit, as: dtype).bytes
+        try bytes.withUnsafeBytes { raw in
+            crc.update(raw)
+            try stream.append(raw)
+        }
+        rowsWritten[side] += rows.count / dimension
+    }
+
+    func finish() throws {
+        precondition(rowsWritten == [count, count], "anchor rows missing: \(rowsWritten) of \(count)")
+        try stream.finish(metadata: metadata.merging(["crc32": crc.hex]) { $1 })
     }
 }
 

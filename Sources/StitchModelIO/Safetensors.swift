@@ -291,6 +291,76 @@ public struct SafetensorsEntry {
     }
 }
 
+/// A safetensors file written without holding its data: the entries' names, dtypes and shapes first, then their
+/// bytes appended in the file's order (sorted names), then the metadata (which may depend on the data, such as a
+/// checksum) in the header, and the file renamed into place. Memory stays at whatever the caller appends at once.
+public final class SafetensorsStreamWriter {
+    public let path: String
+    private let temporary: String
+    private let handle: FileHandle
+    private let entries: [(name: String, dtype: TensorDType, shape: [Int])]
+    private let headerRoom: Int
+    private var remaining: Int
+    private var finished = false
+
+    /// `metadataRoom`: the longest metadata `finish` will be given (the header's room is reserved with it).
+    public init(path: String, entries: [(name: String, dtype: TensorDType, shape: [Int])], metadataRoom: [String: String]) throws {
+        self.path = path
+        self.entries = entries.sorted { $0.name < $1.name }
+        temporary = path + ".partial-\(getpid())"
+        guard FileManager.default.createFile(atPath: temporary, contents: nil) else {
+            throw ModelIOError.cannotOpen(file: temporary, reason: String(cString: strerror(errno)))
+        }
+        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
+        remaining = self.entries.reduce(0) { $0 + $1.shape.reduce($1.dtype.byteSize, *) }
+        var room = try Self.header(self.entries, metadata: metadataRoom).count + 64
+        room += (8 - room % 8) % 8
+        headerRoom = room
+        try handle.write(contentsOf: Data(count: 8 + room))   // the header goes here at the end
+    }
+
+    deinit {
+        if !finished { try? handle.close(); try? FileManager.default.removeItem(atPath: temporary) }
+    }
+
+    /// The next bytes of the data section.
+    public func append(_ bytes: UnsafeRawBufferPointer) throws {
+        guard bytes.count <= remaining else { throw ModelIOError.invalidModel(file: path, detail: "more data than the entries declared") }
+        try handle.write(contentsOf: Data(bytes))
+        remaining -= bytes.count
+    }
+
+    /// Writes the header with `metadata` and renames the file into place.
+    public func finish(metadata: [String: String]) throws {
+        guard remaining == 0 else { throw ModelIOError.invalidModel(file: path, detail: "\(remaining) bytes of data missing") }
+        var json = try Self.header(entries, metadata: metadata)
+        guard json.count <= headerRoom else { throw ModelIOError.invalidModel(file: path, detail: "the metadata is longer than the room reserved for it") }
+        json.append(Data(repeating: 0x20, count: headerRoom - json.count))   // spaces: still one JSON object
+        try handle.seek(toOffset: 0)
+        withUnsafeBytes(of: UInt64(headerRoom).littleEndian) { try? handle.write(contentsOf: Data($0)) }
+        try handle.write(contentsOf: json)
+        try handle.synchronize()
+        try handle.close()
+        finished = true
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw ModelIOError.cannotOpen(file: path, reason: reason)
+        }
+    }
+
+    private static func header(_ entries: [(name: String, dtype: TensorDType, shape: [Int])], metadata: [String: String]) throws -> Data {
+        var header: [String: Any] = metadata.isEmpty ? [:] : ["__metadata__": metadata]
+        var offset = 0
+        for entry in entries {
+            let size = entry.shape.reduce(entry.dtype.byteSize, *)
+            header[entry.name] = ["dtype": entry.dtype.rawValue, "shape": entry.shape, "data_offsets": [offset, offset + size]]
+            offset += size
+        }
+        return try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    }
+}
+
 /// Writes tensors as a safetensors file (F32), atomically: a temporary file
 /// in the same folder is renamed over the destination only when complete.
 public func writeSafetensors(_ tensors: [String: Tensor], metadata: [String: String] = [:], to path: String) throws {
