@@ -48,6 +48,17 @@ public struct AnchorMatrix: @unchecked Sendable {
         self.owner = owner
     }
 
+    /// Drops from memory the pages of rows `range` of a memory-mapped index (read once, as a merge reads them): they
+    /// stay in the file and come back if read again, but the process's resident memory stays near one block.
+    func releasePages(_ range: Range<Int>) {
+        guard owner is SafetensorsFile else { return }   // an owned buffer would lose its contents
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: base) + range.lowerBound * dimension * dtype.byteSize
+        let end = Int(bitPattern: base) + range.upperBound * dimension * dtype.byteSize
+        let first = (start + page - 1) / page * page, last = end / page * page   // whole pages inside the rows only
+        if last > first { madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED) }
+    }
+
     /// Rows `range` as F32 [range.count, dimension]: in place for F32; for F16 widened into
     /// `scratch` (at least range.count * dimension floats), so memory stays near the file's size.
     func rows(_ range: Range<Int>, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {

@@ -95,7 +95,12 @@ public final class AnchorIndex: @unchecked Sendable {
     /// Concatenates indexes built with the same encoders (e.g. shards) into one, a block of rows at a time: memory
     /// stays near the captions plus one block, however many anchors.
     public static func merge(_ paths: [String], dtype: TensorDType = .f32, to output: String) throws {
-        let parts = try paths.map { try AnchorIndex(path: $0) }
+        let parts = try paths.map { path in
+            let part = try AnchorIndex(path: path)   // verifying its CRC reads every page of the part...
+            part.images.releasePages(0..<part.count)   // ...which need not stay in memory until they are copied
+            part.texts.releasePages(0..<part.count)
+            return part
+        }
         guard let first = parts.first else { throw AnchorIndexError.incompatible(files: paths, detail: "nothing to merge") }
         for part in parts where part.imageEncoder != first.imageEncoder || part.textEncoder != first.textEncoder
             || part.images.dimension != first.images.dimension || part.texts.dimension != first.texts.dimension {
@@ -111,6 +116,7 @@ public final class AnchorIndex: @unchecked Sendable {
                 for start in stride(from: 0, to: matrix.count, by: block) {
                     let range = start..<min(start + block, matrix.count)
                     try writer.append(UnsafeBufferPointer(start: matrix.rows(range, scratch: scratch), count: range.count * matrix.dimension))
+                    matrix.releasePages(range)
                 }
             }
         }
@@ -126,7 +132,7 @@ public final class AnchorIndex: @unchecked Sendable {
 
 /// An index file written as its rows come: the captions, then every image row, then every text row, each row
 /// made unit-length and stored as `dtype`, the CRC-32 computed as they go, and the header written last.
-final class AnchorIndexWriter {
+public final class AnchorIndexWriter {
     private let stream: SafetensorsStreamWriter
     private let count: Int
     private let dimensions: [Int]
@@ -135,7 +141,7 @@ final class AnchorIndexWriter {
     private var crc = CRC32()
     private let metadata: [String: String]
 
-    init(path: String, captions: [String], imageDimension: Int, textDimension: Int, dtype: TensorDType, imageEncoder: String, textEncoder: String) throws {
+    public init(path: String, captions: [String], imageDimension: Int, textDimension: Int, dtype: TensorDType, imageEncoder: String, textEncoder: String) throws {
         precondition(dtype == .f32 || dtype == .f16, "anchors are stored as F32 or F16")
         var captionBytes = Data(try captions.map { caption in
             String(decoding: try JSONSerialization.data(withJSONObject: caption, options: [.fragmentsAllowed]), as: UTF8.self) + "\n"
@@ -156,7 +162,7 @@ final class AnchorIndexWriter {
     }
 
     /// The next rows (row-major, F32): image rows until all `count` are in, then text rows.
-    func append(_ rows: UnsafeBufferPointer<Float>) throws {
+    public func append(_ rows: UnsafeBufferPointer<Float>) throws {
         let side = rowsWritten[0] < count ? 0 : 1
         let dimension = dimensions[side]
         precondition(rows.count % dimension == 0 && rowsWritten[side] + rows.count / dimension <= count, "anchor rows past the declared count")
@@ -170,7 +176,7 @@ final class AnchorIndexWriter {
         rowsWritten[side] += rows.count / dimension
     }
 
-    func finish() throws {
+    public func finish() throws {
         precondition(rowsWritten == [count, count], "anchor rows missing: \(rowsWritten) of \(count)")
         try stream.finish(metadata: metadata.merging(["crc32": crc.hex]) { $1 })
     }

@@ -12,7 +12,7 @@ public enum TensorDType: String, Sendable {
 
     public var isFloatingPoint: Bool { [.f64, .f32, .f16, .bf16, .f8e4m3, .f8e5m2].contains(self) }
 
-    var byteSize: Int {
+    public var byteSize: Int {
         switch self {
         case .f64, .i64, .u64: return 8
         case .f32, .i32, .u32: return 4
@@ -330,23 +330,25 @@ public final class SafetensorsStreamWriter {
         remaining -= bytes.count
     }
 
-    /// Writes the header with `metadata` and renames the file into place.
+    /// Writes the header with `metadata` and renames the file into place; on any failure the partial file is removed.
     public func finish(metadata: [String: String]) throws {
+        defer {
+            if !finished { try? handle.close(); try? FileManager.default.removeItem(atPath: temporary) }
+            finished = true
+        }
         guard remaining == 0 else { throw ModelIOError.invalidModel(file: path, detail: "\(remaining) bytes of data missing") }
         var json = try Self.header(entries, metadata: metadata)
         guard json.count <= headerRoom else { throw ModelIOError.invalidModel(file: path, detail: "the metadata is longer than the room reserved for it") }
         json.append(Data(repeating: 0x20, count: headerRoom - json.count))   // spaces: still one JSON object
         try handle.seek(toOffset: 0)
-        withUnsafeBytes(of: UInt64(headerRoom).littleEndian) { try? handle.write(contentsOf: Data($0)) }
+        try handle.write(contentsOf: withUnsafeBytes(of: UInt64(headerRoom).littleEndian) { Data($0) })
         try handle.write(contentsOf: json)
         try handle.synchronize()
         try handle.close()
-        finished = true
         guard rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw ModelIOError.cannotOpen(file: path, reason: reason)
+            throw ModelIOError.cannotOpen(file: path, reason: String(cString: strerror(errno)))
         }
+        finished = true
     }
 
     private static func header(_ entries: [(name: String, dtype: TensorDType, shape: [Int])], metadata: [String: String]) throws -> Data {

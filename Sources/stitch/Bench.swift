@@ -23,7 +23,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
-    @Option(help: "Comma-separated rows to run (default: all): gemm, \(BenchRow.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: "Comma-separated rows to run (default: all but \(BenchRow.allCases.filter(\.isOptIn).map(\.rawValue).joined(separator: ", "))): gemm, \(BenchRow.allCases.map(\.rawValue).joined(separator: ", ")).")
     var rows: String?
 
     @Option(help: "Where the random-weight CLIP and GPT-2 folders are kept between runs.")
@@ -65,7 +65,7 @@ struct Bench: ParsableCommand {
         }
         print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config()))")
         if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds, threads: threads).run() }
-        let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? true }
+        let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? !$0.isOptIn }
         if !modelRows.isEmpty { try runModelRows(modelRows) }
     }
 
@@ -102,8 +102,8 @@ struct Bench: ParsableCommand {
                 print(label + "skipped: \(gpt2) has no tokenizer files (--tokenizers names the folder to copy them from)")
                 continue
             }
-            if row.anchorCount != nil, let throughput = try ASIFBenchData.prepare(row, in: workDir) {
-                print(label + String(format: "(index written once: %.0f anchors/s)", throughput))
+            if row.anchorCount != nil, let report = try ASIFBenchData.prepare(row, in: workDir) {
+                print(label + "(\(report))")
             }
             let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir]
             let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")

@@ -55,6 +55,38 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertThrowsError(try file.tensor("nope")) { XCTAssertEqual($0 as? ModelIOError, .missingTensor(file: path, tensor: "nope")) }
     }
 
+    /// A streamed file reads back as written: entries in name order whatever order they were declared in, metadata
+    /// decided at the end; too much or too little data is refused, and an unfinished file never appears.
+    func testStreamedFilesReadBackAndAppearOnlyWhenFinished() throws {
+        let path = folder.appendingPathComponent("s.safetensors").path
+        let (a, b) = (Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6]), Tensor(shape: [4], scalars: [7, 8, 9, 10]))
+        func stream() throws -> SafetensorsStreamWriter {
+            try SafetensorsStreamWriter(path: path, entries: [("b", .f32, [4]), ("a", .f32, [2, 3])], metadataRoom: ["sum": "00000000"])
+        }
+        let writer = try stream()
+        for tensor in [a, b] {   // the file's order: a, then b
+            for row in 0..<tensor.shape[0] where tensor.rank == 2 { try tensor.row(row).withUnsafeBufferPointer { try writer.append(UnsafeRawBufferPointer($0)) } }
+            if tensor.rank == 1 { try tensor.withUnsafeBufferPointer { try writer.append(UnsafeRawBufferPointer($0)) } }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+        try writer.finish(metadata: ["sum": "12345678"])
+        let file = try SafetensorsFile(path: path)
+        XCTAssertEqual(file.metadata["sum"], "12345678")
+        XCTAssertEqual(try file.tensor("a").scalars, a.scalars)
+        XCTAssertEqual(try file.tensor("b").scalars, b.scalars)
+
+        try FileManager.default.removeItem(atPath: path)
+        let short = try stream()
+        try a.withUnsafeBufferPointer { try short.append(UnsafeRawBufferPointer($0)) }
+        XCTAssertThrowsError(try short.finish(metadata: [:])) { XCTAssert("\($0)".contains("16 bytes of data missing"), "\($0)") }
+        let long = try stream()
+        let tooMuch = [Float](repeating: 0, count: 11)
+        XCTAssertThrowsError(try tooMuch.withUnsafeBufferPointer { try long.append(UnsafeRawBufferPointer($0)) }) { XCTAssert("\($0)".contains("more data than the entries declared")) }
+        XCTAssertThrowsError(try long.finish(metadata: ["sum": String(repeating: "x", count: 500)]))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasPrefix("s.safetensors") }, [], "no partial file is left")
+    }
+
     /// A file made of an 8-byte length, a header and `data` bytes.
     func makeFile(_ name: String, header: String, data: Int = 0, claimedLength: UInt64? = nil) throws -> String {
         var bytes = Data()
