@@ -188,7 +188,8 @@ enum ASIFBenchData {
             }
             try writer.finish()
         }
-        var report = String(format: "index written: %.0f anchors/s", Double(count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
+        var report = String(format: "index written: %.0f anchors/s, peak %.0f MB", Double(count) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9),
+                            peakResidentMB())
         if shards > 1 {
             start = DispatchTime.now().uptimeNanoseconds
             let peak = try mergePeakMB(files, into: path)
