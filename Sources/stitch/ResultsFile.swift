@@ -71,7 +71,8 @@ struct Merge: ParsableCommand {
         discussion: """
         Without files, joins the shards of --output: for results.jsonl, every results.shard-IIII-of-NNNN.jsonl \
         beside it. Every line must be a result line, and no item may be in two files. Shard files must all be of one \
-        count, none missing, each holding only its own items; with --inputs, every input line must have its result. \
+        count, none missing, each holding only its own items; every item below the last must have its result, and with --inputs \
+        every non-empty input line. \
         The output is written whole or not at all.
         """)
 
@@ -112,6 +113,10 @@ struct Merge: ParsableCommand {
             if let past = lines.keys.first(where: { $0 >= items.last.map { $0 + 1 } ?? 0 }) {
                 throw ValidationError("item \(past) (in \(lines[past]!.file)) is past the lines of \(inputs)")
             }
+        } else if let last = lines.keys.max(), lines.count < last + 1 {
+            // Without the inputs, gaps below the last item still show missing results (empty input lines aside).
+            let missing = (0..<last).filter { lines[$0] == nil }
+            throw ValidationError("\(missing.count) items below item \(last) have no result, e.g. items \(missing.prefix(10).map(String.init).joined(separator: ", ")); rerun their shards, or give --inputs if those input lines are empty")
         }
         let text = lines.keys.sorted().map { lines[$0]!.line + "\n" }.joined()
         do {

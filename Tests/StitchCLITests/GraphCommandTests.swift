@@ -151,6 +151,8 @@ final class GraphCommandTests: XCTestCase {
         try (try String(contentsOfFile: parts[2], encoding: .utf8).split(separator: "\n").dropLast().map { $0 + "\n" }.joined()).write(toFile: parts[2], atomically: true, encoding: .utf8)
         let incomplete = try StitchCLI.run(["merge", "--output", sharded, "--inputs", inputs])
         XCTAssert(incomplete.status == 64 && incomplete.errors.contains("1 of the 7 items of \(inputs) have no result, e.g. items 5"), incomplete.errors)
+        let gap = try StitchCLI.run(["merge", "--output", sharded])
+        XCTAssert(gap.status == 64 && gap.errors.contains("1 items below item 6 have no result, e.g. items 5"), gap.errors)
         let swapped = [1, 0, 2].enumerated().map { index, source in
             let file = folder.appendingPathComponent(String(format: "swapped.shard-%04d-of-0003.jsonl", index)).path
             try? FileManager.default.copyItem(atPath: parts[source], toPath: file)
