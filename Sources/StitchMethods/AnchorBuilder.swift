@@ -131,8 +131,8 @@ final class PartialAnchors {
             let file = folder.appendingPathComponent(name)
             let handle = try FileHandle(forReadingFrom: file)
             defer { try? handle.close() }
-            for start in stride(from: 0, to: done, by: 8192) {
-                let bytes = (min(start + 8192, done) - start) * dimension * 4
+            for start in stride(from: 0, to: done, by: AnchorIndexWriter.blockRows) {
+                let bytes = (min(start + AnchorIndexWriter.blockRows, done) - start) * dimension * 4
                 guard let data = try handle.read(upToCount: bytes), data.count == bytes else {
                     throw AnchorIndexError.notAnIndex(file: file.path, detail: "fewer rows than the build recorded; delete \(folder.path) to start over")
                 }

@@ -109,7 +109,7 @@ public final class AnchorIndex: @unchecked Sendable {
         let writer = try AnchorIndexWriter(path: output, captions: parts.flatMap(\.captions), imageDimension: first.images.dimension,
                                            textDimension: first.texts.dimension, dtype: dtype, imageEncoder: first.imageEncoder, textEncoder: first.textEncoder)
         for matrices in [parts.map(\.images), parts.map(\.texts)] {
-            let block = 8192
+            let block = AnchorIndexWriter.blockRows
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: block * matrices[0].dimension)
             defer { scratch.deallocate() }
             for matrix in matrices {
@@ -133,6 +133,8 @@ public final class AnchorIndex: @unchecked Sendable {
 /// An index file written as its rows come: the captions, then every image row, then every text row, each row
 /// made unit-length and stored as `dtype`, the CRC-32 computed as they go, and the header written last.
 public final class AnchorIndexWriter {
+    /// Rows its sources hand over at a time: small beside any index, large enough to keep the writes efficient.
+    public static let blockRows = 8192
     private let stream: SafetensorsStreamWriter
     private let count: Int
     private let dimensions: [Int]

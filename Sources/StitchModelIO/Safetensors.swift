@@ -313,7 +313,7 @@ public final class SafetensorsStreamWriter {
         }
         handle = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
         remaining = self.entries.reduce(0) { $0 + $1.shape.reduce($1.dtype.byteSize, *) }
-        var room = try Self.header(self.entries, metadata: metadataRoom).count + 64
+        var room = try safetensorsHeader(self.entries, metadata: metadataRoom).count + 64
         room += (8 - room % 8) % 8
         headerRoom = room
         try handle.write(contentsOf: Data(count: 8 + room))   // the header goes here at the end
@@ -337,7 +337,7 @@ public final class SafetensorsStreamWriter {
             finished = true
         }
         guard remaining == 0 else { throw ModelIOError.invalidModel(file: path, detail: "\(remaining) bytes of data missing") }
-        var json = try Self.header(entries, metadata: metadata)
+        var json = try safetensorsHeader(entries, metadata: metadata)
         guard json.count <= headerRoom else { throw ModelIOError.invalidModel(file: path, detail: "the metadata is longer than the room reserved for it") }
         json.append(Data(repeating: 0x20, count: headerRoom - json.count))   // spaces: still one JSON object
         try handle.seek(toOffset: 0)
@@ -351,16 +351,18 @@ public final class SafetensorsStreamWriter {
         finished = true
     }
 
-    private static func header(_ entries: [(name: String, dtype: TensorDType, shape: [Int])], metadata: [String: String]) throws -> Data {
-        var header: [String: Any] = metadata.isEmpty ? [:] : ["__metadata__": metadata]
-        var offset = 0
-        for entry in entries {
-            let size = entry.shape.reduce(entry.dtype.byteSize, *)
-            header[entry.name] = ["dtype": entry.dtype.rawValue, "shape": entry.shape, "data_offsets": [offset, offset + size]]
-            offset += size
-        }
-        return try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+}
+
+/// A safetensors header (unpadded JSON) for `entries` laid out back to back in the given order.
+private func safetensorsHeader(_ entries: [(name: String, dtype: TensorDType, shape: [Int])], metadata: [String: String]) throws -> Data {
+    var header: [String: Any] = metadata.isEmpty ? [:] : ["__metadata__": metadata]
+    var offset = 0
+    for entry in entries {
+        let size = entry.shape.reduce(entry.dtype.byteSize, *)
+        header[entry.name] = ["dtype": entry.dtype.rawValue, "shape": entry.shape, "data_offsets": [offset, offset + size]]
+        offset += size
     }
+    return try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
 }
 
 /// Writes tensors as a safetensors file (F32), atomically: a temporary file
@@ -371,16 +373,8 @@ public func writeSafetensors(_ tensors: [String: Tensor], metadata: [String: Str
 
 /// Writes entries of any dtype as a safetensors file, atomically.
 public func writeSafetensors(entries: [String: SafetensorsEntry], metadata: [String: String] = [:], to path: String) throws {
-    var header: [String: Any] = [:]
-    if !metadata.isEmpty { header["__metadata__"] = metadata }
-    var offset = 0
     let names = entries.keys.sorted()
-    for name in names {
-        let entry = entries[name]!
-        header[name] = ["dtype": entry.dtype.rawValue, "shape": entry.shape, "data_offsets": [offset, offset + entry.bytes.count]]
-        offset += entry.bytes.count
-    }
-    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    var json = try safetensorsHeader(names.map { ($0, entries[$0]!.dtype, entries[$0]!.shape) }, metadata: metadata)
     while json.count % 8 != 0 { json.append(0x20) }   // pad so the data section stays 8-byte aligned
     var file = Data()
     withUnsafeBytes(of: UInt64(json.count).littleEndian) { file.append(contentsOf: $0) }

@@ -136,8 +136,12 @@ public final class HTTPServer: Sendable {
         }
         var headers: [String: String] = [:]
         for field in request.headers { headers[field.name.canonicalName] = field.value }
-        let response = await handler(HTTPRequest(method: request.method.rawValue, path: request.head.path ?? "/", headers: headers,
-                                                 body: Data(buffer: body)))
+        return Self.response(await handler(HTTPRequest(method: request.method.rawValue, path: request.head.path ?? "/", headers: headers,
+                                                       body: Data(buffer: body))))
+    }
+
+    /// Hummingbird's form of a handler's response.
+    private static func response(_ response: HTTPResponse) -> Response {
         var fields = HTTPFields()
         for (name, value) in response.headers.sorted(by: { $0.key < $1.key }) {
             if let name = HTTPField.Name(name) { fields[name] = value }
@@ -146,8 +150,9 @@ public final class HTTPServer: Sendable {
     }
 
     private static func tooLarge(_ limit: Int) -> Response {
-        let error = HTTPResponse.error("the request body is larger than the server's limit of \(limit) bytes", status: 413)
-        return Response(status: .contentTooLarge, headers: [.contentType: "application/json", .connection: "close"], body: .init(byteBuffer: ByteBuffer(bytes: error.body)))
+        var refusal = HTTPResponse.error("the request body is larger than the server's limit of \(limit) bytes", status: 413)
+        refusal.headers["Connection"] = "close"   // the body is never read
+        return response(refusal)
     }
 }
 

@@ -182,8 +182,8 @@ enum ASIFBenchData {
                                                textEncoder: "random:\(textDimension)")
             for (dimension, seed) in [(imageDimension, 1), (textDimension, 2)] {
                 var generator = SeededGenerator(seed: UInt64(count * 4 + number * 2 + seed))
-                for block in stride(from: rows.lowerBound, to: rows.upperBound, by: 8192) {
-                    try gaussian(min(8192, rows.upperBound - block), dimension, &generator).withUnsafeBufferPointer { try writer.append($0) }
+                for block in stride(from: rows.lowerBound, to: rows.upperBound, by: AnchorIndexWriter.blockRows) {
+                    try gaussian(min(AnchorIndexWriter.blockRows, rows.upperBound - block), dimension, &generator).withUnsafeBufferPointer { try writer.append($0) }
                 }
             }
             try writer.finish()

@@ -49,6 +49,9 @@ struct Demo: ParsableCommand {
         var label: (name: String, probability: Float)?
         var question: String
         var answer: String?
+
+        /// CLIP's label and its probability: "a cup of coffee (0.93)".
+        var labelText: String? { label.map { "\($0.name) (\(String(format: "%.2f", $0.probability)))" } }
     }
 
     func run() throws {
@@ -129,7 +132,7 @@ struct Demo: ParsableCommand {
     }
 
     static func describe(_ detections: [Detection]) -> String {
-        detections.isEmpty ? "nothing found" : detections.map { "\($0.label) \(String(format: "%.2f", $0.score))" }.joined(separator: ", ")
+        detections.isEmpty ? "nothing found" : detections.map(Detect.labelText).joined(separator: ", ")
     }
 
     static func text(_ report: Report) -> String {
@@ -139,7 +142,7 @@ struct Demo: ParsableCommand {
           MAGiC caption:    \(report.magic ?? absent)
           ViT-GPT2 caption: \(report.captioner ?? absent)
           detections:       \(report.detections.map(describe) ?? absent)
-          CLIP label:       \(report.label.map { "\($0.name) (\(String(format: "%.2f", $0.probability)))" } ?? absent)
+          CLIP label:       \(report.labelText ?? absent)
           question:         \(report.question)
           PICa answer:      \(report.answer ?? absent)
         """
@@ -167,7 +170,7 @@ struct Demo: ParsableCommand {
                 ("MAGiC caption", report.magic.map(escape)),
                 ("ViT-GPT2 caption", report.captioner.map(escape)),
                 ("Detections", report.detections.map { escape(describe($0)) }),
-                ("CLIP label", report.label.map { escape("\($0.name) (\(String(format: "%.2f", $0.probability)))") }),
+                ("CLIP label", report.labelText.map(escape)),
                 ("Question", escape(report.question)),
                 ("PICa answer", report.answer.map(escape)),
             ]

@@ -64,8 +64,13 @@ struct Detect: ParsableCommand {
         let side = min(image.width, image.height)
         for d in detections { image.drawBox(d.box, color: color(of: d.classIndex), thickness: max(2, side / 200)) }
         for d in detections {
-            image.drawLabel("\(d.label) \(String(format: "%.2f", d.score))", box: d.box, color: color(of: d.classIndex), scale: max(1, side / 400))
+            image.drawLabel(labelText(d), box: d.box, color: color(of: d.classIndex), scale: max(1, side / 400))
         }
+    }
+
+    /// How a detection is named on images and in summaries: "dog 0.87".
+    static func labelText(_ detection: Detection) -> String {
+        "\(detection.label) \(String(format: "%.2f", detection.score))"
     }
 
     /// A distinct, saturated colour per class (hues spread by the golden angle).
