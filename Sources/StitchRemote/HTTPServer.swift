@@ -46,9 +46,10 @@ public struct HTTPResponse: Sendable {
     }
 }
 
-/// An HTTP/1.1 server on Hummingbird (SwiftNIO event loops): keep-alive, at most `maximumConnections` open at once
-/// (fewer when the descriptor limit is lower; the rest wait in the listen backlog), bodies up to `maximumBody`
-/// bytes (a larger Content-Length is refused before its first byte is read), and a request not completely in within
+/// An HTTP/1.1 server on Hummingbird (SwiftNIO event loops): keep-alive, about `connections` open at once (by
+/// default `maximumConnections`, fewer when the descriptor limit is lower; a new connection beyond it closes the one
+/// that has waited longest for a request to begin, see `ConnectionBudget`), bodies up to `maximumBody` bytes (a
+/// larger Content-Length is refused before its first byte is read), and a request not completely in within
 /// `requestTimeout` seconds of the connection becoming ready for it (silent, stalled or trickling clients, idle
 /// keep-alive connections) answered 408 and closed. Handlers run as tasks, never on the event loops.
 public final class HTTPServer: Sendable {
@@ -64,18 +65,18 @@ public final class HTTPServer: Sendable {
     /// With `handlesSignals`, SIGINT and SIGTERM shut it down gracefully: no new connections, requests in progress
     /// answered, then `wait()` returns.
     public init(host: String = "127.0.0.1", port: UInt16 = 0, requestTimeout: Int = 30, maximumBody: Int = HTTPServer.maximumBody,
-                handlesSignals: Bool = false, handler: @escaping Handler) throws {
+                connections: Int = HTTPServer.connectionLimit(), handlesSignals: Bool = false, handler: @escaping Handler) throws {
         let responder = CallbackResponder<BasicRequestContext> { request, _ in
             await Self.respond(to: request, maximumBody: maximumBody, handler: handler)
         }
         var logger = Logger(label: "stitch.http")
         logger.logLevel = .critical   // errors reach clients as responses; the server itself prints nothing
         let bound = Outcome<Int>()
+        let budget = ConnectionBudget(limit: connections)
         let app = Application(
             responder: responder,
-            server: .http1(configuration: .init(additionalChannelHandlers: [RequestDeadline(seconds: requestTimeout)])),
-            configuration: .init(address: .hostname(host, port: Int(port)), backlog: 1024,
-                                 availableConnectionsDelegate: MaximumAvailableConnections(Self.connectionLimit())),
+            server: .http1(configuration: .init(additionalChannelHandlers: [RequestDeadline(seconds: requestTimeout, budget: budget)])),
+            configuration: .init(address: .hostname(host, port: Int(port)), backlog: 1024, availableConnectionsDelegate: budget),
             onServerRunning: { channel in bound.set(.success(channel.localAddress?.port ?? 0)) },
             logger: logger)
         let finished = DispatchSemaphore(value: 0)
@@ -116,7 +117,7 @@ public final class HTTPServer: Sendable {
 
     /// Connections the descriptor limit leaves room for: a quarter or at least 64 descriptors stay for model files,
     /// uploads and the listener, so the server stops accepting before the process runs out.
-    static func connectionLimit() -> Int {
+    public static func connectionLimit() -> Int {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return maximumConnections }
         let descriptors = Int(clamping: limit.rlim_cur)
@@ -161,9 +162,67 @@ public func offload<T: Sendable>(to queue: DispatchQueue, _ work: @escaping @Sen
     await withCheckedContinuation { continuation in queue.async { continuation.resume(returning: work()) } }
 }
 
+/// The open connections against their limit. At the limit, the connection that has waited longest for a request to
+/// begin is closed, as nginx reuses connections when it runs out, so that clients sending requests get in while idle
+/// ones hold every descriptor: an idle keep-alive connection, or one yet to send its first request head (silent or
+/// stalled) once it has had `firstRequestGrace` (sooner, clients that reconnect at once would close each other in a
+/// storm). A connection whose request head is in (reading its body, computing, answering) is never closed for room.
+/// Room is made when a connection opens at the limit and, while at it, whenever one becomes closable; the server
+/// accepts again once the count is below the limit.
+final class ConnectionBudget: AvailableConnectionsDelegate, @unchecked Sendable {
+    static let firstRequestGrace = TimeAmount.seconds(1)
+    private let limit: Int
+    private let lock = NSLock()
+    private var open = 0
+    /// Connections between requests: since when, and whether they have been answered before.
+    private var waiting: [ObjectIdentifier: (channel: any Channel, since: NIODeadline, answered: Bool)] = [:]
+    /// Connections closed for room and not yet gone.
+    private var closing: Set<ObjectIdentifier> = []
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    func connectionOpened() {
+        lock.withLock { open += 1 }
+        makeRoom()
+    }
+
+    func connectionClosed() { lock.withLock { open -= 1 } }
+
+    func isAcceptingNewConnections() -> Bool { lock.withLock { open < limit } }
+
+    /// `channel` waits for its first request (`answered` false) or its next one.
+    func waitsForRequest(_ channel: any Channel, answered: Bool) {
+        lock.withLock { waiting[ObjectIdentifier(channel)] = (channel, .now(), answered) }
+        makeRoom()
+    }
+
+    /// `channel`'s request head is in, or the channel is gone.
+    func isBusyOrGone(_ channel: any Channel) {
+        lock.withLock {
+            waiting[ObjectIdentifier(channel)] = nil
+            closing.remove(ObjectIdentifier(channel))
+        }
+    }
+
+    /// At the limit, closes the connection that has waited longest among those that may be closed for room.
+    func makeRoom() {
+        let longestWaiting: (any Channel)? = lock.withLock {
+            guard open - closing.count >= limit else { return nil }
+            let graceEnded = NIODeadline.now() - Self.firstRequestGrace
+            guard let oldest = waiting.filter({ $0.value.answered || $0.value.since <= graceEnded })
+                .min(by: { $0.value.since < $1.value.since }) else { return nil }
+            waiting[oldest.key] = nil
+            closing.insert(oldest.key)
+            return oldest.value.channel
+        }
+        longestWaiting?.close(promise: nil)
+    }
+}
+
 /// Per connection: a request must be completely in within the timeout of the connection becoming ready for it (open,
 /// or its previous response written), else the client gets 408 and the connection closes. Also closes the
-/// connection after a response that says `Connection: close` (a refused body is then never read).
+/// connection after a response that says `Connection: close` (a refused body is then never read), and tells the
+/// budget when the connection waits for a request.
 final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -171,29 +230,43 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPResponsePart
 
     private let timeout: TimeAmount
+    private let budget: ConnectionBudget
     private var timer: Scheduled<Void>?
     /// Requests read completely and not yet answered (clients may pipeline).
     private var pending = 0
     private var closeAfterResponse = false
+    /// A request's head is in, its end not yet (a pipelined one may begin before the previous answer is written).
+    private var readingRequest = false
 
-    init(seconds: Int) { timeout = .seconds(Int64(seconds)) }
+    init(seconds: Int, budget: ConnectionBudget) {
+        timeout = .seconds(Int64(seconds))
+        self.budget = budget
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { arm(context) }
+        if context.channel.isActive { waitForFirstRequest(context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        arm(context)
+        waitForFirstRequest(context)
         context.fireChannelActive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        budget.isBusyOrGone(context.channel)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .end = unwrapInboundIn(data) {
+        switch unwrapInboundIn(data) {
+        case .head:
+            readingRequest = true
+            budget.isBusyOrGone(context.channel)
+        case .body:
+            break
+        case .end:
+            readingRequest = false
             pending += 1
             timer?.cancel()
             timer = nil
@@ -214,12 +287,28 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             pending = max(0, pending - 1)
-            if pending == 0 { arm(context) }
+            guard pending == 0 else { break }
+            armDeadline(context)
+            // Closable for room only once the answer is out (closed sooner, the answer would be lost).
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.assumeIsolated().whenSuccess { [self] in
+                if pending == 0, !readingRequest { budget.waitsForRequest(context.channel, answered: true) }
+            }
+            promise.map(written.futureResult.cascade(to:))
+            context.write(data, promise: written)
+            return
         }
         context.write(data, promise: promise)
     }
 
-    private func arm(_ context: ChannelHandlerContext) {
+    /// A new connection: its deadline, and closable for room once its grace is over.
+    private func waitForFirstRequest(_ context: ChannelHandlerContext) {
+        armDeadline(context)
+        budget.waitsForRequest(context.channel, answered: false)
+        context.eventLoop.assumeIsolated().scheduleTask(in: ConnectionBudget.firstRequestGrace) { [budget] in budget.makeRoom() }
+    }
+
+    private func armDeadline(_ context: ChannelHandlerContext) {
         timer?.cancel()
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
             timer = nil

@@ -133,6 +133,42 @@ final class CompletionTests: XCTestCase {
         }
     }
 
+    /// Out of connections, a new client still gets in: at the limit the server closes the connection that has waited
+    /// longest for a request (an idle keep-alive one; a stalled one after its grace), never one whose request is in progress.
+    func testConnectionLimitMakesRoomFromIdleConnections() throws {
+        let server = try HTTPServer(connections: 2) { request in .json(["bytes": request.body.count]) }
+        defer { server.stop() }
+        let idle = try RawConnection(port: server.port)
+        idle.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(idle.readResponse()?.status, 200)
+        let uploading = try RawConnection(port: server.port)
+        uploading.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+        XCTAssertFalse(uploading.isClosedByServer(within: 0.3))
+        let newcomer = try RawConnection(port: server.port, timeout: 5)
+        newcomer.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(newcomer.readResponse()?.status, 200, "the third connection is served at once")
+        XCTAssert(idle.isClosedByServer(within: 5), "the idle keep-alive connection made room")
+        uploading.send("cd")
+        XCTAssertEqual(uploading.readResponse()?.body, #"{"bytes":4}"#, "the upload in progress was left alone")
+
+        // A connection yet to send its request head is closed for room only after its grace; the server waiting at
+        // the limit then makes room by itself for the client queued in the backlog.
+        let full = try HTTPServer(connections: 2) { request in .json(["bytes": request.body.count]) }
+        defer { full.stop() }
+        let started = Date()
+        let stalled = try RawConnection(port: full.port)
+        stalled.send("GET / HTTP/1.1\r\nHost")
+        let busy = try RawConnection(port: full.port)
+        busy.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        let queued = try RawConnection(port: full.port, timeout: 5)
+        queued.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(queued.readResponse()?.status, 200, "served, at the latest once the stalled connection's grace ended")
+        XCTAssert(stalled.isClosedByServer(within: 5))
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 1, "the stalled connection was closed after its grace, not before")
+        busy.send("ab")
+        XCTAssertEqual(busy.readResponse()?.status, 200)
+    }
+
     /// The server and key come from the environment in one way for every caller: STITCH_LM_* before OPENAI_*, an
     /// empty value as if unset, a URL with or without /v1.
     func testConfiguredServerAndKey() throws {
