@@ -1,5 +1,6 @@
 import StitchModels
 import StitchTensor
+import StitchTokenizers
 
 /// Contrastive search (Su et al. 2022) and its MAGiC extension: each step takes the LM's top-k
 /// next tokens v and keeps the one maximising
@@ -29,13 +30,18 @@ public struct MagicSettings: Sendable {
     /// Weight of the magic score; 0 is plain contrastive search.
     public var beta: Double
     public var speedups: Bool
+    /// How a candidate's text reaches the scorer: as the published code formed it (transformers 4.7.0: decode with
+    /// its clean-up, then the slow CLIP tokenizer without ftfy), or as today's transformers would (`.current`).
+    public var textTokenization: Transformers47.Tokenization
 
-    /// The published MSCOCO settings: k 45, alpha 0.1, beta 2.0.
-    public init(k: Int = 45, alpha: Double = 0.1, beta: Double = 2.0, speedups: Bool = true) {
+    /// The published MSCOCO settings: k 45, alpha 0.1, beta 2.0, the published text path.
+    public init(k: Int = 45, alpha: Double = 0.1, beta: Double = 2.0, speedups: Bool = true,
+                textTokenization: Transformers47.Tokenization = .transformers47) {
         self.k = k
         self.alpha = alpha
         self.beta = beta
         self.speedups = speedups
+        self.textTokenization = textTokenization
     }
 }
 

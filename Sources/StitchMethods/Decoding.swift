@@ -28,7 +28,11 @@ public struct StopConditions: Sendable {
 
     /// The text of a continuation: up to the end token, and cut after the first stop string.
     public func text<M: CausalLanguageModel>(of generated: [Int], model: M) throws -> String {
-        let text = try model.decode(Array(generated.prefix { $0 != model.endTokenID }))
+        cut(try model.decode(Array(generated.prefix { $0 != model.endTokenID })))
+    }
+
+    /// `text` cut after the first stop string in it.
+    public func cut(_ text: String) -> String {
         guard let cut = strings.compactMap({ text.range(of: $0) }).min(by: { $0.upperBound < $1.upperBound }) else { return text }
         return String(text[..<cut.upperBound])
     }

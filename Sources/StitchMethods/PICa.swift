@@ -1,14 +1,16 @@
 import Foundation
 import StitchTensor
+import StitchTokenizers
 
-/// PICa (Yang et al. 2021): knowledge VQA by prompting a language model with the image as text.
-/// The prompt is a header line, n in-context examples "Context / Question / Answer" separated by
-/// lines "===", then the test example with an empty answer; examples are the training-pool
-/// entries most similar to the test (question text-text plus image image-image cosine); several
-/// prompts with disjoint example sets form an ensemble whose answer is the one generated with
-/// the highest summed log-probability.
+/// PICa (Yang et al. 2021): knowledge VQA by prompting a language model with the image as text, as the published
+/// code (microsoft/PICa, gpt3_api_okvqa.py) does it. The prompt is the header, then per in-context example its context
+/// and its question and answer, each block closed by a "===" line, then the test's context and question with the
+/// answer left to the model; examples are the training-pool entries most similar to the test (question text-text plus
+/// image image-image cosine); several prompts with disjoint example sets form an ensemble whose answer is the one
+/// generated with the highest summed log-probability.
 public struct PICa: Sendable {
-    /// One training-pool or test entry: its context ("caption. tags"), question and (for the pool) answer.
+    /// One training-pool or test entry: its context, question and (for the pool) answer. The published code gives an
+    /// in-context example one of its image's ground-truth captions as context, the test its generated caption and tags.
     public struct Example: Sendable, Equatable {
         public var context: String
         public var question: String
@@ -20,15 +22,11 @@ public struct PICa: Sendable {
     }
 
     public var header: String
-    /// With {context}, {question} and {answer}.
-    public var exampleTemplate: String
 
     public static let defaultHeader = "Please answer the question according to the above context."
-    public static let defaultExampleTemplate = "Context: {context}\nQuestion: {question}\nAnswer: {answer}"
 
-    public init(header: String = PICa.defaultHeader, exampleTemplate: String = PICa.defaultExampleTemplate) {
+    public init(header: String = PICa.defaultHeader) {
         self.header = header.trimmingCharacters(in: .newlines)
-        self.exampleTemplate = exampleTemplate.trimmingCharacters(in: .newlines)
     }
 
     /// The context of an image: its caption, then its object tags when there are any ("a dog on grass. dog, frisbee").
@@ -38,17 +36,27 @@ public struct PICa: Sendable {
         return trimmedTags.isEmpty ? sentence : "\(sentence). \(trimmedTags)"
     }
 
-    /// The prompt: header, the examples, the test example (its answer left empty), separated by "===" lines.
+    /// The prompt, byte for byte as the published code writes it:
+    /// "HEADER\n===\n", per example "Context: C\n===\n" and "Q: Q\nA: A\n\n===\n", then "Context: C\n===\nQ: Q\nA:".
     public func prompt(examples: [Example], test: Example) -> String {
-        let blocks = (examples + [Example(context: test.context, question: test.question)]).map { example in
-            exampleTemplate.replacingOccurrences(of: "{context}", with: example.context)
-                .replacingOccurrences(of: "{question}", with: example.question)
-                .replacingOccurrences(of: "{answer}", with: example.answer)
+        var prompt = header + "\n===\n"
+        for example in examples {
+            prompt += "Context: \(example.context)\n===\n"
+            prompt += "Q: \(example.question)\nA: \(example.answer)\n\n===\n"
         }
-        // The test's "Answer:" ends the prompt, without the space the filled template would leave.
-        var prompt = ([header] + blocks).joined(separator: "\n===\n")
-        while prompt.hasSuffix(" ") { prompt.removeLast() }
+        prompt += "Context: \(test.context)\n===\n"
+        prompt += "Q: \(test.question)\nA:"
         return prompt
+    }
+
+    /// The published code's answer clean-up (process_answer): "." and "," removed, lower case, and the words "a", "an",
+    /// "the", "to" and empty ones (runs of spaces) dropped from the space-separated words. Scoring then normalises
+    /// answers as the VQA evaluation does.
+    public static func cleanAnswer(_ text: String) -> String {
+        let kept = text.unicodeScalars.filter { $0 != "." && $0 != "," }
+        let lowered = String(String.UnicodeScalarView(PythonText.lower(Array(kept))))
+        let dropped: Set<Substring> = ["a", "an", "the", "to", ""]
+        return lowered.split(separator: " ", omittingEmptySubsequences: false).filter { !dropped.contains($0) }.joined(separator: " ")
     }
 
     /// Pool indices best first by cos(question, pool question) + cos(image, pool image), ties by index;
@@ -60,14 +68,14 @@ public struct PICa: Sendable {
         return scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
     }
 
-    /// The answer of an ensemble of `prompts`: each completed greedily up to the end of the line,
-    /// the answer kept whose tokens' summed log-probability is highest (the first on ties),
-    /// normalised as VQA evaluation normalises answers.
+    /// The answer of an ensemble of `prompts`: each completed greedily (at most 5 tokens, stopping at a newline or
+    /// <|endoftext|>, as published), the answer kept whose tokens' summed log-probability is highest (the first on
+    /// ties), cleaned as the published code cleans it (`cleanAnswer`).
     public static func answer(prompts: [String], backend: CompletionBackend, maxTokens: Int = 5) throws -> (answer: String, candidates: [(answer: String, logprob: Double)]) {
         var candidates: [(answer: String, logprob: Double)] = []
         for prompt in prompts {
-            let completion = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: 0, stop: ["\n"], logprobs: true))[0]
-            candidates.append((VQAAccuracy.normalize(completion.text), completion.totalLogprob))
+            let completion = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: 0, stop: ["\n", "<|endoftext|>"], logprobs: true))[0]
+            candidates.append((cleanAnswer(completion.text), completion.totalLogprob))
         }
         guard let best = candidates.indices.max(by: { candidates[$0].logprob < candidates[$1].logprob || (candidates[$0].logprob == candidates[$1].logprob && $0 > $1) }) else {
             throw MethodError.invalidInput("PICa: an ensemble needs at least one prompt")

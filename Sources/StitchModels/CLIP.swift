@@ -173,9 +173,9 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     // MARK: text
 
     /// Token ids of `texts`, each <|startoftext|> ... <|endoftext|>, truncated to the context.
-    public func tokenize(_ texts: [String]) throws -> [[Int]] {
+    public func tokenize(_ texts: [String], tokenization: Transformers47.Tokenization = .current) throws -> [[Int]] {
         guard let tokenizer else { throw ModelError.invalidInput(model: "CLIP", detail: "the model folder has no vocab.json / merges.txt (or bpe_simple_vocab_16e6.txt.gz) to tokenize text") }
-        return texts.map(tokenizer.encode)
+        return texts.map { tokenizer.encode($0, tokenization: tokenization) }
     }
 
     /// The id that ends (and pads) a sequence.
@@ -271,8 +271,14 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     /// Projected text features [texts, projectionDim], not normalised.
     public func textFeatures(of texts: [String]) throws -> Tensor { try textFeatures(tokenize(texts)) }
 
+    public func textFeatures(of texts: [String], tokenization: Transformers47.Tokenization) throws -> Tensor {
+        try textFeatures(tokenize(texts, tokenization: tokenization))
+    }
+
     /// Text features for MAGiC that reuse the cached states of the text kept last step.
-    public func makeIncrementalTextEncoder() -> IncrementalTextEncoder? { CLIPPrefixTextEncoder(clip: self) }
+    public func makeIncrementalTextEncoder(tokenization: Transformers47.Tokenization) -> IncrementalTextEncoder? {
+        CLIPPrefixTextEncoder(clip: self, tokenization: tokenization)
+    }
 
     // MARK: images
 
@@ -340,19 +346,21 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
 
 /// MAGiC's candidate texts through CLIP's causal text tower without repeating shared work: the states of the
 /// text kept last step stay cached, each candidate runs only its differing tail (plus the end token), and
-/// identical texts run once. Equal to `textFeatures(of:)`.
+/// identical texts run once. Equal to `textFeatures(of:tokenization:)`.
 final class CLIPPrefixTextEncoder: IncrementalTextEncoder {
     let clip: CLIP
+    let tokenization: Transformers47.Tokenization
     private var prefix: CLIPTextCache
     private var lastTokens: [[Int]] = []
 
-    init(clip: CLIP) {
+    init(clip: CLIP, tokenization: Transformers47.Tokenization) {
         self.clip = clip
+        self.tokenization = tokenization
         prefix = clip.makeTextCache()
     }
 
     func features(of texts: [String]) throws -> Tensor {
-        lastTokens = try clip.tokenize(texts)
+        lastTokens = try clip.tokenize(texts, tokenization: tokenization)
         var unique: [[Int]: Int] = [:]
         var sequences: [[Int]] = []
         let rowOfText = lastTokens.map { sequence in

@@ -1,5 +1,6 @@
 import StitchImaging
 import StitchTensor
+import StitchTokenizers
 
 /// Scores how well texts describe images (CLIP and models like it): what MAGiC, Socratic re-ranking,
 /// zero-shot classification and PICa's example selection ask for.
@@ -8,6 +9,9 @@ public protocol ImageTextScorer: AnyObject, Sendable {
     func imageFeatures(of images: [RGBImage]) throws -> Tensor
     /// Features [texts, d] as `logits` takes them.
     func textFeatures(of texts: [String]) throws -> Tensor
+    /// The same, the texts tokenized as `tokenization` has it (MAGiC's published code ran transformers 4.7.0's slow
+    /// tokenizer); a scorer whose tokenizer has no such older behaviour tokenizes as always.
+    func textFeatures(of texts: [String], tokenization: Transformers47.Tokenization) throws -> Tensor
     /// Image-text logits [images, texts].
     func logits(imageFeatures: Tensor, textFeatures: Tensor) -> Tensor
     /// Unit-length image embeddings [images, d].
@@ -17,11 +21,11 @@ public protocol ImageTextScorer: AnyObject, Sendable {
     /// Zero-shot probabilities [images, labels] of unit-length image and label embeddings (`labelEmbeddings`).
     func labelProbabilities(imageEmbeddings: Tensor, labelEmbeddings: Tensor) -> Tensor
     /// A text encoder that reuses what consecutive MAGiC steps share, or nil: then every text is encoded whole.
-    func makeIncrementalTextEncoder() -> IncrementalTextEncoder?
+    func makeIncrementalTextEncoder(tokenization: Transformers47.Tokenization) -> IncrementalTextEncoder?
 }
 
 /// Text features for MAGiC's candidates, reusing the work of the text kept last step (a causal text tower's prefix).
-/// Equal to `textFeatures(of:)` of the same texts.
+/// Equal to `textFeatures(of:tokenization:)` of the same texts.
 public protocol IncrementalTextEncoder: AnyObject {
     func features(of texts: [String]) throws -> Tensor
     /// The text at `index` of the last `features` call was kept: the next texts extend it.
@@ -53,7 +57,9 @@ extension ImageTextScorer {
         labelProbabilities(imageEmbeddings: try imageEmbeddings(images), labelEmbeddings: try labelEmbeddings(labels, templates: templates))
     }
 
-    public func makeIncrementalTextEncoder() -> IncrementalTextEncoder? { nil }
+    public func makeIncrementalTextEncoder(tokenization: Transformers47.Tokenization) -> IncrementalTextEncoder? { nil }
+
+    public func textFeatures(of texts: [String], tokenization: Transformers47.Tokenization) throws -> Tensor { try textFeatures(of: texts) }
 
     /// Zero-shot label embeddings [labels, d]: the unit-length embeddings of each label in every template, averaged and renormalised.
     public func labelEmbeddings(_ labels: [String], templates: [String]) throws -> Tensor {

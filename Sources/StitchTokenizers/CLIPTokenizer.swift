@@ -74,6 +74,18 @@ public struct CLIPTokenizer: Tokenizer {
         [startID] + encodeWithoutSpecialTokens(text).prefix(contextLength - 2) + [endID]
     }
 
+    /// `encode` as `tokenization` has it. transformers 4.7.0's slow CLIPTokenizer without ftfy (what MAGiC's published
+    /// code ran) splits off the special-token strings, runs BERT's BasicTokenizer on the rest (`Transformers47`),
+    /// joins its words with spaces, then applies the CLIP split regex and BPE; no NFC.
+    public func encode(_ text: String, tokenization: Transformers47.Tokenization) -> [Int] {
+        guard tokenization == .transformers47 else { return encode(text) }
+        let ids = encodeAroundSpecialTokens(text, ["<|startoftext|>": startID, "<|endoftext|>": endID]) { part in
+            Self.pretokenize(Transformers47.basicTokenize(part).joined(separator: " "))
+                .flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+        }
+        return [startID] + ids.prefix(contextLength - 2) + [endID]
+    }
+
     /// Text tokens only: no start/end tokens and no truncation.
     /// Special-token strings in `text` still map to their ids, as in transformers.
     public func encodeWithoutSpecialTokens(_ text: String) -> [Int] {

@@ -44,12 +44,34 @@ func contractionLength(_ scalars: [Unicode.Scalar], at i: Int) -> Int? {
 }
 
 /// Python's `str` operations that transformers' slow tokenizers apply, with Python's character classes.
-enum PythonText {
+public enum PythonText {
+    /// Python's `str.split()`: runs of `str.isspace()` characters separate words.
+    public static func split(_ scalars: [Unicode.Scalar]) -> [[Unicode.Scalar]] {
+        scalars.split(whereSeparator: PythonText.isSpace).map(Array.init)
+    }
+
+    /// Python's `str.lower()`: full lower-case mappings, and capital sigma as final sigma where a cased letter
+    /// (case-ignorable characters skipped) precedes it and none follows it.
+    public static func lower(_ scalars: [Unicode.Scalar]) -> [Unicode.Scalar] {
+        var out: [Unicode.Scalar] = []
+        for (i, c) in scalars.enumerated() {
+            guard c.value == 0x3A3 else {
+                out += c.properties.lowercaseMapping.unicodeScalars
+                continue
+            }
+            let before = scalars[..<i].last { !$0.properties.isCaseIgnorable }
+            let after = scalars[(i + 1)...].first { !$0.properties.isCaseIgnorable }
+            let final = before?.properties.isCased == true && after?.properties.isCased != true
+            out.append(Unicode.Scalar(final ? 0x3C2 : 0x3C3)!)
+        }
+        return out
+    }
+
     /// `str.isspace()`: Unicode White_Space plus the separators U+001C...U+001F.
-    static func isSpace(_ scalar: Unicode.Scalar) -> Bool { scalar.properties.isWhitespace || (0x1C...0x1F).contains(scalar.value) }
+    public static func isSpace(_ scalar: Unicode.Scalar) -> Bool { scalar.properties.isWhitespace || (0x1C...0x1F).contains(scalar.value) }
 
     /// `str.strip()`, `lstrip()`, `rstrip()` without arguments.
-    static func strip(_ text: Substring, leading: Bool = true, trailing: Bool = true) -> Substring {
+    public static func strip(_ text: Substring, leading: Bool = true, trailing: Bool = true) -> Substring {
         var scalars = text.unicodeScalars[...]
         if leading { while let first = scalars.first, isSpace(first) { scalars = scalars.dropFirst() } }
         if trailing { while let last = scalars.last, isSpace(last) { scalars = scalars.dropLast() } }

@@ -102,7 +102,8 @@ struct BenchRowWorker: ParsableCommand {
             var tokens: [Int] = []
             let seconds = try bestTime(seconds: seconds) {
                 let features = try clipModel.imageFeatures(pixels)
-                tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: MagicSettings(),
+                // Today's tokenizer on both sides: the Python reference runs the transformers installed beside it.
+                tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: MagicSettings(textTokenization: .current),
                                                 stop: StopConditions(maxTokens: 16, atEndToken: false))
             }
             (measured, note, output) = (seconds, "per caption, 16 tokens, k=45", tokens)

@@ -106,8 +106,8 @@ struct Demo: ParsableCommand {
             }
             report.captioner = try vitGPT2?.caption(image, options: .captioner).text
             if let magicLM, let scorer {
-                report.magic = try magicCaption(magicLM, scorer: scorer, image: image, title: nil, settings: MagicSettings(),
-                                                stop: StopConditions(maxTokens: 16)).text
+                report.magic = try magicCaption(magicLM, scorer: scorer, image: image, title: nil, settings: MagicPreset.mscoco.settings,
+                                                stop: StopConditions(maxTokens: MagicPreset.mscoco.maxNewTokens(promptLength: 1))).text
             }
             if let answerer {
                 var tags: [String] = []

@@ -73,14 +73,22 @@ enum CaptionMethod: String, ExpressibleByArgument, CaseIterable {
     case magic, contrastive, captioner, socratic
 }
 
+extension MagicPreset: ExpressibleByArgument {}
+extension MagicText: ExpressibleByArgument {}
+
 struct Caption: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Caption images with MAGiC (a language model guided by CLIP, Su et al. 2022) or a trained captioner.",
         discussion: """
         magic: one LM and one CLIP are loaded for all images. The LM starts from its start token (MAGiC's \
-        <-start_of_text-> when its tokenizer has it, else <|endoftext|>); with --title it continues the title \
+        <-start_of_text-> when its tokenizer has it, else <|endoftext|>); with --title it continues "TITLE <|endoftext|>" \
         instead (story mode). --method contrastive ignores the image (beta = 0). \
-        MAGiC's settings: --k 45 --alpha 0.1 --beta 2.0 and 16 new tokens unless given. \
+        Settings come from the published scripts (--preset): mscoco (k 45, alpha 0.1, beta 2.0, 15 new tokens; the \
+        default), flickr30k (k 25, alpha 0.1, beta 2.0, 19 new tokens) or story (k 5, alpha 0.6, beta 0.15, 100 tokens \
+        with the title; the default with --title); --k, --alpha, --beta, --max-tokens override them. Candidate texts \
+        reach CLIP as the published code formed them (--clip-text published: transformers 4.7.0's decode clean-up, \
+        then its slow CLIP tokenizer without ftfy: accents stripped, punctuation split off) and captions are printed as \
+        it printed them; --clip-text current uses today's CLIPTokenizerFast instead. \
         captioner: a captioner (--captioner, ViT-GPT2) decodes by beam search (4 beams, 15 new tokens) or any \
         --strategy (greedy; sample with --temperature --top-k --top-p --seed; contrastive with --k --alpha). \
         socratic: CLIP ranks places, objects, image types and people counts (lists in --categories), the prompt \
@@ -111,7 +119,13 @@ struct Caption: ParsableCommand {
     @Option(help: "Captioner folder or hub id (--method captioner).")
     var captioner = "nlpconnect/vit-gpt2-image-captioning"
 
-    @Option(help: "Weight of CLIP's image-text score in MAGiC (default 2.0).") var beta = 2.0
+    @Option(help: "Weight of CLIP's image-text score in MAGiC (default: the preset's).") var beta: Double?
+
+    @Option(help: "MAGiC settings of the published scripts: mscoco, flickr30k or story (default mscoco; story with --title).")
+    var preset: MagicPreset?
+
+    @Option(help: "How MAGiC's candidate texts reach CLIP: published (transformers 4.7.0, as the published code) or current.")
+    var clipText = MagicText.published
 
     @OptionGroup var decoding: DecodingArguments
 
@@ -151,8 +165,15 @@ struct Caption: ParsableCommand {
             let language = try hub.load(lm ?? "cambridgeltl/magic_mscoco", as: (any CausalLanguageModel).self)
             let vision = try hub.load(clip, as: (any ImageTextScorer).self)
             guard title.map({ !$0.isEmpty }) ?? true else { throw ValidationError("--title is empty") }
-            let settings = MagicSettings(k: decoding.k ?? 45, alpha: decoding.alpha ?? 0.1, beta: method == .magic ? beta : 0, speedups: !noSpeedups)
-            let conditions = StopConditions(maxTokens: decoding.maxTokens ?? 16, strings: decoding.stop)
+            let preset = self.preset ?? (title == nil ? .mscoco : .story)
+            var settings = preset.settings
+            settings.k = decoding.k ?? settings.k
+            settings.alpha = decoding.alpha ?? settings.alpha
+            settings.beta = method == .magic ? beta ?? settings.beta : 0
+            settings.speedups = !noSpeedups
+            settings.textTokenization = clipText.tokenization
+            let promptLength = try language.magicPrompt(title: title).count
+            let conditions = StopConditions(maxTokens: decoding.maxTokens ?? preset.maxNewTokens(promptLength: promptLength), strings: decoding.stop)
             makeCaption = { [title] image in try magicCaption(language, scorer: vision, image: image, title: title, settings: settings, stop: conditions) }
         }
         let progress = ProgressBar(total: paths.count, label: "captioning")

@@ -56,8 +56,9 @@ struct VQA: ParsableCommand {
         discussion: """
         The image becomes a context (caption and object tags). In-context examples come from --pool, a JSONL of \
         {"question", "answer", "image"?, "context"?} lines (a missing context is computed from the image), ranked by \
-        CLIP similarity of the question plus the image; the top --shots x --ensemble are split into --ensemble prompts, \
-        and the answer generated with the highest summed log-probability wins, normalised as VQA evaluation does.
+        CLIP similarity of the question plus the image (as published, give each pool entry one of its image's ground-truth \
+        captions as its context); the top --shots x --ensemble are split into --ensemble prompts in the published format, \
+        and the answer generated with the highest summed log-probability wins, cleaned as the published code cleans it.
         """)
 
     @Argument(help: "The image.") var image: String

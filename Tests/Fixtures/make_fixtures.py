@@ -113,6 +113,81 @@ def clip_vocab_files(tmp):
     return magic_reference.clip_vocab_files(os.path.join(TOKENIZERS, "bpe_simple_vocab_16e6.txt.gz"), tmp)
 
 
+def transformers47():
+    """transformers 4.7.0, the version MAGiC's published code pins: its slow CLIPTokenizer class (made to run without
+    ftfy, as the published runs did) and its decode clean-up. The wheel is fetched from PyPI into the test-model cache
+    and imported in place of today's transformers just long enough to load those modules (its dependency check
+    skipped: only its pure-Python tokenizers run), then today's transformers is put back."""
+    import subprocess
+    import types
+    site = os.path.join(TEST_MODELS, "transformers-4.7.0")
+    if not os.path.isdir(os.path.join(site, "transformers")):
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, "transformers==4.7.0"], check=True)
+            import zipfile
+            zipfile.ZipFile(os.path.join(tmp, "transformers-4.7.0-py3-none-any.whl")).extractall(site)
+    ours = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "transformers"}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, site)
+    sys.modules["transformers.dependency_versions_check"] = types.ModuleType("transformers.dependency_versions_check")
+    try:
+        import transformers
+        assert transformers.__version__ == "4.7.0", transformers.__version__
+        from transformers.models.bert.tokenization_bert import BasicTokenizer
+        from transformers.models.clip.tokenization_clip import CLIPTokenizer
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        import transformers.tokenization_utils  # noqa: F401  (loaded now, used by the class later)
+    finally:
+        sys.path.remove(site)
+        for name in [name for name in sys.modules if name.split(".")[0] == "transformers"]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+    def clip_tokenizer(folder):
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+        tokenizer.fix_text, tokenizer.nlp = None, BasicTokenizer(do_lower_case=True)   # as without ftfy installed
+        return tokenizer
+    return clip_tokenizer, PreTrainedTokenizerBase.clean_up_tokenization
+
+
+def clip47_corpus():
+    """Strings of the character classes MAGiC's candidate texts hold: accents, contractions, punctuation, U+FFFD,
+    controls and format characters, CJK, emoji, other scripts, digits, whitespace of every kind, special tokens."""
+    rng = random.Random(4_7_0)
+    pieces = ["café", "naïve", "résumé", "Ærøskøbing", "straße", "İstanbul", "ΣΊΣΥΦΟΣ", "ὈΔΥΣΣΕΎΣ", "Σ", "aΣ", "ΑΣ.",
+              "don't", "I'm", "dog's", "they'll", "we've", "you're", "'s", "n't", " '", "' ", "''", "\"quoted\"",
+              "...", "!!", "?!", ",", ".", " .", " ,", " ?", " !", "-", "--", "—", "(", ")", "[a]", "{b}", "<|endoftext|>",
+              "<|startoftext|>", "<|ENDOFTEXT|>", "<-start_of_text->", "<-pad->", "\ufffd", "\ufffd\ufffd", "\x00", "\x07",
+              "\x1f", "\u200b", "\u200d", "\u00ad", "\ufeff", "\u2028", "\u0085", "\x0b", "\u00a0", "\u3000", "\u2009",
+              "東京", "北京", "中文字符", "こんにちは", "한국어", "ソウル", "😀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "❤️", "☃", "∑∞",
+              "€100", "½", "²", "Ⅻ", "٣", "१२", "3.14", "1,000", "x2", "Привет", "мир", "مرحبا", "שלום", "नमस्ते", "ไทย",
+              "ﬁ", "ＦＵＬＬ", "ǅ", "ß", "ŉ", "e\u0301", "o\u0308", "\u0345", "ſ", "'ſ", "Ω", "K", "Å", "a", "photo", "A",
+              "DOG", "riding", "the", "of", "on", "a man", "two dogs", "\t", "\n", "\r\n", "  ", " ", ""]
+    corpus = []
+    while len(corpus) < 2400:
+        n = rng.randint(1, 10)
+        corpus.append("".join(rng.choice(pieces) + rng.choice(["", " ", " ", "", "  ", "\n"]) for _ in range(n)))
+    for _ in range(200):   # random code points of several blocks
+        corpus.append("".join(chr(rng.choice([rng.randint(0x20, 0x7E), rng.randint(0xA0, 0x24F), rng.randint(0x300, 0x36F),
+                                               rng.randint(0x370, 0x4FF), rng.randint(0x2000, 0x206F), rng.randint(0x3040, 0x30FF),
+                                               rng.randint(0x4E00, 0x9FFF), rng.randint(0xAC00, 0xD7A3), rng.randint(0x1F300, 0x1F6FF)]))
+                              for _ in range(rng.randint(1, 12))))
+    return corpus
+
+
+def make_clip47_goldens():
+    """transformers 4.7.0's slow CLIPTokenizer without ftfy, and its decode clean-up, on 2,600 strings."""
+    clip47, clean_up = transformers47()
+    corpus = clip47_corpus()
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_vocab_files(tmp)
+        tokenizer = clip47(tmp)
+        ids = [tokenizer(text, truncation=True, max_length=77)["input_ids"] for text in corpus]
+    write_json({"corpus": corpus, "clip": ids, "clean_up": [clean_up(text) for text in corpus]}, "tokenizers", "clip47_golden.json")
+    print(f"tokenizers: transformers 4.7.0 slow CLIP tokenizer on {len(corpus)} strings")
+
+
 def make_tokenizer_goldens():
     from tokenizers import Tokenizer
     from transformers import CLIPTokenizerFast, GPT2TokenizerFast
@@ -359,8 +434,8 @@ def make_gpt2_goldens():
 
 # ---------------------------------------------------------------- decoding goldens
 
-MAGIC_IMAGES = [os.path.join(IMAGES, "chelsea.png"), os.path.join(IMAGES, "coffee.png"),
-                out("images", "rgb.jpg"), out("images", "grey.jpg"), out("images", "gradient.png")]
+MAGIC_IMAGES = [os.path.join(IMAGES, "chelsea.png"), os.path.join(IMAGES, "coffee.png"), os.path.join(IMAGES, "rocket.jpg"),
+                os.path.join(IMAGES, "astronaut.png"), out("images", "rgb.jpg"), out("images", "grey.jpg"), out("images", "gradient.png")]
 MAGIC_SETTINGS = [dict(k=45, alpha=0.1, beta=2.0, max_tokens=16), dict(k=10, alpha=0.6, beta=1.0, max_tokens=12),
                   dict(k=30, alpha=0.0, beta=5.0, max_tokens=10)]
 STORY_TITLE = "A day at the zoo."
@@ -393,8 +468,10 @@ def make_decoding_goldens():
                                "outputs": [generate(p, eos_token_id=end, **settings) for p in prompts]})
 
     clip = CLIPModel.from_pretrained(out("tiny-clip"), torch_dtype=torch.float32).eval()
+    clip47, clean_up = transformers47()
     with tempfile.TemporaryDirectory() as tmp:
         clip_tokenizer = CLIPTokenizerFast(*clip_vocab_files(tmp))
+        published_clip_tokenizer = clip47(tmp)
     processor = CLIPImageProcessor()
     golden["magic"] = {"images": [os.path.relpath(p, ROOT) for p in MAGIC_IMAGES], "settings": []}
     features = []
@@ -402,18 +479,35 @@ def make_decoding_goldens():
         pixels = processor(images=[Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]
         with torch.no_grad():
             features.append(clip.get_image_features(pixel_values=pixels))
+
+    def published(features, prompt, **settings):   # the published text path: 4.7.0's decode clean-up and slow CLIP tokenizer
+        return magic_reference.magic_search(lm, tokenizer, clip, published_clip_tokenizer, features, prompt, clean_up=clean_up, **settings)
+
+    def caption_text(ids):   # the published parse_output_token_list (no start tokens in this vocabulary)
+        return " ".join(clean_up(tokenizer.decode(ids[:ids.index(50256)] if 50256 in ids else ids, clean_up_tokenization_spaces=False)).split())
+
     for settings in MAGIC_SETTINGS:
-        outputs = [magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, [50256], **settings) for f in features]
-        blind = [magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, [50256], **dict(settings, beta=0.0)) for f in features]
+        outputs = [published(f, [50256], **settings) for f in features]
+        current = [magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, [50256], **settings) for f in features]
+        blind = [published(f, [50256], **dict(settings, beta=0.0)) for f in features]
         # The fixture must exercise the image: captions differ across images and from beta = 0.
         assert len({tuple(o) for o in outputs}) > 1 and any(o != b for o, b in zip(outputs, blind)), settings
-        golden["magic"]["settings"].append(dict(settings, outputs=outputs))
-    story_prompt = tokenizer(STORY_TITLE)["input_ids"]
-    story = dict(k=20, alpha=0.2, beta=1.0, max_tokens=20)
-    golden["magic"]["story"] = dict(story, title=STORY_TITLE, prompt=story_prompt, outputs=[
-        magic_reference.magic_search(lm, tokenizer, clip, clip_tokenizer, f, story_prompt, **story) for f in features[:2]])
+        golden["magic"]["settings"].append(dict(settings, outputs=outputs, outputs_current=current, texts=[caption_text(o) for o in outputs]))
+    differing = sum(o != c for s in golden["magic"]["settings"] for o, c in zip(s["outputs"], s["outputs_current"]))
+    assert differing > 0, "the published and today's text paths must choose differently somewhere"
+    # Story mode as published: "title <|endoftext|>" as the prompt, k 5, alpha 0.6, beta 0.15 (fewer tokens here).
+    story_prompt = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(STORY_TITLE + " " + tokenizer.eos_token))
+    story = dict(k=5, alpha=0.6, beta=0.15, max_tokens=30)
+    outputs = [published(f, story_prompt, **story) for f in features[:3]]
+
+    def story_text(ids):   # the published parse_generated_result, five sentences
+        generated = clean_up(tokenizer.decode(story_prompt + ids, clean_up_tokenization_spaces=False)).split(tokenizer.eos_token)[1].strip()
+        pieces = generated.split(".")
+        kept = ".".join(pieces[:5])
+        return kept.strip(".") + "." if len(pieces) > 5 else kept.strip(".").strip()
+    golden["magic"]["story"] = dict(story, title=STORY_TITLE, prompt=story_prompt, outputs=outputs, texts=[story_text(o) for o in outputs])
     write_json(golden, "decoding", "golden.json")
-    print("decoding: contrastive, beam and MAGiC goldens")
+    print(f"decoding: contrastive, beam and MAGiC goldens ({differing} captions differ between the published and today's text paths)")
 
 
 # ---------------------------------------------------------------- ASIF goldens
@@ -661,6 +755,41 @@ def make_pica_goldens():
     save_file({"pool_questions": pool_questions, "pool_images": pool_images, "questions": questions, "images": images}, out("pica", "embeddings.safetensors"))
     write_json({"rankings": rankings}, "pica", "rankings.json")
     print("pica: example rankings for 5 queries over a pool of 50")
+
+
+def make_pica_prompt_goldens():
+    """PICa's prompts and answer clean-up as the published code (microsoft/PICa, gpt3_api_okvqa.py) builds them,
+    written here from its logic: the header, per example "Context: %s\\n===\\n" and "Q: %s\\nA: %s\\n\\n===\\n",
+    then the test's context and "Q: %s\\nA:"; process_answer on answers a language model may give."""
+    rng = random.Random(2021)
+    words = ["a", "dog", "The", "man", "surfboard", "Q:", "A:", "===", "café", "naïve", "东京", "😀", "don't", "3.5", "1,000",
+             "Mr.", "U.S.A.", "to", "an", "the", "ΣΑΣ", "İstanbul", "-", "?", "!", "  ", "\t", "\n", "", ".", ","]
+
+    def text(n):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(0, n)))
+
+    def published_prompt(examples, test):
+        prompt = "Please answer the question according to the above context.\n===\n"
+        for context, question, answer in examples:
+            prompt += "Context: %s\n===\n" % context
+            prompt += "Q: %s\nA: %s\n\n===\n" % (question, answer)
+        prompt += "Context: %s\n===\n" % test[0]
+        prompt += "Q: %s\nA:" % test[1]
+        return prompt
+
+    def process_answer(answer):
+        answer = answer.replace(".", "").replace(",", "").lower()
+        return " ".join(item for item in answer.split(" ") if item not in {"a", "an", "the", "to", ""})
+
+    cases = []
+    for shots in [0, 1, 2, 5, 16]:
+        for _ in range(4):
+            examples = [[text(12), text(8), text(3)] for _ in range(shots)]
+            test = [text(12), text(8)]
+            cases.append({"examples": examples, "test": test, "prompt": published_prompt(examples, test)})
+    answers = [" " + text(5) for _ in range(150)] + [text(5) for _ in range(100)] + [" The Eiffel Tower.", " a dog, a cat", "to be", "  two  "]
+    write_json({"cases": cases, "answers": answers, "cleaned": [process_answer(a) for a in answers]}, "pica", "prompts.json")
+    print(f"pica: {len(cases)} prompts and {len(answers)} answers as the published code builds and cleans them")
 
 
 def official_vqa_evaluator():
@@ -1165,6 +1294,7 @@ if __name__ == "__main__":
     make_tiny_clip_variant()
     make_clip_goldens("tiny-clip")
     make_clip_goldens("tiny-clip-p14")
+    make_clip47_goldens()
     make_gpt2_goldens()
     make_decoding_goldens()
     make_asif_goldens()
@@ -1176,6 +1306,7 @@ if __name__ == "__main__":
     make_metric_goldens()
     make_vqa_metric_goldens()
     make_pica_goldens()
+    make_pica_prompt_goldens()
     make_tiny_bert()
     make_checkpoint_forms()
     make_tiny_magic()

@@ -35,7 +35,7 @@ final class MethodCommandTests: XCTestCase {
         XCTAssert(context.hasSuffix(". cup, dining table"), context)
         for prompt in prompts {
             XCTAssert(prompt.hasPrefix("Please answer the question according to the above context.\n===\nContext: "), prompt)
-            XCTAssert(prompt.hasSuffix("===\nContext: \(context)\nQuestion: What is the dog next to?\nAnswer:"), prompt)
+            XCTAssert(prompt.hasSuffix("\n\n===\nContext: \(context)\n===\nQ: What is the dog next to?\nA:"), prompt)
         }
         XCTAssertEqual(Set(prompts).count, 2, "the two prompts hold different examples")
         let best = candidates.max { ($0["logprob"] as! Double) < ($1["logprob"] as! Double) }!

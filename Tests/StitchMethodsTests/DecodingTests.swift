@@ -13,8 +13,13 @@ struct DecodingGolden: Decodable {
         let beams: Int; let length_penalty: Double; let early_stopping: Bool; let max_tokens: Int; let end_token: Int; let outputs: [[Int]]
     }
     struct Magic: Decodable {
-        struct Setting: Decodable { let k: Int; let alpha: Double; let beta: Double; let max_tokens: Int; let outputs: [[Int]] }
-        struct Story: Decodable { let k: Int; let alpha: Double; let beta: Double; let max_tokens: Int; let prompt: [Int]; let title: String; let outputs: [[Int]] }
+        /// `outputs` by the published text path (transformers 4.7.0), `outputs_current` by today's; `texts` as published.
+        struct Setting: Decodable {
+            let k: Int; let alpha: Double; let beta: Double; let max_tokens: Int; let outputs: [[Int]]; let outputs_current: [[Int]]; let texts: [String]
+        }
+        struct Story: Decodable {
+            let k: Int; let alpha: Double; let beta: Double; let max_tokens: Int; let prompt: [Int]; let title: String; let outputs: [[Int]]; let texts: [String]
+        }
         let images: [String]
         let settings: [Setting]
         let story: Story

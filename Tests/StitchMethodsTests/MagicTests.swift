@@ -3,6 +3,7 @@ import StitchImaging
 import StitchModels
 import StitchTensor
 import StitchTestSupport
+import StitchTokenizers
 import XCTest
 @testable import StitchMethods
 
@@ -17,38 +18,57 @@ final class MagicTests: XCTestCase {
         }
     }
 
+    /// The published text path (the default) and today's, each with and without Stitch's shortcuts, token-identical
+    /// to the reference; captions printed as the published code prints them.
     func testMagicEqualsReferenceWithAndWithoutSpeedups() throws {
         let clip = try TinyModels.clipWithTokenizer()
         let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), scorer: clip)
         let features = try imageFeatures(clip)
         var compared = 0
         for setting in golden.settings {
-            for (image, expected) in zip(features, setting.outputs) {
-                for speedups in [true, false] {
-                    let settings = MagicSettings(k: setting.k, alpha: setting.alpha, beta: setting.beta, speedups: speedups)
-                    // The reference always decodes max_tokens tokens and trims afterwards.
-                    let tokens = try captioner.generate(imageFeatures: image, prompt: [50256], settings: settings,
-                                                        stop: StopConditions(maxTokens: setting.max_tokens, atEndToken: false))
-                    XCTAssertEqual(tokens, expected, "k \(setting.k) alpha \(setting.alpha) beta \(setting.beta) speedups \(speedups)")
-                    compared += 1
+            for (index, image) in features.enumerated() {
+                for (text, expected) in [(MagicText.published, setting.outputs[index]), (.current, setting.outputs_current[index])] {
+                    for speedups in [true, false] {
+                        let settings = MagicSettings(k: setting.k, alpha: setting.alpha, beta: setting.beta, speedups: speedups, textTokenization: text.tokenization)
+                        // The reference always decodes max_tokens tokens and trims afterwards.
+                        let tokens = try captioner.generate(imageFeatures: image, prompt: [50256], settings: settings,
+                                                            stop: StopConditions(maxTokens: setting.max_tokens, atEndToken: false))
+                        XCTAssertEqual(tokens, expected, "k \(setting.k) alpha \(setting.alpha) beta \(setting.beta) \(text) speedups \(speedups)")
+                        compared += 1
+                    }
                 }
+                XCTAssertEqual(try captioner.lm.publishedMagicText(prompt: [50256], tokens: setting.outputs[index], story: false), setting.texts[index])
             }
         }
-        XCTAssertGreaterThanOrEqual(compared, 30)
-        print("MAGiC: \(compared) captions (\(features.count) images x \(golden.settings.count) settings, speedups on and off) token-identical to the reference")
+        XCTAssertGreaterThanOrEqual(compared, 6 * 3 * 4)
+        let differing = golden.settings.map { zip($0.outputs, $0.outputs_current).filter { $0 != $1 }.count }.reduce(0, +)
+        XCTAssertGreaterThan(differing, 0, "the fixture tells the published text path from today's")
+        print("MAGiC: \(compared) captions (\(features.count) images x \(golden.settings.count) settings, published and current text, speedups on and off) token-identical to the reference; \(differing) differ between the two text paths")
     }
 
+    /// Story mode as published: "title <|endoftext|>" as the prompt, the story text between the end tokens.
     func testStoryModeEqualsReference() throws {
         let clip = try TinyModels.clipWithTokenizer()
         let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), scorer: clip)
         let story = golden.story
-        XCTAssertEqual(captioner.lm.tokenizer!.encode(story.title), story.prompt)
-        for (image, expected) in zip(try imageFeatures(clip), story.outputs) {
+        XCTAssertEqual(try captioner.lm.magicPrompt(title: story.title), story.prompt)
+        for (index, image) in try imageFeatures(clip).prefix(story.outputs.count).enumerated() {
             let tokens = try captioner.generate(imageFeatures: image, prompt: story.prompt,
                                                 settings: MagicSettings(k: story.k, alpha: story.alpha, beta: story.beta),
                                                 stop: StopConditions(maxTokens: story.max_tokens, atEndToken: false))
-            XCTAssertEqual(tokens, expected)
+            XCTAssertEqual(tokens, story.outputs[index])
+            XCTAssertEqual(try captioner.lm.publishedMagicText(prompt: story.prompt, tokens: tokens, story: true), story.texts[index])
         }
+    }
+
+    /// The published scripts' settings; their decoding length counts the prompt.
+    func testPresetsAreThePublishedScripts() {
+        XCTAssertEqual(MagicPreset.mscoco.maxNewTokens(promptLength: 1), 15)
+        XCTAssertEqual(MagicPreset.flickr30k.maxNewTokens(promptLength: 1), 19)
+        XCTAssertEqual([MagicPreset.mscoco, .flickr30k, .story].map { [$0.settings.k, Int($0.settings.alpha * 100), Int($0.settings.beta * 100)] },
+                       [[45, 10, 200], [25, 10, 200], [5, 60, 15]])
+        XCTAssertEqual(MagicPreset.story.maxNewTokens(promptLength: 8), 92)
+        XCTAssertEqual(MagicPreset.mscoco.settings.textTokenization, .transformers47)
     }
 
     /// Texts that share a CLIP token prefix: the cached-prefix path gives the full features.

@@ -5,35 +5,51 @@ import XCTest
 @testable import StitchMethods
 
 final class PICaTests: XCTestCase {
-    /// The prompt for fixed inputs, written out by hand from the published format.
+    /// The prompt for fixed inputs, written out by hand from the published code (microsoft/PICa, gpt3_api_okvqa.py).
     func testPromptFormat() {
         let pica = PICa()
-        let examples = [PICa.Example(context: PICa.context(caption: "a man riding a wave on a surfboard", tags: "person, surfboard"),
-                                     question: "What is the man standing on?", answer: "surfboard"),
-                        PICa.Example(context: PICa.context(caption: "two zebras in a field", tags: ""), question: "How many stripes?", answer: "many")]
-        let test = PICa.Example(context: "a dog next to a bicycle. dog, bicycle, car", question: "What brand is the bicycle?")
+        let examples = [PICa.Example(context: "a man riding a wave on top of a surfboard.", question: "What is the man standing on?", answer: "surfboard"),
+                        PICa.Example(context: "two zebras in a field", question: "How many stripes?", answer: "many")]
+        let test = PICa.Example(context: PICa.context(caption: "a dog next to a bicycle", tags: "dog, bicycle, car"), question: "What brand is the bicycle?")
         let expected = """
         Please answer the question according to the above context.
         ===
-        Context: a man riding a wave on a surfboard. person, surfboard
-        Question: What is the man standing on?
-        Answer: surfboard
+        Context: a man riding a wave on top of a surfboard.
+        ===
+        Q: What is the man standing on?
+        A: surfboard
+
         ===
         Context: two zebras in a field
-        Question: How many stripes?
-        Answer: many
+        ===
+        Q: How many stripes?
+        A: many
+
         ===
         Context: a dog next to a bicycle. dog, bicycle, car
-        Question: What brand is the bicycle?
-        Answer:
+        ===
+        Q: What brand is the bicycle?
+        A:
         """
         XCTAssertEqual(pica.prompt(examples: examples, test: test), expected)
-        // The Prompts/ templates are the same format.
         let header = try! String(contentsOf: Fixtures.repositoryRoot.appendingPathComponent("Prompts/pica_header.txt"), encoding: .utf8)
-        let template = try! String(contentsOf: Fixtures.repositoryRoot.appendingPathComponent("Prompts/pica_example.txt"), encoding: .utf8)
-        XCTAssertEqual(PICa(header: header, exampleTemplate: template).prompt(examples: examples, test: test), expected)
+        XCTAssertEqual(PICa(header: header).prompt(examples: examples, test: test), expected)
         XCTAssertEqual(pica.prompt(examples: [], test: test), "Please answer the question according to the above context.\n===\n"
-                       + "Context: a dog next to a bicycle. dog, bicycle, car\nQuestion: What brand is the bicycle?\nAnswer:")
+                       + "Context: a dog next to a bicycle. dog, bicycle, car\n===\nQ: What brand is the bicycle?\nA:")
+    }
+
+    /// Prompts and answer clean-up equal a reference written from the published code's logic on generated inputs
+    /// (Tests/Fixtures/pica/prompts.json, make_fixtures.py make_pica_prompt_goldens).
+    func testPromptsAndAnswersEqualThePublishedCode() throws {
+        struct Case: Decodable { let examples: [[String]]; let test: [String]; let prompt: String }
+        struct Golden: Decodable { let cases: [Case]; let answers: [String]; let cleaned: [String] }
+        let golden = try JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("pica/prompts.json")))
+        for item in golden.cases {
+            let examples = item.examples.map { PICa.Example(context: $0[0], question: $0[1], answer: $0[2]) }
+            XCTAssertEqual(PICa().prompt(examples: examples, test: PICa.Example(context: item.test[0], question: item.test[1])), item.prompt)
+        }
+        assertEveryInputMatches("PICa answer clean-up", inputs: golden.answers, expected: golden.cleaned, minimumCount: 200, PICa.cleanAnswer)
+        print("PICa: \(golden.cases.count) prompts byte-identical to the published format")
     }
 
     /// In-context example ranking equals numpy's (Tests/Fixtures/pica).

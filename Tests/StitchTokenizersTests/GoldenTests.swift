@@ -51,6 +51,22 @@ final class TokenizerGoldenTests: XCTestCase {
         XCTAssertEqual(tokenizer.decode(ids + [50258]), "<-start_of_text->A zebra<-pad><-pad->")
     }
 
+    /// MAGiC's published text path: transformers 4.7.0's slow CLIPTokenizer without ftfy, and its decode clean-up,
+    /// on 2,600 strings of accents, contractions, punctuation, U+FFFD, controls, CJK, emoji and special tokens
+    /// (tokenizers/clip47_golden.json).
+    func testCLIPAsTransformers47SlowTokenizer() throws {
+        struct Golden47: Decodable { let corpus: [String]; let clip: [[Int]]; let clean_up: [String] }
+        let golden = try JSONDecoder().decode(Golden47.self, from: Data(contentsOf: Fixtures.url("tokenizers/clip47_golden.json")))
+        let tokenizer = try CLIPTokenizer(bpeFile: Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz").path)
+        assertEveryInputMatches("CLIP (transformers 4.7.0, slow)", inputs: golden.corpus, expected: golden.clip, minimumCount: 2000) {
+            tokenizer.encode($0, tokenization: .transformers47)
+        }
+        let fast = golden.corpus.map { tokenizer.encode($0) }
+        XCTAssertGreaterThan(zip(fast, golden.clip).filter { $0 != $1 }.count, 500, "the corpus tells the two tokenizations apart")
+        let cleaned = golden.corpus.map(Transformers47.cleanUpTokenization)
+        XCTAssertEqual(zip(cleaned, golden.clean_up).filter { $0 != $1 }.count, 0, "decode clean-up")
+    }
+
     func testCLIPMatchesCLIPTokenizerFast() throws {
         let tokenizer = try CLIPTokenizer(bpeFile: Fixtures.tokenizerFile("bpe_simple_vocab_16e6.txt.gz").path)
         XCTAssertEqual(tokenizer.vocabularySize, 49408)

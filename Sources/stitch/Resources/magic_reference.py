@@ -44,14 +44,16 @@ def _select_cache(past, row):
 
 @torch.no_grad()
 def magic_search(lm, lm_tokenizer, clip, clip_tokenizer, image_features, prompt, k=45, alpha=0.1, beta=2.0,
-                 max_tokens=16, clip_text_max_len=60):
+                 max_tokens=16, clip_text_max_len=60, clean_up=None):
     """Token ids of `max_tokens` new tokens after `prompt` (a list of ids), for one image.
 
     At each step the LM's top-k next tokens are the candidates v, and the chosen one maximises
         (1 - alpha) * p(v | x<t)  -  alpha * max_j cos(h_v, h_j)  +  beta * softmax_k(CLIP(image, text(x<t : v)))
     where h are the LM's last-layer hidden states and text() decodes the generated tokens (the
     prompt excluded, at most clip_text_max_len of them) for CLIP's tokenizer. beta = 0 is
-    contrastive search.
+    contrastive search. As published: `clean_up` is transformers 4.7.0's decode clean-up and
+    `clip_tokenizer` that version's slow CLIPTokenizer without ftfy; without `clean_up`, the text
+    is decoded as today's transformers decodes it.
     """
     image = image_features / image_features.norm(dim=-1, keepdim=True)       # [1, p]
     out = lm(torch.tensor([prompt]), use_cache=True, output_hidden_states=True)
@@ -71,7 +73,11 @@ def magic_search(lm, lm_tokenizer, clip, clip_tokenizer, image_features, prompt,
         cosines = torch.matmul(normalized_hidden.squeeze(1), normalized_context[0].T)   # [k, t]
         penalty = cosines.max(dim=-1).values                                   # [k]
         if beta != 0:
-            texts = [lm_tokenizer.decode((generated + [c])[-clip_text_max_len:]) for c in top_ids[0].tolist()]
+            if clean_up:
+                texts = [clean_up(lm_tokenizer.decode((generated + [c])[-clip_text_max_len:], clean_up_tokenization_spaces=False))
+                         for c in top_ids[0].tolist()]
+            else:
+                texts = [lm_tokenizer.decode((generated + [c])[-clip_text_max_len:]) for c in top_ids[0].tolist()]
             tokens = clip_tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
             text = clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             text = text / text.norm(dim=-1, keepdim=True)
