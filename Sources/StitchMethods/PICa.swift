@@ -75,7 +75,9 @@ public struct PICa: Sendable {
         var candidates: [(answer: String, logprob: Double)] = []
         for prompt in prompts {
             let completion = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: 0, stop: ["\n", "<|endoftext|>"], logprobs: true))[0]
-            candidates.append((cleanAnswer(completion.text), completion.totalLogprob))
+            // Up to the first newline: a server that ignores the stop list must not change the answer.
+            let line = completion.text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            candidates.append((cleanAnswer(line), completion.totalLogprob))
         }
         guard let best = candidates.indices.max(by: { candidates[$0].logprob < candidates[$1].logprob || (candidates[$0].logprob == candidates[$1].logprob && $0 > $1) }) else {
             throw MethodError.invalidInput("PICa: an ensemble needs at least one prompt")

@@ -234,7 +234,8 @@ final class GraphCommandTests: XCTestCase {
         XCTAssertEqual(result.status, 0, result.errors)
         let outputs = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as! [String: Any]
         let golden = try Fixtures.json("decoding/golden.json") as! [String: Any]
-        let reference = (((golden["magic"] as! [String: Any])["settings"] as! [[String: Any]])[0]["outputs"] as! [[Int]])[0]
+        // The example asks for the published MSCOCO setting: 15 new tokens of the reference's 16.
+        let reference = Array((((golden["magic"] as! [String: Any])["settings"] as! [[String: Any]])[0]["outputs"] as! [[Int]])[0].prefix(15))
         XCTAssertEqual(outputs["tokens"] as? [Int], reference.firstIndex(of: 50256).map { Array(reference[...$0]) } ?? reference)
         XCTAssert(["zebra", "dog", "truck"].contains(outputs["label"] as? String ?? ""))
         let sentence = outputs["sentence"] as? String ?? ""

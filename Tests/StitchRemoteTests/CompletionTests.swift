@@ -249,12 +249,13 @@ final class PICaEnsembleTests: XCTestCase {
         }
         let client = OpenAICompletionClient(baseURL: server.baseURL, model: "scripted", apiKey: nil)
         let result = try PICa.answer(prompts: prompts, backend: client)
-        XCTAssertEqual(result.candidates.map(\.answer), ["cat", "2", "dogs"])
+        XCTAssertEqual(result.candidates.map(\.answer), ["cat", "two", "dogs"])
         XCTAssertEqual(result.candidates.map(\.logprob), [-2.0, -0.30000000000000004, -0.9])
-        XCTAssertEqual(result.answer, "2", "the highest summed log-probability wins, normalised as VQA answers are")
-        // Greedy, logprobs requested, stopping at the end of the line.
+        XCTAssertEqual(result.answer, "two", "the highest summed log-probability wins, cleaned as the published code cleans it")
+        // Greedy, at most 5 tokens, logprobs requested, stopping at the end of the line or <|endoftext|>, as published.
         XCTAssertEqual(log.prompts.count, 3)
-        XCTAssert(log.prompts.allSatisfy { ($0["temperature"] as? Double) == 0 && ($0["logprobs"] as? Int) == 1 && ($0["stop"] as? [String]) == ["\n"] })
+        XCTAssert(log.prompts.allSatisfy { ($0["temperature"] as? Double) == 0 && ($0["logprobs"] as? Int) == 1 && ($0["max_tokens"] as? Int) == 5
+                                           && ($0["stop"] as? [String]) == ["\n", "<|endoftext|>"] }, "\(log.prompts)")
     }
 }
 
