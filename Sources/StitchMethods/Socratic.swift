@@ -1,12 +1,18 @@
 import Foundation
 import StitchImaging
 import StitchModels
+import StitchTensor
+import StitchTokenizers
 
-/// Socratic-model captioning (Zeng et al. 2022): an image-text scorer (CLIP) ranks place categories, object
-/// categories, image types and people counts zero-shot; the best fill a prompt template; a language model
-/// samples candidate captions from it; the scorer re-ranks the candidates against the image.
+/// Socratic-model captioning (Zeng et al. 2022) as the published image-captioning notebook does it: CLIP ranks image
+/// types ("This is a {t}."), whether there are people and then how many ("There are {p} in this photo.", "There {p} in
+/// this photo."), Places365 places and Tencent ML-Images objects ("Photo of a {x}.") zero-shot by cosine similarity; the
+/// best fill the five-line prompt; a language model samples candidate captions (10 at temperature 0.9, at most 64
+/// tokens, no stop); CLIP re-ranks the candidates against the image.
 public struct SocraticCaptioner: Sendable {
+    /// The category lists: Prompts/socratic_*.txt hold the notebook's (Scripts/make-socratic-lists).
     public struct Categories: Sendable {
+        /// `people` are the counts asked once CLIP sees people ("is one person", "are two people", ...).
         public var places, objects, imageTypes, people: [String]
 
         public init(places: [String], objects: [String], imageTypes: [String], people: [String]) {
@@ -29,6 +35,29 @@ public struct SocraticCaptioner: Sendable {
         }
     }
 
+    /// The categories' texts as unit embeddings [n, d], made once for any number of images.
+    public struct Vocabulary: Sendable {
+        public let categories: Categories
+        public let imageTypes, anyPeople, people, places, objects: Tensor
+        /// The first question about people, as the notebook asks it.
+        public static let anyPeopleLabels = ["no people", "people"]
+
+        public init(categories: Categories, imageTypes: Tensor, anyPeople: Tensor, people: Tensor, places: Tensor, objects: Tensor) {
+            self.categories = categories
+            (self.imageTypes, self.anyPeople, self.people, self.places, self.objects) = (imageTypes, anyPeople, people, places, objects)
+        }
+
+        /// The notebook's texts embedded by `scorer`.
+        public init(categories: Categories, scorer: any ImageTextScorer) throws {
+            self.init(categories: categories,
+                      imageTypes: try scorer.textEmbeddings(categories.imageTypes.map { "This is a \($0)." }),
+                      anyPeople: try scorer.textEmbeddings(Self.anyPeopleLabels.map { "There are \($0) in this photo." }),
+                      people: try scorer.textEmbeddings(categories.people.map { "There \($0) in this photo." }),
+                      places: try scorer.textEmbeddings(categories.places.map { "Photo of a \($0)." }),
+                      objects: try scorer.textEmbeddings(categories.objects.map { "Photo of a \($0)." }))
+        }
+    }
+
     /// What CLIP saw, best first.
     public struct Scene: Sendable, Equatable {
         public var imageType: String, people: String
@@ -48,25 +77,32 @@ public struct SocraticCaptioner: Sendable {
         return text
     }
 
-    /// CLIP's zero-shot view of the image: the best type and people count, the best `places` places and `objects` objects.
-    public func scene(of image: RGBImage, scorer: any ImageTextScorer, categories: Categories) throws -> Scene {
-        func ranked(_ labels: [String], _ template: String, _ count: Int) throws -> [String] {
-            let probabilities = try scorer.classify([image], labels: labels, templates: [template]).scalars
-            return Array(labels.indices.sorted { probabilities[$0] > probabilities[$1] || (probabilities[$0] == probabilities[$1] && $0 < $1) }
-                .prefix(count).map { labels[$0] })
+    /// The zero-shot view of a unit image embedding [d]: each list ranked by cosine similarity, best first; people
+    /// counted only when "people" beats "no people" (else "are no people").
+    public func scene(imageEmbedding: Tensor, vocabulary: Vocabulary) -> Scene {
+        func ranked(_ embeddings: Tensor, _ labels: [String]) -> [String] {
+            let scores = matmul(embeddings, imageEmbedding.reshaped([imageEmbedding.count, 1])).scalars   // [n, 1]
+            return labels.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }.map { labels[$0] }
         }
-        return Scene(imageType: try ranked(categories.imageTypes, "this is a {}.", 1)[0], people: try ranked(categories.people, "there {} in this photo.", 1)[0],
-                     places: try ranked(categories.places, "a photo of a {}.", places), objects: try ranked(categories.objects, "a photo of a {}.", objects))
+        let categories = vocabulary.categories
+        let seesPeople = ranked(vocabulary.anyPeople, Vocabulary.anyPeopleLabels)[0] == "people"
+        return Scene(imageType: ranked(vocabulary.imageTypes, categories.imageTypes)[0],
+                     people: seesPeople ? ranked(vocabulary.people, categories.people)[0] : "are no people",
+                     places: Array(ranked(vocabulary.places, categories.places).prefix(places)),
+                     objects: Array(ranked(vocabulary.objects, categories.objects).prefix(objects)))
     }
 
-    /// Samples `candidates` captions from the prompt (one line each, up to `maxTokens`) and returns them ranked by CLIP's
-    /// image-text logit, best first; empty candidates are dropped.
-    public func caption(_ image: RGBImage, scorer: any ImageTextScorer, backend: CompletionBackend, categories: Categories, candidates: Int = 10,
-                        temperature: Double = 0.9, maxTokens: Int = 20, seed: UInt64 = 0) throws -> (prompt: String, ranked: [(caption: String, score: Float)]) {
-        let prompt = prompt(try scene(of: image, scorer: scorer, categories: categories))
-        let texts = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: temperature, count: candidates,
-                                                          stop: ["\n"], seed: seed))
-            .map { $0.text.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+    public func scene(of image: RGBImage, scorer: any ImageTextScorer, vocabulary: Vocabulary) throws -> Scene {
+        scene(imageEmbedding: try scorer.imageEmbeddings([image]).row(0), vocabulary: vocabulary)
+    }
+
+    /// Samples `candidates` captions from the prompt (each stripped of surrounding whitespace, as the notebook does)
+    /// and returns them ranked by CLIP's image-text logit, best first.
+    public func caption(_ image: RGBImage, scorer: any ImageTextScorer, backend: CompletionBackend, vocabulary: Vocabulary, candidates: Int = 10,
+                        temperature: Double = 0.9, maxTokens: Int = 64, seed: UInt64 = 0) throws -> (prompt: String, ranked: [(caption: String, score: Float)]) {
+        let prompt = prompt(try scene(of: image, scorer: scorer, vocabulary: vocabulary))
+        let texts = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: temperature, count: candidates, seed: seed))
+            .map { String(PythonText.strip($0.text[...])) }
         guard !texts.isEmpty else { return (prompt, []) }
         return (prompt, try scorer.rank(texts, for: image).map { (texts[$0.index], $0.logit) })
     }

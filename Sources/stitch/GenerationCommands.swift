@@ -91,9 +91,10 @@ struct Caption: ParsableCommand {
         it printed them; --clip-text current uses today's CLIPTokenizerFast instead. \
         captioner: a captioner (--captioner, ViT-GPT2) decodes by beam search (4 beams, 15 new tokens) or any \
         --strategy (greedy; sample with --temperature --top-k --top-p --seed; contrastive with --k --alpha). \
-        socratic: CLIP ranks places, objects, image types and people counts (lists in --categories), the prompt \
-        template (Prompts/socratic_caption.txt) asks a language model (--lm, or a server with --lm-url) for \
-        --candidates sampled captions, and CLIP keeps the best. \
+        socratic: as the published notebook, CLIP ranks image types, people (none, or how many), the 365 Places365 \
+        places and the Tencent ML-Images objects (lists in --categories; their CLIP texts are embedded once per run), the \
+        five-line prompt (Prompts/socratic_caption.txt) asks a language model (--lm, or a server with --lm-url) for \
+        --candidates captions (temperature 0.9, at most 64 tokens), and CLIP keeps the best. \
         Prints "image<TAB>caption" per image, or JSON lines with --json.
         """)
 
@@ -151,13 +152,13 @@ struct Caption: ParsableCommand {
         } else if method == .socratic {
             let vision = try hub.load(clip, as: (any ImageTextScorer).self)
             let folder = URL(fileURLWithPath: categories)
-            let lists = try SocraticCaptioner.Categories(folder: folder)
+            let vocabulary = try SocraticCaptioner.Vocabulary(categories: SocraticCaptioner.Categories(folder: folder), scorer: vision)
             let template = try String(contentsOf: folder.appendingPathComponent("socratic_caption.txt"), encoding: .utf8)
             let socratic = SocraticCaptioner(template: template)
             let backend = try language.backend(local: lm ?? "gpt2", hub: hub)
-            let options = decoding.options(DecodingOptions(strategy: .sample, maxTokens: 20, sampling: SamplingSettings(temperature: 0.9)))
+            let options = decoding.options(DecodingOptions(strategy: .sample, maxTokens: 64, sampling: SamplingSettings(temperature: 0.9)))
             makeCaption = { image in
-                let result = try socratic.caption(image, scorer: vision, backend: backend, categories: lists, candidates: candidates,
+                let result = try socratic.caption(image, scorer: vision, backend: backend, vocabulary: vocabulary, candidates: candidates,
                                                   temperature: Double(options.sampling.temperature), maxTokens: options.maxTokens, seed: options.sampling.seed)
                 return ([], result.ranked.first?.caption ?? "")
             }

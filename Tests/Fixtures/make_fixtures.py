@@ -792,6 +792,52 @@ def make_pica_prompt_goldens():
     print(f"pica: {len(cases)} prompts and {len(answers)} answers as the published code builds and cleans them")
 
 
+def make_socratic_goldens():
+    """Socratic captioning's scene and prompt as the published image-captioning notebook (google-research/socraticmodels)
+    builds them, written here from its logic (get_nn_text: text_feats @ img_feats.T, argsort reversed; the two-stage
+    people question; the five-line f-string), on random unit embeddings for the real Prompts/ lists (places, types and
+    people whole, 500 of the objects) and 12 images, in float32 as the notebook's features are."""
+    rng = np.random.default_rng(2022)
+    prompts_dir = os.path.join(ROOT, "Prompts")
+
+    def lines(name):
+        return [l.strip() for l in open(os.path.join(prompts_dir, name), encoding="utf-8") if l.strip()]
+    place_texts, object_texts = lines("socratic_places.txt"), lines("socratic_objects.txt")
+    img_types, counts = lines("socratic_image_types.txt"), lines("socratic_people.txt")
+    object_rows = sorted(rng.choice(len(object_texts), 500, replace=False).tolist())
+    object_texts = [object_texts[i] for i in object_rows]
+
+    def unit(n, d=8):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    feats = {"image_types": unit(len(img_types)), "any_people": unit(2), "people": unit(len(counts)),
+             "places": unit(len(place_texts)), "objects": unit(len(object_texts)), "images": unit(12)}
+
+    def get_nn_text(raw_texts, text_feats, img_feats):
+        scores = (text_feats @ img_feats.T).squeeze()
+        return [raw_texts[i] for i in np.argsort(scores).squeeze()[::-1]]
+
+    prompts = []
+    for img_feats in feats["images"]:
+        img_feats = img_feats[None, :]
+        img_type = get_nn_text(img_types, feats["image_types"], img_feats)[0]
+        ppl_result = get_nn_text(["no people", "people"], feats["any_people"], img_feats)[0]
+        if ppl_result == "people":
+            ppl_result = get_nn_text(counts, feats["people"], img_feats)[0]
+        else:
+            ppl_result = f"are {ppl_result}"
+        sorted_places = get_nn_text(place_texts, feats["places"], img_feats)
+        object_list = ", ".join(get_nn_text(object_texts, feats["objects"], img_feats)[:10])
+        prompts.append(f"""I am an intelligent image captioning bot.
+This image is a {img_type}. There {ppl_result}.
+I think this photo was taken at a {sorted_places[0]}, {sorted_places[1]}, or {sorted_places[2]}.
+I think there might be a {object_list} in this {img_type}.
+A creative short caption I can generate to describe this image is:""")
+    save_file(feats, out("socratic", "embeddings.safetensors"))
+    write_json({"object_rows": object_rows, "prompts": prompts}, "socratic", "prompts.json")
+    print(f"socratic: {len(prompts)} prompts as the published notebook builds them")
+
+
 def official_vqa_evaluator():
     """The VQA v2 evaluator (vqa_eval.py) as salesforce-lavis ships it on PyPI, loaded from its
     wheel without installing the package (it imports only re and sys)."""
@@ -1307,6 +1353,7 @@ if __name__ == "__main__":
     make_vqa_metric_goldens()
     make_pica_goldens()
     make_pica_prompt_goldens()
+    make_socratic_goldens()
     make_tiny_bert()
     make_checkpoint_forms()
     make_tiny_magic()

@@ -122,10 +122,11 @@ final class PluggableModelTests: XCTestCase {
 
         // Socratic: zero-shot scene by the toy scorer, candidates from the toy LM, re-ranked by the toy scorer.
         let categories = SocraticCaptioner.Categories(places: ["beach", "kitchen", "street", "forest"], objects: ["dog", "cup", "car"],
-                                                      imageTypes: ["photo", "drawing"], people: ["are no people", "is one person"])
+                                                      imageTypes: ["photo", "drawing"], people: ["is one person", "are two people"])
         let socratic = SocraticCaptioner(template: "this is a {type} of a {place1} with a {objects}.")
         let backend = LocalCompletionBackend(model: lm, name: "toy-lm")
-        let result = try socratic.caption(image, scorer: scorer, backend: backend, categories: categories, candidates: 4, maxTokens: 6, seed: 3)
+        let result = try socratic.caption(image, scorer: scorer, backend: backend, vocabulary: SocraticCaptioner.Vocabulary(categories: categories, scorer: scorer),
+                                          candidates: 4, maxTokens: 6, seed: 3)
         XCTAssertFalse(result.ranked.isEmpty)
         XCTAssertEqual(result.ranked.map(\.caption), try scorer.rank(result.ranked.map(\.caption), for: image).map { result.ranked[$0.index].caption })
 
