@@ -11,14 +11,20 @@ struct Evaluate: ParsableCommand {
 struct EvaluateCaptions: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "captions",
-        abstract: "BLEU-1..4, METEOR-F, ROUGE-L and CIDEr-D of captions, as the COCO caption evaluation computes them.",
+        abstract: "BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of captions, as the COCO caption evaluation computes them.",
         discussion: """
         References are a COCO annotations file ({"annotations": [{"image_id", "caption"}, ...]}); results are a COCO \
         results file ([{"image_id", "caption"}, ...]), one caption per image. Captions are tokenized as the evaluation's \
         PTBTokenizer does, then scored as pycocoevalcap scores them (document frequencies for CIDEr-D come from the \
-        references of the evaluated images). METEOR-F is METEOR's unigram F-mean with Porter-stem matching, without \
-        its fragmentation penalty. Prints one JSON object.
+        references of the evaluated images). METEOR is the official METEOR 1.5 jar run as pycocoevalcap runs it \
+        (--meteor-jar, or the one an installed pycocoevalcap holds; needs java); METEOR-F, always given, is not \
+        METEOR: its unigram F-mean with Porter-stem matching, without the fragmentation penalty or paraphrases, for \
+        machines without Java. Result images without references are an error; reference images without a result and \
+        captions left empty by tokenization are counted (and listed with --per-image). Prints one JSON object.
         """)
+
+    @Option(help: "meteor-1.5.jar (with its data/ folder), auto (an installed pycocoevalcap's, when java is on the PATH) or none.")
+    var meteorJar = "auto"
 
     @Option(help: "COCO-format results: [{\"image_id\": ..., \"caption\": ...}].")
     var results: String
@@ -47,8 +53,39 @@ struct EvaluateCaptions: ParsableCommand {
         let (corpus, each) = CaptionMetrics.score(candidates: candidates, references: grouped)
         var report = Self.fields(corpus)
         report["images"] = candidates.count
-        if perImage { report["per_image"] = zip(images, each).map { image, scores in Self.fields(scores).merging(["image_id": image]) { a, _ in a } } }
+        let unanswered = Set(referencesByImage.keys).subtracting(seen).sorted()
+        let empty = zip(images, candidates).filter { $0.1.isEmpty }.map(\.0)
+        report["reference_images_without_result"] = unanswered.count
+        report["empty_captions"] = empty.count
+        var meteor: [Double]?
+        if let jar = try meteorJarURL() {
+            let scores = try MeteorJar(jar: jar).score(candidates: candidates, references: grouped)
+            report["METEOR"] = scores.corpus
+            meteor = scores.perImage
+        }
+        if perImage {
+            report["per_image"] = images.indices.map { i in
+                var fields = Self.fields(each[i])
+                fields["image_id"] = images[i]
+                if let meteor { fields["METEOR"] = meteor[i] }
+                return fields
+            }
+            report["reference_images_without_result_ids"] = unanswered
+            report["empty_caption_ids"] = empty
+        }
         try printJSONLine(report)
+    }
+
+    /// The METEOR jar to run: the one named, an installed pycocoevalcap's (auto, with java on the PATH), or none.
+    func meteorJarURL() throws -> URL? {
+        switch meteorJar {
+        case "none": return nil
+        case "auto":
+            let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+            let hasJava = path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/java") }
+            return hasJava ? MeteorJar.installed() : nil
+        default: return URL(fileURLWithPath: meteorJar)
+        }
     }
 
     static func fields(_ scores: CaptionScores) -> [String: Any] {

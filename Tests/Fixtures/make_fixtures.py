@@ -688,8 +688,8 @@ def make_captioner_goldens():
 
 def make_metric_goldens():
     """pycocoevalcap on 60 synthetic caption groups (a candidate, 5 references): its PTBTokenizer's
-    tokens (Stanford CoreNLP, needs java) and BLEU-1..4, ROUGE-L and CIDEr-D per image and over the
-    corpus; and nltk's Porter stemmer (original algorithm) on every token."""
+    tokens (Stanford CoreNLP, needs java) and BLEU-1..4, ROUGE-L, CIDEr-D and METEOR (its jar) per image
+    and over the corpus; and nltk's Porter stemmer (original algorithm) on every token."""
     from nltk.stem.porter import PorterStemmer
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -719,6 +719,8 @@ def make_metric_goldens():
     bleu, bleu_per_image = Bleu(4).compute_score(gts, res)
     cider, cider_per_image = Cider().compute_score(gts, res)
     rouge, rouge_per_image = Rouge().compute_score(gts, res)
+    from pycocoevalcap.meteor.meteor import Meteor   # the official METEOR 1.5 jar (needs java)
+    meteor, meteor_per_image = Meteor().compute_score(gts, res)
     stemmer = PorterStemmer(mode=PorterStemmer.ORIGINAL_ALGORITHM)
     words = sorted({w for v in tokenized.values() for c in v for w in c.split()} | set(STEMMER_WORDS))
     write_json({
@@ -726,6 +728,7 @@ def make_metric_goldens():
         "bleu": bleu, "bleu_per_image": [[float(x) for x in b] for b in bleu_per_image],
         "cider": float(cider), "cider_per_image": [float(x) for x in cider_per_image],
         "rouge_l": float(rouge), "rouge_l_per_image": [float(x) for x in rouge_per_image],
+        "meteor": float(meteor), "meteor_per_image": [float(x) for x in meteor_per_image],
         "stems": {w: stemmer.stem(w, to_lowercase=False) for w in words},
     }, "metrics", "captions.json")
     print(f"metrics: BLEU-4 {bleu[3]:.4f}, CIDEr-D {cider:.4f}, ROUGE-L {rouge:.4f}, {len(words)} stemmed words")

@@ -23,6 +23,24 @@ final class EvalCommandTests: XCTestCase {
         XCTAssertEqual(report["ROUGE-L"] as! Double, golden["rouge_l"] as! Double, accuracy: 1e-4)
         XCTAssertEqual(report["images"] as? Int, groups.count)
         XCTAssertEqual((report["per_image"] as? [[String: Any]])?.count, groups.count)
+        if let meteor = report["METEOR"] as? Double {   // an installed pycocoevalcap's jar and java were found
+            XCTAssertEqual(meteor, golden["meteor"] as! Double, accuracy: 1e-9)
+        }
+
+        // Reference images without a result, and empty captions, are counted and listed, not dropped silently.
+        try JSONSerialization.data(withJSONObject: [["image_id": 0, "caption": groups[0]["candidate"]!], ["image_id": 1, "caption": " . "]]).write(to: results)
+        let partial = try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path, "--per-image", "--meteor-jar", "none"])
+        XCTAssertEqual(partial.status, 0, partial.errors)
+        let counted = try JSONSerialization.jsonObject(with: Data(partial.output.utf8)) as! [String: Any]
+        XCTAssertEqual(counted["images"] as? Int, 2)
+        XCTAssertEqual(counted["reference_images_without_result"] as? Int, groups.count - 2)
+        XCTAssertEqual(counted["empty_captions"] as? Int, 1)
+        XCTAssertEqual(counted["empty_caption_ids"] as? [String], ["1"])
+        XCTAssertNil(counted["METEOR"], "--meteor-jar none")
+        XCTAssertNotNil(counted["METEOR-F"])
+        let missingJar = try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path, "--meteor-jar", "/nonexistent/meteor-1.5.jar"])
+        XCTAssertNotEqual(missingJar.status, 0)
+        XCTAssert(missingJar.errors.contains("/nonexistent/meteor-1.5.jar: no such METEOR jar"), missingJar.errors)
 
         // An image without references is an error naming both files.
         try JSONSerialization.data(withJSONObject: [["image_id": 999, "caption": "a cat"]]).write(to: results)

@@ -11,6 +11,7 @@ final class CaptionMetricsTests: XCTestCase {
         let bleu: [Double]; let bleu_per_image: [[Double]]
         let cider: Double; let cider_per_image: [Double]
         let rouge_l: Double; let rouge_l_per_image: [Double]
+        let meteor: Double; let meteor_per_image: [Double]
         let stems: [String: String]
     }
 
@@ -34,6 +35,21 @@ final class CaptionMetricsTests: XCTestCase {
         XCTAssertLessThanOrEqual(bleuDifference, 1e-4)
         XCTAssertLessThanOrEqual(ciderDifference, 1e-4)
         XCTAssertLessThanOrEqual(rougeDifference, 1e-4)
+    }
+
+    /// The official METEOR 1.5 jar, driven as pycocoevalcap drives it, gives pycocoevalcap's METEOR on the same tokens.
+    /// Needs java and an installed pycocoevalcap (the jar and its paraphrase table); skipped without them.
+    func testMeteorJarMatchesPycocoevalcap() throws {
+        let hasJava = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/java") }
+        guard hasJava, let jar = MeteorJar.installed() else {
+            throw XCTSkip("METEOR 1.5 needs java and pycocoevalcap's jar (pip install pycocoevalcap); neither METEOR nor its check runs here")
+        }
+        let g = try golden()
+        let scores = try MeteorJar(jar: jar).score(candidates: g.groups.map(\.tokenized_candidate), references: g.groups.map(\.tokenized_references))
+        let difference = max(abs(scores.corpus - g.meteor), zip(scores.perImage, g.meteor_per_image).map { abs($0 - $1) }.max()!)
+        print("METEOR 1.5 (\(jar.path)) vs pycocoevalcap over \(g.groups.count) groups: max difference \(difference) (corpus \(scores.corpus))")
+        XCTAssertLessThanOrEqual(difference, 1e-9)
+        XCTAssertThrowsError(try MeteorJar(jar: URL(fileURLWithPath: "/nonexistent/meteor-1.5.jar")))
     }
 
     func testTokenizerMatchesPTBTokenizer() throws {
