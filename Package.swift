@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTensor", "StitchTestSupport", "CZlib"]),
         .testTarget(name: "StitchModelsTests", dependencies: ["StitchModels", "StitchTestSupport", "CZlib"]),
-        .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
+        .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchRemote", "StitchMethods", "StitchModels", "StitchModelIO", "StitchImaging", "StitchTensor", "StitchTestSupport"]),
         .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchMethods", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchMethods", "StitchModelIO", "StitchRemote", "StitchTestSupport"]),

@@ -60,10 +60,11 @@ public struct PICa: Sendable {
     }
 
     /// Pool indices best first by cos(question, pool question) + cos(image, pool image), ties by index;
-    /// all embeddings unit length ([d], and [N, d] for the pool).
+    /// all embeddings unit length ([d], and [N, d] for the pool). As the published code computes it (float32
+    /// matrix-vector products, then their sum), so that its feature files give its selection.
     public static func rankExamples(question: Tensor, image: Tensor, poolQuestions: Tensor, poolImages: Tensor) -> [Int] {
-        let textScores = matmul(poolQuestions, question.reshaped([question.count, 1])).scalars
-        let imageScores = matmul(poolImages, image.reshaped([image.count, 1])).scalars
+        let textScores = matmul(question.reshaped([1, question.count]), poolQuestions, transposeB: true).scalars   // [1, N]
+        let imageScores = matmul(image.reshaped([1, image.count]), poolImages, transposeB: true).scalars
         let scores = zip(textScores, imageScores).map { $0 + $1 }
         return scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
     }

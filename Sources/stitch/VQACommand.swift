@@ -68,6 +68,8 @@ struct VQA: ParsableCommand {
     @Option(help: "In-context examples per prompt.") var shots = 16
     @Option(help: "Prompts in the ensemble.") var ensemble = 5
     @Option(help: "CLIP folder or hub id (example ranking).") var clip = "openai/clip-vit-base-patch32"
+    @Option(help: "QUESTIONS.npy,IMAGES.npy: precomputed unit CLIP features of the pool's questions and images, one row per --pool line (as the published code's feature files), instead of computing them.")
+    var poolFeatures: String?
     @Option(help: "Local GPT-2 folder or hub id (when no --lm-url).") var lm = "gpt2"
     @Option(help: "New tokens per answer at most.") var maxTokens = 5
     @OptionGroup var language: LanguageModelOptions
@@ -87,9 +89,11 @@ struct VQA: ParsableCommand {
         var groups: [[PICa.Example]] = [[]]
         if !examples.isEmpty && shots > 0 {
             let vision = try hub.load(clip, as: (any ImageTextScorer).self)
-            let ranked = PICa.rankExamples(question: try vision.textEmbeddings([question]).row(0), image: try vision.imageEmbeddings([photo]).row(0),
-                                           poolQuestions: try vision.textEmbeddings(examples.map(\.example.question)),
-                                           poolImages: try Self.imageEmbeddings(examples.map(\.image), clip: vision))
+            let questionEmbedding = try vision.textEmbeddings([question]).row(0)
+            let (poolQuestions, poolImages) = try poolFeatures.map { try Self.loadFeatures($0, rows: examples.count, width: questionEmbedding.count) }
+                ?? (try vision.textEmbeddings(examples.map(\.example.question)), try Self.imageEmbeddings(examples.map(\.image), clip: vision))
+            let ranked = PICa.rankExamples(question: questionEmbedding, image: try vision.imageEmbeddings([photo]).row(0),
+                                           poolQuestions: poolQuestions, poolImages: poolImages)
             let chosen = ranked.prefix(shots * ensemble).map { examples[$0].example }
             groups = stride(from: 0, to: chosen.count, by: shots).map { Array(chosen[$0..<min($0 + shots, chosen.count)]) }
         }
@@ -122,6 +126,20 @@ struct VQA: ParsableCommand {
             }
             return PoolEntry(example: PICa.Example(context: context, question: question, answer: answer), image: image)
         }
+    }
+
+    /// The pool's question and image features from "QUESTIONS.npy,IMAGES.npy", each [rows, width].
+    static func loadFeatures(_ spec: String, rows: Int, width: Int) throws -> (Tensor, Tensor) {
+        let files = spec.split(separator: ",").map(String.init)
+        guard files.count == 2 else { throw ValidationError("--pool-features takes QUESTIONS.npy,IMAGES.npy, got '\(spec)'") }
+        let features = try files.map { file in
+            let tensor = try readNumpy(file)
+            guard tensor.shape == [rows, width] else {
+                throw ValidationError("\(file): features of shape \(tensor.shape), the pool needs [\(rows), \(width)] (one row per pool line, CLIP's width)")
+            }
+            return tensor
+        }
+        return (features[0], features[1])
     }
 
     /// Unit image embeddings of the pool; entries without an image get zeros (no image similarity).

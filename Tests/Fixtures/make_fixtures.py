@@ -756,7 +756,14 @@ def make_pica_goldens():
     scores = questions.astype(np.float64) @ pool_questions.T.astype(np.float64) + images.astype(np.float64) @ pool_images.T.astype(np.float64)
     rankings = [np.argsort(-row, kind="stable").tolist() for row in scores]
     save_file({"pool_questions": pool_questions, "pool_images": pool_images, "questions": questions, "images": images}, out("pica", "embeddings.safetensors"))
-    write_json({"rankings": rankings}, "pica", "rankings.json")
+    # Feature files as the published code reads them (np.load of float32 .npy) and its selection expression:
+    # np.matmul(train, val[line]) for questions plus images, then argsort()[-n:][::-1].
+    train_q, train_i, val_q, val_i = unit(rng.normal(size=(400, 32))), unit(rng.normal(size=(400, 32))), unit(rng.normal(size=(6, 32))), unit(rng.normal(size=(6, 32)))
+    for name, array in [("train_question", train_q), ("train_image", train_i), ("val_question", val_q), ("val_image", val_i)]:
+        np.save(out("pica", f"{name}.npy"), array)
+    n = 16 * 5
+    published = [(np.matmul(train_q, val_q[line, :]) + np.matmul(train_i, val_i[line, :])).argsort()[-n:][::-1].tolist() for line in range(len(val_q))]
+    write_json({"rankings": rankings, "published_selection": published}, "pica", "rankings.json")
     print("pica: example rankings for 5 queries over a pool of 50")
 
 

@@ -40,6 +40,29 @@ final class MethodCommandTests: XCTestCase {
         XCTAssertEqual(Set(prompts).count, 2, "the two prompts hold different examples")
         let best = candidates.max { ($0["logprob"] as! Double) < ($1["logprob"] as! Double) }!
         XCTAssertEqual(result["answer"] as? String, best["answer"] as? String)
+
+        // Precomputed pool features (.npy, one row per pool line) replace CLIP's; the wrong shape is refused.
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: m.clip).appendingPathComponent("config.json"))) as! [String: Any]
+        let width = config["projection_dim"] as! Int
+        func features(_ name: String, rows: Int, hot: Int) throws -> String {
+            var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(rows), \(width)), }"
+            while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+            header += "\n"
+            var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count), 0] + Array(header.utf8)
+            for row in 0..<rows { for column in 0..<width { bytes += withUnsafeBytes(of: Float(row == hot && column == 0 ? 1 : 0).bitPattern.littleEndian, Array.init) } }
+            let url = folder.appendingPathComponent(name)
+            try Data(bytes).write(to: url)
+            return url.path
+        }
+        let precomputed = "\(try features("q.npy", rows: 3, hot: 2)),\(try features("i.npy", rows: 3, hot: 2))"
+        let common = ["--clip", m.clip, "--lm", m.gpt2, "--captioner", m.captioner, "--detector", m.detector, "--json"]
+        let withFeatures = try StitchCLI.run(["vqa", m.street, "What is the dog next to?", "--pool", pool.path, "--shots", "3", "--ensemble", "1",
+                                              "--pool-features", precomputed] + common)
+        XCTAssertEqual(withFeatures.status, 0, withFeatures.errors)
+        let wrong = try StitchCLI.run(["vqa", m.street, "What is the dog next to?", "--pool", pool.path, "--pool-features",
+                                       "\(try features("q2.npy", rows: 2, hot: 0)),\(try features("i2.npy", rows: 2, hot: 0))"] + common)
+        XCTAssertNotEqual(wrong.status, 0)
+        XCTAssert(wrong.errors.contains("q2.npy: features of shape [2, \(width)], the pool needs [3, \(width)]"), wrong.errors)
     }
 
     func testSocraticCaption() throws {

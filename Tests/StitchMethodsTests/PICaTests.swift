@@ -1,4 +1,5 @@
 import Foundation
+import StitchModelIO
 import StitchTensor
 import StitchTestSupport
 import XCTest
@@ -50,6 +51,20 @@ final class PICaTests: XCTestCase {
         }
         assertEveryInputMatches("PICa answer clean-up", inputs: golden.answers, expected: golden.cleaned, minimumCount: 200, PICa.cleanAnswer)
         print("PICa: \(golden.cases.count) prompts byte-identical to the published format")
+    }
+
+    /// On feature files as the published code reads them (.npy, float32), the selection equals its expression
+    /// np.matmul(train, val[line]) (questions plus images), argsort()[-n:][::-1].
+    func testSelectionOnPublishedFeatureFilesEqualsThePublishedCode() throws {
+        let files = ["train_question", "train_image", "val_question", "val_image"].map { Fixtures.url("pica/\($0).npy").path }
+        let (trainQuestions, trainImages, valQuestions, valImages) = (try readNumpy(files[0]), try readNumpy(files[1]), try readNumpy(files[2]), try readNumpy(files[3]))
+        XCTAssertEqual(trainQuestions.shape, [400, 32])
+        let expected = (try Fixtures.json("pica/rankings.json") as! [String: Any])["published_selection"] as! [[Int]]
+        for (line, selection) in expected.enumerated() {
+            let ranked = PICa.rankExamples(question: valQuestions.row(line), image: valImages.row(line), poolQuestions: trainQuestions, poolImages: trainImages)
+            XCTAssertEqual(Array(ranked.prefix(selection.count)), selection, "val line \(line)")
+        }
+        print("PICa: the top \(expected[0].count) examples of \(expected.count) questions equal the published selection on .npy feature files")
     }
 
     /// In-context example ranking equals numpy's (Tests/Fixtures/pica).
