@@ -8,6 +8,7 @@ let targets: [(name: String, modules: [String])] = [
     ("FuzzSafetensors", ["StitchModelIO"]),
     ("FuzzPyTorch", ["StitchModelIO"]),
     ("FuzzONNX", ["StitchModelIO"]),
+    ("FuzzNumpy", ["StitchModelIO"]),
     ("FuzzImage", ["StitchImaging"]),
     ("FuzzGraph", ["StitchGraph"]),
     ("FuzzSentencePiece", ["StitchTokenizers"]),
