@@ -21,7 +21,7 @@ public final class MagicScorer: CandidateScorer {
 
     /// `imageFeatures` [1, d] as the scorer's `imageFeatures(of:)` gives them; `decode` turns LM ids into text.
     public init(scorer: any ImageTextScorer, imageFeatures: Tensor, decode: @escaping ([Int]) throws -> String, window: Int = 60,
-                sharesPrefixes: Bool = true, tokenization: Transformers47.Tokenization = .transformers47) {
+                sharesPrefixes: Bool = true, tokenization: Transformers47.Tokenization) {
         self.scorer = scorer
         self.imageFeatures = imageFeatures
         self.decode = decode

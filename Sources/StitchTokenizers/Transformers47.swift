@@ -1,12 +1,11 @@
 /// Text handling of transformers 4.7.0, the version MAGiC's published code pins and ran: the clean-up its `decode`
 /// applies by default, and the BERT BasicTokenizer its slow CLIPTokenizer falls back to when ftfy is not installed.
-/// Written from that version's Python, one step per step, with Python's character classes.
+/// Written from that version's Python step by step, with Python's character classes.
 public enum Transformers47 {
     /// Which behaviour turns text into a tokenizer's ids: today's (transformers' fast tokenizers), or transformers
     /// 4.7.0's slow tokenizer without ftfy.
-    public enum Tokenization: String, Sendable, CaseIterable {
-        case current
-        case transformers47 = "transformers-4.7"
+    public enum Tokenization: Sendable, CaseIterable {
+        case current, transformers47
     }
 
     /// `clean_up_tokenization`: spaces before . ? ! , and in front of the contractions n't 'm 's 've 're removed, " ' "

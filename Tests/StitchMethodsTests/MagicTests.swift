@@ -95,19 +95,23 @@ final class MagicTests: XCTestCase {
         XCTAssertLessThanOrEqual(maxAbsoluteDifference(features.scalars, full.rows(2..<3).scalars), 1e-5)
     }
 
-    /// The scorer's magic scores with prefix sharing equal the plain computation over a few steps.
+    /// The scorer's magic scores with prefix sharing equal the plain computation over a few steps, on both text paths.
     func testScorerSharingMatchesPlainScores() throws {
+        for tokenization in Transformers47.Tokenization.allCases { try assertSharingMatchesPlainScores(tokenization) }
+    }
+
+    func assertSharingMatchesPlainScores(_ tokenization: Transformers47.Tokenization) throws {
         let lm = try TinyModels.gpt2WithTokenizer(), clip = try TinyModels.clipWithTokenizer()
         let image = try imageFeatures(clip)[0]
-        let shared = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: true)
-        let plain = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: false)
+        let shared = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: true, tokenization: tokenization)
+        let plain = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: false, tokenization: tokenization)
         var generated: [Int] = []
         // Candidates mixing new words, word continuations, punctuation and duplicates of one text.
         let candidates = [257, 1110, 82, 13, 11, 262, 318, 257, 50256]
         for step in 0..<4 {
             let a = try shared.scores(generated: generated, candidates: candidates)
             let b = try plain.scores(generated: generated, candidates: candidates)
-            XCTAssertLessThanOrEqual(maxAbsoluteDifference(a, b), 1e-6, "step \(step)")
+            XCTAssertLessThanOrEqual(maxAbsoluteDifference(a, b), 1e-6, "\(tokenization) step \(step)")
             XCTAssertEqual(a.reduce(0, +), 1, accuracy: 1e-5)
             let chosen = step % candidates.count
             try shared.chose(chosen)
