@@ -237,16 +237,17 @@ extension OperationRegistry {
         Operation("magic_decode", "MAGiC: a caption (or, with a title, a story) guided by CLIP towards the image; defaults are the published "
                   + "MSCOCO script's, candidate texts reach CLIP as the published code formed them (clip_text published, or current).",
                   arguments: [.component("lm", kind: "lm"), .component("clip", kind: "scorer"), .value("image", .image),
-                              .value("k", .number, default: .number(45)), .value("alpha", .number, default: .number(0.1)),
-                              .value("beta", .number, default: .number(2.0)), .value("max_tokens", .number, default: .number(15)),
+                              .value("k", .number, default: .number(Double(MagicPreset.mscoco.settings.k))),
+                              .value("alpha", .number, default: .number(MagicPreset.mscoco.settings.alpha)),
+                              .value("beta", .number, default: .number(MagicPreset.mscoco.settings.beta)),
+                              .value("max_tokens", .number, default: .number(Double(MagicPreset.mscoco.maxNewTokens(promptLength: 1)))),
                               .value("title", .text, default: .string("")), .value("stop", .texts, default: .array([])),
                               .value("clip_text", .text, default: .string("published"))],
                   output: .record(["text": .text, "tokens": .json])) { input in
             let lm = try input.component("lm", as: (any CausalLanguageModel).self), clip = try input.component("clip", as: (any ImageTextScorer).self)
             let title = try input.text("title")
-            guard let text = MagicText(rawValue: try input.text("clip_text")) else {
-                throw GraphError.invalidValue("clip_text must be published or current, got '\(try input.text("clip_text"))'")
-            }
+            let clipText = try input.text("clip_text")
+            guard let text = MagicText(rawValue: clipText) else { throw GraphError.invalidValue("clip_text must be published or current, got '\(clipText)'") }
             let settings = MagicSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"),
                                          textTokenization: text.tokenization)
             let caption = try magicCaption(lm, scorer: clip, image: input.image("image"), title: title.isEmpty ? nil : title, settings: settings,

@@ -172,8 +172,5 @@ public func relativeScores(_ a: [RelativeRepresentation], _ b: [RelativeRepresen
 
 /// Indices of each row of `scores` from best to worst (ties by lower index).
 public func rankings(_ scores: Tensor) -> [[Int]] {
-    (0..<scores.shape[0]).map { row in
-        let values = scores.row(row).scalars
-        return values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
-    }
+    (0..<scores.shape[0]).map { indicesByDescendingValue(scores.row($0).scalars) }
 }

@@ -17,8 +17,11 @@ public struct MeteorJar: Sendable {
     }
 
     /// The jar of an installed pycocoevalcap (pip's site-packages of this user, the system, pyenv, a virtualenv or
-    /// conda environment), if there is one.
+    /// conda environment), if there is one and java is on the PATH to run it.
     public static func installed(environment: [String: String] = ProcessInfo.processInfo.environment) -> URL? {
+        guard (environment["PATH"] ?? "").split(separator: ":").contains(where: { FileManager.default.isExecutableFile(atPath: "\($0)/java") }) else {
+            return nil
+        }
         let home = FileManager.default.homeDirectoryForCurrentUser.path
         var libraries = ["\(home)/.local/lib", "/usr/local/lib", "/usr/lib"]
         libraries += ["VIRTUAL_ENV", "CONDA_PREFIX"].compactMap { environment[$0].map { "\($0)/lib" } }

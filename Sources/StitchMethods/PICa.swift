@@ -65,8 +65,7 @@ public struct PICa: Sendable {
     public static func rankExamples(question: Tensor, image: Tensor, poolQuestions: Tensor, poolImages: Tensor) -> [Int] {
         let textScores = matmul(question.reshaped([1, question.count]), poolQuestions, transposeB: true).scalars   // [1, N]
         let imageScores = matmul(image.reshaped([1, image.count]), poolImages, transposeB: true).scalars
-        let scores = zip(textScores, imageScores).map { $0 + $1 }
-        return scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+        return indicesByDescendingValue(zip(textScores, imageScores).map { $0 + $1 })
     }
 
     /// The answer of an ensemble of `prompts`: each completed greedily (at most 5 tokens, stopping at a newline or

@@ -81,8 +81,8 @@ public struct SocraticCaptioner: Sendable {
     /// counted only when "people" beats "no people" (else "are no people").
     public func scene(imageEmbedding: Tensor, vocabulary: Vocabulary) -> Scene {
         func ranked(_ embeddings: Tensor, _ labels: [String]) -> [String] {
-            let scores = matmul(embeddings, imageEmbedding.reshaped([imageEmbedding.count, 1])).scalars   // [n, 1]
-            return labels.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }.map { labels[$0] }
+            let scores = matmul(embeddings, imageEmbedding.reshaped([imageEmbedding.count, 1]))   // [n, 1]
+            return indicesByDescendingValue(scores.scalars).map { labels[$0] }
         }
         let categories = vocabulary.categories
         let seesPeople = ranked(vocabulary.anyPeople, Vocabulary.anyPeopleLabels)[0] == "people"

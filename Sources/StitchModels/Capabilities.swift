@@ -80,7 +80,7 @@ extension ImageTextScorer {
     /// Indices of `texts` ranked by their logit with `image`, best first (ties by index), with the logits.
     public func rank(_ texts: [String], for image: RGBImage) throws -> [(index: Int, logit: Float)] {
         let logits = logits(imageFeatures: try imageFeatures(of: [image]), textFeatures: try textFeatures(of: texts)).scalars
-        return texts.indices.sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }.map { ($0, logits[$0]) }
+        return indicesByDescendingValue(logits).map { ($0, logits[$0]) }
     }
 }
 

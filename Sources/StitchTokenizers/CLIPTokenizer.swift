@@ -70,27 +70,22 @@ public struct CLIPTokenizer: Tokenizer {
     }
 
     /// <|startoftext|>, the first contextLength - 2 text tokens, <|endoftext|>.
-    public func encode(_ text: String) -> [Int] {
-        [startID] + encodeWithoutSpecialTokens(text).prefix(contextLength - 2) + [endID]
-    }
+    public func encode(_ text: String) -> [Int] { encode(text, tokenization: .current) }
 
-    /// `encode` as `tokenization` has it. transformers 4.7.0's slow CLIPTokenizer without ftfy (what MAGiC's published
-    /// code ran) splits off the special-token strings, runs BERT's BasicTokenizer on the rest (`Transformers47`),
-    /// joins its words with spaces, then applies the CLIP split regex and BPE; no NFC.
+    /// `encode` as `tokenization` has it (see `encodeWithoutSpecialTokens`).
     public func encode(_ text: String, tokenization: Transformers47.Tokenization) -> [Int] {
-        guard tokenization == .transformers47 else { return encode(text) }
-        let ids = encodeAroundSpecialTokens(text, ["<|startoftext|>": startID, "<|endoftext|>": endID]) { part in
-            Self.pretokenize(Transformers47.basicTokenize(part).joined(separator: " "))
-                .flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
-        }
-        return [startID] + ids.prefix(contextLength - 2) + [endID]
+        [startID] + encodeWithoutSpecialTokens(text, tokenization: tokenization).prefix(contextLength - 2) + [endID]
     }
 
     /// Text tokens only: no start/end tokens and no truncation.
-    /// Special-token strings in `text` still map to their ids, as in transformers.
-    public func encodeWithoutSpecialTokens(_ text: String) -> [Int] {
+    /// Special-token strings in `text` still map to their ids, as in transformers. The rest is normalized as
+    /// CLIPTokenizerFast does (`.current`), or as transformers 4.7.0's slow CLIPTokenizer did without ftfy (what MAGiC's
+    /// published code ran): BERT's BasicTokenizer (`Transformers47`), its words joined with spaces, no NFC. Then both
+    /// apply the CLIP split regex and BPE.
+    public func encodeWithoutSpecialTokens(_ text: String, tokenization: Transformers47.Tokenization = .current) -> [Int] {
         encodeAroundSpecialTokens(text, ["<|startoftext|>": startID, "<|endoftext|>": endID]) { part in
-            Self.pretokenize(Self.normalize(part)).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
+            let normalized = tokenization == .current ? Self.normalize(part) : Transformers47.basicTokenize(part).joined(separator: " ")
+            return Self.pretokenize(normalized).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }
         }
     }
 

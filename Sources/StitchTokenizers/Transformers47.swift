@@ -41,34 +41,11 @@ public enum Transformers47 {
     /// `str.lower`, final sigma included), its accents stripped (NFD without nonspacing marks) and every punctuation
     /// character split off as a word of its own.
     public static func basicTokenize(_ text: String) -> [String] {
-        var cleaned = String.UnicodeScalarView()
-        for c in text.unicodeScalars {
-            if c.value == 0 || c.value == 0xFFFD || WordPieceTokenizer.isControl(c) { continue }
-            if c == " " || c == "\t" || c == "\n" || c == "\r" || c.properties.generalCategory == .spaceSeparator {
-                cleaned.append(" ")
-            } else if WordPieceTokenizer.isCJK(c) {
-                cleaned.append(contentsOf: [" ", c, " "])
-            } else {
-                cleaned.append(c)
-            }
-        }
-        var words: [String] = []
-        for word in PythonText.split(Array(cleaned)) {
+        PythonText.split(Array(WordPieceTokenizer.clean(text))).flatMap { word in
             let stripped = String(String.UnicodeScalarView(PythonText.lower(word))).decomposedStringWithCanonicalMapping.unicodeScalars
                 .filter { $0.properties.generalCategory != .nonspacingMark }
-            var current = String.UnicodeScalarView()
-            for c in stripped {
-                if WordPieceTokenizer.isPunctuation(c) {
-                    if !current.isEmpty { words.append(String(current)) }
-                    current = String.UnicodeScalarView()
-                    words.append(String(c))
-                } else {
-                    current.append(c)
-                }
-            }
-            if !current.isEmpty { words.append(String(current)) }
+            // Punctuation split off as BERT's pre-tokenizer splits it (lower-casing and NFD make no whitespace).
+            return WordPieceTokenizer.pretokenize(String(String.UnicodeScalarView(stripped))).map { String(String.UnicodeScalarView($0)) }
         }
-        // The words are joined and split again on whitespace: lower-casing can make some.
-        return words.flatMap { PythonText.split(Array($0.unicodeScalars)).map { String(String.UnicodeScalarView($0)) } }
     }
 }

@@ -61,12 +61,7 @@ public struct WordPieceTokenizer: Tokenizer {
     /// BertNormalizer: drop NUL, U+FFFD and control characters, map whitespace to
     /// spaces, pad CJK ideographs with spaces, then (uncased) strip accents and lower-case.
     func normalize(_ text: String) -> String {
-        var cleaned = String.UnicodeScalarView()
-        for c in text.unicodeScalars {
-            if c.value == 0 || c.value == 0xFFFD || Self.isControl(c) { continue }
-            if c == "\t" || c == "\n" || c == "\r" || c.isSpace { cleaned.append(" "); continue }
-            if Self.isCJK(c) { cleaned.append(contentsOf: [" ", c, " "]) } else { cleaned.append(c) }
-        }
+        let cleaned = Self.clean(text)
         guard lowercase else { return String(cleaned) }
         var out = String.UnicodeScalarView()
         for c in String(cleaned).decomposedStringWithCanonicalMapping.unicodeScalars
@@ -74,6 +69,18 @@ public struct WordPieceTokenizer: Tokenizer {
             out.append(contentsOf: c.lowercased.unicodeScalars)
         }
         return String(out)
+    }
+
+    /// BERT's text clean-up, the same in its Rust normalizer and Python BasicTokenizer once words are split at
+    /// whitespace: NUL, U+FFFD and control characters dropped, whitespace made spaces, CJK ideographs spaced out.
+    static func clean(_ text: String) -> String.UnicodeScalarView {
+        var cleaned = String.UnicodeScalarView()
+        for c in text.unicodeScalars {
+            if c.value == 0 || c.value == 0xFFFD || isControl(c) { continue }
+            if c == "\t" || c == "\n" || c == "\r" || c.isSpace { cleaned.append(" "); continue }
+            if isCJK(c) { cleaned.append(contentsOf: [" ", c, " "]) } else { cleaned.append(c) }
+        }
+        return cleaned
     }
 
     /// Rust's char "other" categories (Cc, Cf, Co, Cn), except the whitespace controls.

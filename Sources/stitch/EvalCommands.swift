@@ -58,7 +58,7 @@ struct EvaluateCaptions: ParsableCommand {
         report["reference_images_without_result"] = unanswered.count
         report["empty_captions"] = empty.count
         var meteor: [Double]?
-        if let jar = try meteorJarURL() {
+        if let jar = meteorJarURL() {
             let scores = try MeteorJar(jar: jar).score(candidates: candidates, references: grouped)
             report["METEOR"] = scores.corpus
             meteor = scores.perImage
@@ -77,13 +77,10 @@ struct EvaluateCaptions: ParsableCommand {
     }
 
     /// The METEOR jar to run: the one named, an installed pycocoevalcap's (auto, with java on the PATH), or none.
-    func meteorJarURL() throws -> URL? {
+    func meteorJarURL() -> URL? {
         switch meteorJar {
         case "none": return nil
-        case "auto":
-            let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
-            let hasJava = path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/java") }
-            return hasJava ? MeteorJar.installed() : nil
+        case "auto": return MeteorJar.installed()
         default: return URL(fileURLWithPath: meteorJar)
         }
     }

@@ -102,7 +102,7 @@ struct Classify: ParsableCommand {
         for path in images {
             let probabilities = clip.labelProbabilities(imageEmbeddings: try clip.imageEmbeddings([RGBImage(contentsOf: path)]),
                                                         labelEmbeddings: labelRows).scalars
-            let ranked = probabilities.indices.sorted { probabilities[$0] > probabilities[$1] }.prefix(max(topK, 1))
+            let ranked = indicesByDescendingValue(probabilities).prefix(max(topK, 1))
             if json {
                 try printJSONLine(["image": path, "labels": ranked.map { ["label": names[$0], "probability": probabilities[$0]] }])
             } else {
