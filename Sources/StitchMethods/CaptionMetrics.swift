@@ -1,4 +1,5 @@
 import Foundation
+import StitchTokenizers
 
 /// Caption metrics as the COCO caption evaluation (pycocoevalcap) computes them, on captions
 /// tokenized the way its PTBTokenizer leaves them: BLEU-1..4, ROUGE-L and CIDEr-D match it to
@@ -16,9 +17,11 @@ public enum CaptionMetrics {
     /// (tokenized strings, tokens separated by single spaces).
     public static func score(candidates: [String], references: [[String]]) -> (corpus: CaptionScores, perImage: [CaptionScores]) {
         precondition(candidates.count == references.count && references.allSatisfy { !$0.isEmpty }, "one or more references per candidate")
-        let (bleuCorpus, bleuImages) = bleu(candidates: candidates, references: references)
-        let cider = ciderD(candidates: candidates, references: references)
-        let rouge = zip(candidates, references).map { rougeL(candidate: $0, references: $1) }
+        var ids = TokenIds()
+        let candidateWords = candidates.map { ids.words($0) }, referenceWords = references.map { $0.map { ids.words($0) } }
+        let (bleuCorpus, bleuImages) = bleu(candidates: candidateWords, references: referenceWords)
+        let cider = ciderD(candidates: candidateWords, references: referenceWords)
+        let rouge = zip(candidates, references).map { rougeL(candidate: ids.spaceSeparated($0), references: $1.map { ids.spaceSeparated($0) }) }
         let meteor = zip(candidates, references).map { meteorF(candidate: $0, references: $1) }
         let perImage = candidates.indices.map { i in
             CaptionScores(bleu: bleuImages[i], meteorF: meteor[i], rougeL: rouge[i], ciderD: cider[i])
@@ -27,22 +30,42 @@ public enum CaptionMetrics {
         return (CaptionScores(bleu: bleuCorpus, meteorF: mean(meteor), rougeL: mean(rouge), ciderD: mean(cider)), perImage)
     }
 
+    /// Tokens as ids that tell code point sequences apart, as Python's string comparison does (Swift's `String` equality
+    /// would take "é" and "e\u{301}" for one token).
+    struct TokenIds {
+        private var ids: [[UInt32]: Int] = [:]
+
+        /// Python's `str.split()` words, as BLEU and CIDEr-D take them (a token the tokenizer wrote with a no-break space,
+        /// like "1 1/2", is two words there).
+        mutating func words(_ caption: String) -> [Int] { PythonText.split(Array(caption.unicodeScalars)).map { id($0) } }
+
+        /// `str.split(" ")`, empty pieces included, as ROUGE-L takes them.
+        mutating func spaceSeparated(_ caption: String) -> [Int] {
+            caption.unicodeScalars.split(separator: " ", omittingEmptySubsequences: false).map { id(Array($0)) }
+        }
+
+        private mutating func id(_ token: [Unicode.Scalar]) -> Int {
+            let key = token.map(\.value)
+            if let known = ids[key] { return known }
+            ids[key] = ids.count
+            return ids.count - 1
+        }
+    }
+
     // MARK: BLEU
 
     /// pycocoevalcap's BleuScorer with option "closest": corpus BLEU-1..4 from summed clipped
     /// n-gram counts, the reference length closest to each candidate's (the shorter on ties),
     /// and its 1e-15 / 1e-9 guards; per-image scores the same way per sentence.
-    static func bleu(candidates: [String], references: [[String]], n: Int = 4) -> ([Double], [[Double]]) {
+    static func bleu(candidates: [[Int]], references: [[[Int]]], n: Int = 4) -> ([Double], [[Double]]) {
         let tiny = 1e-15, small = 1e-9
         var totalGuess = [Double](repeating: 0, count: n), totalCorrect = [Double](repeating: 0, count: n)
         var (totalTest, totalReference) = (0.0, 0.0)
         var perImage: [[Double]] = []
-        for (candidate, refs) in zip(candidates, references) {
-            let words = candidate.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-            var maxReferenceCounts: [[String]: Int] = [:]
+        for (words, refs) in zip(candidates, references) {
+            var maxReferenceCounts: [[Int]: Int] = [:]
             var referenceLengths: [Int] = []
-            for reference in refs {
-                let tokens = reference.split(separator: " ").map(String.init)
+            for tokens in refs {
                 referenceLengths.append(tokens.count)
                 for (gram, count) in ngramCounts(tokens, upTo: n) { maxReferenceCounts[gram] = max(maxReferenceCounts[gram] ?? 0, count) }
             }
@@ -74,8 +97,8 @@ public enum CaptionMetrics {
     }
 
     /// Counts of every 1...n-gram of `words`.
-    static func ngramCounts(_ words: [String], upTo n: Int) -> [[String]: Int] {
-        var counts: [[String]: Int] = [:]
+    static func ngramCounts(_ words: [Int], upTo n: Int) -> [[Int]: Int] {
+        var counts: [[Int]: Int] = [:]
         for k in 1...n where words.count >= k {
             for start in 0...(words.count - k) { counts[Array(words[start..<start + k]), default: 0] += 1 }
         }
@@ -88,16 +111,15 @@ public enum CaptionMetrics {
     /// frequencies over the evaluated references, clipped candidate weights, a Gaussian length
     /// penalty (sigma 6) on the difference of the candidate's and reference's bigram counts (the
     /// scorer's "length"), averaged over n-gram sizes and references, times 10.
-    static func ciderD(candidates: [String], references: [[String]], n: Int = 4, sigma: Double = 6) -> [Double] {
-        let tokenize = { (s: String) in s.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
-        let referenceCounts = references.map { $0.map { ngramCounts(tokenize($0), upTo: n) } }
-        var documentFrequency: [[String]: Double] = [:]
+    static func ciderD(candidates: [[Int]], references: [[[Int]]], n: Int = 4, sigma: Double = 6) -> [Double] {
+        let referenceCounts = references.map { $0.map { ngramCounts($0, upTo: n) } }
+        var documentFrequency: [[Int]: Double] = [:]
         for refs in referenceCounts {
             for gram in Set(refs.flatMap(\.keys)) { documentFrequency[gram, default: 0] += 1 }
         }
         let logReferenceCount = log(Double(references.count))
-        func vector(_ counts: [[String]: Int]) -> (weights: [[[String]: Double]], norms: [Double], length: Double) {
-            var weights = [[[String]: Double]](repeating: [:], count: n)
+        func vector(_ counts: [[Int]: Int]) -> (weights: [[[Int]: Double]], norms: [Double], length: Double) {
+            var weights = [[[Int]: Double]](repeating: [:], count: n)
             var norms = [Double](repeating: 0, count: n)
             var length = 0.0
             for (gram, frequency) in counts {
@@ -110,7 +132,7 @@ public enum CaptionMetrics {
             return (weights, norms.map { $0.squareRoot() }, length)
         }
         return zip(candidates, referenceCounts).map { candidate, refs in
-            let hypothesis = vector(ngramCounts(tokenize(candidate), upTo: n))
+            let hypothesis = vector(ngramCounts(candidate, upTo: n))
             var total = [Double](repeating: 0, count: n)
             for ref in refs {
                 let reference = vector(ref)
@@ -133,11 +155,9 @@ public enum CaptionMetrics {
 
     /// pycocoevalcap's Rouge: longest common subsequence F-measure with beta 1.2, using the best
     /// precision and the best recall over the references (tokens split on single spaces).
-    static func rougeL(candidate: String, references: [String], beta: Double = 1.2) -> Double {
-        let tokens = candidate.components(separatedBy: " ")
+    static func rougeL(candidate tokens: [Int], references: [[Int]], beta: Double = 1.2) -> Double {
         var (bestPrecision, bestRecall) = (0.0, 0.0)
-        for reference in references {
-            let referenceTokens = reference.components(separatedBy: " ")
+        for referenceTokens in references {
             let common = Double(longestCommonSubsequence(referenceTokens, tokens))
             bestPrecision = max(bestPrecision, common / Double(tokens.count))
             bestRecall = max(bestRecall, common / Double(referenceTokens.count))
@@ -146,7 +166,7 @@ public enum CaptionMetrics {
         return (1 + beta * beta) * bestPrecision * bestRecall / (bestRecall + beta * beta * bestPrecision)
     }
 
-    static func longestCommonSubsequence(_ a: [String], _ b: [String]) -> Int {
+    static func longestCommonSubsequence(_ a: [Int], _ b: [Int]) -> Int {
         var previous = [Int](repeating: 0, count: b.count + 1)
         for x in a {
             var current = [Int](repeating: 0, count: b.count + 1)

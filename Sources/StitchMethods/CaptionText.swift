@@ -1,72 +1,31 @@
 import Foundation
+import StitchTokenizers
 
-/// Caption tokenization as the COCO caption evaluation does it (pycocoevalcap's PTBTokenizer,
-/// Stanford CoreNLP with lower-casing, then its punctuation tokens dropped), for ordinary
-/// caption text: punctuation split from words, clitics split off ("is n't", "child 's",
-/// "ca n't"), brackets written as -lrb- / -rrb- / -lsb- / -rsb- / -lcb- / -rcb- (which the
-/// evaluation keeps), quotes and the punctuation marks dropped, abbreviations ("mr.") and
-/// numbers ("3.5") kept whole.
+/// Caption tokenization as the COCO caption evaluation does it: pycocoevalcap's PTBTokenizer, which joins the captions
+/// into one text (line feeds inside a caption become spaces), runs Stanford's tokenizer on it with lower-casing
+/// (`PTBTokenizer` here), and drops its punctuation tokens from each output line.
 public enum CaptionTokenizer {
-    /// Tokens the evaluation removes after tokenizing (its PUNCTUATIONS list, as lower-cased output meets it).
-    static let dropped: Set<String> = ["''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
-    static let brackets: [Character: String] = ["(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"]
-    /// Abbreviations whose period stays on the word.
-    static let abbreviations: Set<String> = ["mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "inc", "co", "no", "mt", "ave", "prof"]
-    static let clitics = ["n't", "'s", "'re", "'ve", "'ll", "'d", "'m"]
+    /// pycocoevalcap's PUNCTUATIONS. Its bracket entries are upper-case and so never meet the lower-cased output:
+    /// -lrb- and the like stay, as in the official scores.
+    static let dropped: Set<String> = ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 
-    public static func tokenize(_ text: String) -> String {
-        var tokens: [String] = []
-        for word in text.lowercased().replacingOccurrences(of: "\"", with: " ").split(whereSeparator: \.isWhitespace) {
-            tokens += split(String(word))
+    /// The tokenized captions as pycocoevalcap pairs them with its input, in order. The tokenizer also starts lines at
+    /// CR, CRLF, VT, FF, U+2028 and U+2029 inside captions; pycocoevalcap pairs lines and captions in order all the same,
+    /// so from such a caption on each caption receives an earlier line (the result then has as many entries as
+    /// captions), and a caption ending in CR merges with the next (the result is then shorter: the official evaluation
+    /// fails on such input).
+    public static func tokenize(_ captions: [String]) -> [String] {
+        let text = captions.map { $0.replacingOccurrences(of: "\n", with: " ") }.joined(separator: "\n")
+        let lines = PTBTokenizer.tokenize(text).prefix(captions.count)
+        return lines.map { tokens in
+            // pycocoevalcap: ' '.join(w for w in line.rstrip().split(' ') if w not in PUNCTUATIONS)
+            let line = PythonText.strip(Substring(tokens.joined(separator: " ")), leading: false)
+            return line.components(separatedBy: " ").filter { !dropped.contains($0) }.joined(separator: " ")
         }
-        return tokens.filter { !dropped.contains($0) }.joined(separator: " ")
     }
 
-    /// One whitespace-separated word: leading and trailing punctuation, brackets and clitics as tokens of their own.
-    static func split(_ word: String) -> [String] {
-        var core = Substring(word)
-        var leading: [String] = [], trailing: [String] = []
-        while let first = core.first, "([{`'".contains(first) {
-            leading.append(brackets[first] ?? String(first))
-            core = core.dropFirst()
-        }
-        while let last = core.last, ")]}.,;:!?'`".contains(last) {
-            if core.hasSuffix("...") {
-                trailing.insert("...", at: 0)
-                core = core.dropLast(3)
-                continue
-            }
-            // A period is split off at the end of a word or before ! and ? ("water." and "water.!", but
-            // "water.;"), and never from an abbreviation.
-            let afterMarks = trailing.allSatisfy { $0.allSatisfy { $0 == "!" || $0 == "?" } }
-            if last == ".", !afterMarks || isAbbreviation(core) { break }
-            if last == "!" || last == "?" {
-                // A run of ! and ? is one token ("!!", "?!").
-                let run = core.reversed().prefix { $0 == "!" || $0 == "?" }.count
-                trailing.insert(String(core.suffix(run)), at: 0)
-                core = core.dropLast(run)
-                continue
-            }
-            trailing.insert(brackets[last] ?? String(last), at: 0)
-            core = core.dropLast()
-        }
-        var middle: [String] = []
-        if !core.isEmpty {
-            let text = String(core)
-            if let clitic = clitics.first(where: { text.hasSuffix($0) && text.count > $0.count }) {
-                middle = [String(text.dropLast(clitic.count)), clitic]
-            } else {
-                middle = [text]
-            }
-        }
-        return leading + middle + trailing
-    }
-
-    /// "mr." and "u.s." keep their period; a sentence's last period does not.
-    private static func isAbbreviation(_ word: Substring) -> Bool {
-        let stem = word.dropLast()
-        return abbreviations.contains(String(stem)) || (stem.contains(".") && stem.allSatisfy { $0.isLetter || $0 == "." })
-    }
+    /// One caption tokenized on its own (as the only caption of an evaluation).
+    public static func tokenize(_ caption: String) -> String { tokenize([caption]).first ?? "" }
 }
 
 /// The Porter (1980) stemmer, the original algorithm (nltk's PorterStemmer in ORIGINAL_ALGORITHM mode).

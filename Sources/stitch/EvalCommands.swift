@@ -20,7 +20,8 @@ struct EvaluateCaptions: ParsableCommand {
         (--meteor-jar, or the one an installed pycocoevalcap holds; needs java); METEOR-F, always given, is not \
         METEOR: its unigram F-mean with Porter-stem matching, without the fragmentation penalty or paraphrases, for \
         machines without Java. Result images without references are an error; reference images without a result and \
-        captions left empty by tokenization are counted (and listed with --per-image). Prints one JSON object.
+        captions left empty by tokenization are counted (and listed with --per-image, in the evaluation's order: the \
+        references' images list). Prints one JSON object.
         """)
 
     @Option(help: "meteor-1.5.jar (with its data/ folder), auto (an installed pycocoevalcap's, when java is on the PATH) or none.")
@@ -39,21 +40,40 @@ struct EvaluateCaptions: ParsableCommand {
         let referenceEntries = try Self.entries(of: references, key: "annotations")
         let resultEntries = try Self.entries(of: results, key: nil)
         var referencesByImage: [String: [String]] = [:]
-        for (image, caption) in referenceEntries { referencesByImage[image, default: []].append(CaptionTokenizer.tokenize(caption)) }
-        var seen = Set<String>()
-        var candidates: [String] = [], grouped: [[String]] = [], images: [String] = []
+        for (image, caption) in referenceEntries { referencesByImage[image, default: []].append(caption) }
+        var resultByImage: [String: String] = [:]
         for (image, caption) in resultEntries {
-            guard seen.insert(image).inserted else { throw ValidationError("\(results): image \(image) has more than one caption") }
-            guard let refs = referencesByImage[image] else { throw ValidationError("\(results): image \(image) has no references in \(references)") }
-            candidates.append(CaptionTokenizer.tokenize(caption))
-            grouped.append(refs)
-            images.append(image)
+            guard resultByImage.updateValue(caption, forKey: image) == nil else { throw ValidationError("\(results): image \(image) has more than one caption") }
+            guard referencesByImage[image] != nil else { throw ValidationError("\(results): image \(image) has no references in \(references)") }
         }
-        guard !candidates.isEmpty else { throw ValidationError("\(results): no captions to score") }
+        guard !resultByImage.isEmpty else { throw ValidationError("\(results): no captions to score") }
+        // The official evaluation's order: the references' images list (else the annotations' order), answered images only.
+        // It matters: the tokenizer reads each set of captions as one text, and a few of its rules look at the next line.
+        let listed = ((try? jsonObjects(references, key: "images")) ?? []).compactMap { $0["id"].map { "\($0)" } }
+        var images: [String] = [], placed = Set<String>()
+        for image in listed + referenceEntries.map(\.0) where resultByImage[image] != nil && placed.insert(image).inserted { images.append(image) }
+        let rawReferences = images.map { referencesByImage[$0]! }, rawCandidates = images.map { resultByImage[$0]! }
+        let lineBreaks = (rawReferences.joined() + rawCandidates).filter { $0.unicodeScalars.contains(where: Self.lineBreaks.contains) }.count
+        if lineBreaks > 0 {
+            FileHandle.standardError.write(Data("""
+                warning: \(lineBreaks) captions hold line breaks other than LF (CR, VT, FF, U+2028, U+2029); as in the official \
+                evaluation, captions after them are scored with the tokens of earlier captions\n
+                """.utf8))
+        }
+        let candidates = CaptionTokenizer.tokenize(rawCandidates)
+        let flatReferences = CaptionTokenizer.tokenize(rawReferences.flatMap { $0 })
+        guard candidates.count == rawCandidates.count, flatReferences.count == rawReferences.joined().count else {
+            throw ValidationError("a caption ends in CR, which joins it with the next caption's line; the official evaluation fails on such files")
+        }
+        var grouped: [[String]] = [], offset = 0
+        for group in rawReferences {
+            grouped.append(Array(flatReferences[offset..<offset + group.count]))
+            offset += group.count
+        }
         let (corpus, each) = CaptionMetrics.score(candidates: candidates, references: grouped)
         var report = Self.fields(corpus)
         report["images"] = candidates.count
-        let unanswered = Set(referencesByImage.keys).subtracting(seen).sorted()
+        let unanswered = Set(referencesByImage.keys).subtracting(images).sorted()
         let empty = zip(images, candidates).filter { $0.1.isEmpty }.map(\.0)
         report["reference_images_without_result"] = unanswered.count
         report["empty_captions"] = empty.count
@@ -75,6 +95,9 @@ struct EvaluateCaptions: ParsableCommand {
         }
         try printJSONLine(report)
     }
+
+    /// Line terminators of the tokenizer that pycocoevalcap leaves in captions (it replaces LF only).
+    static let lineBreaks: Set<Unicode.Scalar> = ["\r", "\u{B}", "\u{C}", "\u{2028}", "\u{2029}"]
 
     /// The METEOR jar to run: the one named, an installed pycocoevalcap's (auto, with java on the PATH), or none.
     func meteorJarURL() -> URL? {

@@ -734,6 +734,216 @@ def make_metric_goldens():
     print(f"metrics: BLEU-4 {bleu[3]:.4f}, CIDEr-D {cider:.4f}, ROUGE-L {rouge:.4f}, {len(words)} stemmed words")
 
 
+
+# Pieces of the captions zero-shot captioners write and people type: markup-like tokens, entities, quotes, runs of
+# punctuation, dashes, numbers, abbreviations, contractions, non-Latin scripts, emoji, invisible and control characters.
+ADVERSARIAL_PIECES = """<|endoftext|> <-pad-> <pad> <unk> </s> <s> <br/> <br\u0020/> <b> </b> <img\u0020src='a.jpg'> <a\u0020href="x.html"> <!--\u0020c\u0020--> [SEP] [CLS] {x} (x) [a] << >> <3 a<b x>y &lt; &gt; &amp; &AMP; &quot; &apos; &nbsp; &mdash; &#39; &eacute; &HT; &Uuml;
+" ' ` `` '' \u201c \u201d \u2018 \u2019 \u00ab \u00bb \u201e \u201a \u2039 \u203a \u0091 \u0092 \u0093 \u0094
+! !! !!! ? ?! !? ?? ... .. .... ..... . . . . \u2026 , ; : :: - -- --- ---- ----- \u2013 \u2014 \u2015 \u2010 \u2011 _ __ * ** \\* # ## @ / \\ | = + % ~ ^ \u2022 \u00b7 \u00b0 \u00d7 \u00f7 \u00a9 \u00ae \u2122 \u00a7 \u00b6 \u00a1 \u00bf \u3002 \u3001
+3 42 3.5 1,000 10,000.50 1/2 3/4 1\u00201/2 \u00bd \u00bc \u2153 \u2155 10-12 2019 1990s '90s 3rd 21st 5pm 5:30 12:30:45 $5 US$5 #1 50% -5 +3 2x x2 4K 1080p 555-1234 (555)\u0020123-4567 +1\u0020555\u0020123\u00204567 555.123.4567 12/25/2019 3-4 \u00b2 \u00b3 \u2082 H\u2082O 10\u00b0C \u20ac5 \u00a310 \u00a2 \u00a5100 \u0660\u0661
+mr. Mr. Dr. dr. st. St. U.S. u.s. U.S.A. D.C. a.m. p.m. etc. e.g. i.e. vs. Inc. Co. Jan. Feb. Mt. No. no. fig. Ltd. Jr. Calif. Ph.D. a.k.a. A. I. Pty. Wash. Mass. ca. approx. Ave. Gov.
+don't Don't DON'T can't cannot CANNOT Cannot won't isn't it's It's dog's dogs' they're we've I'll I'd I'm y'all o'clock rock'n'roll 'n' gonna Gonna wanna gotta lemme gimme 'tis 'twas ma'am don\u2019t it\u2019s o\u2019clock d'oeuvres l'amour 'em 'til 'till 'cause c'mon ol' Dunkin' somethin' li'l nat'l cont'd e'er ev'ry s'mores nor'easter O'Neil can\u2019t hasn't ain't
+caf\u00e9 na\u00efve r\u00e9sum\u00e9 Z\u00fcrich S\u00e3o ni\u00f1o f\u00e7ade \u00c5ngstr\u00f6m stra\u00dfe \u0391\u0398\u0397\u039d\u0391 \u03a3\u03bf\u03c6\u03cc\u03c2 \u039f\u0394\u039f\u03a3 \u041c\u043e\u0441\u043a\u0432\u0430 \u043a\u043e\u0442 \u5317\u4eac \u732b \u6771\u4eac\u30bf\u30ef\u30fc \ud55c\uad6d \u0639\u0631\u0628\u064a \u05e2\u05d1\u05e8\u05d9\u05ea \u0939\u093f\u0928\u094d\u0926\u0940 \u0e44\u0e17\u0e22 \u0130stanbul \u01c5 \ufb01sh \uff46\uff55\uff4c\uff4c \uff37 e\u0301 n\u0303 a\u0308b \u00c9T\u00c9
+\U0001f600 \U0001f436 \U0001f44d\U0001f3fd \U0001f1fa\U0001f1f8 \u2764\ufe0f \u263a \u2713 \u2605 \u2665 \u2192 \u221e \u2248 \U0001d400
+http://example.com https://www.flickr.com/photos/123 www.google.com example.org images.example.net/a.jpg foo@bar.com <foo@bar.com> #sunset @john image.jpg photo_1.png file.txt C++ C# F# AT&T S&P R&D Q&A and/or w/ w/o 24/7 1/2-inch -LRB- -RRB- pro- anti-
+:) :-) :( ;) :D :P =) ^_^ -_- (^_^) o_O T_T :-/ (-_-)""".split()
+ADVERSARIAL_INVISIBLE = ["\u200b", "\u200d", "\ufeff", "\u00ad", "\u00a0", "\u2009", "\u3000", "\t", "  ", "\u200e", "\x7f", "\x01", "\x1b", "\u2060"]
+# Line terminators other than LF (pycocoevalcap replaces LF only: the tokenizer then starts a new line there).
+ADVERSARIAL_LINE_BREAKS = ["\r", "\u2028", "\u2029", "\x0b", "\x0c", "\r\n"]
+ADVERSARIAL_WORDS = """a an the A The THE In in About He She You It This There One man woman dog dogs cat child's kite people group
+bus truck street field beach sitting standing next to on of with and at near red big small two three is are
+playing holding riding looking down up water kitchen table pizza plate train tennis baseball snow sky""".split()
+
+
+def adversarial_caption(rng, line_breaks):
+    """A caption-like string: words with pieces inserted between them or glued to them, cases changed, spacing varied."""
+    tokens = [rng.choice(ADVERSARIAL_WORDS) for _ in range(rng.randint(1, 12))]
+    for _ in range(rng.randint(0, 5)):
+        piece = rng.choice(ADVERSARIAL_PIECES)
+        position = rng.randint(0, len(tokens))
+        how = rng.random()
+        if how < 0.5 or not tokens:
+            tokens.insert(position, piece)
+        elif how < 0.75:
+            index = min(position, len(tokens) - 1)
+            tokens[index] = tokens[index] + piece
+        else:
+            index = min(position, len(tokens) - 1)
+            tokens[index] = piece + tokens[index]
+    for i in range(len(tokens)):
+        r = rng.random()
+        if r < 0.08:
+            tokens[i] = tokens[i].upper()
+        elif r < 0.16:
+            tokens[i] = tokens[i].capitalize()
+    text = ""
+    for i, token in enumerate(tokens):
+        if i:
+            r = rng.random()
+            text += rng.choice(ADVERSARIAL_INVISIBLE) if r < 0.06 else "" if r < 0.1 else " "
+        text += token
+    if line_breaks and rng.random() < 0.02:
+        position = rng.randint(1, max(1, len(text) - 1))   # never at the end: a CR there would join two captions' lines
+        text = text[:position] + rng.choice(ADVERSARIAL_LINE_BREAKS) + text[position:]
+    ending = rng.random()
+    if ending < 0.3:
+        text += rng.choice([".", " .", "!", "!!", "?", "...", " \u2026", ".\"", "'", ")", " :)"])
+    elif ending < 0.35:
+        text = " " + text + "  "
+    return text
+
+
+def random_bmp_text(rng):
+    """Characters drawn from the whole Basic Multilingual Plane, surrogates excepted, with ASCII letters and spaces."""
+    characters = []
+    for _ in range(rng.randint(1, 16)):
+        r = rng.random()
+        if r < 0.3:
+            characters.append(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,'-"))
+        else:
+            code = rng.randint(0x20, 0xFFFD)
+            if not 0xD800 <= code <= 0xDFFF and code != 0x0A:
+                characters.append(chr(code))
+    return "".join(characters)
+
+
+def corenlp_ptb_lines(text):
+    """The real tokenizer's output lines for `text`, run as pycocoevalcap runs it (CoreNLP 3.4.1, -preserveLines -lowerCase)."""
+    import subprocess
+    import pycocoevalcap.tokenizer.ptbtokenizer as ptb
+    folder = os.path.dirname(os.path.abspath(ptb.__file__))
+    with tempfile.NamedTemporaryFile(delete=False, dir=folder) as f:
+        f.write(text.encode())
+    try:
+        output = subprocess.run(["java", "-cp", ptb.STANFORD_CORENLP_3_4_1_JAR, "edu.stanford.nlp.process.PTBTokenizer",
+                                 "-preserveLines", "-lowerCase", os.path.basename(f.name)], cwd=folder, capture_output=True, check=True).stdout
+    finally:
+        os.remove(f.name)
+    return output.decode().split("\n")
+
+
+
+def make_ptb_character_classes():
+    """Sources/StitchTokenizers/PTBCharacterClasses.swift: the Unicode classes the CoreNLP 3.4.1 scanner was generated
+    with (its letters, decimal digits and upper-case letters in the Basic Multilingual Plane, older than this Swift's
+    Unicode), measured by running the tokenizer on every code unit in contexts where only that class decides the output."""
+    codes = [c for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF and c not in (0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029)]
+
+    def where(lines, probe, accept):
+        return {c for c, line in zip(codes, lines) if accept(c, line, probe(chr(c)))}
+    # After "B'" two letters make one word (a different class, or an ASCII letter that forms 'll, 'm, 's, 'd, leaves two).
+    probe = lambda c: "B'" + c + c
+    letters = where(corenlp_ptb_lines("\n".join(probe(chr(c)) + " " for c in codes)), probe, lambda c, line, text: line and " " not in line)
+    letters = {c for c in letters if c >= 0x80} | set(range(0x41, 0x5B)) | set(range(0x61, 0x7B))
+    probe = lambda c: "+" + c   # a signed number
+    digits = where(corenlp_ptb_lines("\n".join(probe(chr(c)) for c in codes)), probe, lambda c, line, text: line == text)
+    # An abbreviation ends a sentence before a space and a capital (or another space, which is not a capital).
+    spaces = {0x09, 0x20, 0xA0, 0x3000} | set(range(0x2000, 0x200B))
+    probe = lambda c: "etc. " + c
+    uppercase = where(corenlp_ptb_lines("\n".join(probe(chr(c)) for c in codes)), probe,
+                      lambda c, line, text: line.split(" ")[:2] == ["etc.", "."] and c not in spaces | {ord(".")})
+
+    def ranges(name, values):
+        spans = []
+        for c in sorted(values):
+            if spans and spans[-1][1] == c - 1:
+                spans[-1][1] = c
+            else:
+                spans.append([c, c])
+        items = [f"0x{a:04X}...0x{b:04X}" for a, b in spans]
+        lines = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)]
+        return f"    static let {name}: [ClosedRange<UInt16>] = [\n" + ",\n".join("        " + line for line in lines) + ",\n    ]\n"
+    source = ("// Written by Tests/Fixtures/make_fixtures.py (make_ptb_character_classes) from CoreNLP 3.4.1's tokenizer; do not edit.\n\n"
+              "/// The character classes of the PTB scanner (its Unicode version's letters, decimal digits and capitals).\n"
+              "enum PTBCharacterClasses {\n" + ranges("letters", letters) + ranges("digits", digits) + ranges("uppercase", uppercase) + "}\n")
+    with open(os.path.join(ROOT, "Sources", "StitchTokenizers", "PTBCharacterClasses.swift"), "w") as f:
+        f.write(source)
+    print(f"ptb classes: {len(letters)} letters, {len(digits)} digits, {len(uppercase)} capitals")
+
+def ascii_soup(rng):
+    """Printable ASCII at random, half of it letters and digits: markup, URLs, e-mail, smileys, numbers, abbreviations."""
+    pool, letters = [chr(c) for c in range(0x20, 0x7F)] + ["\t"], "abcdeiklmnorstuxyzABCDIKLMNORSTUXY0123456789"
+    return "".join(rng.choice(pool) if rng.random() < 0.5 else rng.choice(letters) for _ in range(rng.randint(1, 30)))
+
+
+def greek_sigmas(rng):
+    """Capital sigmas inside and at the ends of words (Java lower-cases them to a final sigma by its word boundaries)."""
+    pieces = ["\u039f\u0394\u039f\u03a3", "\u03a3", "\u0391\u03a3", "\u03c3\u03a3", "\u03a3\u0391", "\u03a3'", "\u03a3.", "\u03a3-",
+              "\u03a35", "\u03a3\u0301", "\u03a3\u200d", "5\u03a3", "a", "-", ".", "'", "5", " ", "_", "\u2019", "x", ","]
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+
+
+def make_ptb_goldens():
+    """Stanford PTBTokenizer (pycocoevalcap's jar, needs java) on 3,000 adversarial captions joined into one text as the
+    evaluation joins them, 3,000 strings of printable ASCII, 1,000 of capital sigmas in words and 1,000 of characters from
+    the whole Basic Multilingual Plane."""
+    rng = random.Random(11)
+    streams = {
+        "captions": "\n".join(adversarial_caption(rng, line_breaks=True).replace("\n", " ") for _ in range(3000)),
+        "ascii": "\n".join(ascii_soup(rng) for _ in range(3000)),
+        "sigma": "\n".join(greek_sigmas(rng) for _ in range(1000)),
+        "bmp": "\n".join(random_bmp_text(rng) for _ in range(1000)),
+    }
+    write_json({name: {"text": text, "lines": corenlp_ptb_lines(text)} for name, text in streams.items()}, "metrics", "ptb.json")
+    print("ptb:", {name: len(text) for name, text in streams.items()})
+
+
+def coco_caption_scores(references, results):
+    """pycocoevalcap's COCOEvalCap.evaluate without pycocotools: the images of the results in the order of the references'
+    images list, their annotations in file order, both tokenized by its PTBTokenizer, then BLEU, METEOR, ROUGE-L, CIDEr-D."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    answered = {r["image_id"] for r in results}
+    image_ids = [image["id"] for image in references["images"] if image["id"] in answered]
+    gts = {i: [] for i in image_ids}
+    for annotation in references["annotations"]:
+        if annotation["image_id"] in gts:
+            gts[annotation["image_id"]].append(annotation)
+    res = {i: [] for i in image_ids}
+    for result in results:
+        res[result["image_id"]].append(result)
+    tokenizer = PTBTokenizer()
+    gts, res = tokenizer.tokenize(gts), tokenizer.tokenize(res)
+    scores = {}
+    for scorer, names in [(Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]), (Meteor(), ["METEOR"]), (Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr-D"])]:
+        score, per_image = scorer.compute_score(gts, res)
+        if len(names) == 1:
+            score, per_image = [score], [per_image]
+        for name, value, values in zip(names, score, per_image):
+            scores[name] = float(value)
+            scores[name + " per image"] = {str(i): float(v) for i, v in zip(gts.keys(), values)}
+    return scores
+
+
+def make_adversarial_caption_evaluations():
+    """Three COCO-format evaluations of 1,000+ images with adversarial references and results, scored by pycocoevalcap.
+    The third holds line terminators inside captions, which shift pycocoevalcap's tokenized captions between images."""
+    for index, (images, seed, line_breaks) in enumerate([(1000, 21, False), (1200, 22, False), (1000, 23, True)], start=1):
+        rng = random.Random(seed)
+        ids = rng.sample(range(1, 10 * images), images)
+        listed = ids[:]
+        rng.shuffle(listed)   # the images list in another order than the annotations
+        annotations = [{"image_id": i, "id": n, "caption": adversarial_caption(rng, line_breaks)} for n, i in
+                       enumerate(i for i in ids for _ in range(5))]
+        rng.shuffle(annotations)
+        references = {"images": [{"id": i} for i in listed], "annotations": annotations}
+        results = []
+        for i in rng.sample(ids, images - 10):   # ten reference images left without a result
+            own = [a["caption"] for a in annotations if a["image_id"] == i]
+            r = rng.random()
+            caption = rng.choice(own) if r < 0.1 else "" if r < 0.12 else adversarial_caption(rng, line_breaks) if r < 0.6 else \
+                rng.choice(own).replace("a", "the", 1) + rng.choice(["", " <|endoftext|>", " <-pad-> <-pad->", "!!!", " \u2026"])
+            results.append({"image_id": i, "caption": caption})
+        scores = coco_caption_scores(references, results)
+        name = f"adversarial-{index}"
+        write_json(references, "metrics", name + "-references.json")
+        write_json(results, "metrics", name + "-results.json")
+        write_json(scores, "metrics", name + "-scores.json")
+        print(name, {k: round(v, 4) for k, v in scores.items() if "per image" not in k})
+
 # Words exercising every step of the Porter stemmer (the examples of Porter 1980 and more).
 STEMMER_WORDS = """caresses ponies ties caress cats feed agreed plastered bled motoring sing conflated troubled sized hopping
 tanned falling hissing fizzed failing filing happy sky relational conditional rational valenci hesitanci digitizer conformabli
@@ -1360,6 +1570,9 @@ if __name__ == "__main__":
     make_yolox_goldens()
     make_captioner_goldens()
     make_metric_goldens()
+    make_ptb_character_classes()
+    make_ptb_goldens()
+    make_adversarial_caption_evaluations()
     make_vqa_metric_goldens()
     make_pica_goldens()
     make_pica_prompt_goldens()

@@ -51,6 +51,39 @@ final class EvalCommandTests: XCTestCase {
         XCTAssert(try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path]).errors.contains("not valid JSON"))
     }
 
+    /// Three COCO-format evaluations of 1,000+ images whose captions are adversarial (markup-like tokens, entities, quotes,
+    /// runs of punctuation, dashes, numbers, abbreviations, contractions, other scripts, emoji, invisible characters; the
+    /// third with line breaks inside captions), written and scored by pycocoevalcap in make_fixtures.py: every score of
+    /// every image equal to 1e-9.
+    func testAdversarialEvaluationsEqualPycocoevalcap() throws {
+        for index in 1...3 {
+            let name = "metrics/adversarial-\(index)"
+            let golden = try Fixtures.json(name + "-scores.json") as! [String: Any]
+            let run = try StitchCLI.run(["eval", "captions", "--results", Fixtures.url(name + "-results.json").path,
+                                         "--references", Fixtures.url(name + "-references.json").path, "--per-image"])
+            XCTAssertEqual(run.status, 0, run.errors)
+            let report = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as! [String: Any]
+            let perImage = report["per_image"] as! [[String: Any]]
+            XCTAssertGreaterThanOrEqual(perImage.count, 990)
+            var worst = 0.0
+            for metric in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"] {
+                worst = max(worst, abs(report[metric] as! Double - (golden[metric] as! Double)))
+                let expected = golden[metric + " per image"] as! [String: Double]
+                XCTAssertEqual(Set(perImage.map { $0["image_id"] as! String }), Set(expected.keys))
+                for image in perImage { worst = max(worst, abs(image[metric] as! Double - expected[image["image_id"] as! String]!)) }
+            }
+            var meteor = "not run (no java or pycocoevalcap here)"
+            if let value = report["METEOR"] as? Double {
+                XCTAssertEqual(value, golden["METEOR"] as! Double, accuracy: 1e-9)
+                meteor = "difference \(abs(value - (golden["METEOR"] as! Double)))"
+            }
+            print("adversarial evaluation \(index) (\(perImage.count) images): BLEU-1..4, ROUGE-L, CIDEr-D max difference to pycocoevalcap \(worst), "
+                  + "corpus and per image; METEOR \(meteor); CIDEr-D \(report["CIDEr-D"]!)")
+            XCTAssertLessThanOrEqual(worst, 1e-9)
+            XCTAssertEqual(run.errors.contains("line breaks other than LF"), index == 3, run.errors)
+        }
+    }
+
     /// `stitch eval vqa` on the 200 cases of Tests/Fixtures/metrics/vqa.json equals the official evaluator's overall accuracy.
     func testVQAEvaluation() throws {
         let golden = try Fixtures.json("metrics/vqa.json") as! [String: Any]
