@@ -16,7 +16,7 @@ extension OperationRegistry {
         registry.register(modelKind("scorer", as: (any ImageTextScorer).self, models: models))
         registry.register(modelKind("lm", as: (any CausalLanguageModel).self, models: models))
         registry.register(modelKind("captioner", as: (any ImageCaptioner).self, models: models))
-        registry.register(modelKind("detector", as: (any ObjectDetector).self, models: models))
+        registry.register(detectorKind(models: models))
         registry.register(modelKind("clip", providing: "scorer", as: (any ImageTextScorer).self, models: models))
         registry.register(modelKind("gpt2", providing: "lm", as: (any CausalLanguageModel).self, models: models))
         registry.register(asifKind(models: models))
@@ -86,13 +86,27 @@ extension OperationRegistry {
             let captioner = try input.component("captioner", as: (any ImageCaptioner).self)
             return .string(try captioner.caption(input.image("image"), options: decodingOptions(input)).text)
         },
-        Operation("detect", "Objects in the image (a detector such as YOLOX-Nano): `tags`, the distinct labels best first joined by \", \", and every detection.",
-                  arguments: [.component("detector", kind: "detector"), .value("image", .image),
+        Operation("detect", """
+                  Objects in the image: a detector's fixed classes (YOLOX-Nano), or what `queries` name (an open-vocabulary \
+                  detector such as OWL-ViT, which embeds them once for all images). `tags`: the distinct labels best first joined \
+                  by ", "; every detection.
+                  """,
+                  arguments: [.component("detector", kind: "detector"), .value("image", .image), .value("queries", .texts, optional: true),
                               .value("threshold", .number, default: .number(0.3)), .value("nms", .number, default: .number(0.45))],
                   output: .record(["tags": .text, "detections": .json])) { input in
-            let detector = try input.component("detector", as: (any ObjectDetector).self)
-            let detections = try detector.detect(input.image("image"), threshold: Float(try input.number("threshold")),
-                                                 nmsThreshold: Float(try input.number("nms")))
+            let image = try input.image("image"), threshold = Float(try input.number("threshold")), nms = Float(try input.number("nms"))
+            let detections: [Detection]
+            if input.arguments["queries"] != nil {
+                guard let detector = try? input.component("detector", as: (any TextQueriedDetector).self) else {
+                    throw GraphError.operationFailed(node: input.node, detail: "queries need a detector that takes text queries (such as OWL-ViT); this one has fixed classes")
+                }
+                detections = try detector.detect(image, queries: input.texts("queries"), threshold: threshold, nmsThreshold: nms)
+            } else {
+                guard let detector = try? input.component("detector", as: (any ObjectDetector).self) else {
+                    throw GraphError.operationFailed(node: input.node, detail: "this detector finds what text queries name: give it queries")
+                }
+                detections = try detector.detect(image, threshold: threshold, nmsThreshold: nms)
+            }
             var labels: [String] = []
             for d in detections where !labels.contains(d.label) { labels.append(d.label) }
             return .object(["tags": .string(labels.joined(separator: ", ")), "detections": .array(detections.map { d in
@@ -154,9 +168,22 @@ extension OperationRegistry {
     /// A component kind whose `model` (a folder or hub id) is loaded by the model type its config names, and must
     /// have `capability`; identified by its checkpoint and options.
     static func modelKind<Capable>(_ name: String, providing: String? = nil, as capability: Capable.Type, models: ModelRegistry) -> ComponentKind {
+        modelKind(name, providing: providing, models: models) { loaded, spec in _ = try ModelRegistry.require(loaded, spec: spec, as: capability) }
+    }
+
+    /// Detectors with fixed classes (YOLOX) and those asked with text queries (OWL-ViT); `detect` asks each for what it takes.
+    static func detectorKind(models: ModelRegistry) -> ComponentKind {
+        modelKind("detector", models: models) { loaded, spec in
+            if !(loaded.object is any TextQueriedDetector) { _ = try ModelRegistry.require(loaded, spec: spec, as: (any ObjectDetector).self) }
+        }
+    }
+
+    /// A model component loaded by whichever registered type its folder holds, once `check` accepts it.
+    static func modelKind(_ name: String, providing: String? = nil, models: ModelRegistry,
+                          check: @escaping @Sendable (LoadedModel, String) throws -> Void) -> ComponentKind {
         ComponentKind(name, provides: providing, load: { spec in
             let loaded = try models.load(spec.model, locator: locator(spec))
-            _ = try ModelRegistry.require(loaded, spec: spec.model, as: capability)
+            try check(loaded, spec.model)
             return loaded.object
         }, identity: { spec in
             guard let folder = try? models.folder(spec.model, locator: locator(spec)) else { return "\(name):\(spec.model)" }

@@ -9,6 +9,11 @@ public enum CaptionTokenizer {
     /// -lrb- and the like stay, as in the official scores.
     static let dropped: Set<String> = ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 
+    /// The longest caption (UTF-16 units) the evaluation accepts. Real captions are far shorter; the scanner's work on a
+    /// line grows with the square of its length in the worst case (as the Java tokenizer's does), so longer input is
+    /// refused rather than left to run for hours.
+    public static let maximumLength = 4096
+
     /// The tokenized captions as pycocoevalcap pairs them with its input, in order. The tokenizer also starts lines at
     /// CR, CRLF, VT, FF, U+2028 and U+2029 inside captions; pycocoevalcap pairs lines and captions in order all the same,
     /// so from such a caption on each caption receives an earlier line (the result then has as many entries as

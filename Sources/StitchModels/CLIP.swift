@@ -26,18 +26,37 @@ public struct CLIPConfig: Decodable, Sendable {
     public var channels: Int
     public var projectionDim: Int
 
-    public init(from decoder: Decoder) throws {
+    public init(from decoder: Decoder) throws { try self.init(decoder, defaults: .clip) }
+
+    /// transformers' defaults of a config family whose towers are CLIP's.
+    struct Defaults {
+        let text: TowerFields, vision: TowerFields
+
+        static let clip = Defaults(
+            text: TowerFields(hiddenSize: 512, intermediateSize: 2048, numHiddenLayers: 12, numAttentionHeads: 8, hiddenAct: .quickGelu,
+                              layerNormEps: 1e-5, vocabSize: 49408, maxPositionEmbeddings: 77, eosTokenId: 2),
+            vision: TowerFields(hiddenSize: 768, intermediateSize: 3072, numHiddenLayers: 12, numAttentionHeads: 12, hiddenAct: .quickGelu,
+                                layerNormEps: 1e-5, imageSize: 224, patchSize: 32, numChannels: 3))
+        /// OwlViTConfig: 16 text positions, 768-pixel images, pooled at the largest token id (eos 2 means that here).
+        static let owlvit = Defaults(
+            text: TowerFields(hiddenSize: 512, intermediateSize: 2048, numHiddenLayers: 12, numAttentionHeads: 8, hiddenAct: .quickGelu,
+                              layerNormEps: 1e-5, vocabSize: 49408, maxPositionEmbeddings: 16, eosTokenId: 2),
+            vision: TowerFields(hiddenSize: 768, intermediateSize: 3072, numHiddenLayers: 12, numAttentionHeads: 12, hiddenAct: .quickGelu,
+                                layerNormEps: 1e-5, imageSize: 768, patchSize: 32, numChannels: 3))
+    }
+
+    init(_ decoder: Decoder, defaults: Defaults) throws {
         let root = try decoder.container(keyedBy: AnyKey.self)
-        let text = try root.decodeIfPresent(TowerFields.self, forKey: AnyKey("text_config")) ?? TowerFields.textDefaults
-        let vision = try root.decodeIfPresent(TowerFields.self, forKey: AnyKey("vision_config")) ?? TowerFields.visionDefaults
-        self.text = text.tower(defaults: .textDefaults)
-        self.vision = vision.tower(defaults: .visionDefaults)
-        vocabularySize = text.vocabSize ?? 49408
-        maxPositions = text.maxPositionEmbeddings ?? 77
-        endTokenID = text.eosTokenId ?? 2
-        imageSize = vision.imageSize ?? 224
-        patchSize = vision.patchSize ?? 32
-        channels = vision.numChannels ?? 3
+        let text = try root.decodeIfPresent(TowerFields.self, forKey: AnyKey("text_config")) ?? defaults.text
+        let vision = try root.decodeIfPresent(TowerFields.self, forKey: AnyKey("vision_config")) ?? defaults.vision
+        self.text = text.tower(defaults: defaults.text)
+        self.vision = vision.tower(defaults: defaults.vision)
+        vocabularySize = text.vocabSize ?? defaults.text.vocabSize!
+        maxPositions = text.maxPositionEmbeddings ?? defaults.text.maxPositionEmbeddings!
+        endTokenID = text.eosTokenId ?? defaults.text.eosTokenId!
+        imageSize = vision.imageSize ?? defaults.vision.imageSize!
+        patchSize = vision.patchSize ?? defaults.vision.patchSize!
+        channels = vision.numChannels ?? defaults.vision.numChannels!
         projectionDim = try root.value("projection_dim", default: 512)
         let names = (width: "hidden_size", layers: "num_hidden_layers", heads: "num_attention_heads", inner: "intermediate_size")
         for (tower, name) in [(self.text, "text_config"), (self.vision, "vision_config")] {
@@ -64,11 +83,6 @@ public struct CLIPConfig: Decodable, Sendable {
             case vocabSize = "vocab_size", maxPositionEmbeddings = "max_position_embeddings", eosTokenId = "eos_token_id"
             case imageSize = "image_size", patchSize = "patch_size", numChannels = "num_channels"
         }
-
-        static let textDefaults = TowerFields(hiddenSize: 512, intermediateSize: 2048, numHiddenLayers: 12, numAttentionHeads: 8,
-                                              hiddenAct: .quickGelu, layerNormEps: 1e-5)
-        static let visionDefaults = TowerFields(hiddenSize: 768, intermediateSize: 3072, numHiddenLayers: 12, numAttentionHeads: 12,
-                                                hiddenAct: .quickGelu, layerNormEps: 1e-5)
 
         func tower(defaults: TowerFields) -> Tower {
             Tower(hiddenSize: hiddenSize ?? defaults.hiddenSize!, intermediateSize: intermediateSize ?? defaults.intermediateSize!,
@@ -144,26 +158,39 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     public static let files = ModelFiles(required: ["config.json"],
                                          optional: ["vocab.json", "merges.txt", CLIPTokenizer.openAIVocabularyFile] + ModelFiles.tokenizerAndProcessorFiles)
 
-    public init(config: CLIPConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?) throws {
+    /// Where a checkpoint keeps CLIP's weights: CLIPModel's names, or OwlViTForObjectDetection's (under "owlvit.",
+    /// with the vision tower's pre-layer norm spelled "pre_layernorm").
+    struct Naming {
+        let root: String, preLayerNorm: String
+        static let clip = Naming(root: "", preLayerNorm: "pre_layrnorm")
+        static let owlvit = Naming(root: "owlvit.", preLayerNorm: "pre_layernorm")
+    }
+
+    public convenience init(config: CLIPConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?) throws {
+        try self.init(config: config, weights: store, tokenizer: tokenizer, naming: .clip)
+    }
+
+    /// Takes the towers' weights and finishes `store`: a model built around CLIP takes its own weights first.
+    init(config: CLIPConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?, naming: Naming) throws {
         self.config = config
         self.tokenizer = tokenizer
         let (t, v) = (config.text, config.vision)
         let patches = (config.imageSize / config.patchSize) * (config.imageSize / config.patchSize)
-        tokenEmbedding = store.take("text_model.embeddings.token_embedding.weight", shape: [config.vocabularySize, t.hiddenSize])
-        textPositions = store.take("text_model.embeddings.position_embedding.weight", shape: [config.maxPositions, t.hiddenSize])
-        textLayers = (0..<t.layers).map { TransformerBlock(clip: store, "text_model.encoder.layers.\($0)", t) }
-        finalLayerNorm = LayerNorm(store, "text_model.final_layer_norm", size: t.hiddenSize, epsilon: t.layerNormEpsilon)
-        classEmbedding = store.take("vision_model.embeddings.class_embedding", shape: [v.hiddenSize])
+        tokenEmbedding = store.take("\(naming.root)text_model.embeddings.token_embedding.weight", shape: [config.vocabularySize, t.hiddenSize])
+        textPositions = store.take("\(naming.root)text_model.embeddings.position_embedding.weight", shape: [config.maxPositions, t.hiddenSize])
+        textLayers = (0..<t.layers).map { TransformerBlock(clip: store, "\(naming.root)text_model.encoder.layers.\($0)", t) }
+        finalLayerNorm = LayerNorm(store, "\(naming.root)text_model.final_layer_norm", size: t.hiddenSize, epsilon: t.layerNormEpsilon)
+        classEmbedding = store.take("\(naming.root)vision_model.embeddings.class_embedding", shape: [v.hiddenSize])
         // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p].
-        patchWeight = store.take("vision_model.embeddings.patch_embedding.weight", shape: [v.hiddenSize, config.channels, config.patchSize, config.patchSize])
+        patchWeight = store.take("\(naming.root)vision_model.embeddings.patch_embedding.weight", shape: [v.hiddenSize, config.channels, config.patchSize, config.patchSize])
             .reshaped([v.hiddenSize, config.channels * config.patchSize * config.patchSize])
-        visionPositions = store.take("vision_model.embeddings.position_embedding.weight", shape: [patches + 1, v.hiddenSize])
-        preLayerNorm = LayerNorm(store, "vision_model.pre_layrnorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
-        visionLayers = (0..<v.layers).map { TransformerBlock(clip: store, "vision_model.encoder.layers.\($0)", v) }
-        postLayerNorm = LayerNorm(store, "vision_model.post_layernorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
-        visualProjection = Linear(store, "visual_projection", inputs: v.hiddenSize, outputs: config.projectionDim, bias: false)
-        textProjection = Linear(store, "text_projection", inputs: t.hiddenSize, outputs: config.projectionDim, bias: false)
-        logitScale = expf(store.take("logit_scale", shape: []).scalars[0])
+        visionPositions = store.take("\(naming.root)vision_model.embeddings.position_embedding.weight", shape: [patches + 1, v.hiddenSize])
+        preLayerNorm = LayerNorm(store, "\(naming.root)vision_model.\(naming.preLayerNorm)", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
+        visionLayers = (0..<v.layers).map { TransformerBlock(clip: store, "\(naming.root)vision_model.encoder.layers.\($0)", v) }
+        postLayerNorm = LayerNorm(store, "\(naming.root)vision_model.post_layernorm", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
+        visualProjection = Linear(store, "\(naming.root)visual_projection", inputs: v.hiddenSize, outputs: config.projectionDim, bias: false)
+        textProjection = Linear(store, "\(naming.root)text_projection", inputs: t.hiddenSize, outputs: config.projectionDim, bias: false)
+        logitScale = expf(store.take("\(naming.root)logit_scale", shape: []).scalars[0])
         // Position ids are a buffer in some checkpoints, not a weight.
         try store.finish(ignoreUnused: { $0.hasSuffix("embeddings.position_ids") })
         preprocessor = ImagePreprocessor(shortestEdge: config.imageSize, cropSize: config.imageSize, filter: .bicubic,

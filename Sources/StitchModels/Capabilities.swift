@@ -97,6 +97,12 @@ public protocol ObjectDetector: AnyObject, Sendable {
     func detect(_ image: RGBImage, threshold: Float, nmsThreshold: Float) throws -> [Detection]
 }
 
+/// Finds boxes of what text queries name (open-vocabulary detectors such as OWL-ViT).
+public protocol TextQueriedDetector: AnyObject, Sendable {
+    /// Detections labelled with the query each matches best; a nil `nmsThreshold` keeps every box over `threshold`.
+    func detect(_ image: RGBImage, queries: [String], threshold: Float, nmsThreshold: Float?) throws -> [Detection]
+}
+
 /// Unit-length text embeddings (ASIF's text side).
 public protocol TextEmbedder: AnyObject, Sendable {
     func textEmbeddings(_ texts: [String]) throws -> Tensor
@@ -110,6 +116,7 @@ public protocol ImageEmbedder: AnyObject, Sendable {
 /// What a loaded model can do; each is a protocol it conforms to.
 public enum Capability: String, CaseIterable, Sendable {
     case imageTextScorer = "image-text scorer", languageModel = "causal language model", captioner, detector
+    case textQueriedDetector = "text-queried detector"
     case textEmbedder = "text embedder", imageEmbedder = "image embedder"
 
     /// The capabilities `model` has, by its conformances.
@@ -119,6 +126,7 @@ public enum Capability: String, CaseIterable, Sendable {
         if model is any CausalLanguageModel { found.append(.languageModel) }
         if model is any ImageCaptioner { found.append(.captioner) }
         if model is any ObjectDetector { found.append(.detector) }
+        if model is any TextQueriedDetector { found.append(.textQueriedDetector) }
         if model is any TextEmbedder { found.append(.textEmbedder) }
         if model is any ImageEmbedder { found.append(.imageEmbedder) }
         return found

@@ -48,6 +48,7 @@ public final class ModelRegistry: @unchecked Sendable {
                                     files: VisionEncoderDecoder.files) { try VisionEncoderDecoder(folder: $0) })
         registry.register(ModelType("sentence-encoder", modelTypes: ["bert"], architectures: ["BertModel"], files: SentenceEncoder.files) { try SentenceEncoder(folder: $0) })
         registry.register(ModelType("efficientnet-lite", modelTypes: [], architectures: ["efficientnet-lite"], files: EfficientNetLite.files) { try EfficientNetLite(folder: $0) })
+        registry.register(ModelType("owlvit", modelTypes: ["owlvit"], architectures: ["OwlViTForObjectDetection"], files: OWLViT.files) { try OWLViT(folder: $0) })
         registry.register(ModelType("yolox", modelTypes: [], files: ModelFiles(required: []), recognizes: YOLOX.isModel) { try YOLOX(path: $0.path) })
         return registry
     }()
@@ -119,6 +120,7 @@ public final class ModelRegistry: @unchecked Sendable {
     static func name<Capable>(of capability: Capable.Type) -> String {
         let names: [(Any.Type, Capability)] = [((any ImageTextScorer).self, .imageTextScorer), ((any CausalLanguageModel).self, .languageModel),
                                                ((any ImageCaptioner).self, .captioner), ((any ObjectDetector).self, .detector),
+                                               ((any TextQueriedDetector).self, .textQueriedDetector),
                                                ((any TextEmbedder).self, .textEmbedder), ((any ImageEmbedder).self, .imageEmbedder)]
         guard let found = names.first(where: { $0.0 == capability })?.1 else { return "a \(capability)" }
         return (["a", "e", "i", "o", "u"].contains(found.rawValue.prefix(1)) ? "an " : "a ") + found.rawValue

@@ -48,8 +48,9 @@ public final class VisionEncoderDecoder: ImageCaptioner, @unchecked Sendable {
         let config = try loadConfig(VisionEncoderDecoderConfig.self, from: configFile)
         let preprocessing = folder.appendingPathComponent("preprocessor_config.json")
         // Without the file, ViTImageProcessor's defaults.
-        let settings = FileManager.default.fileExists(atPath: preprocessing.path) ? try loadConfig(ViTPreprocessing.self, from: preprocessing) : ViTPreprocessing()
-        let preprocessor = settings.preprocessor(size: config.encoder.imageSize)
+        let settings = FileManager.default.fileExists(atPath: preprocessing.path) ? try loadConfig(SquarePreprocessing.self, from: preprocessing) : SquarePreprocessing()
+        let preprocessor = settings.preprocessor(defaults: ImagePreprocessor(squareSize: config.encoder.imageSize, filter: .bilinear,
+                                                                             mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]))
         let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path)
         try self.init(config: config, weights: WeightStore(folder: folder), tokenizer: hasVocabulary ? GPT2Tokenizer(folder: folder) : nil,
                       preprocessor: preprocessor)
@@ -111,8 +112,9 @@ public final class ImageConditionedDecoder: CausalLanguageModel, @unchecked Send
     public func keep(_ row: Int, of candidates: GPT2Candidates, in cache: inout GPT2Cache) { lm.keep(row, of: candidates, in: &cache) }
 }
 
-/// ViTImageProcessor's preprocessor_config.json: resize to a square (aspect not kept), rescale, normalise.
-struct ViTPreprocessing: Decodable {
+/// The preprocessor_config.json of ViTImageProcessor and OwlViTImageProcessor: resize to a square (aspect not kept),
+/// rescale, normalise.
+struct SquarePreprocessing: Decodable {
     var size: Int?
     var imageMean: [Float]?
     var imageStd: [Float]?
@@ -141,9 +143,10 @@ struct ViTPreprocessing: Decodable {
         }
     }
 
-    /// Fields absent from the file take ViTImageProcessor's defaults: the model's image size, bilinear, mean and std 0.5.
-    func preprocessor(size modelSize: Int) -> ImagePreprocessor {
-        ImagePreprocessor(squareSize: size ?? modelSize, filter: resample == 3 ? .bicubic : .bilinear,
-                          mean: imageMean ?? [0.5, 0.5, 0.5], std: imageStd ?? [0.5, 0.5, 0.5])
+    /// Fields absent from the file take the processor's `defaults` (ViTImageProcessor's: the model's image size, bilinear,
+    /// mean and std 0.5).
+    func preprocessor(defaults: ImagePreprocessor) -> ImagePreprocessor {
+        ImagePreprocessor(squareSize: size ?? defaults.cropSize, filter: resample.map { $0 == 3 ? .bicubic : .bilinear } ?? defaults.filter,
+                          mean: imageMean ?? defaults.mean, std: imageStd ?? defaults.std)
     }
 }

@@ -10,9 +10,9 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure Stitch against its references and print the ratios.",
         discussion: """
-        Model rows use real-size architectures: CLIP ViT-B/32, GPT-2 small and a ViT-B/16 + GPT-2 captioner with
-        random weights written once into --work-dir by the Python reference (unless --clip / --gpt2 / --captioner name
-        real folders), the real MiniLM and EfficientNet-Lite0 folders given by --minilm / --efficientnet, and the real
+        Model rows use real-size architectures: CLIP ViT-B/32, GPT-2 small, a ViT-B/16 + GPT-2 captioner and \
+        OWL-ViT B/32 with random weights written once into --work-dir by the Python reference (unless --clip / --gpt2 / \
+        --captioner / --owlvit name real folders), the real MiniLM and EfficientNet-Lite0 folders given by --minilm / --efficientnet, and the real
         YOLOX-Nano (--yolox, on --image). The reference side needs python3 with torch, transformers,
         sentence-transformers, efficientnet-lite-pytorch, onnxruntime and opencv (Tests/Fixtures/requirements.txt).
         """)
@@ -47,6 +47,9 @@ struct Bench: ParsableCommand {
     @Option(help: "A ViT-GPT2 captioner folder to use instead of random nlpconnect/vit-gpt2-image-captioning-sized weights.")
     var captioner: String?
 
+    @Option(help: "An OWL-ViT folder to use instead of random google/owlvit-base-patch32-sized weights.")
+    var owlvit: String?
+
     @Option(help: "The YOLOX-Nano folder (ONNX file and class names) of the yolox row.")
     var yolox = "Tests/Fixtures/yolox-nano-coco"
 
@@ -74,16 +77,17 @@ struct Bench: ParsableCommand {
         let reference = ReferenceSide(python: python, script: script)
         let referenceProblem = reference.availability()
         var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet, captioner: captioner,
-                                   yolox: existing(yolox), image: existing(image))
-        if (clip == nil || gpt2 == nil || captioner == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
+                                   owlvit: owlvit, yolox: existing(yolox), image: existing(image))
+        if (clip == nil || gpt2 == nil || captioner == nil || owlvit == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
             if let referenceProblem {
                 print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
             } else {
-                print("\npreparing random-weight CLIP ViT-B/32, GPT-2 small and ViT-GPT2 in \(workDir) (once) ...")
+                print("\npreparing random-weight CLIP ViT-B/32, GPT-2 small, ViT-GPT2 and OWL-ViT B/32 in \(workDir) (once) ...")
                 try reference.prepare(workDir: workDir, tokenizers: tokenizers)
                 folders.clip = folders.clip ?? workDir + "/clip-b32"
                 folders.gpt2 = folders.gpt2 ?? workDir + "/gpt2-small"
                 folders.captioner = folders.captioner ?? workDir + "/vit-gpt2"
+                folders.owlvit = folders.owlvit ?? workDir + "/owlvit-b32"
             }
         }
         print("")
@@ -197,11 +201,12 @@ struct ReferenceSide {
 
 /// The model folders each row needs.
 struct BenchFolders {
-    var clip, gpt2, minilm, efficientnet, captioner, yolox, image: String?
+    var clip, gpt2, minilm, efficientnet, captioner, owlvit, yolox, image: String?
 
     /// The row's folder options, or nil when one is missing.
     func arguments(for row: BenchRow) -> [String]? {
-        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "yolox": yolox, "image": image]
+        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "owlvit": owlvit,
+                       "yolox": yolox, "image": image]
         var arguments: [String] = []
         for name in row.neededFolders {
             guard let folder = folders[name] ?? nil else { return nil }

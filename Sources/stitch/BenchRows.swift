@@ -10,7 +10,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case clipImage1 = "clip-image-1", clipImage16 = "clip-image-16", clipText = "clip-text"
     case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
     case asif10k = "asif-10k", asif100k = "asif-100k", asif1600k = "asif-1.6m"
-    case captioner, yolox
+    case captioner, yolox, owlvit
 
     /// Rows run only when named: asif-1.6m writes 10 GB of files and its reference needs 11 GB of memory.
     var isOptIn: Bool { self == .asif1600k }
@@ -36,10 +36,14 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .asif10k, .asif100k, .asif1600k: return []
         case .captioner: return ["captioner"]
         case .yolox: return ["yolox", "image"]
+        case .owlvit: return ["owlvit"]
         }
     }
 
-    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner"].contains { neededFolders.contains($0) } }
+    /// The owlvit row's text queries (the Python reference asks the same).
+    static let owlvitQueries = ["a photo of a cat", "a dog", "a traffic light", "a stroller", "a red truck"]
+
+    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner", "owlvit"].contains { neededFolders.contains($0) } }
 }
 
 /// The Stitch side of one bench row, in its own process so its peak memory is its own.
@@ -54,6 +58,7 @@ struct BenchRowWorker: ParsableCommand {
     @Option var efficientnet: String?
     @Option var captioner: String?
     @Option var yolox: String?
+    @Option var owlvit: String?
     @Option var image: String?
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
@@ -137,6 +142,17 @@ struct BenchRowWorker: ParsableCommand {
             var classes: [Int] = []
             let time = try bestTime(seconds: seconds) { classes = try detector.detect(try RGBImage(contentsOf: path)).map(\.classIndex) }
             (measured, note, output) = (time, "per image, 416x416", classes)
+        case .owlvit:
+            // Per 768 x 768 image with 5 text queries (embedded once, as Stitch reuses them for every image): the
+            // best query of each of the 576 patches.
+            let model = try OWLViT(folder: folder(owlvit))
+            let pixels = Tensor(shape: [1, 3, 768, 768], scalars: noise(3 * 768 * 768))
+            var best: [Int] = []
+            let time = try bestTime(seconds: seconds) {
+                let logits = try model.predict(pixels, queryEmbeddings: try model.queryEmbeddings(BenchRow.owlvitQueries)).logits.scalars
+                best = (0..<logits.count / 5).map { patch in (0..<5).max { logits[patch * 5 + $0] < logits[patch * 5 + $1] }! }
+            }
+            (measured, note, output) = (time, "per 768x768 image, 5 queries", best)
         case .efficientnet:
             let network = try EfficientNetLite(folder: folder(efficientnet))
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))

@@ -120,6 +120,10 @@ struct EvaluateCaptions: ParsableCommand {
             guard let image = item["image_id"].map({ "\($0)" }), let caption = item["caption"] as? String else {
                 throw ValidationError("\(path): entry \(index) needs an image_id and a caption string")
             }
+            guard caption.utf16.count <= CaptionTokenizer.maximumLength else {
+                throw ValidationError("\(path): the caption of entry \(index) (image \(image)) is \(caption.utf16.count) characters long; "
+                                      + "captions over \(CaptionTokenizer.maximumLength) are refused (the tokenizer's work grows with the square of their length)")
+            }
             return (image, caption)
         }
     }

@@ -1502,6 +1502,64 @@ def make_sentencepiece_goldens():
     print(f"sentencepiece: {len(strings)} strings, models " + ", ".join(f"{n} ({golden[n]['pieces']} pieces)" for n in settings))
 
 
+
+OWLVIT_QUERIES = ["a photo of a cat", "a coffee cup", "a dog next to a bicycle", "a red truck", "an astronaut"]
+
+
+def make_owlvit_goldens():
+    """A tiny random OwlViTForObjectDetection (96x96 pixels, 16-pixel patches: a 6x6 grid of boxes) with its
+    processor's pixels, the raw logits, boxes and embeddings for five text queries on the test photos, and
+    post_process_object_detection's detections; the processor's 768x768 pixels of the published config (as CRC-32s of
+    their float32 bytes); and the state-dict names and shapes of the published google/owlvit-base-patch32 architecture."""
+    import zlib
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor
+    torch.manual_seed(5)
+    config = OwlViTConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=16),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=96,
+                           patch_size=16),
+        projection_dim=32)
+    config.architectures = ["OwlViTForObjectDetection"]
+    model = OwlViTForObjectDetection(config).eval()
+    with torch.no_grad():   # peaked scores: a wider logit scale spreads the sigmoids
+        model.class_head.logit_scale.bias.fill_(3.0)
+    save_tiny(model, "tiny-owlvit")
+    model = OwlViTForObjectDetection.from_pretrained(out("tiny-owlvit"), torch_dtype=torch.float32).eval()
+    processor = OwlViTImageProcessor(size={"height": 96, "width": 96}, crop_size={"height": 96, "width": 96}, do_center_crop=True)
+    processor.save_pretrained(out("tiny-owlvit"))
+    tokenizer = clip_tokenizer()
+    text = tokenizer(OWLVIT_QUERIES, padding="max_length", max_length=16, return_tensors="pt")
+    golden, detections = {}, {}
+    threshold = 0.9
+    for name in ["chelsea.png", "coffee.png", "astronaut.png"]:
+        image = Image.open(os.path.join(IMAGES, name)).convert("RGB")
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            outputs = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixels)
+        results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=[(image.height, image.width)])[0]
+        golden[name + ".pixels"] = pixels[0]
+        golden[name + ".logits"] = outputs.logits[0]
+        golden[name + ".boxes"] = outputs.pred_boxes[0]
+        golden[name + ".image_embeds"] = outputs.image_embeds[0].reshape(-1, outputs.image_embeds.shape[-1])
+        golden["text_embeds"] = outputs.text_embeds[0]
+        detections[name] = [{"label": int(l), "score": float(s), "box": [float(x) for x in b]}
+                            for s, l, b in zip(results["scores"], results["labels"], results["boxes"])]
+        print(f"owlvit {name}: {len(detections[name])} detections over {threshold}")
+    save_file({k: v.contiguous().numpy() for k, v in golden.items()}, out("tiny-owlvit", "golden.safetensors"))
+    published = OwlViTImageProcessor(size={"height": 768, "width": 768}, crop_size={"height": 768, "width": 768}, do_center_crop=True)
+    crcs = {name: zlib.crc32(published(images=Image.open(os.path.join(IMAGES, name)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+                             .astype("<f4").tobytes()) for name in sorted(os.listdir(IMAGES)) if not name.endswith(".md")}
+    write_json({"queries": OWLVIT_QUERIES, "input_ids": [[i for i, m in zip(ids, mask) if m] for ids, mask in
+                                                          zip(text["input_ids"].tolist(), text["attention_mask"].tolist())],
+                "threshold": threshold, "detections": detections, "published_pixels_crc32": crcs}, "tiny-owlvit", "golden.json")
+    published_config = OwlViTConfig()   # transformers' defaults are google/owlvit-base-patch32's
+    published_config.architectures = ["OwlViTForObjectDetection"]
+    with torch.device("meta"):
+        real = OwlViTForObjectDetection(published_config)
+    published_config.to_json_file(out("owlvit-configs", "owlvit-base-patch32", "config.json"))
+    write_json({k: list(p.shape) for k, p in real.state_dict().items()}, "owlvit-configs", "owlvit-base-patch32", "manifest.json")
+
 def make_label_golden():
     """Boxes and their labels drawn by Pillow with X11's public-domain 6x13 font (xfonts-base: the font
     Sources/StitchImaging/BitmapFont.swift was made from), laid out as `RGBImage.drawLabel` lays them out:
@@ -1584,3 +1642,4 @@ if __name__ == "__main__":
     make_hub_cache()
     make_sentencepiece_goldens()
     make_label_golden()
+    make_owlvit_goldens()

@@ -47,6 +47,11 @@ final class EvalCommandTests: XCTestCase {
         let orphan = try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path])
         XCTAssertNotEqual(orphan.status, 0)
         XCTAssert(orphan.errors.contains("image 999 has no references"), orphan.errors)
+        // A caption longer than any captioner writes is refused, naming the file and the image, not tokenized for hours.
+        try JSONSerialization.data(withJSONObject: [["image_id": 0, "caption": String(repeating: "<!a ", count: 1100)]]).write(to: results)
+        let long = try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path])
+        XCTAssertNotEqual(long.status, 0)
+        XCTAssert(long.errors.contains("image 0) is 4400 characters long"), long.errors)
         try Data("{not json".utf8).write(to: results)
         XCTAssert(try StitchCLI.run(["eval", "captions", "--results", results.path, "--references", references.path]).errors.contains("not valid JSON"))
     }

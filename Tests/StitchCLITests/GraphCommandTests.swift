@@ -397,4 +397,51 @@ final class VisionCommandTests: XCTestCase {
         XCTAssertEqual(outputs["context"] as? String, "\(defaultCaption). cup, dining table")
         XCTAssertEqual((outputs["detections"] as? [[String: Any]])?.count, 2)
     }
+
+    /// `stitch detect --queries` with the tiny OWL-ViT gives post_process_object_detection's detections (best first), and
+    /// Examples/look_for_objects.yaml looks for what its LM proposes: the graph's detections are `stitch detect`'s for
+    /// those queries.
+    func testOpenVocabularyDetectionAndLookForGraph() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let owlvit = try Fixtures.modelWithTokenizer("tiny-owlvit", in: folder).path
+        let golden = try Fixtures.json("tiny-owlvit/golden.json") as! [String: Any]
+        let queries = golden["queries"] as! [String], threshold = golden["threshold"] as! Double
+        let photo = Fixtures.photo("coffee.png")
+        let detected = try StitchCLI.run(["detect", "--model", owlvit, "--queries", queries.joined(separator: ","), "--threshold", "\(threshold)", "--json", photo.path])
+        XCTAssertEqual(detected.status, 0, detected.errors)
+        let found = (try JSONSerialization.jsonObject(with: Data(detected.output.utf8)) as! [String: Any])["detections"] as! [[String: Any]]
+        let expected = ((golden["detections"] as! [String: Any])["coffee.png"] as! [[String: Any]]).sorted { ($0["score"] as! Double) > ($1["score"] as! Double) }
+        XCTAssertEqual(found.map { $0["label"] as! String }, expected.map { queries[$0["label"] as! Int] })
+        for (got, want) in zip(found, expected) { XCTAssertEqual(got["score"] as! Double, want["score"] as! Double, accuracy: 1e-5) }
+
+        let lm = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
+        let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/look_for_objects.yaml").path
+        let ran = try StitchCLI.run(["run", example] + Fixtures.allowPrompts + ["--component", "detector=\(owlvit)", "--component", "lm=\(lm)",
+                                     "--input", "image=\(photo.path)", "--input", "question=Is there a cup on the table?", "--json", "--no-cache"])
+        XCTAssertEqual(ran.status, 0, ran.errors)
+        let outputs = try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as! [String: Any]
+        let lookedFor = outputs["looked_for"] as! [String]
+        XCTAssertFalse(lookedFor.isEmpty)
+        let direct = try StitchCLI.run(["detect", "--model", owlvit, "--queries", lookedFor.joined(separator: ","), "--threshold", "0.1", "--nms", "0.3", "--json", photo.path])
+        XCTAssertEqual(direct.status, 0, direct.errors)
+        let directFound = (try JSONSerialization.jsonObject(with: Data(direct.output.utf8)) as! [String: Any])["detections"] as! [[String: Any]]
+        XCTAssertEqual((outputs["detections"] as! [[String: Any]]).map { $0["label"] as! String }, directFound.map { $0["label"] as! String })
+        var tags: [String] = []
+        for d in directFound where !tags.contains(d["label"] as! String) { tags.append(d["label"] as! String) }
+        XCTAssertEqual(outputs["found"] as? String, tags.joined(separator: ", "))
+        XCTAssertNotNil(outputs["answer"] as? String)
+
+        // OWL-ViT needs queries; queries need a detector that takes them (YOLOX has fixed classes).
+        let unasked = try StitchCLI.run(["detect", "--model", owlvit, photo.path])
+        XCTAssertNotEqual(unasked.status, 0)
+        XCTAssert(unasked.errors.contains("finds what text queries name: give --queries"), unasked.errors)
+        let refused = try StitchCLI.run(["detect", "--queries", "cat", photo.path])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssert(refused.errors.contains("not a text-queried detector"), refused.errors)
+        let yolox = try StitchCLI.run(["run", example] + Fixtures.allowPrompts + ["--component", "detector=\(Fixtures.yolox.path)", "--component", "lm=\(lm)",
+                                       "--input", "image=\(photo.path)", "--input", "question=Is there a cup?", "--json", "--no-cache"])
+        XCTAssertNotEqual(yolox.status, 0)
+        XCTAssert(yolox.errors.contains("queries need a detector that takes text queries"), yolox.errors)
+    }
 }

@@ -44,11 +44,13 @@ final class ModelCommandTests: XCTestCase {
         let listed = try StitchCLI.run(["models"])
         XCTAssertEqual(listed.status, 0, listed.errors)
         XCTAssertEqual(Set(listed.output.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }),
-                       ["clip", "gpt2", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox"])
-        let described = try StitchCLI.run(["models", Fixtures.url("tiny-clip").path, Fixtures.url("tiny-vit-gpt2").path, Fixtures.url("checkpoints/tiny-gpt2/legacy").path])
+                       ["clip", "gpt2", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox", "owlvit"])
+        let described = try StitchCLI.run(["models", Fixtures.url("tiny-clip").path, Fixtures.url("tiny-vit-gpt2").path, Fixtures.url("checkpoints/tiny-gpt2/legacy").path,
+                                           Fixtures.url("tiny-owlvit").path])
         XCTAssertEqual(described.status, 0, described.errors)
         XCTAssertEqual(described.output.split(separator: "\n").map { $0.split(separator: "\t").dropFirst().joined(separator: "\t") },
-                       ["clip\timage-text scorer, text embedder, image embedder", "vision-encoder-decoder\tcaptioner", "gpt2\tcausal language model"])
+                       ["clip\timage-text scorer, text embedder, image embedder", "vision-encoder-decoder\tcaptioner", "gpt2\tcausal language model",
+                        "owlvit\ttext-queried detector"])
     }
 
     func testGenerateMatchesTransformersGreedy() throws {

@@ -83,6 +83,15 @@ final class HubLoadingTests: XCTestCase {
         XCTAssertEqual(try clipHub.imageEmbeddings([photo]).scalars, try clipLocal.imageEmbeddings([photo]).scalars)
         checked.insert(clipKind.name)
 
+        // OWL-ViT reads preprocessor_config.json and the tokenizer too.
+        var owlvitFiles = folderFiles("tiny-owlvit")
+        owlvitFiles[CLIPTokenizer.openAIVocabularyFile] = bpe
+        let owlvit = try publish("org/owlvit", owlvitFiles)
+        let (owlvitFolder, owlvitKind) = try registry.resolve(owlvit.hubID, locator: locator)
+        XCTAssertEqual(try OWLViT(folder: owlvitFolder).detect(photo, queries: ["a cat", "a cup"], threshold: 0.5, nmsThreshold: nil),
+                       try OWLViT(folder: owlvit.folder).detect(photo, queries: ["a cat", "a cup"], threshold: 0.5, nmsThreshold: nil))
+        checked.insert(owlvitKind.name)
+
         // The captioner reads preprocessor_config.json, which the hub must bring along.
         let captioner = try publish("org/captioner", folderFiles("checkpoints/tiny-vit-gpt2/legacy").merging(try gpt2Tokenizer()) { a, _ in a })
         let (captionerFolder, captionerKind) = try registry.resolve(captioner.hubID, locator: locator)

@@ -14,14 +14,6 @@ final class CLIPParityTests: XCTestCase {
         let input_ids: [[Int]]
     }
 
-    func assertClose(_ got: Tensor, _ want: Tensor, _ what: String, tolerance: Float = 1e-4, line: UInt = #line) {
-        XCTAssertEqual(got.shape, want.shape, what, line: line)
-        guard got.shape == want.shape else { return }
-        let difference = maxAbsoluteDifference(got.scalars, want.scalars)
-        print("\(what): max abs difference \(difference)")
-        XCTAssertLessThanOrEqual(difference, tolerance, what, line: line)
-    }
-
     func checkVariant(_ folder: String) throws {
         let clip = try CLIP(folder: Fixtures.url(folder))
         let golden = try Fixtures.tensors("\(folder)/golden.safetensors")

@@ -98,6 +98,15 @@ public func maxAbsoluteDifference(_ a: [Float], _ b: [Float]) -> Float {
     return worst
 }
 
+/// Fails unless `got` has `want`'s shape and every element lies within `tolerance` of it; prints the largest difference.
+public func assertClose(_ got: Tensor, _ want: Tensor, _ what: String, tolerance: Float = 1e-4, file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(got.shape, want.shape, what, file: file, line: line)
+    guard got.shape == want.shape else { return }
+    let difference = maxAbsoluteDifference(got.scalars, want.scalars)
+    print("\(what): max abs difference \(difference)")
+    XCTAssertLessThanOrEqual(difference, tolerance, what, file: file, line: line)
+}
+
 /// Compares `produce(input)` with the expected value for every input, prints how many agree, and fails
 /// with the first few mismatches and their inputs.
 public func assertEveryInputMatches<T: Equatable>(_ name: String, inputs: [String], expected: [T], minimumCount: Int,

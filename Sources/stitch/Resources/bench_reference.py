@@ -95,11 +95,17 @@ def prepare(work, tokenizers):
         model.config.decoder_start_token_id = model.config.pad_token_id = model.config.eos_token_id = 50256
         model.save_pretrained(os.path.join(work, "vit-gpt2"), safe_serialization=True)
         ViTImageProcessor(size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(os.path.join(work, "vit-gpt2"))
-    # Tokenizer files, for the rows that decode text (magic); skipped when absent.
+    if not os.path.exists(os.path.join(work, "owlvit-b32", "model.safetensors")):
+        from transformers import OwlViTConfig, OwlViTForObjectDetection
+        config = OwlViTConfig()  # the defaults are google/owlvit-base-patch32
+        config.architectures = ["OwlViTForObjectDetection"]
+        OwlViTForObjectDetection(config).save_pretrained(os.path.join(work, "owlvit-b32"), safe_serialization=True)
+    # Tokenizer files, for the rows that decode or embed text (magic, owlvit); skipped when absent.
     if os.path.isdir(tokenizers):
         for name, target in [("gpt2-vocab.json", "vocab.json"), ("gpt2-merges.txt", "merges.txt")]:
             shutil.copyfile(os.path.join(tokenizers, name), os.path.join(work, "gpt2-small", target))
-        magic_reference.clip_vocab_files(os.path.join(tokenizers, "bpe_simple_vocab_16e6.txt.gz"), os.path.join(work, "clip-b32"))
+        for folder in ["clip-b32", "owlvit-b32"]:
+            magic_reference.clip_vocab_files(os.path.join(tokenizers, "bpe_simple_vocab_16e6.txt.gz"), os.path.join(work, folder))
 
 
 def row(name, args):
@@ -183,6 +189,18 @@ def row(name, args):
             def detect():
                 classes[:] = [c for c, _, _ in yolox_reference.detect(session, args.image)[3]]
             return best_time(detect, args.seconds), "per image, 416x416", classes
+        if name == "owlvit":
+            from transformers import CLIPTokenizerFast, OwlViTForObjectDetection
+            model = OwlViTForObjectDetection.from_pretrained(args.owlvit).eval()
+            queries = ["a photo of a cat", "a dog", "a traffic light", "a stroller", "a red truck"]
+            text = CLIPTokenizerFast.from_pretrained(args.owlvit)(queries, padding="max_length", max_length=16, return_tensors="pt")
+            pixels = torch.tensor(noise(3 * 768 * 768)).view(1, 3, 768, 768)
+            best = []
+
+            def detect():   # as transformers' documented use: text and image through the model together
+                logits = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixels).logits
+                best[:] = logits[0].argmax(-1).tolist()
+            return best_time(detect, args.seconds), "per 768x768 image, 5 queries", best
         if name == "efficientnet":
             from efficientnet_lite_pytorch import EfficientNet
             from safetensors.torch import load_file
@@ -206,6 +224,7 @@ def main():
     parser.add_argument("--minilm")
     parser.add_argument("--efficientnet")
     parser.add_argument("--captioner")
+    parser.add_argument("--owlvit")
     parser.add_argument("--yolox")
     parser.add_argument("--image")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
