@@ -506,8 +506,35 @@ def make_decoding_goldens():
         kept = ".".join(pieces[:5])
         return kept.strip(".") + "." if len(pieces) > 5 else kept.strip(".").strip()
     golden["magic"]["story"] = dict(story, title=STORY_TITLE, prompt=story_prompt, outputs=outputs, texts=[story_text(o) for o in outputs])
+    golden["magic"]["targeted"] = magic_targeted_steps(tokenizer, clip, published_clip_tokenizer, clean_up, features[0])
     write_json(golden, "decoding", "golden.json")
     print(f"decoding: contrastive, beam and MAGiC goldens ({differing} captions differ between the published and today's text paths)")
+
+
+# Texts whose last token a MAGiC candidate completes: accents, contractions, punctuation, a half-decoded character
+# (U+FFFD), CJK and emoji.
+MAGIC_TARGETED_TEXTS = [" a man at the caf\u00e9", " the dog's toy", " they don't", " a Na\u00efve sign!", " the zebra, the truck.",
+                        " a cat\ufffd", " a sign \u65e5\u672c", " a smiling dog \U0001f600", " R\u00e9sum\u00e9 of \u00c9T\u00c9", " a \u201cquote\u201d"]
+
+
+def magic_targeted_steps(tokenizer, clip, published_clip_tokenizer, clean_up, image_features):
+    """One MAGiC step's image term (the softmax over candidates of CLIP's logits for the published candidate texts) where
+    one candidate completes each of MAGIC_TARGETED_TEXTS after the rest of its tokens, beside five ordinary candidates."""
+    image = image_features / image_features.norm(dim=-1, keepdim=True)
+    steps = []
+    for text in MAGIC_TARGETED_TEXTS:
+        ids = tokenizer.encode(text)
+        generated, candidates = ids[:-1], [ids[-1], 257, 13, 11, 262, 50256]
+        texts = [clean_up(tokenizer.decode(generated + [c], clean_up_tokenization_spaces=False)) for c in candidates]
+        tokens = published_clip_tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        with torch.no_grad():
+            features = clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            features = features / features.norm(dim=-1, keepdim=True)
+            scores = (clip.logit_scale.exp() * torch.matmul(features, image.T)).view(-1).softmax(dim=0)
+        steps.append({"text": text, "generated": generated, "candidates": candidates, "clip_texts": texts,
+                      "clip_ids": [[i for i, m in zip(row, mask) if m] for row, mask in zip(tokens["input_ids"].tolist(), tokens["attention_mask"].tolist())],
+                      "scores": scores.tolist()})
+    return steps
 
 
 # ---------------------------------------------------------------- ASIF goldens

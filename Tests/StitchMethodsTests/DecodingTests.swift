@@ -20,9 +20,15 @@ struct DecodingGolden: Decodable {
         struct Story: Decodable {
             let k: Int; let alpha: Double; let beta: Double; let max_tokens: Int; let prompt: [Int]; let title: String; let outputs: [[Int]]; let texts: [String]
         }
+        /// One step's image term where a candidate completes an accented, contracted, punctuated, half-decoded (U+FFFD),
+        /// CJK or emoji text.
+        struct Targeted: Decodable {
+            let text: String; let generated: [Int]; let candidates: [Int]; let clip_texts: [String]; let clip_ids: [[Int]]; let scores: [Float]
+        }
         let images: [String]
         let settings: [Setting]
         let story: Story
+        let targeted: [Targeted]
     }
     let prompts: [[Int]]
     let contrastive: [Contrastive]

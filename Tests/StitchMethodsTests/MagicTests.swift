@@ -46,6 +46,26 @@ final class MagicTests: XCTestCase {
         print("MAGiC: \(compared) captions (\(features.count) images x \(golden.settings.count) settings, published and current text, speedups on and off) token-identical to the reference; \(differing) differ between the two text paths")
     }
 
+    /// The published text path where candidates complete accents, contractions, punctuation, a half-decoded character
+    /// (U+FFFD), CJK and emoji: the candidate texts, their CLIP ids and the image term equal the reference's (chelsea.png).
+    func testTargetedCandidateTextsEqualReference() throws {
+        let lm = try TinyModels.gpt2WithTokenizer(), clip = try TinyModels.clipWithTokenizer()
+        let image = try imageFeatures(clip)[0]
+        XCTAssertGreaterThanOrEqual(golden.targeted.count, 10)
+        var worst: Float = 0
+        for step in golden.targeted {
+            let texts = try step.candidates.map { Transformers47.cleanUpTokenization(try lm.decode(step.generated + [$0])) }
+            XCTAssertEqual(texts, step.clip_texts, step.text)
+            XCTAssertEqual(try clip.tokenize(texts, tokenization: .transformers47), step.clip_ids, step.text)
+            for shares in [true, false] {
+                let scorer = MagicScorer(scorer: clip, imageFeatures: image, decode: lm.decode, sharesPrefixes: shares, tokenization: .transformers47)
+                worst = max(worst, maxAbsoluteDifference(try scorer.scores(generated: step.generated, candidates: step.candidates), step.scores))
+            }
+        }
+        print("MAGiC targeted steps: \(golden.targeted.count) candidate sets, image term max difference \(worst)")
+        XCTAssertLessThanOrEqual(worst, 1e-5)
+    }
+
     /// Story mode as published: "title <|endoftext|>" as the prompt, the story text between the end tokens.
     func testStoryModeEqualsReference() throws {
         let clip = try TinyModels.clipWithTokenizer()
