@@ -63,7 +63,7 @@ let package = Package(
                                                     .product(name: "Yams", package: "Yams")]),
         // The command-line tool.
         .executableTarget(name: "stitch", dependencies: [
-            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "StitchGraph", "StitchRemote", "CBLAS",
+            "StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "StitchMethods", "StitchGraph", "StitchRemote", "CBLAS", "CStitchKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 

@@ -9,6 +9,13 @@
 
 #define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
+const char *stitch_kernel_variant(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
+    if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
+    return "baseline";
+}
+
 /* 16 floats: one AVX-512 register, two AVX2 or four SSE ones, as each variant compiles it.
    aligned(4) lets it load from any float address. */
 typedef float v16 __attribute__((vector_size(64), aligned(4)));

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CBLAS
+import CStitchKernels
 import Foundation
 import StitchTensor
 
@@ -67,9 +68,24 @@ struct Bench: ParsableCommand {
             guard unknown.isEmpty else { throw ValidationError("unknown bench rows: \(unknown.sorted().joined(separator: ", "))") }
         }
         print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config()))")
+        print("CPU: \(Self.cpuDescription())")
         if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds, threads: threads).run() }
         let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? !$0.isOptIn }
         if !modelRows.isEmpty { try runModelRows(modelRows) }
+    }
+
+    /// The CPU's model name, the variant of Stitch's kernels it runs, and its BF16 instructions (from /proc/cpuinfo):
+    /// machines differ, so every bench report names its own.
+    static func cpuDescription() -> String {
+        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        func field(_ name: String) -> String? {
+            info.split(separator: "\n").first { $0.hasPrefix(name) }.flatMap { $0.split(separator: ":", maxSplits: 1).last }
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        let flags = Set((field("flags") ?? "").split(separator: " ").map(String.init))
+        let bf16 = ["avx512_bf16", "amx_bf16"].filter(flags.contains)
+        return "\(field("model name") ?? "unknown model"), kernels \(String(cString: stitch_kernel_variant())), "
+            + "BF16 instructions: \(bf16.isEmpty ? "none" : bf16.joined(separator: ", "))"
     }
 
     private func runModelRows(_ modelRows: [BenchRow]) throws {

@@ -8,6 +8,10 @@
 
 typedef enum { STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_ACTIVATION_RELU6 = 2 } stitch_activation;
 
+/* The variant of the kernels below this CPU runs ("x86-64-v4", "x86-64-v3" or "baseline"): the level the
+   load-time resolver of their target clones picks. */
+const char *stitch_kernel_variant(void);
+
 /* y[i] = e^x[i], within about 1 ulp of expf (0 and +inf outside its range). */
 void stitch_exp(const float *x, float *y, long n);
 
