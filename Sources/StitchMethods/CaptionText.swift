@@ -14,6 +14,12 @@ public enum CaptionTokenizer {
     /// refused rather than left to run for hours.
     public static let maximumLength = 4096
 
+    /// Whether `caption` holds a line terminator of the tokenizer that pycocoevalcap leaves in (it replaces LF only):
+    /// CR, VT, FF, U+2028 or U+2029 (U+0085 is an ellipsis to it).
+    public static func holdsLineBreak(_ caption: String) -> Bool { caption.unicodeScalars.contains(where: lineBreaks.contains) }
+
+    private static let lineBreaks: Set<Unicode.Scalar> = ["\r", "\u{B}", "\u{C}", "\u{2028}", "\u{2029}"]
+
     /// The tokenized captions as pycocoevalcap pairs them with its input, in order. The tokenizer also starts lines at
     /// CR, CRLF, VT, FF, U+2028 and U+2029 inside captions; pycocoevalcap pairs lines and captions in order all the same,
     /// so from such a caption on each caption receives an earlier line (the result then has as many entries as

@@ -135,13 +135,13 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, epsilon: Float)
     return out
 }
 
-/// L2-normalises each row of the last dimension in place (sentence and CLIP embeddings).
 /// Indices of `values` from largest to smallest, equal values by lower index: the one ranking every "best first"
 /// list uses (zero-shot labels, retrieval, re-ranked captions, in-context examples).
 public func indicesByDescendingValue(_ values: [Float]) -> [Int] {
     values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }
 }
 
+/// L2-normalises each row of the last dimension in place (sentence and CLIP embeddings).
 public func l2NormalizeRows(_ x: inout Tensor, epsilon: Float = 1e-12) {
     forEachRow(&x) { row, n in
         var sum: Float = 0

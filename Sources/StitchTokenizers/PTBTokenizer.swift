@@ -18,7 +18,8 @@ public enum PTBTokenizer {
                 position += 1   // not reached: the last rule takes any unit but LF, which is a line terminator
                 continue
             }
-            let token = String(decoding: units[position..<position + length], as: UTF16.self)
+            // The matched text, decoded only by the rules that keep it (not for spaces, line breaks or deletions).
+            var token: String { String(decoding: units[position..<position + length], as: UTF16.self) }
             var next = position + length
             switch rules.actions[index] {
             case .keep: emit(token)

@@ -150,7 +150,8 @@ struct BenchRowWorker: ParsableCommand {
             var best: [Int] = []
             let time = try bestTime(seconds: seconds) {
                 let logits = try model.predict(pixels, queryEmbeddings: try model.queryEmbeddings(BenchRow.owlvitQueries)).logits.scalars
-                best = (0..<logits.count / 5).map { patch in (0..<5).max { logits[patch * 5 + $0] < logits[patch * 5 + $1] }! }
+                let queries = BenchRow.owlvitQueries.count
+                best = (0..<logits.count / queries).map { patch in (0..<queries).max { logits[patch * queries + $0] < logits[patch * queries + $1] }! }
             }
             (measured, note, output) = (time, "per 768x768 image, 5 queries", best)
         case .efficientnet:

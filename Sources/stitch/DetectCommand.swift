@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StitchImaging
 import StitchModels
+import StitchTensor
 
 struct Detect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,16 +53,17 @@ struct Detect: ParsableCommand {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
         if draw != nil && paths.count != 1 { throw ValidationError("--draw needs exactly one image, got \(paths.count)") }
+        let loaded = try ModelRegistry.standard.load(model, locator: hub.locator)
         let detect: (RGBImage) throws -> [Detection]
         if let queries {
-            let detector = try hub.load(model, as: (any TextQueriedDetector).self)
+            let detector = try ModelRegistry.require(loaded, spec: model, as: (any TextQueriedDetector).self)
             let (asked, threshold, nms) = (Self.split(queries), threshold ?? 0.1, nms)
             detect = { image in
                 let found = try detector.detect(image, queries: asked, threshold: threshold, nmsThreshold: nms)
-                return nms == nil ? found.sorted { $0.score > $1.score } : found
+                // Without NMS the detections come in patch order; printed best first (NMS already ranks them).
+                return nms == nil ? indicesByDescendingValue(found.map(\.score)).map { found[$0] } : found
             }
         } else {
-            let loaded = try ModelRegistry.standard.load(model, locator: hub.locator)
             if !(loaded.object is any ObjectDetector) && loaded.object is any TextQueriedDetector {
                 throw ValidationError("\(model) finds what text queries name: give --queries")
             }

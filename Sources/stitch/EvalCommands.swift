@@ -37,8 +37,9 @@ struct EvaluateCaptions: ParsableCommand {
     var perImage = false
 
     func run() throws {
-        let referenceEntries = try Self.entries(of: references, key: "annotations")
-        let resultEntries = try Self.entries(of: results, key: nil)
+        let referenceFile = try jsonDocument(references)
+        let referenceEntries = try Self.entries(jsonObjects(referenceFile, of: references, key: "annotations"), of: references)
+        let resultEntries = try Self.entries(jsonObjects(results, key: nil), of: results)
         var referencesByImage: [String: [String]] = [:]
         for (image, caption) in referenceEntries { referencesByImage[image, default: []].append(caption) }
         var resultByImage: [String: String] = [:]
@@ -49,11 +50,11 @@ struct EvaluateCaptions: ParsableCommand {
         guard !resultByImage.isEmpty else { throw ValidationError("\(results): no captions to score") }
         // The official evaluation's order: the references' images list (else the annotations' order), answered images only.
         // It matters: the tokenizer reads each set of captions as one text, and a few of its rules look at the next line.
-        let listed = ((try? jsonObjects(references, key: "images")) ?? []).compactMap { $0["id"].map { "\($0)" } }
+        let listed = ((try? jsonObjects(referenceFile, of: references, key: "images")) ?? []).compactMap { $0["id"].map { "\($0)" } }
         var images: [String] = [], placed = Set<String>()
         for image in listed + referenceEntries.map(\.0) where resultByImage[image] != nil && placed.insert(image).inserted { images.append(image) }
         let rawReferences = images.map { referencesByImage[$0]! }, rawCandidates = images.map { resultByImage[$0]! }
-        let lineBreaks = (rawReferences.joined() + rawCandidates).filter { $0.unicodeScalars.contains(where: Self.lineBreaks.contains) }.count
+        let lineBreaks = (rawReferences.joined() + rawCandidates).filter(CaptionTokenizer.holdsLineBreak).count
         if lineBreaks > 0 {
             FileHandle.standardError.write(Data("""
                 warning: \(lineBreaks) captions hold line breaks other than LF (CR, VT, FF, U+2028, U+2029); as in the official \
@@ -96,9 +97,6 @@ struct EvaluateCaptions: ParsableCommand {
         try printJSONLine(report)
     }
 
-    /// Line terminators of the tokenizer that pycocoevalcap leaves in captions (it replaces LF only).
-    static let lineBreaks: Set<Unicode.Scalar> = ["\r", "\u{B}", "\u{C}", "\u{2028}", "\u{2029}"]
-
     /// The METEOR jar to run: the one named, an installed pycocoevalcap's (auto, with java on the PATH), or none.
     func meteorJarURL() -> URL? {
         switch meteorJar {
@@ -114,9 +112,9 @@ struct EvaluateCaptions: ParsableCommand {
         return fields
     }
 
-    /// (image id as text, caption) pairs of a COCO file: the array under `key`, or the top-level array.
-    static func entries(of path: String, key: String?) throws -> [(String, String)] {
-        try jsonObjects(path, key: key).enumerated().map { index, item in
+    /// (image id as text, caption) pairs of the entries of the COCO file `path`.
+    static func entries(_ items: [[String: Any]], of path: String) throws -> [(String, String)] {
+        try items.enumerated().map { index, item in
             guard let image = item["image_id"].map({ "\($0)" }), let caption = item["caption"] as? String else {
                 throw ValidationError("\(path): entry \(index) needs an image_id and a caption string")
             }
@@ -184,9 +182,17 @@ struct EvaluateVQA: ParsableCommand {
 }
 
 /// The objects of a JSON file's array: the one under `key`, or the top-level array.
-func jsonObjects(_ path: String, key: String?) throws -> [[String: Any]] {
+func jsonObjects(_ path: String, key: String?) throws -> [[String: Any]] { try jsonObjects(jsonDocument(path), of: path, key: key) }
+
+/// A JSON file, parsed.
+func jsonDocument(_ path: String) throws -> Any {
     guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(path): missing or unreadable") }
     guard let root = try? JSONSerialization.jsonObject(with: data) else { throw ValidationError("\(path): not valid JSON") }
+    return root
+}
+
+/// The objects of the array under `key` of the parsed file `path`, or of its top-level array.
+func jsonObjects(_ root: Any, of path: String, key: String?) throws -> [[String: Any]] {
     let list: Any? = key.map { (root as? [String: Any])?[$0] as Any } ?? root
     guard let items = list as? [[String: Any]] else {
         throw ValidationError("\(path): expected \(key.map { "an object with an \"\($0)\" array" } ?? "an array") of objects")
