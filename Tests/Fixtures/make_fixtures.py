@@ -946,9 +946,9 @@ def coco_caption_scores(references, results):
 
 
 def make_adversarial_caption_evaluations():
-    """Three COCO-format evaluations of 1,000+ images with adversarial references and results, scored by pycocoevalcap.
-    The third holds line terminators inside captions, which shift pycocoevalcap's tokenized captions between images."""
-    for index, (images, seed, line_breaks) in enumerate([(1000, 21, False), (1200, 22, False), (1000, 23, True)], start=1):
+    """Three COCO-format evaluations of 1,000+ answered images (ten more left unanswered) with adversarial references
+    and results, scored by pycocoevalcap. The third holds line terminators inside captions, which shift pycocoevalcap's tokenized captions between images."""
+    for index, (images, seed, line_breaks) in enumerate([(1020, 21, False), (1200, 22, False), (1020, 23, True)], start=1):
         rng = random.Random(seed)
         ids = rng.sample(range(1, 10 * images), images)
         listed = ids[:]
