@@ -32,10 +32,31 @@ public enum GraphError: Error, CustomStringConvertible {
     }
 }
 
-/// `$name` or `$name.field`: an input, a node's result, or one field of it.
+/// `$name`, `$name.field` or a longer path such as `$name.labels.0`: an input, a node's result, or a part of it
+/// (a field of a record, an item of a list counted from 0).
 public struct Reference: Sendable, Hashable {
     public let name: String
-    public let field: String?
+    public let path: [String]
+
+    /// From the text after "$"; nil when the name is empty.
+    init?(_ text: Substring) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard let name = parts.first, !name.isEmpty else { return nil }
+        (self.name, path) = (name, Array(parts.dropFirst()))
+    }
+
+    public var description: String { "$" + ([name] + path).joined(separator: ".") }
+
+    /// The part of `base` (the named value) that the path picks; null where it picks nothing.
+    func pick(from base: Value) -> Value {
+        path.reduce(base) { value, step in
+            switch value {
+            case .object(let fields): return fields[step] ?? .null
+            case .array(let items): return Int(step).flatMap { items.indices.contains($0) ? items[$0] : nil } ?? .null
+            default: return .null
+            }
+        }
+    }
 }
 
 /// A node argument as written: a literal, a reference, a component name, or lists and
@@ -104,7 +125,7 @@ public struct Graph: Sendable {
     public let file: String
     public var components: [String: ComponentSpec]
     public let inputs: [String: ValueType]
-    public let nodes: [String: NodeSpec]
+    public private(set) var nodes: [String: NodeSpec]
     public let outputs: [String: Reference]
     /// Node names in dependency order.
     public let order: [String]
@@ -139,15 +160,55 @@ public struct Graph: Sendable {
             return trust.mayReceiveKey(url) ? "component '\(name)' sends prompts to \(url) with the API key"
                 : "component '\(name)' sends prompts to \(url) without the API key (not the configured server; --allow-url \(url) sends it)"
         }
-        return promptFiles.map { "reads prompt file \($0)" } + servers
+        return promptFiles.map { "reads file \($0)" } + servers
     }
 
-    /// The type of what a reference names.
+    /// The graph with node `node`'s argument `argument` set to `value`, checked against the operation's type; nodes that
+    /// only this argument read are no longer run. (Removing what a node reads keeps `order` a dependency order.)
+    public func setting(_ node: String, _ argument: String, to value: Value) throws -> Graph {
+        guard let spec = nodes[node] else { throw GraphError.badInput("\(file): no node '\(node)' (nodes: \(nodes.keys.sorted().joined(separator: ", ")))") }
+        guard let declared = spec.operation.argument(argument) else {
+            throw GraphError.badInput("\(file): node '\(node)': \(spec.operation.name) has no argument '\(argument)' (it takes \(spec.operation.arguments.map(\.name).joined(separator: ", ")))")
+        }
+        guard case .value(let type) = declared.type else {
+            throw GraphError.badInput("\(file): node '\(node)': '\(argument)' names a component; point the component elsewhere instead")
+        }
+        guard type.accepts(literal: value) else { throw GraphError.badInput("\(file): node '\(node)': '\(argument)' must be \(type), got \(value.canonicalJSON)") }
+        var arguments = spec.arguments
+        arguments[argument] = .literal(value)
+        var graph = self
+        graph.nodes[node] = NodeSpec(name: node, operation: spec.operation, arguments: arguments,
+                                     dependencies: Set(arguments.values.flatMap(\.references).map(\.name)))
+        return graph
+    }
+
+    /// The type of node `node`'s value argument `argument`, if it has one.
+    public func argumentType(_ node: String, _ argument: String) -> ValueType? {
+        guard case .value(let type)? = nodes[node]?.operation.argument(argument)?.type else { return nil }
+        return type
+    }
+
+    /// The nodes that the named inputs or nodes read, directly or through others, and those named nodes.
+    func nodesNeeded(for names: [String]) -> Set<String> {
+        var needed = Set<String>()
+        var pending = names.filter { nodes[$0] != nil }
+        while let name = pending.popLast() {
+            guard needed.insert(name).inserted else { continue }
+            pending += nodes[name]!.dependencies.filter { nodes[$0] != nil && !needed.contains($0) }
+        }
+        return needed
+    }
+
+    /// The type of what a reference names; nil when its path leads nowhere.
     func type(of reference: Reference) -> ValueType? {
-        let base = inputs[reference.name] ?? nodes[reference.name]?.operation.output
-        guard let field = reference.field else { return base }
-        if case .record(let fields) = base { return fields[field] }
-        return nil
+        reference.path.reduce(inputs[reference.name] ?? nodes[reference.name]?.operation.output) { type, step in
+            switch type {
+            case .record(let fields)?: return fields[step]
+            case .texts?: return Int(step) != nil ? .text : nil
+            case .json?: return .json
+            default: return nil
+            }
+        }
     }
 }
 
@@ -316,20 +377,23 @@ struct GraphParser {
         return NodeSpec(name: name, operation: operation, arguments: arguments, dependencies: dependencies)
     }
 
-    /// `$name[.field]` references, {file: path} prompt files, lists and mappings of them, or literals.
+    /// `$name[.field]` references, files beside the graph ({file: path} a prompt, {lines: path} a list of texts,
+    /// {jsonl: path} a list of JSON values), lists and mappings of them, or literals.
     mutating func parseArgument(_ node: Node, node graphNode: String) -> NodeArgument? {
         switch node {
         case .scalar(let scalar) where scalar.style == .plain || scalar.style == .singleQuoted || scalar.style == .doubleQuoted:
             let text = scalar.string
             if text.hasPrefix("$$") { return .literal(.string(String(text.dropFirst()))) }
             if text.hasPrefix("$") {
-                let parts = text.dropFirst().split(separator: ".", maxSplits: 1).map(String.init)
-                guard let name = parts.first, !name.isEmpty else { report(node, "empty reference '\(text)'", in: graphNode); return nil }
-                return .reference(Reference(name: name, field: parts.count > 1 ? parts[1] : nil))
+                guard let reference = Reference(text.dropFirst()) else { report(node, "empty reference '\(text)'", in: graphNode); return nil }
+                return .reference(reference)
             }
             return .literal(literal(node))
         case .mapping(let mapping):
-            if mapping.count == 1, let path = mapping["file"]?.string { return loadPrompt(path, at: node, in: graphNode) }
+            if mapping.count == 1, let (key, value) = mapping.first.map({ ($0.key.string ?? "", $0.value.string) }),
+               let path = value, let form = GraphFileForm(rawValue: key) {
+                return loadFile(path, as: form, at: node, in: graphNode)
+            }
             var items: [String: NodeArgument] = [:]
             for (key, value) in mapping {
                 if let argument = parseArgument(value, node: graphNode) { items[key.string ?? "?"] = argument }
@@ -342,28 +406,49 @@ struct GraphParser {
         }
     }
 
-    /// A prompt file, relative to the graph file's folder, and inside it unless the user allowed another folder
-    /// (`registry.trust`); the newline that ends its last line is not part of the prompt.
-    mutating func loadPrompt(_ path: String, at node: Node, in graphNode: String) -> NodeArgument? {
+    /// How a file named in a graph becomes a value.
+    enum GraphFileForm: String {
+        /// The text, without the newline that ends its last line.
+        case file
+        /// One text per non-empty line, trimmed (category lists).
+        case lines
+        /// One JSON value per non-empty line (pools of examples).
+        case jsonl
+    }
+
+    /// A file relative to the graph file's folder, and inside it unless the user allowed another folder (`registry.trust`).
+    mutating func loadFile(_ path: String, as form: GraphFileForm, at node: Node, in graphNode: String) -> NodeArgument? {
         let folder = URL(fileURLWithPath: file).deletingLastPathComponent()
         let candidate = path.hasPrefix("/") ? path : folder.appendingPathComponent(path).path
         guard registry.trust.mayRead(candidate, besides: folder.path) else {
-            report(node, "prompt file '\(path)' is outside the graph's folder; --allow-path FOLDER lets graphs read there", in: graphNode)
+            report(node, "file '\(path)' is outside the graph's folder; --allow-path FOLDER lets graphs read there", in: graphNode)
             return nil
         }
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: candidate, isDirectory: &isFolder), !isFolder.boolValue,
               let handle = FileHandle(forReadingAtPath: candidate), let data = try? handle.read(upToCount: Limit.graphFileBytes.value + 1) else {
-            report(node, "prompt file '\(path)' not found beside the graph", in: graphNode)
+            report(node, "file '\(path)' not found beside the graph", in: graphNode)
             return nil
         }
         guard data.count <= Limit.graphFileBytes.value else {
-            report(node, "prompt file '\(path)' is over \(Limit.graphFileBytes.value) bytes \(Limit.graphFileBytes.hint)", in: graphNode)
+            report(node, "file '\(path)' is over \(Limit.graphFileBytes.value) bytes \(Limit.graphFileBytes.hint)", in: graphNode)
             return nil
         }
         promptFiles.append(candidate)
         let text = String(decoding: data, as: UTF8.self)
-        return .literal(.string(text.hasSuffix("\n") ? String(text.dropLast()) : text))
+        switch form {
+        case .file:
+            return .literal(.string(text.hasSuffix("\n") ? String(text.dropLast()) : text))
+        case .lines:
+            return .literal(.array(Value.textLines(text).map(Value.string)))
+        case .jsonl:
+            do {
+                return .literal(.array(try Value.jsonLines(text).map(\.value)))
+            } catch {
+                report(node, "file '\(path)': \(error)", in: graphNode)
+                return nil
+            }
+        }
     }
 
     func literal(_ node: Node) -> Value {
@@ -389,12 +474,11 @@ struct GraphParser {
         var outputs: [String: Reference] = [:]
         for (key, value) in mapping {
             let name = key.string ?? "?"
-            guard let text = value.string, text.hasPrefix("$"), text.count > 1 else {
+            guard let text = value.string, text.hasPrefix("$"), let reference = Reference(text.dropFirst()) else {
                 report(value, "output '\(name)' must be a reference such as $node or $node.field")
                 continue
             }
-            let parts = text.dropFirst().split(separator: ".", maxSplits: 1).map(String.init)
-            outputs[name] = Reference(name: parts[0], field: parts.count > 1 ? parts[1] : nil)
+            outputs[name] = reference
         }
         return outputs
     }
@@ -402,9 +486,9 @@ struct GraphParser {
     mutating func checkReference(_ reference: Reference, graph: Graph, at node: Node?, context: String, node graphNode: String?) {
         if graph.inputs[reference.name] == nil && graph.nodes[reference.name] == nil {
             report(node, "\(context): '$\(reference.name)' is neither an input nor a node", in: graphNode)
-        } else if reference.field != nil && graph.type(of: reference) == nil {
+        } else if !reference.path.isEmpty && graph.type(of: reference) == nil {
             let base = graph.inputs[reference.name] ?? graph.nodes[reference.name]!.operation.output
-            report(node, "\(context): '$\(reference.name)' (\(base)) has no field '\(reference.field!)'", in: graphNode)
+            report(node, "\(context): '$\(reference.name)' (\(base)) has no field '\(reference.path.joined(separator: "."))'", in: graphNode)
         }
     }
 
@@ -417,7 +501,7 @@ struct GraphParser {
         case .reference(let reference):
             checkReference(reference, graph: graph, at: mark, context: "'\(name)'", node: node)
             if let found = graph.type(of: reference), !type.accepts(found) {
-                report(mark, "'\(name)' must be \(type), but '$\(reference.name)\(reference.field.map { "." + $0 } ?? "")' is \(found)", in: node)
+                report(mark, "'\(name)' must be \(type), but '\(reference.description)' is \(found)", in: node)
             }
         case .list(let items):
             guard type == .texts || type == .json else { report(mark, "'\(name)' must be \(type), not a list", in: node); return }

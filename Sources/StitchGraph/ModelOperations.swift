@@ -21,7 +21,7 @@ extension OperationRegistry {
         registry.register(modelKind("gpt2", providing: "lm", as: (any CausalLanguageModel).self, models: models))
         registry.register(asifKind(models: models))
         registry.register(completionKind(models: models, trust: trust))
-        for operation in clipOperations + languageModelOperations + asifOperations + visionOperations + [completeOperation] { registry.register(operation) }
+        for operation in clipOperations + languageModelOperations + asifOperations + visionOperations + methodOperations + [completeOperation] { registry.register(operation) }
         return registry
     }
 
@@ -58,16 +58,18 @@ extension OperationRegistry {
     }
 
     static let completeOperation = Operation(
-        "lm_complete", "Complete a prompt with a completion component (local or a server): temperature 0 is greedy.",
+        "lm_complete", "Complete a prompt with a completion component (local or a server): temperature 0 is greedy; n > 1 samples n "
+        + "completions (seeds seed, seed + 1, ...), all in `texts`, the first in `text`.",
         arguments: [.component("lm", kind: "completion"), .value("prompt", .text), .value("max_tokens", .number, default: .number(32)),
                     .value("temperature", .number, default: .number(0)), .value("stop", .texts, default: .array([])),
-                    .value("seed", .number, default: .number(0))],
-        output: .record(["text": .text, "logprob": .number])) { input in
+                    .value("seed", .number, default: .number(0)), .value("n", .number, default: .number(1))],
+        output: .record(["text": .text, "logprob": .number, "texts": .texts])) { input in
         let lm = try input.component("lm", as: CompletionComponent.self)
-        let completion = try lm.backend.complete(CompletionRequest(prompt: try input.text("prompt"), maxTokens: try input.integer("max_tokens"),
-                                                                   temperature: try input.number("temperature"), stop: try input.texts("stop"),
-                                                                   logprobs: true, seed: UInt64(max(0, try input.integer("seed")))))[0]
-        return .object(["text": .string(completion.text), "logprob": .number(completion.totalLogprob)])
+        let completions = try lm.backend.complete(CompletionRequest(prompt: try input.text("prompt"), maxTokens: try input.integer("max_tokens"),
+                                                                    temperature: try input.number("temperature"), count: try input.integer("n"),
+                                                                    stop: try input.texts("stop"), logprobs: true, seed: UInt64(max(0, try input.integer("seed")))))
+        guard let first = completions.first else { throw GraphError.operationFailed(node: input.node, detail: "the language model returned no completion") }
+        return .object(["text": .string(first.text), "logprob": .number(first.totalLogprob), "texts": .array(completions.map { .string($0.text) })])
     }
 
     /// A component read from local files (one file, or every file of a folder), identified by their paths, sizes and modification dates.
@@ -214,13 +216,14 @@ extension OperationRegistry {
             return .object(["label": .string(labels[best]),
                             "probabilities": .object(Dictionary(zip(labels, probabilities.map { .number(Double($0)) }), uniquingKeysWith: { a, _ in a }))])
         },
-        Operation("clip_rank", "Texts ranked by CLIP similarity to an image, best first, with their logits.",
+        Operation("clip_rank", "Texts ranked by a scorer's similarity to an image, best first, with their logits; `best` is the first (empty without texts).",
                   arguments: [.component("clip", kind: "scorer"), .value("image", .image), .value("texts", .texts)],
-                  output: .record(["texts": .texts, "scores": .json])) { input in
+                  output: .record(["texts": .texts, "scores": .json, "best": .text])) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
             let texts = try input.texts("texts")
-            let ranked = try clip.rank(texts, for: input.image("image"))
-            return .object(["texts": .array(ranked.map { .string(texts[$0.index]) }), "scores": .array(ranked.map { .number(Double($0.logit)) })])
+            let ranked = texts.isEmpty ? [] : try clip.rank(texts, for: input.image("image"))
+            return .object(["texts": .array(ranked.map { .string(texts[$0.index]) }), "scores": .array(ranked.map { .number(Double($0.logit)) }),
+                            "best": .string(ranked.first.map { texts[$0.index] } ?? "")])
         },
     ]
 
@@ -261,24 +264,32 @@ extension OperationRegistry {
             let prompt = try lm.promptTokens(input.text("prompt"))
             return .number(Double(try lm.logProbabilities(of: lm.encode(input.text("continuation")), after: prompt).reduce(0, +)))
         },
-        Operation("magic_decode", "MAGiC: a caption (or, with a title, a story) guided by CLIP towards the image; defaults are the published "
-                  + "MSCOCO script's, candidate texts reach CLIP as the published code formed them (clip_text published, or current).",
+        Operation("magic_decode", "MAGiC: a caption (or, with a title, a story) guided by CLIP towards the image, with the settings of a published "
+                  + "script (preset mscoco, flickr30k or story; auto: story with a title, else mscoco), each overridden by k, alpha, beta, max_tokens; "
+                  + "candidate texts reach CLIP as the published code formed them (clip_text published, or current).",
                   arguments: [.component("lm", kind: "lm"), .component("clip", kind: "scorer"), .value("image", .image),
-                              .value("k", .number, default: .number(Double(MagicPreset.mscoco.settings.k))),
-                              .value("alpha", .number, default: .number(MagicPreset.mscoco.settings.alpha)),
-                              .value("beta", .number, default: .number(MagicPreset.mscoco.settings.beta)),
-                              .value("max_tokens", .number, default: .number(Double(MagicPreset.mscoco.maxNewTokens(promptLength: 1)))),
+                              .value("preset", .text, default: .string("auto")),
+                              .value("k", .number, optional: true), .value("alpha", .number, optional: true), .value("beta", .number, optional: true),
+                              .value("max_tokens", .number, optional: true),
                               .value("title", .text, default: .string("")), .value("stop", .texts, default: .array([])),
-                              .value("clip_text", .text, default: .string("published"))],
+                              .value("clip_text", .text, default: .string("published")), .value("speedups", .bool, default: .bool(true))],
                   output: .record(["text": .text, "tokens": .json])) { input in
             let lm = try input.component("lm", as: (any CausalLanguageModel).self), clip = try input.component("clip", as: (any ImageTextScorer).self)
-            let title = try input.text("title")
-            let clipText = try input.text("clip_text")
+            let title = try input.text("title").isEmpty ? nil : try input.text("title")
+            let clipText = try input.text("clip_text"), presetName = try input.text("preset")
             guard let text = MagicText(rawValue: clipText) else { throw GraphError.invalidValue("clip_text must be published or current, got '\(clipText)'") }
-            let settings = MagicSettings(k: try input.integer("k"), alpha: try input.number("alpha"), beta: try input.number("beta"),
-                                         textTokenization: text.tokenization)
-            let caption = try magicCaption(lm, scorer: clip, image: input.image("image"), title: title.isEmpty ? nil : title, settings: settings,
-                                           stop: StopConditions(maxTokens: try input.integer("max_tokens"), strings: try input.texts("stop")))
+            guard let preset = presetName == "auto" ? (title == nil ? .mscoco : .story) : MagicPreset(rawValue: presetName) else {
+                throw GraphError.operationFailed(node: input.node, detail: "unknown preset '\(presetName)' (auto, \(MagicPreset.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            var settings = preset.settings
+            if input.arguments["k"] != nil { settings.k = try input.integer("k") }
+            if input.arguments["alpha"] != nil { settings.alpha = try input.number("alpha") }
+            if input.arguments["beta"] != nil { settings.beta = try input.number("beta") }
+            settings.textTokenization = text.tokenization
+            settings.speedups = input.arguments["speedups"] == .bool(true)
+            let maxTokens = input.arguments["max_tokens"] != nil ? try input.integer("max_tokens") : preset.maxNewTokens(promptLength: try lm.magicPrompt(title: title).count)
+            let caption = try magicCaption(lm, scorer: clip, image: input.image("image"), title: title, settings: settings,
+                                           stop: StopConditions(maxTokens: maxTokens, strings: try input.texts("stop")))
             return .object(["text": .string(caption.text), "tokens": .array(caption.tokens.map { .number(Double($0)) })])
         },
     ]

@@ -1,5 +1,6 @@
 import Foundation
 import StitchImaging
+import StitchMethods
 
 /// One argument of an operation: a typed value or a component of some kind.
 public struct OperationArgument: Sendable {
@@ -29,11 +30,17 @@ public struct OperationArgument: Sendable {
 public struct OperationInput: @unchecked Sendable {
     public let node: String
     public let arguments: [String: Value]
-    let components: [String: AnyObject]
+    let components: [String: LoadedComponent]
 
     public func component<T>(_ name: String, as type: T.Type) throws -> T {
-        guard let component = components[name] as? T else { throw GraphError.operationFailed(node: node, detail: "component argument '\(name)' is not a \(T.self)") }
+        guard let component = components[name]?.object as? T else { throw GraphError.operationFailed(node: node, detail: "component argument '\(name)' is not a \(T.self)") }
         return component
+    }
+
+    /// What operations remember about the component argument `name` for the rest of the run.
+    public func memo(_ name: String) throws -> Memo {
+        guard let component = components[name] else { throw GraphError.operationFailed(node: node, detail: "no component argument '\(name)'") }
+        return component.memo
     }
 
     /// The image at the path argument `name` holds, decoded.
@@ -148,29 +155,21 @@ public final class OperationRegistry: @unchecked Sendable {
     ]
 }
 
-/// Replaces each {name} in `template` with the text of values[name]; {{ and }} are literal braces.
+/// Replaces each {name} in `template` with the text of values[name] (a list of texts joined by ", ", other values as
+/// JSON); {{ and }} are literal braces.
 func fillTemplate(_ template: String, values: Value, node: String) throws -> Value {
-    var out = ""
-    var rest = Substring(template)
-    while let open = rest.firstIndex(where: { $0 == "{" || $0 == "}" }) {
-        out += rest[..<open]
-        let after = rest.index(after: open)
-        if after < rest.endIndex, rest[after] == rest[open] {   // {{ or }}
-            out.append(rest[open])
-            rest = rest[rest.index(after: after)...]
-            continue
+    var texts: [String: String] = [:]
+    for name in PromptTemplate.placeholders(template) {
+        switch values[name] {
+        case .string(let text)?: texts[name] = text
+        case let value? where value.strings != nil: texts[name] = value.strings!.joined(separator: ", ")
+        case let value?: texts[name] = value.canonicalJSON
+        case nil: break
         }
-        guard rest[open] == "{", let close = rest[after...].firstIndex(of: "}") else {
-            throw GraphError.operationFailed(node: node, detail: "unbalanced brace in template near '\(rest[open...].prefix(20))'")
-        }
-        let name = String(rest[after..<close])
-        guard let value = values[name] else { throw GraphError.operationFailed(node: node, detail: "template placeholder {\(name)} has no value") }
-        switch value {
-        case .string(let text): out += text
-        case .array(let items) where value.strings != nil: out += items.compactMap(\.string).joined(separator: ", ")
-        default: out += value.canonicalJSON
-        }
-        rest = rest[rest.index(after: close)...]
     }
-    return .string(out + rest)
+    do {
+        return .string(try PromptTemplate.fill(template, values: texts))
+    } catch {
+        throw GraphError.operationFailed(node: node, detail: "\(error)")
+    }
 }

@@ -39,22 +39,31 @@ public final class GraphRunner: @unchecked Sendable {
     /// Per-node timings of the last run, in start order.
     public var trace: [NodeTiming] { lock.withLock { timings.sorted { $0.start < $1.start } } }
 
-    /// The graph's outputs for one set of inputs. Cancelling the calling task stops scheduling
-    /// new nodes; cache files are only ever renamed into place whole.
-    public func run(inputs: [String: Value]) async throws -> [String: Value] {
+    /// The graph's outputs for one set of inputs; with `outputs`, only those, and only the nodes they need run.
+    /// Cancelling the calling task stops scheduling new nodes; cache files are only ever renamed into place whole.
+    public func run(inputs: [String: Value], outputs wanted: [String]? = nil) async throws -> [String: Value] {
         try checkInputs(inputs)
+        let outputs = try wanted.map { names in
+            try Dictionary(uniqueKeysWithValues: names.map { name in
+                guard let reference = graph.outputs[name] else {
+                    throw GraphError.badInput("unknown output '\(name)' (the graph has \(graph.outputs.keys.sorted().joined(separator: ", ")))")
+                }
+                return (name, reference)
+            })
+        } ?? graph.outputs
+        let needed = graph.nodesNeeded(for: outputs.values.map(\.name))
         let faultsBefore = MappedFiles.faults
         lock.withLock { timings = [] }
         let started = Date()
         var results: [String: Value] = inputs
-        var dependencies = NodeDependencies(graph.nodes)
+        var dependencies = NodeDependencies(graph.nodes.filter { needed.contains($0.key) })
         try await withThrowingTaskGroup(of: (String, Value).self) { group in
             func start(_ name: String) {
                 let node = graph.nodes[name]!
                 let arguments = node.arguments.mapValues { resolve($0, results) }
                 group.addTask { (name, try await self.execute(node, arguments: arguments, since: started)) }
             }
-            for name in graph.order where dependencies.waitingOn[name] == 0 { start(name) }
+            for name in graph.order where needed.contains(name) && dependencies.waitingOn[name] == 0 { start(name) }
             for try await (name, value) in group {
                 try Task.checkCancellation()
                 results[name] = value
@@ -63,10 +72,7 @@ public final class GraphRunner: @unchecked Sendable {
         }
         // A model or index file that shrank under this run was read as zeros: its results cannot be trusted.
         if MappedFiles.faults != faultsBefore { throw MappedFiles.changedError() }
-        return graph.outputs.mapValues { reference in
-            let value = results[reference.name]!
-            return reference.field.map { value[$0] ?? .null } ?? value
-        }
+        return outputs.mapValues { reference in reference.pick(from: results[reference.name]!) }
     }
 
     private func checkInputs(_ inputs: [String: Value]) throws {
@@ -86,9 +92,7 @@ public final class GraphRunner: @unchecked Sendable {
         switch argument {
         case .literal(let value): return value
         case .component(let name): return .string(name)
-        case .reference(let reference):
-            let value = results[reference.name]!
-            return reference.field.map { value[$0] ?? .null } ?? value
+        case .reference(let reference): return reference.pick(from: results[reference.name]!)
         case .list(let items): return .array(items.map { resolve($0, results) })
         case .mapping(let items): return .object(items.mapValues { resolve($0, results) })
         }
@@ -105,10 +109,10 @@ public final class GraphRunner: @unchecked Sendable {
             record(NodeTiming(node: node.name, start: begin, end: Date().timeIntervalSince(started), cached: true)) { $0.cacheHits += 1 }
             return cached
         }
-        var loaded: [String: AnyObject] = [:]
+        var loaded: [String: LoadedComponent] = [:]
         for spec in node.operation.arguments {
             if case .component = spec.type, let name = arguments[spec.name]?.string {
-                loaded[spec.name] = try await components.get(name) { self.record(nil) { $0.componentsLoaded += 1 } }.object
+                loaded[spec.name] = try await components.get(name) { self.record(nil) { $0.componentsLoaded += 1 } }
             }
         }
         let value: Value
@@ -180,26 +184,43 @@ public final class GraphRunner: @unchecked Sendable {
 actor ComponentPool {
     let graph: Graph
     let registry: OperationRegistry
-    private var loading: [String: Task<AnyObjectBox, Error>] = [:]
+    private var loading: [String: Task<LoadedComponent, Error>] = [:]
 
     init(graph: Graph, registry: OperationRegistry) {
         self.graph = graph
         self.registry = registry
     }
 
-    func get(_ name: String, onLoad: @escaping @Sendable () -> Void) async throws -> AnyObjectBox {
+    func get(_ name: String, onLoad: @escaping @Sendable () -> Void) async throws -> LoadedComponent {
         if let task = loading[name] { return try await task.value }
         let spec = graph.components[name]!
         let kind = registry.componentKinds[spec.kind]!
         let task = Task.detached {
             onLoad()
-            return AnyObjectBox(object: try kind.load(spec))
+            return LoadedComponent(object: try kind.load(spec))
         }
         loading[name] = task
         return try await task.value
     }
 }
 
-struct AnyObjectBox: @unchecked Sendable {
+/// A loaded component, and what operations remember about it for the rest of the run (`Memo`).
+struct LoadedComponent: @unchecked Sendable {
     let object: AnyObject
+    let memo = Memo()
+}
+
+/// Values derived from one component that several nodes or items reuse, such as a scorer's embeddings of a
+/// category list: computed once per run, kept in memory, never written to the cache.
+public final class Memo: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [String: Any] = [:]
+
+    /// The value stored under `key`, made by `make` the first time.
+    public func value<T>(_ key: String, make: () throws -> T) rethrows -> T {
+        if let value = lock.withLock({ values[key] }) as? T { return value }
+        let value = try make()
+        lock.withLock { values[key] = value }
+        return value
+    }
 }

@@ -41,8 +41,25 @@ public indirect enum Value: Sendable, Hashable {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// JSON text as a value. Read with JSONDecoder, whose numbers are the nearest doubles to their text, so that what
+    /// `canonicalJSON` wrote (a cached result, an embedding) reads back bit for bit (JSONSerialization on Linux can miss by an ulp).
     public static func parse(json text: String) throws -> Value {
-        try Value(json: JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed]))
+        try JSONDecoder().decode(Value.self, from: Data(text.utf8))
+    }
+
+    /// The values of JSON Lines text with their 1-based line numbers, blank lines skipped; a line that is not JSON
+    /// throws `GraphError.invalidValue` naming its number.
+    public static func jsonLines(_ text: String) throws -> [(line: Int, value: Value)] {
+        try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { index, line in
+            guard !line.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return nil }
+            guard let value = try? parse(json: String(line)) else { throw GraphError.invalidValue("line \(index + 1) is not JSON") }
+            return (index + 1, value)
+        }
+    }
+
+    /// A list file's entries: one per non-empty line, trimmed (category lists).
+    public static func textLines(_ text: String) -> [String] {
+        text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
     public var string: String? { if case .string(let s) = self { return s } else { return nil } }
@@ -53,6 +70,18 @@ public indirect enum Value: Sendable, Hashable {
         return strings.count == items.count ? strings : nil
     }
     public subscript(field: String) -> Value? { if case .object(let o) = self { return o[field] } else { return nil } }
+}
+
+extension Value: Decodable {
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let bool = try? container.decode(Bool.self) { self = .bool(bool) }
+        else if let number = try? container.decode(Double.self) { self = .number(number) }
+        else if let string = try? container.decode(String.self) { self = .string(string) }
+        else if let array = try? container.decode([Value].self) { self = .array(array) }
+        else { self = .object(try container.decode([String: Value].self)) }
+    }
 }
 
 /// The types of graph inputs, operation arguments and results.

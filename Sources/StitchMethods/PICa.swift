@@ -19,6 +19,9 @@ public struct PICa: Sendable {
         public init(context: String, question: String, answer: String = "") {
             (self.context, self.question, self.answer) = (context, question, answer)
         }
+
+        /// The fields a few-shot template fills in.
+        public var fields: [String: String] { ["context": context, "question": question, "answer": answer] }
     }
 
     public var header: String
@@ -36,17 +39,11 @@ public struct PICa: Sendable {
         return trimmedTags.isEmpty ? sentence : "\(sentence). \(trimmedTags)"
     }
 
-    /// The prompt, byte for byte as the published code writes it:
-    /// "HEADER\n===\n", per example "Context: C\n===\n" and "Q: Q\nA: A\n\n===\n", then "Context: C\n===\nQ: Q\nA:".
-    public func prompt(examples: [Example], test: Example) -> String {
-        var prompt = header + "\n===\n"
-        for example in examples {
-            prompt += "Context: \(example.context)\n===\n"
-            prompt += "Q: \(example.question)\nA: \(example.answer)\n\n===\n"
-        }
-        prompt += "Context: \(test.context)\n===\n"
-        prompt += "Q: \(test.question)\nA:"
-        return prompt
+    /// The prompt, byte for byte as the published code writes it (`FewShotPrompt.pica` with this header).
+    public func prompt(examples: [Example], test: Example) throws -> String {
+        var format = FewShotPrompt.pica
+        format.header = header
+        return try format.prompt(examples: examples.map(\.fields), query: test.fields)
     }
 
     /// The published code's answer clean-up (process_answer): "." and "," removed, lower case, and the words "a", "an",
@@ -63,21 +60,31 @@ public struct PICa: Sendable {
     /// all embeddings unit length ([d], and [N, d] for the pool). As the published code computes it (float32
     /// matrix-vector products, then their sum), so that its feature files give its selection.
     public static func rankExamples(question: Tensor, image: Tensor, poolQuestions: Tensor, poolImages: Tensor) -> [Int] {
-        let textScores = matmul(question.reshaped([1, question.count]), poolQuestions, transposeB: true).scalars   // [1, N]
-        let imageScores = matmul(image.reshaped([1, image.count]), poolImages, transposeB: true).scalars
-        return indicesByDescendingValue(zip(textScores, imageScores).map { $0 + $1 })
+        rankExamples(similarities: [(question, poolQuestions, 1), (image, poolImages, 1)])
+    }
+
+    /// Pool indices best first by the weighted sum of each query embedding's dot products with its pool's rows
+    /// ([d] against [N, d]), ties by index. With weights 1 the sum is the published one, bit for bit.
+    public static func rankExamples(similarities: [(query: Tensor, pool: Tensor, weight: Float)]) -> [Int] {
+        var total: [Float]?
+        for (query, pool, weight) in similarities {
+            let scores = matmul(query.reshaped([1, query.count]), pool, transposeB: true).scalars   // [1, N]
+            total = total.map { zip($0, scores).map { $0 + weight * $1 } } ?? scores.map { weight * $0 }
+        }
+        return indicesByDescendingValue(total ?? [])
     }
 
     /// The answer of an ensemble of `prompts`: each completed greedily (at most 5 tokens, stopping at a newline or
     /// <|endoftext|>, as published), the answer kept whose tokens' summed log-probability is highest (the first on
-    /// ties), cleaned as the published code cleans it (`cleanAnswer`).
-    public static func answer(prompts: [String], backend: CompletionBackend, maxTokens: Int = 5) throws -> (answer: String, candidates: [(answer: String, logprob: Double)]) {
+    /// ties); answers are cleaned by `normalization` (the published code's clean-up by default).
+    public static func answer(prompts: [String], backend: CompletionBackend, maxTokens: Int = 5,
+                              normalization: AnswerNormalization = .pica) throws -> (answer: String, candidates: [(answer: String, logprob: Double)]) {
         var candidates: [(answer: String, logprob: Double)] = []
         for prompt in prompts {
             let completion = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: 0, stop: ["\n", "<|endoftext|>"], logprobs: true))[0]
             // Up to the first newline: a server that ignores the stop list must not change the answer.
             let line = completion.text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-            candidates.append((cleanAnswer(line), completion.totalLogprob))
+            candidates.append((normalization.apply(line), completion.totalLogprob))
         }
         guard let best = candidates.indices.max(by: { candidates[$0].logprob < candidates[$1].logprob || (candidates[$0].logprob == candidates[$1].logprob && $0 > $1) }) else {
             throw MethodError.invalidInput("PICa: an ensemble needs at least one prompt")

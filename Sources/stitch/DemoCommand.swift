@@ -113,7 +113,7 @@ struct Demo: ParsableCommand {
                 var tags: [String] = []
                 for d in report.detections ?? [] where !tags.contains(d.label) { tags.append(d.label) }
                 let context = PICa.context(caption: report.captioner ?? report.magic ?? "", tags: tags.joined(separator: ", "))
-                let prompt = PICa().prompt(examples: spec.examples.map { PICa.Example(context: $0.context, question: $0.question, answer: $0.answer) },
+                let prompt = try PICa().prompt(examples: spec.examples.map { PICa.Example(context: $0.context, question: $0.question, answer: $0.answer) },
                                            test: PICa.Example(context: context, question: photo.question))
                 report.answer = try PICa.answer(prompts: [prompt], backend: answerer).answer
             }

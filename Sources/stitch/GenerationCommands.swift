@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StitchGraph
 import StitchImaging
 import StitchMethods
 import StitchModelIO
@@ -80,6 +81,8 @@ struct Caption: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Caption images with MAGiC (a language model guided by CLIP, Su et al. 2022) or a trained captioner.",
         discussion: """
+        magic, contrastive and socratic run Examples/magic.yaml and Examples/socratic_caption.yaml (or --graph, a copy with a \
+        step changed); flags not given keep the graph's settings. \
         magic: one LM and one CLIP are loaded for all images. The LM starts from its start token (MAGiC's \
         <-start_of_text-> when its tokenizer has it, else <|endoftext|>); with --title it continues "TITLE <|endoftext|>" \
         instead (story mode). --method contrastive ignores the image (beta = 0). \
@@ -104,18 +107,18 @@ struct Caption: ParsableCommand {
     @Option(help: "magic, contrastive (the LM alone), captioner or socratic.")
     var method = CaptionMethod.magic
 
-    @Option(help: "GPT-2 language model folder or hub id (default cambridgeltl/magic_mscoco; gpt2 for socratic).")
+    @Option(help: "Language model folder or hub id (default: the graph's; cambridgeltl/magic_mscoco for magic, gpt2 for socratic).")
     var lm: String?
 
     @OptionGroup var language: LanguageModelOptions
 
-    @Option(help: "Folder of the socratic category lists and prompt template.")
-    var categories = "Prompts"
+    @Option(help: "Folder of the socratic category lists and prompt template (socratic_places.txt, socratic_objects.txt, socratic_image_types.txt, socratic_people.txt, socratic_caption.txt; default: the graph's, from Prompts/).")
+    var categories: String?
 
-    @Option(help: "Captions the socratic LM samples for CLIP to choose from.") var candidates = 10
+    @Option(help: "Captions the socratic LM samples for CLIP to choose from (the graph's: 10).") var candidates: Int?
 
-    @Option(help: "CLIP model folder or hub id.")
-    var clip = "openai/clip-vit-base-patch32"
+    @Option(help: "CLIP model folder or hub id (default: the graph's, openai/clip-vit-base-patch32).")
+    var clip: String?
 
     @Option(help: "Captioner folder or hub id (--method captioner).")
     var captioner = "nlpconnect/vit-gpt2-image-captioning"
@@ -126,7 +129,7 @@ struct Caption: ParsableCommand {
     var preset: MagicPreset?
 
     @Option(help: "How MAGiC's candidate texts reach CLIP: published (transformers 4.7.0, as the published code) or current.")
-    var clipText = MagicText.published
+    var clipText: MagicText?
 
     @OptionGroup var decoding: DecodingArguments
 
@@ -136,6 +139,8 @@ struct Caption: ParsableCommand {
     @Flag(help: "Run the reference's full computation instead of Stitch's exact shortcuts (same output, slower).")
     var noSpeedups = false
 
+    @OptionGroup var graph: MethodGraphOptions
+
     @Flag(help: "Print one JSON object per image.")
     var json = false
 
@@ -144,43 +149,28 @@ struct Caption: ParsableCommand {
     func run() throws {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
-        let makeCaption: (RGBImage) throws -> (tokens: [Int], text: String)
-        if method == .captioner {
+        guard title.map({ !$0.isEmpty }) ?? true else { throw ValidationError("--title is empty") }
+        let makeCaption: (String) throws -> (tokens: [Int], text: String)
+        switch method {
+        case .captioner:
             let model = try hub.load(captioner, as: (any ImageCaptioner).self)
             let options = decoding.options(.captioner)
-            makeCaption = { try model.caption($0, options: options) }
-        } else if method == .socratic {
-            let vision = try hub.load(clip, as: (any ImageTextScorer).self)
-            let folder = URL(fileURLWithPath: categories)
-            let vocabulary = try SocraticCaptioner.Vocabulary(categories: SocraticCaptioner.Categories(folder: folder), scorer: vision)
-            let template = try String(contentsOf: folder.appendingPathComponent("socratic_caption.txt"), encoding: .utf8)
-            let socratic = SocraticCaptioner(template: template)
-            let backend = try language.backend(local: lm ?? "gpt2", hub: hub)
-            let options = decoding.options(DecodingOptions(strategy: .sample, maxTokens: 64, sampling: SamplingSettings(temperature: 0.9)))
-            makeCaption = { image in
-                let result = try socratic.caption(image, scorer: vision, backend: backend, vocabulary: vocabulary, candidates: candidates,
-                                                  temperature: Double(options.sampling.temperature), maxTokens: options.maxTokens, seed: options.sampling.seed)
-                return ([], result.ranked.first?.caption ?? "")
+            makeCaption = { try model.caption(RGBImage(contentsOf: $0), options: options) }
+        case .socratic:
+            let runner = try socraticGraph().runner()
+            makeCaption = { path in ([], try MethodGraph.run(runner, ["image": .string(path)], outputs: ["caption"])["caption"]?.string ?? "") }
+        case .magic, .contrastive:
+            let runner = try magicGraph().runner()
+            makeCaption = { [title] path in
+                let outputs = try MethodGraph.run(runner, ["image": .string(path), "title": .string(title ?? "")])
+                return ((outputs["tokens"]?.json as? [Int]) ?? [], outputs["caption"]?.string ?? "")
             }
-        } else {
-            let language = try hub.load(lm ?? "cambridgeltl/magic_mscoco", as: (any CausalLanguageModel).self)
-            let vision = try hub.load(clip, as: (any ImageTextScorer).self)
-            guard title.map({ !$0.isEmpty }) ?? true else { throw ValidationError("--title is empty") }
-            let preset = self.preset ?? (title == nil ? .mscoco : .story)
-            var settings = preset.settings
-            settings.k = decoding.k ?? settings.k
-            settings.alpha = decoding.alpha ?? settings.alpha
-            settings.beta = method == .magic ? beta ?? settings.beta : 0
-            settings.speedups = !noSpeedups
-            settings.textTokenization = clipText.tokenization
-            let promptLength = try language.magicPrompt(title: title).count
-            let conditions = StopConditions(maxTokens: decoding.maxTokens ?? preset.maxNewTokens(promptLength: promptLength), strings: decoding.stop)
-            makeCaption = { [title] image in try magicCaption(language, scorer: vision, image: image, title: title, settings: settings, stop: conditions) }
         }
         let progress = ProgressBar(total: paths.count, label: "captioning")
         for path in paths {
             let started = Date()
-            let caption = try makeCaption(try RGBImage(contentsOf: path))
+            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("\(path): no such image") }
+            let caption = try makeCaption(path)
             if json {
                 try printJSONLine(["image": path, "caption": caption.text, "tokens": caption.tokens, "seconds": Date().timeIntervalSince(started)])
             } else {
@@ -189,5 +179,48 @@ struct Caption: ParsableCommand {
             fflush(nil)   // each caption reaches a pipe as soon as it is made
             progress.advance()
         }
+    }
+
+    /// Examples/magic.yaml filled from the flags; contrastive is MAGiC with beta 0 (the image ignored).
+    func magicGraph() throws -> MethodGraph {
+        var magic = try MethodGraph(example: "magic.yaml", options: graph)
+        try magic.component("lm", model: lm, revision: hub.revision)
+        try magic.component("clip", model: clip, revision: hub.revision)
+        try magic.set("caption", "preset", preset.map { .string($0.rawValue) })
+        try magic.set("caption", "k", decoding.k.map { .number(Double($0)) })
+        try magic.set("caption", "alpha", decoding.alpha.map(Value.number))
+        try magic.set("caption", "beta", method == .contrastive ? .number(0) : beta.map(Value.number))
+        try magic.set("caption", "max_tokens", decoding.maxTokens.map { .number(Double($0)) })
+        try magic.set("caption", "stop", decoding.stop.isEmpty ? nil : .array(decoding.stop.map(Value.string)))
+        try magic.set("caption", "clip_text", clipText.map { .string($0.rawValue) })
+        try magic.set("caption", "speedups", noSpeedups ? .bool(false) : nil)
+        return magic
+    }
+
+    /// Examples/socratic_caption.yaml filled from the flags; --categories replaces its lists and prompt.
+    func socraticGraph() throws -> MethodGraph {
+        var socratic = try MethodGraph(example: "socratic_caption.yaml", options: graph, language: language)
+        try socratic.component("clip", model: clip, revision: hub.revision)
+        try socratic.languageModel("lm", local: lm, language, revision: hub.revision)
+        try socratic.set("candidates", "n", candidates.map { .number(Double($0)) })
+        try socratic.set("candidates", "temperature", decoding.temperature.map { .number(Double($0)) })
+        try socratic.set("candidates", "max_tokens", decoding.maxTokens.map { .number(Double($0)) })
+        try socratic.set("candidates", "seed", decoding.seed.map { .number(Double($0)) })
+        if let categories {
+            let folder = URL(fileURLWithPath: categories)
+            func read(_ name: String) throws -> String {
+                let file = folder.appendingPathComponent(name)
+                guard let text = try? String(contentsOf: file, encoding: .utf8) else { throw ValidationError("\(file.path): missing or unreadable") }
+                return text
+            }
+            for (node, file) in [("places", "socratic_places.txt"), ("objects", "socratic_objects.txt"), ("image_type", "socratic_image_types.txt"), ("people_count", "socratic_people.txt")] {
+                let labels = Value.textLines(try read(file))
+                guard !labels.isEmpty else { throw ValidationError("\(folder.appendingPathComponent(file).path): no categories") }
+                try socratic.set(node, "labels", .array(labels.map(Value.string)))
+            }
+            let template = try read("socratic_caption.txt")
+            try socratic.set("prompt", "template", .string(template.hasSuffix("\n") ? String(template.dropLast()) : template))
+        }
+        return socratic
     }
 }

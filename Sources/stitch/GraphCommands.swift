@@ -39,7 +39,8 @@ struct Run: ParsableCommand {
         abstract: "Run a graph on one set of inputs, or on every line of a JSONL file.",
         discussion: """
         Inputs are given as --input name=value (an image is its path; texts are a JSON array or comma-separated; \
-        json is JSON). With --inputs items.jsonl each line is an object of inputs and each result is appended \
+        json is JSON, or @FILE: a JSON file, or a .jsonl file as the list of its lines). --set node.argument=value changes \
+        one setting of a node (the value parsed as the argument's type); what only that argument read no longer runs. With --inputs items.jsonl each line is an object of inputs and each result is appended \
         to --output as {"item": N, "outputs": {...}}; a rerun skips items already there, and --shard i/n runs \
         the items whose number is i modulo n, so n machines can share a dataset, each writing its own file \
         (results.jsonl -> results.shard-000i-of-000n.jsonl; `stitch merge --output results.jsonl` joins them). \
@@ -55,6 +56,9 @@ struct Run: ParsableCommand {
 
     @Option(name: .customLong("component"), help: "name=model to point a component at another folder or hub id, or name.option=value (repeatable).")
     var components: [String] = []
+
+    @Option(name: .customLong("set"), help: "node.argument=value: change one argument of a node, e.g. prompts.shots=8 (repeatable).")
+    var settings: [String] = []
 
     @Option(name: .customLong("inputs"), help: "A JSONL file with one object of inputs per line (batch mode).")
     var items: String?
@@ -98,6 +102,14 @@ struct Run: ParsableCommand {
             let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
             guard let name = parts.first, loaded.components[name] != nil else { throw ValidationError("the graph has no component '\(target)'") }
             if parts.count == 2 { loaded.components[name]!.options[parts[1]] = .string(value) } else { loaded.components[name]!.model = value }
+        }
+        for assignment in settings {
+            let (target, text) = try split(assignment, "--set")
+            let parts = target.split(separator: ".", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let type = loaded.argumentType(parts[0], parts[1]) else {
+                throw ValidationError("--set \(target): the graph has no node argument '\(target)' taking a value (node.argument)")
+            }
+            loaded = try loaded.setting(parts[0], parts[1], to: parseInput(text, as: type, name: target))
         }
         let runner = GraphRunner(graph: loaded, registry: registry, cacheFolder: noCache ? nil : URL(fileURLWithPath: cacheDir))
         if let items {
@@ -144,7 +156,22 @@ struct Run: ParsableCommand {
             if text.hasPrefix("["), let value = try? Value.parse(json: text), value.strings != nil { return value }
             return .array(text.split(separator: ",").map { .string($0.trimmingCharacters(in: .whitespaces)) })
         case .json, .record:
+            if text.hasPrefix("@") { return try Self.readJSONFile(String(text.dropFirst()), input: name) }
             do { return try Value.parse(json: text) } catch { throw ValidationError("input '\(name)' is not JSON: \(text)") }
+        }
+    }
+
+    /// A JSON input read from a file: a .jsonl file is the list of its lines' values, any other file one JSON value.
+    static func readJSONFile(_ path: String, input name: String) throws -> Value {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("input '\(name)': cannot read \(path)") }
+        let text = String(decoding: data, as: UTF8.self)
+        guard path.hasSuffix(".jsonl") else {
+            do { return try Value.parse(json: text) } catch { throw ValidationError("\(path): not JSON (input '\(name)')") }
+        }
+        do {
+            return .array(try Value.jsonLines(text).map(\.value))
+        } catch {
+            throw ValidationError("\(path): \(error) (input '\(name)')")
         }
     }
 

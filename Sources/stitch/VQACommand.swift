@@ -1,13 +1,12 @@
 import ArgumentParser
 import Foundation
-import StitchImaging
+import StitchGraph
 import StitchMethods
 import StitchModelIO
 import StitchModels
-import StitchRemote
 import StitchTensor
 
-/// Which language model completes prompts: a local GPT-2, or an OpenAI-compatible server.
+/// Which language model completes prompts: a local model, or an OpenAI-compatible server.
 struct LanguageModelOptions: ParsableArguments {
     @Option(help: "An OpenAI-compatible server (e.g. http://127.0.0.1:8080 or https://api.openai.com/v1); else STITCH_LM_BASE_URL. Without it the local --lm runs.")
     var lmUrl: String?
@@ -18,34 +17,9 @@ struct LanguageModelOptions: ParsableArguments {
     @Option(help: "The server's API key (else STITCH_LM_API_KEY or OPENAI_API_KEY); never printed.")
     var lmKey: String?
 
-    /// The server when one is named (flag or STITCH_LM_BASE_URL), else the local GPT-2 `local`.
-    func backend(local: String, hub: HubOptions) throws -> CompletionBackend {
-        try OpenAICompletionClient.backend(url: lmUrl, serverModel: lmModel, apiKey: lmKey) {
-            LocalCompletionBackend(model: try hub.load(local, as: (any CausalLanguageModel).self), name: local)
-        }
-    }
-}
-
-/// Image -> text for PICa: the captioner's caption and, unless switched off, the detector's tags.
-struct SceneTextOptions: ParsableArguments {
-    @Option(help: "Captioner folder or hub id.")
-    var captioner = "nlpconnect/vit-gpt2-image-captioning"
-
-    @Option(help: "YOLOX-Nano folder for object tags.")
-    var detector = "Tests/Fixtures/yolox-nano-coco"
-
-    @Flag(help: "Contexts without detector tags.")
-    var noTags = false
-
-    func describer(hub: HubOptions) throws -> (RGBImage) throws -> String {
-        let model = try hub.load(captioner, as: (any ImageCaptioner).self)
-        let yolox = noTags ? nil : try hub.load(detector, as: (any ObjectDetector).self)
-        return { image in
-            let caption = try model.caption(image, options: .captioner).text
-            var tags: [String] = []
-            for d in try yolox?.detect(image, threshold: 0.3, nmsThreshold: 0.45) ?? [] where !tags.contains(d.label) { tags.append(d.label) }
-            return PICa.context(caption: caption, tags: tags.joined(separator: ", "))
-        }
+    /// The server the user chose: --lm-url, else STITCH_LM_BASE_URL; nil runs the local model.
+    var serverURL: String? {
+        lmUrl ?? ProcessInfo.processInfo.environment["STITCH_LM_BASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
     }
 }
 
@@ -54,8 +28,9 @@ struct VQA: ParsableCommand {
         commandName: "vqa",
         abstract: "Answer a question about an image with PICa: a language model prompted with the image as text.",
         discussion: """
+        Runs Examples/pica_okvqa.yaml (or --graph, a copy with a step changed); flags not given keep the graph's settings. \
         The image becomes a context (caption and object tags). In-context examples come from --pool, a JSONL of \
-        {"question", "answer", "image"?, "context"?} lines (a missing context is computed from the image), ranked by \
+        {"question", "answer", "image"?, "context"?} lines (a missing context is the graph's context of the entry's image), ranked by \
         CLIP similarity of the question plus the image (as published, give each pool entry one of its image's ground-truth \
         captions as its context); the top --shots x --ensemble are split into --ensemble prompts in the published format, \
         and the answer generated with the highest summed log-probability wins, cleaned as the published code cleans it.
@@ -65,93 +40,83 @@ struct VQA: ParsableCommand {
     @Argument(help: "The question.") var question: String
 
     @Option(help: "Training pool (JSONL) to draw in-context examples from.") var pool: String?
-    @Option(help: "In-context examples per prompt.") var shots = 16
-    @Option(help: "Prompts in the ensemble.") var ensemble = 5
-    @Option(help: "CLIP folder or hub id (example ranking).") var clip = "openai/clip-vit-base-patch32"
+    @Option(help: "In-context examples per prompt (the graph's: 16).") var shots: Int?
+    @Option(help: "Prompts in the ensemble (the graph's: 5).") var ensemble: Int?
+    @Option(help: "CLIP folder or hub id (example ranking; the graph's: openai/clip-vit-base-patch32).") var clip: String?
     @Option(help: "QUESTIONS.npy,IMAGES.npy: precomputed unit CLIP features of the pool's questions and images, one row per --pool line (as the published code's feature files), instead of computing them.")
     var poolFeatures: String?
-    @Option(help: "Local GPT-2 folder or hub id (when no --lm-url).") var lm = "gpt2"
-    @Option(help: "New tokens per answer at most.") var maxTokens = 5
+    @Option(help: "Local language model folder or hub id, when no --lm-url (the graph's: gpt2).") var lm: String?
+    @Option(help: "New tokens per answer at most (the graph's: 5).") var maxTokens: Int?
     @OptionGroup var language: LanguageModelOptions
-    @OptionGroup var scene: SceneTextOptions
+    @Option(help: "Captioner folder or hub id (the graph's: nlpconnect/vit-gpt2-image-captioning).") var captioner: String?
+    @Option(help: "Detector folder for object tags (the graph's: YOLOX-Nano).") var detector: String?
+    @Flag(help: "Contexts without detector tags.") var noTags = false
+    @OptionGroup var method: MethodGraphOptions
     @OptionGroup var hub: HubOptions
-    @Flag(help: "Print a JSON object with the answer, every candidate and the prompts.") var json = false
+    @Flag(help: "Print a JSON object with the answer, every candidate, the context and the prompts.") var json = false
 
     func validate() throws {
-        guard shots >= 0, ensemble >= 1 else { throw ValidationError("--shots must be at least 0 and --ensemble at least 1") }
+        guard (shots ?? 0) >= 0, (ensemble ?? 1) >= 1 else { throw ValidationError("--shots must be at least 0 and --ensemble at least 1") }
     }
 
     func run() throws {
-        let describe = try scene.describer(hub: hub)
-        let photo = try RGBImage(contentsOf: image)
-        let test = PICa.Example(context: try describe(photo), question: question)
-        let examples = try pool.map { try Self.loadPool($0, describe: describe) } ?? []
-        var groups: [[PICa.Example]] = [[]]
-        if !examples.isEmpty && shots > 0 {
-            let vision = try hub.load(clip, as: (any ImageTextScorer).self)
-            let questionEmbedding = try vision.textEmbeddings([question]).row(0)
-            let (poolQuestions, poolImages) = try poolFeatures.map { try Self.loadFeatures($0, rows: examples.count, width: questionEmbedding.count) }
-                ?? (try vision.textEmbeddings(examples.map(\.example.question)), try Self.imageEmbeddings(examples.map(\.image), clip: vision))
-            let ranked = PICa.rankExamples(question: questionEmbedding, image: try vision.imageEmbeddings([photo]).row(0),
-                                           poolQuestions: poolQuestions, poolImages: poolImages)
-            let chosen = ranked.prefix(shots * ensemble).map { examples[$0].example }
-            groups = stride(from: 0, to: chosen.count, by: shots).map { Array(chosen[$0..<min($0 + shots, chosen.count)]) }
+        var pica = try MethodGraph(example: "pica_okvqa.yaml", options: method, language: language)
+        for (name, model) in [("captioner", captioner), ("detector", detector), ("clip", clip)] { try pica.component(name, model: model, revision: hub.revision) }
+        try pica.languageModel("lm", local: lm, language, revision: hub.revision)
+        if noTags { try pica.set("context", "tags", .string("")) }
+        try pica.set("answer", "max_tokens", maxTokens.map { .number(Double($0)) })
+        let graphShots = pica.literal("prompts", "shots")?.number.map(Int.init) ?? 0
+        let shots = self.shots ?? graphShots
+        let ensemble = self.ensemble ?? (pica.literal("examples", "count")?.number).map { graphShots > 0 ? Int($0) / graphShots : 1 } ?? 1
+        try pica.set("prompts", "shots", .number(Double(shots)))
+        try pica.set("examples", "count", .number(Double(shots * ensemble)))
+        let describing = pica.runner()
+        let entries = try pool.map { try Self.loadPool($0) { try MethodGraph.run(describing, ["image": .string($0), "question": .string(""), "pool": .array([])], outputs: ["context"])["context"]! } } ?? []
+        if entries.isEmpty || shots == 0 {
+            try pica.set("prompts", "examples", .array([]))   // no examples: nothing to rank, no CLIP
+        } else if let poolFeatures {
+            let (questions, images) = try Self.loadFeatures(poolFeatures, rows: entries.count)
+            try pica.set("examples", "pool_questions", questions)
+            try pica.set("examples", "pool_images", images)
         }
-        let pica = PICa()
-        let prompts = groups.map { pica.prompt(examples: $0, test: test) }
-        let result = try PICa.answer(prompts: prompts, backend: try language.backend(local: lm, hub: hub), maxTokens: maxTokens)
+        let outputs = try MethodGraph.run(pica.runner(), ["image": .string(image), "question": .string(question), "pool": .array(entries)])
         if json {
-            try printJSONLine(["answer": result.answer, "context": test.context, "prompts": prompts,
-                               "candidates": result.candidates.map { ["answer": $0.answer, "logprob": $0.logprob] as [String: Any] }])
+            try printJSONLine(outputs.mapValues(\.json))
         } else {
-            print(result.answer)
+            print(outputs["answer"]?.string ?? "")
         }
     }
 
-    struct PoolEntry {
-        let example: PICa.Example
-        let image: RGBImage?
-    }
-
-    static func loadPool(_ path: String, describe: (RGBImage) throws -> String) throws -> [PoolEntry] {
+    /// The pool's entries; an entry without a context gets `describe` of its image.
+    static func loadPool(_ path: String, describe: (String) throws -> Value) throws -> [Value] {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("\(path): missing or unreadable") }
-        return try text.split(whereSeparator: \.isNewline).enumerated().map { number, line in
-            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
-                  let question = object["question"] as? String, let answer = object["answer"] as? String else {
-                throw ValidationError("\(path):\(number + 1): expected {\"question\", \"answer\", \"image\"?, \"context\"?}")
+        let lines: [(line: Int, value: Value)]
+        do { lines = try Value.jsonLines(text) } catch { throw ValidationError("\(path): \(error)") }
+        return try lines.map { number, value in
+            guard case .object(var entry) = value, entry["question"]?.string != nil, entry["answer"]?.string != nil else {
+                throw ValidationError("\(path):\(number): expected {\"question\", \"answer\", \"image\"?, \"context\"?}")
             }
-            let image = try (object["image"] as? String).map { try RGBImage(contentsOf: $0) }
-            guard let context = try (object["context"] as? String) ?? image.map(describe) else {
-                throw ValidationError("\(path):\(number + 1): an entry needs a context or an image to describe")
+            if let image = entry["image"], image.string == nil { throw ValidationError("\(path):\(number): \"image\" must be a path") }
+            if entry["context"]?.string == nil {
+                guard let image = entry["image"]?.string else { throw ValidationError("\(path):\(number): an entry needs a context or an image to describe") }
+                guard FileManager.default.fileExists(atPath: image) else { throw ValidationError("\(path):\(number): image \(image) does not exist") }
+                entry["context"] = try describe(image)
             }
-            return PoolEntry(example: PICa.Example(context: context, question: question, answer: answer), image: image)
+            return .object(entry)
         }
     }
 
-    /// The pool's question and image features from "QUESTIONS.npy,IMAGES.npy", each [rows, width].
-    static func loadFeatures(_ spec: String, rows: Int, width: Int) throws -> (Tensor, Tensor) {
+    /// The pool's question and image features from "QUESTIONS.npy,IMAGES.npy", each [rows, width], as graph values.
+    static func loadFeatures(_ spec: String, rows: Int) throws -> (Value, Value) {
         let files = spec.split(separator: ",").map(String.init)
         guard files.count == 2 else { throw ValidationError("--pool-features takes QUESTIONS.npy,IMAGES.npy, got '\(spec)'") }
         let features = try files.map { file in
             let tensor = try readNumpy(file)
-            guard tensor.shape == [rows, width] else {
-                throw ValidationError("\(file): features of shape \(tensor.shape), the pool needs [\(rows), \(width)] (one row per pool line, CLIP's width)")
+            guard tensor.shape.count == 2, tensor.shape[0] == rows else {
+                throw ValidationError("\(file): features of shape \(tensor.shape), the pool needs \(rows) rows (one per pool line)")
             }
-            return tensor
+            return Value.array((0..<rows).map { row in .array(tensor.row(row).scalars.map { .number(Double($0)) }) })
         }
         return (features[0], features[1])
-    }
-
-    /// Unit image embeddings of the pool; entries without an image get zeros (no image similarity).
-    static func imageEmbeddings(_ images: [RGBImage?], clip: any ImageTextScorer) throws -> Tensor {
-        let present = images.compactMap { $0 }
-        let embedded = present.isEmpty ? nil : try clip.imageEmbeddings(present)
-        let width = try embedded?.shape[1] ?? clip.textEmbeddings([""]).shape[1]
-        var next = 0
-        return concatenate(images.map { image in
-            guard image != nil, let embedded else { return Tensor(zeros: [1, width]) }
-            defer { next += 1 }
-            return embedded.row(next).reshaped([1, width])
-        }, axis: 0)
     }
 }

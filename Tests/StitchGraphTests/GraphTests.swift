@@ -69,7 +69,7 @@ final class GraphValidationTests: XCTestCase {
             ("nodes:\n  a: {op: template, template: x}\n", "needs an 'outputs' mapping", 1),
             ("nodes:\n  a: {op: template, template: x}\noutputs:\n  o: $nowhere\n", "output 'o': '$nowhere' is neither", 4),
             ("nodes:\n  a: {op: use, model: m, text: x}\noutputs: {o: $a}\n", "'model' must name a component of kind fake", 2),
-            ("nodes:\n  a: {op: template, template: {file: no/such/prompt.txt}}\noutputs: {o: $a}\n", "prompt file 'no/such/prompt.txt' not found", 2),
+            ("nodes:\n  a: {op: template, template: {file: no/such/prompt.txt}}\noutputs: {o: $a}\n", "file 'no/such/prompt.txt' not found", 2),
         ]
         for (yaml, message, line) in cases {
             do {

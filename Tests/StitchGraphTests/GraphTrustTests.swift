@@ -28,10 +28,10 @@ final class GraphTrustTests: XCTestCase {
 
     func testPromptFilesStayInsideTheGraphsFolderUnlessAllowed() throws {
         let loaded = try graph(prompt: "prompts/p.txt")
-        XCTAssertEqual(loaded.reach(GraphTrust()), ["reads prompt file \(folder.appendingPathComponent("graphs/prompts/p.txt").resolvingSymlinksInPath().path)"])
+        XCTAssertEqual(loaded.reach(GraphTrust()), ["reads file \(folder.appendingPathComponent("graphs/prompts/p.txt").resolvingSymlinksInPath().path)"])
         for escape in ["../secret.txt", folder.appendingPathComponent("secret.txt").path, "link.txt", "prompts/../../secret.txt", "/proc/self/environ", "/etc/passwd"] {
             XCTAssertThrowsError(try graph(prompt: escape), escape) { error in
-                XCTAssert("\(error)".contains("prompt file '\(escape)' is outside the graph's folder; --allow-path FOLDER"), "\(error)")
+                XCTAssert("\(error)".contains("file '\(escape)' is outside the graph's folder; --allow-path FOLDER"), "\(error)")
             }
         }
         let allowed = try graph(prompt: "../secret.txt", trust: GraphTrust(readableFolders: [folder.path]))

@@ -120,15 +120,19 @@ final class PluggableModelTests: XCTestCase {
         XCTAssertGreaterThan(Set(guided.tokens).count, 2, "a varied caption: \(guided.text)")
         XCTAssertNotEqual(guided.tokens, unguided.tokens, "the scorer changes what MAGiC picks")
 
-        // Socratic: zero-shot scene by the toy scorer, candidates from the toy LM, re-ranked by the toy scorer.
-        let categories = SocraticCaptioner.Categories(places: ["beach", "kitchen", "street", "forest"], objects: ["dog", "cup", "car"],
-                                                      imageTypes: ["photo", "drawing"], people: ["is one person", "are two people"])
-        let socratic = SocraticCaptioner(template: "this is a {type} of a {place1} with a {objects}.")
-        let backend = LocalCompletionBackend(model: lm, name: "toy-lm")
-        let result = try socratic.caption(image, scorer: scorer, backend: backend, vocabulary: SocraticCaptioner.Vocabulary(categories: categories, scorer: scorer),
-                                          candidates: 4, maxTokens: 6, seed: 3)
-        XCTAssertFalse(result.ranked.isEmpty)
-        XCTAssertEqual(result.ranked.map(\.caption), try scorer.rank(result.ranked.map(\.caption), for: image).map { result.ranked[$0.index].caption })
+        // Socratic: the example graph with the toy scorer and LM in place of CLIP and GPT-2.
+        let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/socratic_caption.yaml").path
+        let socraticText = try String(contentsOfFile: example, encoding: .utf8)
+            .replacingOccurrences(of: "model: openai/clip-vit-base-patch32", with: "model: \(folder.path)/toy-scorer")
+            .replacingOccurrences(of: "model: gpt2", with: "model: \(folder.path)/toy-lm")
+        let socraticOperations = OperationRegistry.standard(models: registry, trust: GraphTrust(readableFolders: [Fixtures.repositoryRoot.appendingPathComponent("Prompts").path]))
+        let socraticGraph = try Graph.parse(socraticText, file: example, registry: socraticOperations)
+            .setting("candidates", "n", to: .number(4)).setting("candidates", "max_tokens", to: .number(6))
+        let socratic = try await GraphRunner(graph: socraticGraph, registry: socraticOperations, cacheFolder: nil).run(inputs: ["image": .string(imagePath)])
+        let candidates = try XCTUnwrap(socratic["candidates"]?.strings)
+        XCTAssertEqual(candidates.count, 4)
+        XCTAssertEqual(candidates, try scorer.rank(candidates, for: image).map { candidates[$0.index] })
+        XCTAssertEqual(socratic["caption"]?.string, candidates[0])
 
         // Graph operations: components named by capability load the toy models from their folders.
         let yaml = """

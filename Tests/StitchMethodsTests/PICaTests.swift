@@ -7,7 +7,7 @@ import XCTest
 
 final class PICaTests: XCTestCase {
     /// The prompt for fixed inputs, written out by hand from the published code (microsoft/PICa, gpt3_api_okvqa.py).
-    func testPromptFormat() {
+    func testPromptFormat() throws {
         let pica = PICa()
         let examples = [PICa.Example(context: "a man riding a wave on top of a surfboard.", question: "What is the man standing on?", answer: "surfboard"),
                         PICa.Example(context: "two zebras in a field", question: "How many stripes?", answer: "many")]
@@ -32,10 +32,10 @@ final class PICaTests: XCTestCase {
         Q: What brand is the bicycle?
         A:
         """
-        XCTAssertEqual(pica.prompt(examples: examples, test: test), expected)
+        XCTAssertEqual(try pica.prompt(examples: examples, test: test), expected)
         let header = try! String(contentsOf: Fixtures.repositoryRoot.appendingPathComponent("Prompts/pica_header.txt"), encoding: .utf8)
-        XCTAssertEqual(PICa(header: header).prompt(examples: examples, test: test), expected)
-        XCTAssertEqual(pica.prompt(examples: [], test: test), "Please answer the question according to the above context.\n===\n"
+        XCTAssertEqual(try PICa(header: header).prompt(examples: examples, test: test), expected)
+        XCTAssertEqual(try pica.prompt(examples: [], test: test), "Please answer the question according to the above context.\n===\n"
                        + "Context: a dog next to a bicycle. dog, bicycle, car\n===\nQ: What brand is the bicycle?\nA:")
     }
 
@@ -47,7 +47,7 @@ final class PICaTests: XCTestCase {
         let golden = try JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("pica/prompts.json")))
         for item in golden.cases {
             let examples = item.examples.map { PICa.Example(context: $0[0], question: $0[1], answer: $0[2]) }
-            XCTAssertEqual(PICa().prompt(examples: examples, test: PICa.Example(context: item.test[0], question: item.test[1])), item.prompt)
+            XCTAssertEqual(try PICa().prompt(examples: examples, test: PICa.Example(context: item.test[0], question: item.test[1])), item.prompt)
         }
         assertEveryInputMatches("PICa answer clean-up", inputs: golden.answers, expected: golden.cleaned, minimumCount: 200, PICa.cleanAnswer)
         print("PICa: \(golden.cases.count) prompts byte-identical to the published format")

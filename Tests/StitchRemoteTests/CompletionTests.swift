@@ -244,8 +244,8 @@ final class PICaEnsembleTests: XCTestCase {
         defer { server.stop() }
         let pica = PICa()
         let test = PICa.Example(context: "a photo", question: "How many?")
-        let prompts = ["kitchen", "park", "street"].map { place in
-            pica.prompt(examples: [PICa.Example(context: "a \(place)", question: "q", answer: "a")], test: test)
+        let prompts = try ["kitchen", "park", "street"].map { place in
+            try pica.prompt(examples: [PICa.Example(context: "a \(place)", question: "q", answer: "a")], test: test)
         }
         let client = OpenAICompletionClient(baseURL: server.baseURL, model: "scripted", apiKey: nil)
         let result = try PICa.answer(prompts: prompts, backend: client)
