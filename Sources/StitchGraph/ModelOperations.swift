@@ -65,9 +65,10 @@ extension OperationRegistry {
                     .value("seed", .number, default: .number(0)), .value("n", .number, default: .number(1))],
         output: .record(["text": .text, "logprob": .number, "texts": .texts])) { input in
         let lm = try input.component("lm", as: CompletionComponent.self)
-        let completions = try lm.backend.complete(CompletionRequest(prompt: try input.text("prompt"), maxTokens: try input.integer("max_tokens"),
-                                                                    temperature: try input.number("temperature"), count: try input.integer("n"),
-                                                                    stop: try input.texts("stop"), logprobs: true, seed: UInt64(max(0, try input.integer("seed")))))
+        let request = CompletionRequest(prompt: try input.text("prompt"), maxTokens: try input.integer("max_tokens"), temperature: try input.number("temperature"),
+                                        count: try input.integer("n"), stop: try input.texts("stop"), logprobs: true, seed: UInt64(max(0, try input.integer("seed"))))
+        try request.validate()
+        let completions = try lm.backend.complete(request)
         guard let first = completions.first else { throw GraphError.operationFailed(node: input.node, detail: "the language model returned no completion") }
         return .object(["text": .string(first.text), "logprob": .number(first.totalLogprob), "texts": .array(completions.map { .string($0.text) })])
     }

@@ -21,6 +21,16 @@ public struct CompletionRequest: Sendable, Equatable {
         (self.prompt, self.maxTokens, self.temperature, self.topP, self.count) = (prompt, maxTokens, temperature, topP, count)
         (self.stop, self.logprobs, self.seed) = (stop, logprobs, seed)
     }
+
+    /// How many completions one request may ask for (as the server accepts).
+    public static let counts = 1...16
+
+    /// Throws unless the request asks for a count in `counts` and no negative number of tokens.
+    public func validate() throws {
+        guard Self.counts.contains(count), maxTokens >= 0 else {
+            throw CompletionError.invalidRequest("n must be \(Self.counts.lowerBound) to \(Self.counts.upperBound) and max_tokens at least 0")
+        }
+    }
 }
 
 /// One completion: its text, and with logprobs its tokens and their log-probabilities under the model.
@@ -59,7 +69,7 @@ public struct LocalCompletionBackend: CompletionBackend {
     public func complete(_ request: CompletionRequest) throws -> [Completion] { try complete(request, with: model) }
 
     private func complete<Model: CausalLanguageModel>(_ request: CompletionRequest, with model: Model) throws -> [Completion] {
-        guard request.count >= 1, request.maxTokens >= 0 else { throw CompletionError.invalidRequest("n must be at least 1 and max_tokens at least 0") }
+        try request.validate()
         guard request.maxTokens < model.contextLength else {
             throw CompletionError.invalidRequest("max_tokens \(request.maxTokens) leaves no room for the prompt in the context of \(model.contextLength)")
         }

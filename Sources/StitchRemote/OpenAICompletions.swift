@@ -40,7 +40,7 @@ enum CompletionWire {
         let stop = json["stop"] as? [String] ?? (json["stop"] as? String).map { [$0] } ?? []
         var request = CompletionRequest(prompt: prompt, maxTokens: try integer("max_tokens", 16, in: 0...1 << 20),
                                         temperature: try number("temperature", 1, in: 0...100), topP: try number("top_p", 1, in: 0...1),
-                                        count: try integer("n", 1, in: 1...16), stop: stop,
+                                        count: try integer("n", 1, in: CompletionRequest.counts), stop: stop,
                                         logprobs: (json["logprobs"] as? NSNumber).map { $0.intValue > 0 } ?? false,
                                         seed: UInt64(try integer("seed", 0, in: 0...Int(Int32.max))))
         request.stop = Array(request.stop.prefix(4))

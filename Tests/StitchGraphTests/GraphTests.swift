@@ -165,6 +165,60 @@ final class GraphValidationTests: XCTestCase {
         XCTAssertThrowsError(try fillTemplate("{a", values: values, node: "t"))
     }
 
+    /// {lines:} and {jsonl:} files beside the graph, paths into results ($node.field.0), settings, and runs of only what
+    /// the wanted outputs need.
+    func testListFilesPathsSettingsAndPartialRuns() async throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        try "  red \n\n green\nblue\n".write(to: folder.appendingPathComponent("colours.txt"), atomically: true, encoding: .utf8)
+        try "{\"name\": \"a\"}\n\n{\"name\": \"b\", \"x\": 0.12345679104328156}\n".write(to: folder.appendingPathComponent("pool.jsonl"), atomically: true, encoding: .utf8)
+        let file = folder.appendingPathComponent("g.yaml").path
+        let standard = OperationRegistry.standard()
+        let yaml = """
+            nodes:
+              colours: {op: split, text: "x", separator: ","}
+              listed: {op: join, texts: {lines: colours.txt}, separator: "|"}
+              names: {op: pluck, values: {jsonl: pool.jsonl}, field: name}
+              second: {op: template, template: "{n}", values: {n: $names.1}}
+              missing: {op: template, template: "[{n}]", values: {n: $names.7}}
+            outputs: {listed: $listed, second: $second, missing: $missing, names: $names}
+            """
+        let graph = try Graph.parse(yaml, file: file, registry: standard)
+        let runner = GraphRunner(graph: graph, registry: standard, cacheFolder: nil)
+        let outputs = try await runner.run(inputs: [:])
+        XCTAssertEqual(outputs["listed"], .string("red|green|blue"))
+        XCTAssertEqual(outputs["second"], .string("b"))
+        XCTAssertEqual(outputs["missing"], .string("[null]"), "an item past the end is null")
+        let partial = try await runner.run(inputs: [:], outputs: ["listed"])
+        XCTAssertEqual(partial, ["listed": .string("red|green|blue")])
+        XCTAssertEqual(runner.stats.executed, 4 + 1, "the partial run computed `listed` alone")
+
+        // A setting replaces an argument (what only it read no longer runs); wrong names and types are refused.
+        let set = try graph.setting("second", "values", to: .object(["n": .string("set")]))
+        let setRunner = GraphRunner(graph: set, registry: standard, cacheFolder: nil)
+        let setOutputs = try await setRunner.run(inputs: [:], outputs: ["second"])
+        XCTAssertEqual(setOutputs, ["second": .string("set")])
+        XCTAssertEqual(setRunner.stats.executed, 1)
+        XCTAssertThrowsError(try graph.setting("nobody", "text", to: .string("x"))) { XCTAssert("\($0)".contains("no node 'nobody'"), "\($0)") }
+        XCTAssertThrowsError(try graph.setting("listed", "glue", to: .string("x"))) { XCTAssert("\($0)".contains("join has no argument 'glue'"), "\($0)") }
+        XCTAssertThrowsError(try graph.setting("listed", "texts", to: .number(3))) { XCTAssert("\($0)".contains("'texts' must be texts"), "\($0)") }
+        do {
+            _ = try await runner.run(inputs: [:], outputs: ["nothing"])
+            XCTFail("an unknown output ran")
+        } catch {
+            XCTAssert("\(error)".contains("unknown output 'nothing'"), "\(error)")
+        }
+
+        // A path that leads nowhere, and a JSON Lines file with a bad line, are found before anything runs.
+        try "{\"name\": \"a\"}\nnot json\n".write(to: folder.appendingPathComponent("bad.jsonl"), atomically: true, encoding: .utf8)
+        for (text, message) in [("nodes:\n  a: {op: split, text: x}\n  b: {op: join, texts: $a.first}\noutputs: {o: $b}\n", "has no field 'first'"),
+                                ("nodes:\n  a: {op: pluck, values: {jsonl: bad.jsonl}, field: name}\noutputs: {o: $a}\n", "file 'bad.jsonl': line 2 is not JSON")] {
+            XCTAssertThrowsError(try Graph.parse(text, file: file, registry: standard)) { XCTAssert("\($0)".contains(message), "\($0)") }
+        }
+        // Numbers read back from JSON are the numbers written (what the cache relies on).
+        XCTAssertEqual(try Value.parse(json: Value.number(0.12345679104328156).canonicalJSON), .number(0.12345679104328156))
+    }
+
     func testSHA256KnownVectors() {
         XCTAssertEqual(SHA256.hex(Array("".utf8)), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         XCTAssertEqual(SHA256.hex(Array("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")

@@ -133,6 +133,13 @@ final class PluggableModelTests: XCTestCase {
         XCTAssertEqual(candidates.count, 4)
         XCTAssertEqual(candidates, try scorer.rank(candidates, for: image).map { candidates[$0.index] })
         XCTAssertEqual(socratic["caption"]?.string, candidates[0])
+        do {
+            _ = try await GraphRunner(graph: try socraticGraph.setting("candidates", "n", to: .number(1_000_000)), registry: socraticOperations, cacheFolder: nil)
+                .run(inputs: ["image": .string(imagePath)])
+            XCTFail("a million samples were asked for")
+        } catch {
+            XCTAssert("\(error)".contains("n must be 1 to 16"), "\(error)")
+        }
 
         // Graph operations: components named by capability load the toy models from their folders.
         let yaml = """
