@@ -68,15 +68,22 @@ func flattenPatches(_ pixels: Tensor, patch p: Int) -> Tensor {
 
 /// Splits x [..., parts * n] into `parts` tensors [..., n] (copies).
 func splitLastDimension(_ x: Tensor, parts: Int) -> [Tensor] {
-    let width = x.lastDimension / parts
-    let rows = x.count / max(x.lastDimension, 1)
-    let shape = Array(x.shape.dropLast()) + [width]
-    return (0..<parts).map { part in
-        var out = Tensor(uninitialized: shape)
+    splitLastDimension(x, widths: Array(repeating: x.lastDimension / parts, count: parts))
+}
+
+/// Splits x [..., sum of widths] into tensors [..., width] in order (copies).
+func splitLastDimension(_ x: Tensor, widths: [Int]) -> [Tensor] {
+    let total = x.lastDimension
+    precondition(widths.reduce(0, +) == total, "widths \(widths) do not add up to \(total)")
+    let rows = x.count / max(total, 1)
+    var offset = 0
+    return widths.map { width in
+        defer { offset += width }
+        var out = Tensor(uninitialized: Array(x.shape.dropLast()) + [width])
         x.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
                 for r in 0..<rows {
-                    (dst.baseAddress! + r * width).update(from: src.baseAddress! + r * parts * width + part * width, count: width)
+                    (dst.baseAddress! + r * width).update(from: src.baseAddress! + r * total + offset, count: width)
                 }
             }
         }

@@ -126,28 +126,33 @@ public func fusedSelfAttention(_ qkv: Tensor, heads: Int, causal: Bool, keyMask:
 }
 
 /// Causal self-attention that first appends this step's keys and values to `cache`
-/// and then attends over everything cached (the decoding path).
-public func cachedSelfAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
+/// and then attends over everything cached (the decoding path). With `keyValueHeads` < `heads` (grouped-query
+/// attention) the cache holds `keyValueHeads` heads and each serves `heads / keyValueHeads` query heads in turn;
+/// with `window`, a query attends only to the `window` most recent positions, itself included (a sliding window).
+public func cachedSelfAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int, keyValueHeads: Int? = nil, window: Int? = nil,
                                 cache: inout KVCache, keyMask: Tensor? = nil) -> Tensor {
     cache.append(keys: key, values: value)
-    let (batch, tq, length, capacity, width) = (cache.batch, query.shape[1], cache.length, cache.capacity, cache.width)
-    precondition(query.shape == [batch, tq, width], "query \(query.shape) for a cache of [\(batch), ·, \(width)]")
+    let (batch, tq, length, capacity, width) = (cache.batch, query.shape[1], cache.length, cache.capacity, query.lastDimension)
+    let keyHeads = keyValueHeads ?? heads
+    precondition(query.shape == [batch, tq, width] && heads % keyHeads == 0 && cache.width * heads == width * keyHeads,
+                 "query \(query.shape) with \(heads) heads for a cache of [\(batch), ·, \(cache.width)] with \(keyHeads)")
     return query.withUnsafeBufferPointer { q in
         cache.keys.withUnsafeBufferPointer { k in
             cache.values.withUnsafeBufferPointer { v in
                 attend(query: AttentionOperand(base: q.baseAddress!, rowStride: width, batchStride: tq * width),
-                       keys: AttentionOperand(base: k.baseAddress!, rowStride: width, batchStride: capacity * width),
-                       values: AttentionOperand(base: v.baseAddress!, rowStride: width, batchStride: capacity * width),
-                       batch: batch, queryLength: tq, keyLength: length, width: width, heads: heads,
-                       causalOffset: length - tq, keyMask: keyMask)
+                       keys: AttentionOperand(base: k.baseAddress!, rowStride: cache.width, batchStride: capacity * cache.width),
+                       values: AttentionOperand(base: v.baseAddress!, rowStride: cache.width, batchStride: capacity * cache.width),
+                       batch: batch, queryLength: tq, keyLength: length, width: width, heads: heads, keyValueHeads: keyHeads,
+                       causalOffset: length - tq, window: window, keyMask: keyMask)
             }
         }
     }
 }
 
+/// `width` is the queries' (and the output's); key and value head h / (heads / keyValueHeads) serves query head h.
 private func attend(query: AttentionOperand, keys: AttentionOperand, values: AttentionOperand,
-                    batch: Int, queryLength tq: Int, keyLength tk: Int, width: Int, heads: Int,
-                    causalOffset: Int?, keyMask: Tensor?) -> Tensor {
+                    batch: Int, queryLength tq: Int, keyLength tk: Int, width: Int, heads: Int, keyValueHeads: Int? = nil,
+                    causalOffset: Int?, window: Int? = nil, keyMask: Tensor?) -> Tensor {
     precondition(width % heads == 0, "width \(width) does not split into \(heads) heads")
     if let keyMask { precondition(keyMask.shape == [batch, tk], "key mask \(keyMask.shape), expected [\(batch), \(tk)]") }
     let headDim = width / heads
@@ -164,8 +169,9 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
             defer { scores.deallocate() }
             let qHead = query.base + b * query.batchStride + h * headDim
-            let kHead = keys.base + b * keys.batchStride + h * headDim
-            let vHead = values.base + b * values.batchStride + h * headDim
+            let keyHead = h / (heads / (keyValueHeads ?? heads))
+            let kHead = keys.base + b * keys.batchStride + keyHead * headDim
+            let vHead = values.base + b * values.batchStride + keyHead * headDim
             // scores [tq, tk] = scale * Q_h [tq, d] · K_hᵀ [d, tk]
             BLAS.gemm(transposeA: false, transposeB: true, m: tq, n: tk, k: headDim, alpha: scale,
                       a: qHead, lda: query.rowStride, b: kHead, ldb: keys.rowStride, c: scores, ldc: tk)
@@ -174,6 +180,7 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
                 if let causalOffset {
                     let last = causalOffset + i
                     if last + 1 < tk { for j in (last + 1)..<tk { row[j] = masked } }
+                    if let window, last - window >= 0 { for j in 0...min(last - window, tk - 1) { row[j] = masked } }
                 }
                 if let mask {
                     for j in 0..<tk where mask[b * tk + j] == 0 { row[j] = masked }

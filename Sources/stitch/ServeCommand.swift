@@ -8,14 +8,14 @@ import StitchRemote
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve the local GPT-2 as an OpenAI-compatible completions server, and graphs as HTTP endpoints.",
+        abstract: "Serve a local language model as an OpenAI-compatible completions server, and graphs as HTTP endpoints.",
         discussion: """
         POST /v1/completions takes OpenAI's fields (prompt, max_tokens, temperature (0: greedy), top_p, n, stop, \
         logprobs, seed); GET /v1/models lists the model. Each --graph name=file.yaml adds POST /graphs/name, whose \
         JSON body holds the graph's inputs and whose answer holds its outputs. Runs until interrupted.
         """)
 
-    @Option(help: "GPT-2 model folder or hub id.")
+    @Option(help: "Language model folder or hub id (GPT-2 or a Llama-architecture model with its tokenizer).")
     var lm = "gpt2"
 
     @Option(help: "Address to listen on. Beyond loopback it needs --api-key (or --insecure).")
@@ -64,8 +64,8 @@ struct Serve: ParsableCommand {
     }
 
     func run() throws {
-        let model = try GPT2(folder: hub.locator.resolveModel(lm, files: GPT2.files))
-        _ = try model.requireTokenizer()
+        let model = try hub.load(lm, as: (any CausalLanguageModel).self)
+        _ = try model.decode([])   // a server needs the model's tokenizer: refused now, not at the first request
         let registry = trust.registry()
         var graphs: [String: Graph] = [:]
         for entry in graph {

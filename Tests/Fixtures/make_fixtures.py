@@ -1587,6 +1587,80 @@ def make_owlvit_goldens():
     published_config.to_json_file(out("owlvit-configs", "owlvit-base-patch32", "config.json"))
     write_json({k: list(p.shape) for k, p in real.state_dict().items()}, "owlvit-configs", "owlvit-base-patch32", "manifest.json")
 
+# ---------------------------------------------------------------- Llama-family decoders
+
+LLAMA_VARIANTS = {
+    # Llama 3: grouped-query attention and llama3 rope scaling (original context 16, so it changes frequencies here).
+    "tiny-llama3": ("LlamaConfig", "LlamaForCausalLM", dict(
+        vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, initializer_range=0.2, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16))),
+    # Qwen2: q/k/v biases, tied embeddings, one key-value head.
+    "tiny-qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        max_position_embeddings=64, initializer_range=0.2, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)),
+    # Mistral: a sliding window of 8 positions, shorter than the prompts.
+    "tiny-mistral": ("MistralConfig", "MistralForCausalLM", dict(
+        vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, initializer_range=0.2, rope_theta=10000.0, rms_norm_eps=1e-5, sliding_window=8, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2)),
+    # SmolLM: the Llama architecture with tied embeddings and plain multi-head attention; linear rope scaling.
+    "tiny-smollm": ("LlamaConfig", "LlamaForCausalLM", dict(
+        vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=64, initializer_range=0.2, rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+        rope_scaling=dict(rope_type="linear", factor=2.0))),
+}
+
+
+# Random weights of std 0.2 and the final norm scaled by 4: every variant's greedy text varies and its top two logits
+# differ by more than 0.01 everywhere, so no tie can hide a difference.
+NORM_SCALE = 4.0
+
+
+def make_llama_goldens():
+    """Tiny random models of each Llama-family variant (F16 weights, the final norm scaled so that next-token
+    distributions are peaked), with transformers' logits and its generate() outputs: greedy, beam and contrastive."""
+    import transformers
+    for index, (folder, (config_class, model_class, settings)) in enumerate(LLAMA_VARIANTS.items()):
+        torch.manual_seed(20 + index)
+        config = getattr(transformers, config_class)(**settings)
+        model = getattr(transformers, model_class)(config)
+        with torch.no_grad():
+            model.model.norm.weight.mul_(NORM_SCALE)
+        save_tiny(model, folder)
+        model = getattr(transformers, model_class).from_pretrained(out(folder), torch_dtype=torch.float32, attn_implementation="eager").eval()
+        generator = torch.Generator().manual_seed(30 + index)
+        prompts = [[1] + torch.randint(3, 700, (n,), generator=generator).tolist() for n in (5, 19)]
+        tensors, golden = {}, {"prompts": prompts, "greedy": [], "beam": [], "contrastive": []}
+
+        def generate(prompt, **options):
+            ids = torch.tensor([prompt])
+            with torch.no_grad():
+                return model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=2, **options)[0, len(prompt):].tolist()
+
+        for i, prompt in enumerate(prompts):
+            with torch.no_grad():
+                tensors[f"p{i}.logits"] = model(torch.tensor([prompt])).logits[0]
+            golden["greedy"].append(generate(prompt, do_sample=False, max_new_tokens=24))
+            golden["beam"].append(generate(prompt, do_sample=False, num_beams=3, max_new_tokens=12))
+            golden["contrastive"].append(generate(prompt, penalty_alpha=0.6, top_k=4, max_new_tokens=12))
+        if folder == "tiny-llama3":
+            # Text through a real SentencePiece Llama tokenizer (the fixture model of make_sentencepiece_goldens, 700 pieces).
+            from transformers import LlamaTokenizer
+            import shutil
+            shutil.copyfile(out("sentencepiece", "llama.model"), out(folder, "tokenizer.model"))
+            tokenizer = LlamaTokenizer(out(folder, "tokenizer.model"), legacy=True)
+            tokenizer.save_pretrained(out(folder))
+            os.remove(out(folder, "special_tokens_map.json"))
+            ids = tokenizer("a photo of the city")["input_ids"]
+            continuation = generate(ids, do_sample=False, max_new_tokens=10)
+            golden["text"] = {"prompt": "a photo of the city", "ids": ids, "greedy": continuation,
+                              "greedy_text": tokenizer.decode(continuation, skip_special_tokens=True)}
+        save_file({k: v.contiguous().numpy() for k, v in tensors.items()}, out(folder, "golden.safetensors"))
+        write_json(golden, folder, "golden.json")
+    print("Llama family: " + ", ".join(LLAMA_VARIANTS))
+
+
 def make_label_golden():
     """Boxes and their labels drawn by Pillow with X11's public-domain 6x13 font (xfonts-base: the font
     Sources/StitchImaging/BitmapFont.swift was made from), laid out as `RGBImage.drawLabel` lays them out:
@@ -1670,3 +1744,4 @@ if __name__ == "__main__":
     make_sentencepiece_goldens()
     make_label_golden()
     make_owlvit_goldens()
+    make_llama_goldens()

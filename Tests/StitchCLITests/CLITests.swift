@@ -50,6 +50,20 @@ final class CLITests: XCTestCase {
     override func setUpWithError() throws { folder = try Fixtures.temporaryFolder() }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: folder) }
 
+    /// A Llama-architecture folder (config, safetensors, tokenizer.model) generates from text as transformers does.
+    func testGenerateWithALlamaFolder() throws {
+        struct Text: Decodable { let prompt: String; let ids, greedy: [Int]; let greedy_text: String }
+        struct Golden: Decodable { let text: Text }
+        let golden = try JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tiny-llama3/golden.json"))).text
+        let run = try stitch(["generate", "--model", Fixtures.url("tiny-llama3").path, "--prompt", golden.prompt, "--max-tokens", "\(golden.greedy.count)", "--json"])
+        XCTAssertEqual(run.status, 0, run.errors)
+        let result = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as! [String: Any]
+        XCTAssertEqual(result["tokens"] as? [Int], golden.greedy)
+        XCTAssertEqual(result["text"] as? String, golden.greedy_text)
+        let models = try stitch(["models", Fixtures.url("tiny-llama3").path])
+        XCTAssert(models.output.contains("llama"), models.output + models.errors)
+    }
+
     func testTokenizeArgumentsAndStandardInput() throws {
         let vocabulary = Fixtures.tokenizerFile("gpt2-vocab.json")
         let merges = Fixtures.tokenizerFile("gpt2-merges.txt")
