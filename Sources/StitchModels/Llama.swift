@@ -169,10 +169,10 @@ struct LlamaBlock {
 
 /// Llama-architecture causal language models (transformers LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM;
 /// SmolLM, TinyLlama and others are Llamas): grouped-query attention with rotary positions, RMSNorm, SwiGLU, tied or
-/// untied LM head. The tokenizer is the folder's SentencePiece tokenizer.model when it has one.
+/// untied LM head. The tokenizer is the folder's tokenizer.json, else its SentencePiece tokenizer.model.
 public final class Llama: CausalLanguageModel, @unchecked Sendable {
     public let config: LlamaConfig
-    public let tokenizer: SentencePieceTokenizer?
+    public let tokenizer: (any VocabularyTokenizer)?
     let tokenEmbedding: Tensor
     let blocks: [LlamaBlock]
     let finalNorm: Tensor
@@ -180,18 +180,26 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
     let head: Tensor
     let inverseFrequencies: [Float]
 
-    public static let files = ModelFiles(required: ["config.json"])
+    /// tokenizer.json or tokenizer.model, whichever the repository has.
+    public static let files = ModelFiles(required: ["config.json"], optional: ModelFiles.tokenizerAndProcessorFiles + ["tokenizer.model"])
     public static let architectures = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"]
 
     public convenience init(folder: URL) throws {
         let configFile = folder.appendingPathComponent("config.json")
         try ArchitectureHeader.require(Self.architectures + ["llama", "qwen2", "mistral"], in: configFile)
-        let hasTokenizer = SentencePieceTokenizer.modelFiles.contains { FileManager.default.fileExists(atPath: folder.appendingPathComponent($0).path) }
-        try self.init(config: loadConfig(LlamaConfig.self, from: configFile), weights: WeightStore(folder: folder),
-                      tokenizer: hasTokenizer ? SentencePieceTokenizer(folder: folder, style: .llama(legacy: true)) : nil)
+        func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: folder.appendingPathComponent(name).path) }
+        let tokenizer: (any VocabularyTokenizer)?
+        if exists(TokenizerJSON.fileName) {
+            tokenizer = try TokenizerJSON(folder: folder)
+        } else if SentencePieceTokenizer.modelFiles.contains(where: exists) {
+            tokenizer = try SentencePieceTokenizer(folder: folder, style: .llama(legacy: true))
+        } else {
+            tokenizer = nil
+        }
+        try self.init(config: loadConfig(LlamaConfig.self, from: configFile), weights: WeightStore(folder: folder), tokenizer: tokenizer)
     }
 
-    public init(config: LlamaConfig, weights store: WeightStore, tokenizer: SentencePieceTokenizer?) throws {
+    public init(config: LlamaConfig, weights store: WeightStore, tokenizer: (any VocabularyTokenizer)?) throws {
         self.config = config
         self.tokenizer = tokenizer
         let d = config.hiddenSize
@@ -254,17 +262,10 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
 
     public func decode(_ ids: [Int]) throws -> String { try requireTokenizer().decode(ids) }
     public func encode(_ text: String) throws -> [Int] { try requireTokenizer().encode(text) }
-    public func tokenID(of token: String) -> Int? {
-        guard let tokenizer else { return nil }
-        if let id = tokenizer.specialTokens[token] { return id }
-        let id = tokenizer.model.id(of: token)
-        return tokenizer.model.piece(id) == token ? id : nil
-    }
+    public func tokenID(of token: String) -> Int? { tokenizer?.id(of: token) }
 
-    func requireTokenizer() throws -> SentencePieceTokenizer {
-        guard let tokenizer else {
-            throw ModelError.invalidInput(model: "Llama", detail: "the model folder has no tokenizer.model for text (tokenizer.json is not read yet)")
-        }
+    func requireTokenizer() throws -> any VocabularyTokenizer {
+        guard let tokenizer else { throw ModelError.invalidInput(model: "Llama", detail: "the model folder has no tokenizer.json or tokenizer.model for text") }
         return tokenizer
     }
 }

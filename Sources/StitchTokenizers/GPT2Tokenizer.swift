@@ -2,7 +2,7 @@ import Foundation
 
 /// GPT-2's byte-level BPE tokenizer (vocab.json + merges.txt), equal to
 /// transformers' GPT2TokenizerFast: no special tokens are added.
-public struct GPT2Tokenizer: Tokenizer {
+public struct GPT2Tokenizer: VocabularyTokenizer {
     let bpe: BytePairEncoder
     public let endOfTextID: Int
     /// Tokens added after training (added_tokens.json), such as MAGiC's "<-start_of_text->":

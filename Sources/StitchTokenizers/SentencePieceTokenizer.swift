@@ -7,7 +7,7 @@ import Foundation
 /// - Llama (`LlamaTokenizer`): "<s>" first; `legacy` (the default) encodes each text as the model does,
 ///   non-legacy puts "▁" in front with the dummy prefix off, so text after a special token gets no extra space.
 /// Special tokens in the text are kept whole, as the Python tokenizers keep them.
-public struct SentencePieceTokenizer: Tokenizer {
+public struct SentencePieceTokenizer: VocabularyTokenizer {
     public enum Style: Sendable, Equatable { case siglip, llama(legacy: Bool) }
 
     public let model: SentencePieceModel
@@ -131,6 +131,13 @@ public struct SentencePieceTokenizer: Tokenizer {
         if let beginID { ids.insert(beginID, at: 0) }
         if let endID, style != .siglip || ids.last != endID { ids.append(endID) }
         return ids
+    }
+
+    /// The id of a special token or of one whole piece, if the model has it.
+    public func id(of token: String) -> Int? {
+        if let id = specialTokens[token] { return id }
+        let id = model.id(of: token)
+        return model.piece(id) == token ? id : nil
     }
 
     /// The text of `ids`, special tokens left out; the "▁" this tokenizer put in front is taken off again.

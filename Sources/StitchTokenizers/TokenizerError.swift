@@ -18,3 +18,9 @@ public protocol Tokenizer: Sendable {
     /// Text of `ids`.
     func decode(_ ids: [Int]) -> String
 }
+
+/// A tokenizer that can name the id of one whole token (special tokens included), as language models need for
+/// their start and stop tokens.
+public protocol VocabularyTokenizer: Tokenizer {
+    func id(of token: String) -> Int?
+}

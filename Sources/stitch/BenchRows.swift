@@ -11,6 +11,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
     case asif10k = "asif-10k", asif100k = "asif-100k", asif1600k = "asif-1.6m"
     case captioner, yolox, owlvit
+    case qwen2Prefill = "qwen2-prefill", qwen2Decode = "qwen2-decode"
 
     /// Rows run only when named: asif-1.6m writes 10 GB of files and its reference needs 11 GB of memory.
     var isOptIn: Bool { self == .asif1600k }
@@ -37,13 +38,17 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .captioner: return ["captioner"]
         case .yolox: return ["yolox", "image"]
         case .owlvit: return ["owlvit"]
+        case .qwen2Prefill, .qwen2Decode: return ["qwen2"]
         }
     }
+
+    /// Token ids of the qwen2 rows' prompts, the same on both sides.
+    static func qwen2Prompt(_ length: Int, vocabulary: Int) -> [Int] { (0..<length).map { ($0 * 7919 + 13) % min(150_000, vocabulary) } }
 
     /// The owlvit row's text queries (the Python reference asks the same).
     static let owlvitQueries = ["a photo of a cat", "a dog", "a traffic light", "a stroller", "a red truck"]
 
-    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner", "owlvit"].contains { neededFolders.contains($0) } }
+    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner", "owlvit", "qwen2"].contains { neededFolders.contains($0) } }
 }
 
 /// The Stitch side of one bench row, in its own process so its peak memory is its own.
@@ -59,6 +64,7 @@ struct BenchRowWorker: ParsableCommand {
     @Option var captioner: String?
     @Option var yolox: String?
     @Option var owlvit: String?
+    @Option var qwen2: String?
     @Option var image: String?
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
@@ -154,6 +160,24 @@ struct BenchRowWorker: ParsableCommand {
                 best = (0..<logits.count / queries).map { patch in (0..<queries).max { logits[patch * queries + $0] < logits[patch * queries + $1] }! }
             }
             (measured, note, output) = (time, "per 768x768 image, 5 queries", best)
+        case .qwen2Prefill:
+            // A 512-token prompt (or the context, if shorter) through the model, the LM head on its last position only (the next token's logits).
+            let model = try Llama(folder: folder(qwen2))
+            let prompt = BenchRow.qwen2Prompt(min(512, model.contextLength), vocabulary: model.vocabularySize)
+            var next = 0
+            let time = try bestTime(seconds: seconds) {
+                var cache = model.makeCache(batch: 1)
+                let hidden = try model.forward([prompt], cache: &cache)   // [1, 512, d]
+                next = indicesByDescendingValue(model.logits(hidden.row(0).rows(prompt.count - 1..<prompt.count)).scalars)[0]
+            }
+            (measured, note, output) = (time, "\(prompt.count)-token prompt, next token", [next])
+        case .qwen2Decode:
+            let model = try Llama(folder: folder(qwen2))
+            var tokens: [Int] = []
+            let total = try bestTime(seconds: seconds) {
+                tokens = try greedyDecode(model, prompt: BenchRow.qwen2Prompt(16, vocabulary: model.vocabularySize), stop: StopConditions(maxTokens: 32, atEndToken: false))
+            }
+            (measured, note, output) = (total / 32, "per token, 32 after 16", tokens)
         case .efficientnet:
             let network = try EfficientNetLite(folder: folder(efficientnet))
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))

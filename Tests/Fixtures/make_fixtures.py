@@ -212,6 +212,88 @@ def make_tokenizer_goldens():
     print(f"tokenizers: {len(corpus)} strings")
 
 
+# ---------------------------------------------------------------- tokenizer.json
+
+CODE_SNIPPETS = [
+    "def f(x):\n    return x**2  # square", "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}", "if x != None and y >= 3:",
+    "console.log(`${a}+${b}`);", "SELECT * FROM t WHERE id=42;", "    indented\n        more\n", "x=1;y=2;z=x+y", "   ", "\r\n",
+    "a\r\nb", "12345678901234567890", "3.14159265358979", "1,234,567.89", "v1.2.3-beta+exp.sha.5114f85", "<div class=\"a\">b</div>",
+    "#include <stdio.h>\nint main() { printf(\"hi\\n\"); }", "λx. x + 1", "a == b && c || !d", "0b1010 0o17 0xFF",
+]
+LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def tokenizer_json_corpus():
+    """The tokenizer corpus, code, and random joins of fragments, code, digit runs, whitespace runs and special
+    tokens' texts: 1,200 strings."""
+    rng = random.Random(20261202)
+    corpus = tokenizer_corpus() + CODE_SNIPPETS
+    pieces = FRAGMENTS + CODE_SNIPPETS + ["   ", "\t\t", "\n\n", "\r\n", "1234", "56789", "0", "<|im_start|>", "<|endoftext|>",
+                                          "<|begin_of_text|>", "<s>", "</s>", "\u2581", "Hello", "world", "I'M", "'LL", "你好", "👍🏽"]
+    while len(corpus) < 1200:
+        corpus.append("".join(rng.choice(pieces) + rng.choice(["", " ", "  ", "\n", "\t", "   ", " \n "]) for _ in range(rng.randint(1, 10))))
+    return corpus
+
+
+def tokenizer_json_files():
+    """tokenizer.json files with the components of each family (the real files cannot be had here): GPT-2 as
+    transformers converts it; Llama 3, Qwen2 and SmolLM pre-tokenizers over GPT-2's real vocabulary and merges;
+    Llama 2 (legacy) and Mistral-style (Metaspace, non-legacy) converted from the SentencePiece fixture model."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from transformers import GPT2TokenizerFast, LlamaTokenizerFast
+    vocab, merges = os.path.join(TOKENIZERS, "gpt2-vocab.json"), os.path.join(TOKENIZERS, "gpt2-merges.txt")
+    files = {"gpt2": GPT2TokenizerFast(vocab, merges).backend_tokenizer}
+
+    def byte_level(pre, normalizer=None, ignore_merges=False, specials=(), template=None):
+        tokenizer = Tokenizer(BPE.from_file(vocab, merges, ignore_merges=ignore_merges))
+        tokenizer.normalizer = normalizer
+        tokenizer.pre_tokenizer = pre
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.add_special_tokens(list(specials))
+        tokenizer.post_processor = (processors.TemplateProcessing(single=f"{template} $A", special_tokens=[(template, tokenizer.token_to_id(template))])
+                                    if template else processors.ByteLevel(trim_offsets=False))
+        return tokenizer
+
+    files["llama3"] = byte_level(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+                                                          pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]),
+                                 ignore_merges=True, specials=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], template="<|begin_of_text|>")
+    files["qwen2"] = byte_level(pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+                                                         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+                                normalizer=normalizers.NFC(), specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    files["smollm"] = byte_level(pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
+                                 specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    model = out("sentencepiece", "llama.model")
+    files["llama2"] = LlamaTokenizerFast(vocab_file=model, legacy=True, from_slow=True, add_prefix_space=True).backend_tokenizer
+    files["mistral"] = LlamaTokenizerFast(vocab_file=model, legacy=False, from_slow=True, add_prefix_space=True).backend_tokenizer
+    return files
+
+
+BYTE_LEVEL_FILES = ["gpt2", "llama3", "qwen2", "smollm"]
+
+
+def make_tokenizer_json_goldens():
+    corpus = tokenizer_json_corpus()
+    golden = {"corpus": corpus}
+    for name, tokenizer in tokenizer_json_files().items():
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        tokenizer.save(out("tokenizer-json", f"{name}.json"))
+        if name in BYTE_LEVEL_FILES:
+            # GPT-2's vocabulary and merges are committed once (tokenizers/); the tests put them back into these files.
+            with open(out("tokenizer-json", f"{name}.json"), encoding="utf-8") as f:
+                saved = json.load(f)
+            saved["model"]["vocab"], saved["model"]["merges"] = {}, []
+            with open(out("tokenizer-json", f"{name}.json"), "w", encoding="utf-8") as f:
+                json.dump(saved, f, ensure_ascii=False, indent=1)
+        ids = [tokenizer.encode(text).ids for text in corpus]
+        golden[name] = {"ids": ids, "decoded": [tokenizer.decode(i, skip_special_tokens=False) for i in ids]}
+    write_json(golden, "tokenizer-json", "golden.json")
+    print(f"tokenizer.json: {len(corpus)} strings through " + ", ".join(golden.keys() - {"corpus"}))
+
+
 # ---------------------------------------------------------------- tensor ops
 
 def make_tensor_goldens():
@@ -1745,3 +1827,4 @@ if __name__ == "__main__":
     make_label_golden()
     make_owlvit_goldens()
     make_llama_goldens()
+    make_tokenizer_json_goldens()

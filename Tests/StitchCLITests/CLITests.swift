@@ -62,6 +62,17 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(result["text"] as? String, golden.greedy_text)
         let models = try stitch(["models", Fixtures.url("tiny-llama3").path])
         XCTAssert(models.output.contains("llama"), models.output + models.errors)
+
+        // The same model with the tokenizer as tokenizer.json (the fast conversion of the same SentencePiece model).
+        let copy = folder.appendingPathComponent("tiny-llama3")
+        try FileManager.default.copyItem(at: Fixtures.url("tiny-llama3"), to: copy)
+        try FileManager.default.removeItem(at: copy.appendingPathComponent("tokenizer.model"))
+        try FileManager.default.copyItem(at: Fixtures.url("tokenizer-json/llama2.json"), to: copy.appendingPathComponent("tokenizer.json"))
+        let fast = try stitch(["generate", "--model", copy.path, "--prompt", golden.prompt, "--max-tokens", "\(golden.greedy.count)", "--json"])
+        XCTAssertEqual(fast.status, 0, fast.errors)
+        let fastResult = try JSONSerialization.jsonObject(with: Data(fast.output.utf8)) as! [String: Any]
+        XCTAssertEqual(fastResult["tokens"] as? [Int], golden.greedy)
+        XCTAssertEqual(fastResult["text"] as? String, golden.greedy_text)
     }
 
     func testTokenizeArgumentsAndStandardInput() throws {
@@ -122,6 +133,14 @@ final class CLITests: XCTestCase {
         XCTAssertNotNil(bench.output.range(of: #"CPU: .+, kernels (x86-64-v4|x86-64-v3|baseline), BF16 instructions: "#, options: .regularExpression), bench.output)
         XCTAssertFalse(bench.output.contains("models:"), "only the selected rows run")
 
+        // The Stitch side of the qwen2 rows, on the tiny Qwen2 fixture.
+        for (row, count) in [("qwen2-prefill", 1), ("qwen2-decode", 32)] {
+            let side = try stitch(["_bench-row", row, "--qwen2", Fixtures.url("tiny-qwen2").path, "--seconds", "0"])
+            XCTAssertEqual(side.status, 0, side.errors)
+            let measured = try JSONSerialization.jsonObject(with: Data(side.output.utf8)) as! [String: Any]
+            XCTAssertEqual((measured["output"] as? [Int])?.count, count, side.output)
+            XCTAssertGreaterThan(measured["seconds"] as? Double ?? 0, 0)
+        }
         let unknown = try stitch(["bench", "--rows", "gemm,warp-drive"])
         XCTAssertNotEqual(unknown.status, 0)
         XCTAssert(unknown.errors.contains("unknown bench rows: warp-drive"), unknown.errors)

@@ -115,6 +115,21 @@ final class HubLoadingTests: XCTestCase {
         XCTAssertEqual(try EfficientNetLite(folder: netFolder).features(of: photo).scalars, try EfficientNetLite(folder: net.folder).features(of: photo).scalars)
         checked.insert(netKind.name)
 
+        // A Llama with its SentencePiece tokenizer.model and tokenizer_config.json, and the same with tokenizer.json.
+        for (name, tokenizerFiles) in [("llama-sp", ["tokenizer.model": Fixtures.url("tiny-llama3/tokenizer.model"),
+                                                     "tokenizer_config.json": Fixtures.url("tiny-llama3/tokenizer_config.json")]),
+                                       ("llama-json", ["tokenizer.json": Fixtures.url("tokenizer-json/llama2.json")])] {
+            let llama = try publish("org/\(name)", ["config.json": Fixtures.url("tiny-llama3/config.json"),
+                                                    "model.safetensors": Fixtures.url("tiny-llama3/model.safetensors")].merging(tokenizerFiles) { a, _ in a })
+            let (llamaFolder, llamaKind) = try registry.resolve(llama.hubID, locator: locator)
+            let (hub, local) = (try Llama(folder: llamaFolder), try Llama(folder: llama.folder))
+            XCTAssertNotNil(hub.tokenizer, "\(name): the hub brought the tokenizer")
+            let prompt = try hub.encode("a photo of the city")
+            XCTAssertEqual(prompt, try local.encode("a photo of the city"))
+            XCTAssertEqual(try decode(hub, prompt: prompt, strategy: .greedy, stop: stop), try decode(local, prompt: prompt, strategy: .greedy, stop: stop))
+            checked.insert(llamaKind.name)
+        }
+
         // Every type the hub can serve (all but those recognised by their files, such as the ONNX detector).
         XCTAssertEqual(checked, Set(registry.types.filter { $0.recognizes == nil }.map(\.name)), "every registered model type is covered")
     }

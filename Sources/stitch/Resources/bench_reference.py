@@ -100,6 +100,13 @@ def prepare(work, tokenizers):
         config = OwlViTConfig()  # the defaults are google/owlvit-base-patch32
         config.architectures = ["OwlViTForObjectDetection"]
         OwlViTForObjectDetection(config).save_pretrained(os.path.join(work, "owlvit-b32"), safe_serialization=True)
+    if not os.path.exists(os.path.join(work, "qwen2-0.5b", "model.safetensors")):
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        # Qwen/Qwen2.5-0.5B's shape: 24 layers of width 896, 14 query and 2 key-value heads, tied embeddings.
+        config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                             num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                             tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"])
+        Qwen2ForCausalLM(config).save_pretrained(os.path.join(work, "qwen2-0.5b"), safe_serialization=True)
     # Tokenizer files, for the rows that decode or embed text (magic, owlvit); skipped when absent.
     if os.path.isdir(tokenizers):
         for name, target in [("gpt2-vocab.json", "vocab.json"), ("gpt2-merges.txt", "merges.txt")]:
@@ -201,6 +208,24 @@ def row(name, args):
                 logits = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixels).logits
                 best[:] = logits[0].argmax(-1).tolist()
             return best_time(detect, args.seconds), "per 768x768 image, 5 queries", best
+        if name in ("qwen2-prefill", "qwen2-decode"):
+            from transformers import Qwen2ForCausalLM
+            model = Qwen2ForCausalLM.from_pretrained(args.qwen2, torch_dtype=torch.float32).eval()
+
+            def prompt(length):   # BenchRow.qwen2Prompt
+                return torch.tensor([[(i * 7919 + 13) % min(150000, model.config.vocab_size) for i in range(length)]])
+            if name == "qwen2-prefill":
+                ids, next_token = prompt(min(512, model.config.max_position_embeddings)), []
+
+                def prefill():   # the LM head on the last position only, as generate's prefill does
+                    next_token[:] = [int(model(ids, num_logits_to_keep=1).logits[0, -1].argmax())]
+                return best_time(prefill, args.seconds), f"{ids.shape[1]}-token prompt, next token", next_token
+            ids, tokens = prompt(16), []
+
+            def decode():
+                tokens[:] = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=32, min_new_tokens=32,
+                                           pad_token_id=0)[0, 16:].tolist()
+            return best_time(decode, args.seconds) / 32, "per token, 32 after 16", tokens
         if name == "efficientnet":
             from efficientnet_lite_pytorch import EfficientNet
             from safetensors.torch import load_file
@@ -225,6 +250,7 @@ def main():
     parser.add_argument("--efficientnet")
     parser.add_argument("--captioner")
     parser.add_argument("--owlvit")
+    parser.add_argument("--qwen2")
     parser.add_argument("--yolox")
     parser.add_argument("--image")
     parser.add_argument("--threads", type=int, default=os.cpu_count())

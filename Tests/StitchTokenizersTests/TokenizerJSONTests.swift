@@ -1,0 +1,74 @@
+import Foundation
+import StitchTestSupport
+import XCTest
+@testable import StitchTokenizers
+
+/// tokenizer.json files with each family's components (Tests/Fixtures/tokenizer-json, make_fixtures.py
+/// make_tokenizer_json_goldens): 1,200 strings (code, numbers, whitespace runs, emoji, CJK, special tokens' texts)
+/// encoded and decoded as the tokenizers library does.
+final class TokenizerJSONTests: XCTestCase {
+    struct Family: Decodable { let ids: [[Int]]; let decoded: [String] }
+
+    struct Golden: Decodable {
+        let corpus: [String]
+        let gpt2, llama3, qwen2, smollm, llama2, mistral: Family
+    }
+
+    /// Read with JSONDecoder: JSONSerialization drops a string's leading U+FEFF, which the corpus has.
+    static let golden = try! JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tokenizer-json/golden.json")))
+
+    /// The family's file; the byte-level ones get GPT-2's committed vocabulary and merges put back.
+    func tokenizer(_ name: String) throws -> TokenizerJSON {
+        let file = Fixtures.url("tokenizer-json/\(name).json").path
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))) as! [String: Any]
+        var model = json["model"] as! [String: Any]
+        if (model["vocab"] as! [String: Any]).isEmpty {
+            model["vocab"] = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.tokenizerFile("gpt2-vocab.json")))
+            model["merges"] = try String(contentsOf: Fixtures.tokenizerFile("gpt2-merges.txt"), encoding: .utf8)
+                .split(separator: "\n").filter { !$0.hasPrefix("#version") }.map(String.init)
+            json["model"] = model
+        }
+        return try TokenizerJSON(json: json, file: file)
+    }
+
+    func check(_ name: String, _ family: Family) throws {
+        let corpus = Self.golden.corpus
+        let tokenizer = try tokenizer(name)
+        var encodeMismatches = 0, decodeMismatches = 0
+        for (i, text) in corpus.enumerated() {
+            let ids = tokenizer.encode(text)
+            if ids != family.ids[i] {
+                encodeMismatches += 1
+                if encodeMismatches <= 5 { XCTFail("\(name) encode \(text.debugDescription): \(ids) != \(family.ids[i])") }
+            }
+            let decoded = tokenizer.decode(family.ids[i])
+            if decoded != family.decoded[i] {
+                decodeMismatches += 1
+                if decodeMismatches <= 5 { XCTFail("\(name) decode \(family.ids[i]): \(decoded.debugDescription) != \(family.decoded[i].debugDescription)") }
+            }
+        }
+        XCTAssertGreaterThanOrEqual(corpus.count, 1000)
+        print("tokenizer.json \(name): \(corpus.count - encodeMismatches)/\(corpus.count) encodings and \(corpus.count - decodeMismatches)/\(corpus.count) decodings equal the tokenizers library's")
+    }
+
+    func testGPT2() throws { try check("gpt2", Self.golden.gpt2) }
+    func testLlama3() throws { try check("llama3", Self.golden.llama3) }
+    func testQwen2() throws { try check("qwen2", Self.golden.qwen2) }
+    func testSmolLM() throws { try check("smollm", Self.golden.smollm) }
+    func testLlama2() throws { try check("llama2", Self.golden.llama2) }
+    func testMistral() throws { try check("mistral", Self.golden.mistral) }
+
+    /// Components Stitch does not implement are errors that name them.
+    func testUnknownComponentsAreNamed() throws {
+        let file = Fixtures.url("tokenizer-json/llama2.json").path
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))) as! [String: Any]
+        for (key, value, message) in [("normalizer", ["type": "BertNormalizer"], "normalizer 'BertNormalizer' is not supported"),
+                                      ("pre_tokenizer", ["type": "UnicodeScripts"], "pre_tokenizer 'UnicodeScripts' is not supported"),
+                                      ("decoder", ["type": "CTC"], "decoder 'CTC' is not supported"),
+                                      ("model", ["type": "Unigram"], "type 'Unigram' is not supported")] as [(String, [String: Any], String)] {
+            var changed = json
+            changed[key] = value
+            XCTAssertThrowsError(try TokenizerJSON(json: changed, file: file)) { XCTAssert("\($0)".contains(message) && "\($0)".contains(file), "\($0)") }
+        }
+    }
+}
