@@ -85,7 +85,7 @@ static inline __attribute__((always_inline)) void activate_v16(v16 *v, float bia
     } while (0)
 
 DISPATCH void stitch_exp(const float *x, float *y, long n) {
-    memcpy(y, x, (size_t)n * sizeof(float));
+    if (y != x) memcpy(y, x, (size_t)n * sizeof(float));   /* y == x: in place */
     BLOCKWISE(y, n, v, fast_exp_v16(&v, &v));
 }
 
