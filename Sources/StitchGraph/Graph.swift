@@ -90,6 +90,11 @@ public struct NodeSpec: Sendable {
     public let arguments: [String: NodeArgument]
     /// Inputs and nodes this node reads.
     public let dependencies: Set<String>
+
+    init(name: String, operation: Operation, arguments: [String: NodeArgument]) {
+        (self.name, self.operation, self.arguments) = (name, operation, arguments)
+        dependencies = Set(arguments.values.flatMap(\.references).map(\.name))
+    }
 }
 
 /// Which nodes wait on which: built once, so ordering and running a graph stay linear in its size.
@@ -177,8 +182,7 @@ public struct Graph: Sendable {
         var arguments = spec.arguments
         arguments[argument] = .literal(value)
         var graph = self
-        graph.nodes[node] = NodeSpec(name: node, operation: spec.operation, arguments: arguments,
-                                     dependencies: Set(arguments.values.flatMap(\.references).map(\.name)))
+        graph.nodes[node] = NodeSpec(name: node, operation: spec.operation, arguments: arguments)
         return graph
     }
 
@@ -373,8 +377,7 @@ struct GraphParser {
         for spec in operation.arguments where spec.required && fields[spec.name] == nil {
             report(node, "missing argument '\(spec.name)' of \(opName)", in: name)
         }
-        let dependencies = Set(arguments.values.flatMap(\.references).map(\.name))
-        return NodeSpec(name: name, operation: operation, arguments: arguments, dependencies: dependencies)
+        return NodeSpec(name: name, operation: operation, arguments: arguments)
     }
 
     /// `$name[.field]` references, files beside the graph ({file: path} a prompt, {lines: path} a list of texts,

@@ -14,7 +14,7 @@ extension OperationRegistry {
                   arguments: [.component("clip", kind: "scorer"), .value("texts", .texts)], output: .json) { input in
             let texts = try input.texts("texts")
             guard !texts.isEmpty else { return .array([]) }
-            return matrixValue(try input.component("clip", as: (any ImageTextScorer).self).textEmbeddings(texts))
+            return Value(try input.component("clip", as: (any ImageTextScorer).self).textEmbeddings(texts))
         },
         Operation("clip_embed_images", "Unit-length embeddings of images (paths) by a scorer, one row each; an empty path gives a row of zeros (no image similarity).",
                   arguments: [.component("clip", kind: "scorer"), .value("images", .texts)], output: .json) { input in
@@ -28,7 +28,7 @@ extension OperationRegistry {
             return .array(paths.map { path in
                 guard !path.isEmpty, let embedded else { return .array(Array(repeating: .number(0), count: width)) }
                 defer { next += 1 }
-                return .array(embedded.row(next).scalars.map { .number(Double($0)) })
+                return Value(embedded.row(next))
             })
         },
         Operation("pluck", "One field of every object in a list, as texts (`default` where an object lacks it).",
@@ -109,8 +109,9 @@ extension OperationRegistry {
             let path = try input.text("image")
             guard let bytes = FileManager.default.contents(atPath: path) else { throw GraphError.operationFailed(node: input.node, detail: "cannot read image \(path)") }
             let image = try memo.value("image:" + SHA256.hex(bytes)) { try clip.imageEmbeddings([RGBImage(contentsOf: path)]).row(0) }
-            let ranked = Array(Socratic.rank(labels: labelEmbeddings, image: image).prefix(max(1, try input.integer("k"))))
+            // Cosine similarities (unit embeddings), ranked best first with ties in label order, as the notebook ranks.
             let scores = matmul(labelEmbeddings, image.reshaped([image.count, 1])).scalars   // [labels, 1]
+            let ranked = Array(indicesByDescendingValue(scores).prefix(max(1, try input.integer("k"))))
             return .object(["best": .string(labels[ranked[0]]), "labels": .array(ranked.map { .string(labels[$0]) }),
                             "scores": .array(ranked.map { .number(Double(scores[$0])) })])
         },
@@ -123,11 +124,6 @@ extension OperationRegistry {
             .array(try input.texts("texts").map { .string(String(PythonText.strip($0[...]))) })
         },
     ]
-
-    /// A tensor as a graph value: a list of rows, each a list of numbers.
-    static func matrixValue(_ tensor: Tensor) -> Value {
-        .array((0..<tensor.shape[0]).map { row in .array(tensor.row(row).scalars.map { .number(Double($0)) }) })
-    }
 
     /// The argument `name` as an embedding [d].
     static func vector(_ input: OperationInput, _ name: String) throws -> Tensor {

@@ -199,12 +199,12 @@ extension OperationRegistry {
         Operation("clip_embed_image", "CLIP's unit-length embedding of an image.",
                   arguments: [.component("clip", kind: "scorer"), .value("image", .image)], output: .json) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
-            return .array(try clip.imageEmbeddings([input.image("image")]).scalars.map { .number(Double($0)) })
+            return Value(try clip.imageEmbeddings([input.image("image")]).row(0))
         },
         Operation("clip_embed_text", "CLIP's unit-length embedding of a text.",
                   arguments: [.component("clip", kind: "scorer"), .value("text", .text)], output: .json) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
-            return .array(try clip.textEmbeddings([input.text("text")]).scalars.map { .number(Double($0)) })
+            return Value(try clip.textEmbeddings([input.text("text")]).row(0))
         },
         Operation("clip_classify", "CLIP zero-shot classification: the best label and every label's probability.",
                   arguments: [.component("clip", kind: "scorer"), .value("image", .image), .value("labels", .texts),

@@ -158,17 +158,15 @@ public final class OperationRegistry: @unchecked Sendable {
 /// Replaces each {name} in `template` with the text of values[name] (a list of texts joined by ", ", other values as
 /// JSON); {{ and }} are literal braces.
 func fillTemplate(_ template: String, values: Value, node: String) throws -> Value {
-    var texts: [String: String] = [:]
-    for name in PromptTemplate.placeholders(template) {
-        switch values[name] {
-        case .string(let text)?: texts[name] = text
-        case let value? where value.strings != nil: texts[name] = value.strings!.joined(separator: ", ")
-        case let value?: texts[name] = value.canonicalJSON
-        case nil: break
-        }
-    }
     do {
-        return .string(try PromptTemplate.fill(template, values: texts))
+        return .string(try PromptTemplate.fill(template) { name in
+            switch values[name] {
+            case .string(let text)?: return text
+            case let value? where value.strings != nil: return value.strings!.joined(separator: ", ")
+            case let value?: return value.canonicalJSON
+            case nil: return nil
+            }
+        })
     } catch {
         throw GraphError.operationFailed(node: node, detail: "\(error)")
     }

@@ -1,4 +1,5 @@
 import Foundation
+import StitchTensor
 
 /// A value flowing through a graph: JSON-shaped, so that node results can be hashed, cached
 /// and printed. Images travel as file paths and are read by the operations that take them.
@@ -70,6 +71,17 @@ public indirect enum Value: Sendable, Hashable {
         return strings.count == items.count ? strings : nil
     }
     public subscript(field: String) -> Value? { if case .object(let o) = self { return o[field] } else { return nil } }
+}
+
+extension Value {
+    /// A tensor as lists of numbers: an embedding [d] as one list, a matrix [n, d] as a list of its rows.
+    public init(_ tensor: Tensor) {
+        precondition(tensor.rank <= 2, "a value holds vectors and matrices, not \(tensor.shape)")
+        let numbers = tensor.scalars.map { Value.number(Double($0)) }
+        guard tensor.rank == 2 else { self = .array(numbers); return }
+        let width = tensor.shape[1]
+        self = .array((0..<tensor.shape[0]).map { .array(Array(numbers[$0 * width..<($0 + 1) * width])) })
+    }
 }
 
 extension Value: Decodable {

@@ -4,6 +4,11 @@ import Foundation
 /// are, never read as templates themselves.
 public enum PromptTemplate {
     public static func fill(_ template: String, values: [String: String]) throws -> String {
+        try fill(template) { values[$0] }
+    }
+
+    /// `template` with each placeholder's text from `value` (nil: the placeholder has no value, an error).
+    public static func fill(_ template: String, value: (String) -> String?) throws -> String {
         var out = ""
         var rest = Substring(template)
         while let open = rest.firstIndex(where: { $0 == "{" || $0 == "}" }) {
@@ -18,26 +23,11 @@ public enum PromptTemplate {
                 throw MethodError.invalidInput("unbalanced brace in template near '\(rest[open...].prefix(20))'")
             }
             let name = String(rest[after..<close])
-            guard let value = values[name] else { throw MethodError.invalidInput("template placeholder {\(name)} has no value") }
-            out += value
+            guard let text = value(name) else { throw MethodError.invalidInput("template placeholder {\(name)} has no value") }
+            out += text
             rest = rest[rest.index(after: close)...]
         }
         return out + rest
-    }
-
-    /// The placeholders `template` names, in order of first appearance.
-    public static func placeholders(_ template: String) -> [String] {
-        var names: [String] = []
-        var rest = Substring(template)
-        while let open = rest.firstIndex(of: "{") {
-            let after = rest.index(after: open)
-            if after < rest.endIndex, rest[after] == "{" { rest = rest[rest.index(after: after)...]; continue }
-            guard let close = rest[after...].firstIndex(of: "}") else { break }
-            let name = String(rest[after..<close])
-            if !names.contains(name) { names.append(name) }
-            rest = rest[rest.index(after: close)...]
-        }
-        return names
     }
 }
 

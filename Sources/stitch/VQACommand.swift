@@ -115,7 +115,7 @@ struct VQA: ParsableCommand {
             guard tensor.shape.count == 2, tensor.shape[0] == rows else {
                 throw ValidationError("\(file): features of shape \(tensor.shape), the pool needs \(rows) rows (one per pool line)")
             }
-            return Value.array((0..<rows).map { row in .array(tensor.row(row).scalars.map { .number(Double($0)) }) })
+            return Value(tensor)
         }
         return (features[0], features[1])
     }

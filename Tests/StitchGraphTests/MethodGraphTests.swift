@@ -108,10 +108,10 @@ final class MethodGraphTests: XCTestCase {
         for (line, selection) in expected.enumerated().prefix(6) {
             let query = PICa.Example(context: "a dog. dog, bicycle", question: "what is line \(line)?")
             let graph = try Graph.load(Self.examples.appendingPathComponent("pica_okvqa.yaml").path, registry: registry)
-                .setting("examples", "question", to: vector(valQuestions.row(line)))
-                .setting("examples", "image", to: vector(valImages.row(line)))
-                .setting("examples", "pool_questions", to: OperationRegistry.matrixValue(trainQuestions))
-                .setting("examples", "pool_images", to: OperationRegistry.matrixValue(trainImages))
+                .setting("examples", "question", to: Value(valQuestions.row(line)))
+                .setting("examples", "image", to: Value(valImages.row(line)))
+                .setting("examples", "pool_questions", to: Value(trainQuestions))
+                .setting("examples", "pool_images", to: Value(trainImages))
                 .setting("examples", "count", to: .number(Double(selection.count)))
                 .setting("prompts", "shots", to: .number(Double(shots)))
                 .setting("prompts", "query", to: .object(query.fields.filter { $0.key != "answer" }.mapValues(Value.string)))
@@ -126,6 +126,4 @@ final class MethodGraphTests: XCTestCase {
             XCTAssertEqual(runner.stats.componentsLoaded, 0)
         }
     }
-
-    func vector(_ tensor: Tensor) -> Value { .array(tensor.scalars.map { .number(Double($0)) }) }
 }
