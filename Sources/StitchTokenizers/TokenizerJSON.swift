@@ -18,12 +18,21 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     /// Ids the post-processor puts before and after a single sequence.
     let prefix, suffix: [Int]
     let addedTokens: [AddedToken]
+    /// Those matched in the raw text, and those matched in normalized text.
+    let rawAddedTokens, normalizedAddedTokens: [AddedToken]
     let addedByID: [Int: AddedToken]
 
     struct AddedToken {
         let id: Int
         let content: String
         let special, leftStrip, rightStrip, singleWord, normalized: Bool
+        /// The content's scalars, as the splitter compares them.
+        let scalars: [Unicode.Scalar]
+
+        init(id: Int, content: String, special: Bool, leftStrip: Bool, rightStrip: Bool, singleWord: Bool, normalized: Bool) {
+            (self.id, self.content, self.scalars) = (id, content, Array(content.unicodeScalars))
+            (self.special, self.leftStrip, self.rightStrip, self.singleWord, self.normalized) = (special, leftStrip, rightStrip, singleWord, normalized)
+        }
     }
 
     enum Pattern {
@@ -63,7 +72,6 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
         case byteLevel(addPrefixSpace: Bool, useRegex: Bool)
         case split(Pattern, SplitBehavior, invert: Bool)
         case metaspace(replacement: String, prepend: PrependScheme, split: Bool)
-        case digits(individual: Bool)
         case whitespaceSplit
     }
 
@@ -144,7 +152,10 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
                 preTokenizers.append(.split(try pattern(object["pattern"], "pre_tokenizer Split"), behavior, invert: flag(object, "invert", false)))
             case "Metaspace":
                 preTokenizers.append(.metaspace(replacement: object["replacement"] as? String ?? "\u{2581}", prepend: scheme(object), split: flag(object, "split", true)))
-            case "Digits": preTokenizers.append(.digits(individual: flag(object, "individual_digits", false)))
+            case "Digits":
+                // Numeric characters (Rust's char::is_numeric: Nd, Nl and No, so "²" and "½" too), each alone or in runs.
+                let digits = try! NSRegularExpression(pattern: flag(object, "individual_digits", false) ? #"\p{N}"# : #"\p{N}+"#)
+                preTokenizers.append(.split(.regex(digits), .isolated, invert: false))
             case "WhitespaceSplit": preTokenizers.append(.whitespaceSplit)
             default: throw unsupported("pre_tokenizer", type)
             }
@@ -174,6 +185,8 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
                                     rightStrip: flag(object, "rstrip", false), singleWord: flag(object, "single_word", false), normalized: flag(object, "normalized", true)))
         }
         addedTokens = added
+        rawAddedTokens = added.filter { !$0.normalized }
+        normalizedAddedTokens = added.filter(\.normalized)
         addedByID = Dictionary(added.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
 
         var prefix: [Int] = [], suffix: [Int] = []
@@ -208,10 +221,10 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     public func tokens(_ text: String) -> [Int] {
         var ids: [Int] = []
         // Added tokens matched in the raw text first, then (normalized ones) in each normalized piece.
-        for piece in split(text, on: addedTokens.filter { !$0.normalized }, startsText: true) {
+        for piece in split(text, on: rawAddedTokens, startsText: true) {
             if let id = piece.id { ids.append(id); continue }
             let normalized = normalize(piece.text)
-            for inner in split(normalized, on: addedTokens.filter(\.normalized), startsText: piece.startsText) {
+            for inner in split(normalized, on: normalizedAddedTokens, startsText: piece.startsText) {
                 if let id = inner.id { ids.append(id); continue }
                 for word in preTokenize(inner.text, startsText: inner.startsText && piece.startsText) { ids += model.encode(word) }
             }
@@ -230,16 +243,15 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     func split(_ text: String, on tokens: [AddedToken], startsText: Bool) -> [Piece] {
         guard !tokens.isEmpty, !text.isEmpty else { return text.isEmpty ? [] : [Piece(text: text, id: nil, startsText: startsText)] }
         let scalars = Array(text.unicodeScalars)
-        let candidates = tokens.map { (token: $0, scalars: Array($0.content.unicodeScalars)) }
         var pieces: [Piece] = []
         var start = 0, i = 0
         func isWord(_ index: Int) -> Bool { scalars.indices.contains(index) && (scalars[index].properties.isAlphabetic || scalars[index].properties.numericType != nil || scalars[index] == "_") }
         while i < scalars.count {
             var best: (token: AddedToken, length: Int)?
-            for (token, content) in candidates where content.count > (best?.length ?? 0) && i + content.count <= scalars.count
-                && scalars[i..<i + content.count].elementsEqual(content) {
-                if token.singleWord && (isWord(i - 1) || isWord(i + content.count)) { continue }
-                best = (token, content.count)
+            for token in tokens where token.scalars.count > (best?.length ?? 0) && i + token.scalars.count <= scalars.count
+                && scalars[i..<i + token.scalars.count].elementsEqual(token.scalars) {
+                if token.singleWord && (isWord(i - 1) || isWord(i + token.scalars.count)) { continue }
+                best = (token, token.scalars.count)
             }
             guard let (token, length) = best else { i += 1; continue }
             var from = i, to = i + length
@@ -301,9 +313,6 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
                         replaced = replacement + replaced
                     }
                     return split ? Self.split(replaced, .literal(replacement), .mergedWithNext) : [replaced]
-                case .digits(let individual):
-                    let digits = try! NSRegularExpression(pattern: individual ? #"\p{Nd}"# : #"\p{Nd}+"#)
-                    return Self.split(word, .regex(digits), .isolated)
                 case .whitespaceSplit:
                     return word.split(whereSeparator: { $0.unicodeScalars.allSatisfy(\.properties.isWhitespace) }).map(String.init)
                 }

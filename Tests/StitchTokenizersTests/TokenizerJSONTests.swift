@@ -58,6 +58,17 @@ final class TokenizerJSONTests: XCTestCase {
     func testLlama2() throws { try check("llama2", Self.golden.llama2) }
     func testMistral() throws { try check("mistral", Self.golden.mistral) }
 
+    /// Digits splits every numeric character (Nd, Nl and No, as Rust's char::is_numeric), alone or in runs; the expected
+    /// pieces are what tokenizers' pre_tokenizers.Digits(...).pre_tokenize_str gives.
+    func testDigitsSplitsEveryNumericCharacter() throws {
+        let text = "\u{663}\u{664}\u{665} 12 \u{B2}\u{B3} \u{BD}x\u{967}\u{968}"   // "٣٤٥ 12 ²³ ½x१२"
+        for (individual, expected) in [(true, ["\u{663}", "\u{664}", "\u{665}", " ", "1", "2", " ", "\u{B2}", "\u{B3}", " ", "\u{BD}", "x", "\u{967}", "\u{968}"]),
+                                       (false, ["\u{663}\u{664}\u{665}", " ", "12", " ", "\u{B2}\u{B3}", " ", "\u{BD}", "x", "\u{967}\u{968}"])] {
+            let json: [String: Any] = ["pre_tokenizer": ["type": "Digits", "individual_digits": individual], "model": ["type": "BPE", "vocab": [String: Int](), "merges": [Any]()]]
+            XCTAssertEqual(try TokenizerJSON(json: json, file: "digits.json").preTokenize(text, startsText: true), expected, "individual \(individual)")
+        }
+    }
+
     /// Components Stitch does not implement are errors that name them.
     func testUnknownComponentsAreNamed() throws {
         let file = Fixtures.url("tokenizer-json/llama2.json").path
