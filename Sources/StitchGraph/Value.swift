@@ -11,19 +11,6 @@ public indirect enum Value: Sendable, Hashable {
     case array([Value])
     case object([String: Value])
 
-    public init(json: Any) throws {
-        switch json {
-        case is NSNull: self = .null
-        // Booleans are NSNumbers of ObjC type "c" (char); plain numbers are not.
-        case let number as NSNumber where String(cString: number.objCType) == "c": self = .bool(number.boolValue)
-        case let number as NSNumber: self = .number(number.doubleValue)
-        case let string as String: self = .string(string)
-        case let array as [Any]: self = .array(try array.map(Value.init(json:)))
-        case let object as [String: Any]: self = .object(try object.mapValues(Value.init(json:)))
-        default: throw GraphError.invalidValue("\(type(of: json)) is not a JSON value")
-        }
-    }
-
     /// Foundation's JSON form (for JSONSerialization).
     public var json: Any {
         switch self {

@@ -132,8 +132,8 @@ struct Serve: ParsableCommand {
 
     /// The graph's inputs from a request body, uploaded images written to private files (the caller removes them).
     static func prepareGraphInputs(_ graph: Graph, body: Data, trust: GraphTrust) -> Result<([String: Value], [URL]), Refusal> {
-        guard let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any],
-              var inputs = try? object.mapValues(Value.init(json:)) else {
+        // Value.parse reads numbers exactly (JSONSerialization on Linux can miss by an ulp).
+        guard case .object(var inputs)? = try? Value.parse(json: String(decoding: body, as: UTF8.self)) else {
             return .failure(Refusal("the body must be a JSON object of the graph's inputs"))
         }
         var uploads: [URL] = []

@@ -64,7 +64,9 @@ final class ServeCommandTests: XCTestCase {
         try "inputs:\n  name: text\n  photo: image\nnodes:\n  greeting: {op: template, template: \"hello {name}\", values: {name: $name}}\noutputs:\n  greeting: $greeting\n"
             .write(to: graph, atomically: true, encoding: .utf8)
 
-        let (process, base) = try startServe(["--lm", model.path, "--graph", "hello=\(graph.path)", "--allow-path", model.path])
+        let echo = folder.appendingPathComponent("echo.yaml")
+        try "inputs:\n  x: number\nnodes:\n  t: {op: template, template: \"{x}\", values: {x: $x}}\noutputs:\n  t: $t\n".write(to: echo, atomically: true, encoding: .utf8)
+        let (process, base) = try startServe(["--lm", model.path, "--graph", "hello=\(graph.path)", "--graph", "echo=\(echo.path)", "--allow-path", model.path])
         defer { process.terminate(); process.waitUntilExit() }
 
         let client = OpenAICompletionClient(baseURL: base, model: "tiny-gpt2", apiKey: nil)
@@ -95,6 +97,9 @@ final class ServeCommandTests: XCTestCase {
         let answer = try post("/graphs/hello", #"{"name": "zebra", "photo": {"base64": "\#(photo)"}}"#)
         XCTAssertEqual(answer.status, 200, String(decoding: answer.body, as: UTF8.self))
         XCTAssertEqual((try JSONSerialization.jsonObject(with: answer.body) as? [String: Any])?["greeting"] as? String, "hello zebra")
+        // A client's number reaches the graph exactly (JSONSerialization on Linux would read this one an ulp off).
+        let echoed = try post("/graphs/echo", #"{"x": 0.12345679104328156}"#)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: echoed.body) as? [String: Any])?["t"] as? String, "0.12345679104328156")
         let uploads = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix("stitch-upload-") }
         XCTAssertEqual(uploads, [], "uploaded images are removed after their request")
         // Paths on the server are refused alike whether or not the file exists; a bad upload is a 400.
