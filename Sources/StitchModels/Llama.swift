@@ -8,10 +8,12 @@ import StitchTokenizers
 public struct LlamaConfig: Decodable, Sendable {
     public enum Family: String, Sendable { case llama, qwen2, mistral }
 
-    /// How rotary frequencies are scaled (transformers' rope_scaling): none, divided by a factor, or Llama 3's bands.
+    /// How rotary frequencies are scaled (transformers' rope_scaling): none, divided by a factor, Llama 3's bands, or
+    /// dynamic NTK (the base raised once a sequence outgrows max_position_embeddings).
     public enum RopeScaling: Sendable, Equatable {
         case none
         case linear(factor: Float)
+        case dynamic(factor: Float)
         case llama3(factor: Float, lowFrequencyFactor: Float, highFrequencyFactor: Float, originalContext: Int)
     }
 
@@ -93,11 +95,12 @@ public struct LlamaConfig: Decodable, Sendable {
         switch kind {
         case "default": return .none
         case "linear": return .linear(factor: try number("factor"))
+        case "dynamic": return .dynamic(factor: try number("factor"))
         case "llama3":
             return .llama3(factor: try number("factor"), lowFrequencyFactor: try number("low_freq_factor"), highFrequencyFactor: try number("high_freq_factor"),
                            originalContext: Int(try number("original_max_position_embeddings")))
         default:
-            throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey("rope_scaling")], debugDescription: "rope_type '\(kind)' is not supported (default, linear, llama3)"))
+            throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey("rope_scaling")], debugDescription: "rope_type '\(kind)' is not supported (default, linear, dynamic, llama3)"))
         }
     }
 
@@ -112,13 +115,26 @@ public struct LlamaConfig: Decodable, Sendable {
         var text: String? { if case .text(let t) = self { return t } else { return nil } }
     }
 
-    /// The rotary inverse frequencies [headDim / 2], in float32 as transformers computes them (ROPE_INIT_FUNCTIONS).
-    public var inverseFrequencies: [Float] {
+    /// The positions a sequence may reach: max_position_embeddings, stretched by the factor of dynamic scaling.
+    public var contextLength: Int {
+        guard case .dynamic(let factor) = ropeScaling else { return maxPositions }
+        return Int(Float(maxPositions) * factor)
+    }
+
+    /// The rotary inverse frequencies [headDim / 2] for a sequence `length` positions long, in float32 as transformers
+    /// computes them (ROPE_INIT_FUNCTIONS). Only dynamic scaling depends on the length: past max_position_embeddings
+    /// the base grows with it (transformers' _dynamic_frequency_update, which recomputes as a sequence grows and leaves
+    /// keys already cached as they were rotated).
+    public func inverseFrequencies(length: Int) -> [Float] {
         let half = headDim / 2
-        let base = Float(ropeTheta)
+        var base = Float(ropeTheta)
+        if case .dynamic(let factor) = ropeScaling, length > maxPositions {
+            let exponent = Float(Double(headDim) / Double(headDim - 2))
+            base *= pow(factor * Float(length) / Float(maxPositions) - (factor - 1), exponent)
+        }
         let plain = (0..<half).map { i in 1 / pow(base, Float(2 * i) / Float(headDim)) }
         switch ropeScaling {
-        case .none: return plain
+        case .none, .dynamic: return plain
         case .linear(let factor): return plain.map { $0 / factor }
         case let .llama3(factor, low, high, original):
             let lowWavelength = Float(Double(original) / Double(low)), highWavelength = Float(Double(original) / Double(high))
@@ -178,6 +194,7 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
     let finalNorm: Tensor
     /// [vocabulary, d]: the embedding matrix again when tied.
     let head: Tensor
+    /// Within max_position_embeddings (for dynamic scaling, beyond it they depend on the length).
     let inverseFrequencies: [Float]
 
     /// tokenizer.json or tokenizer.model, whichever the repository has.
@@ -212,7 +229,7 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
         } else {
             head = store.take("lm_head.weight", shape: [config.vocabularySize, d])
         }
-        inverseFrequencies = config.inverseFrequencies
+        inverseFrequencies = config.inverseFrequencies(length: config.maxPositions)
         try store.finish(ignoreUnused: { $0.hasSuffix("rotary_emb.inv_freq") })
     }
 
@@ -228,8 +245,8 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
             throw ModelError.invalidInput(model: "Llama", detail: "expected \(cache.batch) rows of one non-zero length, got lengths \(tokens.map(\.count))")
         }
         let start = cache.length
-        guard start + t <= config.maxPositions else {
-            throw ModelError.invalidInput(model: "Llama", detail: "\(start + t) positions exceed the context of \(config.maxPositions)")
+        guard start + t <= config.contextLength else {
+            throw ModelError.invalidInput(model: "Llama", detail: "\(start + t) positions exceed the context of \(config.contextLength)")
         }
         let (batch, d, headDim) = (tokens.count, config.hiddenSize, config.headDim)
         let (q, kv) = (config.heads * headDim, config.keyValueHeads * headDim)
@@ -239,7 +256,8 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
         } catch {
             throw ModelError.invalidInput(model: "Llama", detail: error.description)
         }
-        let rotation = Rotation(frequencies: inverseFrequencies, positions: start..<start + t)
+        let frequencies = start + t > config.maxPositions ? config.inverseFrequencies(length: start + t) : inverseFrequencies
+        let rotation = Rotation(frequencies: frequencies, positions: start..<start + t)
         for (index, block) in blocks.enumerated() {
             let projected = block.queryKeyValue(rmsNorm(hidden, weight: block.attentionNorm, epsilon: config.normEpsilon))   // [b, t, q + 2kv]
             var parts = splitLastDimension(projected, widths: [q, kv, kv])
@@ -258,7 +276,7 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
 
     public var vocabularySize: Int { config.vocabularySize }
     public var endTokenID: Int { config.endTokenID }
-    public var contextLength: Int { config.maxPositions }
+    public var contextLength: Int { config.contextLength }
 
     public func decode(_ ids: [Int]) throws -> String { try requireTokenizer().decode(ids) }
     public func encode(_ text: String) throws -> [Int] { try requireTokenizer().encode(text) }

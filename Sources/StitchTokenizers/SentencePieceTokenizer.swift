@@ -39,32 +39,24 @@ public struct SentencePieceTokenizer: VocabularyTokenizer {
         guard let name = Self.modelFiles.first(where: { FileManager.default.fileExists(atPath: folder.appendingPathComponent($0).path) }) else {
             throw .cannotRead(file: folder.appendingPathComponent(Self.modelFiles[0]).path, reason: "no spiece.model or tokenizer.model in the folder")
         }
-        let config = try Self.json(folder.appendingPathComponent("tokenizer_config.json"))
-        let specials = try Self.json(folder.appendingPathComponent("special_tokens_map.json"))
-        let className = config["tokenizer_class"] as? String ?? ""
+        let config = try TokenizerConfig(folder: folder)
         let style: Style
-        if className.hasPrefix("Siglip") {
+        if config.className == "SiglipTokenizer" {
             style = .siglip
-        } else if className.hasPrefix("Llama") || className.hasPrefix("Code Llama") {
-            style = .llama(legacy: config["legacy"] as? Bool ?? true)
+        } else if ["LlamaTokenizer", "CodeLlamaTokenizer"].contains(config.className) {
+            style = .llama(legacy: config.flag("legacy") ?? true)
         } else if let fallback {
             style = fallback
         } else {
-            style = name == "spiece.model" ? .siglip : .llama(legacy: config["legacy"] as? Bool ?? true)
+            style = name == "spiece.model" ? .siglip : .llama(legacy: config.flag("legacy") ?? true)
         }
-        func token(_ key: String) -> String? {
-            let value = specials[key] ?? config[key]
-            return value as? String ?? (value as? [String: Any])?["content"] as? String
-        }
-        let additional = ((specials["additional_special_tokens"] ?? config["additional_special_tokens"]) as? [Any] ?? [])
-            .compactMap { $0 as? String ?? ($0 as? [String: Any])?["content"] as? String }
         try self.init(modelFile: folder.appendingPathComponent(name).path, style: style,
-                      unknown: token("unk_token"), begin: token("bos_token"), end: token("eos_token"), padding: token("pad_token"),
-                      additional: additional,
-                      lowercase: config["do_lower_case"] as? Bool,
-                      addBegin: config["add_bos_token"] as? Bool, addEnd: config["add_eos_token"] as? Bool,
-                      addPrefixSpace: config["add_prefix_space"] as? Bool,
-                      maximumLength: (config["model_max_length"] as? NSNumber).map { $0.intValue })
+                      unknown: config.token("unk_token"), begin: config.token("bos_token"), end: config.token("eos_token"), padding: config.token("pad_token"),
+                      additional: config.additionalSpecialTokens,
+                      lowercase: config.flag("do_lower_case"),
+                      addBegin: config.flag("add_bos_token"), addEnd: config.flag("add_eos_token"),
+                      addPrefixSpace: config.flag("add_prefix_space"),
+                      maximumLength: (config.values["model_max_length"] as? NSNumber).map { $0.intValue })
     }
 
     /// From a .model file with the Python tokenizer's defaults for `style`, each overridable.
@@ -103,14 +95,6 @@ public struct SentencePieceTokenizer: VocabularyTokenizer {
         self.unknownToken = unknownToken
         self.addPrefixSpace = style == .siglip || (addPrefixSpace ?? true)
         unknownLength = model.encodePieces(unknownToken).count
-    }
-
-    private static func json(_ file: URL) throws(TokenizerError) -> [String: Any] {
-        guard let data = FileManager.default.contents(atPath: file.path) else { return [:] }
-        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw .malformed(file: file.path, line: nil, detail: "not a JSON object")
-        }
-        return object
     }
 
     /// The ids of `text` with the model's special tokens: SigLIP's "</s>" at the end, Llama's "<s>" in front.

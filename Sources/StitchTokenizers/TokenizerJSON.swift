@@ -16,7 +16,7 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     let model: BPEModel
     let decoders: [Decoder]
     /// Ids the post-processor puts before and after a single sequence.
-    let prefix, suffix: [Int]
+    private(set) var prefix, suffix: [Int]
     let addedTokens: [AddedToken]
     /// Those matched in the raw text, and those matched in normalized text.
     let rawAddedTokens, normalizedAddedTokens: [AddedToken]
@@ -86,8 +86,23 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     /// GPT-2's split pattern, which ByteLevel applies with use_regex.
     static let gpt2Pattern = try! NSRegularExpression(pattern: #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#)
 
+    /// A model folder's tokenizer.json, with what transformers' tokenizer class takes from tokenizer_config.json:
+    /// its Llama classes (LlamaTokenizerFast, CodeLlamaTokenizerFast) replace the post-processor's template with BOS
+    /// and EOS as add_bos_token (default true) and add_eos_token (default false) say; other classes keep the template.
     public init(folder: URL) throws(TokenizerError) {
         try self.init(file: folder.appendingPathComponent(Self.fileName).path)
+        let config = try TokenizerConfig(folder: folder)
+        guard ["LlamaTokenizer", "CodeLlamaTokenizer"].contains(config.className) else { return }
+        func special(_ key: String, fallback: String, added: Bool) throws(TokenizerError) -> [Int] {
+            guard added else { return [] }
+            let token = config.token(key) ?? fallback
+            guard let id = id(of: token) else {
+                throw .malformed(file: config.file, line: nil, detail: "\(key) '\(token)' is added to every sequence but tokenizer.json has no such token")
+            }
+            return [id]
+        }
+        prefix = try special("bos_token", fallback: "<s>", added: config.flag("add_bos_token") ?? true)
+        suffix = try special("eos_token", fallback: "</s>", added: config.flag("add_eos_token") ?? false)
     }
 
     public init(file: String) throws(TokenizerError) {

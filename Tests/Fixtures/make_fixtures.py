@@ -274,6 +274,25 @@ def tokenizer_json_files():
 BYTE_LEVEL_FILES = ["gpt2", "llama3", "qwen2", "smollm"]
 
 
+def tokenizer_config_cases(texts):
+    """A folder's tokenizer.json with a tokenizer_config.json through transformers' AutoTokenizer: its Llama classes
+    rebuild BOS/EOS from add_bos_token / add_eos_token; PreTrainedTokenizerFast (Llama 3's class) keeps the template."""
+    from transformers import AutoTokenizer
+    files = tokenizer_json_files()
+    cases = []
+    for name, config in [("llama2", {"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": False, "add_eos_token": True}),
+                         ("mistral", {"tokenizer_class": "LlamaTokenizerFast", "add_eos_token": True, "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}}),
+                         ("llama2", {"tokenizer_class": "LlamaTokenizer"}),
+                         ("llama3", {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": True})]:
+        with tempfile.TemporaryDirectory() as folder:
+            files[name].save(os.path.join(folder, "tokenizer.json"))
+            with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+                json.dump(config, f)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            cases.append({"file": name, "config": config, "ids": [tokenizer.encode(text) for text in texts]})
+    return cases
+
+
 def make_tokenizer_json_goldens():
     corpus = tokenizer_json_corpus()
     golden = {"corpus": corpus}
@@ -290,6 +309,7 @@ def make_tokenizer_json_goldens():
                 json.dump(saved, f, ensure_ascii=False, indent=1)
         ids = [tokenizer.encode(text).ids for text in corpus]
         golden[name] = {"ids": ids, "decoded": [tokenizer.decode(i, skip_special_tokens=False) for i in ids]}
+    golden["tokenizer_config"] = tokenizer_config_cases(corpus[:40])
     write_json(golden, "tokenizer-json", "golden.json")
     print(f"tokenizer.json: {len(corpus)} strings through " + ", ".join(golden.keys() - {"corpus"}))
 
@@ -1677,10 +1697,12 @@ LLAMA_VARIANTS = {
         vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=64, initializer_range=0.2, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16))),
-    # Qwen2: q/k/v biases, tied embeddings, one key-value head.
+    # Qwen2: q/k/v biases, tied embeddings, one key-value head; dynamic rope scaling past 12 positions, which the long
+    # prompt exceeds and the short one's generations grow past.
     "tiny-qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(
         vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-        max_position_embeddings=64, initializer_range=0.2, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)),
+        max_position_embeddings=12, initializer_range=0.2, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+        rope_scaling=dict(rope_type="dynamic", factor=4.0))),
     # Mistral: a sliding window of 8 positions, shorter than the prompts.
     "tiny-mistral": ("MistralConfig", "MistralForCausalLM", dict(
         vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -1715,12 +1737,21 @@ def make_llama_goldens():
         prompts = [[1] + torch.randint(3, 700, (n,), generator=generator).tolist() for n in (5, 19)]
         tensors, golden = {}, {"prompts": prompts, "greedy": [], "beam": [], "contrastive": []}
 
+        def fresh_rotary():
+            # Dynamic scaling keeps the longest length seen in the module; each call here starts as a fresh model would.
+            for module in model.modules():
+                if hasattr(module, "original_inv_freq"):
+                    module.register_buffer("inv_freq", module.original_inv_freq, persistent=False)
+                    module.max_seq_len_cached = module.original_max_seq_len
+
         def generate(prompt, **options):
             ids = torch.tensor([prompt])
+            fresh_rotary()
             with torch.no_grad():
                 return model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=2, **options)[0, len(prompt):].tolist()
 
         for i, prompt in enumerate(prompts):
+            fresh_rotary()
             with torch.no_grad():
                 tensors[f"p{i}.logits"] = model(torch.tensor([prompt])).logits[0]
             golden["greedy"].append(generate(prompt, do_sample=False, max_new_tokens=24))

@@ -9,9 +9,17 @@ import XCTest
 final class TokenizerJSONTests: XCTestCase {
     struct Family: Decodable { let ids: [[Int]]; let decoded: [String] }
 
+    /// A tokenizer.json in a folder with a tokenizer_config.json (its `config`, read separately), through
+    /// transformers' AutoTokenizer.
+    struct ConfigCase: Decodable {
+        let file: String
+        let ids: [[Int]]
+    }
+
     struct Golden: Decodable {
         let corpus: [String]
         let gpt2, llama3, qwen2, smollm, llama2, mistral: Family
+        let tokenizer_config: [ConfigCase]
     }
 
     /// Read with JSONDecoder: JSONSerialization drops a string's leading U+FEFF, which the corpus has.
@@ -19,6 +27,10 @@ final class TokenizerJSONTests: XCTestCase {
 
     /// The family's file; the byte-level ones get GPT-2's committed vocabulary and merges put back.
     func tokenizer(_ name: String) throws -> TokenizerJSON {
+        try TokenizerJSON(json: try json(name), file: Fixtures.url("tokenizer-json/\(name).json").path)
+    }
+
+    func json(_ name: String) throws -> [String: Any] {
         let file = Fixtures.url("tokenizer-json/\(name).json").path
         var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file))) as! [String: Any]
         var model = json["model"] as! [String: Any]
@@ -28,7 +40,7 @@ final class TokenizerJSONTests: XCTestCase {
                 .split(separator: "\n").filter { !$0.hasPrefix("#version") }.map(String.init)
             json["model"] = model
         }
-        return try TokenizerJSON(json: json, file: file)
+        return json
     }
 
     func check(_ name: String, _ family: Family) throws {
@@ -57,6 +69,28 @@ final class TokenizerJSONTests: XCTestCase {
     func testSmolLM() throws { try check("smollm", Self.golden.smollm) }
     func testLlama2() throws { try check("llama2", Self.golden.llama2) }
     func testMistral() throws { try check("mistral", Self.golden.mistral) }
+
+    /// transformers' Llama tokenizer classes put BOS and EOS as tokenizer_config.json's add_bos_token / add_eos_token say
+    /// (defaults true / false), whatever tokenizer.json's template; other classes keep the template.
+    func testTokenizerConfigAddsBeginAndEndAsTransformersDoes() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let configFile = folder.appendingPathComponent("tokenizer_config.json")
+        let raw = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.url("tokenizer-json/golden.json"))) as! [String: Any]
+        let configs = (raw["tokenizer_config"] as! [[String: Any]]).map { $0["config"]! }
+        for (example, config) in zip(Self.golden.tokenizer_config, configs) {
+            try JSONSerialization.data(withJSONObject: try json(example.file)).write(to: folder.appendingPathComponent("tokenizer.json"))
+            try JSONSerialization.data(withJSONObject: config).write(to: configFile)
+            let tokenizer = try TokenizerJSON(folder: folder)
+            for (text, ids) in zip(Self.golden.corpus, example.ids) {
+                XCTAssertEqual(tokenizer.encode(text), ids, "\(example.file) with \(config): \(text.debugDescription)")
+            }
+        }
+        try Data(#"{"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<nope>"}"#.utf8).write(to: configFile)
+        XCTAssertThrowsError(try TokenizerJSON(folder: folder)) {
+            XCTAssert("\($0)".contains("tokenizer_config.json") && "\($0)".contains("bos_token '<nope>'"), "\($0)")
+        }
+    }
 
     /// Digits splits every numeric character (Nd, Nl and No, as Rust's char::is_numeric), alone or in runs; the expected
     /// pieces are what tokenizers' pre_tokenizers.Digits(...).pre_tokenize_str gives.
