@@ -1695,7 +1695,7 @@ LLAMA_VARIANTS = {
     # Llama 3: grouped-query attention and llama3 rope scaling (original context 16, so it changes frequencies here).
     "tiny-llama3": ("LlamaConfig", "LlamaForCausalLM", dict(
         vocab_size=700, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=64, initializer_range=0.2, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        max_position_embeddings=256, initializer_range=0.2, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
         rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16))),
     # Qwen2: q/k/v biases, tied embeddings, one key-value head; dynamic rope scaling past 12 positions, which the long
     # prompt exceeds and the short one's generations grow past.
@@ -1772,6 +1772,51 @@ def make_llama_goldens():
         save_file({k: v.contiguous().numpy() for k, v in tensors.items()}, out(folder, "golden.safetensors"))
         write_json(golden, folder, "golden.json")
     print("Llama family: " + ", ".join(LLAMA_VARIANTS))
+
+
+def make_pica_local_golden():
+    """PICa's answer selection (microsoft/PICa gpt3_api_okvqa.py, written here from its logic) with a local model in
+    place of GPT-3: each prompt completed greedily (5 tokens at most, temperature 0), the log-probabilities of the
+    tokens before the first newline summed, the text before it cleaned by process_answer, and the answer with the
+    highest sum kept (the first on ties). The model is the tiny Llama 3 fixture with its SentencePiece tokenizer."""
+    from transformers import LlamaForCausalLM, LlamaTokenizer
+    model = LlamaForCausalLM.from_pretrained(out("tiny-llama3"), torch_dtype=torch.float32, attn_implementation="eager").eval()
+    tokenizer = LlamaTokenizer(out("tiny-llama3", "tokenizer.model"), legacy=True)
+
+    def process_answer(answer):
+        answer = answer.replace(".", "").replace(",", "").lower()
+        return " ".join(item for item in answer.split(" ") if item not in {"a", "an", "the", "to", ""})
+
+    header = "Please answer the question according to the above context.\n===\n"
+    examples = [("a man riding a wave on top of a surfboard", "What is he standing on?", "surfboard"),
+                ("a dog sitting next to a red bus", "What color is the bus?", "red"),
+                ("two plates of food on a table", "What meal is this?", "lunch")]
+    test = ("a cat lying on a laptop keyboard", "What is the cat on?")
+    prompts = []
+    for shots in [(0,), (1,), (2,), (0, 2), (1, 0)]:
+        prompt = header
+        for i in shots:
+            prompt += "Context: %s\n===\n" % examples[i][0]
+            prompt += "Q: %s\nA: %s\n\n===\n" % examples[i][1:]
+        prompts.append(prompt + "Context: %s\n===\nQ: %s\nA:" % test)
+    candidates = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            result = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, output_scores=True,
+                                    return_dict_in_generate=True, pad_token_id=0, eos_token_id=2)
+        tokens = result.sequences[0, ids.shape[1]:].tolist()
+        logprobs = [torch.log_softmax(score[0].float(), -1)[token].item() for score, token in zip(result.scores, tokens)]
+        kept = []
+        for token in tokens:   # the completion stops at a newline (the API's stop) or the end token
+            if token == 2 or "\n" in tokenizer.decode([token]):
+                break
+            kept.append(token)
+        text = tokenizer.decode(kept)
+        candidates.append({"tokens": kept, "text": text, "answer": process_answer(text), "logprob": sum(logprobs[:len(kept)])})
+    best = max(range(len(candidates)), key=lambda i: (candidates[i]["logprob"], -i))
+    write_json({"prompts": prompts, "candidates": candidates, "answer": candidates[best]["answer"]}, "pica", "local_llama.json")
+    print("pica: answer selection with the tiny Llama: " + ", ".join(f"{c['answer']!r} {c['logprob']:.3f}" for c in candidates))
 
 
 def make_label_golden():
@@ -1858,4 +1903,5 @@ if __name__ == "__main__":
     make_label_golden()
     make_owlvit_goldens()
     make_llama_goldens()
+    make_pica_local_golden()
     make_tokenizer_json_goldens()

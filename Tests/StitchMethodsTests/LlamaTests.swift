@@ -80,6 +80,21 @@ final class LlamaTests: XCTestCase {
         print("Llama family: \(compared) generations token-identical to transformers' generate (greedy, beam 3, contrastive)")
     }
 
+    /// PICa's answer selection on a local Llama equals the published logic run with transformers (make_pica_local_golden):
+    /// each prompt's greedy completion, its summed log-probability and cleaned answer, and the answer kept.
+    func testPICaAnswerSelectionEqualsThePublishedLogic() throws {
+        struct Candidate: Decodable { let tokens: [Int]; let text, answer: String; let logprob: Double }
+        struct Golden: Decodable { let prompts: [String]; let candidates: [Candidate]; let answer: String }
+        let golden = try JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("pica/local_llama.json")))
+        let backend = LocalCompletionBackend(model: try Llama(folder: Fixtures.url("tiny-llama3")), name: "tiny-llama3")
+        let result = try PICa.answer(prompts: golden.prompts, backend: backend)
+        XCTAssertEqual(result.answer, golden.answer)
+        XCTAssertEqual(result.candidates.map(\.answer), golden.candidates.map(\.answer))
+        let difference = zip(result.candidates, golden.candidates).map { abs($0.logprob - $1.logprob) }.max() ?? .infinity
+        print("PICa on the tiny Llama: answer \(result.answer.debugDescription); summed log-probabilities within \(difference) of the reference")
+        XCTAssertLessThan(difference, 1e-4)
+    }
+
     /// Configs outside what the decoder implements are refused by name, before any weight is read.
     func testUnsupportedConfigsAreRefusedByName() throws {
         let folder = try Fixtures.temporaryFolder()
