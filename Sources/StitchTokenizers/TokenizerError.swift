@@ -11,12 +11,13 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Text to token ids and back.
+/// Text to token ids and back. Most tokenizers cannot fail once loaded; those running a file's regexes can (a pattern
+/// that backtracks without bound is an error, not a hang).
 public protocol Tokenizer: Sendable {
     /// Token ids of `text`, including the model's special tokens where it uses them.
-    func encode(_ text: String) -> [Int]
+    func encode(_ text: String) throws(TokenizerError) -> [Int]
     /// Text of `ids`.
-    func decode(_ ids: [Int]) -> String
+    func decode(_ ids: [Int]) throws(TokenizerError) -> String
 }
 
 /// A tokenizer that can name the id of one whole token (special tokens included), as language models need for

@@ -21,6 +21,7 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     /// Those matched in the raw text, and those matched in normalized text.
     let rawAddedTokens, normalizedAddedTokens: [AddedToken]
     let addedByID: [Int: AddedToken]
+    let file: String
 
     struct AddedToken {
         let id: Int
@@ -37,10 +38,16 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
 
     enum Pattern {
         case literal(String)
-        case regex(NSRegularExpression)
+        /// A regex from `file`.
+        case regex(NSRegularExpression, file: String)
+
+        /// ICU reports progress about every 10,000 matching steps; the patterns of real tokenizers need about one
+        /// report per thousand characters. One that needs more than 1,000 reports plus one per 10 characters backtracks
+        /// without bound on the text (as "(a+)+b" does) and is an error instead of a hang.
+        static func reportsAllowed(_ text: String) -> Int { 1000 + text.utf16.count / 10 }
 
         /// The ranges of every match, in order.
-        func matches(in text: String) -> [Range<String.Index>] {
+        func matches(in text: String) throws(TokenizerError) -> [Range<String.Index>] {
             switch self {
             case .literal(let literal):
                 guard !literal.isEmpty else { return [] }
@@ -51,8 +58,21 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
                     start = range.upperBound
                 }
                 return found
-            case .regex(let regex):
-                return regex.matches(in: text, range: NSRange(text.startIndex..., in: text)).compactMap { Range($0.range, in: text) }.filter { !$0.isEmpty }
+            case let .regex(regex, file):
+                var found: [Range<String.Index>] = [], reports = 0
+                let allowed = Self.reportsAllowed(text)
+                regex.enumerateMatches(in: text, options: .reportProgress, range: NSRange(text.startIndex..., in: text)) { result, _, stop in
+                    guard let result else {
+                        reports += 1
+                        if reports > allowed { stop.pointee = true }
+                        return
+                    }
+                    if let range = Range(result.range, in: text), !range.isEmpty { found.append(range) }
+                }
+                guard reports <= allowed else {
+                    throw .malformed(file: file, line: nil, detail: "the regex '\(regex.pattern)' backtracks without bound on a text of \(text.count) characters")
+                }
+                return found
             }
         }
     }
@@ -130,7 +150,7 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
             let object = value as? [String: Any]
             if let literal = object?["String"] as? String { return .literal(literal) }
             if let source = object?["Regex"] as? String {
-                do { return .regex(try NSRegularExpression(pattern: source)) } catch { throw malformed("\(what): regex '\(source)' does not compile") }
+                do { return .regex(try NSRegularExpression(pattern: source), file: file) } catch { throw malformed("\(what): regex '\(source)' does not compile") }
             }
             throw malformed("\(what): pattern is neither String nor Regex")
         }
@@ -170,7 +190,7 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
             case "Digits":
                 // Numeric characters (Rust's char::is_numeric: Nd, Nl and No, so "²" and "½" too), each alone or in runs.
                 let digits = try! NSRegularExpression(pattern: flag(object, "individual_digits", false) ? #"\p{N}"# : #"\p{N}+"#)
-                preTokenizers.append(.split(.regex(digits), .isolated, invert: false))
+                preTokenizers.append(.split(.regex(digits, file: file), .isolated, invert: false))
             case "WhitespaceSplit": preTokenizers.append(.whitespaceSplit)
             default: throw unsupported("pre_tokenizer", type)
             }
@@ -225,23 +245,24 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
             default: throw unsupported("post_processor", type)
             }
         }
-        (self.normalizers, self.preTokenizers, self.decoders, self.prefix, self.suffix) = (normalizers, preTokenizers, decoders, prefix, suffix)
+        (self.normalizers, self.preTokenizers, self.decoders, self.prefix, self.suffix, self.file) = (normalizers, preTokenizers, decoders, prefix, suffix, file)
     }
 
     // MARK: encoding
 
-    public func encode(_ text: String) -> [Int] { prefix + tokens(text) + suffix }
+    /// Throws only for a regex of the file that backtracks without bound on `text`.
+    public func encode(_ text: String) throws(TokenizerError) -> [Int] { prefix + (try tokens(text)) + suffix }
 
     /// The ids of `text` without what the post-processor adds.
-    public func tokens(_ text: String) -> [Int] {
+    public func tokens(_ text: String) throws(TokenizerError) -> [Int] {
         var ids: [Int] = []
         // Added tokens matched in the raw text first, then (normalized ones) in each normalized piece.
         for piece in split(text, on: rawAddedTokens, startsText: true) {
             if let id = piece.id { ids.append(id); continue }
-            let normalized = normalize(piece.text)
+            let normalized = try normalize(piece.text)
             for inner in split(normalized, on: normalizedAddedTokens, startsText: piece.startsText) {
                 if let id = inner.id { ids.append(id); continue }
-                for word in preTokenize(inner.text, startsText: inner.startsText && piece.startsText) { ids += model.encode(word) }
+                for word in try preTokenize(inner.text, startsText: inner.startsText && piece.startsText) { ids += model.encode(word) }
             }
         }
         return ids
@@ -281,29 +302,31 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
         return pieces
     }
 
-    func normalize(_ text: String) -> String {
-        normalizers.reduce(text) { text, normalizer in
+    func normalize(_ text: String) throws(TokenizerError) -> String {
+        var text = text
+        for normalizer in normalizers {
             switch normalizer {
-            case .nfc: return text.precomposedStringWithCanonicalMapping
-            case .nfkc: return text.precomposedStringWithCompatibilityMapping
-            case .nfd: return text.decomposedStringWithCanonicalMapping
-            case .nfkd: return text.decomposedStringWithCompatibilityMapping
-            case .lowercase: return text.lowercased()
-            case .prepend(let prefix): return text.isEmpty ? text : prefix + text
-            case .replace(let pattern, let content): return Self.replace(pattern, in: text, with: content)
+            case .nfc: text = text.precomposedStringWithCanonicalMapping
+            case .nfkc: text = text.precomposedStringWithCompatibilityMapping
+            case .nfd: text = text.decomposedStringWithCanonicalMapping
+            case .nfkd: text = text.decomposedStringWithCompatibilityMapping
+            case .lowercase: text = text.lowercased()
+            case .prepend(let prefix): text = text.isEmpty ? text : prefix + text
+            case .replace(let pattern, let content): text = try Self.replace(pattern, in: text, with: content)
             case let .strip(left, right):
                 var scalars = Substring(text).unicodeScalars[...]
                 if left { while let first = scalars.first, first.properties.isWhitespace { scalars.removeFirst() } }
                 if right { while let last = scalars.last, last.properties.isWhitespace { scalars.removeLast() } }
-                return String(scalars)
+                text = String(scalars)
             }
         }
+        return text
     }
 
-    static func replace(_ pattern: Pattern, in text: String, with content: String) -> String {
+    static func replace(_ pattern: Pattern, in text: String, with content: String) throws(TokenizerError) -> String {
         var out = ""
         var start = text.startIndex
-        for range in pattern.matches(in: text) {
+        for range in try pattern.matches(in: text) {
             out += text[start..<range.lowerBound] + content
             start = range.upperBound
         }
@@ -311,36 +334,38 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     }
 
     /// The words of a normalized piece, each ready for the model (byte-level text where a ByteLevel step ran).
-    func preTokenize(_ text: String, startsText: Bool) -> [String] {
+    func preTokenize(_ text: String, startsText: Bool) throws(TokenizerError) -> [String] {
         var words = text.isEmpty ? [] : [text]
         for step in preTokenizers {
-            words = words.enumerated().flatMap { index, word -> [String] in
+            var next: [String] = []
+            for (index, word) in words.enumerated() {
                 switch step {
                 case let .byteLevel(addPrefixSpace, useRegex):
                     let spaced = addPrefixSpace && !word.hasPrefix(" ") ? " " + word : word
-                    let parts = useRegex ? Self.split(spaced, Pattern.regex(Self.gpt2Pattern), .isolated) : [spaced]
-                    return parts.map { String($0.utf8.map { byteToUnicode[Int($0)] }) }
+                    let parts = useRegex ? try Self.split(spaced, .regex(Self.gpt2Pattern, file: file), .isolated) : [spaced]
+                    next += parts.map { String($0.utf8.map { byteToUnicode[Int($0)] }) }
                 case let .split(pattern, behavior, invert):
-                    return invert ? Self.splitInverted(word, pattern, behavior) : Self.split(word, pattern, behavior)
+                    next += invert ? try Self.splitInverted(word, pattern, behavior) : try Self.split(word, pattern, behavior)
                 case let .metaspace(replacement, prepend, split):
                     var replaced = word.replacingOccurrences(of: " ", with: replacement)
                     if !replaced.hasPrefix(replacement) && (prepend == .always || (prepend == .first && startsText && index == 0)) {
                         replaced = replacement + replaced
                     }
-                    return split ? Self.split(replaced, .literal(replacement), .mergedWithNext) : [replaced]
+                    next += split ? try Self.split(replaced, .literal(replacement), .mergedWithNext) : [replaced]
                 case .whitespaceSplit:
-                    return word.split(whereSeparator: { $0.unicodeScalars.allSatisfy(\.properties.isWhitespace) }).map(String.init)
+                    next += word.split(whereSeparator: { $0.unicodeScalars.allSatisfy(\.properties.isWhitespace) }).map(String.init)
                 }
             }
+            words = next
         }
         return words
     }
 
     /// `text` cut at the matches of `pattern`, the matches kept, dropped or joined to a neighbour as `behavior` says.
-    static func split(_ text: String, _ pattern: Pattern, _ behavior: SplitBehavior) -> [String] {
+    static func split(_ text: String, _ pattern: Pattern, _ behavior: SplitBehavior) throws(TokenizerError) -> [String] {
         var pieces: [(text: Substring, isMatch: Bool)] = []
         var start = text.startIndex
-        for range in pattern.matches(in: text) {
+        for range in try pattern.matches(in: text) {
             if range.lowerBound > start { pieces.append((text[start..<range.lowerBound], false)) }
             pieces.append((text[range], true))
             start = range.upperBound
@@ -364,10 +389,10 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     }
 
     /// Split with `invert`: the pieces between matches are what is split on.
-    static func splitInverted(_ text: String, _ pattern: Pattern, _ behavior: SplitBehavior) -> [String] {
+    static func splitInverted(_ text: String, _ pattern: Pattern, _ behavior: SplitBehavior) throws(TokenizerError) -> [String] {
         var ranges: [Range<String.Index>] = []
         var start = text.startIndex
-        for range in pattern.matches(in: text) {
+        for range in try pattern.matches(in: text) {
             if range.lowerBound > start { ranges.append(start..<range.lowerBound) }
             start = range.upperBound
         }
@@ -387,8 +412,8 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
     // MARK: decoding
 
     /// The text of `ids`, special tokens included (tokenizers' decode with skip_special_tokens false); ids that are
-    /// not in the vocabulary are left out.
-    public func decode(_ ids: [Int]) -> String {
+    /// not in the vocabulary are left out. Throws only for a regex of the file that backtracks without bound.
+    public func decode(_ ids: [Int]) throws(TokenizerError) -> String {
         var tokens = ids.compactMap { addedByID[$0]?.content ?? model.token(of: $0) }
         for decoder in decoders {
             switch decoder {
@@ -404,7 +429,9 @@ public struct TokenizerJSON: VocabularyTokenizer, @unchecked Sendable {
                     return index == 0 && prepend != .never && text.hasPrefix(" ") ? String(text.dropFirst()) : text
                 }
             case let .replace(pattern, content):
-                tokens = tokens.map { Self.replace(pattern, in: $0, with: content) }
+                var replaced: [String] = []
+                for token in tokens { replaced.append(try Self.replace(pattern, in: token, with: content)) }
+                tokens = replaced
             case .byteFallback:
                 var out: [String] = [], bytes: [UInt8] = []
                 func flush() {

@@ -30,8 +30,8 @@ struct Tokenize: ParsableCommand {
         let tokenizer = try load()
         let inputs = texts.isEmpty ? standardInputLines() : texts
         for text in inputs {
-            let ids = tokenizer.encode(text)
-            print(decode ? tokenizer.decode(ids) : ids.map(String.init).joined(separator: " "))
+            let ids = try tokenizer.encode(text)
+            print(decode ? try tokenizer.decode(ids) : ids.map(String.init).joined(separator: " "))
         }
     }
 

@@ -12,6 +12,7 @@ let targets: [(name: String, modules: [String])] = [
     ("FuzzImage", ["StitchImaging"]),
     ("FuzzGraph", ["StitchGraph"]),
     ("FuzzSentencePiece", ["StitchTokenizers"]),
+    ("FuzzTokenizerJSON", ["StitchTokenizers"]),
     ("FuzzServeRequest", ["StitchRemote", "StitchMethods"]),
     ("FuzzCaptionEvaluation", ["StitchMethods"]),
 ]

@@ -48,12 +48,12 @@ final class TokenizerJSONTests: XCTestCase {
         let tokenizer = try tokenizer(name)
         var encodeMismatches = 0, decodeMismatches = 0
         for (i, text) in corpus.enumerated() {
-            let ids = tokenizer.encode(text)
+            let ids = try tokenizer.encode(text)
             if ids != family.ids[i] {
                 encodeMismatches += 1
                 if encodeMismatches <= 5 { XCTFail("\(name) encode \(text.debugDescription): \(ids) != \(family.ids[i])") }
             }
-            let decoded = tokenizer.decode(family.ids[i])
+            let decoded = try tokenizer.decode(family.ids[i])
             if decoded != family.decoded[i] {
                 decodeMismatches += 1
                 if decodeMismatches <= 5 { XCTFail("\(name) decode \(family.ids[i]): \(decoded.debugDescription) != \(family.decoded[i].debugDescription)") }
@@ -83,7 +83,7 @@ final class TokenizerJSONTests: XCTestCase {
             try JSONSerialization.data(withJSONObject: config).write(to: configFile)
             let tokenizer = try TokenizerJSON(folder: folder)
             for (text, ids) in zip(Self.golden.corpus, example.ids) {
-                XCTAssertEqual(tokenizer.encode(text), ids, "\(example.file) with \(config): \(text.debugDescription)")
+                XCTAssertEqual(try tokenizer.encode(text), ids, "\(example.file) with \(config): \(text.debugDescription)")
             }
         }
         try Data(#"{"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<nope>"}"#.utf8).write(to: configFile)
@@ -115,5 +115,29 @@ final class TokenizerJSONTests: XCTestCase {
             changed[key] = value
             XCTAssertThrowsError(try TokenizerJSON(json: changed, file: file)) { XCTAssert("\($0)".contains(message) && "\($0)".contains(file), "\($0)") }
         }
+    }
+
+    /// A file's regex that backtracks without bound ("(a+)+b" takes 2^n steps on n letters a) is an error naming the
+    /// file and pattern, in a pre-tokenizer, a normalizer or a decoder, instead of a hang; real patterns on long
+    /// adversarial texts stay within the budget.
+    func testRunawayRegexesAreErrorsNotHangs() throws {
+        let evil: [String: Any] = ["type": "Split", "pattern": ["Regex": "(a+)+b"], "behavior": "Isolated", "invert": false]
+        let empty: [String: Any] = ["type": "BPE", "vocab": ["a": 0], "merges": [Any]()]
+        let text = String(repeating: "a", count: 64)
+        for (key, component) in [("pre_tokenizer", evil),
+                                 ("normalizer", ["type": "Replace", "pattern": ["Regex": "(a+)+b"], "content": "x"]),
+                                 ("decoder", ["type": "Sequence", "decoders": [["type": "Fuse"], ["type": "Replace", "pattern": ["Regex": "(a+)+b"], "content": "x"]]])]
+                                 as [(String, [String: Any])] {
+            let tokenizer = try TokenizerJSON(json: [key: component, "model": empty], file: "evil.json")
+            let started = Date()
+            XCTAssertThrowsError(key == "decoder" ? try tokenizer.decode(Array(repeating: 0, count: 64)) : "\(try tokenizer.encode(text))") {
+                XCTAssert("\($0)".contains("evil.json") && "\($0)".contains("'(a+)+b' backtracks without bound"), "\($0)")
+            }
+            print("\(key) with (a+)+b on 64 letters: an error after \(Date().timeIntervalSince(started)) s")
+        }
+        // Llama 3's pattern on 200,000 characters of whitespace runs, newlines, digits and punctuation.
+        let llama3 = try tokenizer("llama3")
+        let hostile = String(repeating: " \t \n\n\r 12345 ''s !!?? \u{3000}", count: 8000)
+        XCTAssertGreaterThan(try llama3.encode(hostile).count, 0)
     }
 }
