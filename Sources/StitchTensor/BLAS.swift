@@ -1,4 +1,5 @@
 import CBLAS
+import CStitchKernels
 
 /// Matrix products through OpenBLAS's sgemm. Weight layouts follow PyTorch:
 /// `nn.Linear` stores [out, in]; GPT-2's `Conv1D` stores [in, out].
@@ -19,6 +20,13 @@ public enum BLAS {
         Parallel.limit = max(1, min(count, Parallel.cores))
     }
 
+    /// Whether this CPU runs Stitch's AVX-512 product kernel, which multiplies about 1.6 times as fast as the AVX2
+    /// kernels OpenBLAS 0.3.21 uses on CPUs it takes for Haswell (AMD Zen 4, or wherever OPENBLAS_CORETYPE says so).
+    static let hasOwnKernel = stitch_sgemm_available() != 0
+
+    /// Products with fewer rows (decoding steps, small beams) stay with OpenBLAS: the kernel's tile is 12 rows.
+    static let ownKernelRows = 16
+
     /// C = op(A)·op(B) for row-major operands, split into column blocks of C computed on all cores.
     /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
     static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
@@ -31,6 +39,15 @@ public enum BLAS {
         }
         // Below ~1 MFLOP per extra core the split costs more than it saves.
         let parts = min(Parallel.limit, max(1, m * n * k / 500_000), max(1, n / 64))
+        if m >= ownKernelRows && hasOwnKernel {
+            // Many rows (a prompt, a batch of images or candidates): Stitch's AVX-512 kernel, in blocks of its 32-column panels.
+            let block = ((n + parts - 1) / parts + 31) / 32 * 32
+            Parallel.forEach((n + block - 1) / block) { part in
+                let start = part * block
+                stitch_sgemm(transposeB ? 1 : 0, m, min(block, n - start), k, a, lda, transposeB ? b + start * ldb : b + start, ldb, c + start, ldc)
+            }
+            return
+        }
         let block = ((n + parts - 1) / parts + 15) / 16 * 16
         Parallel.forEach((n + block - 1) / block) { part in
             let start = part * block

@@ -70,7 +70,9 @@ struct Bench: ParsableCommand {
             let unknown = selected.subtracting(["gemm"] + BenchRow.allCases.map(\.rawValue))
             guard unknown.isEmpty else { throw ValidationError("unknown bench rows: \(unknown.sorted().joined(separator: ", "))") }
         }
-        print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config()))")
+        // OPENBLAS_CORETYPE overrides OpenBLAS's own choice of kernels (some machines set it); the report says so.
+        let coreType = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
+        print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config())), \(String(cString: openblas_get_corename())) kernels\(coreType)")
         print("CPU: \(Self.cpuDescription())")
         if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds, threads: threads).run() }
         let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? !$0.isOptIn }
@@ -112,12 +114,12 @@ struct Bench: ParsableCommand {
         }
         print("")
         print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s)")
-        let header = "row".padding(toLength: 16, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
+        let header = "row".padding(toLength: 24, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
             + "stitch ms  reference ms  speedup   stitch MB  reference MB"
         print(header)
         print(String(repeating: "-", count: header.count))
         for row in modelRows {
-            let label = row.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)
+            let label = row.rawValue.padding(toLength: 24, withPad: " ", startingAt: 0)
             guard let arguments = folders.arguments(for: row) else {
                 print(label + "skipped: needs --\(row.neededFolders.joined(separator: " and --"))")
                 continue
@@ -131,7 +133,13 @@ struct Bench: ParsableCommand {
             }
             let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir]
             let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")
-            let python = referenceProblem == nil ? try? Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference") : nil
+            var python: Measurement?
+            var referenceFailure: String?
+            if referenceProblem == nil {
+                do { python = try Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference") } catch {
+                    referenceFailure = "\(error)".split(separator: "\n").last.map(String.init)
+                }
+            }
             var line = label + stitch.note.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.2f", stitch.seconds * 1000)
             if let python {
                 line += String(format: "  %12.2f  %6.2fx   %9.0f  %12.0f", python.seconds * 1000, python.seconds / stitch.seconds, stitch.peakMB, python.peakMB)
@@ -139,8 +147,9 @@ struct Bench: ParsableCommand {
                 line += String(format: "  %12@  %7@   %9.0f  %12@", "n/a", "", stitch.peakMB, "n/a")
             }
             print(line)
+            if let referenceFailure { print(String(repeating: " ", count: 24) + "reference failed: \(referenceFailure)") }
             if let mine = stitch.output, let theirs = python?.output {
-                print(String(repeating: " ", count: 16) + (mine == theirs ? "same output on both sides (\(mine.count) values)" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
+                print(String(repeating: " ", count: 24) + (mine == theirs ? "same output on both sides (\(mine.count) values)" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
             }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }

@@ -12,6 +12,8 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case asif10k = "asif-10k", asif100k = "asif-100k", asif1600k = "asif-1.6m"
     case captioner, yolox, owlvit
     case qwen2Prefill = "qwen2-prefill", qwen2Decode = "qwen2-decode"
+    /// The qwen2 rows again, against llama.cpp (llama-cpp-python, an F32 GGUF of the same weights) instead of transformers.
+    case qwen2PrefillLlamaCpp = "qwen2-prefill-llama.cpp", qwen2DecodeLlamaCpp = "qwen2-decode-llama.cpp"
 
     /// Rows run only when named: asif-1.6m writes 10 GB of files and its reference needs 11 GB of memory.
     var isOptIn: Bool { self == .asif1600k }
@@ -38,7 +40,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .captioner: return ["captioner"]
         case .yolox: return ["yolox", "image"]
         case .owlvit: return ["owlvit"]
-        case .qwen2Prefill, .qwen2Decode: return ["qwen2"]
+        case .qwen2Prefill, .qwen2Decode, .qwen2PrefillLlamaCpp, .qwen2DecodeLlamaCpp: return ["qwen2"]
         }
     }
 
@@ -160,7 +162,7 @@ struct BenchRowWorker: ParsableCommand {
                 best = (0..<logits.count / queries).map { patch in (0..<queries).max { logits[patch * queries + $0] < logits[patch * queries + $1] }! }
             }
             (measured, note, output) = (time, "per 768x768 image, 5 queries", best)
-        case .qwen2Prefill:
+        case .qwen2Prefill, .qwen2PrefillLlamaCpp:
             // A 512-token prompt (or the context, if shorter) through the model, the LM head on its last position only (the next token's logits).
             let model = try Llama(folder: folder(qwen2))
             let prompt = BenchRow.qwen2Prompt(min(512, model.contextLength), vocabulary: model.vocabularySize)
@@ -171,7 +173,7 @@ struct BenchRowWorker: ParsableCommand {
                 next = indicesByDescendingValue(model.logits(hidden.row(0).rows(prompt.count - 1..<prompt.count)).scalars)[0]
             }
             (measured, note, output) = (time, "\(prompt.count)-token prompt, next token", [next])
-        case .qwen2Decode:
+        case .qwen2Decode, .qwen2DecodeLlamaCpp:
             let model = try Llama(folder: folder(qwen2))
             var tokens: [Int] = []
             let total = try bestTime(seconds: seconds) {

@@ -12,6 +12,13 @@ typedef enum { STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_AC
    load-time resolver of their target clones picks. */
 const char *stitch_kernel_variant(void);
 
+/* Whether stitch_sgemm runs here: x86-64 with AVX-512 (F, VL, BW, DQ). */
+int stitch_sgemm_available(void);
+
+/* C[m, n] (row stride ldc) = A[m, k] (lda) · B[n, k]ᵀ when transpose_b, else · B[k, n] (ldb), row-major, in single
+   precision with fused multiply-adds; only where stitch_sgemm_available(). */
+void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc);
+
 /* y[i] = e^x[i], within about 1 ulp of expf (0 and +inf outside its range). */
 void stitch_exp(const float *x, float *y, long n);
 

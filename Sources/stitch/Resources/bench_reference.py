@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Python side of `stitch bench`: the same work as Stitch, done the reference
-way (transformers on torch, sentence-transformers, efficientnet_lite_pytorch),
-one row per process so that each row's peak memory is its own.
+way (transformers on torch, sentence-transformers, efficientnet_lite_pytorch;
+llama.cpp through llama-cpp-python for the *-llama.cpp rows), one row per process
+so that each row's peak memory is its own.
 
     bench_reference.py prepare WORK_DIR --tokenizers D   # real-size random-weight CLIP B/32 and GPT-2 small
     bench_reference.py ROW --clip D --gpt2 D ...         # prints {"seconds": best, "peak_mb": ..., "note": ...}
@@ -115,7 +116,107 @@ def prepare(work, tokenizers):
             magic_reference.clip_vocab_files(os.path.join(tokenizers, "bpe_simple_vocab_16e6.txt.gz"), os.path.join(work, folder))
 
 
+def qwen2_gguf(folder, work):
+    """The Qwen2 folder as an F32 GGUF file for llama.cpp (written once into the work dir): tensors named and laid out
+    as llama.cpp's convert_hf_to_gguf.py writes them for Qwen2 (no q/k permutation: its rope is NeoX-style like
+    transformers'), 1-D tensors F32, and a stand-in vocabulary of GPT-2's 256 byte tokens and placeholders (the rows
+    feed token ids, never text)."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+    weights_file, config_file = os.path.join(folder, "model.safetensors"), os.path.join(folder, "config.json")
+    changed = int(max(os.path.getmtime(weights_file), os.path.getmtime(config_file)))
+    path = os.path.join(work, "gguf", f"{os.path.basename(os.path.abspath(folder))}-{changed}-f32.gguf")
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(config_file) as f:
+        config = json.load(f)
+    if config.get("rope_scaling"):
+        raise SystemExit(f"{folder}: rope_scaling is not written into the GGUF; the llama.cpp rows need a model without it")
+    writer = gguf.GGUFWriter(path + ".partial", "qwen2")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_rope_freq_base(config["rope_theta"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    byte_tokens = [chr(b) if b in printable else chr(256 + [c for c in range(256) if c not in printable].index(b)) for b in range(256)]
+    vocabulary = config["vocab_size"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(byte_tokens + [f"<placeholder {i}>" for i in range(256, vocabulary)])
+    writer.add_token_types([gguf.TokenType.NORMAL] * vocabulary)
+    writer.add_token_merges(["\u0120 \u0120"])
+    writer.add_bos_token_id(config.get("bos_token_id") or 0)
+    writer.add_eos_token_id(config.get("eos_token_id") or 0)
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for name, array in load_file(weights_file).items():
+        if name == "model.embed_tokens.weight":
+            target = "token_embd.weight"
+        elif name == "model.norm.weight":
+            target = "output_norm.weight"
+        elif name == "lm_head.weight":
+            if config.get("tie_word_embeddings"):
+                continue
+            target = "output.weight"
+        else:   # model.layers.<i>.<module>.<weight|bias>
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            target = f"blk.{layer}.{names[module]}.{kind}"
+        writer.add_tensor(target, array.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(path + ".partial", path)
+    return path
+
+
+def llama_cpp_row(name, args):
+    """The qwen2 rows on llama.cpp (F32, the same weights): the prompt's logits through llama_decode, the next token
+    the argmax of the last position's, as llama.cpp's greedy sampler takes it."""
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp
+    except ImportError:
+        raise SystemExit("llama-cpp-python and gguf are not installed (pip install llama-cpp-python gguf)")
+    import numpy as np
+    model = llama_cpp.Llama(model_path=qwen2_gguf(args.qwen2, args.work_dir), n_ctx=1024, n_batch=512, n_ubatch=512,
+                            n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    vocabulary = model.n_vocab()
+
+    def prompt(length):   # BenchRow.qwen2Prompt
+        return [(i * 7919 + 13) % min(150000, vocabulary) for i in range(length)]
+
+    def feed(tokens):
+        model.eval(tokens)
+        return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(model.ctx, -1), shape=(vocabulary,)).argmax())
+    if name == "qwen2-prefill-llama.cpp":
+        ids, next_token = prompt(512), []
+
+        def prefill():
+            model.reset()
+            next_token[:] = [feed(ids)]
+        return best_time(prefill, args.seconds), f"{len(ids)}-token prompt, next token", next_token
+    tokens = []
+
+    def decode():
+        model.reset()
+        tokens[:] = [feed(prompt(16))]
+        while len(tokens) < 32:
+            tokens.append(feed([tokens[-1]]))
+    return best_time(decode, args.seconds) / 32, "per token, 32 after 16", tokens
+
+
 def row(name, args):
+    if name.endswith("-llama.cpp"):
+        return llama_cpp_row(name, args)
     import torch
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
