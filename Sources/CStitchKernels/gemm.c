@@ -19,15 +19,51 @@ int stitch_sgemm_available(void) {
         && __builtin_cpu_supports("avx512dq");
 }
 
+/* r[q] becomes column q of the 16 x 16 block whose rows were r[0..15]: pairs, then quads within 128-bit lanes, then
+   lanes across registers. */
+AVX512 static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + c] holds rows 4g..4g+3 at columns c, c + 4, c + 8, c + 12 (one per lane). */
+    for (int g = 0; g < 16; g += 4) {
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[g]), _mm512_castps_pd(t[g + 2])));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[g]), _mm512_castps_pd(t[g + 2])));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[g + 1]), _mm512_castps_pd(t[g + 3])));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[g + 1]), _mm512_castps_pd(t[g + 3])));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 low = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), high = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        __m512 low2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), high2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(low, low2, 0x88);
+        r[c + 4] = _mm512_shuffle_f32x4(low, low2, 0xDD);
+        r[c + 8] = _mm512_shuffle_f32x4(high, high2, 0x88);
+        r[c + 12] = _mm512_shuffle_f32x4(high, high2, 0xDD);
+    }
+}
+
 /* Bp[panel][p][j] = op(B)[p][panel * NR + j] for kc rows and nc columns of op(B), columns past nc zero: B is [n, k]
-   (transposed: its rows are op(B)'s columns) or [k, n]. */
-static void pack_b(int transpose_b, const float *b, long ldb, long nc, long kc, float *bp) {
+   (transposed: its rows are op(B)'s columns, turned 16 x 16 blocks at a time) or [k, n]. */
+AVX512 static void pack_b(int transpose_b, const float *b, long ldb, long nc, long kc, float *bp) {
     for (long panel = 0; panel < nc; panel += NR) {
         long width = nc - panel < NR ? nc - panel : NR;
         if (transpose_b) {
+            long start = 0;
+            if (width == NR) {
+                for (; start + 16 <= kc; start += 16) {
+                    for (int half = 0; half < NR; half += 16) {
+                        __m512 r[16];
+                        for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(b + (panel + half + i) * ldb + start);
+                        transpose16(r);
+                        for (int q = 0; q < 16; q++) _mm512_store_ps(bp + (start + q) * NR + half, r[q]);
+                    }
+                }
+            }
             for (long j = 0; j < width; j++) {
                 const float *row = b + (panel + j) * ldb;
-                for (long p = 0; p < kc; p++) bp[p * NR + j] = row[p];
+                for (long p = start; p < kc; p++) bp[p * NR + j] = row[p];
             }
             for (long j = width; j < NR; j++)
                 for (long p = 0; p < kc; p++) bp[p * NR + j] = 0;
@@ -121,9 +157,55 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
     free(bp);
 }
 
+/* y[j] = W[j, :] · x for rows [n, k] of W (row stride ldw): four rows at a time, sixteen columns per step, so that a
+   decoding step streams the weights at the memory's speed. */
+AVX512 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y) {
+    long j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float *w0 = w + j * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        long p = 0;
+        for (; p + 16 <= k; p += 16) {
+            __m512 v = _mm512_loadu_ps(x + p);
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + p), v, s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + p), v, s1);
+            s2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + p), v, s2);
+            s3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + p), v, s3);
+        }
+        if (p < k) {
+            __mmask16 tail = (__mmask16)((1u << (k - p)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(tail, x + p);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w0 + p), v, s0);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w1 + p), v, s1);
+            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w2 + p), v, s2);
+            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w3 + p), v, s3);
+        }
+        y[j] = _mm512_reduce_add_ps(s0);
+        y[j + 1] = _mm512_reduce_add_ps(s1);
+        y[j + 2] = _mm512_reduce_add_ps(s2);
+        y[j + 3] = _mm512_reduce_add_ps(s3);
+    }
+    for (; j < n; j++) {
+        const float *row = w + j * ldw;
+        __m512 sum = _mm512_setzero_ps();
+        long p = 0;
+        for (; p + 16 <= k; p += 16) sum = _mm512_fmadd_ps(_mm512_loadu_ps(row + p), _mm512_loadu_ps(x + p), sum);
+        if (p < k) {
+            __mmask16 tail = (__mmask16)((1u << (k - p)) - 1);
+            sum = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row + p), _mm512_maskz_loadu_ps(tail, x + p), sum);
+        }
+        y[j] = _mm512_reduce_add_ps(sum);
+    }
+}
+
 #else
 
 int stitch_sgemm_available(void) { return 0; }
+
+void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y) {
+    (void)n, (void)k, (void)w, (void)ldw, (void)x, (void)y;
+    abort();   /* never offered: stitch_sgemm_available() is 0 */
+}
 
 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc) {
     (void)transpose_b, (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)ldb, (void)c, (void)ldc;

@@ -2,9 +2,10 @@ import StitchTestSupport
 import XCTest
 @testable import StitchTensor
 
-/// Stitch's AVX-512 product kernel (CStitchKernels/gemm.c), which `splitGemm` uses for products of 16 rows or more:
-/// every edge of its 12 x 32 tile and its 256-deep and 96-row and 512-column blocks, both layouts of B, and leading
-/// dimensions wider than the operands, against a float64 product.
+/// Stitch's AVX-512 product kernels (CStitchKernels/gemm.c), which `splitGemm` uses for products of 16 rows or more
+/// and for single rows times Wᵀ: every edge of the 12 x 32 tile, of its 256-deep, 96-row and 512-column blocks and of
+/// the matrix-vector kernel's 4 rows and 16 columns, both layouts of B, and leading dimensions wider than the operands,
+/// against a float64 product.
 final class ProductKernelTests: XCTestCase {
     func testProductsEqualAFloat64ReferenceAtEveryTileEdge() throws {
         try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512; products go to OpenBLAS")
@@ -14,7 +15,8 @@ final class ProductKernelTests: XCTestCase {
             return Float(seed >> 40) / Float(1 << 23) - 1
         }
         var worst = 0.0, checked = 0
-        for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (12, 513, 300), (200, 70, 1), (16, 1, 700), (35, 600, 513)] {
+        for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (12, 513, 300), (200, 70, 1), (16, 1, 700), (35, 600, 513),
+                          (1, 37, 300), (1, 5, 15), (1, 103, 16)] {
             for transposeB in [true, false] {
                 // Leading dimensions 3 wider than each operand, so rows do not start where the previous one ends.
                 let (lda, ldb, ldc) = (k + 3, (transposeB ? k : n) + 3, n + 3)

@@ -19,6 +19,9 @@ int stitch_sgemm_available(void);
    precision with fused multiply-adds; only where stitch_sgemm_available(). */
 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc);
 
+/* y[n] = W[n, k] (row stride ldw) · x[k]; only where stitch_sgemm_available(). */
+void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y);
+
 /* y[i] = e^x[i], within about 1 ulp of expf (0 and +inf outside its range). */
 void stitch_exp(const float *x, float *y, long n);
 
