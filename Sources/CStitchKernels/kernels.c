@@ -16,6 +16,11 @@ const char *stitch_kernel_variant(void) {
     return "baseline";
 }
 
+DISPATCH void stitch_widen_half(const uint16_t *source, long count, float *target) {
+    const _Float16 *halves = (const _Float16 *)source;
+    for (long i = 0; i < count; i++) target[i] = (float)halves[i];
+}
+
 /* 16 floats: one AVX-512 register, two AVX2 or four SSE ones, as each variant compiles it.
    aligned(4) lets it load from any float address. */
 typedef float v16 __attribute__((vector_size(64), aligned(4)));

@@ -102,8 +102,8 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
         for start in stride(from: 0, to: n, by: block) {
             let rows = min(block, n - start)
             // similarities [q, rows] = queries [q, d] · anchorsᵀ [d, rows]
-            BLAS.gemm(transposeA: false, transposeB: true, m: q, n: rows, k: d, a: query.baseAddress!, lda: d,
-                      b: anchors.rows(start..<start + rows, scratch: scratch), ldb: d, c: similarities, ldc: rows)
+            BLAS.splitGemm(transposeB: true, m: q, n: rows, k: d, a: query.baseAddress!, lda: d,
+                           b: anchors.rows(start..<start + rows, scratch: scratch), ldb: d, c: similarities, ldc: rows)
             Parallel.forEach(q) { row in best[row].offer(similarities + row * rows, count: rows, firstIndex: start, keep: k) }
         }
     }

@@ -29,7 +29,7 @@ public enum BLAS {
 
     /// C = op(A)·op(B) for row-major operands, split into column blocks of C computed on all cores.
     /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
-    static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+    public static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
                           b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 1 {
             // One row (a decoding step): sgemm would first copy the whole of B into its packed
@@ -39,16 +39,8 @@ public enum BLAS {
         }
         // Below ~1 MFLOP per extra core the split costs more than it saves.
         let parts = min(Parallel.limit, max(1, m * n * k / 500_000), max(1, n / 64))
-        if m >= ownKernelRows && hasOwnKernel {
-            // Many rows (a prompt, a batch of images or candidates): Stitch's AVX-512 kernel, in blocks of its 32-column panels.
-            let block = ((n + parts - 1) / parts + 31) / 32 * 32
-            Parallel.forEach((n + block - 1) / block) { part in
-                let start = part * block
-                stitch_sgemm(transposeB ? 1 : 0, m, min(block, n - start), k, a, lda, transposeB ? b + start * ldb : b + start, ldb, c + start, ldc)
-            }
-            return
-        }
-        let block = ((n + parts - 1) / parts + 15) / 16 * 16
+        // Blocks of whole 32-column panels of Stitch's kernel.
+        let block = ((n + parts - 1) / parts + 31) / 32 * 32
         Parallel.forEach((n + block - 1) / block) { part in
             let start = part * block
             let width = min(block, n - start)
@@ -88,6 +80,11 @@ public enum BLAS {
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
+        if m >= ownKernelRows && hasOwnKernel && !transposeA && alpha == 1 && beta == 0 {
+            // Many rows (a prompt, a batch of images or candidates): Stitch's AVX-512 kernel.
+            stitch_sgemm(transposeB ? 1 : 0, m, n, k, a, lda, b, ldb, c, ldc)
+            return
+        }
         _ = singleThreaded
         cblas_sgemm(CblasRowMajor,
                     transposeA ? CblasTrans : CblasNoTrans,

@@ -238,20 +238,8 @@ public func transposed(_ x: Tensor, _ axisA: Int, _ axisB: Int) -> Tensor {
     return out
 }
 
-/// Widens IEEE half-precision values (little-endian bit patterns) to Float, exactly, in integer
-/// arithmetic the compiler vectorises; Float(Float16) goes through a library call per value on
-/// x86-64 builds without F16C. Zeros, subnormals, infinities and NaNs are kept.
+/// Widens IEEE half-precision values (little-endian bit patterns) to Float, exactly (zeros, subnormals, infinities and
+/// NaNs kept), with F16C's conversion where the CPU has it (the kernel's x86-64-v3 and v4 variants).
 public func widenHalfFloats(_ source: UnsafeRawPointer, count: Int, into target: UnsafeMutablePointer<Float>) {
-    let shiftedExponent: UInt32 = 0x7C00 << 13
-    let magic = Float(bitPattern: 113 << 23)
-    let halves = source.assumingMemoryBound(to: UInt16.self)   // safetensors data is 2-byte aligned for F16
-    for i in 0..<count {
-        let half = UInt32(UInt16(littleEndian: halves[i]))
-        let shifted = (half & 0x7FFF) << 13
-        let exponent = shifted & shiftedExponent
-        let rebiased = shifted &+ (exponent == shiftedExponent ? (127 - 15 + 128 - 16) << 23 : (127 - 15) << 23)   // infinity/NaN keep an all-ones exponent
-        let subnormal = Float(bitPattern: rebiased &+ (1 << 23)) - magic   // zero or subnormal
-        let magnitude = exponent == 0 ? subnormal.bitPattern : rebiased
-        target[i] = Float(bitPattern: magnitude | (half & 0x8000) << 16)
-    }
+    stitch_widen_half(source.assumingMemoryBound(to: UInt16.self), count, target)   // safetensors data is 2-byte aligned for F16
 }

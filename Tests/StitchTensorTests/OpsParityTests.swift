@@ -163,3 +163,20 @@ final class ConvolutionParityTests: XCTestCase {
         XCTAssertEqual(globalAveragePool(Tensor(shape: [2, 1, 2], scalars: [1, 3, 5, 7])).scalars, [2, 6])
     }
 }
+
+final class HalfWideningTests: XCTestCase {
+    /// F16 widening (F16C where the CPU has it) equals Swift's exact Float16 conversion for all 65,536 bit patterns:
+    /// zeros, subnormals, infinities, and NaNs as NaNs of the same sign.
+    func testHalfWideningIsExactForEveryBitPattern() {
+        let patterns = (0...UInt16.max).map { $0.littleEndian }
+        var widened = [Float](repeating: 0, count: patterns.count)
+        patterns.withUnsafeBytes { source in widened.withUnsafeMutableBufferPointer { widenHalfFloats(source.baseAddress!, count: patterns.count, into: $0.baseAddress!) } }
+        var mismatches = 0
+        for (pattern, value) in zip(0...UInt16.max, widened) {
+            let exact = Float(Float16(bitPattern: pattern))
+            let same = exact.isNaN ? value.isNaN && value.sign == exact.sign : value.bitPattern == exact.bitPattern
+            if !same { mismatches += 1; if mismatches <= 5 { XCTFail("0x\(String(pattern, radix: 16)): \(value) != \(exact)") } }
+        }
+        XCTAssertEqual(mismatches, 0)
+    }
+}

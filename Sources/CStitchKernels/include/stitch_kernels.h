@@ -1,6 +1,8 @@
 #ifndef STITCH_KERNELS_H
 #define STITCH_KERNELS_H
 
+#include <stdint.h>
+
 /* Element-wise and convolution inner loops, compiled for AVX-512, AVX2 and baseline
    x86-64 and chosen at load time (the Swift package itself builds for baseline x86-64).
    Floating-point contraction is off (except in the direct convolution), so every variant of the
@@ -11,6 +13,10 @@ typedef enum { STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_AC
 /* The variant of the kernels below this CPU runs ("x86-64-v4", "x86-64-v3" or "baseline"): the level the
    load-time resolver of their target clones picks. */
 const char *stitch_kernel_variant(void);
+
+/* target[i] = source[i] for count IEEE half-precision values stored little-endian (exact: every half is a float);
+   F16C's conversion where the CPU has it. */
+void stitch_widen_half(const uint16_t *source, long count, float *target);
 
 /* Whether stitch_sgemm runs here: x86-64 with AVX-512 (F, VL, BW, DQ). */
 int stitch_sgemm_available(void);
