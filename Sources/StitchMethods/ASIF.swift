@@ -133,14 +133,40 @@ final class KeptSimilarities: @unchecked Sendable {
 
     /// Keeps the k best; later offers must beat the k-th (an equal value loses to the lower index kept).
     private func prune(_ k: Int) {
-        entries.sort(by: ranksBefore)
+        entries.withUnsafeMutableBufferPointer { selectBest($0, k) }
         entries.removeLast(entries.count - k)
         threshold = entries[k - 1].value
     }
 
+    /// The k best, in no particular order.
     func best(_ k: Int) -> [(value: Float, index: Int32)] {
-        if entries.count > k { prune(k) } else { entries.sort(by: ranksBefore) }
+        if entries.count > k { prune(k) }
         return entries
+    }
+}
+
+/// Moves the k best of `entries` (by `ranksBefore`, a total order) to the front with the k-th best at k - 1, in
+/// linear time on average: Hoare's selection with a median-of-three pivot.
+private func selectBest(_ entries: UnsafeMutableBufferPointer<(value: Float, index: Int32)>, _ k: Int) {
+    var low = 0, high = entries.count - 1
+    while low < high {
+        let middle = low + (high - low) / 2
+        if ranksBefore(entries[high], entries[low]) { entries.swapAt(low, high) }
+        if ranksBefore(entries[middle], entries[low]) { entries.swapAt(middle, low) }
+        if ranksBefore(entries[high], entries[middle]) { entries.swapAt(middle, high) }
+        let pivot = entries[middle]
+        var i = low, j = high
+        while i <= j {
+            while ranksBefore(entries[i], pivot) { i += 1 }
+            while ranksBefore(pivot, entries[j]) { j -= 1 }
+            if i <= j {
+                entries.swapAt(i, j)
+                i += 1
+                j -= 1
+            }
+        }
+        // [low, j] rank before the pivot's place, [i, high] after it, anything between is in its final place.
+        if k - 1 <= j { high = j } else if k - 1 >= i { low = i } else { return }
     }
 }
 

@@ -1,7 +1,8 @@
 import CBLAS
 import CStitchKernels
 
-/// Matrix products through OpenBLAS's sgemm. Weight layouts follow PyTorch:
+/// Matrix products: Stitch's AVX-512 kernels where the CPU has AVX-512 (CStitchKernels/gemm.c), OpenBLAS's sgemm and
+/// sgemv for the rest. Weight layouts follow PyTorch:
 /// `nn.Linear` stores [out, in]; GPT-2's `Conv1D` stores [in, out].
 public enum WeightLayout: Sendable {
     case outputsByInputs   // nn.Linear: weight [out, in]
@@ -20,8 +21,8 @@ public enum BLAS {
         Parallel.limit = max(1, min(count, Parallel.cores))
     }
 
-    /// Whether this CPU runs Stitch's AVX-512 product kernels (and its matrix-vector kernel for x·Wᵀ), which multiply about 1.6 times as fast as the AVX2
-    /// kernels OpenBLAS 0.3.21 uses on CPUs it takes for Haswell (AMD Zen 4, or wherever OPENBLAS_CORETYPE says so).
+    /// Whether this CPU runs Stitch's AVX-512 product kernel (and its matrix-vector kernel for x·Wᵀ): about 1.7 times
+    /// the throughput of OpenBLAS 0.3.21's AVX2 (Haswell) kernels, which machines pinned by OPENBLAS_CORETYPE run.
     static let hasOwnKernel = stitch_sgemm_available() != 0
 
     /// Products with fewer rows (decoding steps, small beams) stay with OpenBLAS: the kernel's tile is 12 rows.

@@ -33,6 +33,26 @@ final class ASIFParityTests: XCTestCase {
             XCTAssertEqual(StitchMethods.rankings(transposed(scores, 0, 1)), rankings["k\(k)_p\(p)"]!["text_to_image"]!)
         }
     }
+
+    /// The running top-k keeps exactly the k best of everything offered, block by block, equal values going to the
+    /// lower index: against a full sort, on values drawn from a few levels so that ties are everywhere.
+    func testRunningTopKKeepsTheBestWithTiesToTheLowerIndex() {
+        var seed: UInt64 = 7
+        for (count, k, block) in [(5000, 40, 64), (3000, 800, 1000), (100, 1, 7), (64, 64, 10)] {
+            let values = (0..<count).map { _ -> Float in
+                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Float((seed >> 33) % 13)
+            }
+            let kept = KeptSimilarities(capacity: 2 * k)
+            values.withUnsafeBufferPointer { buffer in
+                for start in stride(from: 0, to: count, by: block) {
+                    kept.offer(buffer.baseAddress! + start, count: min(block, count - start), firstIndex: start, keep: k)
+                }
+            }
+            let expected = values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }.prefix(k)
+            XCTAssertEqual(kept.best(k).map { Int($0.index) }.sorted(), expected.sorted(), "\(count) values, k \(k), blocks of \(block)")
+        }
+    }
 }
 
 /// ASIF on the real EfficientNet-Lite0 and all-MiniLM-L6-v2 weights (Scripts/fetch-test-models): anchors from
