@@ -10,15 +10,16 @@ struct Tokenize: ParsableCommand {
 
     enum Kind: String, ExpressibleByArgument, CaseIterable {
         case gpt2, clip, wordpiece, sentencepiece
+        case tokenizerJSON = "tokenizer-json"
     }
 
-    @Option(help: "Tokenizer: gpt2 (vocab.json + merges.txt), clip (vocab.json + merges.txt, or a bpe_simple_vocab_16e6.txt.gz file), wordpiece (vocab.txt), sentencepiece (spiece.model or tokenizer.model with tokenizer_config.json: SigLIP or Llama; or a .model file).")
+    @Option(help: "Tokenizer: gpt2 (vocab.json + merges.txt), clip (vocab.json + merges.txt, or a bpe_simple_vocab_16e6.txt.gz file), wordpiece (vocab.txt), sentencepiece (spiece.model or tokenizer.model with tokenizer_config.json: SigLIP or Llama; or a .model file), tokenizer-json (tokenizer.json with tokenizer_config.json; or a .json file).")
     var kind: Kind
 
     @Option(help: "Model folder or hub id holding the tokenizer files (or, for clip, the .gz file).")
     var model: String
 
-    @Flag(help: "Print the tokens' text instead of their ids (gpt2 and clip).")
+    @Flag(help: "Print the text of the ids instead of the ids.")
     var decode = false
 
     @Argument(help: "Texts to tokenize; standard input when none.")
@@ -47,6 +48,10 @@ struct Tokenize: ParsableCommand {
         case .sentencepiece:
             let files = ModelFiles(required: [], optional: SentencePieceTokenizer.modelFiles + ModelFiles.tokenizerAndProcessorFiles, weights: false)
             return try SentencePieceTokenizer(folder: locator.resolveModel(model, files: files))
+        case .tokenizerJSON where model.hasSuffix(".json"): return try TokenizerJSON(file: model)
+        case .tokenizerJSON:
+            let files = ModelFiles(required: [TokenizerJSON.fileName], optional: ModelFiles.tokenizerAndProcessorFiles, weights: false)
+            return try TokenizerJSON(folder: locator.resolveModel(model, files: files))
         }
     }
 }

@@ -92,6 +92,15 @@ final class CLITests: XCTestCase {
         // A SentencePiece model file (ids as LlamaTokenizer gives them, see SentencePieceTests).
         let llama = try stitch(["tokenize", "--kind", "sentencepiece", "--model", Fixtures.url("sentencepiece/llama.model").path, "Hello world 2024 😀"])
         XCTAssertEqual(llama.output, "1 530 607 531 469 536 271 529 324 530 557 563 557 571 530 598\n", llama.errors)
+        // The same model converted to tokenizer.json gives the same ids; in a folder, tokenizer_config.json's flags apply.
+        let json = try stitch(["tokenize", "--kind", "tokenizer-json", "--model", Fixtures.url("tokenizer-json/llama2.json").path, "Hello world 2024 😀"])
+        XCTAssertEqual(json.output, llama.output, json.errors)
+        try FileManager.default.copyItem(at: Fixtures.url("tokenizer-json/llama2.json"), to: folder.appendingPathComponent("tokenizer.json"))
+        try Data(#"{"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": false, "add_eos_token": true}"#.utf8).write(to: folder.appendingPathComponent("tokenizer_config.json"))
+        let configured = try stitch(["tokenize", "--kind", "tokenizer-json", "--model", folder.path, "Hello world 2024 😀"])
+        XCTAssertEqual(configured.output, "530 607 531 469 536 271 529 324 530 557 563 557 571 530 598 2\n", configured.errors)
+        let text = try stitch(["tokenize", "--kind", "tokenizer-json", "--model", folder.path, "--decode", "Hello world"])
+        XCTAssertEqual(text.output, "Hello world</s>\n", text.errors)
     }
 
     func testPreprocessWritesPixelsAndRejectsCorruptImages() throws {
