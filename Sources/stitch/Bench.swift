@@ -14,8 +14,9 @@ struct Bench: ParsableCommand {
         Model rows use real-size architectures: CLIP ViT-B/32, GPT-2 small, a ViT-B/16 + GPT-2 captioner and \
         OWL-ViT B/32 and a Qwen2.5-0.5B-shaped Qwen2 with random weights written once into --work-dir by the Python reference \
         (unless --clip / --gpt2 / --captioner / --owlvit / --qwen2 name real folders), the real MiniLM and EfficientNet-Lite0 folders given by --minilm / --efficientnet, and the real
-        YOLOX-Nano (--yolox, on --image). The reference side needs python3 with torch, transformers,
-        sentence-transformers, efficientnet-lite-pytorch, onnxruntime and opencv (Tests/Fixtures/requirements.txt).
+        YOLOX-Nano (--yolox, on --image). The reference side needs python3 with torch, transformers, \
+        sentence-transformers, efficientnet-lite-pytorch, onnxruntime and opencv (Tests/Fixtures/requirements.txt); \
+        the qwen2-*-llama.cpp rows need llama-cpp-python and gguf as well.
         """)
 
     @Option(help: "Minimum seconds spent timing each side of each row.")
@@ -114,12 +115,12 @@ struct Bench: ParsableCommand {
         }
         print("")
         print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s)")
-        let header = "row".padding(toLength: 24, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
+        let header = "row".padding(toLength: Self.rowLabelWidth, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
             + "stitch ms  reference ms  speedup   stitch MB  reference MB"
         print(header)
         print(String(repeating: "-", count: header.count))
         for row in modelRows {
-            let label = row.rawValue.padding(toLength: 24, withPad: " ", startingAt: 0)
+            let label = row.rawValue.padding(toLength: Self.rowLabelWidth, withPad: " ", startingAt: 0)
             guard let arguments = folders.arguments(for: row) else {
                 print(label + "skipped: needs --\(row.neededFolders.joined(separator: " and --"))")
                 continue
@@ -147,13 +148,16 @@ struct Bench: ParsableCommand {
                 line += String(format: "  %12@  %7@   %9.0f  %12@", "n/a", "", stitch.peakMB, "n/a")
             }
             print(line)
-            if let referenceFailure { print(String(repeating: " ", count: 24) + "reference failed: \(referenceFailure)") }
+            if let referenceFailure { print(String(repeating: " ", count: Self.rowLabelWidth) + "reference failed: \(referenceFailure)") }
             if let mine = stitch.output, let theirs = python?.output {
-                print(String(repeating: " ", count: 24) + (mine == theirs ? "same output on both sides (\(mine.count) values)" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
+                print(String(repeating: " ", count: Self.rowLabelWidth) + (mine == theirs ? "same output on both sides (\(mine.count) values)" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
             }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
     }
+
+    /// The width of the model table's first column: the longest row name (qwen2-prefill-llama.cpp) and a space.
+    static let rowLabelWidth = 24
 
     /// The path when it exists: rows whose default files are absent are skipped.
     private func existing(_ path: String) -> String? { FileManager.default.fileExists(atPath: path) ? path : nil }
