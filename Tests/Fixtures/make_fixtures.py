@@ -1858,6 +1858,98 @@ def make_label_golden():
     print("labels: golden.png")
 
 
+CHAT_CONSTRUCT_TEMPLATES = {
+    # Whitespace: '-' on either side, trim_blocks and lstrip_blocks, '{%+', comments on their own lines.
+    "whitespace": "{# a comment #}\n  {% for m in messages %}\n    <{{ m.role }}>\n  {%- if m.content %}  {{ m.content -}}  {% endif %}\n    {%+ if loop.last %}[last]{% endif %}\n  {#- trimmed comment -#}\n  {% endfor %}\n{{- '  end  ' -}}\n\n  tail {{ add_generation_prompt }}\n",
+    # Loops: loop variables, a filter, else, break and continue, unpacking, iterating dicts and strings.
+    "loops": "{% for m in messages if m.role != 'system' %}{{ loop.index }}/{{ loop.length }}:{{ loop.index0 }},{{ loop.revindex }},{{ loop.revindex0 }},"
+             "{{ loop.first }},{{ loop.last }},{{ loop.previtem.role if loop.previtem is defined else '-' }},{{ (loop.nextitem or {}).role }};{% endfor %}"
+             "|{% for x in [] %}x{% else %}empty{% endfor %}|{% for i in range(10) %}{% if i == 2 %}{% continue %}{% endif %}{% if i > 5 %}{% break %}{% endif %}{{ i }}{% endfor %}"
+             "|{% for k, v in {'b': 1, 'a': [2, 3]}.items() %}{{ k }}={{ v }};{% endfor %}|{% for k in {'z': 1, 'y': 2} %}{{ k }}{% endfor %}|{% for c in 'abc' %}{{ c }}-{% endfor %}"
+             "|{% for i in range(1, 10, 3) %}{{ i }}{% endfor %}{% for i in range(5, 0, -2) %}{{ i }}{% endfor %}",
+    # Scopes: a set inside a loop stays inside it; a namespace carries values out.
+    "scopes": "{% set outer = 'o' %}{% set ns = namespace(count=0, last='') %}{% for m in messages %}{% set outer = m.role %}{% set ns.count = ns.count + 1 %}"
+              "{% set ns.last = m.role %}{% endfor %}{{ outer }} {{ ns.count }} {{ ns.last }}{% set block %}[{{ messages | length }}]{% endset %} {{ block }}"
+              "{% if true %}{% set inner = 'i' %}{% endif %} {{ inner }}",
+    # Expressions: Python's arithmetic, comparisons, membership, concatenation, conditionals and reprs.
+    "expressions": "{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1 + 2 * 3 - 4 }} {{ (1 + 2) * 3 }} {{ 1.5 + 1 }} {{ 10 / 5 }}"
+                   " {{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 1 == 1.0 }} {{ 'a' < 'b' }} {{ 'ab' in 'cabd' }} {{ 'x' not in ['x', 'y'] }} {{ 'k' in {'k': 1} }}"
+                   " {{ 'a' ~ 1 ~ none ~ true }} {{ 'yes' if messages | length > 1 else 'no' }} [{{ 'only' if false }}] {{ [1, 'a', none, true, 1.5, {'k': \"it's\"}] }}"
+                   " {{ {'a': 1, 'b': [1, 2]} }} {{ 'abcdef'[1:4] }} {{ 'abcdef'[::-1] }} {{ 'abcdef'[-2:] }} {{ [1, 2, 3, 4][::2] }} {{ messages[-1].role }}"
+                   " {{ not messages }} {{ none is none }} {{ 0.1 + 0.2 }} {{ 1e3 if false else 2.50 }} {{ 'a' + 'b' * 3 }} {{ [1] + [2] }} {{ messages[0]['role'] == 'system' and 'S' or 'N' }}",
+    # Filters transformers' templates use, tojson with its options.
+    "filters": "{% for m in messages %}{{ m.content | trim | upper }}|{{ m.content | lower | title }}|{{ m.content | length }}|{{ m.role | capitalize }};{% endfor %}"
+               "{{ messages | map(attribute='role') | join(', ') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}"
+               "|{{ messages | rejectattr('role', 'equalto', 'user') | map(attribute='role') | list }}|{{ ['a', 'code', 'b'] | reject('equalto', 'code') | join('+') }}"
+               "|{{ [3, 1, 3, 2] | unique | list }}|{{ [1, 2] | reverse | list }}|{{ (messages | first).role }}|{{ (messages | last).role }}|{{ missing | default('dflt') }}"
+               "|{{ '' | default('empty', true) }}|{{ '42' | int + 1 }}|{{ '2.5' | float }}|{{ 'a-b-a' | replace('a', 'x') }}|{{ 'x\ny' | indent(2) }}|{{ 2.567 | round(2) }}|{{ -3 | abs }}"
+               "|{{ 5 | string }}|{% for k, v in {'b': 2, 'a': 1} | items %}{{ k }}{{ v }}{% endfor %}|{{ messages[0] | tojson }}|{{ {'b': [1, 2.0, 'é'], 'a': {'n': none, 't': true}} | tojson(indent=2) }}"
+               "|{{ {'b': 1, 'a': 'x'} | tojson(sort_keys=true) }}|{{ [1, 'é\"\\\\'] | tojson(ensure_ascii=true) }}|{{ {'a': 1} | tojson(separators=(',', ':')) }}|{{ [] | tojson }}{{ {} | tojson(indent=4) }}",
+    # String and dict methods.
+    "methods": "{% for m in messages %}{{ m.content.strip() }}|{{ m.content.split() | length }}|{{ m.content.startswith('Hel') }}|{{ m.content.endswith(('?', '!')) }};{% endfor %}"
+               "{{ 'xxaxx'.strip('x') }} [{{ '  a '.lstrip() }}][{{ '  a '.rstrip() }}] {{ 'a,b,c'.split(',') }} {{ 'a,b,c'.split(',', 1) }} {{ 'a  b\tc'.split() }} {{ 'a b'.replace(' ', '_') }}"
+               " {{ 'aBc'.upper() }}{{ 'aBc'.lower() }} {{ 'hello world'.title() }} {{ {'a': 1, 'b': 2}.keys() | list }} {{ {'a': 1}.values() | list }} {{ {'a': 1}.get('a') }}"
+               " {{ {'a': 1}.get('z', 'none') }} {{ {'a': 1}.get('z') }} {{ 'banana'.count('an') }} {{ 'banana'.find('n') }}",
+    # Tests.
+    "tests": "{% for v in [none, 1, 1.5, 'a', [1], {'k': 1}, true] %}{{ v is none }}{{ v is number }}{{ v is integer }}{{ v is float }}{{ v is string }}{{ v is sequence }}"
+             "{{ v is mapping }}{{ v is iterable }}{{ v is boolean }}{{ v is true }} {% endfor %}{{ missing is defined }}{{ missing is undefined }}{{ messages is defined }}"
+             "{{ 6 is divisibleby 3 }}{{ 6 is divisibleby(4) }}{{ 3 is odd }}{{ 4 is even }}{{ 'a' is equalto 'a' }}{{ 'a' is in ['a'] }}{{ 'abc' is lower }}{{ 'ABC' is upper }}"
+             "{{ 'x' is not string }}{{ tools is none }}",
+    # A template that refuses a conversation, as Llama 2's does when roles do not alternate.
+    "alternation": "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                   "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+                   "{{ bos_token + '[INST] ' + message['content'].strip() + ' [/INST]' if message['role'] == 'user' else ' ' + message['content'].strip() + ' ' + eos_token }}{% endfor %}",
+}
+
+
+def chat_conversations():
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                                                              "required": ["city"]}}}]
+    return {
+        "one_user": {"messages": [{"role": "user", "content": "Hello, how are you?"}]},
+        "multi_turn": {"messages": [{"role": "system", "content": "You are terse. "}, {"role": "user", "content": "Name a colour."},
+                                    {"role": "assistant", "content": " Blue. "}, {"role": "user", "content": "Another one!"}]},
+        "unicode": {"messages": [{"role": "user", "content": "  Ünïcödé 🚀 {{ not a tag }} {% x %}\n\n"}, {"role": "assistant", "content": "ça va\tbien"},
+                                 {"role": "user", "content": "日本語?"}]},
+        "tools": {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                               {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}}]},
+                               {"role": "tool", "content": "{\"temp\": 21.5}"}, {"role": "user", "content": "Thanks"}], "tools": tools},
+        "not_alternating": {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+    }
+
+
+def make_chat_template_goldens():
+    """Chat templates rendered as transformers' apply_chat_template renders them (its jinja2 environment, the
+    special tokens and tools/documents it passes): the published templates of Qwen2.5, Llama 3.2 and SmolLM2, and
+    templates written to exercise each construct, over conversations with system prompts, tool calls and unicode,
+    with and without add_generation_prompt."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+    published = {k: v for k, v in json.load(open(out("chat", "published_templates.json"))).items() if not k.startswith("_")}
+    templates = {**published, **CHAT_CONSTRUCT_TEMPLATES}
+    specials = {"qwen2.5": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+                "llama3.2": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "date_string": "26 Nov 2026"},
+                "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}}
+    conversations = chat_conversations()
+    cases = []
+    for name, source in templates.items():
+        template = _compile_jinja_template(source)
+        context = specials.get(name, {"bos_token": "<s>", "eos_token": "</s>"})
+        for conversation, chat in conversations.items():
+            for generation_prompt in [False, True]:
+                case = {"template": name, "conversation": conversation, "add_generation_prompt": generation_prompt, "context": context}
+                try:
+                    case["output"] = template.render(messages=chat["messages"], tools=chat.get("tools"), documents=None,
+                                                     add_generation_prompt=generation_prompt, **context)
+                except Exception as error:   # what the template refuses, and what it cannot do with this conversation
+                    case["error"] = str(error)
+                cases.append(case)
+    # Keys in the order written: tojson prints dicts in their insertion order.
+    with open(out("chat", "golden.json"), "w", encoding="utf-8") as f:
+        json.dump({"templates": templates, "conversations": conversations, "cases": cases}, f, ensure_ascii=False, indent=0)
+        f.write("\n")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1:   # only the named steps, e.g. make_checkpoint_forms
         torch.set_num_threads(1)
@@ -1899,6 +1991,7 @@ if __name__ == "__main__":
     make_tiny_magic()
     make_checkpoint_reader_fixtures()
     make_hub_cache()
+    make_chat_template_goldens()
     make_sentencepiece_goldens()
     make_label_golden()
     make_owlvit_goldens()
