@@ -41,19 +41,25 @@ extension OperationRegistry {
     }
 
     /// A language model for `lm_complete`: a local causal LM `model`, or with option `url` an
-    /// OpenAI-compatible server (option `model` its model name). The API key (STITCH_LM_API_KEY or OPENAI_API_KEY)
-    /// goes only to a server `trust` allows; the graph's own option alone picks the server.
+    /// OpenAI-compatible server (option `model` its model name, option `api` "completions" (default) or "chat" for a
+    /// server that offers only chat completions). The API key (STITCH_LM_API_KEY or OPENAI_API_KEY) goes only to a
+    /// server `trust` allows; the graph's own option alone picks the server.
     static func completionKind(models: ModelRegistry, trust: GraphTrust) -> ComponentKind {
         let local = modelKind("completion", as: (any CausalLanguageModel).self, models: models)
         return ComponentKind("completion", load: { spec in
             let url = spec.options["url"]?.string
+            let apiName = spec.options["api"]?.string ?? OpenAIAPI.completions.rawValue
+            guard let api = OpenAIAPI(rawValue: apiName) else {
+                throw GraphError.badInput("option api of a completion component is \(OpenAIAPI.allCases.map(\.rawValue).joined(separator: " or ")), not '\(apiName)'")
+            }
             // An empty key is none: no environment is consulted, so nothing the graph does not name picks a server.
             return CompletionComponent(try OpenAICompletionClient.backend(url: url, serverModel: spec.options["model"]?.string ?? spec.model,
-                                                                          apiKey: trust.apiKey(for: url) ?? "", environment: [:]) {
+                                                                          apiKey: trust.apiKey(for: url) ?? "", api: api, environment: [:]) {
                 LocalCompletionBackend(model: try local.load(spec) as! any CausalLanguageModel, name: spec.model)
             })
         }, identity: { spec in
-            spec.options["url"]?.string.map { "completion:\($0):\(spec.options["model"]?.string ?? spec.model)" } ?? local.identity(spec)
+            spec.options["url"]?.string.map { "completion:\($0):\(spec.options["model"]?.string ?? spec.model):\(spec.options["api"]?.string ?? "completions")" }
+                ?? local.identity(spec)
         })
     }
 

@@ -10,17 +10,20 @@ public struct StopConditions: Sendable {
     public var atEndToken: Bool
     /// Stop once the decoded continuation contains one of these (e.g. "." for one-sentence captions).
     public var strings: [String]
+    /// Tokens that end the generation besides the model's end token (a chat template's end of turn), kept as it is.
+    public var endTokens: [Int]
 
-    public init(maxTokens: Int, atEndToken: Bool = true, strings: [String] = []) {
+    public init(maxTokens: Int, atEndToken: Bool = true, strings: [String] = [], endTokens: [Int] = []) {
         self.maxTokens = maxTokens
         self.atEndToken = atEndToken
         self.strings = strings
+        self.endTokens = endTokens
     }
 
     /// Whether `generated` (the new tokens so far) ends the generation.
     func isFinished<M: CausalLanguageModel>(_ generated: [Int], model: M) throws -> Bool {
         if generated.count >= maxTokens { return true }
-        if atEndToken, generated.last == model.endTokenID { return true }
+        if atEndToken, let last = generated.last, last == model.endTokenID || endTokens.contains(last) { return true }
         if strings.isEmpty { return false }
         let text = try model.decode(generated)
         return strings.contains { text.contains($0) }
@@ -114,8 +117,10 @@ public func decode<M: CausalLanguageModel>(_ model: M, prompt: [Int], strategy: 
 }
 
 /// Greedy decoding: the most likely next token each step (transformers' generate with do_sample=False).
-public func greedyDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions) throws -> [Int] {
-    try decodeTokenByToken(model, prompt: prompt, stop: stop) { argmax($0) }
+/// `onToken` sees each token with the logits it was chosen from (a server streams them); throwing stops the generation.
+public func greedyDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions,
+                                                 onToken: ((Int, [Float]) throws -> Void)? = nil) throws -> [Int] {
+    try decodeTokenByToken(model, prompt: prompt, stop: stop, onToken: onToken) { argmax($0) }
 }
 
 /// Sampling with temperature, top-k and nucleus (top-p) filtering, applied in that order
@@ -166,17 +171,18 @@ public struct SamplingSettings: Sendable {
 }
 
 /// Sampled decoding (transformers' generate with do_sample=True, with Stitch's own seeded generator).
-public func sampleDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: SamplingSettings, stop: StopConditions) throws -> [Int] {
+public func sampleDecode<M: CausalLanguageModel>(_ model: M, prompt: [Int], settings: SamplingSettings, stop: StopConditions,
+                                                 onToken: ((Int, [Float]) throws -> Void)? = nil) throws -> [Int] {
     try settings.validate()
     var generator = SeededGenerator(seed: settings.seed)
-    return try decodeTokenByToken(model, prompt: prompt, stop: stop) { logits in
+    return try decodeTokenByToken(model, prompt: prompt, stop: stop, onToken: onToken) { logits in
         draw(from: settings.probabilities(logits), using: &generator)
     }
 }
 
 /// The shared loop of greedy and sampled decoding: one token per step through the KV cache,
 /// the LM head only on the last position.
-private func decodeTokenByToken<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions,
+private func decodeTokenByToken<M: CausalLanguageModel>(_ model: M, prompt: [Int], stop: StopConditions, onToken: ((Int, [Float]) throws -> Void)?,
                                                          choose: ([Float]) -> Int) throws -> [Int] {
     guard !prompt.isEmpty else { throw DecodingError.emptyPrompt }
     var cache = model.makeCache(batch: 1)
@@ -184,7 +190,9 @@ private func decodeTokenByToken<M: CausalLanguageModel>(_ model: M, prompt: [Int
     var hidden = try model.forward([prompt], cache: &cache)
     while generated.count < stop.maxTokens {
         let last = hidden.row(0).row(hidden.shape[1] - 1)
-        generated.append(choose(model.logits(last.reshaped([1, last.shape[0]])).scalars))
+        let logits = model.logits(last.reshaped([1, last.shape[0]])).scalars
+        generated.append(choose(logits))
+        try onToken?(generated.last!, logits)
         // No forward for a token nothing will follow.
         if try stop.isFinished(generated, model: model) || cache.length >= model.contextLength { break }
         hidden = try model.forward([[generated.last!]], cache: &cache)
@@ -196,26 +204,6 @@ private func decodeTokenByToken<M: CausalLanguageModel>(_ model: M, prompt: [Int
 func argmax(_ values: [Float]) -> Int {
     var best = 0
     for i in values.indices where values[i] > values[best] { best = i }
-    return best
-}
-
-/// The k largest values' indices, largest first; equal values keep index order.
-/// One pass with a sorted k-list, since k is small next to a vocabulary.
-func topIndices(_ values: [Float], _ k: Int) -> [Int] {
-    let k = min(k, values.count)
-    guard k > 0 else { return [] }
-    var best: [Int] = []
-    best.reserveCapacity(k + 1)
-    for i in values.indices {
-        if best.count == k, values[i] <= values[best[k - 1]] { continue }
-        var (low, high) = (0, best.count)
-        while low < high {
-            let middle = (low + high) / 2
-            if values[best[middle]] >= values[i] { low = middle + 1 } else { high = middle }
-        }
-        best.insert(i, at: low)
-        if best.count > k { best.removeLast() }
-    }
     return best
 }
 

@@ -186,7 +186,7 @@ public struct ModelFiles: Sendable {
 
     /// The tokenizer and processor files the Hugging Face libraries read when a repository has them.
     public static let tokenizerAndProcessorFiles = ["added_tokens.json", "special_tokens_map.json", "tokenizer_config.json",
-                                                   "tokenizer.json", "preprocessor_config.json", "generation_config.json"]
+                                                   "tokenizer.json", "preprocessor_config.json", "generation_config.json", "chat_template.jinja"]
 
     /// Config, weights and every tokenizer and processor file a model of any kind may have: what
     /// `stitch fetch` and `stitch convert` take when they do not know the model's kind.

@@ -220,7 +220,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     public func decode(_ ids: [Int]) throws -> String { try requireTokenizer().decode(ids) }
 
     /// Token ids of text; throws when the model has no tokenizer.
-    public func encode(_ text: String) throws -> [Int] { try requireTokenizer().encode(text) }
+    public func encode(_ text: String, specialTokens: Bool) throws -> [Int] { try requireTokenizer().encode(text) }   // GPT-2 adds none
 
     public func tokenID(of token: String) -> Int? { tokenizer?.id(of: token) }
 

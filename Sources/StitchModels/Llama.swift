@@ -279,7 +279,9 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
     public var contextLength: Int { config.contextLength }
 
     public func decode(_ ids: [Int]) throws -> String { try requireTokenizer().decode(ids) }
-    public func encode(_ text: String) throws -> [Int] { try requireTokenizer().encode(text) }
+    public func encode(_ text: String, specialTokens: Bool) throws -> [Int] {
+        specialTokens ? try requireTokenizer().encode(text) : try requireTokenizer().tokens(text)
+    }
     public func tokenID(of token: String) -> Int? { tokenizer?.id(of: token) }
 
     func requireTokenizer() throws -> any VocabularyTokenizer {

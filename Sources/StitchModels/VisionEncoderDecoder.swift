@@ -104,7 +104,7 @@ public final class ImageConditionedDecoder: CausalLanguageModel, @unchecked Send
     public func forward(_ tokens: [[Int]], cache: inout GPT2Cache) throws -> Tensor { try lm.forward(tokens, cache: &cache) }
     public func logits(_ hidden: Tensor) -> Tensor { lm.logits(hidden) }
     public func decode(_ ids: [Int]) throws -> String { try lm.decode(ids) }
-    public func encode(_ text: String) throws -> [Int] { try lm.encode(text) }
+    public func encode(_ text: String, specialTokens: Bool) throws -> [Int] { try lm.encode(text, specialTokens: specialTokens) }
     public func tokenID(of token: String) -> Int? { lm.tokenID(of: token) }
     public func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
         try lm.forwardCandidates(tokens, after: cache)

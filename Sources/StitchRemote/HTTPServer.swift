@@ -29,9 +29,17 @@ public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: [String: String]
     public var body: Data
+    /// A body written as it is produced (chunked), instead of `body`; the producer sees `.terminated` from its
+    /// continuation's yield once the client has gone.
+    public var stream: AsyncStream<Data>?
 
-    public init(status: Int, headers: [String: String] = [:], body: Data = Data()) {
-        (self.status, self.headers, self.body) = (status, headers, body)
+    public init(status: Int, headers: [String: String] = [:], body: Data = Data(), stream: AsyncStream<Data>? = nil) {
+        (self.status, self.headers, self.body, self.stream) = (status, headers, body, stream)
+    }
+
+    /// Server-sent events: each element of `events` is written as it comes.
+    public static func eventStream(_ events: AsyncStream<Data>) -> HTTPResponse {
+        HTTPResponse(status: 200, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], stream: events)
     }
 
     /// A JSON response.
@@ -147,7 +155,14 @@ public final class HTTPServer: Sendable {
         for (name, value) in response.headers.sorted(by: { $0.key < $1.key }) {
             if let name = HTTPField.Name(name) { fields[name] = value }
         }
-        return Response(status: .init(code: response.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: response.body)))
+        guard let stream = response.stream else {
+            return Response(status: .init(code: response.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: response.body)))
+        }
+        return Response(status: .init(code: response.status), headers: fields, body: .init { writer in
+            // A write to a client that has gone throws: the loop ends and the stream, dropped, tells its producer.
+            for await data in stream { try await writer.write(ByteBuffer(bytes: data)) }
+            try await writer.finish(nil)
+        })
     }
 
     private static func tooLarge(_ limit: Int) -> Response {

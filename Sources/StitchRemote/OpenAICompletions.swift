@@ -2,82 +2,20 @@ import Foundation
 import StitchMethods
 import StitchModelIO
 
-/// OpenAI's /v1/completions wire format, shared by the client and `stitch serve`.
-enum CompletionWire {
-    static func requestBody(_ r: CompletionRequest, model: String) -> [String: Any] {
-        var body: [String: Any] = ["model": model, "prompt": r.prompt, "max_tokens": r.maxTokens, "temperature": r.temperature,
-                                   "top_p": r.topP, "n": r.count, "seed": r.seed]
-        if !r.stop.isEmpty { body["stop"] = r.stop }
-        if r.logprobs { body["logprobs"] = 1 }
-        return body
-    }
-
-    static func parseRequest(_ body: Data) throws -> CompletionRequest {
-        guard let json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] else {
-            throw CompletionError.invalidRequest("the body is not a JSON object")
-        }
-        guard let prompt = json["prompt"] as? String ?? (json["prompt"] as? [String])?.first else {
-            throw CompletionError.invalidRequest("'prompt' must be a string")
-        }
-        func value(_ key: String) throws -> Double? {
-            guard let value = json[key], !(value is NSNull) else { return nil }
-            guard let number = value as? NSNumber, number.doubleValue.isFinite else { throw CompletionError.invalidRequest("'\(key)' must be a number") }
-            return number.doubleValue
-        }
-        func number(_ key: String, _ fallback: Double, in range: ClosedRange<Double>) throws -> Double {
-            guard let number = try value(key) else { return fallback }
-            guard range.contains(number) else { throw CompletionError.invalidRequest("'\(key)' must lie in \(range.lowerBound)...\(range.upperBound)") }
-            return number
-        }
-        /// A whole number in `range`; anything else (1e19, 2.5) is a bad request, never a conversion trap.
-        func integer(_ key: String, _ fallback: Int, in range: ClosedRange<Int>) throws -> Int {
-            guard let number = try value(key) else { return fallback }
-            guard number == number.rounded(), number >= Double(range.lowerBound), number <= Double(range.upperBound) else {
-                throw CompletionError.invalidRequest("'\(key)' must be a whole number in \(range.lowerBound)...\(range.upperBound)")
-            }
-            return Int(number)
-        }
-        let stop = json["stop"] as? [String] ?? (json["stop"] as? String).map { [$0] } ?? []
-        var request = CompletionRequest(prompt: prompt, maxTokens: try integer("max_tokens", 16, in: 0...1 << 20),
-                                        temperature: try number("temperature", 1, in: 0...100), topP: try number("top_p", 1, in: 0...1),
-                                        count: try integer("n", 1, in: CompletionRequest.counts), stop: stop,
-                                        logprobs: (json["logprobs"] as? NSNumber).map { $0.intValue > 0 } ?? false,
-                                        seed: UInt64(try integer("seed", 0, in: 0...Int(Int32.max))))
-        request.stop = Array(request.stop.prefix(4))
-        return request
-    }
-
-    static func responseBody(_ completions: [Completion], model: String, logprobs: Bool) -> [String: Any] {
-        let choices: [[String: Any]] = completions.enumerated().map { index, c in
-            var choice: [String: Any] = ["index": index, "text": c.text, "finish_reason": c.finishReason, "logprobs": NSNull()]
-            if logprobs { choice["logprobs"] = ["tokens": c.tokens, "token_logprobs": c.tokenLogprobs] }
-            return choice
-        }
-        return ["id": "cmpl-\(UUID().uuidString.lowercased())", "object": "text_completion", "created": Int(Date().timeIntervalSince1970),
-                "model": model, "choices": choices]
-    }
-
-    static func parseResponse(_ body: Data, url: String) throws -> [Completion] {
-        guard let json = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any], let choices = json["choices"] as? [[String: Any]] else {
-            throw CompletionError.server(url: url, detail: "the response is not a completions object")
-        }
-        return try choices.sorted { ($0["index"] as? Int ?? 0) < ($1["index"] as? Int ?? 0) }.map { choice in
-            guard let text = choice["text"] as? String else { throw CompletionError.server(url: url, detail: "a choice has no text") }
-            let logprobs = choice["logprobs"] as? [String: Any]
-            return Completion(text: text, tokens: logprobs?["tokens"] as? [String] ?? [],
-                              tokenLogprobs: (logprobs?["token_logprobs"] as? [Any])?.compactMap { ($0 as? NSNumber)?.doubleValue } ?? [],
-                              finishReason: choice["finish_reason"] as? String ?? "stop")
-        }
-    }
+/// Which of OpenAI's APIs a server is spoken to through: completions take the prompt as it is; chat sends it as one
+/// user message (many hosted models offer only chat), the log-probabilities of the reply's tokens coming back alike.
+public enum OpenAIAPI: String, Sendable, CaseIterable {
+    case completions, chat
 }
 
-/// Any server speaking OpenAI's /v1/completions (a hosted LLM, a local one, `stitch serve`),
+/// Any server speaking OpenAI's /v1/completions or /v1/chat/completions (a hosted LLM, a local one, `stitch serve`),
 /// over libcurl: timeouts, retries with exponential backoff on connection failures, 408, 429
 /// and 5xx, and errors that name the URL and quote the server's message. The API key is sent
-/// as a bearer token and never appears in messages.
+/// as a bearer token and never appears in messages. Responses arrive whole (a stream gets each choice in one piece).
 public struct OpenAICompletionClient: CompletionBackend {
-    public let url: String
+    public let root: String
     public let model: String
+    public private(set) var api: OpenAIAPI
     let apiKey: String?
     public var timeout = 120
     public var attempts = 4
@@ -86,11 +24,13 @@ public struct OpenAICompletionClient: CompletionBackend {
     public var name: String { model }
 
     /// `baseURL` with or without its /v1 (e.g. http://127.0.0.1:8080 or https://api.openai.com/v1).
-    public init(baseURL: String, model: String, apiKey: String?) {
-        url = Self.serverRoot(baseURL) + "/v1/completions"
-        self.model = model
-        self.apiKey = apiKey
+    public init(baseURL: String, model: String, apiKey: String?, api: OpenAIAPI = .completions) {
+        root = Self.serverRoot(baseURL)
+        (self.model, self.apiKey, self.api) = (model, apiKey, api)
     }
+
+    /// The endpoint `api` posts to.
+    public var url: String { root + (api == .chat ? "/v1/chat/completions" : "/v1/completions") }
 
     /// A server's URL without trailing slashes and without its /v1.
     static func serverRoot(_ url: String) -> String {
@@ -124,23 +64,36 @@ public struct OpenAICompletionClient: CompletionBackend {
 
     /// The one choice between a server and a local model: a server when `url` names one or `environment` has
     /// STITCH_LM_BASE_URL (a graph passes only the API keys, so that its own option alone picks the server), else `local`.
-    public static func backend(url: String?, serverModel: String, apiKey: String?, environment: [String: String] = ProcessInfo.processInfo.environment,
+    public static func backend(url: String?, serverModel: String, apiKey: String?, api: OpenAIAPI = .completions,
+                               environment: [String: String] = ProcessInfo.processInfo.environment,
                                local: () throws -> CompletionBackend) throws -> CompletionBackend {
         guard url != nil || !(environment["STITCH_LM_BASE_URL"] ?? "").isEmpty else { return try local() }
-        return try fromEnvironment(baseURL: url, model: serverModel, apiKey: apiKey, environment: environment)
+        return try fromEnvironment(baseURL: url, model: serverModel, apiKey: apiKey, api: api, environment: environment)
     }
 
     /// Base URL and key from the arguments, else STITCH_LM_BASE_URL / STITCH_LM_API_KEY, else OPENAI_BASE_URL / OPENAI_API_KEY.
-    static func fromEnvironment(baseURL: String?, model: String, apiKey: String?,
-                                       environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OpenAICompletionClient {
+    static func fromEnvironment(baseURL: String?, model: String, apiKey: String?, api: OpenAIAPI = .completions,
+                                environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OpenAICompletionClient {
         guard let base = baseURL ?? configuredBaseURL(in: environment) else {
             throw CompletionError.invalidRequest("no server: give --lm-url or set STITCH_LM_BASE_URL")
         }
-        return OpenAICompletionClient(baseURL: base, model: model, apiKey: apiKey ?? configuredAPIKey(in: environment))
+        return OpenAICompletionClient(baseURL: base, model: model, apiKey: apiKey ?? configuredAPIKey(in: environment), api: api)
     }
 
-    public func complete(_ request: CompletionRequest) throws -> [Completion] {
-        let body = try JSONSerialization.data(withJSONObject: CompletionWire.requestBody(request, model: model))
+    public func complete(_ request: CompletionRequest, stream: CompletionStream?) throws -> [Completion] {
+        guard api == .completions else { return try chat(ChatRequest(userMessage: request.prompt, settings: request), stream: stream) }
+        return try post(OpenAIWire.completionsBody(request, model: model), chat: false, logprobs: request.logprobs, stream: stream)
+    }
+
+    public func chat(_ request: ChatRequest, stream: CompletionStream?) throws -> [Completion] {
+        var client = self
+        client.api = .chat
+        return try client.post(OpenAIWire.chatBody(request, model: model), chat: true, logprobs: request.settings.logprobs, stream: stream)
+    }
+
+    private func post(_ json: [String: Any], chat: Bool, logprobs: Bool, stream: CompletionStream?) throws -> [Completion] {
+        let url = self.url
+        let body = try JSONSerialization.data(withJSONObject: json)
         var post = HTTPClientRequest(url, method: .post(body), headers: ["Content-Type: application/json"] + (apiKey.map { $0.isEmpty ? [] : ["Authorization: Bearer \($0)"] } ?? []))
         post.timeout = timeout
         let response: HTTPClientResponse
@@ -158,6 +111,8 @@ public struct OpenAICompletionClient: CompletionBackend {
         } catch {
             throw CompletionError.server(url: url, detail: error.detail)
         }
-        return try CompletionWire.parseResponse(response.body, url: url)
+        let completions = try OpenAIWire.parseResponse(response.body, url: url, chat: chat, logprobs: logprobs)
+        for (index, completion) in completions.enumerated() { try stream?(index, completion) }
+        return completions
     }
 }

@@ -243,3 +243,23 @@ public func transposed(_ x: Tensor, _ axisA: Int, _ axisB: Int) -> Tensor {
 public func widenHalfFloats(_ source: UnsafeRawPointer, count: Int, into target: UnsafeMutablePointer<Float>) {
     stitch_widen_half(source.assumingMemoryBound(to: UInt16.self), count, target)   // safetensors data is 2-byte aligned for F16
 }
+
+/// The k largest values' indices, largest first; equal values keep index order.
+/// One pass with a sorted k-list, since k is small next to a vocabulary.
+public func topIndices(_ values: [Float], _ k: Int) -> [Int] {
+    let k = min(k, values.count)
+    guard k > 0 else { return [] }
+    var best: [Int] = []
+    best.reserveCapacity(k + 1)
+    for i in values.indices {
+        if best.count == k, values[i] <= values[best[k - 1]] { continue }
+        var (low, high) = (0, best.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if values[best[middle]] >= values[i] { low = middle + 1 } else { high = middle }
+        }
+        best.insert(i, at: low)
+        if best.count > k { best.removeLast() }
+    }
+    return best
+}

@@ -35,6 +35,9 @@ public struct GPT2Tokenizer: VocabularyTokenizer {
     /// The id of a whole token (added tokens included).
     public func id(of token: String) -> Int? { addedTokens[token] ?? bpe.vocabulary[token] }
 
+    /// GPT-2 puts no special tokens around a text.
+    public func tokens(_ text: String) -> [Int] { encode(text) }
+
     public func encode(_ text: String) -> [Int] {
         encodeAroundSpecialTokens(text, addedTokens.merging(["<|endoftext|>": endOfTextID]) { _, base in base }) { part in
             Self.pretokenize(part).flatMap { bpe.encode(word: String(String.UnicodeScalarView($0)).utf8) }

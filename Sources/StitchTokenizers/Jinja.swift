@@ -106,13 +106,13 @@ public indirect enum JinjaValue: Sendable, Equatable {
         }
     }
 
-    subscript(key: String) -> JinjaValue? {
+    public subscript(key: String) -> JinjaValue? {
         guard case .object(let entries) = self else { return nil }
         return entries.first { $0.key == key }?.value
     }
 
     /// Python's str(): what `{{ }}` and `~` print.
-    var text: String {
+    public var text: String {
         switch self {
         case .undefined: return ""
         case .string(let s): return s

@@ -24,4 +24,7 @@ public protocol Tokenizer: Sendable {
 /// their start and stop tokens.
 public protocol VocabularyTokenizer: Tokenizer {
     func id(of token: String) -> Int?
+    /// Token ids of `text` without the special tokens the tokenizer puts around a text (transformers'
+    /// add_special_tokens=False): what a rendered chat template, which writes its own, needs.
+    func tokens(_ text: String) throws(TokenizerError) -> [Int]
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StitchGraph
 import StitchModelIO
+import StitchRemote
 
 /// `stitch vqa` and `stitch caption --method magic|socratic` run their method's graph from Examples/ (or the user's
 /// copy, --graph); the flags a user gives fill the graph's inputs, node settings and components, and everything left
@@ -77,6 +78,7 @@ struct MethodGraph {
         guard let url = language.serverURL else { return }
         graph.components[name]!.options["url"] = .string(url)
         graph.components[name]!.options["model"] = .string(language.lmModel)
+        if language.lmApi != .completions { graph.components[name]!.options["api"] = .string(language.lmApi.rawValue) }
     }
 
     func runner() -> GraphRunner { GraphRunner(graph: graph, registry: registry, cacheFolder: cacheFolder) }

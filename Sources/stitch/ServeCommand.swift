@@ -5,14 +5,19 @@ import StitchMethods
 import StitchModelIO
 import StitchModels
 import StitchRemote
+import StitchTokenizers
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve a local language model as an OpenAI-compatible completions server, and graphs as HTTP endpoints.",
+        abstract: "Serve a local language model as an OpenAI-compatible server (completions and chat), and graphs as HTTP endpoints.",
         discussion: """
-        POST /v1/completions takes OpenAI's fields (prompt, max_tokens, temperature (0: greedy), top_p, n, stop, \
-        logprobs, seed); GET /v1/models lists the model. Each --graph name=file.yaml adds POST /graphs/name, whose \
-        JSON body holds the graph's inputs and whose answer holds its outputs. Runs until interrupted.
+        POST /v1/completions takes OpenAI's fields (prompt: a string, a list of strings or token ids; max_tokens, \
+        temperature (0: greedy), top_p, n, stop, logprobs (0-5), echo, seed, stream, stream_options). \
+        POST /v1/chat/completions renders the messages with the model's chat template (tokenizer_config.json), the \
+        reply ending at its eos_token (also logprobs, top_logprobs, max_completion_tokens, tools for templates that \
+        use them). Both stream server-sent events with stream: true and report usage; invalid parameters are 400 \
+        with the API's error object. GET /v1/models lists the model. Each --graph name=file.yaml adds POST \
+        /graphs/name, whose JSON body holds the graph's inputs and whose answer holds its outputs. Runs until interrupted.
         """)
 
     @Option(help: "Language model folder or hub id (GPT-2 or a Llama-architecture model with its tokenizer).")
@@ -66,6 +71,8 @@ struct Serve: ParsableCommand {
     func run() throws {
         let model = try hub.load(lm, as: (any CausalLanguageModel).self)
         _ = try model.decode([])   // a server needs the model's tokenizer: refused now, not at the first request
+        // The folder the model came from (a hub id's snapshot is cached by now) holds its chat template, if any.
+        let chatTemplate = try ChatTemplate(folder: try hub.locator.resolveModel(lm, files: .configOnly))
         let registry = trust.registry()
         var graphs: [String: Graph] = [:]
         for entry in graph {
@@ -74,7 +81,8 @@ struct Serve: ParsableCommand {
             graphs[String(entry[..<equals])] = try Graph.load(file, registry: registry)
         }
         let runners = graphs.mapValues { GraphRunner(graph: $0, registry: registry, cacheFolder: nil) }
-        let service = CompletionService(backend: LocalCompletionBackend(model: model, name: URL(fileURLWithPath: lm).lastPathComponent)) { request in
+        let backend = LocalCompletionBackend(model: model, name: URL(fileURLWithPath: lm).lastPathComponent, chatTemplate: chatTemplate)
+        let service = CompletionService(backend: backend) { request in
             guard request.method == "POST", request.path.hasPrefix("/graphs/") else { return nil }
             let name = String(request.path.dropFirst("/graphs/".count))
             guard let runner = runners[name] else { return .error("no graph named '\(name)'", status: 404) }
@@ -99,7 +107,8 @@ struct Serve: ParsableCommand {
         } catch {
             throw ValidationError("cannot listen on \(host):\(port): \(error)")
         }
-        FileHandle.standardError.write(Data("stitch serve: listening on \(server.baseURL) (model \(service.backend.name)\(graphs.isEmpty ? "" : "; graphs \(graphs.keys.sorted().joined(separator: ", "))"))\n".utf8))
+        let chat = chatTemplate == nil ? "; no chat template, so completions only" : "; chat template from \(chatTemplate!.file)"
+        FileHandle.standardError.write(Data("stitch serve: listening on \(server.baseURL) (model \(service.backend.name)\(chat)\(graphs.isEmpty ? "" : "; graphs \(graphs.keys.sorted().joined(separator: ", "))"))\n".utf8))
         server.wait()
         FileHandle.standardError.write(Data("stitch serve: stopped\n".utf8))
     }

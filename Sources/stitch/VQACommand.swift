@@ -4,7 +4,10 @@ import StitchGraph
 import StitchMethods
 import StitchModelIO
 import StitchModels
+import StitchRemote
 import StitchTensor
+
+extension OpenAIAPI: ExpressibleByArgument {}
 
 /// Which language model completes prompts: a local model, or an OpenAI-compatible server.
 struct LanguageModelOptions: ParsableArguments {
@@ -16,6 +19,9 @@ struct LanguageModelOptions: ParsableArguments {
 
     @Option(help: "The server's API key (else STITCH_LM_API_KEY or OPENAI_API_KEY); never printed.")
     var lmKey: String?
+
+    @Option(help: "The server's API: completions, or chat (each prompt sent as one user message; for servers that offer only chat).")
+    var lmApi: OpenAIAPI = .completions
 
     /// The server the user chose: --lm-url, else STITCH_LM_BASE_URL; nil runs the local model.
     var serverURL: String? {

@@ -81,7 +81,7 @@ final class PluggableModelTests: XCTestCase {
         }
 
         func decode(_ ids: [Int]) throws -> String { String(ids.filter { $0 < Self.alphabet.count }.map { Self.alphabet[$0] }) }
-        func encode(_ text: String) throws -> [Int] { text.lowercased().compactMap { Self.alphabet.firstIndex(of: $0) } }
+        func encode(_ text: String, specialTokens: Bool) throws -> [Int] { text.lowercased().compactMap { Self.alphabet.firstIndex(of: $0) } }
         func tokenID(of token: String) -> Int? { token.count == 1 ? Self.alphabet.firstIndex(of: token.first!) : nil }
     }
 

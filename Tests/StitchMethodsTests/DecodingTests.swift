@@ -176,7 +176,7 @@ final class PeakedLM: CausalLanguageModel, @unchecked Sendable {
         return scaled
     }
     func decode(_ ids: [Int]) throws -> String { try base.decode(ids) }
-    func encode(_ text: String) throws -> [Int] { try base.encode(text) }
+    func encode(_ text: String, specialTokens: Bool) throws -> [Int] { try base.encode(text, specialTokens: specialTokens) }
     func tokenID(of token: String) -> Int? { base.tokenID(of: token) }
     func forwardCandidates(_ tokens: [Int], after cache: GPT2Cache) throws -> (hidden: Tensor, candidates: GPT2Candidates) {
         candidateCounts.append(tokens.count)

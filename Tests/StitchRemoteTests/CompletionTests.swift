@@ -53,7 +53,7 @@ final class CompletionTests: XCTestCase {
 
         // Bad requests are 400s whose message the client quotes.
         XCTAssertThrowsError(try client.complete(CompletionRequest(prompt: "x", count: 40))) { error in
-            XCTAssert("\(error)".contains("HTTP 400: invalid completion request: 'n' must be a whole number in 1...16"), "\(error)")
+            XCTAssert("\(error)".contains("HTTP 400: 'n' must be a whole number from 1 to 16"), "\(error)")
         }
     }
 
@@ -62,11 +62,9 @@ final class CompletionTests: XCTestCase {
         for body in [#"{"prompt": "x", "max_tokens": 1e19}"#, #"{"prompt": "x", "n": 1e19}"#, #"{"prompt": "x", "seed": 1e19}"#,
                      #"{"prompt": "x", "seed": -5}"#, #"{"prompt": "x", "max_tokens": 2.5}"#, #"{"prompt": "x", "max_tokens": -1}"#,
                      #"{"prompt": "x", "temperature": "hot"}"#, #"{"prompt": "x", "top_p": 7}"#, #"{"prompt": "x", "n": 0}"#] {
-            XCTAssertThrowsError(try CompletionWire.parseRequest(Data(body.utf8)), body) { error in
-                guard case CompletionError.invalidRequest = error else { return XCTFail("\(body): \(error)") }
-            }
+            XCTAssertThrowsError(try OpenAIWire.parseCompletions(Data(body.utf8)), body)
         }
-        XCTAssertEqual(try CompletionWire.parseRequest(Data(#"{"prompt": "x", "max_tokens": 3, "n": 2, "seed": 9}"#.utf8)).count, 2)
+        XCTAssertEqual(try OpenAIWire.parseCompletions(Data(#"{"prompt": "x", "max_tokens": 3, "n": 2, "seed": 9}"#.utf8)).count, 2)
     }
 
     /// Silent, stalled and trickling clients are answered 408 and dropped once the request timeout passes; a
@@ -190,8 +188,8 @@ final class CompletionTests: XCTestCase {
         let calls = Counter()
         let flaky = try HTTPServer { _ in
             calls.next() <= 2 ? .error("overloaded", status: 503)
-                : .json(CompletionWire.responseBody([Completion(text: " yes", tokens: [" yes"], tokenLogprobs: [-0.5], finishReason: "stop")],
-                                                    model: "m", logprobs: true))
+                : .json(OpenAIWire.envelope(id: "cmpl-1", object: "text_completion", model: "m", created: 0, choices: [
+                    OpenAIWire.completionChoice(Completion(text: " yes", tokens: [" yes"], tokenLogprobs: [-0.5], finishReason: "stop"), index: 0, logprobs: true)]))
         }
         defer { flaky.stop() }
         var client = OpenAICompletionClient(baseURL: flaky.baseURL + "/v1/", model: "m", apiKey: nil)
@@ -277,5 +275,6 @@ final class LocalBackendTests: XCTestCase {
 /// A stand-in local backend that only has a name.
 private struct LocalBackendName: CompletionBackend {
     var name: String { "local" }
-    func complete(_ request: CompletionRequest) throws -> [Completion] { [] }
+    func complete(_ request: CompletionRequest, stream: CompletionStream?) throws -> [Completion] { [] }
+    func chat(_ request: ChatRequest, stream: CompletionStream?) throws -> [Completion] { [] }
 }
