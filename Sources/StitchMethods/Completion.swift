@@ -187,7 +187,7 @@ public struct LocalCompletionBackend: CompletionBackend {
         return try (0..<request.count).map { index in
             let stop = StopConditions(maxTokens: request.maxTokens, strings: request.stop, endTokens: endTokens)
             var scores: [TokenScore] = []
-            var streamer = stream.map { TextStreamer(choice: index, stop: request.stop, echo: echo, send: $0) }
+            var streamer = stream.map { TextStreamer(choice: index, stop: request.stop, prompt: ids, echo: echo, send: $0) }
             var generated: [Int] = []
             let onToken = { (token: Int, logits: [Float]) throws in
                 generated.append(token)
@@ -216,9 +216,9 @@ public struct LocalCompletionBackend: CompletionBackend {
             }
             var completion = Completion(text: text, finishReason: finish, echo: echo, promptTokenCount: ids.count, completionTokenCount: produced)
             if request.logprobs {
-                completion.tokens = try generated.map { try model.decode([$0]) }
-                completion.tokenLogprobs = scores.prefix(generated.count).map { Double($0.logprob) }
-                if top > 0 { completion.topLogprobs = try scores.prefix(generated.count).map { try alternatives($0, model: model) } }
+                let kept = Array(scores.prefix(generated.count))
+                (completion.tokens, completion.topLogprobs) = try tokenTexts(generated, scores: kept, after: ids, model: model)
+                completion.tokenLogprobs = kept.map { Double($0.logprob) }
             }
             try streamer?.finish(completion)
             return completion
@@ -231,14 +231,32 @@ public struct LocalCompletionBackend: CompletionBackend {
         if case .text(let given, _) = prompt, given.hasSuffix(text) { text = given }
         guard logprobs else { return Completion.Echo(text: text, tokens: [], tokenLogprobs: [], topLogprobs: []) }
         let scores = try model.scoredTokens(Array(ids.dropFirst()), after: [ids[0]], top: top)
-        return Completion.Echo(text: text, tokens: try ids.map { try model.decode([$0]) }, tokenLogprobs: scores.map { Double($0.logprob) },
-                               topLogprobs: top > 0 ? try [[]] + scores.map { try alternatives($0, model: model) } : [])
+        let (texts, alternatives) = try tokenTexts(Array(ids.dropFirst()), scores: scores, after: [ids[0]], model: model)
+        return Completion.Echo(text: text, tokens: [try model.decode([ids[0]])] + texts, tokenLogprobs: scores.map { Double($0.logprob) },
+                               topLogprobs: top > 0 ? [[]] + alternatives : [])
     }
 }
 
-/// The most likely tokens at a position, as text.
-private func alternatives<Model: CausalLanguageModel>(_ score: TokenScore, model: Model) throws -> [TokenLogprob] {
-    try score.top.map { TokenLogprob(token: try model.decode([$0.token]), logprob: Double($0.logprob)) }
+/// The texts of `tokens` and of their scores' alternatives as each adds to the text before it (SentencePiece's
+/// "▁bear" after "the" is " bear", as incremental detokenization gives it): the `context` tokens before the first.
+func tokenTexts<Model: CausalLanguageModel>(_ tokens: [Int], scores: [TokenScore], after context: [Int], model: Model) throws -> (texts: [String], top: [[TokenLogprob]]) {
+    var texts: [String] = [], top: [[TokenLogprob]] = []
+    var before = context
+    for (i, token) in tokens.enumerated() {
+        // A few tokens before are enough for the spacing and for characters split over tokens.
+        let window = Array(before.suffix(4))
+        let prefix = try model.decode(window)
+        func text(of next: Int) throws -> String {
+            let joined = try model.decode(window + [next])
+            return joined.hasPrefix(prefix) ? String(joined.dropFirst(prefix.count)) : try model.decode([next])
+        }
+        texts.append(try text(of: token))
+        if i < scores.count, !scores[i].top.isEmpty {
+            top.append(try scores[i].top.map { TokenLogprob(token: try text(of: $0.token), logprob: Double($0.logprob)) })
+        }
+        before.append(token)
+    }
+    return (texts, top)
 }
 
 /// Sends a choice's text as it grows, holding back what a later token may still change: a character whose bytes
@@ -247,14 +265,16 @@ private func alternatives<Model: CausalLanguageModel>(_ score: TokenScore, model
 struct TextStreamer {
     let choice: Int
     let stop: [String]
+    /// The tokens before the generated ones (their texts follow on from it).
+    let prompt: [Int]
     let send: CompletionStream
     /// The prompt given back, sent with the first piece.
     private var echo: Completion.Echo?
     private var sentText = ""
     private var sentTokens = 0
 
-    init(choice: Int, stop: [String], echo: Completion.Echo?, send: @escaping CompletionStream) {
-        (self.choice, self.stop, self.echo, self.send) = (choice, stop, echo, send)
+    init(choice: Int, stop: [String], prompt: [Int], echo: Completion.Echo?, send: @escaping CompletionStream) {
+        (self.choice, self.stop, self.prompt, self.echo, self.send) = (choice, stop, prompt, echo, send)
     }
 
     private mutating func deliver(_ piece: Completion) throws {
@@ -280,7 +300,11 @@ struct TextStreamer {
         var covered = sentTokens
         while covered < kept.count, try model.decode(Array(kept.prefix(covered + 1))).count <= text.count { covered += 1 }
         var piece = Completion(text: String(text.dropFirst(sentText.count)), finishReason: "")
-        try fill(&piece, tokens: Array(kept[sentTokens..<covered]), scores: scores.isEmpty ? [] : Array(scores[sentTokens..<covered]), model: model)
+        if !scores.isEmpty {
+            let run = Array(scores[sentTokens..<covered])
+            (piece.tokens, piece.topLogprobs) = try tokenTexts(Array(kept[sentTokens..<covered]), scores: run, after: prompt + kept[..<sentTokens], model: model)
+            piece.tokenLogprobs = run.map { Double($0.logprob) }
+        }
         (sentText, sentTokens) = (text, covered)
         try deliver(piece)
     }
@@ -296,13 +320,6 @@ struct TextStreamer {
             if !completion.topLogprobs.isEmpty { piece.topLogprobs = Array(completion.topLogprobs[sentTokens...]) }
         }
         try deliver(piece)
-    }
-
-    private func fill<Model: CausalLanguageModel>(_ piece: inout Completion, tokens: [Int], scores: [TokenScore], model: Model) throws {
-        guard !scores.isEmpty else { return }
-        piece.tokens = try tokens.map { try model.decode([$0]) }
-        piece.tokenLogprobs = scores.map { Double($0.logprob) }
-        if scores.contains(where: { !$0.top.isEmpty }) { piece.topLogprobs = try scores.map { try alternatives($0, model: model) } }
     }
 }
 

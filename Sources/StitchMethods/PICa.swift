@@ -82,6 +82,10 @@ public struct PICa: Sendable {
         var candidates: [(answer: String, logprob: Double)] = []
         for prompt in prompts {
             let completion = try backend.complete(CompletionRequest(prompt: prompt, maxTokens: maxTokens, temperature: 0, stop: ["\n", "<|endoftext|>"], logprobs: true))[0]
+            // Answers are ranked by their tokens' log-probabilities: a server that sends none would rank them on nothing.
+            guard completion.text.isEmpty || !completion.tokenLogprobs.isEmpty else {
+                throw MethodError.invalidInput("PICa: the language model \(backend.name) returned no log-probabilities (logprobs), by which PICa ranks its answers")
+            }
             // Up to the first newline: a server that ignores the stop list must not change the answer.
             let line = completion.text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
             candidates.append((normalization.apply(line), completion.totalLogprob))

@@ -81,7 +81,7 @@ public final class CompletionService: Sendable {
     /// reason, the usage when asked (stream_options.include_usage), then [DONE]. A request refused before its first
     /// chunk gets an error response instead; an error after it, an error event.
     private func stream(_ call: OpenAIWire.Call, chat: Bool) async -> HTTPResponse {
-        let (events, continuation) = AsyncStream<Data>.makeStream()
+        let events = ResponseStream()
         let backend = self.backend
         let (id, created) = (Self.identifier(chat: chat), Int(Date().timeIntervalSince1970))
         let object = chat ? "chat.completion.chunk" : "text_completion"
@@ -93,7 +93,7 @@ public final class CompletionService: Sendable {
                 func send(_ choices: [[String: Any]], extra: [String: Any] = [:]) throws {
                     replied.resume(.eventStream(events))
                     let chunk = OpenAIWire.envelope(id: id, object: object, model: backend.name, created: created, choices: choices).merging(extra) { $1 }
-                    if case .terminated = continuation.yield(OpenAIWire.event(chunk)) { throw CancellationError() }
+                    guard events.send(OpenAIWire.event(chunk)) else { throw CancellationError() }
                 }
                 let onPiece: CompletionStream = { index, piece in
                     let final = !piece.finishReason.isEmpty
@@ -114,15 +114,15 @@ public final class CompletionService: Sendable {
                 do {
                     let completions = try Self.run(call, chat: chat, backend: backend, stream: onPiece)
                     if call.includeUsage { try send([], extra: ["usage": OpenAIWire.usage(completions, prompts: call.requests.count, count: call.count)]) }
-                    continuation.yield(OpenAIWire.done)
+                    events.send(OpenAIWire.done)
                 } catch is CancellationError {
                     // The client went: nothing to tell it.
                 } catch {
                     let response = Self.failure(error)
-                    if !replied.resume(response) { continuation.yield(OpenAIWire.event((try? JSONSerialization.jsonObject(with: response.body)) ?? [:])) }
+                    if !replied.resume(response) { events.send(OpenAIWire.event((try? JSONSerialization.jsonObject(with: response.body)) ?? [:])) }
                 }
                 replied.resume(.eventStream(events))
-                continuation.finish()
+                events.finish()
             }
         }
     }

@@ -29,16 +29,15 @@ public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: [String: String]
     public var body: Data
-    /// A body written as it is produced (chunked), instead of `body`; the producer sees `.terminated` from its
-    /// continuation's yield once the client has gone.
-    public var stream: AsyncStream<Data>?
+    /// A body written as it is produced (chunked), instead of `body`.
+    public var stream: ResponseStream?
 
-    public init(status: Int, headers: [String: String] = [:], body: Data = Data(), stream: AsyncStream<Data>? = nil) {
+    public init(status: Int, headers: [String: String] = [:], body: Data = Data(), stream: ResponseStream? = nil) {
         (self.status, self.headers, self.body, self.stream) = (status, headers, body, stream)
     }
 
-    /// Server-sent events: each element of `events` is written as it comes.
-    public static func eventStream(_ events: AsyncStream<Data>) -> HTTPResponse {
+    /// Server-sent events: each piece of `events` is written as it comes.
+    public static func eventStream(_ events: ResponseStream) -> HTTPResponse {
         HTTPResponse(status: 200, headers: ["Content-Type": "text/event-stream", "Cache-Control": "no-cache"], stream: events)
     }
 
@@ -159,9 +158,13 @@ public final class HTTPServer: Sendable {
             return Response(status: .init(code: response.status), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: response.body)))
         }
         return Response(status: .init(code: response.status), headers: fields, body: .init { writer in
-            // A write to a client that has gone throws: the loop ends and the stream, dropped, tells its producer.
-            for await data in stream { try await writer.write(ByteBuffer(bytes: data)) }
-            try await writer.finish(nil)
+            do {
+                for await data in stream.pieces { try await writer.write(ByteBuffer(bytes: data)) }
+                try await writer.finish(nil)
+            } catch {
+                stream.finish()   // the client has gone: the producer's next send says so
+                throw error
+            }
         })
     }
 
@@ -170,6 +173,25 @@ public final class HTTPServer: Sendable {
         refusal.headers["Connection"] = "close"   // the body is never read
         return response(refusal)
     }
+}
+
+/// A response body its producer writes piece by piece while the server sends it; the producer learns from `send`
+/// when the client has gone, and stops.
+public final class ResponseStream: Sendable {
+    let pieces: AsyncStream<Data>
+    private let continuation: AsyncStream<Data>.Continuation
+
+    public init() { (pieces, continuation) = AsyncStream.makeStream() }
+
+    /// Queues `data`; false once the client has gone (or the stream is finished).
+    @discardableResult
+    public func send(_ data: Data) -> Bool {
+        if case .terminated = continuation.yield(data) { return false }
+        return true
+    }
+
+    /// The body is complete (also what the server does when the client goes: later sends return false).
+    public func finish() { continuation.finish() }
 }
 
 /// Runs blocking work (model compute, large JSON, sleeps) on `queue`, off Swift's cooperative pool and the event loops.

@@ -82,16 +82,16 @@ public struct OpenAICompletionClient: CompletionBackend {
 
     public func complete(_ request: CompletionRequest, stream: CompletionStream?) throws -> [Completion] {
         guard api == .completions else { return try chat(ChatRequest(userMessage: request.prompt, settings: request), stream: stream) }
-        return try post(OpenAIWire.completionsBody(request, model: model), chat: false, logprobs: request.logprobs, stream: stream)
+        return try post(OpenAIWire.completionsBody(request, model: model), chat: false, stream: stream)
     }
 
     public func chat(_ request: ChatRequest, stream: CompletionStream?) throws -> [Completion] {
         var client = self
         client.api = .chat
-        return try client.post(OpenAIWire.chatBody(request, model: model), chat: true, logprobs: request.settings.logprobs, stream: stream)
+        return try client.post(OpenAIWire.chatBody(request, model: model), chat: true, stream: stream)
     }
 
-    private func post(_ json: [String: Any], chat: Bool, logprobs: Bool, stream: CompletionStream?) throws -> [Completion] {
+    private func post(_ json: [String: Any], chat: Bool, stream: CompletionStream?) throws -> [Completion] {
         let url = self.url
         let body = try JSONSerialization.data(withJSONObject: json)
         var post = HTTPClientRequest(url, method: .post(body), headers: ["Content-Type: application/json"] + (apiKey.map { $0.isEmpty ? [] : ["Authorization: Bearer \($0)"] } ?? []))
@@ -111,7 +111,7 @@ public struct OpenAICompletionClient: CompletionBackend {
         } catch {
             throw CompletionError.server(url: url, detail: error.detail)
         }
-        let completions = try OpenAIWire.parseResponse(response.body, url: url, chat: chat, logprobs: logprobs)
+        let completions = try OpenAIWire.parseResponse(response.body, url: url, chat: chat)
         for (index, completion) in completions.enumerated() { try stream?(index, completion) }
         return completions
     }

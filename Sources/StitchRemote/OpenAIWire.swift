@@ -251,9 +251,9 @@ enum OpenAIWire {
         return body
     }
 
-    /// A completions or chat completions response's choices, in index order; with `logprobs`, a server that sends
-    /// none is an error (answers ranked by log-probability would rank on nothing).
-    static func parseResponse(_ body: Data, url: String, chat: Bool, logprobs: Bool) throws -> [Completion] {
+    /// A completions or chat completions response's choices, in index order (tokens and log-probabilities when the
+    /// server sent them).
+    static func parseResponse(_ body: Data, url: String, chat: Bool) throws -> [Completion] {
         guard let json = try? JinjaValue(jsonText: body), case .array(let choices)? = json["choices"] else {
             throw CompletionError.server(url: url, detail: "the response is not a \(chat ? "chat completion" : "completions") object")
         }
@@ -269,8 +269,6 @@ enum OpenAIWire {
                         completion.tokens.append(token)
                         completion.tokenLogprobs.append(value)
                     }
-                } else if logprobs {
-                    throw CompletionError.server(url: url, detail: "the server sent no log-probabilities (logprobs) for the chat completion, which ranking answers needs")
                 }
             } else {
                 guard case .string(let text)? = choice["text"] else { throw CompletionError.server(url: url, detail: "a choice has no text") }
@@ -278,8 +276,6 @@ enum OpenAIWire {
                 if case .array(let tokens)? = choice["logprobs"]?["tokens"], case .array(let values)? = choice["logprobs"]?["token_logprobs"] {
                     completion.tokens = tokens.map(\.text)
                     completion.tokenLogprobs = values.compactMap(\.numberValue)
-                } else if logprobs {
-                    throw CompletionError.server(url: url, detail: "the server sent no log-probabilities (logprobs) for the completion, which ranking answers needs")
                 }
             }
             return completion

@@ -72,6 +72,35 @@ final class GraphTrustTests: XCTestCase {
         XCTAssertEqual(seen.all, ["none", "Bearer sk-user"])
     }
 
+    /// A completion component with `api: chat` asks the server's chat completions with the prompt as a user message;
+    /// an unknown api is refused when the graph loads.
+    func testACompletionComponentCanSpeakChat() async throws {
+        let seen = Seen()
+        let server = try HTTPServer { request in
+            let body = (try? JSONSerialization.jsonObject(with: request.body)) as? [String: Any] ?? [:]
+            let message = (body["messages"] as? [[String: Any]])?.first
+            seen.add("\(request.path) \(message?["role"] as? String ?? "-"): \(message?["content"] as? String ?? "-")")
+            return .json(["choices": [["index": 0, "message": ["role": "assistant", "content": " blue"], "finish_reason": "stop",
+                                       "logprobs": ["content": [["token": " blue", "logprob": -0.25]]]]]])
+        }
+        defer { server.stop() }
+        let registry = OperationRegistry.standard(trust: GraphTrust(keyedURLs: [], environment: [:]))
+        for api in ["chat", "fax"] {
+            let file = folder.appendingPathComponent("graphs/chat-\(api).yaml")
+            try "components:\n  lm: {kind: completion, model: m, url: \"\(server.baseURL)\", api: \(api)}\nnodes:\n  out: {op: lm_complete, lm: lm, prompt: colour?}\noutputs: {text: $out.text, logprob: $out.logprob}\n"
+                .write(to: file, atomically: true, encoding: .utf8)
+            let runner = GraphRunner(graph: try Graph.load(file.path, registry: registry), registry: registry, cacheFolder: nil)
+            if api == "fax" {
+                do { _ = try await runner.run(inputs: [:]); XCTFail("api fax ran") } catch { XCTAssertTrue("\(error)".contains("completions or chat"), "\(error)") }
+                continue
+            }
+            let outputs = try await runner.run(inputs: [:])
+            XCTAssertEqual(outputs["text"], .string(" blue"))
+            XCTAssertEqual(outputs["logprob"], .number(-0.25))
+        }
+        XCTAssertEqual(seen.all, ["/v1/chat/completions user: colour?"])
+    }
+
     final class Seen: @unchecked Sendable {
         private let lock = NSLock()
         private var values: [String] = []

@@ -54,6 +54,15 @@ public final class RawConnection: @unchecked Sendable {
         return (status, head, String(decoding: body, as: UTF8.self))
     }
 
+    /// What the server has sent up to and including `marker`, or nil when the connection closes (or the read times out) first.
+    public func read(until marker: String) -> String? {
+        while buffered.range(of: Data(marker.utf8)) == nil { guard receive() else { return nil } }
+        return String(decoding: buffered, as: UTF8.self)
+    }
+
+    /// Closes both directions now (the client goes away mid-response).
+    public func hangUp() { shutdown(fd, Int32(SHUT_RDWR)) }
+
     /// Whether the server closes the connection within `seconds` (what it sends meanwhile is kept for reading).
     public func isClosedByServer(within seconds: Double = 10) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
