@@ -382,7 +382,15 @@ indirect enum JinjaNode: Sendable {
     case loop(names: [String], over: JinjaExpr, filter: JinjaExpr?, body: [JinjaNode], otherwise: [JinjaNode])
     case set(name: String, attribute: String?, JinjaExpr)
     case setBlock(name: String, [JinjaNode])
+    case macro(JinjaMacro)
     case breakLoop, continueLoop
+}
+
+/// `{% macro name(a, b=default) %}...{% endmacro %}`: called, it renders its body with its arguments.
+struct JinjaMacro: Sendable {
+    let name: String
+    let parameters: [(name: String, fallback: JinjaExpr?)]
+    let body: [JinjaNode]
 }
 
 struct JinjaParser {
@@ -482,6 +490,19 @@ struct JinjaParser {
             let value = try parseExpression()
             try expect(.statementEnd, "'%}'")
             return .set(name: name, attribute: attribute, value)
+        case "macro":
+            guard case .name(let name) = next() else { throw JinjaError("'macro' needs a name") }
+            try expect(.symbol("("), "'(' after the macro's name")
+            var parameters: [(name: String, fallback: JinjaExpr?)] = []
+            while !accept(.symbol(")")) {
+                guard case .name(let parameter) = next() else { throw JinjaError("a macro's parameters are names") }
+                parameters.append((parameter, accept(.symbol("=")) ? try parseExpression() : nil))
+                if !accept(.symbol(",")) { try expect(.symbol(")"), "')'"); break }
+            }
+            try expect(.statementEnd, "'%}'")
+            let (body, _) = try parseBody(until: ["endmacro"])
+            try expect(.statementEnd, "'%}'")
+            return .macro(JinjaMacro(name: name, parameters: parameters, body: body))
         case "break", "continue":
             try expect(.statementEnd, "'%}'")
             return keyword == "break" ? .breakLoop : .continueLoop
@@ -731,6 +752,10 @@ struct JinjaRenderer {
     var scopes: [[String: JinjaValue]]
     var budget: Int
     var output = ""
+    /// Macros defined so far, by name (a name bound to `.function(name)`).
+    var macros: [String: JinjaMacro] = [:]
+    /// Macro calls in progress (recursion is bounded).
+    var depth = 0
     static let maximumOutput = 16 << 20
     static let globals: Set<String> = ["raise_exception", "namespace", "strftime_now", "range", "dict"]
 
@@ -784,6 +809,9 @@ struct JinjaRenderer {
                 let captured = output
                 output = saved
                 scopes[scopes.count - 1][name] = .string(captured)
+            case .macro(let macro):
+                macros[macro.name] = macro
+                scopes[scopes.count - 1][macro.name] = .function(macro.name, receiver: nil)
             case .breakLoop: return .breakLoop
             case .continueLoop: return .continueLoop
             }
@@ -1074,6 +1102,7 @@ struct JinjaRenderer {
 
     mutating func call(_ function: JinjaValue, _ arguments: [JinjaValue], _ keywords: [(String, JinjaValue)]) throws(JinjaError) -> JinjaValue {
         guard case let .function(name, receiver) = function else { throw JinjaError("'\(function.typeName)' object is not callable") }
+        if receiver == nil, let macro = macros[name] { return try call(macro, arguments, keywords) }
         func argument(_ index: Int) -> JinjaValue? { arguments.count > index ? arguments[index] : nil }
         func string(_ index: Int) throws(JinjaError) -> String? {
             guard let value = argument(index), value != .none else { return nil }
@@ -1162,6 +1191,28 @@ struct JinjaRenderer {
             try spend(count)
             return .array(stride(from: start, to: stop, by: step).map(JinjaValue.int))
         }
+    }
+
+    /// A macro's body rendered with its arguments, over the template's variables (not the caller's loop variables).
+    mutating func call(_ macro: JinjaMacro, _ arguments: [JinjaValue], _ keywords: [(String, JinjaValue)]) throws(JinjaError) -> JinjaValue {
+        guard depth < 64 else { throw JinjaError("macro '\(macro.name)' calls itself too deeply") }
+        guard arguments.count <= macro.parameters.count else { throw JinjaError("macro '\(macro.name)' takes \(macro.parameters.count) arguments, got \(arguments.count)") }
+        var scope: [String: JinjaValue] = [:]
+        for (index, parameter) in macro.parameters.enumerated() {
+            if index < arguments.count { scope[parameter.name] = arguments[index] }
+            else if let given = keywords.first(where: { $0.0 == parameter.name }) { scope[parameter.name] = given.1 }
+            else if let fallback = parameter.fallback { scope[parameter.name] = try evaluate(fallback) }
+            else { scope[parameter.name] = .undefined }
+        }
+        let (savedScopes, savedOutput) = (scopes, output)
+        scopes = [scopes[0], scope]
+        output = ""
+        depth += 1
+        defer { depth -= 1 }
+        try render(macro.body)
+        let rendered = output
+        (scopes, output) = (savedScopes, savedOutput)
+        return .string(rendered)
     }
 
     mutating func applyFilter(_ name: String, _ value: JinjaValue, _ arguments: [JinjaValue], _ keywords: [String: JinjaValue]) throws(JinjaError) -> JinjaValue {
@@ -1263,6 +1314,43 @@ struct JinjaRenderer {
                 if passes == name.hasPrefix("select") { kept.append(item) }
             }
             return .array(kept)
+        case "sort", "min", "max":
+            var items = try iterate(value)
+            let attribute: String? = { if case .string(let a)? = argument(name == "sort" ? 2 : 1, "attribute") { return a } else { return nil } }()
+            let caseSensitive = argument(name == "sort" ? 1 : 0, "case_sensitive")?.isTrue ?? false
+            func key(_ item: JinjaValue) throws(JinjaError) -> JinjaValue {
+                let subject = try attribute.map { field throws(JinjaError) in try self.attribute(item, field) } ?? item
+                if !caseSensitive, case .string(let s) = subject { return .string(s.lowercased()) }
+                return subject
+            }
+            var keyed: [(key: JinjaValue, item: JinjaValue)] = []
+            for item in items { keyed.append((try key(item), item)) }
+            var failure: JinjaError?
+            keyed.sort { a, b in   // stable: Swift's sort is, as Python's
+                do throws(JinjaError) { return try compare("<", a.key, b.key) } catch { failure = error; return false }
+            }
+            if let failure { throw failure }
+            items = keyed.map(\.item)
+            if name == "min" { return items.first ?? .undefined }
+            if name == "max" { return keyed.last.map { last in keyed.first { $0.key == last.key }!.item } ?? .undefined }
+            return .array(argument(0, "reverse")?.isTrue == true ? items.reversed() : items)
+        case "dictsort":
+            guard case .object(let entries) = value else { throw JinjaError("dictsort needs a dict") }
+            let byValue = argument(1, "by") == .string("value")
+            let sorted = try entries.sorted { a, b in
+                let (x, y): (JinjaValue, JinjaValue) = byValue ? (a.value, b.value) : (.string(a.key.lowercased()), .string(b.key.lowercased()))
+                return (try? compare("<", x, y)) ?? false
+            }
+            return .array((argument(2, "reverse")?.isTrue == true ? sorted.reversed() : sorted).map { .array([.string($0.key), $0.value]) })
+        case "sum":
+            var total: JinjaValue = argument(1, "start") ?? .int(0)
+            for item in try iterate(value) {
+                let term = try { () throws(JinjaError) -> JinjaValue in
+                    if case .string(let field)? = argument(0, "attribute") { return try self.attribute(item, field) } else { return item }
+                }()
+                total = try binary("+", total, term)
+            }
+            return total
         case "unique":
             var seen: [JinjaValue] = []
             for item in try iterate(value) where !seen.contains(item) { seen.append(item) }

@@ -1895,6 +1895,13 @@ CHAT_CONSTRUCT_TEMPLATES = {
              "{{ v is mapping }}{{ v is iterable }}{{ v is boolean }}{{ v is true }} {% endfor %}{{ missing is defined }}{{ missing is undefined }}{{ messages is defined }}"
              "{{ 6 is divisibleby 3 }}{{ 6 is divisibleby(4) }}{{ 3 is odd }}{{ 4 is even }}{{ 'a' is equalto 'a' }}{{ 'a' is in ['a'] }}{{ 'abc' is lower }}{{ 'ABC' is upper }}"
              "{{ 'x' is not string }}{{ tools is none }}",
+    # Macros (as tool-use templates write them) and the sorting and summing filters.
+    "macros": "{%- macro render(message, prefix='> ', upper=false) -%}{{ prefix }}{{ message.role | upper if upper else message.role }}: {{ message.content | trim }}{%- endmacro -%}"
+              "{%- macro count_down(n) -%}{{ n }}{% if n > 0 %},{{ count_down(n - 1) }}{% endif %}{%- endmacro -%}"
+              "{% for m in messages %}{{ render(m) }}|{{ render(m, upper=true, prefix='# ') }}\n{% endfor %}{{ count_down(3) }}"
+              "|{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }}|{{ ['b', 'A', 'c'] | sort | join }}|{{ ['b', 'A', 'c'] | sort(case_sensitive=true) | join }}"
+              "|{{ [3, 1, 2] | sort(reverse=true) | list }}|{% for k, v in {'b': 1, 'A': 2} | dictsort %}{{ k }}={{ v }};{% endfor %}|{{ [1, 2, 3.5] | sum }}|{{ [{'n': 2}, {'n': 5}] | sum(attribute='n') }}"
+              "|{{ [4, 2, 9] | min }}{{ [4, 2, 9] | max }}|{{ ['bb', 'a'] | max }}",
     # A template that refuses a conversation, as Llama 2's does when roles do not alternate.
     "alternation": "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
                    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"

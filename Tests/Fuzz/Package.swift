@@ -13,6 +13,7 @@ let targets: [(name: String, modules: [String])] = [
     ("FuzzGraph", ["StitchGraph"]),
     ("FuzzSentencePiece", ["StitchTokenizers"]),
     ("FuzzTokenizerJSON", ["StitchTokenizers"]),
+    ("FuzzChatTemplate", ["StitchTokenizers"]),
     ("FuzzServeRequest", ["StitchRemote", "StitchMethods"]),
     ("FuzzCaptionEvaluation", ["StitchMethods"]),
 ]
