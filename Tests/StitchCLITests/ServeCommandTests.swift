@@ -1,8 +1,10 @@
 import Foundation
 import StitchModelIO
 import StitchMethods
+import StitchModels
 import StitchRemote
 import StitchTestSupport
+import StitchTokenizers
 import XCTest
 
 /// `stitch serve` as users run it: the binary on a free port, queried by the OpenAI-compatible
@@ -54,6 +56,35 @@ final class ServeCommandTests: XCTestCase {
             }
         }
         XCTAssertEqual(try OpenAICompletionClient(baseURL: base, model: "m", apiKey: "s3cret").complete(request).count, 1)
+    }
+
+    /// A Llama folder with a chat template serves chat completions through it (the startup line names the file);
+    /// one without answers chat requests with a 400 that says so.
+    func testServeChatThroughTheModelsTemplate() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let model = folder.appendingPathComponent("tiny-llama3")
+        try FileManager.default.copyItem(at: Fixtures.url("tiny-llama3"), to: model)
+        let config = model.appendingPathComponent("tokenizer_config.json")
+        var values = try JSONSerialization.jsonObject(with: Data(contentsOf: config)) as! [String: Any]
+        values["chat_template"] = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+        try JSONSerialization.data(withJSONObject: values).write(to: config)
+        let (process, base) = try startServe(["--lm", model.path])
+        defer { process.terminate(); process.waitUntilExit() }
+        let chat = OpenAICompletionClient(baseURL: base, model: "tiny-llama3", apiKey: nil, api: .chat)
+        let request = ChatRequest(messages: .array([.object([("role", .string("user")), ("content", .string("Hi"))])]),
+                                  settings: CompletionRequest(prompt: "", maxTokens: 5, temperature: 0, logprobs: true))
+        let reply = try chat.chat(request)[0]
+        // The same as the template's rendering completed in-process.
+        let local = LocalCompletionBackend(model: try Llama(folder: model), name: "m", chatTemplate: try ChatTemplate(folder: model))
+        XCTAssertEqual(reply.text, try local.chat(request)[0].text)
+        XCTAssertEqual(reply.tokens.count, 5)
+
+        let (plainProcess, plainBase) = try startServe(["--lm", Fixtures.url("tiny-llama3").path])
+        defer { plainProcess.terminate(); plainProcess.waitUntilExit() }
+        XCTAssertThrowsError(try OpenAICompletionClient(baseURL: plainBase, model: "m", apiKey: nil, api: .chat).chat(request)) {
+            XCTAssertTrue("\($0)".contains("HTTP 400") && "\($0)".contains("no chat template"), "\($0)")
+        }
     }
 
     func testServeCompletionsAndGraphs() throws {
