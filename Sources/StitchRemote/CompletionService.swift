@@ -17,11 +17,15 @@ public final class CompletionService: Sendable {
 
     static let completionsPath = "/v1/completions", chatPath = "/v1/chat/completions"
 
+    private var modelObject: [String: Any] { ["id": backend.name, "object": "model", "created": 0, "owned_by": "stitch"] }
+
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
         let path = request.path.split(separator: "?").first.map(String.init) ?? request.path
         switch (request.method, path) {
         case ("GET", "/v1/models"):
-            return .json(["object": "list", "data": [["id": backend.name, "object": "model", "created": 0, "owned_by": "stitch"]]])
+            return .json(["object": "list", "data": [modelObject]])
+        case ("GET", "/v1/models/\(backend.name)"):
+            return .json(modelObject)
         case ("POST", Self.completionsPath), ("POST", Self.chatPath):
             let chat = path == Self.chatPath
             let call: OpenAIWire.Call

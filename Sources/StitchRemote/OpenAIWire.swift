@@ -66,8 +66,24 @@ enum OpenAIWire {
         guard case .array(let messages)? = json["messages"], !messages.isEmpty else {
             throw WireError("'messages' must be a non-empty list of messages", parameter: "messages")
         }
+        var flattened: [JinjaValue] = []
         for message in messages {
-            guard case .string? = message["role"] else { throw WireError("each message needs a 'role' string", parameter: "messages") }
+            guard case .object(var fields) = message, case .string? = message["role"] else {
+                throw WireError("each message needs a 'role' string", parameter: "messages")
+            }
+            // Content as a list of text parts (as clients send it) is their text, one part a line, as vLLM gives it to
+            // templates written for text; other parts (images, audio) this model cannot take.
+            if case .array(let parts)? = message["content"], let index = fields.firstIndex(where: { $0.key == "content" }) {
+                var texts: [String] = []
+                for part in parts {
+                    guard part["type"] == .string("text"), case .string(let text)? = part["text"] else {
+                        throw WireError("only text content parts are supported, got \(part["type"]?.repr ?? "a part without a type")", parameter: "messages")
+                    }
+                    texts.append(text)
+                }
+                fields[index].value = .string(texts.joined(separator: "\n"))
+            }
+            flattened.append(.object(fields))
         }
         let key = json["max_completion_tokens"].map { $0 != .none } == true ? "max_completion_tokens" : "max_tokens"
         var settings = try parseSettings(json, maxTokensKey: key, defaultMaxTokens: CompletionRequest.untilContextEnds)
@@ -88,7 +104,7 @@ enum OpenAIWire {
         case .array(let list)?: tools = list.isEmpty ? .none : .array(list)
         default: throw WireError("'tools' must be a list", parameter: "tools")
         }
-        var call = Call(requests: [settings], chat: ChatRequest(messages: .array(messages), tools: tools, settings: settings))
+        var call = Call(requests: [settings], chat: ChatRequest(messages: .array(flattened), tools: tools, settings: settings))
         (call.stream, call.includeUsage) = try streaming(json)
         return call
     }

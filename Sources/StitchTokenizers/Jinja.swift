@@ -121,7 +121,7 @@ public indirect enum JinjaValue: Sendable, Equatable {
     }
 
     /// Python's repr().
-    var repr: String {
+    public var repr: String {
         switch self {
         case .undefined: return ""
         case .none: return "None"
@@ -559,17 +559,17 @@ struct JinjaParser {
     }
 
     mutating func parseCompare() throws(JinjaError) -> JinjaExpr {
-        let left = try parseMath1()
+        let left = try parseBinary()
         var operations: [(String, JinjaExpr)] = []
         while true {
             if case .symbol(let op) = peek, ["==", "!=", "<", ">", "<=", ">="].contains(op) {
                 position += 1
-                operations.append((op, try parseMath1()))
+                operations.append((op, try parseBinary()))
             } else if accept(.name("in")) {
-                operations.append(("in", try parseMath1()))
+                operations.append(("in", try parseBinary()))
             } else if peek == .name("not"), position + 1 < tokens.count, tokens[position + 1] == .name("in") {
                 position += 2
-                operations.append(("not in", try parseMath1()))
+                operations.append(("not in", try parseBinary()))
             } else {
                 break
             }
@@ -577,33 +577,16 @@ struct JinjaParser {
         return operations.isEmpty ? left : .compare(left, operations)
     }
 
-    mutating func parseMath1() throws(JinjaError) -> JinjaExpr {
-        var left = try parseConcat()
-        while case .symbol(let op) = peek, op == "+" || op == "-" {
+    /// Left-associative operator levels, loosest first, as jinja2's parser orders them.
+    static let binaryLevels: [Set<String>] = [["+", "-"], ["~"], ["*", "/", "//", "%"], ["**"]]
+
+    mutating func parseBinary(level: Int = 0) throws(JinjaError) -> JinjaExpr {
+        guard level < Self.binaryLevels.count else { return try parseUnary() }
+        var left = try parseBinary(level: level + 1)
+        while case .symbol(let op) = peek, Self.binaryLevels[level].contains(op) {
             position += 1
-            left = .binary(op, left, try parseConcat())
+            left = .binary(op, left, try parseBinary(level: level + 1))
         }
-        return left
-    }
-
-    mutating func parseConcat() throws(JinjaError) -> JinjaExpr {
-        var left = try parseMath2()
-        while accept(.symbol("~")) { left = .binary("~", left, try parseMath2()) }
-        return left
-    }
-
-    mutating func parseMath2() throws(JinjaError) -> JinjaExpr {
-        var left = try parsePower()
-        while case .symbol(let op) = peek, ["*", "/", "//", "%"].contains(op) {
-            position += 1
-            left = .binary(op, left, try parsePower())
-        }
-        return left
-    }
-
-    mutating func parsePower() throws(JinjaError) -> JinjaExpr {
-        var left = try parseUnary()
-        while accept(.symbol("**")) { left = .binary("**", left, try parseUnary()) }
         return left
     }
 

@@ -1928,7 +1928,7 @@ def chat_conversations():
 
 def make_chat_template_goldens():
     """Chat templates rendered as transformers' apply_chat_template renders them (its jinja2 environment, the
-    special tokens and tools/documents it passes): the published templates of Qwen2.5, Llama 3.2 and SmolLM2, and
+    special tokens and tools/documents it passes): the published templates of Qwen2.5, Llama 3.2, SmolLM2 and Mistral, and
     templates written to exercise each construct, over conversations with system prompts, tool calls and unicode,
     with and without add_generation_prompt."""
     from transformers.utils.chat_template_utils import _compile_jinja_template
@@ -1936,7 +1936,8 @@ def make_chat_template_goldens():
     templates = {**published, **CHAT_CONSTRUCT_TEMPLATES}
     specials = {"qwen2.5": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
                 "llama3.2": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "date_string": "26 Nov 2026"},
-                "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}}
+                "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}, "mistral": {"bos_token": "<s>", "eos_token": "</s>"},
+                "mistral-nemo": {"bos_token": "<s>", "eos_token": "</s>"}}
     conversations = chat_conversations()
     cases = []
     for name, source in templates.items():

@@ -38,7 +38,8 @@ final class OpenAIClientTests: XCTestCase {
         let report = try XCTUnwrap(JSONSerialization.jsonObject(with: output) as? [String: Any])
         XCTAssertEqual((report["models"] as? [[String: Any]])?.compactMap { $0["id"] as? String }, ["tiny-llama3"])
         let cases = try XCTUnwrap(report["cases"] as? [[String: Any]])
-        XCTAssertEqual(cases.count, 17)
+        XCTAssertEqual((report["model"] as? [String: Any])?["id"] as? String, "tiny-llama3")
+        XCTAssertEqual(cases.count, 19)
         var checked: [String] = []
         for testCase in cases {
             let name = testCase["name"] as! String, chat = testCase["api"] as? String == "chat"

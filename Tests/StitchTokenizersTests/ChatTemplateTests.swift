@@ -70,7 +70,7 @@ final class ChatTemplateTests: XCTestCase {
 
     /// Hostile templates and conversations end in errors: unclosed tags, unknown tags, runaway loops, huge strings.
     func testHostileTemplatesAreErrors() throws {
-        for source in ["{% if x %}", "{{ x ", "{% for %}", "{% macro m() %}{% endmacro %}", "{{ 'a' + }}", "{% endfor %}", "{{ 1 +* 2 }}", "{# open", "{{ 'x }}"] {
+        for source in ["{% if x %}", "{{ x ", "{% for %}", "{% include 'other.jinja' %}", "{% macro m( %}{% endmacro %}", "{{ 'a' + }}", "{% endfor %}", "{{ 1 +* 2 }}", "{# open", "{{ 'x }}"] {
             XCTAssertThrowsError(try ChatTemplate(source: source), source)
         }
         let runaway = [
