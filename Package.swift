@@ -68,7 +68,7 @@ let package = Package(
         ], resources: [.copy("Resources/bench_reference.py"), .copy("Resources/magic_reference.py"), .copy("Resources/yolox_reference.py")]),
 
         .target(name: "StitchTestSupport", dependencies: ["StitchTensor", "StitchModelIO", "StitchModels", "StitchTokenizers"], path: "Tests/StitchTestSupport"),
-        .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport"]),
+        .testTarget(name: "StitchTensorTests", dependencies: ["StitchTensor", "StitchTestSupport", "CStitchKernels"]),
         .testTarget(name: "StitchModelIOTests", dependencies: ["StitchModelIO", "StitchTensor", "StitchRemote", "StitchTestSupport"]),
         .testTarget(name: "StitchImagingTests", dependencies: ["StitchImaging", "StitchTestSupport"]),
         .testTarget(name: "StitchTokenizersTests", dependencies: ["StitchTokenizers", "StitchTensor", "StitchTestSupport", "CZlib"]),

@@ -1,5 +1,7 @@
+#define _GNU_SOURCE
 #include "stitch_kernels.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -86,7 +88,7 @@ static void *worker_main(void *argument) {
 }
 
 static void start_workers(void) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long cores = stitch_affinity_cpus();
     long wanted = cores > 1 ? cores - 1 : 0;
     if (wanted > MAX_WORKERS) wanted = MAX_WORKERS;
     pthread_attr_t attributes;
@@ -118,6 +120,24 @@ void stitch_parallel_for(long count, long threads, stitch_task function, void *c
         pthread_mutex_unlock(&pool.mutex);
     }
     work_on(job);
-    while (atomic_load(&pool.done) < count) relax();
+    /* The last iterations may be on a worker the scheduler has paused (another process shares its core): spin
+       briefly, then yield, so that on a shared core the waiting caller gives its time to the worker it waits for. */
+    long long spin_end = now_nanoseconds() + SPIN_NANOSECONDS;
+    long spins = 0;
+    while (atomic_load(&pool.done) < count) {
+        if ((++spins & 63) != 0 || now_nanoseconds() < spin_end) relax(); else sched_yield();
+    }
     atomic_store(&pool.busy, 0);
+}
+
+long stitch_affinity_cpus(void) {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        long count = CPU_COUNT(&set);
+        if (count > 0) return count;
+    }
+#endif
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? online : 1;
 }

@@ -4,8 +4,43 @@ import Foundation
 /// Parallel loops for the work OpenBLAS does not do for us (element-wise
 /// maps, normalisation, attention heads), spread over every core.
 public enum Parallel {
-    /// Cores on this machine.
-    public static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// The CPUs this process may use: its affinity mask (taskset, a scheduler's cpuset), at most its cgroup's CPU
+    /// quota (a container's or a job's limit, rounded up); STITCH_NUM_THREADS (a whole number from 1) overrides both.
+    public static let cores = threadCount(affinity: stitch_affinity_cpus(), quota: cgroupQuota(),
+                                          setting: ProcessInfo.processInfo.environment["STITCH_NUM_THREADS"])
+
+    static func threadCount(affinity: Int, quota: Double?, setting: String?) -> Int {
+        if let setting, let count = Int(setting.trimmingCharacters(in: .whitespaces)), count >= 1 { return min(count, 255) }
+        let allowed = quota.map { max(1, Int($0.rounded(.up))) } ?? Int.max
+        return max(1, min(affinity, allowed))
+    }
+
+    /// CPUs' worth of time per period the process's cgroup allows: cgroup v2's cpu.max of its group (named in
+    /// /proc/self/cgroup) and every group above it, the least; else v1's cfs quota and period. Nil without a limit.
+    static func cgroupQuota(root: String = "/sys/fs/cgroup", membership: String? = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) -> Double? {
+        func read(_ path: String) -> String? { try? String(contentsOfFile: root + "/" + path, encoding: .utf8) }
+        if FileManager.default.fileExists(atPath: root + "/cgroup.controllers") {
+            // v2: "0::/a/b" names the group; a container's namespace shows its own group as "/".
+            var group = membership?.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) } ?? "/"
+            var least: Double?
+            while true {
+                if let limit = read(group + "/cpu.max").flatMap(quota(cpuMax:)) { least = min(least ?? limit, limit) }
+                guard group != "/", !group.isEmpty else { return least }
+                group = (group as NSString).deletingLastPathComponent
+            }
+        }
+        guard let quota = read("cpu/cpu.cfs_quota_us").flatMap({ Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }),
+              let period = read("cpu/cpu.cfs_period_us").flatMap({ Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }),
+              quota > 0, period > 0 else { return nil }
+        return quota / period
+    }
+
+    /// cpu.max's "QUOTA PERIOD" ("max 100000": no limit) as CPUs.
+    static func quota(cpuMax line: String) -> Double? {
+        let fields = line.split(whereSeparator: \.isWhitespace)
+        guard fields.count == 2, let quota = Double(fields[0]), let period = Double(fields[1]), quota > 0, period > 0 else { return nil }
+        return quota / period
+    }
 
     /// How many of them parallel loops use (`BLAS.configureThreads` sets it).
     nonisolated(unsafe) public static var limit = cores

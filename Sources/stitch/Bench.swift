@@ -25,6 +25,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
+    @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine.")
+    var contended = false
+
     @Option(help: "Comma-separated rows to run (default: all but \(BenchRow.allCases.filter(\.isOptIn).map(\.rawValue).joined(separator: ", "))): gemm, \(BenchRow.allCases.map(\.rawValue).joined(separator: ", ")).")
     var rows: String?
 
@@ -66,6 +69,8 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         BLAS.configureThreads(threads)
+        let busyLoop = contended ? try Self.startBusyLoop() : nil
+        defer { busyLoop?.terminate(); busyLoop?.waitUntilExit() }
         let selected = rows.map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
         if let selected {
             let unknown = selected.subtracting(["gemm"] + BenchRow.allCases.map(\.rawValue))
@@ -75,9 +80,21 @@ struct Bench: ParsableCommand {
         let coreType = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
         print("stitch bench: \(threads) thread(s), OpenBLAS \(String(cString: openblas_get_config())), \(String(cString: openblas_get_corename())) kernels\(coreType)")
         print("CPU: \(Self.cpuDescription())")
+        if let busyLoop { print("contended: a busy loop (pid \(busyLoop.processIdentifier)) pinned to CPU 0 throughout") }
         if selected?.contains("gemm") ?? true { GemmBench(seconds: seconds, threads: threads).run() }
         let modelRows = BenchRow.allCases.filter { selected?.contains($0.rawValue) ?? !$0.isOptIn }
         if !modelRows.isEmpty { try runModelRows(modelRows) }
+    }
+
+    /// `sh -c 'while :; do :; done'` pinned to CPU 0 (taskset), the neighbour of `--contended`.
+    static func startBusyLoop() throws -> Process {
+        let loop = Process()
+        loop.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        loop.arguments = ["taskset", "-c", "0", "sh", "-c", "while :; do :; done"]
+        loop.standardOutput = FileHandle.nullDevice
+        loop.standardError = FileHandle.nullDevice
+        do { try loop.run() } catch { throw ValidationError("--contended needs taskset (util-linux): \(error)") }
+        return loop
     }
 
     /// The CPU's model name, the variant of Stitch's kernels it runs, and its BF16 instructions (from /proc/cpuinfo):

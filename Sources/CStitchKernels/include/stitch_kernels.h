@@ -70,4 +70,7 @@ void stitch_keep_freed_memory(void);
 typedef void (*stitch_task)(void *context, long index);
 void stitch_parallel_for(long count, long threads, stitch_task function, void *context);
 
+/* CPUs this process may run on (its affinity mask; the online CPUs where that cannot be read). */
+long stitch_affinity_cpus(void);
+
 #endif

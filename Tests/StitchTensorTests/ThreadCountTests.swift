@@ -1,0 +1,70 @@
+import CStitchKernels
+import Foundation
+import StitchTestSupport
+import XCTest
+@testable import StitchTensor
+
+/// How many threads Stitch uses: the CPUs its affinity mask allows, at most its cgroup's CPU quota, unless
+/// STITCH_NUM_THREADS says otherwise.
+final class ThreadCountTests: XCTestCase {
+    func testAffinityQuotaAndSetting() {
+        XCTAssertEqual(Parallel.threadCount(affinity: 8, quota: nil, setting: nil), 8)
+        XCTAssertEqual(Parallel.threadCount(affinity: 8, quota: 2.5, setting: nil), 3, "a quota of 2.5 CPUs rounds up")
+        XCTAssertEqual(Parallel.threadCount(affinity: 2, quota: 16, setting: nil), 2)
+        XCTAssertEqual(Parallel.threadCount(affinity: 8, quota: 0.2, setting: nil), 1)
+        XCTAssertEqual(Parallel.threadCount(affinity: 2, quota: 1, setting: "6"), 6, "the setting overrides")
+        for bad in ["0", "-3", "two", ""] { XCTAssertEqual(Parallel.threadCount(affinity: 4, quota: nil, setting: bad), 4, bad) }
+        XCTAssertNil(Parallel.quota(cpuMax: "max 100000\n"))
+        XCTAssertEqual(Parallel.quota(cpuMax: "150000 100000\n"), 1.5)
+    }
+
+    /// cgroup v2: the least cpu.max of the process's group and those above it; v1: cfs quota over period.
+    func testCgroupQuotaFromFiles() throws {
+        let root = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: root) }
+        func write(_ text: String, _ path: String) throws {
+            let file = root.appendingPathComponent(path)
+            try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try text.write(to: file, atomically: true, encoding: .utf8)
+        }
+        try write("cpu memory\n", "cgroup.controllers")
+        try write("max 100000\n", "cpu.max")
+        try write("400000 100000\n", "jobs/cpu.max")
+        try write("max 100000\n", "jobs/job_7/cpu.max")
+        try write("250000 100000\n", "jobs/job_7/step_0/cpu.max")
+        XCTAssertEqual(Parallel.cgroupQuota(root: root.path, membership: "0::/jobs/job_7/step_0\n"), 2.5)
+        XCTAssertEqual(Parallel.cgroupQuota(root: root.path, membership: "0::/jobs/job_7\n"), 4)
+        XCTAssertNil(Parallel.cgroupQuota(root: root.path, membership: "0::/\n"))
+
+        let v1 = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: v1) }
+        try FileManager.default.createDirectory(at: v1.appendingPathComponent("cpu"), withIntermediateDirectories: true)
+        try "300000\n".write(to: v1.appendingPathComponent("cpu/cpu.cfs_quota_us"), atomically: true, encoding: .utf8)
+        try "100000\n".write(to: v1.appendingPathComponent("cpu/cpu.cfs_period_us"), atomically: true, encoding: .utf8)
+        XCTAssertEqual(Parallel.cgroupQuota(root: v1.path, membership: nil), 3)
+        try "-1\n".write(to: v1.appendingPathComponent("cpu/cpu.cfs_quota_us"), atomically: true, encoding: .utf8)
+        XCTAssertNil(Parallel.cgroupQuota(root: v1.path, membership: nil))
+    }
+
+    /// The affinity count follows the mask this thread runs under (taskset, a scheduler's cpuset).
+    func testAffinityMask() throws {
+        // glibc's sched_getaffinity / sched_setaffinity (GNU extensions Swift's Glibc module leaves out).
+        typealias Affinity = @convention(c) (pid_t, Int, UnsafeMutableRawPointer) -> Int32
+        guard let get = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_getaffinity"),
+              let set = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_setaffinity") else { throw XCTSkip("no sched_setaffinity here") }
+        let (getAffinity, setAffinity) = (unsafeBitCast(get, to: Affinity.self), unsafeBitCast(set, to: Affinity.self))
+        var original = [UInt8](repeating: 0, count: 128)   // cpu_set_t: 1024 bits
+        XCTAssertEqual(original.withUnsafeMutableBytes { getAffinity(0, 128, $0.baseAddress!) }, 0)
+        let allowed = original.reduce(0) { $0 + $1.nonzeroBitCount }
+        XCTAssertEqual(stitch_affinity_cpus(), allowed)
+        guard allowed > 1 else { return }
+        // Keep only the first allowed CPU.
+        var one = [UInt8](repeating: 0, count: 128)
+        let first = original.firstIndex { $0 != 0 }!
+        one[first] = original[first] & (~original[first] &+ 1)
+        XCTAssertEqual(one.withUnsafeMutableBytes { setAffinity(0, 128, $0.baseAddress!) }, 0)
+        defer { _ = original.withUnsafeMutableBytes { setAffinity(0, 128, $0.baseAddress!) } }
+        XCTAssertEqual(stitch_affinity_cpus(), 1)
+        print("affinity: \(allowed) CPUs allowed, 1 after narrowing the mask")
+    }
+}
