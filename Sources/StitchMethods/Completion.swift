@@ -288,13 +288,18 @@ struct TextStreamer {
         var text = try model.decode(Array(kept))
         if let cut = stop.compactMap({ text.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) { text = String(text[..<cut.lowerBound]) }
         while let last = text.last, last == "\u{FFFD}" || last.isWhitespace { text.removeLast() }
+        // The longest end of the text that begins a stop string.
+        let characters = Array(text)
+        var held = 0
         for string in stop {
-            // The longest end of the text that begins a stop string.
-            for length in stride(from: min(string.count - 1, text.count), to: 0, by: -1) where text.hasSuffix(String(string.prefix(length))) {
-                text.removeLast(length)
+            let stop = Array(string)
+            for length in stride(from: min(stop.count - 1, characters.count), to: held, by: -1)
+            where characters[(characters.count - length)...].elementsEqual(stop[..<length]) {
+                held = length
                 break
             }
         }
+        text.removeLast(held)
         guard text.count > sentText.count, text.hasPrefix(sentText) else { return }
         // Tokens whose text the new text covers.
         var covered = sentTokens

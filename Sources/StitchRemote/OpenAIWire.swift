@@ -159,7 +159,10 @@ enum OpenAIWire {
             for item in items { guard case .string(let text) = item else { throw WireError("'stop' must be a string or a list of strings", parameter: "stop") }; stop.append(text) }
         default: throw WireError("'stop' must be a string or a list of strings", parameter: "stop")
         }
-        guard stop.count <= 4, !stop.contains("") else { throw WireError("'stop' takes up to 4 non-empty strings", parameter: "stop") }
+        // Streams compare each text's end with every stop string's beginnings: their length is bounded.
+        guard stop.count <= 4, stop.allSatisfy({ !$0.isEmpty && $0.count <= 1000 }) else {
+            throw WireError("'stop' takes up to 4 non-empty strings of at most 1000 characters", parameter: "stop")
+        }
         for key in ["presence_penalty", "frequency_penalty"] where try number(key, 0, in: -2...2) != 0 {
             throw WireError("'\(key)' other than 0 is not supported", parameter: key)
         }

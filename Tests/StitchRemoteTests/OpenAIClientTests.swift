@@ -39,7 +39,7 @@ final class OpenAIClientTests: XCTestCase {
         XCTAssertEqual((report["models"] as? [[String: Any]])?.compactMap { $0["id"] as? String }, ["tiny-llama3"])
         let cases = try XCTUnwrap(report["cases"] as? [[String: Any]])
         XCTAssertEqual((report["model"] as? [String: Any])?["id"] as? String, "tiny-llama3")
-        XCTAssertEqual(cases.count, 19)
+        XCTAssertEqual(cases.count, 21)
         var checked: [String] = []
         for testCase in cases {
             let name = testCase["name"] as! String, chat = testCase["api"] as? String == "chat"
@@ -48,6 +48,9 @@ final class OpenAIClientTests: XCTestCase {
             request["stream"] = false
             let answer = CompletionService.respond(to: try JSONSerialization.data(withJSONObject: request), chat: chat, backend: backend)
             let expected = try XCTUnwrap(JSONSerialization.jsonObject(with: answer.body) as? [String: Any])
+            if name == "stop" || name == "streamed stop" {
+                XCTAssertEqual(((expected["choices"] as? [[String: Any]])?.first)?["finish_reason"] as? String, "stop", "\(name): the stop string occurs")
+            }
             if let error = testCase["error"] as? [String: Any] {
                 XCTAssertEqual(error["status"] as? Int, 400, name)
                 XCTAssertEqual(answer.status, 400, name)
