@@ -63,7 +63,7 @@ public final class CompletionService: Sendable {
             }
             var body = OpenAIWire.envelope(id: identifier(chat: chat), object: chat ? "chat.completion" : "text_completion", model: backend.name,
                                            created: Int(Date().timeIntervalSince1970), choices: choices)
-            body["usage"] = OpenAIWire.usage(completions, prompts: call.requests.count, count: call.count)
+            body["usage"] = OpenAIWire.usage(completions, count: call.count)
             return .json(body)
         } catch {
             return failure(error)
@@ -117,7 +117,7 @@ public final class CompletionService: Sendable {
                 }
                 do {
                     let completions = try Self.run(call, chat: chat, backend: backend, stream: onPiece)
-                    if call.includeUsage { try send([], extra: ["usage": OpenAIWire.usage(completions, prompts: call.requests.count, count: call.count)]) }
+                    if call.includeUsage { try send([], extra: ["usage": OpenAIWire.usage(completions, count: call.count)]) }
                     events.send(OpenAIWire.done)
                 } catch is CancellationError {
                     // The client went: nothing to tell it.

@@ -178,8 +178,8 @@ enum OpenAIWire {
     /// Log-probabilities as JSON numbers: -inf (a token the model rules out) as -9999, as vLLM writes it.
     static func logprob(_ value: Double) -> Double { value.isFinite ? value : -9999 }
 
-    static func usage(_ completions: [Completion], prompts: Int, count: Int) -> [String: Any] {
-        // Each prompt counts once however many choices it has.
+    static func usage(_ completions: [Completion], count: Int) -> [String: Any] {
+        // Each prompt counts once however many (`count`) choices it has.
         let prompt = stride(from: 0, to: completions.count, by: max(1, count)).reduce(0) { $0 + completions[$1].promptTokenCount }
         let generated = completions.reduce(0) { $0 + $1.completionTokenCount }
         return ["prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated]
