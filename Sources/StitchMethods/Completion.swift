@@ -209,8 +209,8 @@ public struct LocalCompletionBackend: CompletionBackend {
             if let end = generated.firstIndex(where: ends.contains) { generated = Array(generated[..<end]) }
             var text = try model.decode(generated)
             // The text stops before the first stop string; tokens are kept while they lie before it.
-            if let cut = request.stop.compactMap({ text.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
-                text = String(text[..<cut.lowerBound])
+            if let before = textBeforeStop(text, request.stop) {
+                text = before
                 finish = "stop"
                 while !generated.isEmpty, try model.decode(generated).count > text.count { generated.removeLast() }
             }
@@ -235,6 +235,11 @@ public struct LocalCompletionBackend: CompletionBackend {
         return Completion.Echo(text: text, tokens: [try model.decode([ids[0]])] + texts, tokenLogprobs: scores.map { Double($0.logprob) },
                                topLogprobs: top > 0 ? [[]] + alternatives : [])
     }
+}
+
+/// `text` up to the first of the `stop` strings in it; nil when it holds none.
+func textBeforeStop(_ text: String, _ stop: [String]) -> String? {
+    stop.compactMap { text.range(of: $0) }.min { $0.lowerBound < $1.lowerBound }.map { String(text[..<$0.lowerBound]) }
 }
 
 /// The texts of `tokens` and of their scores' alternatives as each adds to the text before it (SentencePiece's
@@ -286,7 +291,7 @@ struct TextStreamer {
     mutating func advance<Model: CausalLanguageModel>(generated: [Int], scores: [TokenScore], model: Model, ends: Set<Int>) throws {
         let kept = generated.prefix { !ends.contains($0) }
         var text = try model.decode(Array(kept))
-        if let cut = stop.compactMap({ text.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) { text = String(text[..<cut.lowerBound]) }
+        if let before = textBeforeStop(text, stop) { text = before }
         while let last = text.last, last == "\u{FFFD}" || last.isWhitespace { text.removeLast() }
         // The longest end of the text that begins a stop string.
         let characters = Array(text)
