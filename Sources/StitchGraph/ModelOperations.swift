@@ -212,15 +212,16 @@ extension OperationRegistry {
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
             return Value(try clip.textEmbeddings([input.text("text")]).row(0))
         },
-        Operation("clip_classify", "CLIP zero-shot classification: the best label and every label's probability.",
+        Operation("clip_classify", "Zero-shot classification with a scorer: the best label, every label's probability and their kind "
+                  + "(softmax over the labels for CLIP, each label's own sigmoid for SigLIP).",
                   arguments: [.component("clip", kind: "scorer"), .value("image", .image), .value("labels", .texts),
                               .value("templates", .texts, default: .array([.string("a photo of a {}.")]))],
-                  output: .record(["label": .text, "probabilities": .json])) { input in
+                  output: .record(["label": .text, "probabilities": .json, "kind": .text])) { input in
             let clip = try input.component("clip", as: (any ImageTextScorer).self)
             let labels = try input.texts("labels")
             let probabilities = try clip.classify([input.image("image")], labels: labels, templates: input.texts("templates")).scalars
             let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] } ?? 0
-            return .object(["label": .string(labels[best]),
+            return .object(["label": .string(labels[best]), "kind": .string(clip.labelProbabilityKind.rawValue),
                             "probabilities": .object(Dictionary(zip(labels, probabilities.map { .number(Double($0)) }), uniquingKeysWith: { a, _ in a }))])
         },
         Operation("clip_rank", "Texts ranked by a scorer's similarity to an image, best first, with their logits; `best` is the first (empty without texts).",

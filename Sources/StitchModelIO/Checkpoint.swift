@@ -103,7 +103,7 @@ public struct Checkpoint: Sendable {
             }
             return "\(name):\(size):\(String(crc, radix: 16))"
         }
-        let settings = (["config.json", "vocab.json", "merges.txt", "vocab.txt"] + ModelFiles.tokenizerAndProcessorFiles).compactMap { name -> String? in
+        let settings = (["config.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "tokenizer.model"] + ModelFiles.tokenizerAndProcessorFiles).compactMap { name -> String? in
             guard let data = FileManager.default.contents(atPath: folder.appendingPathComponent(name).path) else { return nil }
             return "\(name):\(String(Self.crc(crc32(0, nil, 0), data), radix: 16))"
         }

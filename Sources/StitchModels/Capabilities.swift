@@ -20,8 +20,18 @@ public protocol ImageTextScorer: AnyObject, Sendable {
     func textEmbeddings(_ texts: [String]) throws -> Tensor
     /// Zero-shot probabilities [images, labels] of unit-length image and label embeddings (`labelEmbeddings`).
     func labelProbabilities(imageEmbeddings: Tensor, labelEmbeddings: Tensor) -> Tensor
+    /// What `labelProbabilities` are: a softmax over the labels (CLIP) or each label's own sigmoid (SigLIP).
+    var labelProbabilityKind: LabelProbabilityKind { get }
     /// A text encoder that reuses what consecutive MAGiC steps share, or nil: then every text is encoded whole.
     func makeIncrementalTextEncoder(tokenization: Transformers47.Tokenization) -> IncrementalTextEncoder?
+}
+
+/// How a scorer's zero-shot probabilities relate across labels.
+public enum LabelProbabilityKind: String, Sendable {
+    /// A softmax over the labels: they sum to one.
+    case exclusive = "softmax"
+    /// A sigmoid per label, independent of the other labels.
+    case independent = "sigmoid"
 }
 
 /// Text features for MAGiC's candidates, reusing the work of the text kept last step (a causal text tower's prefix).
@@ -56,6 +66,8 @@ extension ImageTextScorer {
     public func classify(_ images: [RGBImage], labels: [String], templates: [String] = ["a photo of a {}."]) throws -> Tensor {
         labelProbabilities(imageEmbeddings: try imageEmbeddings(images), labelEmbeddings: try labelEmbeddings(labels, templates: templates))
     }
+
+    public var labelProbabilityKind: LabelProbabilityKind { .exclusive }
 
     public func makeIncrementalTextEncoder(tokenization: Transformers47.Tokenization) -> IncrementalTextEncoder? { nil }
 

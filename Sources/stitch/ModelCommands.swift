@@ -66,9 +66,13 @@ struct EmbedText: ParsableCommand {
 
 struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Zero-shot image classification with CLIP (or any image-text scorer): the top labels of each image with their probabilities.")
+        abstract: "Zero-shot image classification with CLIP, SigLIP or any image-text scorer: the top labels of each image with their probabilities.",
+        discussion: """
+        CLIP's probabilities are a softmax over the labels (they sum to one); SigLIP's are each label's own sigmoid, as it was \
+        trained, so several labels can be likely or none. JSON lines say which ("probabilities": "softmax" or "sigmoid").
+        """)
 
-    @Option(help: "Image-text scorer folder or hub id (CLIP).")
+    @Option(help: "Image-text scorer folder or hub id (CLIP, SigLIP).")
     var model = "openai/clip-vit-base-patch32"
 
     @Option(help: "Comma-separated candidate labels.")
@@ -104,7 +108,8 @@ struct Classify: ParsableCommand {
                                                         labelEmbeddings: labelRows).scalars
             let ranked = indicesByDescendingValue(probabilities).prefix(max(topK, 1))
             if json {
-                try printJSONLine(["image": path, "labels": ranked.map { ["label": names[$0], "probability": probabilities[$0]] }])
+                try printJSONLine(["image": path, "labels": ranked.map { ["label": names[$0], "probability": probabilities[$0]] },
+                                   "probabilities": clip.labelProbabilityKind.rawValue])
             } else {
                 for index in ranked { print("\(path)\t\(names[index])\t\(String(format: "%.4f", probabilities[index]))") }
             }

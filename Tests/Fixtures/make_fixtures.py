@@ -1689,6 +1689,79 @@ def make_owlvit_goldens():
     published_config.to_json_file(out("owlvit-configs", "owlvit-base-patch32", "config.json"))
     write_json({k: list(p.shape) for k, p in real.state_dict().items()}, "owlvit-configs", "owlvit-base-patch32", "manifest.json")
 
+# ---------------------------------------------------------------- SigLIP
+
+SIGLIP_TEXTS = ["a photo of a cat", "A coffee cup.", "a dog next to a bicycle and a truck", "an astronaut, in space!", "two  cats",
+                " ".join(["a very long caption about a red truck"] * 12)]
+
+
+def make_siglip_goldens():
+    """A tiny random SiglipModel (64-pixel images, 16-pixel patches, 32 wide as the towers must be alike; the committed siglip.model as its tokenizer) with a
+    peaked logit scale and a bias: SiglipImageProcessor's pixels, features, logits and sigmoid probabilities on the test
+    photos, texts padded to max_length as the model card says; the published processor's 224 x 224 pixels as CRC-32s;
+    google/siglip-base-patch16-224's state-dict names and shapes; and MAGiC (the published algorithm, today's text path)
+    with tiny-gpt2 and this SigLIP as the scorer."""
+    import zlib
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+    torch.manual_seed(7)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=1200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16))
+    config.architectures = ["SiglipModel"]
+    model = SiglipModel(config).eval()
+    with torch.no_grad():   # peaked: random towers give small cosines, a wide scale spreads them
+        model.logit_scale.fill_(3.5)
+        model.logit_bias.fill_(-2.0)
+    save_tiny(model, "tiny-siglip")
+    model = SiglipModel.from_pretrained(out("tiny-siglip"), torch_dtype=torch.float32).eval()
+    tokenizer = SiglipTokenizer(os.path.join(HERE, "sentencepiece", "siglip.model"), model_max_length=64)
+    tokenizer.save_pretrained(out("tiny-siglip"))
+    os.remove(out("tiny-siglip", "spiece.model"))   # the committed sentencepiece/siglip.model; the tests link it in
+    processor = SiglipImageProcessor(size={"height": 64, "width": 64})
+    processor.save_pretrained(out("tiny-siglip"))
+    text = tokenizer(SIGLIP_TEXTS, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
+    pixels = processor(images=[Image.open(os.path.join(IMAGES, n)).convert("RGB") for n in names], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        outputs = model(input_ids=text["input_ids"], pixel_values=pixels)
+        golden = {"pixels": pixels, "image_features": model.get_image_features(pixel_values=pixels),
+                  "text_features": model.get_text_features(input_ids=text["input_ids"]),
+                  "logits_per_image": outputs.logits_per_image, "probabilities": torch.sigmoid(outputs.logits_per_image),
+                  "vision_hidden": outputs.vision_model_output.last_hidden_state}
+    save_file({k: v.contiguous().numpy() for k, v in golden.items()}, out("tiny-siglip", "golden.safetensors"))
+    print("siglip probabilities", golden["probabilities"].numpy().round(3).tolist())
+    published = SiglipImageProcessor()
+    crcs = {name: zlib.crc32(published(images=Image.open(os.path.join(IMAGES, name)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+                             .astype("<f4").tobytes()) for name in sorted(os.listdir(IMAGES)) if not name.endswith(".md")}
+
+    lm_tokenizer = GPT2TokenizerFast(os.path.join(TOKENIZERS, "gpt2-vocab.json"), os.path.join(TOKENIZERS, "gpt2-merges.txt"))
+    lm = GPT2LMHeadModel.from_pretrained(out("tiny-gpt2"), torch_dtype=torch.float32).eval()
+    magic = {"images": names[:3], "settings": []}
+
+    for settings in MAGIC_SETTINGS[:2]:
+        outputs = []
+        for index in range(3):
+            image = golden["image_features"][index:index + 1]
+
+            def text_logits(texts):
+                ids = tokenizer(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")["input_ids"]
+                return model(input_ids=ids, pixel_values=pixels[index:index + 1]).logits_per_image[0]
+
+            outputs.append(magic_reference.magic_search(lm, lm_tokenizer, None, None, image, [50256], text_logits=text_logits, **settings))
+        blind = magic_reference.magic_search(lm, lm_tokenizer, None, None, golden["image_features"][:1], [50256], **dict(settings, beta=0.0))
+        assert len({tuple(o) for o in outputs}) > 1 and outputs[0] != blind, settings   # the scorer steers the captions
+        magic["settings"].append(dict(settings, outputs=outputs))
+    write_json({"texts": SIGLIP_TEXTS, "input_ids": text["input_ids"].tolist(), "images": names, "published_pixels_crc32": crcs, "magic": magic},
+               "tiny-siglip", "golden.json")
+    published_config = SiglipConfig()   # transformers' defaults are google/siglip-base-patch16-224's
+    published_config.architectures = ["SiglipModel"]
+    with torch.device("meta"):
+        real = SiglipModel(published_config)
+    published_config.to_json_file(out("siglip-configs", "siglip-base-patch16-224", "config.json"))
+    write_json({k: list(p.shape) for k, p in real.state_dict().items()}, "siglip-configs", "siglip-base-patch16-224", "manifest.json")
+
+
 # ---------------------------------------------------------------- Llama-family decoders
 
 LLAMA_VARIANTS = {
@@ -2003,6 +2076,7 @@ if __name__ == "__main__":
     make_sentencepiece_goldens()
     make_label_golden()
     make_owlvit_goldens()
+    make_siglip_goldens()
     make_llama_goldens()
     make_pica_local_golden()
     make_tokenizer_json_goldens()

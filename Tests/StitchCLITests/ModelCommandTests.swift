@@ -39,12 +39,30 @@ final class ModelCommandTests: XCTestCase {
         XCTAssertEqual(texts.output.split(separator: "\n").count, 2, texts.errors)
     }
 
+    /// SigLIP through `stitch classify`: its probabilities are each label's sigmoid, said so in the JSON, equal to the model's own.
+    func testClassifyWithSigLIPReportsSigmoids() throws {
+        let siglip = try Fixtures.modelWithTokenizer("tiny-siglip", in: folder).path
+        let image = Fixtures.photo("coffee.png").path
+        let result = try StitchCLI.run(["classify", "--model", siglip, "--labels", "a photo of a cat,A coffee cup.,a dog next to a bicycle and a truck", "--template", "{}", "--json", image])
+        XCTAssertEqual(result.status, 0, result.errors)
+        let line = try json(result.output.split(separator: "\n")[0])
+        XCTAssertEqual(line["probabilities"] as? String, "sigmoid")
+        let labels = line["labels"] as! [[String: Any]]
+        let golden = try Fixtures.tensors("tiny-siglip/golden.safetensors")["probabilities"]!.row(1).scalars   // coffee.png, the first three texts
+        let expected = Dictionary(uniqueKeysWithValues: zip(["a photo of a cat", "A coffee cup.", "a dog next to a bicycle and a truck"], golden.prefix(3)))
+        for label in labels { XCTAssertEqual(label["probability"] as! Double, Double(expected[label["label"] as! String]!), accuracy: 1e-5) }
+        XCTAssertNotEqual(labels.map { $0["probability"] as! Double }.reduce(0, +), 1, accuracy: 0.05)
+        let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
+        let softmax = try StitchCLI.run(["classify", "--model", clip, "--labels", "cat,cup", "--json", image])
+        XCTAssertEqual(try json(softmax.output.split(separator: "\n")[0])["probabilities"] as? String, "softmax")
+    }
+
     /// `stitch models`: the registry's types, and each given model's type and capabilities.
     func testModelsListsTypesAndCapabilities() throws {
         let listed = try StitchCLI.run(["models"])
         XCTAssertEqual(listed.status, 0, listed.errors)
         XCTAssertEqual(Set(listed.output.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }),
-                       ["clip", "gpt2", "llama", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox", "owlvit"])
+                       ["clip", "siglip", "gpt2", "llama", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox", "owlvit"])
         let described = try StitchCLI.run(["models", Fixtures.url("tiny-clip").path, Fixtures.url("tiny-vit-gpt2").path, Fixtures.url("checkpoints/tiny-gpt2/legacy").path,
                                            Fixtures.url("tiny-owlvit").path])
         XCTAssertEqual(described.status, 0, described.errors)

@@ -139,4 +139,34 @@ final class MagicTests: XCTestCase {
             generated.append(candidates[chosen])
         }
     }
+    /// MAGiC with SigLIP in CLIP's place (tiny-gpt2 + tiny-siglip): token-identical to the published algorithm with the scorer
+    /// swapped (magic_reference.magic_search with SigLIP's logits of max_length-padded texts), today's text path.
+    func testMagicWithSigLIPScorerEqualsReference() throws {
+        struct Golden: Decodable {
+            struct Magic: Decodable {
+                struct Setting: Decodable { let k: Int; let alpha: Double; let beta: Double; let max_tokens: Int; let outputs: [[Int]] }
+                let images: [String]
+                let settings: [Setting]
+            }
+            let magic: Magic
+        }
+        let golden = try JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tiny-siglip/golden.json"))).magic
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let siglip = try SigLIP(folder: Fixtures.modelWithTokenizer("tiny-siglip", in: folder))
+        let captioner = MagicCaptioner(lm: try TinyModels.gpt2WithTokenizer(), scorer: siglip)
+        var compared = 0
+        for setting in golden.settings {
+            for (index, name) in golden.images.enumerated() {
+                let features = try siglip.imageFeatures(of: [RGBImage(contentsOf: Fixtures.photo(name).path)])
+                let settings = MagicSettings(k: setting.k, alpha: setting.alpha, beta: setting.beta, textTokenization: .current)
+                let tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: settings,
+                                                    stop: StopConditions(maxTokens: setting.max_tokens, atEndToken: false))
+                XCTAssertEqual(tokens, setting.outputs[index], "\(name) k \(setting.k) alpha \(setting.alpha) beta \(setting.beta)")
+                compared += 1
+            }
+        }
+        XCTAssertEqual(compared, 6)
+        print("MAGiC with SigLIP as the scorer: \(compared) captions token-identical to the reference")
+    }
 }

@@ -49,16 +49,16 @@ public enum Fixtures {
         public var description: String { "\(folder.path) is missing: run Scripts/fetch-test-models (the README's test command does)" }
     }
 
-    /// A copy of a tiny fixture model folder (tiny-gpt2, tiny-clip) inside `folder`, with the real
+    /// A copy of a tiny fixture model folder (tiny-gpt2, tiny-clip, tiny-siglip) inside `folder`, with the real
     /// tokenizer files linked in under their Hugging Face names.
     public static func modelWithTokenizer(_ fixture: String, in folder: URL) throws -> URL {
-        let links = fixture.contains("gpt2")
-            ? ["vocab.json": "gpt2-vocab.json", "merges.txt": "gpt2-merges.txt"]
-            : ["bpe_simple_vocab_16e6.txt.gz": "bpe_simple_vocab_16e6.txt.gz"]
+        let links = fixture.contains("gpt2") ? ["vocab.json": tokenizerFile("gpt2-vocab.json"), "merges.txt": tokenizerFile("gpt2-merges.txt")]
+            : fixture.contains("siglip") ? ["spiece.model": url("sentencepiece/siglip.model")]
+            : ["bpe_simple_vocab_16e6.txt.gz": tokenizerFile("bpe_simple_vocab_16e6.txt.gz")]
         let target = folder.appendingPathComponent(fixture)
         try FileManager.default.copyItem(at: url(fixture), to: target)
         for (name, source) in links {
-            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: tokenizerFile(source))
+            try FileManager.default.createSymbolicLink(at: target.appendingPathComponent(name), withDestinationURL: source)
         }
         return target
     }

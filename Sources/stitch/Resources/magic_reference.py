@@ -44,7 +44,7 @@ def _select_cache(past, row):
 
 @torch.no_grad()
 def magic_search(lm, lm_tokenizer, clip, clip_tokenizer, image_features, prompt, k=45, alpha=0.1, beta=2.0,
-                 max_tokens=16, clip_text_max_len=60, clean_up=None):
+                 max_tokens=16, clip_text_max_len=60, clean_up=None, text_logits=None):
     """Token ids of `max_tokens` new tokens after `prompt` (a list of ids), for one image.
 
     At each step the LM's top-k next tokens are the candidates v, and the chosen one maximises
@@ -53,7 +53,8 @@ def magic_search(lm, lm_tokenizer, clip, clip_tokenizer, image_features, prompt,
     prompt excluded, at most clip_text_max_len of them) for CLIP's tokenizer. beta = 0 is
     contrastive search. As published: `clean_up` is transformers 4.7.0's decode clean-up and
     `clip_tokenizer` that version's slow CLIPTokenizer without ftfy; without `clean_up`, the text
-    is decoded as today's transformers decodes it.
+    is decoded as today's transformers decodes it. `text_logits` swaps the scorer: a function of the
+    candidate texts giving their image-text logits [k] (another model in CLIP's place, e.g. SigLIP).
     """
     image = image_features / image_features.norm(dim=-1, keepdim=True)       # [1, p]
     out = lm(torch.tensor([prompt]), use_cache=True, output_hidden_states=True)
@@ -78,10 +79,13 @@ def magic_search(lm, lm_tokenizer, clip, clip_tokenizer, image_features, prompt,
                          for c in top_ids[0].tolist()]
             else:
                 texts = [lm_tokenizer.decode((generated + [c])[-clip_text_max_len:]) for c in top_ids[0].tolist()]
-            tokens = clip_tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
-            text = clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-            text = text / text.norm(dim=-1, keepdim=True)
-            magic = (clip.logit_scale.exp() * torch.matmul(text, image.T)).view(-1).softmax(dim=0)   # [k]
+            if text_logits:
+                magic = text_logits(texts).view(-1).softmax(dim=0)   # [k]
+            else:
+                tokens = clip_tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+                text = clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+                text = text / text.norm(dim=-1, keepdim=True)
+                magic = (clip.logit_scale.exp() * torch.matmul(text, image.T)).view(-1).softmax(dim=0)   # [k]
         else:
             magic = torch.zeros(k)
         scores = (1.0 - alpha) * top_probs[0] - alpha * penalty + beta * magic
