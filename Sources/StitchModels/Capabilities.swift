@@ -102,6 +102,8 @@ public protocol ImageCaptioner: AnyObject, Sendable {
     func decoder(for image: RGBImage) throws -> Decoder
     /// The prompt every caption continues.
     var startTokens: [Int] { get }
+    /// The start of a caption that continues `prompt` (conditional captioning: "a picture of").
+    func startTokens(prompt: String) throws -> [Int]
 }
 
 /// Finds labelled boxes in an image.

@@ -149,13 +149,13 @@ public struct LlamaConfig: Decodable, Sendable {
     }
 }
 
-/// Per-layer keys (rotated) and values of the positions fed so far, `keyValueHeads` heads wide.
-public struct LlamaCache: LanguageModelCache {
+/// Per-layer keys and values of the positions fed so far (Llama's keys rotated and `keyValueHeads` heads wide; BLIP's decoder).
+public struct LayerKVCaches: LanguageModelCache {
     var layers: [KVCache]
     public var batch: Int { layers.first?.batch ?? 0 }
     public var length: Int { layers.first?.length ?? 0 }
-    public func repeated(_ count: Int) -> LlamaCache { LlamaCache(layers: layers.map { $0.repeated(count) }) }
-    public func gathering(_ rows: [Int]) -> LlamaCache { LlamaCache(layers: layers.map { $0.gathering(rows) }) }
+    public func repeated(_ count: Int) -> LayerKVCaches { LayerKVCaches(layers: layers.map { $0.repeated(count) }) }
+    public func gathering(_ rows: [Int]) -> LayerKVCaches { LayerKVCaches(layers: layers.map { $0.gathering(rows) }) }
 }
 
 /// One decoder layer: RMSNorm, attention with rotary positions, RMSNorm, SwiGLU MLP, each added to the residual.
@@ -233,13 +233,13 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
         try store.finish(ignoreUnused: { $0.hasSuffix("rotary_emb.inv_freq") })
     }
 
-    public func makeCache(batch: Int = 1) -> LlamaCache {
-        LlamaCache(layers: blocks.map { _ in KVCache(batch: batch, width: config.keyValueHeads * config.headDim) })
+    public func makeCache(batch: Int = 1) -> LayerKVCaches {
+        LayerKVCaches(layers: blocks.map { _ in KVCache(batch: batch, width: config.keyValueHeads * config.headDim) })
     }
 
     /// Feeds `tokens` (one equal-length row per cache row) after the positions in `cache`; the last layer's hidden
     /// states after the final norm, [batch, t, hiddenSize] (transformers' hidden_states[-1]).
-    public func forward(_ tokens: [[Int]], cache: inout LlamaCache) throws -> Tensor {
+    public func forward(_ tokens: [[Int]], cache: inout LayerKVCaches) throws -> Tensor {
         let t = tokens.first?.count ?? 0
         guard tokens.count == cache.batch, t > 0, tokens.allSatisfy({ $0.count == t }) else {
             throw ModelError.invalidInput(model: "Llama", detail: "expected \(cache.batch) rows of one non-zero length, got lengths \(tokens.map(\.count))")

@@ -15,12 +15,15 @@ public struct BERTConfig: Decodable, Sendable {
     public var activation: Activation
     public var layerNormEpsilon: Float
 
-    public init(from decoder: Decoder) throws {
+    public init(from decoder: Decoder) throws { try self.init(decoder, vocabularySize: 30522, heads: 12) }
+
+    /// With the defaults of a config family read as BERT's (BlipTextConfig: 30,524 tokens, 8 heads).
+    init(_ decoder: Decoder, vocabularySize defaultVocabulary: Int, heads defaultHeads: Int) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
-        vocabularySize = try c.value("vocab_size", default: 30522)
+        vocabularySize = try c.value("vocab_size", default: defaultVocabulary)
         hiddenSize = try c.value("hidden_size", default: 768)
         layers = try c.value("num_hidden_layers", default: 12)
-        heads = try c.value("num_attention_heads", default: 12)
+        heads = try c.value("num_attention_heads", default: defaultHeads)
         intermediateSize = try c.value("intermediate_size", default: 3072)
         maxPositions = try c.value("max_position_embeddings", default: 512)
         typeVocabularySize = try c.value("type_vocab_size", default: 2)
@@ -37,18 +40,38 @@ public struct BERTConfig: Decodable, Sendable {
     }
 }
 
-/// A post-layer-norm BERT layer.
+/// A post-layer-norm BERT layer. BLIP's text layers (BlipTextLayer) also attend to an image's states between
+/// self-attention and the feed-forward block, and its decoder runs them causally through a cache.
 struct BERTLayer {
     let qkv, attentionOut, intermediate, output: Linear
     let attentionNorm, outputNorm: LayerNorm
+    let cross: CrossAttention?
     let heads: Int
     let activation: Activation
 
-    init(_ store: WeightStore, _ prefix: String, _ config: BERTConfig) {
+    /// BlipTextLayer's crossattention: queries of the text, keys and values of the image states (`crossWidth` wide).
+    struct CrossAttention {
+        let query, keyValue, out: Linear
+        let norm: LayerNorm
+
+        /// Keys and values of image states [1, t, crossWidth], computed once per image.
+        func memory(_ states: Tensor) -> CrossMemory {
+            let parts = splitLastDimension(keyValue(states), parts: 2)
+            return CrossMemory(keys: parts[0], values: parts[1])
+        }
+    }
+
+    init(_ store: WeightStore, _ prefix: String, _ config: BERTConfig, crossWidth: Int? = nil) {
         let (d, e) = (config.hiddenSize, config.layerNormEpsilon)
         qkv = Linear(fusing: ["query", "key", "value"].map { Linear(store, "\(prefix).attention.self.\($0)", inputs: d, outputs: d) })
         attentionOut = Linear(store, "\(prefix).attention.output.dense", inputs: d, outputs: d)
         attentionNorm = LayerNorm(store, "\(prefix).attention.output.LayerNorm", size: d, epsilon: e)
+        cross = crossWidth.map { width in
+            CrossAttention(query: Linear(store, "\(prefix).crossattention.self.query", inputs: d, outputs: d),
+                           keyValue: Linear(fusing: ["key", "value"].map { Linear(store, "\(prefix).crossattention.self.\($0)", inputs: width, outputs: d) }),
+                           out: Linear(store, "\(prefix).crossattention.output.dense", inputs: d, outputs: d),
+                           norm: LayerNorm(store, "\(prefix).crossattention.output.LayerNorm", size: d, epsilon: e))
+        }
         intermediate = Linear(store, "\(prefix).intermediate.dense", inputs: d, outputs: config.intermediateSize)
         output = Linear(store, "\(prefix).output.dense", inputs: config.intermediateSize, outputs: d)
         outputNorm = LayerNorm(store, "\(prefix).output.LayerNorm", size: d, epsilon: e)
@@ -56,10 +79,29 @@ struct BERTLayer {
         activation = config.activation
     }
 
-    func callAsFunction(_ x: Tensor, mask: Tensor) -> Tensor {
-        var attended = attentionOut(fusedSelfAttention(qkv(x), heads: heads, causal: false, keyMask: mask))
-        addInPlace(&attended, x)
-        let hidden = attentionNorm(attended)
+    /// Bidirectional: x [batch, t, d] under `mask` [batch, t] (1 for tokens, 0 for padding), attending to `memory` when given.
+    func callAsFunction(_ x: Tensor, mask: Tensor?, memory: CrossMemory? = nil) -> Tensor {
+        rest(attended: attentionOut(fusedSelfAttention(qkv(x), heads: heads, causal: false, keyMask: mask)), input: x, memory: memory)
+    }
+
+    /// Causal, for positions after those in `cache`, whose keys and values it appends: x [batch, t, d] -> [batch, t, d].
+    func callAsFunction(_ x: Tensor, cache: inout KVCache, memory: CrossMemory?) -> Tensor {
+        let parts = splitLastDimension(qkv(x), parts: 3)
+        return rest(attended: attentionOut(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)),
+                    input: x, memory: memory)
+    }
+
+    /// After self-attention: its residual norm, the cross-attention block, the feed-forward block.
+    private func rest(attended: Tensor, input x: Tensor, memory: CrossMemory?) -> Tensor {
+        var sum = attended
+        addInPlace(&sum, x)
+        var hidden = attentionNorm(sum)
+        if let memory {
+            guard let cross else { preconditionFailure("image states given to a layer without cross-attention") }
+            var crossed = cross.out(multiHeadAttention(query: cross.query(hidden), key: memory.keys, value: memory.values, heads: heads, causal: false))
+            addInPlace(&crossed, hidden)
+            hidden = cross.norm(crossed)
+        }
         var inner = intermediate(hidden)
         activation.apply(&inner)
         var out = output(inner)

@@ -15,15 +15,25 @@ public struct ViTConfig: Decodable, Sendable {
     public var patchSize: Int
     public var channels: Int
 
-    public init(from decoder: Decoder) throws {
+    public init(from decoder: Decoder) throws { try self.init(decoder, defaults: .vit) }
+
+    /// The defaults that differ between the configs read as ViT's.
+    struct Defaults {
+        let layerNormEpsilon: Float, imageSize: Int
+        static let vit = Defaults(layerNormEpsilon: 1e-12, imageSize: 224)
+        /// BlipVisionConfig: 384-pixel images, eps 1e-5.
+        static let blip = Defaults(layerNormEpsilon: 1e-5, imageSize: 384)
+    }
+
+    init(_ decoder: Decoder, defaults: Defaults) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
         hiddenSize = try c.value("hidden_size", default: 768)
         layers = try c.value("num_hidden_layers", default: 12)
         heads = try c.value("num_attention_heads", default: 12)
         intermediateSize = try c.value("intermediate_size", default: 3072)
         activation = try c.value("hidden_act", default: .gelu)
-        layerNormEpsilon = try c.value("layer_norm_eps", default: 1e-12)
-        imageSize = try c.value("image_size", default: 224)
+        layerNormEpsilon = try c.value("layer_norm_eps", default: defaults.layerNormEpsilon)
+        imageSize = try c.value("image_size", default: defaults.imageSize)
         patchSize = try c.value("patch_size", default: 16)
         channels = try c.value("num_channels", default: 3)
         try checkTransformer(width: hiddenSize, layers: layers, heads: heads, inner: intermediateSize,
@@ -49,29 +59,55 @@ extension TransformerBlock {
                   fc2: Linear(store, "\(prefix).output.dense", inputs: config.intermediateSize, outputs: d),
                   heads: config.heads, activation: config.activation)
     }
+
+    /// A BLIP vision layer (BlipEncoderLayer): CLIP's layout with q/k/v stored fused.
+    init(blip store: WeightStore, _ prefix: String, _ config: ViTConfig) {
+        let d = config.hiddenSize
+        self.init(layerNorm1: LayerNorm(store, "\(prefix).layer_norm1", size: d, epsilon: config.layerNormEpsilon),
+                  layerNorm2: LayerNorm(store, "\(prefix).layer_norm2", size: d, epsilon: config.layerNormEpsilon),
+                  qkv: Linear(store, "\(prefix).self_attn.qkv", inputs: d, outputs: 3 * d),
+                  out: Linear(store, "\(prefix).self_attn.projection", inputs: d, outputs: d),
+                  fc1: Linear(store, "\(prefix).mlp.fc1", inputs: d, outputs: config.intermediateSize),
+                  fc2: Linear(store, "\(prefix).mlp.fc2", inputs: config.intermediateSize, outputs: d),
+                  heads: config.heads, activation: config.activation)
+    }
 }
 
-/// The ViT encoder (transformers ViTModel without its pooler): patch and class embeddings
+/// The ViT encoder (transformers ViTModel without its pooler, or BlipVisionModel): patch and class embeddings
 /// with positions, pre-layer-norm layers, a final layer norm. Its last hidden states are
-/// what a VisionEncoderDecoder's decoder attends to.
+/// what a VisionEncoderDecoder's decoder (or BLIP's text model) attends to.
 public final class ViT: @unchecked Sendable {
     public let config: ViTConfig
     let classToken, positions, patchWeight, patchBias: Tensor
     let layers: [TransformerBlock]
     let finalLayerNorm: LayerNorm
 
+    /// Where a checkpoint keeps the encoder's weights: ViTModel's names or BlipVisionModel's.
+    struct Naming: Sendable {
+        let classToken, positions, patch, layers, finalLayerNorm: String
+        let layer: @Sendable (WeightStore, String, ViTConfig) -> TransformerBlock
+        static let vit = Naming(classToken: "embeddings.cls_token", positions: "embeddings.position_embeddings", patch: "embeddings.patch_embeddings.projection",
+                                layers: "encoder.layer", finalLayerNorm: "layernorm", layer: TransformerBlock.init(vit:_:_:))
+        static let blip = Naming(classToken: "embeddings.class_embedding", positions: "embeddings.position_embedding", patch: "embeddings.patch_embedding",
+                                 layers: "encoder.layers", finalLayerNorm: "post_layernorm", layer: TransformerBlock.init(blip:_:_:))
+    }
+
     /// `root` prefixes every weight name: "encoder." inside a VisionEncoderDecoder checkpoint.
-    public init(config: ViTConfig, weights store: WeightStore, root: String = "") {
+    public convenience init(config: ViTConfig, weights store: WeightStore, root: String = "") {
+        self.init(config: config, weights: store, root: root, naming: .vit)
+    }
+
+    init(config: ViTConfig, weights store: WeightStore, root: String, naming: Naming) {
         self.config = config
         let (d, p, c) = (config.hiddenSize, config.patchSize, config.channels)
         let patches = (config.imageSize / p) * (config.imageSize / p)
-        classToken = store.take("\(root)embeddings.cls_token", shape: [1, 1, d])
-        positions = store.take("\(root)embeddings.position_embeddings", shape: [1, patches + 1, d])
+        classToken = store.take("\(root)\(naming.classToken)", shape: [1, 1, d])
+        positions = store.take("\(root)\(naming.positions)", shape: [1, patches + 1, d])
         // Conv weight [d, c, p, p] used as a linear map of flattened patches [d, c * p * p].
-        patchWeight = store.take("\(root)embeddings.patch_embeddings.projection.weight", shape: [d, c, p, p]).reshaped([d, c * p * p])
-        patchBias = store.take("\(root)embeddings.patch_embeddings.projection.bias", shape: [d])
-        layers = (0..<config.layers).map { TransformerBlock(vit: store, "\(root)encoder.layer.\($0)", config) }
-        finalLayerNorm = LayerNorm(store, "\(root)layernorm", size: d, epsilon: config.layerNormEpsilon)
+        patchWeight = store.take("\(root)\(naming.patch).weight", shape: [d, c, p, p]).reshaped([d, c * p * p])
+        patchBias = store.take("\(root)\(naming.patch).bias", shape: [d])
+        layers = (0..<config.layers).map { naming.layer(store, "\(root)\(naming.layers).\($0)", config) }
+        finalLayerNorm = LayerNorm(store, "\(root)\(naming.finalLayerNorm)", size: d, epsilon: config.layerNormEpsilon)
     }
 
     /// Last hidden states [batch, 1 + patches, d] of pixels [batch, channels, size, size].

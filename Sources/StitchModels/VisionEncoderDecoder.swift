@@ -84,6 +84,9 @@ public final class VisionEncoderDecoder: ImageCaptioner, @unchecked Sendable {
 
     /// The prompt every caption continues.
     public var startTokens: [Int] { [config.decoderStartTokenID] }
+
+    /// The start token and GPT-2's tokens of `prompt`.
+    public func startTokens(prompt: String) throws -> [Int] { startTokens + (try decoder.encode(prompt, specialTokens: false)) }
 }
 
 /// GPT-2 with its cross-attention memory fixed to one image: a causal language model that the

@@ -41,21 +41,35 @@ public struct WordPieceTokenizer: Tokenizer {
         try self.init(vocabularyFile: folder.appendingPathComponent("vocab.txt").path, maximumLength: maximumLength)
     }
 
+    /// [CLS], the word pieces (cut to fit `maximumLength`), [SEP].
     public func encode(_ text: String) -> [Int] {
-        let specials = ["[PAD]": paddingID, "[UNK]": unknownID, "[CLS]": classID, "[SEP]": separatorID, "[MASK]": vocabulary["[MASK]"]]
-        let pieces = encodeAroundSpecialTokens(text, specials.compactMapValues { $0 }) { part in
-            Self.pretokenize(normalize(part)).flatMap(wordPieces)
-        }
-        return [classID] + pieces.prefix(max(maximumLength - 2, 0)) + [separatorID]
+        [classID] + tokens(text).prefix(max(maximumLength - 2, 0)) + [separatorID]
     }
 
+    /// The word pieces of `text` alone, special tokens written in it kept whole.
+    public func tokens(_ text: String) -> [Int] {
+        encodeAroundSpecialTokens(text, specialIDs) { part in Self.pretokenize(normalize(part)).flatMap(wordPieces) }
+    }
+
+    /// The id of a token of vocab.txt.
+    public func id(of token: String) -> Int? { vocabulary[token] }
+
+    private var specialIDs: [String: Int] {
+        ["[PAD]": paddingID, "[UNK]": unknownID, "[CLS]": classID, "[SEP]": separatorID, "[MASK]": vocabulary["[MASK]"]].compactMapValues { $0 }
+    }
+
+    /// The text of `ids` as BertTokenizerFast.decode(skip_special_tokens=True) gives it: special tokens and ids beyond
+    /// vocab.txt (added tokens such as BLIP's [DEC]) left out, "##" pieces joined to the word before them (a first piece
+    /// keeps its "##", as the tokenizers library's WordPiece decoder does), then transformers' clean-up of the spaces
+    /// before punctuation and contractions.
     public func decode(_ ids: [Int]) -> String {
+        let special = Set(specialIDs.values)
         var text = ""
-        for id in ids where id >= 0 && id < idToToken.count && ![classID, separatorID, paddingID].contains(id) {
+        for (index, id) in ids.filter({ $0 >= 0 && $0 < idToToken.count && !special.contains($0) }).enumerated() {
             let token = idToToken[id]
-            if token.hasPrefix("##") { text += token.dropFirst(2) } else { text += (text.isEmpty ? "" : " ") + token }
+            if index > 0, token.hasPrefix("##") { text += token.dropFirst(2) } else { text += (index == 0 ? "" : " ") + token }
         }
-        return text
+        return Transformers47.cleanUpTokenization(text)
     }
 
     /// BertNormalizer: drop NUL, U+FFFD and control characters, map whitespace to

@@ -1762,6 +1762,133 @@ def make_siglip_goldens():
     write_json({k: list(p.shape) for k, p in real.state_dict().items()}, "siglip-configs", "siglip-base-patch16-224", "manifest.json")
 
 
+# ---------------------------------------------------------------- BLIP
+
+BLIP_TEXTS = ["a photo of a cat", "a coffee cup on a table", "an astronaut", "two dogs running in the park", "a red truck."]
+BLIP_PROMPT = "a picture of"
+
+
+def blip_config():
+    """Tiny BLIP sizes on the committed 4,000-token vocabulary ([DEC] and [ENC] added after it); weights of std 0.2 so
+    that the image steers the text."""
+    from transformers import BlipConfig
+    return BlipConfig(
+        text_config=dict(vocab_size=4002, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=64, bos_token_id=4000, sep_token_id=102, pad_token_id=0, initializer_range=0.2),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16,
+                           initializer_range=0.2),
+        image_text_hidden_size=24)
+
+
+def blip_tokenizer(folder):
+    """BERT's uncased WordPiece on the first 4,000 entries of MiniLM's vocab.txt with BLIP's added [DEC] (bos) and [ENC]."""
+    from transformers import BertTokenizerFast
+    with open(os.path.join(MINILM, "vocab.txt"), encoding="utf-8") as f:
+        vocab = f.read().splitlines()[:4000]
+    with open(out(folder, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(out(folder, "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    assert tokenizer.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [4000, 4001]
+    tokenizer.save_pretrained(out(folder))
+    os.remove(out(folder, "tokenizer.json"))   # vocab.txt holds the vocabulary once
+    return tokenizer
+
+
+def make_blip_goldens():
+    """Tiny random BlipForConditionalGeneration and BlipForImageTextRetrieval with BlipImageProcessor (64 pixels) on
+    three photos: pixels, the image's last hidden states, teacher-forced decoder logits, generate() captions (greedy,
+    beam 3, contrastive; without and with the prompt "a picture of") and their decoded text; ITM scores and ITC
+    similarities of five texts; the decoded text of random id lists; the published processor's 384 x 384 pixels as
+    CRC-32s; and the state-dict names and shapes of the published base configs."""
+    import zlib
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipImageProcessor
+    torch.manual_seed(8)
+    config = blip_config()
+    config.architectures = ["BlipForConditionalGeneration"]
+    model = BlipForConditionalGeneration(config).eval()
+    with torch.no_grad():   # peaked next-token distributions, and [SEP] likely enough that some captions end early
+        model.text_decoder.cls.predictions.transform.LayerNorm.weight.mul_(8.0)
+        model.text_decoder.cls.predictions.bias[102] += 3.0
+    save_tiny(model, "tiny-blip")
+    model = BlipForConditionalGeneration.from_pretrained(out("tiny-blip"), torch_dtype=torch.float32).eval()
+    tokenizer = blip_tokenizer("tiny-blip")
+    processor = BlipImageProcessor(size={"height": 64, "width": 64})
+    processor.save_pretrained(out("tiny-blip"))
+    names = ["chelsea.png", "coffee.png", "astronaut.png"]
+    tensors = {}
+    golden = {"images": names, "prompt": BLIP_PROMPT, "prompt_ids": tokenizer(BLIP_PROMPT)["input_ids"], "captions": {}}
+    settings = {"greedy": dict(do_sample=False, max_new_tokens=16), "beam": dict(do_sample=False, num_beams=3, max_new_tokens=16),
+                "contrastive": dict(penalty_alpha=0.6, top_k=4, max_new_tokens=12)}
+    for name in names:
+        pixels = processor(images=Image.open(os.path.join(IMAGES, name)).convert("RGB"), return_tensors="pt")["pixel_values"]
+        tensors[name + ".pixels"] = pixels[0]
+        with torch.no_grad():
+            states = model.vision_model(pixel_values=pixels).last_hidden_state
+            tensors[name + ".image_states"] = states[0]
+            forced = torch.tensor([[4000] + tokenizer(BLIP_PROMPT + " the sea")["input_ids"][1:-1]])
+            tensors[name + ".logits"] = model.text_decoder(input_ids=forced, encoder_hidden_states=states).logits[0]
+            captions = {}
+            for strategy, options in settings.items():
+                for prompted in [False, True]:
+                    ids = tokenizer(BLIP_PROMPT, return_tensors="pt")["input_ids"] if prompted else None
+                    output = model.generate(pixel_values=pixels, input_ids=ids, **options)[0].tolist()
+                    captions[strategy + (" prompted" if prompted else "")] = {"ids": output, "text": tokenizer.decode(output, skip_special_tokens=True)}
+        golden["captions"][name] = captions
+        print("blip", name, {k: v["text"] for k, v in captions.items()})
+    for key in golden["captions"][names[0]]:   # the image steers every caption
+        assert len({golden["captions"][n][key]["text"] for n in names}) > 1, key
+    ended = [102 in c["ids"] for n in names for c in golden["captions"][n].values()]
+    assert any(ended) and not all(ended), "captions ending at [SEP] and captions running to the token limit"
+    generator = torch.Generator().manual_seed(9)
+    golden["decode"] = []
+    for length in [1, 2, 5, 9, 16]:
+        for _ in range(6):
+            ids = torch.randint(0, 4002, (length,), generator=generator).tolist()
+            golden["decode"].append({"ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)})
+    for text in BLIP_TEXTS + ["it's a cat's toy, isn't it?", "don ' t", "##ing photo"]:
+        ids = tokenizer(text)["input_ids"]
+        golden["decode"].append({"ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)})
+
+    torch.manual_seed(10)
+    config = blip_config()
+    config.architectures = ["BlipForImageTextRetrieval"]
+    retrieval = BlipForImageTextRetrieval(config).eval()
+    save_tiny(retrieval, "tiny-blip-itm")
+    retrieval = BlipForImageTextRetrieval.from_pretrained(out("tiny-blip-itm"), torch_dtype=torch.float32).eval()
+    blip_tokenizer("tiny-blip-itm")
+    processor.save_pretrained(out("tiny-blip-itm"))
+    text = tokenizer(BLIP_TEXTS, padding=True, return_tensors="pt")
+    itm_tensors = {}
+    for name in names:
+        pixels = processor(images=Image.open(os.path.join(IMAGES, name)).convert("RGB"), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            itm = retrieval(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixels.repeat(len(BLIP_TEXTS), 1, 1, 1)).itm_score
+            itc = retrieval(input_ids=text["input_ids"], attention_mask=text["attention_mask"], pixel_values=pixels, use_itm_head=False).itm_score
+        itm_tensors[name + ".itm"] = itm
+        itm_tensors[name + ".itm_probabilities"] = itm.softmax(dim=1)[:, 1]
+        itm_tensors[name + ".itc"] = itc[0]
+    save_file({k: v.contiguous().numpy() for k, v in itm_tensors.items()}, out("tiny-blip-itm", "golden.safetensors"))
+    write_json({"texts": BLIP_TEXTS, "images": names, "input_ids": [[i for i, m in zip(ids, mask) if m] for ids, mask in
+                                                                   zip(text["input_ids"].tolist(), text["attention_mask"].tolist())]},
+               "tiny-blip-itm", "golden.json")
+
+    published = BlipImageProcessor(size={"height": 384, "width": 384})
+    golden["published_pixels_crc32"] = {
+        name: zlib.crc32(published(images=Image.open(os.path.join(IMAGES, name)).convert("RGB"), return_tensors="np")["pixel_values"][0]
+                         .astype("<f4").tobytes()) for name in sorted(os.listdir(IMAGES)) if not name.endswith(".md")}
+    save_file({k: v.contiguous().numpy() for k, v in tensors.items()}, out("tiny-blip", "golden.safetensors"))
+    write_json(golden, "tiny-blip", "golden.json")
+    from transformers import BlipConfig
+    for folder, model_class in [("blip-image-captioning-base", BlipForConditionalGeneration), ("blip-itm-base", BlipForImageTextRetrieval)]:
+        published_config = BlipConfig()   # transformers' defaults are the base models' (ViT-B/16 at 384 pixels, BERT-base)
+        published_config.architectures = [model_class.__name__]
+        with torch.device("meta"):
+            real = model_class(published_config)
+        published_config.to_json_file(out("blip-configs", folder, "config.json"))
+        write_json({k: list(p.shape) for k, p in real.state_dict().items()}, "blip-configs", folder, "manifest.json")
+
+
 # ---------------------------------------------------------------- Llama-family decoders
 
 LLAMA_VARIANTS = {
@@ -2077,6 +2204,7 @@ if __name__ == "__main__":
     make_label_golden()
     make_owlvit_goldens()
     make_siglip_goldens()
+    make_blip_goldens()
     make_llama_goldens()
     make_pica_local_golden()
     make_tokenizer_json_goldens()

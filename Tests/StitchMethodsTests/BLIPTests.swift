@@ -1,0 +1,111 @@
+import CZlib
+import Foundation
+import StitchImaging
+import StitchModelIO
+import StitchModels
+import StitchTensor
+import StitchTestSupport
+import StitchTokenizers
+import XCTest
+@testable import StitchMethods
+
+/// BLIP against transformers (Tests/Fixtures/tiny-blip and tiny-blip-itm, written by make_fixtures.py: random 64-pixel
+/// BlipForConditionalGeneration and BlipForImageTextRetrieval on a 4,000-token BERT vocabulary, three photos).
+final class BLIPTests: XCTestCase {
+    struct Golden: Decodable {
+        struct Caption: Decodable { let ids: [Int]; let text: String }
+        struct Decoded: Decodable { let ids: [Int]; let text: String }
+        let images: [String]
+        let prompt: String
+        let prompt_ids: [Int]
+        let captions: [String: [String: Caption]]
+        let decode: [Decoded]
+        let published_pixels_crc32: [String: UInt32]
+    }
+
+    static let golden = try! JSONDecoder().decode(Golden.self, from: Data(contentsOf: Fixtures.url("tiny-blip/golden.json")))
+
+    func testTinyBLIPMatchesTransformers() throws {
+        let model = try BLIPCaptioner(folder: Fixtures.url("tiny-blip"))
+        let g = Self.golden, tensors = try Fixtures.tensors("tiny-blip/golden.safetensors")
+        // The processor's [CLS] prompt [SEP] becomes [DEC] prompt, as generate() makes it.
+        XCTAssertEqual(try model.startTokens(prompt: g.prompt), [model.config.beginID] + g.prompt_ids.dropFirst().dropLast())
+        for name in g.images {
+            let image = try RGBImage(contentsOf: Fixtures.photo(name).path)
+            let pixels = model.preprocessor.batch([image])
+            assertClose(pixels.reshaped(Array(pixels.shape.dropFirst())), tensors[name + ".pixels"]!, "\(name) pixels", tolerance: 0)
+            assertClose(try model.imageStates(pixels).reshaped(tensors[name + ".image_states"]!.shape), tensors[name + ".image_states"]!, "\(name) image states")
+            // Teacher-forced logits of "[DEC] a picture of the sea".
+            let decoder = try model.decoder(pixels: pixels)
+            let forced = try model.startTokens(prompt: g.prompt + " the sea")
+            var cache = decoder.makeCache(batch: 1)
+            let logits = decoder.logits(try decoder.forward([forced], cache: &cache))
+            assertClose(logits.reshaped(tensors[name + ".logits"]!.shape), tensors[name + ".logits"]!, "\(name) decoder logits")
+        }
+    }
+
+    /// generate()'s greedy, beam (3) and contrastive captions, without and with the prompt: token-identical, and the text
+    /// as BlipProcessor.decode(skip_special_tokens=True) gives it.
+    func testCaptionsEqualGenerate() throws {
+        let model = try BLIPCaptioner(folder: Fixtures.url("tiny-blip"))
+        let g = Self.golden
+        let strategies: [String: DecodingOptions] = [
+            "greedy": DecodingOptions(strategy: .greedy, maxTokens: 16),
+            "beam": DecodingOptions(strategy: .beam, maxTokens: 16, beam: BeamSettings(beams: 3)),
+            "contrastive": DecodingOptions(strategy: .contrastive, maxTokens: 12, contrastive: ContrastiveSettings(k: 4, alpha: 0.6)),
+        ]
+        var compared = 0, ended = 0
+        for name in g.images {
+            let image = try RGBImage(contentsOf: Fixtures.photo(name).path)
+            for (strategy, options) in strategies {
+                for prompted in [false, true] {
+                    let expected = g.captions[name]![strategy + (prompted ? " prompted" : "")]!
+                    let caption = try model.caption(image, prompt: prompted ? g.prompt : nil, options: options)
+                    let start = prompted ? try model.startTokens(prompt: g.prompt) : model.startTokens
+                    XCTAssertEqual(start + caption.tokens, expected.ids, "\(name) \(strategy) prompted \(prompted)")
+                    XCTAssertEqual(caption.text, expected.text, "\(name) \(strategy) prompted \(prompted)")
+                    compared += 1
+                    if caption.tokens.last == model.config.separatorID { ended += 1 }
+                }
+            }
+        }
+        XCTAssertEqual(compared, 18)
+        XCTAssert(ended > 0 && ended < compared, "some captions end at [SEP], some at the token limit: \(ended)")
+        print("BLIP: \(compared) captions (greedy, beam 3, contrastive; with and without \"\(g.prompt)\") token- and text-identical to generate(); \(ended) end at [SEP]")
+    }
+
+    /// BertTokenizerFast.decode(skip_special_tokens=True): random ids (special, added and out-of-word pieces) and real texts.
+    func testDecodeEqualsTransformers() throws {
+        let tokenizer = try WordPieceTokenizer(folder: Fixtures.url("tiny-blip"))
+        for case let (ids, text) in Self.golden.decode.map({ ($0.ids, $0.text) }) { XCTAssertEqual(tokenizer.decode(ids), text, "\(ids)") }
+        XCTAssertGreaterThanOrEqual(Self.golden.decode.count, 30)
+    }
+
+    /// BlipImageProcessor at the published 384 x 384: the float32 pixels of every test photo are bit-identical (CRC-32).
+    func testPublishedPreprocessingIsBitIdentical() throws {
+        let config = try loadConfig(BLIPConfig.self, from: Fixtures.url("blip-configs/blip-image-captioning-base/config.json"))
+        let preprocessor = ImagePreprocessor(squareSize: config.vision.imageSize, filter: .bicubic, mean: ImagePreprocessor.clip.mean, std: ImagePreprocessor.clip.std)
+        for (name, expected) in Self.golden.published_pixels_crc32.sorted(by: { $0.key < $1.key }) {
+            let pixels = preprocessor.batch([try RGBImage(contentsOf: Fixtures.photo(name).path)]).scalars
+            let crc = pixels.withUnsafeBytes { UInt32(crc32(0, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt32($0.count))) }
+            XCTAssertEqual(crc, expected, "\(name): 384 x 384 pixels differ from BlipImageProcessor's")
+        }
+        XCTAssertEqual(Self.golden.published_pixels_crc32.count, 4)
+    }
+
+    /// The weights Stitch asks for, for the published base configs, are exactly transformers' state_dict names and shapes.
+    func testPublishedArchitectureWeightNames() throws {
+        let folder = Fixtures.url("blip-configs/blip-image-captioning-base")
+        let config = try loadConfig(BLIPConfig.self, from: folder.appendingPathComponent("config.json"))
+        XCTAssertEqual([config.vision.imageSize, config.vision.patchSize, config.text.vocabularySize, config.text.heads, config.beginID], [384, 16, 30524, 8, 30522])
+        let store = WeightStore(recordingFor: "blip-image-captioning-base")
+        _ = try BLIPCaptioner(config: config, weights: store, tokenizer: nil, preprocessor: .clip)
+        let manifest = try Fixtures.json("blip-configs/blip-image-captioning-base/manifest.json") as! [String: [Int]]
+        let requested = Dictionary(store.requested.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual(requested.count, store.requested.count, "a weight was requested twice")
+        // The decoder's bias is predictions.bias under a second name.
+        XCTAssertEqual(Set(requested.keys), Set(manifest.keys).subtracting(["text_decoder.cls.predictions.decoder.bias"]))
+        for (key, shape) in requested { XCTAssertEqual(manifest[key], shape, key) }
+        print("blip-image-captioning-base: \(requested.count) tensors, \(requested.values.map { $0.reduce(1, *) }.reduce(0, +)) parameters")
+    }
+}
