@@ -91,18 +91,33 @@ struct BLIPTextModel {
     func memory(_ imageStates: Tensor) -> [CrossMemory] { layers.map { $0.cross!.memory(imageStates) } }
 }
 
-/// The files a BLIP folder holds: the tokenizer (BERT's vocab.txt) is optional, ids can still be run.
-private let blipFiles = ModelFiles(required: ["config.json"], optional: ["vocab.txt"] + ModelFiles.tokenizerAndProcessorFiles)
+/// BLIP's heads, by the architecture a config names: a captioner (BlipForConditionalGeneration, also when none is
+/// named) or an image-text scorer (BlipForImageTextRetrieval).
+public enum BLIP {
+    /// The files a BLIP folder holds: the tokenizer (BERT's vocab.txt) is optional, ids can still be run.
+    public static let files = ModelFiles(required: ["config.json"], optional: ["vocab.txt"] + ModelFiles.tokenizerAndProcessorFiles)
 
-/// BLIP's image processor (BlipImageProcessor: the image resized to the square, bicubic, CLIP's mean and std) and
-/// tokenizer (BERT's uncased WordPiece), as a folder gives them.
-private func blipInputs(_ folder: URL, _ config: BLIPConfig) throws -> (ImagePreprocessor, WordPieceTokenizer?) {
+    public static func load(folder: URL) throws -> AnyObject {
+        let config = try loadConfig(BLIPConfig.self, from: folder.appendingPathComponent("config.json"))
+        return config.architectures.contains("BlipForImageTextRetrieval") ? try BLIPRetrieval(folder: folder) : try BLIPCaptioner(folder: folder)
+    }
+}
+
+/// A BLIP folder's config (which must name `architecture`, or none), image processor (BlipImageProcessor: the image
+/// resized to the square, bicubic, CLIP's mean and std) and tokenizer (BERT's uncased WordPiece).
+private func blipFolder(_ folder: URL, architecture: String) throws -> (BLIPConfig, ImagePreprocessor, WordPieceTokenizer?) {
+    let configFile = folder.appendingPathComponent("config.json")
+    try ArchitectureHeader.require([architecture, "blip"], in: configFile)
+    let config = try loadConfig(BLIPConfig.self, from: configFile)
+    if let other = config.architectures.first, !config.architectures.contains(architecture) {
+        throw ModelIOError.unsupportedArchitecture(file: configFile.path, found: other, expected: [architecture])
+    }
     let processorFile = folder.appendingPathComponent("preprocessor_config.json")
     let settings = FileManager.default.fileExists(atPath: processorFile.path) ? try loadConfig(SquarePreprocessing.self, from: processorFile) : SquarePreprocessing()
     let preprocessor = settings.preprocessor(defaults: ImagePreprocessor(squareSize: config.vision.imageSize, filter: .bicubic,
                                                                          mean: ImagePreprocessor.clip.mean, std: ImagePreprocessor.clip.std))
     let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.txt").path)
-    return (preprocessor, hasVocabulary ? try WordPieceTokenizer(folder: folder, maximumLength: config.text.maxPositions) : nil)
+    return (config, preprocessor, hasVocabulary ? try WordPieceTokenizer(folder: folder, maximumLength: config.text.maxPositions) : nil)
 }
 
 /// BLIP captioning (transformers BlipForConditionalGeneration, e.g. Salesforce/blip-image-captioning-base / -large):
@@ -119,13 +134,8 @@ public final class BLIPCaptioner: ImageCaptioner, @unchecked Sendable {
     let headNorm: LayerNorm
     let headWeight, headBias: Tensor
 
-    public static let files = blipFiles
-
     public convenience init(folder: URL) throws {
-        let configFile = folder.appendingPathComponent("config.json")
-        try ArchitectureHeader.require(["BlipForConditionalGeneration", "blip"], in: configFile)
-        let config = try loadConfig(BLIPConfig.self, from: configFile)
-        let (preprocessor, tokenizer) = try blipInputs(folder, config)
+        let (config, preprocessor, tokenizer) = try blipFolder(folder, architecture: "BlipForConditionalGeneration")
         try self.init(config: config, weights: WeightStore(folder: folder), tokenizer: tokenizer, preprocessor: preprocessor)
     }
 
@@ -221,4 +231,95 @@ public final class BLIPDecoder: CausalLanguageModel, @unchecked Sendable {
     }
 
     public func tokenID(of token: String) -> Int? { model.tokenizer?.id(of: token) }
+}
+
+/// BLIP image-text retrieval (transformers BlipForImageTextRetrieval, e.g. Salesforce/blip-itm-base-coco) as an image-text
+/// scorer. Its features are the contrastive (ITC) ones, the class tokens projected to a shared space, and their logits
+/// the cosines transformers gives with `use_itm_head=False`. Ranking uses the matching head (ITM), which reads each
+/// text together with the image: the probability that they match.
+public final class BLIPRetrieval: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecked Sendable {
+    public let config: BLIPConfig
+    public let tokenizer: WordPieceTokenizer?
+    public let preprocessor: ImagePreprocessor
+    public let vision: ViT
+    let text: BLIPTextModel
+    let visionProjection, textProjection, matchHead: Linear
+
+    public convenience init(folder: URL) throws {
+        let (config, preprocessor, tokenizer) = try blipFolder(folder, architecture: "BlipForImageTextRetrieval")
+        try self.init(config: config, weights: WeightStore(folder: folder), tokenizer: tokenizer, preprocessor: preprocessor)
+    }
+
+    public init(config: BLIPConfig, weights store: WeightStore, tokenizer: WordPieceTokenizer?, preprocessor: ImagePreprocessor) throws {
+        self.config = config
+        self.tokenizer = tokenizer
+        self.preprocessor = preprocessor
+        vision = ViT(config: config.vision, weights: store, root: "vision_model.", naming: .blip)
+        text = BLIPTextModel(store, root: "text_encoder.", config: config.text, imageWidth: config.vision.hiddenSize)
+        visionProjection = Linear(store, "vision_proj", inputs: config.vision.hiddenSize, outputs: config.imageTextHiddenSize)
+        textProjection = Linear(store, "text_proj", inputs: config.text.hiddenSize, outputs: config.imageTextHiddenSize)
+        matchHead = Linear(store, "itm_head", inputs: config.text.hiddenSize, outputs: 2)
+        try store.finish(ignoreUnused: { $0.hasSuffix("position_ids") })
+    }
+
+    /// Token ids of `texts` as the processor gives them: [CLS] word pieces [SEP].
+    public func tokenize(_ texts: [String]) throws -> [[Int]] {
+        guard let tokenizer else { throw ModelError.invalidInput(model: "BLIP", detail: "the model folder has no vocab.txt for text") }
+        return texts.map(tokenizer.encode)
+    }
+
+    /// The text model's last hidden states at [CLS], [texts, d], of right-padded ids under their mask; reading `imageStates`
+    /// [1, 1 + patches, vision width] when given (ITM), the text alone otherwise (ITC).
+    func classStates(_ tokens: [[Int]], imageStates: Tensor?) throws -> Tensor {
+        let length = tokens.map(\.count).max() ?? 0
+        guard length > 0 else { throw ModelError.invalidInput(model: "BLIP text", detail: "no text to encode") }
+        let padded = tokens.map { $0 + Array(repeating: config.paddingID, count: length - $0.count) }
+        let mask = Tensor(shape: [tokens.count, length], scalars: tokens.flatMap { row in (0..<length).map { $0 < row.count ? 1 : 0 } })
+        let memory = imageStates.map(text.memory)
+        var hidden = try text.embed(padded, offset: 0)
+        for (index, layer) in text.layers.enumerated() { hidden = layer(hidden, mask: mask, memory: memory?[index]) }
+        return gatherRows(hidden, Array(repeating: 0, count: tokens.count)).reshaped([tokens.count, config.text.hiddenSize])
+    }
+
+    // MARK: contrastive features (ITC)
+
+    /// Projected class-token features [images, imageTextHiddenSize], not normalised.
+    public func imageFeatures(of images: [RGBImage]) throws -> Tensor {
+        let states = try vision.hiddenStates(preprocessor.batch(images))   // [images, 1 + patches, d]
+        return visionProjection(gatherRows(states, Array(repeating: 0, count: images.count)).reshaped([images.count, config.vision.hiddenSize]))
+    }
+
+    /// Projected [CLS] features of the texts alone [texts, imageTextHiddenSize], not normalised.
+    public func textFeatures(of texts: [String]) throws -> Tensor {
+        textProjection(try classStates(tokenize(texts), imageStates: nil))
+    }
+
+    /// The cosines [images, texts] of the normalised features (the ITC score, no temperature).
+    public func logits(imageFeatures: Tensor, textFeatures: Tensor) -> Tensor {
+        var images = imageFeatures, texts = textFeatures
+        l2NormalizeRows(&images)
+        l2NormalizeRows(&texts)
+        return matmul(images, texts, transposeB: true)
+    }
+
+    // MARK: matching (ITM)
+
+    /// The matching head's logits [texts, 2] (no match, match) of each text read with `image`.
+    public func matchLogits(_ texts: [String], for image: RGBImage) throws -> Tensor {
+        let states = try vision.hiddenStates(preprocessor.batch([image]))
+        return matchHead(try classStates(tokenize(texts), imageStates: states))
+    }
+
+    /// The probability that each text describes `image`: softmax of the matching head's logits, the match column.
+    public func matchProbabilities(_ texts: [String], for image: RGBImage) throws -> [Float] {
+        var logits = try matchLogits(texts, for: image)
+        softmaxLastDimension(&logits)
+        return (0..<texts.count).map { logits.scalars[$0 * 2 + 1] }
+    }
+
+    /// Texts ranked by their match probability with `image` (ITM), best first (ties by index), with the probabilities.
+    public func rank(_ texts: [String], for image: RGBImage) throws -> [(index: Int, logit: Float)] {
+        let probabilities = try matchProbabilities(texts, for: image)
+        return indicesByDescendingValue(probabilities).map { ($0, probabilities[$0]) }
+    }
 }

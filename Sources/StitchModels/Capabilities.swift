@@ -24,6 +24,9 @@ public protocol ImageTextScorer: AnyObject, Sendable {
     var labelProbabilityKind: LabelProbabilityKind { get }
     /// A text encoder that reuses what consecutive MAGiC steps share, or nil: then every text is encoded whole.
     func makeIncrementalTextEncoder(tokenization: Transformers47.Tokenization) -> IncrementalTextEncoder?
+    /// Indices of `texts` ranked for `image`, best first (ties by index), with their scores: the logits, unless the
+    /// scorer has a better judge of a single pair (BLIP's matching head).
+    func rank(_ texts: [String], for image: RGBImage) throws -> [(index: Int, logit: Float)]
 }
 
 /// How a scorer's zero-shot probabilities relate across labels.

@@ -44,6 +44,8 @@ public final class ModelRegistry: @unchecked Sendable {
         let registry = ModelRegistry()
         registry.register(ModelType("clip", modelTypes: ["clip"], architectures: ["CLIPModel"], files: CLIP.files) { try CLIP(folder: $0) })
         registry.register(ModelType("siglip", modelTypes: ["siglip"], architectures: ["SiglipModel"], files: SigLIP.files) { try SigLIP(folder: $0) })
+        registry.register(ModelType("blip", modelTypes: ["blip"], architectures: ["BlipForConditionalGeneration", "BlipForImageTextRetrieval"],
+                                    files: BLIP.files) { try BLIP.load(folder: $0) })
         registry.register(ModelType("gpt2", modelTypes: ["gpt2"], architectures: ["GPT2LMHeadModel", "GPT2Model"], files: GPT2.files) { try GPT2(folder: $0) })
         registry.register(ModelType("llama", modelTypes: ["llama", "qwen2", "mistral"], architectures: Llama.architectures, files: Llama.files) { try Llama(folder: $0) })
         registry.register(ModelType("vision-encoder-decoder", modelTypes: ["vision-encoder-decoder"], architectures: ["VisionEncoderDecoderModel"],

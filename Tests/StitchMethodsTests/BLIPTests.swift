@@ -108,4 +108,40 @@ final class BLIPTests: XCTestCase {
         for (key, shape) in requested { XCTAssertEqual(manifest[key], shape, key) }
         print("blip-image-captioning-base: \(requested.count) tensors, \(requested.values.map { $0.reduce(1, *) }.reduce(0, +)) parameters")
     }
+    /// BlipForImageTextRetrieval: the matching head's logits and probabilities (use_itm_head=True, each text with the image)
+    /// and the contrastive cosines (use_itm_head=False); ranking follows the match probabilities.
+    func testRetrievalMatchesTransformers() throws {
+        struct RetrievalGolden: Decodable { let texts: [String]; let images: [String]; let input_ids: [[Int]] }
+        let g = try JSONDecoder().decode(RetrievalGolden.self, from: Data(contentsOf: Fixtures.url("tiny-blip-itm/golden.json")))
+        let tensors = try Fixtures.tensors("tiny-blip-itm/golden.safetensors")
+        let loaded = try ModelRegistry.standard.load(Fixtures.url("tiny-blip-itm").path, locator: ModelLocator.fromEnvironment())
+        XCTAssertEqual(Capability.of(loaded.object), [.imageTextScorer, .textEmbedder, .imageEmbedder])
+        let model = try XCTUnwrap(loaded.object as? BLIPRetrieval)
+        XCTAssertEqual(try model.tokenize(g.texts), g.input_ids)
+        for name in g.images {
+            let image = try RGBImage(contentsOf: Fixtures.photo(name).path)
+            assertClose(try model.matchLogits(g.texts, for: image), tensors[name + ".itm"]!, "\(name) ITM logits")
+            let probabilities = try model.matchProbabilities(g.texts, for: image)
+            assertClose(Tensor(shape: [g.texts.count], scalars: probabilities), tensors[name + ".itm_probabilities"]!, "\(name) ITM probabilities", tolerance: 1e-5)
+            let cosines = model.logits(imageFeatures: try model.imageFeatures(of: [image]), textFeatures: try model.textFeatures(of: g.texts))
+            assertClose(cosines.reshaped([g.texts.count]), tensors[name + ".itc"]!, "\(name) ITC cosines", tolerance: 1e-5)
+            XCTAssertEqual(try model.rank(g.texts, for: image).map(\.index), indicesByDescendingValue(tensors[name + ".itm_probabilities"]!.scalars))
+        }
+        let captioner = try ModelRegistry.standard.load(Fixtures.url("tiny-blip").path, locator: ModelLocator.fromEnvironment())
+        XCTAssertEqual(captioner.type.name, "blip")
+        XCTAssertEqual(Capability.of(captioner.object), [.captioner])
+        // Each head loads only its own architecture.
+        XCTAssertThrowsError(try BLIPCaptioner(folder: Fixtures.url("tiny-blip-itm"))) { XCTAssert("\($0)".contains("BlipForImageTextRetrieval"), "\($0)") }
+        XCTAssertThrowsError(try BLIPRetrieval(folder: Fixtures.url("tiny-blip"))) { XCTAssert("\($0)".contains("BlipForConditionalGeneration"), "\($0)") }
+
+        let folder = Fixtures.url("blip-configs/blip-itm-base")
+        let config = try loadConfig(BLIPConfig.self, from: folder.appendingPathComponent("config.json"))
+        let store = WeightStore(recordingFor: "blip-itm-base")
+        _ = try BLIPRetrieval(config: config, weights: store, tokenizer: nil, preprocessor: .clip)
+        let manifest = try Fixtures.json("blip-configs/blip-itm-base/manifest.json") as! [String: [Int]]
+        let requested = Dictionary(store.requested.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual(requested.count, store.requested.count, "a weight was requested twice")
+        XCTAssertEqual(Set(requested.keys), Set(manifest.keys))
+        for (key, shape) in requested { XCTAssertEqual(manifest[key], shape, key) }
+    }
 }
