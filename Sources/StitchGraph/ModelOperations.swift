@@ -90,10 +90,13 @@ extension OperationRegistry {
     }
 
     static let visionOperations: [Operation] = [
-        Operation("caption", "A caption of the image by a captioner (ViT-GPT2): strategy beam (default, 4 beams, 15 tokens), greedy, sample or contrastive.",
-                  arguments: [.component("captioner", kind: "captioner"), .value("image", .image)] + decodingArguments(.captioner), output: .text) { input in
+        Operation("caption", "A caption of the image by a captioner (ViT-GPT2, BLIP): strategy beam (default, 4 beams, 15 tokens), greedy, sample or "
+                  + "contrastive; with a `prompt` (\"a picture of\") the caption continues it and begins with it.",
+                  arguments: [.component("captioner", kind: "captioner"), .value("image", .image), .value("prompt", .text, default: .string(""))]
+                    + decodingArguments(.captioner), output: .text) { input in
             let captioner = try input.component("captioner", as: (any ImageCaptioner).self)
-            return .string(try captioner.caption(input.image("image"), options: decodingOptions(input)).text)
+            let prompt = try input.text("prompt")
+            return .string(try captioner.caption(input.image("image"), prompt: prompt.isEmpty ? nil : prompt, options: decodingOptions(input)).text)
         },
         Operation("detect", """
                   Objects in the image: a detector's fixed classes (YOLOX-Nano), or what `queries` name (an open-vocabulary \

@@ -92,8 +92,9 @@ struct Caption: ParsableCommand {
         reach CLIP as the published code formed them (--clip-text published: transformers 4.7.0's decode clean-up, \
         then its slow CLIP tokenizer without ftfy: accents stripped, punctuation split off) and captions are printed as \
         it printed them; --clip-text current uses today's CLIPTokenizerFast instead. \
-        captioner: a captioner (--captioner, ViT-GPT2) decodes by beam search (4 beams, 15 new tokens) or any \
-        --strategy (greedy; sample with --temperature --top-k --top-p --seed; contrastive with --k --alpha). \
+        captioner: a captioner (--captioner: ViT-GPT2 or BLIP) decodes by beam search (4 beams, 15 new tokens) or any \
+        --strategy (greedy; sample with --temperature --top-k --top-p --seed; contrastive with --k --alpha); with \
+        --prompt the caption continues that text and begins with it (BLIP's conditional captioning). \
         socratic: as the published notebook, CLIP ranks image types, people (none, or how many), the 365 Places365 \
         places and the Tencent ML-Images objects (lists in --categories; their CLIP texts are embedded once per run), the \
         five-line prompt (Prompts/socratic_caption.txt) asks a language model (--lm, or a server with --lm-url) for \
@@ -120,8 +121,11 @@ struct Caption: ParsableCommand {
     @Option(help: "CLIP model folder or hub id (default: the graph's, openai/clip-vit-base-patch32).")
     var clip: String?
 
-    @Option(help: "Captioner folder or hub id (--method captioner).")
+    @Option(help: "Captioner folder or hub id (--method captioner): ViT-GPT2 (nlpconnect/vit-gpt2-image-captioning) or BLIP (Salesforce/blip-image-captioning-base, -large).")
     var captioner = "nlpconnect/vit-gpt2-image-captioning"
+
+    @Option(help: "Text the captioner's caption continues and begins with (--method captioner; BLIP's conditional captioning: \"a picture of\").")
+    var prompt: String?
 
     @Option(help: "Weight of CLIP's image-text score in MAGiC (default: the preset's).") var beta: Double?
 
@@ -150,12 +154,13 @@ struct Caption: ParsableCommand {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
         guard title.map({ !$0.isEmpty }) ?? true else { throw ValidationError("--title is empty") }
+        guard prompt == nil || method == .captioner else { throw ValidationError("--prompt is for --method captioner") }
         let makeCaption: (String) throws -> (tokens: [Int], text: String)
         switch method {
         case .captioner:
             let model = try hub.load(captioner, as: (any ImageCaptioner).self)
             let options = decoding.options(.captioner)
-            makeCaption = { try model.caption(RGBImage(contentsOf: $0), options: options) }
+            makeCaption = { [prompt] in try model.caption(RGBImage(contentsOf: $0), prompt: prompt, options: options) }
         case .socratic:
             let runner = try socraticGraph().runner()
             makeCaption = { path in ([], try MethodGraph.run(runner, ["image": .string(path)], outputs: ["caption"])["caption"]?.string ?? "") }

@@ -1,5 +1,6 @@
 import Foundation
 import StitchImaging
+import StitchModels
 import StitchTestSupport
 import XCTest
 
@@ -396,6 +397,44 @@ final class VisionCommandTests: XCTestCase {
         XCTAssertEqual(outputs["caption"] as? String, defaultCaption)
         XCTAssertEqual(outputs["context"] as? String, "\(defaultCaption). cup, dining table")
         XCTAssertEqual((outputs["detections"] as? [[String: Any]])?.count, 2)
+    }
+
+    /// `stitch caption --method captioner` with BLIP, with and without `--prompt`, gives generate()'s captions (tiny-blip/golden.json),
+    /// and Examples/socratic_blip.yaml runs BLIP, SigLIP and an LM: its BLIP caption is the command's, its candidates ranked by SigLIP.
+    func testBLIPCaptionsAndSocraticBLIPGraph() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let blip = Fixtures.url("tiny-blip").path, photo = Fixtures.photo("coffee.png").path
+        let golden = ((try Fixtures.json("tiny-blip/golden.json") as! [String: Any])["captions"] as! [String: [String: [String: Any]]])["coffee.png"]!
+        for (arguments, key, start) in [(["--strategy", "greedy", "--max-tokens", "16"], "greedy", 1),
+                                        (["--beams", "3", "--max-tokens", "16", "--prompt", "a picture of"], "beam prompted", 4)] {
+            let run = try StitchCLI.run(["caption", "--method", "captioner", "--captioner", blip, "--json", photo] + arguments)
+            XCTAssertEqual(run.status, 0, run.errors)
+            let caption = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as! [String: Any]
+            XCTAssertEqual(caption["caption"] as? String, golden[key]!["text"] as? String, key)
+            XCTAssertEqual(caption["tokens"] as? [Int], Array((golden[key]!["ids"] as! [Int]).dropFirst(start)), key)
+        }
+        let refused = try StitchCLI.run(["caption", "--method", "magic", "--prompt", "a picture of", photo])
+        XCTAssert(refused.status != 0 && refused.errors.contains("--prompt is for --method captioner"), refused.errors)
+
+        let siglipFolder = try Fixtures.modelWithTokenizer("tiny-siglip", in: folder)
+        let lm = try Fixtures.modelWithTokenizer("tiny-gpt2", in: folder).path
+        let command = try StitchCLI.run(["caption", "--method", "captioner", "--captioner", blip, "--beams", "3", "--max-tokens", "20", "--prompt", "a picture of", photo])
+        let example = Fixtures.repositoryRoot.appendingPathComponent("Examples/socratic_blip.yaml").path
+        let ran = try StitchCLI.run(["run", example] + Fixtures.allowPrompts + ["--component", "scorer=\(siglipFolder.path)", "--component", "captioner=\(blip)",
+                                     "--component", "lm=\(lm)", "--set", "candidates.n=4", "--set", "candidates.max_tokens=6",
+                                     "--input", "image=\(photo)", "--json", "--no-cache"])
+        XCTAssertEqual(ran.status, 0, ran.errors)
+        let outputs = try JSONSerialization.jsonObject(with: Data(ran.output.utf8)) as! [String: Any]
+        XCTAssertEqual(outputs["blip_caption"] as? String, String(command.output.split(separator: "\t").last!.dropLast()))
+        XCTAssert((outputs["prompt"] as? String)?.contains("A captioner says this is \(outputs["blip_caption"] as! String).") == true)
+        let candidates = try XCTUnwrap(outputs["candidates"] as? [String])
+        XCTAssertEqual(candidates.count, 4)
+        let siglip = try SigLIP(folder: siglipFolder)
+        let ranked = try siglip.rank(candidates, for: RGBImage(contentsOf: photo))
+        XCTAssertEqual(ranked.map { candidates[$0.index] }, candidates, "SigLIP's order")
+        for (got, want) in zip(outputs["scores"] as! [Double], ranked.map(\.logit)) { XCTAssertEqual(got, Double(want), accuracy: 1e-5) }
+        XCTAssertEqual(outputs["caption"] as? String, candidates[0])
     }
 
     /// `stitch detect --queries` with the tiny OWL-ViT gives post_process_object_detection's detections (best first), and

@@ -62,7 +62,7 @@ final class ModelCommandTests: XCTestCase {
         let listed = try StitchCLI.run(["models"])
         XCTAssertEqual(listed.status, 0, listed.errors)
         XCTAssertEqual(Set(listed.output.split(separator: "\n").map { String($0.split(separator: "\t")[0]) }),
-                       ["clip", "siglip", "gpt2", "llama", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox", "owlvit"])
+                       ["clip", "siglip", "blip", "gpt2", "llama", "vision-encoder-decoder", "sentence-encoder", "efficientnet-lite", "yolox", "owlvit"])
         let described = try StitchCLI.run(["models", Fixtures.url("tiny-clip").path, Fixtures.url("tiny-vit-gpt2").path, Fixtures.url("checkpoints/tiny-gpt2/legacy").path,
                                            Fixtures.url("tiny-owlvit").path])
         XCTAssertEqual(described.status, 0, described.errors)
