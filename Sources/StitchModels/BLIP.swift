@@ -33,8 +33,8 @@ public struct BLIPConfig: Decodable, Sendable {
             }
         }
         let empty = Data("{}".utf8)
-        vision = try (root.decodeIfPresent(Vision.self, forKey: AnyKey("vision_config")) ?? JSONDecoder().decode(Vision.self, from: empty)).config
-        let text = try root.decodeIfPresent(Text.self, forKey: AnyKey("text_config")) ?? JSONDecoder().decode(Text.self, from: empty)
+        vision = try within("vision_config") { try root.decodeIfPresent(Vision.self, forKey: AnyKey("vision_config")) ?? JSONDecoder().decode(Vision.self, from: empty) }.config
+        let text = try within("text_config") { try root.decodeIfPresent(Text.self, forKey: AnyKey("text_config")) ?? JSONDecoder().decode(Text.self, from: empty) }
         // BLIP's text layers attend to the image only when built as a decoder (BlipTextLayer's crossattention).
         guard text.isDecoder else {
             throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey("text_config"), AnyKey("is_decoder")], debugDescription: "BLIP's text model needs its cross-attention (true)"))

@@ -30,6 +30,15 @@ enum ConfigLimits {
     static let imageSize = 1...4096
 }
 
+/// Runs `body`, which decodes the nested config under `key` (text_config), with its checks' field errors named under `key`.
+func within<T>(_ key: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let DecodingError.dataCorrupted(context) where context.codingPath.first?.stringValue != key {
+        throw DecodingError.dataCorrupted(.init(codingPath: [AnyKey(key)] + context.codingPath, debugDescription: context.debugDescription))
+    }
+}
+
 /// `value` of the config field at `path` must lie in `range`.
 func checkSize(_ value: Int, _ path: String..., in range: ClosedRange<Int>) throws {
     guard range.contains(value) else {

@@ -144,4 +144,21 @@ final class BLIPTests: XCTestCase {
         XCTAssertEqual(Set(requested.keys), Set(manifest.keys))
         for (key, shape) in requested { XCTAssertEqual(manifest[key], shape, key) }
     }
+    /// Config fields out of range are refused by field before anything is allocated.
+    func testHostileConfigsAreRefusedByField() throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("config.json")
+        for (tower, field, value, message) in [("text_config", "bos_token_id", 4002, "text_config.bos_token_id': 4002 is not in 0...4001"),
+                                               ("text_config", "num_attention_heads", 0, "text_config.num_attention_heads': 0 is not in 1...512"),
+                                               ("vision_config", "patch_size", 100, "vision_config.patch_size': 100 is not in 1...64"),
+                                               ("text_config", "is_decoder", false, "text_config.is_decoder")] as [(String, String, Any, String)] {
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.url("tiny-blip/config.json"))) as! [String: Any]
+            var part = config[tower] as! [String: Any]
+            part[field] = value
+            config[tower] = part
+            try JSONSerialization.data(withJSONObject: config).write(to: file)
+            XCTAssertThrowsError(try loadConfig(BLIPConfig.self, from: file), field) { XCTAssert("\($0)".contains(message), "\($0)") }
+        }
+    }
 }

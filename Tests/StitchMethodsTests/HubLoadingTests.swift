@@ -130,6 +130,24 @@ final class HubLoadingTests: XCTestCase {
             checked.insert(llamaKind.name)
         }
 
+        // SigLIP with its spiece.model, tokenizer_config.json and preprocessor_config.json.
+        var siglipFiles = folderFiles("tiny-siglip")
+        siglipFiles["spiece.model"] = Fixtures.url("sentencepiece/siglip.model")
+        let siglip = try publish("org/siglip", siglipFiles)
+        let (siglipFolder, siglipKind) = try registry.resolve(siglip.hubID, locator: locator)
+        let (siglipHub, siglipLocal) = (try SigLIP(folder: siglipFolder), try SigLIP(folder: siglip.folder))
+        XCTAssertEqual(siglipHub.preprocessor, siglipLocal.preprocessor)
+        XCTAssertEqual(try siglipHub.classify([photo], labels: ["cat", "cup"]).scalars, try siglipLocal.classify([photo], labels: ["cat", "cup"]).scalars)
+        checked.insert(siglipKind.name)
+
+        // BLIP with vocab.txt and preprocessor_config.json.
+        let blip = try publish("org/blip", folderFiles("tiny-blip"))
+        let (blipFolder, blipKind) = try registry.resolve(blip.hubID, locator: locator)
+        let blipOptions = DecodingOptions(strategy: .greedy, maxTokens: 8)
+        XCTAssertEqual(try BLIPCaptioner(folder: blipFolder).caption(photo, prompt: "a picture of", options: blipOptions).text,
+                       try BLIPCaptioner(folder: blip.folder).caption(photo, prompt: "a picture of", options: blipOptions).text)
+        checked.insert(blipKind.name)
+
         // Every type the hub can serve (all but those recognised by their files, such as the ONNX detector).
         XCTAssertEqual(checked, Set(registry.types.filter { $0.recognizes == nil }.map(\.name)), "every registered model type is covered")
     }
