@@ -11,9 +11,9 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure Stitch against its references and print the ratios.",
         discussion: """
-        Model rows use real-size architectures: CLIP ViT-B/32, GPT-2 small, a ViT-B/16 + GPT-2 captioner and \
-        OWL-ViT B/32 and a Qwen2.5-0.5B-shaped Qwen2 with random weights written once into --work-dir by the Python reference \
-        (unless --clip / --gpt2 / --captioner / --owlvit / --qwen2 name real folders), the real MiniLM and EfficientNet-Lite0 folders given by --minilm / --efficientnet, and the real
+        Model rows use real-size architectures: CLIP ViT-B/32, GPT-2 small, a ViT-B/16 + GPT-2 captioner, \
+        OWL-ViT B/32, a Qwen2.5-0.5B-shaped Qwen2, BLIP-base captioning and SigLIP-base with random weights written once into \
+        --work-dir by the Python reference (unless --clip / --gpt2 / --captioner / --owlvit / --qwen2 / --blip / --siglip name real folders), the real MiniLM and EfficientNet-Lite0 folders given by --minilm / --efficientnet, and the real
         YOLOX-Nano (--yolox, on --image). The reference side needs python3 with torch, transformers, \
         sentence-transformers, efficientnet-lite-pytorch, onnxruntime and opencv (Tests/Fixtures/requirements.txt); \
         the qwen2-*-llama.cpp rows need llama-cpp-python and gguf as well.
@@ -57,6 +57,12 @@ struct Bench: ParsableCommand {
 
     @Option(help: "A Qwen2 folder to use instead of random Qwen2.5-0.5B-sized weights (the qwen2 rows).")
     var qwen2: String?
+
+    @Option(help: "A BLIP captioning folder to use instead of random Salesforce/blip-image-captioning-base-sized weights.")
+    var blip: String?
+
+    @Option(help: "A SigLIP folder to use instead of random google/siglip-base-patch16-224-sized weights.")
+    var siglip: String?
 
     @Option(help: "The YOLOX-Nano folder (ONNX file and class names) of the yolox row.")
     var yolox = "Tests/Fixtures/yolox-nano-coco"
@@ -116,18 +122,20 @@ struct Bench: ParsableCommand {
         let reference = ReferenceSide(python: python, script: script)
         let referenceProblem = reference.availability()
         var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet, captioner: captioner,
-                                   owlvit: owlvit, qwen2: qwen2, yolox: existing(yolox), image: existing(image))
-        if (clip == nil || gpt2 == nil || captioner == nil || owlvit == nil || qwen2 == nil) && modelRows.contains(where: { $0.usesRandomWeights }) {
+                                   owlvit: owlvit, qwen2: qwen2, blip: blip, siglip: siglip, yolox: existing(yolox), image: existing(image))
+        if [clip, gpt2, captioner, owlvit, qwen2, blip, siglip].contains(where: { $0 == nil }) && modelRows.contains(where: { $0.usesRandomWeights }) {
             if let referenceProblem {
                 print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
             } else {
-                print("\npreparing random-weight CLIP ViT-B/32, GPT-2 small, ViT-GPT2, OWL-ViT B/32 and Qwen2.5-0.5B in \(workDir) (once) ...")
+                print("\npreparing random-weight CLIP ViT-B/32, GPT-2 small, ViT-GPT2, OWL-ViT B/32, Qwen2.5-0.5B, BLIP-base and SigLIP-base in \(workDir) (once) ...")
                 try reference.prepare(workDir: workDir, tokenizers: tokenizers)
                 folders.clip = folders.clip ?? workDir + "/clip-b32"
                 folders.gpt2 = folders.gpt2 ?? workDir + "/gpt2-small"
                 folders.captioner = folders.captioner ?? workDir + "/vit-gpt2"
                 folders.owlvit = folders.owlvit ?? workDir + "/owlvit-b32"
                 folders.qwen2 = folders.qwen2 ?? workDir + "/qwen2-0.5b"
+                folders.blip = folders.blip ?? workDir + "/blip-base"
+                folders.siglip = folders.siglip ?? workDir + "/siglip-base"
             }
         }
         print("")
@@ -251,12 +259,12 @@ struct ReferenceSide {
 
 /// The model folders each row needs.
 struct BenchFolders {
-    var clip, gpt2, minilm, efficientnet, captioner, owlvit, qwen2, yolox, image: String?
+    var clip, gpt2, minilm, efficientnet, captioner, owlvit, qwen2, blip, siglip, yolox, image: String?
 
     /// The row's folder options, or nil when one is missing.
     func arguments(for row: BenchRow) -> [String]? {
         let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "owlvit": owlvit,
-                       "qwen2": qwen2, "yolox": yolox, "image": image]
+                       "qwen2": qwen2, "blip": blip, "siglip": siglip, "yolox": yolox, "image": image]
         var arguments: [String] = []
         for name in row.neededFolders {
             guard let folder = folders[name] ?? nil else { return nil }

@@ -11,6 +11,7 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     case gpt2Greedy = "gpt2-greedy", magic, minilm, efficientnet
     case asif10k = "asif-10k", asif100k = "asif-100k", asif1600k = "asif-1.6m"
     case captioner, yolox, owlvit
+    case blipCaption = "blip-caption", siglip
     case qwen2Prefill = "qwen2-prefill", qwen2Decode = "qwen2-decode"
     /// The qwen2 rows again, against llama.cpp (llama-cpp-python, an F32 GGUF of the same weights) instead of transformers.
     case qwen2PrefillLlamaCpp = "qwen2-prefill-llama.cpp", qwen2DecodeLlamaCpp = "qwen2-decode-llama.cpp"
@@ -40,6 +41,8 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
         case .captioner: return ["captioner"]
         case .yolox: return ["yolox", "image"]
         case .owlvit: return ["owlvit"]
+        case .blipCaption: return ["blip"]
+        case .siglip: return ["siglip"]
         case .qwen2Prefill, .qwen2Decode, .qwen2PrefillLlamaCpp, .qwen2DecodeLlamaCpp: return ["qwen2"]
         }
     }
@@ -50,7 +53,12 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     /// The owlvit row's text queries (the Python reference asks the same).
     static let owlvitQueries = ["a photo of a cat", "a dog", "a traffic light", "a stroller", "a red truck"]
 
-    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner", "owlvit", "qwen2"].contains { neededFolders.contains($0) } }
+    var usesRandomWeights: Bool { ["clip", "gpt2", "captioner", "owlvit", "qwen2", "blip", "siglip"].contains { neededFolders.contains($0) } }
+
+    /// The siglip row's 16 texts: 63 token ids and SigLIP's "</s>" (id 1) each, 64 in all as max_length padding makes them.
+    static func siglipTexts(_ noise: [Float]) -> [[Int]] {
+        (0..<16).map { text in noise[text * 63..<(text + 1) * 63].map { 2 + Int(($0 + 1) * 15_000) } + [1] }
+    }
 }
 
 /// The Stitch side of one bench row, in its own process so its peak memory is its own.
@@ -67,6 +75,8 @@ struct BenchRowWorker: ParsableCommand {
     @Option var yolox: String?
     @Option var owlvit: String?
     @Option var qwen2: String?
+    @Option var blip: String?
+    @Option var siglip: String?
     @Option var image: String?
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
@@ -143,6 +153,29 @@ struct BenchRowWorker: ParsableCommand {
                                         maxTokens: 15, endToken: model.config.decoder.vocabularySize)
             }
             (measured, note, output) = (time, "per caption, 4 beams x 15", tokens)
+        case .blipCaption:
+            let model = try BLIPCaptioner(folder: folder(blip))
+            let size = model.config.vision.imageSize
+            let pixels = Tensor(shape: [1, 3, size, size], scalars: noise(3 * size * size))
+            var tokens: [Int] = []
+            // No end token (an id outside the vocabulary), so both sides run all 20 steps.
+            let time = try bestTime(seconds: seconds) {
+                tokens = try beamSearch(try model.decoder(pixels: pixels), prompt: model.startTokens, settings: BeamSettings(beams: 3),
+                                        maxTokens: 20, endToken: model.config.text.vocabularySize)
+            }
+            (measured, note, output) = (time, "per caption, 3 beams x 20", tokens)
+        case .siglip:
+            // One image and 16 labels (as a zero-shot classification embeds them), scored pairwise.
+            let model = try SigLIP(folder: folder(siglip))
+            let size = model.config.towers.imageSize
+            let pixels = Tensor(shape: [1, 3, size, size], scalars: noise(3 * size * size))
+            let texts = BenchRow.siglipTexts(noise(16 * 63))
+            var best: [Int] = []
+            let time = try bestTime(seconds: seconds) {
+                let logits = model.logits(imageFeatures: try model.imageFeatures(pixels), textFeatures: try model.textFeatures(texts))
+                best = Array(indicesByDescendingValue(logits.scalars).prefix(3))
+            }
+            (measured, note, output) = (time, "1 image + 16 texts x 64", best)
         case .yolox:
             // Per image from its file: decode, letterbox, network, decoding and NMS.
             let detector = try YOLOX(path: folder(yolox).path)

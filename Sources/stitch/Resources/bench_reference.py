@@ -108,6 +108,16 @@ def prepare(work, tokenizers):
                              num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
                              tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"])
         Qwen2ForCausalLM(config).save_pretrained(os.path.join(work, "qwen2-0.5b"), safe_serialization=True)
+    if not os.path.exists(os.path.join(work, "blip-base", "model.safetensors")):
+        from transformers import BlipConfig, BlipForConditionalGeneration
+        config = BlipConfig()  # the defaults are Salesforce/blip-image-captioning-base's (ViT-B/16 at 384 pixels, BERT-base decoder)
+        config.architectures = ["BlipForConditionalGeneration"]
+        BlipForConditionalGeneration(config).save_pretrained(os.path.join(work, "blip-base"), safe_serialization=True)
+    if not os.path.exists(os.path.join(work, "siglip-base", "model.safetensors")):
+        from transformers import SiglipConfig, SiglipModel
+        config = SiglipConfig()  # the defaults are google/siglip-base-patch16-224's
+        config.architectures = ["SiglipModel"]
+        SiglipModel(config).save_pretrained(os.path.join(work, "siglip-base"), safe_serialization=True)
     # Tokenizer files, for the rows that decode or embed text (magic, owlvit); skipped when absent.
     if os.path.isdir(tokenizers):
         for name, target in [("gpt2-vocab.json", "vocab.json"), ("gpt2-merges.txt", "merges.txt")]:
@@ -289,6 +299,35 @@ def row(name, args):
                                         eos_token_id=None, pad_token_id=50256, early_stopping=False)
                 tokens[:] = output[0, 1:].tolist()
             return best_time(caption, args.seconds), "per caption, 4 beams x 15", tokens
+        if name == "blip-caption":
+            from transformers import BlipForConditionalGeneration
+            model = BlipForConditionalGeneration.from_pretrained(args.blip).eval()
+            size = model.config.vision_config.image_size
+            pixels = torch.tensor(noise(3 * size * size)).view(1, 3, size, size)
+            start = torch.tensor([[model.config.text_config.bos_token_id]])
+            tokens = []
+
+            def caption():
+                # BlipForConditionalGeneration.generate's own steps, with no end token so that both sides run all 20.
+                states = model.vision_model(pixel_values=pixels)[0]
+                output = model.text_decoder.generate(input_ids=start, eos_token_id=None, pad_token_id=model.config.text_config.pad_token_id,
+                                                     encoder_hidden_states=states, encoder_attention_mask=torch.ones(states.shape[:-1], dtype=torch.long),
+                                                     num_beams=3, max_new_tokens=20, do_sample=False, early_stopping=False)
+                tokens[:] = output[0, 1:].tolist()
+            return best_time(caption, args.seconds), "per caption, 3 beams x 20", tokens
+        if name == "siglip":
+            from transformers import SiglipModel
+            model = SiglipModel.from_pretrained(args.siglip).eval()
+            size = model.config.vision_config.image_size
+            pixels = torch.tensor(noise(3 * size * size)).view(1, 3, size, size)
+            values = noise(16 * 63)   # BenchRow.siglipTexts
+            ids = torch.tensor([[2 + int((v + 1) * 15000) for v in values[t * 63:(t + 1) * 63]] + [1] for t in range(16)])
+            best = []
+
+            def score():
+                logits = model(input_ids=ids, pixel_values=pixels).logits_per_image[0]
+                best[:] = logits.argsort(descending=True, stable=True)[:3].tolist()
+            return best_time(score, args.seconds), "1 image + 16 texts x 64", best
         if name == "yolox":
             import yolox_reference
             session = yolox_reference.session(os.path.join(args.yolox, "yolox_nano.onnx"), args.threads)
@@ -352,6 +391,8 @@ def main():
     parser.add_argument("--captioner")
     parser.add_argument("--owlvit")
     parser.add_argument("--qwen2")
+    parser.add_argument("--blip")
+    parser.add_argument("--siglip")
     parser.add_argument("--yolox")
     parser.add_argument("--image")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
