@@ -25,7 +25,7 @@ struct Demo: ParsableCommand {
     var output = "stitch-demo"
 
     @Option(help: "MAGiC's language model.") var magicLm = "cambridgeltl/magic_mscoco"
-    @Option(help: "CLIP, for MAGiC and the zero-shot label.") var clip = "openai/clip-vit-base-patch32"
+    @Option(help: "Image-text scorer (CLIP, SigLIP, BLIP retrieval), for MAGiC and the zero-shot label.") var clip = "openai/clip-vit-base-patch32"
     @Option(help: "The trained captioner.") var captioner = "nlpconnect/vit-gpt2-image-captioning"
     @Option(help: "YOLOX-Nano folder.") var detector = "Tests/Fixtures/yolox-nano-coco"
     @Option(help: "PICa's language model.") var lm = "gpt2"

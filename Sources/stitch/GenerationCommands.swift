@@ -118,7 +118,7 @@ struct Caption: ParsableCommand {
 
     @Option(help: "Captions the socratic LM samples for CLIP to choose from (the graph's: 10).") var candidates: Int?
 
-    @Option(help: "CLIP model folder or hub id (default: the graph's, openai/clip-vit-base-patch32).")
+    @Option(help: "Image-text scorer folder or hub id: CLIP, SigLIP or BLIP retrieval (default: the graph's, openai/clip-vit-base-patch32).")
     var clip: String?
 
     @Option(help: "Captioner folder or hub id (--method captioner): ViT-GPT2 (nlpconnect/vit-gpt2-image-captioning) or BLIP (Salesforce/blip-image-captioning-base, -large).")

@@ -48,13 +48,13 @@ struct VQA: ParsableCommand {
     @Option(help: "Training pool (JSONL) to draw in-context examples from.") var pool: String?
     @Option(help: "In-context examples per prompt (the graph's: 16).") var shots: Int?
     @Option(help: "Prompts in the ensemble (the graph's: 5).") var ensemble: Int?
-    @Option(help: "CLIP folder or hub id (example ranking; the graph's: openai/clip-vit-base-patch32).") var clip: String?
+    @Option(help: "Image-text scorer folder or hub id, CLIP, SigLIP or BLIP retrieval (example ranking; the graph's: openai/clip-vit-base-patch32).") var clip: String?
     @Option(help: "QUESTIONS.npy,IMAGES.npy: precomputed unit CLIP features of the pool's questions and images, one row per --pool line (as the published code's feature files), instead of computing them.")
     var poolFeatures: String?
     @Option(help: "Local language model folder or hub id, when no --lm-url (the graph's: gpt2).") var lm: String?
     @Option(help: "New tokens per answer at most (the graph's: 5).") var maxTokens: Int?
     @OptionGroup var language: LanguageModelOptions
-    @Option(help: "Captioner folder or hub id (the graph's: nlpconnect/vit-gpt2-image-captioning).") var captioner: String?
+    @Option(help: "Captioner folder or hub id, ViT-GPT2 or BLIP (the graph's: nlpconnect/vit-gpt2-image-captioning).") var captioner: String?
     @Option(help: "Detector folder for object tags (the graph's: YOLOX-Nano).") var detector: String?
     @Flag(help: "Contexts without detector tags.") var noTags = false
     @OptionGroup var method: MethodGraphOptions

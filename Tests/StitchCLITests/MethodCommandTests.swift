@@ -1,4 +1,7 @@
 import Foundation
+import StitchImaging
+import StitchMethods
+import StitchModels
 import StitchTestSupport
 import XCTest
 
@@ -129,6 +132,36 @@ final class MethodCommandTests: XCTestCase {
             XCTAssertEqual(viaCommand["caption"] as? String, viaGraph["caption"] as? String, "\(flags)")
             XCTAssertEqual(viaCommand["tokens"] as? [Int], viaGraph["tokens"] as? [Int], "\(flags)")
         }
+    }
+
+    /// Every method command takes any image-text scorer and captioner: MAGiC guided by SigLIP gives the in-process caption,
+    /// and PICa runs with a BLIP caption as its context and SigLIP choosing its examples.
+    func testMethodsTakeSigLIPAndBLIP() throws {
+        let m = try models()
+        let siglip = try Fixtures.modelWithTokenizer("tiny-siglip", in: folder)
+        let flags = ["--k", "10", "--alpha", "0.6", "--beta", "1", "--max-tokens", "12", "--clip-text", "current"]
+        let viaCommand = try object(try StitchCLI.run(["caption", "--clip", siglip.path, "--lm", m.gpt2, "--json", m.zebra] + flags))
+        let lm = try GPT2(folder: URL(fileURLWithPath: m.gpt2))
+        let expected = try magicCaption(lm, scorer: try SigLIP(folder: siglip), image: RGBImage(contentsOf: m.zebra), title: nil,
+                                        settings: MagicSettings(k: 10, alpha: 0.6, beta: 1, textTokenization: .current), stop: StopConditions(maxTokens: 12))
+        XCTAssertEqual(viaCommand["tokens"] as? [Int], expected.tokens)
+        XCTAssertEqual(viaCommand["caption"] as? String, expected.text)
+        let withCLIP = try object(try StitchCLI.run(["caption", "--clip", m.clip, "--lm", m.gpt2, "--json", m.zebra] + flags))
+        XCTAssertNotEqual(withCLIP["tokens"] as? [Int], expected.tokens, "the scorer steers the caption")
+
+        let pool = folder.appendingPathComponent("pool.jsonl")
+        try """
+        {"question": "What animal is this?", "answer": "zebra", "image": "\(m.zebra)"}
+        {"question": "What is on the table?", "answer": "cup", "image": "\(m.street)"}
+        """.write(to: pool, atomically: true, encoding: .utf8)
+        let blip = Fixtures.url("tiny-blip").path
+        let run = try StitchCLI.run(["vqa", m.street, "What is on the table?", "--pool", pool.path, "--shots", "1", "--ensemble", "1",
+                                     "--clip", siglip.path, "--lm", m.gpt2, "--captioner", blip, "--detector", m.detector, "--json"])
+        XCTAssertEqual(run.status, 0, run.errors)
+        let result = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as! [String: Any]
+        let caption = try BLIPCaptioner(folder: URL(fileURLWithPath: blip)).caption(RGBImage(contentsOf: m.street)).text
+        XCTAssertEqual(result["context"] as? String, "\(caption). cup, dining table")
+        XCTAssertNotNil(result["answer"] as? String)
     }
 
     /// A copy of each example graph with one step changed: the output changes as that step says, and every node
