@@ -98,7 +98,8 @@ final class TokenizerGoldenTests: XCTestCase {
         XCTAssertEqual(ids.last, tokenizer.separatorID)
         tokenizer.maximumLength = 512
         XCTAssertEqual(tokenizer.encode(String(repeating: "x", count: 101)), [tokenizer.classID, tokenizer.unknownID, tokenizer.separatorID])
-        XCTAssertEqual(tokenizer.decode(tokenizer.encode("Hello, unaffable world!")), "hello , unaffable world !")
+        // As BertTokenizerFast.decode(skip_special_tokens=True) gives it: spaces before punctuation cleaned up.
+        XCTAssertEqual(tokenizer.decode(tokenizer.encode("Hello, unaffable world!")), "hello, unaffable world!")
     }
 }
 
