@@ -7,13 +7,25 @@
 
 #pragma clang fp contract(off)
 
+/* On x86-64 each kernel is compiled three times and the load-time resolver picks by CPU; elsewhere (aarch64: NEON is
+   baseline) once, the vector types lowering to whatever the target has. */
+#if defined(__x86_64__)
 #define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DISPATCH
+#endif
 
 const char *stitch_kernel_variant(void) {
+#if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
     if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
     return "baseline";
+#elif defined(__aarch64__)
+    return "aarch64";
+#else
+    return "portable";
+#endif
 }
 
 DISPATCH void stitch_widen_half(const uint16_t *source, long count, float *target) {

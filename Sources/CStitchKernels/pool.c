@@ -1,9 +1,12 @@
 #define _GNU_SOURCE
 #include "stitch_kernels.h"
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -87,7 +90,90 @@ static void *worker_main(void *argument) {
     return NULL;
 }
 
+/* Dynamic adjustment, as OpenMP runtimes offer it (OMP_DYNAMIC): a region uses no more threads than the CPUs other
+   processes leave free. At most every 100 ms the caller of a region compares the busy time of this process's CPUs
+   (/proc/stat) with this process's own CPU time over the window since; what others took, rounded to whole CPUs, is
+   left to them. Split over a core that another CPU-bound process shares, a region waits for the part whose thread is
+   paused, often for a whole scheduler slice; run on fewer threads, with the idle workers asleep, the scheduler gives
+   those threads the cores that are free. Only the caller holding `pool.busy` touches this state. */
+#define LOAD_WINDOW_NANOSECONDS 100000000LL
+#define MAX_CPUS 1024
+
+static struct {
+    int cpus[MAX_CPUS];        /* this process's CPUs (its affinity mask) */
+    long cpu_count;
+    long long checked, own;    /* ns: when the window began, and this process's CPU time then */
+    unsigned long long busy;   /* busy ticks of those CPUs then */
+    _Atomic long left;         /* CPUs other processes leave to this one; 0 until a window has closed */
+    int unreadable;            /* no /proc/stat: no adjustment */
+} load;
+
+unsigned long long stitch_stat_busy_ticks(const char *text, const int *cpus, long count) {
+    unsigned long long total = 0;
+    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, "cpu", 3) != 0 || line[3] < '0' || line[3] > '9') continue;
+        char *end;
+        long cpu = strtol(line + 3, &end, 10);
+        int wanted = 0;
+        for (long i = 0; i < count && !wanted; i++) wanted = cpus[i] == cpu;
+        if (!wanted) continue;
+        unsigned long long field[8] = {0};   /* user nice system idle iowait irq softirq steal */
+        for (int f = 0; f < 8; f++) field[f] = strtoull(end, &end, 10);
+        total += field[0] + field[1] + field[2] + field[5] + field[6] + field[7];
+    }
+    return total;
+}
+
+long stitch_cpus_left(long cpus, double busy_seconds, double own_seconds, double wall_seconds) {
+    if (!(wall_seconds > 0)) return cpus;
+    double others = (busy_seconds - own_seconds) / wall_seconds;
+    long taken = others > 0 ? (long)(others + 0.5) : 0;
+    long left = cpus - taken;
+    return left < 1 ? 1 : left > cpus ? cpus : left;
+}
+
+static void update_load(void) {
+    long long now = now_nanoseconds();
+    if (load.unreadable || (load.checked != 0 && now - load.checked < LOAD_WINDOW_NANOSECONDS)) return;
+    static char text[1 << 16];   /* the cpu lines come first; the rest may be cut */
+    int file = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+    if (file < 0) { load.unreadable = 1; return; }
+    long length = 0, got;
+    while (length < (long)sizeof text - 1 && (got = read(file, text + length, sizeof text - 1 - length)) > 0) length += got;
+    close(file);
+    text[length] = 0;
+    struct timespec cpu_time;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu_time);
+    long long own = (long long)cpu_time.tv_sec * 1000000000LL + cpu_time.tv_nsec;
+    unsigned long long busy = stitch_stat_busy_ticks(text, load.cpus, load.cpu_count);
+    if (load.checked != 0) {
+        double tick = 1.0 / (double)sysconf(_SC_CLK_TCK);
+        atomic_store(&load.left, stitch_cpus_left(load.cpu_count, (double)(busy - load.busy) * tick, (double)(own - load.own) / 1e9,
+                                     (double)(now - load.checked) / 1e9));
+    }
+    load.checked = now;
+    load.own = own;
+    load.busy = busy;
+}
+
+/* `threads` less the CPUs others took (never more than asked: an explicit oversubscription stays). */
+static long threads_left(long threads) {
+    long left = atomic_load(&load.left);
+    return left > 0 && left < load.cpu_count && threads > left ? left : threads;
+}
+
+static void find_cpus(void) {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        for (int cpu = 0; cpu < CPU_SETSIZE && load.cpu_count < MAX_CPUS; cpu++) if (CPU_ISSET(cpu, &set)) load.cpus[load.cpu_count++] = cpu;
+    }
+#endif
+    if (load.cpu_count == 0) load.unreadable = 1;
+}
+
 static void start_workers(void) {
+    find_cpus();
     long cores = stitch_affinity_cpus();
     long wanted = cores > 1 ? cores - 1 : 0;
     if (wanted > MAX_WORKERS) wanted = MAX_WORKERS;
@@ -108,6 +194,13 @@ void stitch_parallel_for(long count, long threads, stitch_task function, void *c
         return;
     }
     pthread_once(&pool.started, start_workers);
+    update_load();
+    threads = threads_left(threads);
+    if (threads <= 1) {
+        for (long i = 0; i < count; i++) function(context, i);
+        atomic_store(&pool.busy, 0);
+        return;
+    }
     pool.function = function;
     pool.context = context;
     atomic_store(&pool.participants, threads);
@@ -128,6 +221,18 @@ void stitch_parallel_for(long count, long threads, stitch_task function, void *c
         if ((++spins & 63) != 0 || now_nanoseconds() < spin_end) relax(); else sched_yield();
     }
     atomic_store(&pool.busy, 0);
+}
+
+long stitch_parallel_threads(long threads) {
+    int idle = 0;
+    if (threads <= 1) return threads;
+    /* The window is measured by whichever caller holds the pool; a busy pool's callers read the last result. */
+    if (atomic_compare_exchange_strong(&pool.busy, &idle, 1)) {
+        pthread_once(&pool.started, start_workers);
+        update_load();
+        atomic_store(&pool.busy, 0);
+    }
+    return threads_left(threads);
 }
 
 long stitch_affinity_cpus(void) {

@@ -120,6 +120,12 @@ private func blipFolder(_ folder: URL, architecture: String) throws -> (BLIPConf
     return (config, preprocessor, hasVocabulary ? try WordPieceTokenizer(folder: folder, maximumLength: config.text.maxPositions) : nil)
 }
 
+/// The tokenizer a BLIP model needs for text.
+private func requireVocabulary(_ tokenizer: WordPieceTokenizer?) throws -> WordPieceTokenizer {
+    guard let tokenizer else { throw ModelError.invalidInput(model: "BLIP", detail: "the model folder has no vocab.txt for text") }
+    return tokenizer
+}
+
 /// BLIP captioning (transformers BlipForConditionalGeneration, e.g. Salesforce/blip-image-captioning-base / -large):
 /// a ViT encodes the image, a BERT decoder that cross-attends to it writes the caption from [DEC], optionally
 /// continuing a text prompt ("a picture of"), until [SEP].
@@ -177,10 +183,7 @@ public final class BLIPCaptioner: ImageCaptioner, @unchecked Sendable {
         [config.beginID] + (try requireTokenizer().tokens(prompt))
     }
 
-    func requireTokenizer() throws -> WordPieceTokenizer {
-        guard let tokenizer else { throw ModelError.invalidInput(model: "BLIP", detail: "the model folder has no vocab.txt for text") }
-        return tokenizer
-    }
+    func requireTokenizer() throws -> WordPieceTokenizer { try requireVocabulary(tokenizer) }
 
     /// Vocabulary logits of decoder hidden states: [..., d] -> [..., vocabulary].
     func logits(_ hidden: Tensor) -> Tensor {
@@ -263,10 +266,7 @@ public final class BLIPRetrieval: ImageTextScorer, TextEmbedder, ImageEmbedder, 
     }
 
     /// Token ids of `texts` as the processor gives them: [CLS] word pieces [SEP].
-    public func tokenize(_ texts: [String]) throws -> [[Int]] {
-        guard let tokenizer else { throw ModelError.invalidInput(model: "BLIP", detail: "the model folder has no vocab.txt for text") }
-        return texts.map(tokenizer.encode)
-    }
+    public func tokenize(_ texts: [String]) throws -> [[Int]] { texts.map(try requireVocabulary(tokenizer).encode) }
 
     /// The text model's last hidden states at [CLS], [texts, d], of right-padded ids under their mask; reading `imageStates`
     /// [1, 1 + patches, vision width] when given (ITM), the text alone otherwise (ITC).

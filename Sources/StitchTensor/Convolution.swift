@@ -149,7 +149,8 @@ public struct Convolution: @unchecked Sendable {
         let plane = hOut * wOut, depth = cIn * kh * kw
         // Rows per tile: about 2048 outputs (an im2col tile of depth × 2048 stays in L2), and
         // enough tiles to keep every core busy.
-        let rowsPerTile = max(1, min(max(2048 / max(wOut, 1), 1), (hOut + Parallel.limit - 1) / Parallel.limit))
+        let threads = Parallel.threads
+        let rowsPerTile = max(1, min(max(2048 / max(wOut, 1), 1), (hOut + threads - 1) / threads))
         let tiles = (hOut + rowsPerTile - 1) / rowsPerTile
         weight.withUnsafeBufferPointer { kernel in
             let k = kernel.baseAddress!

@@ -45,11 +45,16 @@ public enum Parallel {
     /// How many of them parallel loops use (`BLAS.configureThreads` sets it).
     nonisolated(unsafe) public static var limit = cores
 
+    /// How many threads work is split over now: `limit`, less the CPUs other processes are taking from this one's
+    /// (`stitch_parallel_threads`): on a core shared with another busy process, a part's thread is paused for whole
+    /// scheduler slices while the rest wait, so the work runs on the cores left free instead.
+    public static var threads: Int { limit > 1 ? Int(stitch_parallel_threads(limit)) : 1 }
+
     /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile, on the calling
     /// thread and Stitch's worker pool (`stitch_parallel_for`). Iterations must touch disjoint
     /// memory; that is the caller's contract, which is why `body` need not be Sendable.
     public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        if count <= 1 || limit == 1 {
+        if count <= 1 || threads == 1 {
             for i in 0..<count { body(i) }
             return
         }
@@ -69,10 +74,10 @@ public enum Parallel {
         forChunks(count, parts: count / max(minimumChunk, 1), body)
     }
 
-    /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `limit` and `count`)
+    /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `threads` and `count`)
     /// and runs them concurrently; empty chunks are skipped.
     public static func forChunks(_ count: Int, parts: Int, _ body: (Range<Int>) -> Void) {
-        let chunks = min(limit, count, max(1, parts))
+        let chunks = min(threads, count, max(1, parts))
         let size = (count + chunks - 1) / max(chunks, 1)
         forEach(chunks) { chunk in
             let start = chunk * size

@@ -67,4 +67,31 @@ final class ThreadCountTests: XCTestCase {
         XCTAssertEqual(stitch_affinity_cpus(), 1)
         print("affinity: \(allowed) CPUs allowed, 1 after narrowing the mask")
     }
+    /// Dynamic adjustment: the busy ticks of this process's CPUs read from /proc/stat's text, and the CPUs left when
+    /// other processes took some of them (rounded to whole CPUs, at least one left, never more than there are).
+    func testThreadsLeftByOthersLoad() {
+        let stat = """
+        cpu  900 10 200 5000 40 0 30 20 0 0
+        cpu0 100 1 20 900 10 0 3 2 0 0
+        cpu1 200 2 40 800 20 0 6 4 0 0
+        cpu12 400 4 80 700 30 0 9 6 0 0
+        intr 1 2 3
+        ctxt 123
+        """
+        // user + nice + system + irq + softirq + steal; idle and iowait are not busy.
+        XCTAssertEqual(stat.withCString { stitch_stat_busy_ticks($0, [0], 1) }, 126)
+        XCTAssertEqual(stat.withCString { stitch_stat_busy_ticks($0, [1, 12], 2) }, 252 + 499)
+        XCTAssertEqual(stat.withCString { stitch_stat_busy_ticks($0, [2], 1) }, 0, "CPU 2 is not listed; cpu12 is not cpu1")
+        // 2 CPUs over 1 s: busy 2 s of which 1 s ours -> another process took a CPU -> 1 left.
+        XCTAssertEqual(stitch_cpus_left(2, 2.0, 1.0, 1.0), 1)
+        XCTAssertEqual(stitch_cpus_left(2, 1.9, 1.9, 1.0), 2, "quiet: all busy time is ours")
+        XCTAssertEqual(stitch_cpus_left(2, 1.4, 1.0, 1.0), 2, "others took 0.4 CPU: rounds to none")
+        XCTAssertEqual(stitch_cpus_left(2, 2.0, 0.0, 1.0), 1, "never fewer than one")
+        XCTAssertEqual(stitch_cpus_left(8, 5.0, 2.0, 1.0), 5)
+        XCTAssertEqual(stitch_cpus_left(4, 1.0, 1.2, 1.0), 4, "tick rounding below our own time")
+        XCTAssertEqual(stitch_cpus_left(4, 1.0, 0.0, 0.0), 4, "no window yet")
+        // The query never asks for more than it was given.
+        XCTAssertEqual(stitch_parallel_threads(1), 1)
+        XCTAssertLessThanOrEqual(stitch_parallel_threads(2), 2)
+    }
 }

@@ -10,8 +10,8 @@
 
 typedef enum { STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_ACTIVATION_RELU6 = 2 } stitch_activation;
 
-/* The variant of the kernels below this CPU runs ("x86-64-v4", "x86-64-v3" or "baseline"): the level the
-   load-time resolver of their target clones picks. */
+/* The variant of the kernels below this CPU runs ("x86-64-v4", "x86-64-v3" or "baseline": the level the
+   load-time resolver of their target clones picks; "aarch64" or "portable" elsewhere, compiled once). */
 const char *stitch_kernel_variant(void);
 
 /* target[i] = source[i] for count IEEE half-precision values stored little-endian (exact: every half is a float);
@@ -70,7 +70,17 @@ void stitch_keep_freed_memory(void);
 typedef void (*stitch_task)(void *context, long index);
 void stitch_parallel_for(long count, long threads, stitch_task function, void *context);
 
+/* The threads a region asking for `threads` runs on now: fewer while other processes take some of this process's
+   CPUs (measured over 100 ms windows from /proc/stat, as OpenMP's dynamic adjustment does). */
+long stitch_parallel_threads(long threads);
+
 /* CPUs this process may run on (its affinity mask; the online CPUs where that cannot be read). */
 long stitch_affinity_cpus(void);
+
+/* The dynamic adjustment of parallel regions' threads to the machine's load (pool.c), exposed for its tests:
+   the busy ticks (all but idle and iowait) of the listed CPUs in /proc/stat's text, and the CPUs of `cpus` that
+   others leave when the CPUs were busy `busy_seconds` over `wall_seconds`, `own_seconds` of it this process's. */
+unsigned long long stitch_stat_busy_ticks(const char *text, const int *cpus, long count);
+long stitch_cpus_left(long cpus, double busy_seconds, double own_seconds, double wall_seconds);
 
 #endif

@@ -1,0 +1,162 @@
+/* Checks each of Stitch's C kernels (Sources/CStitchKernels) against a plain double-precision computation of what it
+   promises, so that a build for another architecture (Scripts/cross-check, under qemu-user) is known to compute what
+   the x86-64 build does. Prints one line per kernel with its largest error; exits 1 on the first failure. */
+#include "stitch_kernels.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+static void report(const char *name, double worst, double tolerance) {
+    int ok = worst <= tolerance;
+    printf("%-24s max error %.3g (tolerance %.3g) %s\n", name, worst, tolerance, ok ? "ok" : "FAILED");
+    if (!ok) failures++;
+}
+
+/* Deterministic values in [-1, 1). */
+static float noise(unsigned long long *state) {
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)(*state >> 40) / (float)(1 << 23) - 1.0f;
+}
+
+static double half_to_double(uint16_t h) {
+    int exponent = (h >> 10) & 31, mantissa = h & 1023;
+    double sign = (h & 0x8000) ? -1 : 1;
+    if (exponent == 0) return sign * ldexp(mantissa, -24);
+    if (exponent == 31) return mantissa ? NAN : sign * INFINITY;
+    return sign * ldexp(1024 + mantissa, exponent - 25);
+}
+
+static double activate(double x, stitch_activation activation) {
+    switch (activation) {
+    case STITCH_ACTIVATION_SILU: return x / (1 + exp(-x));
+    case STITCH_ACTIVATION_RELU6: return x < 0 ? 0 : x > 6 ? 6 : x;
+    default: return x;
+    }
+}
+
+static void add_index(void *context, long index) { __atomic_fetch_add((long *)context, index + 1, __ATOMIC_RELAXED); }
+
+int main(void) {
+    unsigned long long state = 1;
+    enum { N = 4099 };   /* not a multiple of any vector width */
+    static float x[N], y[N], p[N];
+    printf("kernel variant: %s\n", stitch_kernel_variant());
+
+    /* every finite half, exactly */
+    static uint16_t halves[65536];
+    static float widened[65536];
+    for (int i = 0; i < 65536; i++) halves[i] = (uint16_t)i;
+    stitch_widen_half(halves, 65536, widened);
+    double worst = 0;
+    for (int i = 0; i < 65536; i++) {
+        double want = half_to_double((uint16_t)i);
+        if (isnan(want)) { if (!isnan(widened[i])) worst = INFINITY; continue; }
+        if (widened[i] != want) worst = INFINITY;
+    }
+    report("widen_half", worst, 0);
+
+    for (int i = 0; i < N; i++) x[i] = 100 * noise(&state);
+    stitch_exp(x, y, N);
+    worst = 0;
+    for (int i = 0; i < N; i++) {
+        double want = exp((double)x[i]);
+        if (x[i] < -87.33654f) { if (y[i] != 0) worst = INFINITY; continue; }
+        if (x[i] > 88.72283f) { if (!isinf(y[i])) worst = INFINITY; continue; }
+        double e = fabs(y[i] - want) / want;
+        if (e > worst) worst = e;
+    }
+    report("exp (relative)", worst, 3e-7);
+
+    struct { const char *name; void (*kernel)(float *, long); int which; } maps[] = {
+        {"gelu_tanh", stitch_gelu_tanh, 0}, {"quick_gelu", stitch_quick_gelu, 1}, {"sigmoid", stitch_sigmoid, 2}};
+    for (int m = 0; m < 3; m++) {
+        for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
+        maps[m].kernel(p, N);
+        worst = 0;
+        for (int i = 0; i < N; i++) {
+            double v = x[i], want;
+            if (maps[m].which == 0) want = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+            else if (maps[m].which == 1) want = v / (1 + exp(-1.702 * v));
+            else want = 1 / (1 + exp(-v));
+            double e = fabs(p[i] - want) / (1 + fabs(want));
+            if (e > worst) worst = e;
+        }
+        report(maps[m].name, worst, 2e-6);
+    }
+
+    for (int a = 0; a < 3; a++) {
+        for (int i = 0; i < N; i++) p[i] = x[i] = 8 * noise(&state);
+        stitch_bias_activation(p, N, 0.25f, (stitch_activation)a);
+        worst = 0;
+        for (int i = 0; i < N; i++) {
+            double e = fabs(p[i] - activate((double)x[i] + 0.25, (stitch_activation)a));
+            if (e > worst) worst = e;
+        }
+        report(a == 0 ? "bias" : a == 1 ? "bias + silu" : "bias + relu6", worst, 2e-6);
+    }
+
+    /* depthwise 3x3 and 5x5, strides 1 and 2, padded */
+    worst = 0;
+    for (int variant = 0; variant < 4; variant++) {
+        long h = 13, w = 21, k = variant < 2 ? 3 : 5, stride = variant % 2 ? 2 : 1, pad = k / 2;
+        long h_out = (h + 2 * pad - k) / stride + 1, w_out = (w + 2 * pad - k) / stride + 1;
+        float input[13 * 21], taps[25], output[13 * 21];
+        for (int i = 0; i < h * w; i++) input[i] = noise(&state);
+        for (int i = 0; i < k * k; i++) taps[i] = noise(&state);
+        stitch_depthwise_channel(input, h, w, taps, k, k, stride, pad, pad, output, h_out, w_out, 0.5f, STITCH_ACTIVATION_SILU);
+        for (long yy = 0; yy < h_out; yy++) for (long xx = 0; xx < w_out; xx++) {
+            double sum = 0.5;
+            for (long i = 0; i < k; i++) for (long j = 0; j < k; j++) {
+                long iy = yy * stride + i - pad, ix = xx * stride + j - pad;
+                if (iy >= 0 && iy < h && ix >= 0 && ix < w) sum += (double)taps[i * k + j] * input[iy * w + ix];
+            }
+            double e = fabs(output[yy * w_out + xx] - activate(sum, STITCH_ACTIVATION_SILU));
+            if (e > worst) worst = e;
+        }
+    }
+    report("depthwise_channel", worst, 1e-5);
+
+    /* direct 3x3 convolution, 5 input and 6 output channels, over a pre-padded input with slack */
+    {
+        enum { CI = 5, CO = 6, K = 3, H = 9, W = 40, HO = H - K + 1, WO = W - K + 1 };
+        long in_row = W, in_plane = H * W + 64;
+        float *input = calloc(CI * in_plane + 64, sizeof(float));
+        float weight[CO][CI][K][K], bias[CO], output[CO * HO * WO];
+        float *packed = calloc(((CO + 3) / 4) * CI * K * K * 4, sizeof(float));
+        for (int c = 0; c < CI; c++) for (int i = 0; i < H * W; i++) input[c * in_plane + i] = noise(&state);
+        for (int o = 0; o < CO; o++) {
+            bias[o] = noise(&state);
+            for (int c = 0; c < CI; c++) for (int i = 0; i < K; i++) for (int j = 0; j < K; j++) weight[o][c][i][j] = noise(&state);
+        }
+        for (int o = 0; o < CO; o++) for (int c = 0; c < CI; c++) for (int i = 0; i < K; i++) for (int j = 0; j < K; j++)
+            packed[((o / 4) * CI * K * K + (c * K + i) * K + j) * 4 + o % 4] = weight[o][c][i][j];
+        stitch_conv_direct(input, CI, in_plane, in_row, packed, CO, K, K, bias, STITCH_ACTIVATION_RELU6, output, HO * WO, WO, 0, HO, 0, WO);
+        worst = 0;
+        for (int o = 0; o < CO; o++) for (int yy = 0; yy < HO; yy++) for (int xx = 0; xx < WO; xx++) {
+            double sum = bias[o];
+            for (int c = 0; c < CI; c++) for (int i = 0; i < K; i++) for (int j = 0; j < K; j++)
+                sum += (double)weight[o][c][i][j] * input[c * in_plane + (yy + i) * in_row + xx + j];
+            double e = fabs(output[o * HO * WO + yy * WO + xx] - activate(sum, STITCH_ACTIVATION_RELU6));
+            if (e > worst) worst = e;
+        }
+        report("conv_direct", worst, 1e-5);
+        free(input);
+        free(packed);
+    }
+
+    long total = 0;
+    stitch_parallel_for(1000, 4, add_index, &total);
+    report("parallel_for", total == 1000 * 1001 / 2 ? 0 : INFINITY, 0);
+    int cpus[] = {0, 1};
+    unsigned long long ticks = stitch_stat_busy_ticks("cpu  9 9 9 9 9 9 9 9\ncpu0 1 2 3 100 100 4 5 6 0 0\ncpu1 1 1 1 1 1 1 1 1\n", cpus, 2);
+    report("stat_busy_ticks", ticks == 21 + 6 ? 0 : INFINITY, 0);
+    report("cpus_left", stitch_cpus_left(2, 2.0, 1.0, 1.0) == 1 && stitch_cpus_left(2, 1.0, 1.0, 1.0) == 2 ? 0 : INFINITY, 0);
+#if !defined(__x86_64__)
+    report("sgemm not offered", stitch_sgemm_available() ? INFINITY : 0, 0);
+#endif
+    printf(failures ? "%d kernel(s) FAILED\n" : "all kernels ok\n", failures);
+    return failures ? 1 : 0;
+}
