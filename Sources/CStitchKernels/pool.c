@@ -110,7 +110,9 @@ static struct {
 
 unsigned long long stitch_stat_busy_ticks(const char *text, const int *cpus, long count) {
     unsigned long long total = 0;
-    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    for (const char *line = text, *next; line && *line; line = next) {
+        const char *newline = strchr(line, '\n');
+        next = newline ? newline + 1 : NULL;
         if (strncmp(line, "cpu", 3) != 0 || line[3] < '0' || line[3] > '9') continue;
         char *end;
         long cpu = strtol(line + 3, &end, 10);
@@ -162,13 +164,27 @@ static long threads_left(long threads) {
     return left > 0 && left < load.cpu_count && threads > left ? left : threads;
 }
 
-static void find_cpus(void) {
+/* The CPUs of this process's affinity mask, the first `room` of them listed in `cpus`: their count, 0 where the
+   mask cannot be read. */
+static long affinity(int *cpus, long room) {
+    long count = 0;
 #ifdef __linux__
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
-        for (int cpu = 0; cpu < CPU_SETSIZE && load.cpu_count < MAX_CPUS; cpu++) if (CPU_ISSET(cpu, &set)) load.cpus[load.cpu_count++] = cpu;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &set)) continue;
+        if (count < room) cpus[count] = cpu;
+        count++;
     }
+#else
+    (void)cpus, (void)room;
 #endif
+    return count;
+}
+
+static void find_cpus(void) {
+    long count = affinity(load.cpus, MAX_CPUS);
+    load.cpu_count = count < MAX_CPUS ? count : MAX_CPUS;
     if (load.cpu_count == 0) load.unreadable = 1;
 }
 
@@ -194,13 +210,6 @@ void stitch_parallel_for(long count, long threads, stitch_task function, void *c
         return;
     }
     pthread_once(&pool.started, start_workers);
-    update_load();
-    threads = threads_left(threads);
-    if (threads <= 1) {
-        for (long i = 0; i < count; i++) function(context, i);
-        atomic_store(&pool.busy, 0);
-        return;
-    }
     pool.function = function;
     pool.context = context;
     atomic_store(&pool.participants, threads);
@@ -226,7 +235,8 @@ void stitch_parallel_for(long count, long threads, stitch_task function, void *c
 long stitch_parallel_threads(long threads) {
     int idle = 0;
     if (threads <= 1) return threads;
-    /* The window is measured by whichever caller holds the pool; a busy pool's callers read the last result. */
+    /* The window is measured by whichever caller holds the pool; a busy pool's callers read the last result (the
+       caller of a region asks here first, so stitch_parallel_for itself needs no measuring). */
     if (atomic_compare_exchange_strong(&pool.busy, &idle, 1)) {
         pthread_once(&pool.started, start_workers);
         update_load();
@@ -236,13 +246,8 @@ long stitch_parallel_threads(long threads) {
 }
 
 long stitch_affinity_cpus(void) {
-#ifdef __linux__
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
-        long count = CPU_COUNT(&set);
-        if (count > 0) return count;
-    }
-#endif
+    long count = affinity(NULL, 0);
+    if (count > 0) return count;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     return online > 0 ? online : 1;
 }

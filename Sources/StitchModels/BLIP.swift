@@ -112,10 +112,8 @@ private func blipFolder(_ folder: URL, architecture: String) throws -> (BLIPConf
     if let other = config.architectures.first, !config.architectures.contains(architecture) {
         throw ModelIOError.unsupportedArchitecture(file: configFile.path, found: other, expected: [architecture])
     }
-    let processorFile = folder.appendingPathComponent("preprocessor_config.json")
-    let settings = FileManager.default.fileExists(atPath: processorFile.path) ? try loadConfig(SquarePreprocessing.self, from: processorFile) : SquarePreprocessing()
-    let preprocessor = settings.preprocessor(defaults: ImagePreprocessor(squareSize: config.vision.imageSize, filter: .bicubic,
-                                                                         mean: ImagePreprocessor.clip.mean, std: ImagePreprocessor.clip.std))
+    let preprocessor = try SquarePreprocessing.preprocessor(in: folder, defaults: ImagePreprocessor(squareSize: config.vision.imageSize, filter: .bicubic,
+                                                                                                    mean: ImagePreprocessor.clip.mean, std: ImagePreprocessor.clip.std))
     let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.txt").path)
     return (config, preprocessor, hasVocabulary ? try WordPieceTokenizer(folder: folder, maximumLength: config.text.maxPositions) : nil)
 }
@@ -271,10 +269,8 @@ public final class BLIPRetrieval: ImageTextScorer, TextEmbedder, ImageEmbedder, 
     /// The text model's last hidden states at [CLS], [texts, d], of right-padded ids under their mask; reading `imageStates`
     /// [1, 1 + patches, vision width] when given (ITM), the text alone otherwise (ITC).
     func classStates(_ tokens: [[Int]], imageStates: Tensor?) throws -> Tensor {
-        let length = tokens.map(\.count).max() ?? 0
-        guard length > 0 else { throw ModelError.invalidInput(model: "BLIP text", detail: "no text to encode") }
-        let padded = tokens.map { $0 + Array(repeating: config.paddingID, count: length - $0.count) }
-        let mask = Tensor(shape: [tokens.count, length], scalars: tokens.flatMap { row in (0..<length).map { $0 < row.count ? 1 : 0 } })
+        guard tokens.contains(where: { !$0.isEmpty }) else { throw ModelError.invalidInput(model: "BLIP text", detail: "no text to encode") }
+        let (padded, mask) = rightPadded(tokens, with: config.paddingID)
         let memory = imageStates.map(text.memory)
         var hidden = try text.embed(padded, offset: 0)
         for (index, layer) in text.layers.enumerated() { hidden = layer(hidden, mask: mask, memory: memory?[index]) }
@@ -296,10 +292,7 @@ public final class BLIPRetrieval: ImageTextScorer, TextEmbedder, ImageEmbedder, 
 
     /// The cosines [images, texts] of the normalised features (the ITC score, no temperature).
     public func logits(imageFeatures: Tensor, textFeatures: Tensor) -> Tensor {
-        var images = imageFeatures, texts = textFeatures
-        l2NormalizeRows(&images)
-        l2NormalizeRows(&texts)
-        return matmul(images, texts, transposeB: true)
+        matmul(l2NormalizedRows(imageFeatures), l2NormalizedRows(textFeatures), transposeB: true)
     }
 
     // MARK: matching (ITM)

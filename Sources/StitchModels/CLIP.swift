@@ -349,10 +349,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
 
     /// logits_per_image [images, texts] = exp(logit_scale) · cos(image, text), from unnormalised features.
     public func logits(imageFeatures: Tensor, textFeatures: Tensor) -> Tensor {
-        var images = imageFeatures, texts = textFeatures
-        l2NormalizeRows(&images)
-        l2NormalizeRows(&texts)
-        return scaledSimilarities(images, texts)
+        scaledSimilarities(l2NormalizedRows(imageFeatures), l2NormalizedRows(textFeatures))
     }
 
     /// exp(logit_scale) · images · textsᵀ for unit-length rows: [images, texts].

@@ -66,6 +66,14 @@ func flattenPatches(_ pixels: Tensor, patch p: Int) -> Tensor {
     return patches
 }
 
+/// Token rows right-padded with `padding` to the longest, and their attention mask [rows, longest]: 1 for a token,
+/// 0 for padding (Hugging Face's attention_mask).
+func rightPadded(_ tokens: [[Int]], with padding: Int) -> (ids: [[Int]], mask: Tensor) {
+    let length = tokens.map(\.count).max() ?? 0
+    return (tokens.map { $0 + Array(repeating: padding, count: length - $0.count) },
+            Tensor(shape: [tokens.count, length], scalars: tokens.flatMap { row in (0..<length).map { $0 < row.count ? 1 : 0 } }))
+}
+
 /// Splits x [..., parts * n] into `parts` tensors [..., n] (copies).
 func splitLastDimension(_ x: Tensor, parts: Int) -> [Tensor] {
     splitLastDimension(x, widths: Array(repeating: x.lastDimension / parts, count: parts))

@@ -41,14 +41,11 @@ public final class OWLViT: TextQueriedDetector, @unchecked Sendable {
         let configFile = folder.appendingPathComponent("config.json")
         try ArchitectureHeader.require(["OwlViTForObjectDetection", "owlvit"], in: configFile)
         let config = try loadConfig(OWLViTConfig.self, from: configFile)
-        let processorFile = folder.appendingPathComponent("preprocessor_config.json")
-        let settings = FileManager.default.fileExists(atPath: processorFile.path) ? try loadConfig(SquarePreprocessing.self, from: processorFile)
-                                                                                  : SquarePreprocessing()
-        let size = config.towers.imageSize
+        let preprocessor = try SquarePreprocessing.preprocessor(in: folder, defaults: ImagePreprocessor(squareSize: config.towers.imageSize, filter: .bicubic,
+                                                                                                        mean: ImagePreprocessor.clip.mean, std: ImagePreprocessor.clip.std))
         try self.init(config: config, weights: WeightStore(folder: folder),
                       tokenizer: CLIPTokenizer.isPresent(in: folder) ? CLIPTokenizer(folder: folder, contextLength: config.towers.maxPositions) : nil,
-                      preprocessor: settings.preprocessor(defaults: ImagePreprocessor(squareSize: size, filter: .bicubic, mean: ImagePreprocessor.clip.mean,
-                                                                                      std: ImagePreprocessor.clip.std)))
+                      preprocessor: preprocessor)
     }
 
     public init(config: OWLViTConfig, weights store: WeightStore, tokenizer: CLIPTokenizer?, preprocessor: ImagePreprocessor) throws {

@@ -181,8 +181,7 @@ public final class SentenceEncoder: TextEmbedder, @unchecked Sendable {
         }
         let (batch, d) = (texts.count, config.hiddenSize)
         guard batch > 0 else { return Tensor(zeros: [0, d]) }
-        let padded = ids.map { $0 + Array(repeating: tokenizer.paddingID, count: length - $0.count) }
-        let mask = Tensor(shape: [batch, length], scalars: ids.flatMap { row in (0..<length).map { $0 < row.count ? 1 : 0 } })
+        let (padded, mask) = rightPadded(ids, with: tokenizer.paddingID)
         var hidden: Tensor
         do {
             hidden = try embedding(padded.flatMap { $0 }, table: wordEmbeddings).reshaped([batch, length, d])

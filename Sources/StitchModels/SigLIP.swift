@@ -67,10 +67,9 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
         let configFile = folder.appendingPathComponent("config.json")
         try ArchitectureHeader.require(["SiglipModel", "siglip"], in: configFile)
         let config = try loadConfig(SigLIPConfig.self, from: configFile)
-        let processorFile = folder.appendingPathComponent("preprocessor_config.json")
-        let settings = FileManager.default.fileExists(atPath: processorFile.path) ? try loadConfig(SquarePreprocessing.self, from: processorFile) : SquarePreprocessing()
         // SiglipImageProcessor: the image resized to the square (bicubic), scaled to [-1, 1].
-        let preprocessor = settings.preprocessor(defaults: ImagePreprocessor(squareSize: config.towers.imageSize, filter: .bicubic, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]))
+        let preprocessor = try SquarePreprocessing.preprocessor(in: folder, defaults: ImagePreprocessor(squareSize: config.towers.imageSize, filter: .bicubic,
+                                                                                                        mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]))
         try self.init(config: config, weights: WeightStore(folder: folder),
                       tokenizer: SentencePieceTokenizer.isPresent(in: folder) ? SentencePieceTokenizer(folder: folder, style: .siglip) : nil,
                       preprocessor: preprocessor)
@@ -137,8 +136,7 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
         addInPlace(&hidden, concatenate(Array(repeating: textPositions.rows(0..<length).reshaped([1, length, d]), count: tokens.count), axis: 0))
         for layer in textLayers.dropLast() { hidden = layer(hidden, causal: false) }
         // Only the last position is pooled, so the last layer runs for that row alone.
-        let pooled = textLayers.last.map { $0.pooled(hidden, positions: Array(repeating: length - 1, count: tokens.count), causal: false) }
-            ?? gatherRows(hidden, Array(repeating: length - 1, count: tokens.count))
+        let pooled = textLayers.last!.pooled(hidden, positions: Array(repeating: length - 1, count: tokens.count), causal: false)
         return textHead(finalLayerNorm(pooled.reshaped([tokens.count, d])))
     }
 
@@ -181,12 +179,10 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
 
     /// logits_per_image [images, texts] = exp(logit_scale) · cos(image, text) + logit_bias, from unnormalised features.
     public func logits(imageFeatures: Tensor, textFeatures: Tensor) -> Tensor {
-        var images = imageFeatures, texts = textFeatures
-        l2NormalizeRows(&images)
-        l2NormalizeRows(&texts)
-        return pairLogits(images, texts)
+        pairLogits(l2NormalizedRows(imageFeatures), l2NormalizedRows(textFeatures))
     }
 
+    /// exp(logit_scale) · images · textsᵀ + logit_bias for unit-length rows: [images, texts].
     private func pairLogits(_ images: Tensor, _ texts: Tensor) -> Tensor {
         var logits = matmul(images, texts, transposeB: true)
         mapInPlace(&logits) { $0 * self.logitScale + self.logitBias }

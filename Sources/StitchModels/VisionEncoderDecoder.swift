@@ -46,11 +46,9 @@ public final class VisionEncoderDecoder: ImageCaptioner, @unchecked Sendable {
         let configFile = folder.appendingPathComponent("config.json")
         try ArchitectureHeader.require(["VisionEncoderDecoderModel", "vision-encoder-decoder"], in: configFile)
         let config = try loadConfig(VisionEncoderDecoderConfig.self, from: configFile)
-        let preprocessing = folder.appendingPathComponent("preprocessor_config.json")
         // Without the file, ViTImageProcessor's defaults.
-        let settings = FileManager.default.fileExists(atPath: preprocessing.path) ? try loadConfig(SquarePreprocessing.self, from: preprocessing) : SquarePreprocessing()
-        let preprocessor = settings.preprocessor(defaults: ImagePreprocessor(squareSize: config.encoder.imageSize, filter: .bilinear,
-                                                                             mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]))
+        let preprocessor = try SquarePreprocessing.preprocessor(in: folder, defaults: ImagePreprocessor(squareSize: config.encoder.imageSize, filter: .bilinear,
+                                                                                                        mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]))
         let hasVocabulary = FileManager.default.fileExists(atPath: folder.appendingPathComponent("vocab.json").path)
         try self.init(config: config, weights: WeightStore(folder: folder), tokenizer: hasVocabulary ? GPT2Tokenizer(folder: folder) : nil,
                       preprocessor: preprocessor)
@@ -144,6 +142,14 @@ struct SquarePreprocessing: Decodable {
         if let resample, resample != 2 && resample != 3 {
             throw DecodingError.dataCorrupted(.init(codingPath: [CodingKeys.resample], debugDescription: "only bilinear (2) and bicubic (3) are supported"))
         }
+    }
+
+    /// A folder's preprocessor_config.json read as this, its absent fields (or all of them, without the file) the
+    /// processor's `defaults`.
+    static func preprocessor(in folder: URL, defaults: ImagePreprocessor) throws -> ImagePreprocessor {
+        let file = folder.appendingPathComponent("preprocessor_config.json")
+        let settings = FileManager.default.fileExists(atPath: file.path) ? try loadConfig(SquarePreprocessing.self, from: file) : SquarePreprocessing()
+        return settings.preprocessor(defaults: defaults)
     }
 
     /// Fields absent from the file take the processor's `defaults` (ViTImageProcessor's: the model's image size, bilinear,

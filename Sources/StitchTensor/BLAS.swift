@@ -39,10 +39,11 @@ public enum BLAS {
             return
         }
         // Below ~1 MFLOP per extra core the split costs more than it saves.
-        let parts = min(Parallel.threads, max(1, m * n * k / 500_000), max(1, n / 64))
+        let threads = Parallel.threads
+        let parts = min(threads, max(1, m * n * k / 500_000), max(1, n / 64))
         // Blocks of whole 32-column panels of Stitch's kernel.
         let block = ((n + parts - 1) / parts + 31) / 32 * 32
-        Parallel.forEach((n + block - 1) / block) { part in
+        Parallel.forEach((n + block - 1) / block, threads: threads) { part in
             let start = part * block
             let width = min(block, n - start)
             // Columns start..<start+width of op(B): rows of B when transposed, columns otherwise.
@@ -56,9 +57,10 @@ public enum BLAS {
     private static func splitGemv(transposeB: Bool, n: Int, k: Int, x: UnsafePointer<Float>,
                                   b: UnsafePointer<Float>, ldb: Int, y: UnsafeMutablePointer<Float>) {
         _ = singleThreaded
-        let parts = min(Parallel.threads, max(1, n * k / 250_000))
+        let threads = Parallel.threads
+        let parts = min(threads, max(1, n * k / 250_000))
         let block = ((n + parts - 1) / parts + 15) / 16 * 16
-        Parallel.forEach((n + block - 1) / block) { part in
+        Parallel.forEach((n + block - 1) / block, threads: threads) { part in
             let start = part * block
             let width = min(block, n - start)
             if transposeB && hasOwnKernel {

@@ -154,7 +154,7 @@ public struct Convolution: @unchecked Sendable {
         let tiles = (hOut + rowsPerTile - 1) / rowsPerTile
         weight.withUnsafeBufferPointer { kernel in
             let k = kernel.baseAddress!
-            Parallel.forEach(tiles) { tile in
+            Parallel.forEach(tiles, threads: threads) { tile in
                 let firstRow = tile * rowsPerTile, rows = min(rowsPerTile, hOut - firstRow)
                 let (start, columns) = (firstRow * wOut, rows * wOut)
                 // im2col row (c, i, j) holds input pixel (c, y·stride + i − top, x·stride + j − left) for each output (y, x) of the tile.

@@ -149,6 +149,13 @@ public func l2NormalizeRows(_ x: inout Tensor, epsilon: Float = 1e-12) {
     }
 }
 
+/// A copy of x with each row of the last dimension L2-normalised (the cosines of two such are one product).
+public func l2NormalizedRows(_ x: Tensor) -> Tensor {
+    var unit = x
+    l2NormalizeRows(&unit)
+    return unit
+}
+
 public enum TensorError: Error, CustomStringConvertible, Equatable {
     case indexOutOfRange(index: Int, size: Int, what: String)
 

@@ -51,17 +51,18 @@ public enum Parallel {
     public static var threads: Int { limit > 1 ? Int(stitch_parallel_threads(limit)) : 1 }
 
     /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile, on the calling
-    /// thread and Stitch's worker pool (`stitch_parallel_for`). Iterations must touch disjoint
+    /// thread and Stitch's worker pool (`stitch_parallel_for`), on `threads` threads (a caller that split its
+    /// work by `threads` passes the count it split by). Iterations must touch disjoint
     /// memory; that is the caller's contract, which is why `body` need not be Sendable.
-    public static func forEach(_ count: Int, _ body: (Int) -> Void) {
-        if count <= 1 || threads == 1 {
+    public static func forEach(_ count: Int, threads: Int = Parallel.threads, _ body: (Int) -> Void) {
+        if count <= 1 || threads <= 1 {
             for i in 0..<count { body(i) }
             return
         }
         withoutActuallyEscaping(body) { escapable in
             var task = escapable
             withUnsafeMutablePointer(to: &task) { pointer in
-                stitch_parallel_for(count, limit, { context, index in
+                stitch_parallel_for(count, threads, { context, index in
                     context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(index)
                 }, pointer)
             }
@@ -77,9 +78,10 @@ public enum Parallel {
     /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `threads` and `count`)
     /// and runs them concurrently; empty chunks are skipped.
     public static func forChunks(_ count: Int, parts: Int, _ body: (Range<Int>) -> Void) {
+        let threads = Self.threads
         let chunks = min(threads, count, max(1, parts))
         let size = (count + chunks - 1) / max(chunks, 1)
-        forEach(chunks) { chunk in
+        forEach(chunks, threads: threads) { chunk in
             let start = chunk * size
             let end = min(count, start + size)
             if start < end { body(start..<end) }

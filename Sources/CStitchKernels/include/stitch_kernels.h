@@ -70,8 +70,9 @@ void stitch_keep_freed_memory(void);
 typedef void (*stitch_task)(void *context, long index);
 void stitch_parallel_for(long count, long threads, stitch_task function, void *context);
 
-/* The threads a region asking for `threads` runs on now: fewer while other processes take some of this process's
-   CPUs (measured over 100 ms windows from /proc/stat, as OpenMP's dynamic adjustment does). */
+/* The threads a region asking for `threads` should run on now, the `threads` to pass stitch_parallel_for: fewer while
+   other processes take some of this process's CPUs (measured over 100 ms windows from /proc/stat, as OpenMP's
+   dynamic adjustment does). */
 long stitch_parallel_threads(long threads);
 
 /* CPUs this process may run on (its affinity mask; the online CPUs where that cannot be read). */
