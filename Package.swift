@@ -76,6 +76,6 @@ let package = Package(
         .testTarget(name: "StitchMethodsTests", dependencies: ["StitchMethods", "StitchModels", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchTestSupport"]),
         .testTarget(name: "StitchGraphTests", dependencies: ["StitchGraph", "StitchRemote", "StitchMethods", "StitchModels", "StitchModelIO", "StitchImaging", "StitchTensor", "StitchTestSupport"]),
         .testTarget(name: "StitchRemoteTests", dependencies: ["StitchRemote", "StitchMethods", "StitchModels", "StitchModelIO", "StitchTokenizers", "StitchTestSupport"]),
-        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchMethods", "StitchModelIO", "StitchModels", "StitchRemote", "StitchTokenizers", "StitchTestSupport"]),
+        .testTarget(name: "StitchCLITests", dependencies: ["stitch", "StitchImaging", "StitchMethods", "StitchModelIO", "StitchModels", "StitchRemote", "StitchTensor", "StitchTokenizers", "StitchTestSupport"]),
     ]
 )

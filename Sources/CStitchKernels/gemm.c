@@ -1,4 +1,5 @@
 #include "stitch_kernels.h"
+#include "gemm_tile.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,7 +10,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-enum { MR = 12, NR = 32, KC = 256, MC = 96, NC = 512 };
+enum { MR = STITCH_TILE_ROWS, NR = STITCH_TILE_COLUMNS, KC = 256, MC = 96, NC = 512 };
 
 #define AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 
@@ -91,8 +92,9 @@ static void pack_a(const float *a, long lda, long mc, long kc, float *ap) {
     }
 }
 
-/* The MR x NR tile at c (rows x cols of it inside C) = (or +=, when accumulate) Ap-panel · Bp-panel over kc. */
-AVX512 static void kernel(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
+/* The MR x NR tile at c (rows x cols of it inside C) = (or +=, when accumulate) Ap-panel · Bp-panel over kc (Bp 64-byte
+   aligned). bf16.c runs it on bfloat16 operands widened to floats. */
+AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
     __m512 low[MR], high[MR];
 #pragma clang loop unroll(full)
     for (int i = 0; i < MR; i++) low[i] = high[i] = _mm512_setzero_ps();
@@ -148,7 +150,7 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
                 pack_a(a + ic * lda + pc, lda, mc, kc, ap);
                 for (long jr = 0; jr < nc; jr += NR)
                     for (long ir = 0; ir < mc; ir += MR)
-                        kernel(kc, ap + ir * kc, bp + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
+                        stitch_sgemm_tile(kc, ap + ir * kc, bp + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
                                mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, pc > 0);
             }
         }

@@ -326,6 +326,9 @@ struct GraphParser {
             for (optionKey, optionValue) in fields where !["kind", "model"].contains(optionKey.string ?? "") {
                 options[optionKey.string ?? "?"] = literal(optionValue)
             }
+            if let precision = options["precision"], Precision(rawValue: precision.string ?? "") == nil {
+                report(fields["precision"], "component '\(name)': precision is \(Precision.allCases.map(\.rawValue).joined(separator: " or "))")
+            }
             components[name] = ComponentSpec(kind: kind, model: model, options: options)
         }
         return components

@@ -26,15 +26,17 @@ extension OperationRegistry {
     }
 
     /// An ASIF anchor index (`model`: the index file) with the encoders it was built with
-    /// (options `image_encoder`, `text_encoder`: folders or hub ids).
+    /// (options `image_encoder`, `text_encoder`: folders or hub ids; `precision` theirs).
     static func asifKind(models: ModelRegistry) -> ComponentKind {
         ComponentKind("asif", load: { spec in
             guard let image = spec.options["image_encoder"]?.string, let text = spec.options["text_encoder"]?.string else {
                 throw GraphError.badInput("an asif component needs image_encoder and text_encoder options")
             }
             let locator = locator(spec)
-            let component = ASIFComponent(index: try AnchorIndex(path: spec.model), image: try models.imageEncoder(image, locator: locator),
-                                          text: try models.textEncoder(text, locator: locator))
+            let component = try Precision.$loading.withValue(try precision(spec)) {
+                ASIFComponent(index: try AnchorIndex(path: spec.model), image: try models.imageEncoder(image, locator: locator),
+                              text: try models.textEncoder(text, locator: locator))
+            }
             try component.index.requireEncoders(image: component.image.identity, text: component.text.identity)
             return component
         }, identity: { spec in fileIdentity("asif", spec, file: spec.model) })
@@ -177,8 +179,19 @@ extension OperationRegistry {
         ModelLocator.fromEnvironment().at(revision: spec.options["revision"]?.string)
     }
 
-    /// A component kind whose `model` (a folder or hub id) is loaded by the model type its config names, and must
-    /// have `capability`; identified by its checkpoint and options.
+    /// The precision a component's models load at: option `precision`, fp32 (default) or bf16 (an error on a CPU
+    /// without AVX512-BF16).
+    static func precision(_ spec: ComponentSpec) throws -> Precision {
+        guard let name = spec.options["precision"] else { return .fp32 }
+        guard let precision = name.string.flatMap(Precision.init(rawValue:)) else {
+            throw GraphError.badInput("option precision of a component is \(Precision.allCases.map(\.rawValue).joined(separator: " or ")), not \(name.canonicalJSON)")
+        }
+        if let reason = precision.unavailableReason { throw GraphError.badInput("precision \(precision.rawValue) of \(spec.model): \(reason)") }
+        return precision
+    }
+
+    /// A component kind whose `model` (a folder or hub id) is loaded by the model type its config names (at option
+    /// `precision`), and must have `capability`; identified by its checkpoint and options.
     static func modelKind<Capable>(_ name: String, providing: String? = nil, as capability: Capable.Type, models: ModelRegistry) -> ComponentKind {
         modelKind(name, providing: providing, models: models) { loaded, spec in _ = try ModelRegistry.require(loaded, spec: spec, as: capability) }
     }
@@ -194,7 +207,7 @@ extension OperationRegistry {
     static func modelKind(_ name: String, providing: String? = nil, models: ModelRegistry,
                           check: @escaping @Sendable (LoadedModel, String) throws -> Void) -> ComponentKind {
         ComponentKind(name, provides: providing, load: { spec in
-            let loaded = try models.load(spec.model, locator: locator(spec))
+            let loaded = try Precision.$loading.withValue(try precision(spec)) { try models.load(spec.model, locator: locator(spec)) }
             try check(loaded, spec.model)
             return loaded.object
         }, identity: { spec in

@@ -89,6 +89,8 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
     public let config: GPT2Config
     public let tokenizer: GPT2Tokenizer?
     let tokenEmbedding, positionEmbedding: Tensor
+    /// The LM head, tied to the token embedding.
+    let head: Linear
     let blocks: [TransformerBlock]
     let finalLayerNorm: LayerNorm
 
@@ -111,6 +113,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let p = root + (store.contains("\(root)transformer.wte.weight") ? "transformer." : "")
         let d = config.hiddenSize
         tokenEmbedding = store.take("\(p)wte.weight", shape: [config.vocabularySize, d])
+        head = Linear(weight: tokenEmbedding, bias: nil)
         positionEmbedding = store.take("\(p)wpe.weight", shape: [config.maxPositions, d])
         blocks = (0..<config.layers).map { TransformerBlock(gpt2: store, "\(p)h.\($0)", config) }
         finalLayerNorm = LayerNorm(store, "\(p)ln_f", size: d, epsilon: config.layerNormEpsilon)
@@ -210,7 +213,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
 
     /// LM-head logits for the given hidden-state rows only: [..., hiddenSize] -> [..., vocabulary].
     public func logits(_ hidden: Tensor) -> Tensor {
-        matmul(hidden, tokenEmbedding, transposeB: true)
+        head(hidden)
     }
 
     public var vocabularySize: Int { config.vocabularySize }

@@ -2,27 +2,38 @@ import StitchModelIO
 import StitchTensor
 
 /// A dense layer as stored by PyTorch: nn.Linear ([out, in]) or transformers' Conv1D ([in, out]).
+/// A model loaded at `Precision.loading == .bf16` also holds the weight in bfloat16 (converted once, here) and its
+/// products use that.
 struct Linear {
     let weight: Tensor
     let bias: Tensor?
     let layout: WeightLayout
+    let reduced: BF16Matrix?
+
+    init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs) {
+        self.weight = weight
+        self.bias = bias
+        self.layout = layout
+        reduced = Precision.loading == .bf16 ? BF16Matrix(weight, layout: layout) : nil
+    }
 
     /// Takes `<prefix>.weight` (and `<prefix>.bias`) from the store.
     init(_ store: WeightStore, _ prefix: String, inputs: Int, outputs: Int, bias: Bool = true, layout: WeightLayout = .outputsByInputs) {
-        weight = store.take("\(prefix).weight", shape: layout == .outputsByInputs ? [outputs, inputs] : [inputs, outputs])
-        self.bias = bias ? store.take("\(prefix).bias", shape: [outputs]) : nil
-        self.layout = layout
+        self.init(weight: store.take("\(prefix).weight", shape: layout == .outputsByInputs ? [outputs, inputs] : [inputs, outputs]),
+                  bias: bias ? store.take("\(prefix).bias", shape: [outputs]) : nil, layout: layout)
     }
 
-    /// Several nn.Linear layers over the same input fused into one (outputs stacked), so one sgemm serves them all.
+    /// Several nn.Linear layers over the same input fused into one (outputs stacked), so one product serves them all.
     init(fusing parts: [Linear]) {
         precondition(parts.allSatisfy { $0.layout == .outputsByInputs }, "only nn.Linear layers are fused")
-        weight = concatenate(parts.map(\.weight), axis: 0)
-        bias = parts.allSatisfy { $0.bias != nil } ? concatenate(parts.map { $0.bias! }, axis: 0) : nil
-        layout = .outputsByInputs
+        self.init(weight: concatenate(parts.map(\.weight), axis: 0),
+                  bias: parts.allSatisfy { $0.bias != nil } ? concatenate(parts.map { $0.bias! }, axis: 0) : nil)
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight: weight, bias: bias, layout: layout) }
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        if let reduced { return linear(x, weight: reduced, bias: bias) }
+        return linear(x, weight: weight, bias: bias, layout: layout)
+    }
 }
 
 struct LayerNorm {

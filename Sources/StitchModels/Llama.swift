@@ -193,7 +193,7 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
     let blocks: [LlamaBlock]
     let finalNorm: Tensor
     /// [vocabulary, d]: the embedding matrix again when tied.
-    let head: Tensor
+    let head: Linear
     /// Within max_position_embeddings (for dynamic scaling, beyond it they depend on the length).
     let inverseFrequencies: [Float]
 
@@ -225,9 +225,9 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
         finalNorm = store.take("model.norm.weight", shape: [d])
         if config.tiedEmbeddings {
             if store.contains("lm_head.weight") { _ = store.take("lm_head.weight", shape: [config.vocabularySize, d]) }
-            head = tokenEmbedding
+            head = Linear(weight: tokenEmbedding, bias: nil)
         } else {
-            head = store.take("lm_head.weight", shape: [config.vocabularySize, d])
+            head = Linear(weight: store.take("lm_head.weight", shape: [config.vocabularySize, d]), bias: nil)
         }
         inverseFrequencies = config.inverseFrequencies(length: config.maxPositions)
         try store.finish(ignoreUnused: { $0.hasSuffix("rotary_emb.inv_freq") })
@@ -272,7 +272,7 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
         return rmsNorm(hidden, weight: finalNorm, epsilon: config.normEpsilon)
     }
 
-    public func logits(_ hidden: Tensor) -> Tensor { matmul(hidden, head, transposeB: true) }
+    public func logits(_ hidden: Tensor) -> Tensor { head(hidden) }
 
     public var vocabularySize: Int { config.vocabularySize }
     public var endTokenID: Int { config.endTokenID }

@@ -25,6 +25,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
+    @Option(help: "The model rows' precision: fp32, or bf16 against torch's bfloat16 autocast (each row also reports how far bf16 moved Stitch's result from its fp32 result).")
+    var precision: Precision = .fp32
+
     @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine.")
     var contended = false
 
@@ -72,6 +75,10 @@ struct Bench: ParsableCommand {
 
     @Option(help: "GPT-2 and CLIP tokenizer files copied into the random-weight folders (the magic row decodes text).")
     var tokenizers = "Tests/Fixtures/tokenizers"
+
+    func validate() throws {
+        if let reason = precision.unavailableReason { throw ValidationError("--precision \(precision.rawValue): \(reason)") }
+    }
 
     func run() throws {
         BLAS.configureThreads(threads)
@@ -139,7 +146,8 @@ struct Bench: ParsableCommand {
             }
         }
         print("")
-        print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s)")
+        print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s)"
+              + (precision == .fp32 ? "" : "; \(precision.rawValue): Stitch's bfloat16 products against torch.autocast(\"cpu\", dtype=torch.bfloat16)"))
         let header = "row".padding(toLength: Self.rowLabelWidth, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
             + "stitch ms  reference ms  speedup   stitch MB  reference MB"
         print(header)
@@ -157,7 +165,7 @@ struct Bench: ParsableCommand {
             if row.anchorCount != nil, let report = try ASIFBenchData.prepare(row, in: workDir) {
                 print(label + "(\(report))")
             }
-            let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir]
+            let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir, "--precision", precision.rawValue]
             let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")
             var python: Measurement?
             var referenceFailure: String?
@@ -174,9 +182,18 @@ struct Bench: ParsableCommand {
             }
             print(line)
             if let referenceFailure { print(String(repeating: " ", count: Self.rowLabelWidth) + "reference failed: \(referenceFailure)") }
+            let indent = String(repeating: " ", count: Self.rowLabelWidth)
             if let mine = stitch.output, let theirs = python?.output {
-                print(String(repeating: " ", count: Self.rowLabelWidth) + (mine == theirs ? "same output on both sides (\(mine.count) values)" : "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)"))
+                if mine == theirs {
+                    print(indent + "same output on both sides (\(mine.count) values)")
+                } else if precision == .fp32 {
+                    print(indent + "OUTPUTS DIFFER: stitch \(mine) vs reference \(theirs)")
+                } else {
+                    // Rounded differently (torch's autocast also runs attention and norms in bfloat16), so only near.
+                    print(indent + "\(zip(mine, theirs).filter { $0 == $1 }.count) of \(max(mine.count, theirs.count)) output values the same on both sides")
+                }
             }
+            if let agreement = stitch.agreement { print(indent + "stitch \(precision.rawValue): \(agreement)") }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
     }
@@ -208,8 +225,10 @@ struct Measurement: Decodable {
     let note: String
     /// Token ids the row produced, for rows whose output both sides must agree on.
     let output: [Int]?
+    /// At a reduced precision: how near Stitch's result is to its FP32 result.
+    let agreement: String?
 
-    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output }
+    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement }
 
     static func parse(_ output: String, side: String) throws -> Measurement {
         guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {

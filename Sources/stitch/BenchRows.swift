@@ -81,6 +81,7 @@ struct BenchRowWorker: ParsableCommand {
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
     @Option var workDir: String?
+    @Option var precision: Precision = .fp32
 
     func folder(_ path: String?) throws -> URL {
         guard let path else { throw ValidationError("--\(row.neededFolders.joined(separator: " --")) required for \(row.rawValue)") }
@@ -98,24 +99,67 @@ struct BenchRowWorker: ParsableCommand {
 
     func run() throws {
         BLAS.configureThreads(threads)
+        let measured = try Precision.$loading.withValue(precision) { try measure(once: false) }
+        var result: [String: Any] = ["seconds": measured.seconds, "peak_mb": peakResidentMB(), "note": measured.note]
+        result["output"] = measured.output
+        if precision != .fp32 {
+            // How far the reduced precision moved the row's result from FP32's (computed once, untimed).
+            let exact = try measure(once: true)
+            result["agreement"] = Self.agreement(measured, exact)
+        }
+        print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
+    }
+
+    /// What a row measured: its best time, what the work was, and what it computed (token ids, or feature rows).
+    struct RowResult {
+        var seconds = 0.0, note = ""
+        var output: [Int]?
+        var values: Tensor?
+    }
+
+    /// "feature cosine >= 0.99991" (the lowest over rows) or "tokens 15 of 16 the same" against `exact`.
+    static func agreement(_ reduced: RowResult, _ exact: RowResult) -> String {
+        if let low = reduced.values, let full = exact.values {
+            let rows = low.shape[0]
+            let lowest = (0..<rows).map { row -> Float in
+                let (a, b) = (low.row(row).scalars, full.row(row).scalars)
+                let dot = zip(a, b).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+                return dot / (a.reduce(0) { $0 + $1 * $1 }.squareRoot() * b.reduce(0) { $0 + $1 * $1 }.squareRoot())
+            }.min() ?? 1
+            return String(format: "feature cosine to fp32 >= %.5f over %d rows", lowest, rows)
+        }
+        if let low = reduced.output, let full = exact.output {
+            let same = zip(low, full).filter { $0 == $1 }.count
+            return "\(same) of \(max(low.count, full.count)) output values as at fp32"
+        }
+        return "no output to compare"
+    }
+
+    /// Runs the row: timed as best of runs over --seconds, or `once` (untimed).
+    func measure(once: Bool) throws -> RowResult {
+        func time(_ body: () throws -> Void) throws -> Double {
+            if once { try body(); return 0 }
+            return try bestTime(seconds: seconds, body)
+        }
         var (measured, note): (Double, String) = (0, "")
         var output: [Int]?
+        var values: Tensor?
         switch row {
         case .clipImage1, .clipImage16:
             let clip = try CLIP(folder: folder(clip))
             let batch = row == .clipImage1 ? 1 : 16
             let pixels = Tensor(shape: [batch, 3, 224, 224], scalars: noise(batch * 3 * 224 * 224))
-            (measured, note) = (try bestTime(seconds: seconds) { _ = try clip.imageFeatures(pixels) }, "batch \(batch)")
+            (measured, note) = (try time { values = try clip.imageFeatures(pixels) }, "batch \(batch)")
         case .clipText:
             let clip = try CLIP(folder: folder(clip))
             let ids = noise(45 * 14).map { 1 + Int(($0 + 1) * 24_700) }
             let tokens = (0..<45).map { [49406] + ids[$0 * 14..<($0 + 1) * 14] + [49407] }
-            (measured, note) = (try bestTime(seconds: seconds) { _ = try clip.textFeatures(tokens) }, "45 texts x 16 tokens")
+            (measured, note) = (try time { values = try clip.textFeatures(tokens) }, "45 texts x 16 tokens")
         case .gpt2Greedy:
             let gpt2 = try GPT2(folder: folder(gpt2))
             let prompt = [50256, 32, 4590, 286, 257]
             // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
-            let total = try bestTime(seconds: seconds) { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
+            let total = try time { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
             (measured, note) = (total / 64, "per token, 64 new tokens")
         case .magic:
             // One caption from the image: CLIP image features, then 16 MAGiC steps (the reference's defaults).
@@ -123,7 +167,7 @@ struct BenchRowWorker: ParsableCommand {
             let captioner = MagicCaptioner(lm: try GPT2(folder: folder(gpt2)), scorer: clipModel)
             let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
             var tokens: [Int] = []
-            let seconds = try bestTime(seconds: seconds) {
+            let seconds = try time {
                 let features = try clipModel.imageFeatures(pixels)
                 // Today's tokenizer on both sides: the Python reference runs the transformers installed beside it.
                 tokens = try captioner.generate(imageFeatures: features, prompt: [50256], settings: MagicSettings(textTokenization: .current),
@@ -135,20 +179,20 @@ struct BenchRowWorker: ParsableCommand {
             let index = try AnchorIndex(path: ASIFBenchData.path(for: row, in: workDir), verify: false)
             let (images, texts) = ASIFBenchData.queries()
             var best: [Int] = []
-            let time = try bestTime(seconds: seconds) {
+            let time = try time {
                 best = rankings(try index.scores(images: images, texts: texts, settings: ASIFSettings(k: 800, p: 8))).map { $0[0] }
             }
             (measured, note, output) = (time, "16 images x 100 texts, k=800", best)
         case .minilm:
             let encoder = try SentenceEncoder(folder: folder(minilm))
             let sentences = (0..<32).map { "a photo of \($0) zebras standing next to a red truck on a sunny street" }
-            (measured, note) = (try bestTime(seconds: seconds) { _ = try encoder.encode(sentences) }, "batch 32")
+            (measured, note) = (try time { values = try encoder.encode(sentences) }, "batch 32")
         case .captioner:
             let model = try VisionEncoderDecoder(folder: folder(captioner))
             let pixels = Tensor(shape: [1, 3, 224, 224], scalars: noise(3 * 224 * 224))
             var tokens: [Int] = []
             // No end token (an id outside the vocabulary), so both sides run all 15 steps.
-            let time = try bestTime(seconds: seconds) {
+            let time = try time {
                 tokens = try beamSearch(try model.decoder(pixels: pixels), prompt: model.startTokens, settings: BeamSettings(beams: 4),
                                         maxTokens: 15, endToken: model.config.decoder.vocabularySize)
             }
@@ -159,7 +203,7 @@ struct BenchRowWorker: ParsableCommand {
             let pixels = Tensor(shape: [1, 3, size, size], scalars: noise(3 * size * size))
             var tokens: [Int] = []
             // No end token (an id outside the vocabulary), so both sides run all 20 steps.
-            let time = try bestTime(seconds: seconds) {
+            let time = try time {
                 tokens = try beamSearch(try model.decoder(pixels: pixels), prompt: model.startTokens, settings: BeamSettings(beams: 3),
                                         maxTokens: 20, endToken: model.config.text.vocabularySize)
             }
@@ -171,7 +215,7 @@ struct BenchRowWorker: ParsableCommand {
             let pixels = Tensor(shape: [1, 3, size, size], scalars: noise(3 * size * size))
             let texts = BenchRow.siglipTexts(noise(16 * 63))
             var best: [Int] = []
-            let time = try bestTime(seconds: seconds) {
+            let time = try time {
                 let logits = model.logits(imageFeatures: try model.imageFeatures(pixels), textFeatures: try model.textFeatures(texts))
                 best = Array(indicesByDescendingValue(logits.scalars).prefix(3))
             }
@@ -181,7 +225,7 @@ struct BenchRowWorker: ParsableCommand {
             let detector = try YOLOX(path: folder(yolox).path)
             let path = try folder(image).path
             var classes: [Int] = []
-            let time = try bestTime(seconds: seconds) { classes = try detector.detect(try RGBImage(contentsOf: path)).map(\.classIndex) }
+            let time = try time { classes = try detector.detect(try RGBImage(contentsOf: path)).map(\.classIndex) }
             (measured, note, output) = (time, "per image, 416x416", classes)
         case .owlvit:
             // Per 768 x 768 image with 5 text queries (embedded once, as Stitch reuses them for every image): the
@@ -189,7 +233,7 @@ struct BenchRowWorker: ParsableCommand {
             let model = try OWLViT(folder: folder(owlvit))
             let pixels = Tensor(shape: [1, 3, 768, 768], scalars: noise(3 * 768 * 768))
             var best: [Int] = []
-            let time = try bestTime(seconds: seconds) {
+            let time = try time {
                 let logits = try model.predict(pixels, queryEmbeddings: try model.queryEmbeddings(BenchRow.owlvitQueries)).logits.scalars
                 let queries = BenchRow.owlvitQueries.count
                 best = (0..<logits.count / queries).map { patch in (0..<queries).max { logits[patch * queries + $0] < logits[patch * queries + $1] }! }
@@ -200,7 +244,7 @@ struct BenchRowWorker: ParsableCommand {
             let model = try Llama(folder: folder(qwen2))
             let prompt = BenchRow.qwen2Prompt(min(512, model.contextLength), vocabulary: model.vocabularySize)
             var next = 0
-            let time = try bestTime(seconds: seconds) {
+            let time = try time {
                 var cache = model.makeCache(batch: 1)
                 let hidden = try model.forward([prompt], cache: &cache)   // [1, 512, d]
                 next = indicesByDescendingValue(model.logits(hidden.row(0).rows(prompt.count - 1..<prompt.count)).scalars)[0]
@@ -209,18 +253,16 @@ struct BenchRowWorker: ParsableCommand {
         case .qwen2Decode, .qwen2DecodeLlamaCpp:
             let model = try Llama(folder: folder(qwen2))
             var tokens: [Int] = []
-            let total = try bestTime(seconds: seconds) {
+            let total = try time {
                 tokens = try greedyDecode(model, prompt: BenchRow.qwen2Prompt(16, vocabulary: model.vocabularySize), stop: StopConditions(maxTokens: 32, atEndToken: false))
             }
             (measured, note, output) = (total / 32, "per token, 32 after 16", tokens)
         case .efficientnet:
             let network = try EfficientNetLite(folder: folder(efficientnet))
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))
-            (measured, note) = (try bestTime(seconds: seconds) { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
+            (measured, note) = (try time { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
         }
-        var result: [String: Any] = ["seconds": measured, "peak_mb": peakResidentMB(), "note": note]
-        result["output"] = output
-        print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
+        return RowResult(seconds: measured, note: note, output: output, values: values)
     }
 }
 

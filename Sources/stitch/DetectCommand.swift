@@ -39,6 +39,8 @@ struct Detect: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     func validate() throws {
         guard (0...1).contains(threshold ?? 0), (0...1).contains(nms ?? 0) else { throw ValidationError("--threshold and --nms must lie in [0, 1]") }
         if let queries, Self.split(queries).isEmpty { throw ValidationError("--queries names nothing to look for") }
@@ -53,7 +55,7 @@ struct Detect: ParsableCommand {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
         if draw != nil && paths.count != 1 { throw ValidationError("--draw needs exactly one image, got \(paths.count)") }
-        let loaded = try ModelRegistry.standard.load(model, locator: hub.locator)
+        let loaded = try precision.loading { try ModelRegistry.standard.load(model, locator: hub.locator) }
         let detect: (RGBImage) throws -> [Detection]
         if let queries {
             let detector = try ModelRegistry.require(loaded, spec: model, as: (any TextQueriedDetector).self)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import StitchModelIO
 import StitchModels
+import StitchTensor
 
 /// Puts a model's files in the Hugging Face cache and prints the folder.
 struct Fetch: ParsableCommand {
@@ -29,8 +30,25 @@ struct HubOptions: ParsableArguments {
     /// Where models are found: the Hugging Face cache and hub the environment names, at --revision.
     var locator: ModelLocator { ModelLocator.fromEnvironment().at(revision: revision) }
 
-    /// The model `spec` as a capability (`any ImageTextScorer`, ...), whichever registered type its config names.
-    func load<Capable>(_ spec: String, as capability: Capable.Type) throws -> Capable {
-        try ModelRegistry.standard.load(spec, as: capability, locator: locator)
+    /// The model `spec` as a capability (`any ImageTextScorer`, ...), whichever registered type its config names,
+    /// its weight products at `precision`.
+    func load<Capable>(_ spec: String, as capability: Capable.Type, precision: PrecisionOptions) throws -> Capable {
+        try precision.loading { try ModelRegistry.standard.load(spec, as: capability, locator: locator) }
     }
 }
+
+/// `--precision` for every command that computes with models.
+struct PrecisionOptions: ParsableArguments {
+    @Option(help: "The precision of the models' weight products: fp32 (exact parity with the references) or bf16 (bfloat16 products summed in FP32, as torch's bfloat16 autocast; about twice as fast where the CPU has AVX512-BF16).")
+    var precision: Precision = .fp32
+
+    func validate() throws {
+        if let reason = precision.unavailableReason { throw ValidationError("--precision \(precision.rawValue): \(reason)") }
+    }
+
+    /// `body`'s value, the models it loads at --precision.
+    func loading<T>(_ body: () throws -> T) rethrows -> T { try Precision.$loading.withValue(precision, operation: body) }
+}
+
+extension Precision: ExpressibleByArgument {}
+

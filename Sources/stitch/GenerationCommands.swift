@@ -61,8 +61,10 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     func run() throws {
-        let lm = try hub.load(model, as: (any CausalLanguageModel).self)
+        let lm = try hub.load(model, as: (any CausalLanguageModel).self, precision: precision)
         let options = decoding.options(DecodingOptions())
         let generated = try decode(lm, prompt: try lm.promptTokens(prompt), options: options)
         let text = try options.stopConditions.text(of: generated, model: lm)
@@ -150,6 +152,8 @@ struct Caption: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     func run() throws {
         let paths = images.isEmpty ? standardInputLines() : images
         guard !paths.isEmpty else { throw ValidationError("no images given") }
@@ -158,7 +162,7 @@ struct Caption: ParsableCommand {
         let makeCaption: (String) throws -> (tokens: [Int], text: String)
         switch method {
         case .captioner:
-            let model = try hub.load(captioner, as: (any ImageCaptioner).self)
+            let model = try hub.load(captioner, as: (any ImageCaptioner).self, precision: precision)
             let options = decoding.options(.captioner)
             makeCaption = { [prompt] in try model.caption(RGBImage(contentsOf: $0), prompt: prompt, options: options) }
         case .socratic:
@@ -191,6 +195,7 @@ struct Caption: ParsableCommand {
         var magic = try MethodGraph(example: "magic.yaml", options: graph)
         try magic.component("lm", model: lm, revision: hub.revision)
         try magic.component("clip", model: clip, revision: hub.revision)
+        magic.precision(precision.precision)
         try magic.set("caption", "preset", preset.map { .string($0.rawValue) })
         try magic.set("caption", "k", decoding.k.map { .number(Double($0)) })
         try magic.set("caption", "alpha", decoding.alpha.map(Value.number))
@@ -207,6 +212,7 @@ struct Caption: ParsableCommand {
         var socratic = try MethodGraph(example: "socratic_caption.yaml", options: graph, language: language)
         try socratic.component("clip", model: clip, revision: hub.revision)
         try socratic.languageModel("lm", local: lm, language, revision: hub.revision)
+        socratic.precision(precision.precision)
         try socratic.set("candidates", "n", candidates.map { .number(Double($0)) })
         try socratic.set("candidates", "temperature", decoding.temperature.map { .number(Double($0)) })
         try socratic.set("candidates", "max_tokens", decoding.maxTokens.map { .number(Double($0)) })

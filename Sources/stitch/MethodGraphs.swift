@@ -3,6 +3,7 @@ import Foundation
 import StitchGraph
 import StitchModelIO
 import StitchRemote
+import StitchTensor
 
 /// `stitch vqa` and `stitch caption --method magic|socratic` run their method's graph from Examples/ (or the user's
 /// copy, --graph); the flags a user gives fill the graph's inputs, node settings and components, and everything left
@@ -70,6 +71,15 @@ struct MethodGraph {
         guard graph.components[name] != nil else { throw ValidationError("\(graph.file) has no component '\(name)' to point at \(model ?? "revision \(revision!)")") }
         if let model { graph.components[name]!.model = model }
         if let revision { graph.components[name]!.options["revision"] = .string(revision) }
+    }
+
+    /// Loads the graph's local models at `precision` (option `precision` of each component that is not a server);
+    /// FP32 leaves the graph as written.
+    mutating func precision(_ precision: Precision) {
+        guard precision != .fp32 else { return }
+        for (name, spec) in graph.components where spec.options["url"] == nil {
+            graph.components[name]!.options["precision"] = .string(precision.rawValue)
+        }
     }
 
     /// The completion component `name` as the language-model flags set it: a local model, or a server.

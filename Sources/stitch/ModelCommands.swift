@@ -29,8 +29,10 @@ struct EmbedImage: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     func run() throws {
-        let embedder = try hub.load(model, as: (any ImageEmbedder).self)
+        let embedder = try hub.load(model, as: (any ImageEmbedder).self, precision: precision)
         for path in images.isEmpty ? standardInputLines() : images {
             try printJSONLine(["image": path, "embedding": try embedder.imageEmbeddings([RGBImage(contentsOf: path)]).scalars])
         }
@@ -53,8 +55,10 @@ struct EmbedText: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     func run() throws {
-        let embedder = try hub.load(model, as: (any TextEmbedder).self)
+        let embedder = try hub.load(model, as: (any TextEmbedder).self, precision: precision)
         let inputs = texts.isEmpty ? standardInputLines() : texts
         for start in stride(from: 0, to: inputs.count, by: max(batchSize, 1)) {
             let batch = Array(inputs[start..<min(start + max(batchSize, 1), inputs.count)])
@@ -99,8 +103,10 @@ struct Classify: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     func run() throws {
-        let clip = try hub.load(model, as: (any ImageTextScorer).self)
+        let clip = try hub.load(model, as: (any ImageTextScorer).self, precision: precision)
         let names = labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let labelRows = try clip.labelEmbeddings(names, templates: templates)   // embedded once for all images
         for path in images {

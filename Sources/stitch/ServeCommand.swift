@@ -43,6 +43,8 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var hub: HubOptions
 
+    @OptionGroup var precision: PrecisionOptions
+
     @OptionGroup var trust: GraphTrustOptions
 
     func validate() throws {
@@ -69,7 +71,7 @@ struct Serve: ParsableCommand {
     }
 
     func run() throws {
-        let model = try hub.load(lm, as: (any CausalLanguageModel).self)
+        let model = try hub.load(lm, as: (any CausalLanguageModel).self, precision: precision)
         _ = try model.decode([])   // a server needs the model's tokenizer: refused now, not at the first request
         // The folder the model came from (a hub id's snapshot is cached by now) holds its chat template, if any.
         let chatTemplate = try ChatTemplate(folder: try hub.locator.resolveModel(lm, files: .configOnly))

@@ -59,6 +59,8 @@ struct VQA: ParsableCommand {
     @Flag(help: "Contexts without detector tags.") var noTags = false
     @OptionGroup var method: MethodGraphOptions
     @OptionGroup var hub: HubOptions
+
+    @OptionGroup var precision: PrecisionOptions
     @Flag(help: "Print a JSON object with the answer, every candidate, the context and the prompts.") var json = false
 
     func validate() throws {
@@ -69,6 +71,7 @@ struct VQA: ParsableCommand {
         var pica = try MethodGraph(example: "pica_okvqa.yaml", options: method, language: language)
         for (name, model) in [("captioner", captioner), ("detector", detector), ("clip", clip)] { try pica.component(name, model: model, revision: hub.revision) }
         try pica.languageModel("lm", local: lm, language, revision: hub.revision)
+        pica.precision(precision.precision)
         if noTags { try pica.set("context", "tags", .string("")) }
         try pica.set("answer", "max_tokens", maxTokens.map { .number(Double($0)) })
         let graphShots = pica.literal("prompts", "shots")?.number.map(Int.init) ?? 0

@@ -29,6 +29,14 @@ static double half_to_double(uint16_t h) {
     return sign * ldexp(1024 + mantissa, exponent - 25);
 }
 
+/* A bfloat16's value, with exponent 255 read as the next power of two (2^128 for 0x7f80): the upper neighbour of the
+   largest finite one, for deciding when rounding overflows. */
+static double bf16_unbounded(uint32_t h) {
+    int exponent = (h >> 7) & 255, mantissa = h & 127;
+    double sign = (h & 0x8000) ? -1 : 1;
+    return exponent == 0 ? sign * ldexp(mantissa, -133) : sign * ldexp(128 + mantissa, exponent - 134);
+}
+
 static double activate(double x, stitch_activation activation) {
     switch (activation) {
     case STITCH_ACTIVATION_SILU: return x / (1 + exp(-x));
@@ -154,7 +162,43 @@ int main(void) {
     unsigned long long ticks = stitch_stat_busy_ticks("cpu  9 9 9 9 9 9 9 9\ncpu0 1 2 3 100 100 4 5 6 0 0\ncpu1 1 1 1 1 1 1 1 1\n", cpus, 2);
     report("stat_busy_ticks", ticks == 21 + 6 ? 0 : INFINITY, 0);
     report("cpus_left", stitch_cpus_left(2, 2.0, 1.0, 1.0) == 1 && stitch_cpus_left(2, 1.0, 1.0, 1.0) == 2 ? 0 : INFINITY, 0);
+    /* bfloat16 rounding: the nearer of the two neighbours, ties to the even one, over 2^16 bit patterns spread over all
+       floats (every sign, exponent and a spread of low halves, exact ties among them). */
+    worst = 0;
+    for (uint32_t i = 0; i < 65536; i++) {
+        uint32_t bits = i << 16 | ((i * 2654435761u) >> 16 & 0xffff);
+        if (i % 4 == 1) bits = (bits & 0xffff0000u) | 0x8000u;   /* a tie */
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        uint16_t got = stitch_bf16_from_float(f);
+        if (isnan(f)) { if (((got >> 7) & 255) != 255 || !(got & 127)) worst = INFINITY; continue; }
+        uint32_t below = bits >> 16;
+        if (((below >> 7) & 255) == 255) { if (got != below) worst = INFINITY; continue; }   /* infinities stay */
+        double low = bf16_unbounded(below), high = bf16_unbounded(below + 1), value = f;
+        double to_low = fabs(value - low), to_high = fabs(high - value);
+        uint32_t want = to_low < to_high ? below : to_high < to_low ? below + 1 : (below & 1 ? below + 1 : below);
+        if (got != want) worst = INFINITY;
+    }
+    report("bf16_from_float", worst, 0);
+
+    /* packing for the bfloat16 product: panels of 32 columns of op(W), pairs of k interleaved, zeros past n and k */
+    {
+        enum { n = 35, k = 5 };
+        static float w[n * k];
+        static uint16_t packed[2 * 3 * 32 * 2];
+        for (int i = 0; i < n * k; i++) w[i] = (float)(i + 1);
+        worst = stitch_bf16_packed_count(n, k) == 2 * 3 * 32 * 2 ? 0 : INFINITY;
+        stitch_bf16_pack(1, n, k, w, k, packed);
+        for (int column = 0; column < 64; column++)
+            for (int p = 0; p < 6; p++) {
+                float want = column < n && p < k ? w[column * k + p] : 0;
+                uint16_t got = packed[(column / 32) * 3 * 64 + (p / 2) * 64 + (column % 32) * 2 + p % 2];
+                if (got != stitch_bf16_from_float(want)) worst = INFINITY;
+            }
+        report("bf16_pack", worst, 0);
+    }
 #if !defined(__x86_64__)
+    report("bf16 gemm not offered", stitch_bf16_available() ? INFINITY : 0, 0);
     report("sgemm not offered", stitch_sgemm_available() ? INFINITY : 0, 0);
 #endif
     printf(failures ? "%d kernel(s) FAILED\n" : "all kernels ok\n", failures);

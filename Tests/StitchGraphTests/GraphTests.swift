@@ -1,5 +1,6 @@
 import Foundation
 import StitchModelIO
+import StitchTensor
 import StitchTestSupport
 import XCTest
 @testable import StitchGraph
@@ -366,5 +367,44 @@ final class ModelOperationTests: XCTestCase {
         XCTAssertEqual(outputs["score"]!.number!, expectedScore, accuracy: 1e-3)
         XCTAssertFalse(outputs["continued"]!.string!.isEmpty)
         XCTAssertFalse(outputs["beamed"]!.string!.isEmpty)
+    }
+
+    /// Option `precision` of a model component: bf16 loads it with bfloat16 products (near FP32's result, not equal to
+    /// it); a value other than fp32 or bf16 is a validation error naming the component.
+    func testComponentPrecisionOption() async throws {
+        let folder = try Fixtures.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        _ = try Fixtures.modelWithTokenizer("tiny-clip", in: folder)
+        let registry = OperationRegistry.standard()
+        func graph(_ precision: String) -> String {
+            """
+            components:
+              full: {kind: clip, model: \(folder.path)/tiny-clip}
+              reduced: {kind: clip, model: \(folder.path)/tiny-clip, precision: \(precision)}
+            inputs:
+              image: image
+            nodes:
+              a: {op: clip_embed_image, clip: full, image: $image}
+              b: {op: clip_embed_image, clip: reduced, image: $image}
+            outputs:
+              a: $a
+              b: $b
+            """
+        }
+        XCTAssertThrowsError(try Graph.parse(graph("fp16"), file: "p.yaml", registry: registry)) {
+            XCTAssert("\($0)".contains("component 'reduced': precision is fp32 or bf16"), "\($0)")
+        }
+        let runner = GraphRunner(graph: try Graph.parse(graph("bf16"), file: "p.yaml", registry: registry), registry: registry, cacheFolder: nil)
+        let inputs: [String: Value] = ["image": .string(Fixtures.photo("chelsea.png").path)]
+        if let reason = Precision.bf16.unavailableReason {
+            do { _ = try await runner.run(inputs: inputs); XCTFail("bf16 loaded on a CPU without it") } catch { XCTAssert("\(error)".contains(reason), "\(error)") }
+            return
+        }
+        let outputs = try await runner.run(inputs: inputs)
+        let (full, reduced) = (outputs["a"]!.json as! [Double], outputs["b"]!.json as! [Double])
+        let dot = zip(full, reduced).map { $0 * $1 }.reduce(0, +)
+        print("graph component at bf16: cosine to fp32 \(dot)")
+        XCTAssertGreaterThanOrEqual(dot, 0.999)
+        XCTAssertNotEqual(full, reduced)
     }
 }

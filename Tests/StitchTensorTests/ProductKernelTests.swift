@@ -1,3 +1,4 @@
+import CStitchKernels
 import StitchTestSupport
 import XCTest
 @testable import StitchTensor
@@ -51,5 +52,69 @@ final class ProductKernelTests: XCTestCase {
             }
         }
         print("AVX-512 product kernel: \(checked) values, worst error \(worst) of the summed magnitudes")
+    }
+}
+
+/// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and the kernel at every edge of its
+/// 12 x 32 tile (and its 4- and 1-row tiles), its 256-deep and 96-row blocks and odd k, against a float64 product of
+/// the same bfloat16-rounded operands.
+final class BF16ProductTests: XCTestCase {
+    func testRoundingToNearestEven() {
+        func bits(_ value: Float) -> UInt32 { value.bitPattern }
+        func bf16(_ pattern: UInt32) -> UInt16 { stitch_bf16_from_float(Float(bitPattern: pattern)) }
+        XCTAssertEqual(bf16(0x3F80_8000), 0x3F80)   // a tie rounds to the even 0x3F80
+        XCTAssertEqual(bf16(0x3F81_8000), 0x3F82)   // a tie rounds to the even 0x3F82
+        XCTAssertEqual(bf16(0x3F80_8001), 0x3F81)   // above the tie rounds up
+        XCTAssertEqual(bf16(0x3F80_7FFF), 0x3F80)
+        XCTAssertEqual(bf16(0xBF80_C000), 0xBF81)   // sign kept
+        XCTAssertEqual(bf16(bits(.infinity)), 0x7F80)
+        XCTAssertEqual(bf16(bits(-.infinity)), 0xFF80)
+        XCTAssertEqual(bf16(bits(.greatestFiniteMagnitude)), 0x7F80)   // rounds past the largest bfloat16 to infinity
+        let nan = bf16(bits(.nan))
+        XCTAssert(Float(bitPattern: UInt32(nan) << 16).isNaN)
+        XCTAssert(Float(bitPattern: UInt32(bf16(0x7F80_0001)) << 16).isNaN)   // a NaN whose payload is all in the low half
+        for value: Float in [0, -0, 1, 0.1, -3.14159, 65504, 1e-30, 3e38] {
+            let rounded = Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16)
+            XCTAssertLessThanOrEqual(abs(rounded - value), abs(value) / 256, "\(value)")
+        }
+    }
+
+    func testProductsEqualAFloat64ProductOfTheRoundedOperands() throws {
+        if let reason = Precision.bf16.unavailableReason {
+            XCTAssert(reason.contains("AVX512-BF16"))
+            throw XCTSkip("this CPU lacks AVX512-BF16: \(reason)")
+        }
+        var seed: UInt64 = 7
+        func random() -> Float {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(seed >> 40) / Float(1 << 23) - 1
+        }
+        func rounded(_ value: Float) -> Double { Double(Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16)) }
+        var worst = 0.0, checked = 0
+        for (m, n, k) in [(12, 32, 256), (13, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 40)] {
+            for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
+                let a = Tensor(shape: [m, k], scalars: (0..<m * k).map { _ in random() })
+                let w = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: (0..<n * k).map { _ in random() })
+                let c = linear(a, weight: BF16Matrix(w, layout: layout), bias: nil)
+                XCTAssertEqual(c.shape, [m, n])
+                let (av, wv, cv) = (a.scalars, w.scalars, c.scalars)
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var exact = 0.0, magnitude = 0.0
+                        for p in 0..<k {
+                            let product = rounded(av[i * k + p]) * rounded(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j])
+                            exact += product
+                            magnitude += abs(product)
+                        }
+                        // Exact products of bfloat16 pairs, summed in float32: within k·ε of the summed magnitudes.
+                        let error = abs(Double(cv[i * n + j]) - exact) / max(magnitude, 1e-30)
+                        worst = max(worst, error)
+                        XCTAssertLessThan(error, Double(k) * 1.2e-7, "m \(m) n \(n) k \(k) \(layout) at [\(i), \(j)]")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        print("bfloat16 product kernel: \(checked) values, worst error \(worst) of the summed magnitudes")
     }
 }

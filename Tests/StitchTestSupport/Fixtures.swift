@@ -91,6 +91,13 @@ public func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
     return worst
 }
 
+/// The cosine of the angle between two vectors.
+public func cosine(_ a: [Float], _ b: [Float]) -> Float {
+    var (dot, aa, bb): (Float, Float, Float) = (0, 0, 0)
+    for (x, y) in zip(a, b) { dot += x * y; aa += x * x; bb += y * y }
+    return dot / (aa.squareRoot() * bb.squareRoot())
+}
+
 public func maxAbsoluteDifference(_ a: [Float], _ b: [Float]) -> Float {
     precondition(a.count == b.count, "compared arrays differ in length: \(a.count) vs \(b.count)")
     var worst: Float = 0

@@ -28,6 +28,23 @@ void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long 
 /* y[n] = W[n, k] (row stride ldw) · x[k]; only where stitch_sgemm_available(). */
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y);
 
+/* bfloat16 products (bf16.c), an opt-in reduced precision: the nearest bfloat16 to value (ties to even, as torch rounds). */
+uint16_t stitch_bf16_from_float(float value);
+
+/* Whether stitch_bf16_gemm runs here: x86-64 with AVX-512 and AVX512-BF16. */
+int stitch_bf16_available(void);
+
+/* The uint16 count of op(W) [k, n] packed for stitch_bf16_gemm, and the packing (once, at load): W is [n, k] (row stride
+   ldw) when transpose, as nn.Linear stores it, else [k, n]. Panels of 32 columns of op(W), pairs of k interleaved. */
+long stitch_bf16_packed_count(long n, long k);
+void stitch_bf16_pack(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed);
+
+/* Columns [column_begin, column_end) of C[m, n] (row stride ldc) = bf16(A[m, k]) · op(W), op(W) packed by stitch_bf16_pack
+   (column_begin a multiple of 32): products of bfloat16 pairs summed in single precision; only where
+   stitch_bf16_available(). */
+void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
+                      float *c, long ldc);
+
 /* y[i] = e^x[i], within about 1 ulp of expf (0 and +inf outside its range). */
 void stitch_exp(const float *x, float *y, long n);
 

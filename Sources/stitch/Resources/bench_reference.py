@@ -230,7 +230,8 @@ def row(name, args):
     import torch
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with torch.inference_mode():
+    # --precision bf16: what a torch user turns on for bfloat16 on a CPU (weights stay FP32; products run in bfloat16).
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         if name.startswith("clip-image"):
             from transformers import CLIPModel
             model = CLIPModel.from_pretrained(args.clip).eval()
@@ -399,6 +400,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--tokenizers", default=os.path.join("..", "shared", "models", "tokenizers"))
     parser.add_argument("--work-dir")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     if args.row == "prepare":
         prepare(args.work, args.tokenizers)
