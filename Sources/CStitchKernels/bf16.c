@@ -175,7 +175,7 @@ BF16 static void widened_gemm(long m, long k, const float *a, long lda, const ui
                 widen_panel(packed + column / PANEL * pairs * 2 * PANEL + qc * 2 * PANEL, block, bp);
                 long cols = column_end - column < PANEL ? column_end - column : PANEL;
                 for (long tile = 0; tile < mc; tile += MR)
-                    stitch_sgemm_tile(2 * block, ap + tile * 2 * pairs + 2 * qc * MR, bp, c + (ic + tile) * ldc + column, ldc,
+                    stitch_sgemm_tile(2 * block, ap + tile * 2 * pairs + 2 * qc * MR, bp, c + (ic + tile) * ldc + (column - column_begin), ldc,
                                       mc - tile < MR ? mc - tile : MR, cols, qc > 0);
             }
         }
@@ -189,7 +189,7 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
     long pairs = (k + 1) / 2;
     if (m <= 0 || column_end <= column_begin) return;
     if (k <= 0) {
-        for (long i = 0; i < m; i++) memset(c + i * ldc + column_begin, 0, (size_t)(column_end - column_begin) * sizeof(float));
+        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
         return;
     }
     if (!uses_dot_products(m)) {
@@ -210,7 +210,7 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
                 for (long tile = 0; tile < mc; tile += MR) {
                     long rows = mc - tile < MR ? mc - tile : MR;
                     const uint32_t *at = ap + tile * pairs + qc * MR;
-                    float *ct = c + (ic + tile) * ldc + column;
+                    float *ct = c + (ic + tile) * ldc + (column - column_begin);
                     if (rows > 4) tile_product(MR, block, at, panel, ct, ldc, rows, cols, qc > 0);
                     else if (rows > 1) tile_product(4, block, at, panel, ct, ldc, rows, cols, qc > 0);
                     else tile_product(1, block, at, panel, ct, ldc, rows, cols, qc > 0);

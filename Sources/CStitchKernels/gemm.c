@@ -7,6 +7,17 @@
    MR rows, a register tile of MR x NR (24 of the 32 vector registers) accumulated by fused multiply-adds. Where the
    CPU lacks AVX-512 (and off x86-64) it is not offered and the caller uses OpenBLAS. */
 
+long stitch_sgemm_packed_count(long n, long k) { return (n + STITCH_TILE_COLUMNS - 1) / STITCH_TILE_COLUMNS * STITCH_TILE_COLUMNS * k; }
+
+void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed) {
+    for (long panel = 0; panel < n; panel += STITCH_TILE_COLUMNS)
+        for (long p = 0; p < k; p++)
+            for (long j = 0; j < STITCH_TILE_COLUMNS; j++) {
+                long column = panel + j;
+                *packed++ = column < n ? (transpose ? w[column * ldw + p] : w[p * ldw + column]) : 0;
+            }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -92,16 +103,18 @@ static void pack_a(const float *a, long lda, long mc, long kc, float *ap) {
     }
 }
 
-/* The MR x NR tile at c (rows x cols of it inside C) = (or +=, when accumulate) Ap-panel · Bp-panel over kc (Bp 64-byte
-   aligned). bf16.c runs it on bfloat16 operands widened to floats. */
-AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
+/* The R x NR tile at c (rows x cols of it inside C) = (or +=, when accumulate) Ap-panel · Bp-panel over kc, Ap with rows
+   MR apart. R is a constant at each call (MR, 4 or 1), so the loops unroll and a product of one row (a decoding step)
+   does not compute twelve. */
+AVX512 static inline __attribute__((always_inline)) void tile(const int R, long kc, const float *ap, const float *bp, float *c,
+                                                              long ldc, long rows, long cols, int accumulate) {
     __m512 low[MR], high[MR];
 #pragma clang loop unroll(full)
-    for (int i = 0; i < MR; i++) low[i] = high[i] = _mm512_setzero_ps();
+    for (int i = 0; i < R; i++) low[i] = high[i] = _mm512_setzero_ps();
     for (long p = 0; p < kc; p++) {
         __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
 #pragma clang loop unroll(full)
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < R; i++) {
             __m512 a = _mm512_set1_ps(ap[i]);
             low[i] = _mm512_fmadd_ps(a, b0, low[i]);
             high[i] = _mm512_fmadd_ps(a, b1, high[i]);
@@ -109,9 +122,9 @@ AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *
         ap += MR;
         bp += NR;
     }
-    if (rows == MR && cols == NR) {
+    if (rows == R && cols == NR) {
 #pragma clang loop unroll(full)
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < R; i++) {
             float *row = c + i * ldc;
             if (accumulate) {
                 low[i] = _mm512_add_ps(low[i], _mm512_loadu_ps(row));
@@ -124,12 +137,16 @@ AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *
     }
     float tile[MR * NR] __attribute__((aligned(64)));
 #pragma clang loop unroll(full)
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < R; i++) {
         _mm512_store_ps(tile + i * NR, low[i]);
         _mm512_store_ps(tile + i * NR + 16, high[i]);
     }
     for (long i = 0; i < rows; i++)
         for (long j = 0; j < cols; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
+    tile(MR, kc, ap, bp, c, ldc, rows, cols, accumulate);
 }
 
 AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc) {
@@ -157,6 +174,37 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
     }
     free(ap);
     free(bp);
+}
+
+/* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns
+   too), and the sums run in stitch_sgemm's order, so the results are the same bits. */
+AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
+                                long column_end, float *c, long ldc) {
+    if (m <= 0 || column_end <= column_begin) return;
+    if (k <= 0) {
+        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
+        return;
+    }
+    float *ap = aligned_alloc(64, sizeof(float) * KC * ((MC + MR - 1) / MR * MR));
+    for (long ic = 0; ic < m; ic += MC) {
+        long mc = m - ic < MC ? m - ic : MC;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC;
+            pack_a(a + ic * lda + pc, lda, mc, kc, ap);
+            for (long column = column_begin; column < column_end; column += NR) {
+                const float *bp = packed + column / NR * NR * k + pc * NR;
+                long cols = column_end - column < NR ? column_end - column : NR;
+                for (long ir = 0; ir < mc; ir += MR) {
+                    long rows = mc - ir < MR ? mc - ir : MR;
+                    float *ct = c + (ic + ir) * ldc + (column - column_begin);
+                    if (rows > 4) tile(MR, kc, ap + ir * kc, bp, ct, ldc, rows, cols, pc > 0);
+                    else if (rows > 1) tile(4, kc, ap + ir * kc, bp, ct, ldc, rows, cols, pc > 0);
+                    else tile(1, kc, ap + ir * kc, bp, ct, ldc, rows, cols, pc > 0);
+                }
+            }
+        }
+    }
+    free(ap);
 }
 
 /* y[j] = W[j, :] · x for rows [n, k] of W (row stride ldw): four rows at a time, sixteen columns per step, so that a
@@ -203,6 +251,12 @@ AVX512 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float
 #else
 
 int stitch_sgemm_available(void) { return 0; }
+
+void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
+                         float *c, long ldc) {
+    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc;
+    abort();   /* never offered: stitch_sgemm_available() is 0 */
+}
 
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y) {
     (void)n, (void)k, (void)w, (void)ldw, (void)x, (void)y;

@@ -116,6 +116,27 @@ DISPATCH void stitch_gelu_tanh(float *p, long n) {
     });
 }
 
+/* GELU's exact form, x Φ(x) = x (1 + erf(x / √2)) / 2, with erf as a rational function of x (odd degree 13 over even
+   degree 8, the approximation Eigen and XLA use; erf(4) is 1 in float, so x is clamped there): within 4.3e-7 of erf
+   (erff: 5e-8; torch's own CPU GELU uses Abramowitz and Stegun's 7.1.26, within 5.3e-7). */
+DISPATCH void stitch_gelu_erf(float *p, long n) {
+    BLOCKWISE(p, n, v, {
+        v16 x = __builtin_elementwise_max(__builtin_elementwise_min(v * 0.70710678118654752f, (v16){0} + 4.0f), (v16){0} - 4.0f);
+        v16 x2 = x * x;
+        v16 numerator = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+        numerator = x2 * numerator - 2.10102402082508e-06f;
+        numerator = x2 * numerator - 5.69250639462346e-05f;
+        numerator = x2 * numerator - 7.34990630326855e-04f;
+        numerator = x2 * numerator - 2.95459980854025e-03f;
+        numerator = x2 * numerator - 1.60960333262415e-02f;
+        v16 denominator = x2 * -1.45660718464996e-05f - 2.13374055278905e-04f;
+        denominator = x2 * denominator - 1.68282697438203e-03f;
+        denominator = x2 * denominator - 7.37332916720468e-03f;
+        denominator = x2 * denominator - 1.42647390514189e-02f;
+        v = 0.5f * v * (1.0f + x * numerator / denominator);
+    });
+}
+
 DISPATCH void stitch_quick_gelu(float *p, long n) {
     BLOCKWISE(p, n, v, {
         v16 u = -1.702f * v, e;

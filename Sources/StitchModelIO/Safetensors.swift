@@ -240,7 +240,8 @@ func floatTensor(file: String, name: String, dtype: TensorDType, shape: [Int], b
     switch dtype {
     case .f32:
         if let owner, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
-            return Tensor(shape: shape, storage: TensorStorage(borrowing: source.assumingMemoryBound(to: Float.self), capacity: count, owner: owner))
+            // Both callers' owners keep a private read-only map of the file (`MemoryMap`).
+            return Tensor(shape: shape, storage: TensorStorage(borrowing: source.assumingMemoryBound(to: Float.self), capacity: count, owner: owner, isFileMap: true))
         }
         var out = Tensor(uninitialized: shape)
         out.withUnsafeMutableBufferPointer { UnsafeMutableRawBufferPointer($0).copyMemory(from: UnsafeRawBufferPointer(start: source, count: count * 4)) }

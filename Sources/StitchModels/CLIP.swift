@@ -98,7 +98,7 @@ extension TransformerBlock {
         let d = tower.hiddenSize
         self.init(layerNorm1: LayerNorm(store, "\(prefix).layer_norm1", size: d, epsilon: tower.layerNormEpsilon),
                   layerNorm2: LayerNorm(store, "\(prefix).layer_norm2", size: d, epsilon: tower.layerNormEpsilon),
-                  qkv: Linear(fusing: ["q_proj", "k_proj", "v_proj"].map { Linear(store, "\(prefix).self_attn.\($0)", inputs: d, outputs: d) }),
+                  qkv: Linear(store, fusing: ["q_proj", "k_proj", "v_proj"].map { "\(prefix).self_attn.\($0)" }, inputs: d, outputs: [d, d, d]),
                   out: Linear(store, "\(prefix).self_attn.out_proj", inputs: d, outputs: d),
                   fc1: Linear(store, "\(prefix).mlp.fc1", inputs: d, outputs: tower.intermediateSize),
                   fc2: Linear(store, "\(prefix).mlp.fc2", inputs: tower.intermediateSize, outputs: d),

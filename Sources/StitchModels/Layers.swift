@@ -2,19 +2,21 @@ import StitchModelIO
 import StitchTensor
 
 /// A dense layer as stored by PyTorch: nn.Linear ([out, in]) or transformers' Conv1D ([in, out]).
-/// A model loaded at `Precision.loading == .bf16` also holds the weight in bfloat16 (converted once, here) and its
-/// products use that.
+/// Where the CPU has Stitch's product kernels (AVX-512) the weight is packed once, here, at the precision the model
+/// loads at (`Precision.loading`), and only the packed form is kept; elsewhere products read it as stored (OpenBLAS).
 struct Linear {
-    let weight: Tensor
     let bias: Tensor?
     let layout: WeightLayout
-    let reduced: BF16Matrix?
+    /// The weight as stored, kept only where it is not packed.
+    private let weight: Tensor?
+    private let packed: PackedWeights?
 
     init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs) {
-        self.weight = weight
+        packed = PackedWeights.pack(weight, layout: layout, precision: Precision.loading)
+        self.weight = packed == nil ? weight : nil
+        if packed != nil { weight.releaseFilePages() }   // the copy is packed: the file's pages need not stay in memory
         self.bias = bias
         self.layout = layout
-        reduced = Precision.loading == .bf16 ? BF16Matrix(weight, layout: layout) : nil
     }
 
     /// Takes `<prefix>.weight` (and `<prefix>.bias`) from the store.
@@ -23,16 +25,29 @@ struct Linear {
                   bias: bias ? store.take("\(prefix).bias", shape: [outputs]) : nil, layout: layout)
     }
 
-    /// Several nn.Linear layers over the same input fused into one (outputs stacked), so one product serves them all.
-    init(fusing parts: [Linear]) {
-        precondition(parts.allSatisfy { $0.layout == .outputsByInputs }, "only nn.Linear layers are fused")
-        self.init(weight: concatenate(parts.map(\.weight), axis: 0),
-                  bias: parts.allSatisfy { $0.bias != nil } ? concatenate(parts.map { $0.bias! }, axis: 0) : nil)
+    /// Several nn.Linear layers over the same input (`<prefix>.weight`, `<prefix>.bias` for each prefix, of
+    /// `outputs[i]` outputs) fused into one, outputs stacked, so one product serves them all.
+    init(_ store: WeightStore, fusing prefixes: [String], inputs: Int, outputs: [Int], bias: Bool = true) {
+        precondition(prefixes.count == outputs.count, "one output size per fused layer")
+        let parts = zip(prefixes, outputs)
+        let weights = parts.map { store.take("\($0).weight", shape: [$1, inputs]) }
+        self.init(weight: concatenate(weights, axis: 0), bias: bias ? concatenate(parts.map { store.take("\($0).bias", shape: [$1]) }, axis: 0) : nil)
+        if packed != nil { weights.forEach { $0.releaseFilePages() } }
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        if let reduced { return linear(x, weight: reduced, bias: bias) }
-        return linear(x, weight: weight, bias: bias, layout: layout)
+        if let packed { return linear(x, weight: packed, bias: bias) }
+        return linear(x, weight: weight!, bias: bias, layout: layout)
+    }
+
+    /// Only the outputs `range` of an nn.Linear layer (a block of its weight's rows): x [..., in] -> [..., range.count].
+    func callAsFunction(_ x: Tensor, outputs range: Range<Int>) -> Tensor {
+        precondition(layout == .outputsByInputs, "output ranges are row blocks of an nn.Linear weight")
+        guard let packed else { return linear(x, weight: weight!.rows(range), bias: bias?.rows(range)) }
+        if range.lowerBound % 32 == 0 { return linear(x, weight: packed, bias: bias, columns: range) }
+        // A range that does not start on a 32-column panel: all outputs, then the range's.
+        let all = linear(x, weight: packed, bias: bias)
+        return splitLastDimension(all, widths: [range.lowerBound, range.count, packed.outputs - range.upperBound])[1]
     }
 }
 

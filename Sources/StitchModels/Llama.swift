@@ -173,12 +173,9 @@ struct LlamaBlock {
         attentionNorm = store.take("\(prefix).input_layernorm.weight", shape: [d])
         mlpNorm = store.take("\(prefix).post_attention_layernorm.weight", shape: [d])
         let bias = config.queryKeyValueBias
-        queryKeyValue = Linear(fusing: [Linear(store, "\(prefix).self_attn.q_proj", inputs: d, outputs: q, bias: bias),
-                                        Linear(store, "\(prefix).self_attn.k_proj", inputs: d, outputs: kv, bias: bias),
-                                        Linear(store, "\(prefix).self_attn.v_proj", inputs: d, outputs: kv, bias: bias)])
+        queryKeyValue = Linear(store, fusing: ["q_proj", "k_proj", "v_proj"].map { "\(prefix).self_attn.\($0)" }, inputs: d, outputs: [q, kv, kv], bias: bias)
         output = Linear(store, "\(prefix).self_attn.o_proj", inputs: q, outputs: d, bias: config.outputBias)
-        gateUp = Linear(fusing: [Linear(store, "\(prefix).mlp.gate_proj", inputs: d, outputs: config.innerSize, bias: false),
-                                 Linear(store, "\(prefix).mlp.up_proj", inputs: d, outputs: config.innerSize, bias: false)])
+        gateUp = Linear(store, fusing: ["gate_proj", "up_proj"].map { "\(prefix).mlp.\($0)" }, inputs: d, outputs: [config.innerSize, config.innerSize], bias: false)
         down = Linear(store, "\(prefix).mlp.down_proj", inputs: config.innerSize, outputs: d, bias: false)
     }
 }

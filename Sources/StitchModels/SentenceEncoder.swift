@@ -63,12 +63,12 @@ struct BERTLayer {
 
     init(_ store: WeightStore, _ prefix: String, _ config: BERTConfig, crossWidth: Int? = nil) {
         let (d, e) = (config.hiddenSize, config.layerNormEpsilon)
-        qkv = Linear(fusing: ["query", "key", "value"].map { Linear(store, "\(prefix).attention.self.\($0)", inputs: d, outputs: d) })
+        qkv = Linear(store, fusing: ["query", "key", "value"].map { "\(prefix).attention.self.\($0)" }, inputs: d, outputs: [d, d, d])
         attentionOut = Linear(store, "\(prefix).attention.output.dense", inputs: d, outputs: d)
         attentionNorm = LayerNorm(store, "\(prefix).attention.output.LayerNorm", size: d, epsilon: e)
         cross = crossWidth.map { width in
             CrossAttention(query: Linear(store, "\(prefix).crossattention.self.query", inputs: d, outputs: d),
-                           keyValue: Linear(fusing: ["key", "value"].map { Linear(store, "\(prefix).crossattention.self.\($0)", inputs: width, outputs: d) }),
+                           keyValue: Linear(store, fusing: ["key", "value"].map { "\(prefix).crossattention.self.\($0)" }, inputs: width, outputs: [d, d]),
                            out: Linear(store, "\(prefix).crossattention.output.dense", inputs: d, outputs: d),
                            norm: LayerNorm(store, "\(prefix).crossattention.output.LayerNorm", size: d, epsilon: e))
         }

@@ -22,10 +22,9 @@ struct TransformerBlock {
         let (batch, t, d) = (x.shape[0], x.shape[1], x.shape[2])
         let normalized = layerNorm1(x)
         let selected = gatherRows(normalized, positions)
-        // The fused nn.Linear weight [3d, d] holds q, k, v projections as row blocks: use views of them.
-        precondition(qkv.layout == .outputsByInputs, "pooling reads q/k/v as row blocks of an nn.Linear weight")
-        let query = linear(selected, weight: qkv.weight.rows(0..<d), bias: qkv.bias?.rows(0..<d))
-        let keysAndValues = splitLastDimension(linear(normalized, weight: qkv.weight.rows(d..<3 * d), bias: qkv.bias?.rows(d..<3 * d)), parts: 2)
+        // The fused nn.Linear weight [3d, d] holds q, k, v projections as row blocks: the outputs of each.
+        let query = qkv(selected, outputs: 0..<d)
+        let keysAndValues = splitLastDimension(qkv(normalized, outputs: d..<3 * d), parts: 2)
         // A causal row at position p sees keys 0...p only.
         let mask = causal ? Tensor(shape: [batch, t], scalars: positions.flatMap { p in (0..<t).map { $0 <= p ? 1 : 0 } }) : nil
         let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask)

@@ -53,7 +53,7 @@ extension TransformerBlock {
         let d = config.hiddenSize
         self.init(layerNorm1: LayerNorm(store, "\(prefix).layernorm_before", size: d, epsilon: config.layerNormEpsilon),
                   layerNorm2: LayerNorm(store, "\(prefix).layernorm_after", size: d, epsilon: config.layerNormEpsilon),
-                  qkv: Linear(fusing: ["query", "key", "value"].map { Linear(store, "\(prefix).attention.attention.\($0)", inputs: d, outputs: d) }),
+                  qkv: Linear(store, fusing: ["query", "key", "value"].map { "\(prefix).attention.attention.\($0)" }, inputs: d, outputs: [d, d, d]),
                   out: Linear(store, "\(prefix).attention.output.dense", inputs: d, outputs: d),
                   fc1: Linear(store, "\(prefix).intermediate.dense", inputs: d, outputs: config.intermediateSize),
                   fc2: Linear(store, "\(prefix).output.dense", inputs: config.intermediateSize, outputs: d),

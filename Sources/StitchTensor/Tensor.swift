@@ -26,15 +26,21 @@ public final class TensorStorage: @unchecked Sendable {
         isReadOnly = false
         owner = nil
         readable = capacity + Self.slack
+        isFileMap = false
     }
 
-    /// Wraps floats owned by `owner` (for example a memory map) without copying.
-    public init(borrowing pointer: UnsafePointer<Float>, capacity: Int, owner: AnyObject) {
+    /// Whether the floats are a private, read-only memory map of a file, whose pages can be dropped and read again.
+    let isFileMap: Bool
+
+    /// Wraps floats owned by `owner` (for example a memory map: `isFileMap` when it is a private read-only map of a
+    /// file) without copying.
+    public init(borrowing pointer: UnsafePointer<Float>, capacity: Int, owner: AnyObject, isFileMap: Bool = false) {
         base = UnsafeMutablePointer(mutating: pointer)
         self.capacity = capacity
         isReadOnly = true
         self.owner = owner
         readable = capacity
+        self.isFileMap = isFileMap
     }
 
     deinit {
@@ -133,6 +139,17 @@ public struct Tensor: @unchecked Sendable {
         var view = self
         view.shape = resolved
         return view
+    }
+
+    /// Hands the pages of a tensor read from a memory-mapped file back to the system (a copy of it was made, as packed
+    /// weights are): they stop counting towards this process's memory, and are read from the file again if used.
+    /// Does nothing to other tensors.
+    public func releaseFilePages() {
+        guard storage.isFileMap else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: storage.base), end = start + storage.capacity * MemoryLayout<Float>.stride
+        let (first, last) = ((start + page - 1) / page * page, end / page * page)   // whole pages inside the tensor only
+        if last > first { _ = madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED) }
     }
 
     /// Rows `range` along the first axis, as a view.

@@ -79,8 +79,9 @@ int main(void) {
     report("exp (relative)", worst, 3e-7);
 
     struct { const char *name; void (*kernel)(float *, long); int which; } maps[] = {
-        {"gelu_tanh", stitch_gelu_tanh, 0}, {"quick_gelu", stitch_quick_gelu, 1}, {"sigmoid", stitch_sigmoid, 2}};
-    for (int m = 0; m < 3; m++) {
+        {"gelu_tanh", stitch_gelu_tanh, 0}, {"quick_gelu", stitch_quick_gelu, 1}, {"sigmoid", stitch_sigmoid, 2},
+        {"gelu_erf", stitch_gelu_erf, 3}};
+    for (int m = 0; m < 4; m++) {
         for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
         maps[m].kernel(p, N);
         worst = 0;
@@ -88,6 +89,7 @@ int main(void) {
             double v = x[i], want;
             if (maps[m].which == 0) want = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
             else if (maps[m].which == 1) want = v / (1 + exp(-1.702 * v));
+            else if (maps[m].which == 3) want = 0.5 * v * (1 + erf(v / sqrt(2)));
             else want = 1 / (1 + exp(-v));
             double e = fabs(p[i] - want) / (1 + fabs(want));
             if (e > worst) worst = e;

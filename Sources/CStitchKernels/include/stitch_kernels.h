@@ -25,6 +25,17 @@ int stitch_sgemm_available(void);
    precision with fused multiply-adds; only where stitch_sgemm_available(). */
 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc);
 
+/* The float count of op(W) [k, n] packed for stitch_sgemm_packed, and the packing (once, at load): W is [n, k] (row
+   stride ldw) when transpose, as nn.Linear stores it, else [k, n]. Panels of 32 columns of op(W), k-major. */
+long stitch_sgemm_packed_count(long n, long k);
+void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed);
+
+/* Columns [column_begin, column_end) of A[m, k] · op(W) into C (row stride ldc; c points at column column_begin), op(W)
+   packed by stitch_sgemm_pack into 64-byte-aligned memory (column_begin a multiple of 32): the same bits as
+   stitch_sgemm; only where stitch_sgemm_available(). */
+void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
+                         float *c, long ldc);
+
 /* y[n] = W[n, k] (row stride ldw) · x[k]; only where stitch_sgemm_available(). */
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y);
 
@@ -39,16 +50,17 @@ int stitch_bf16_available(void);
 long stitch_bf16_packed_count(long n, long k);
 void stitch_bf16_pack(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed);
 
-/* Columns [column_begin, column_end) of C[m, n] (row stride ldc) = bf16(A[m, k]) · op(W), op(W) packed by stitch_bf16_pack
-   (column_begin a multiple of 32): products of bfloat16 pairs summed in single precision; only where
-   stitch_bf16_available(). */
+/* Columns [column_begin, column_end) of bf16(A[m, k]) · op(W) into C (row stride ldc; c points at column column_begin),
+   op(W) packed by stitch_bf16_pack (column_begin a multiple of 32): products of bfloat16 pairs summed in single
+   precision; only where stitch_bf16_available(). */
 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
                       float *c, long ldc);
 
 /* y[i] = e^x[i], within about 1 ulp of expf (0 and +inf outside its range). */
 void stitch_exp(const float *x, float *y, long n);
 
-/* In place: GELU tanh form, quick GELU x*sigmoid(1.702x), logistic sigmoid. */
+/* In place: GELU exact (erf) form within 4.3e-7 of erf, GELU tanh form, quick GELU x*sigmoid(1.702x), logistic sigmoid. */
+void stitch_gelu_erf(float *p, long n);
 void stitch_gelu_tanh(float *p, long n);
 void stitch_quick_gelu(float *p, long n);
 void stitch_sigmoid(float *p, long n);

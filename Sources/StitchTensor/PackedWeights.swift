@@ -1,0 +1,104 @@
+import CStitchKernels
+import Foundation
+
+/// The precision of a model's weight products, chosen when it loads. FP32 is the default and keeps exact parity with
+/// the references; BF16 (opt-in) rounds weights and activations to bfloat16 and sums in single precision, as torch's
+/// bfloat16 autocast does, where the CPU has AVX512-BF16.
+public enum Precision: String, Sendable, CaseIterable {
+    case fp32, bf16
+
+    /// The precision of the models loaded inside `Precision.$loading.withValue(_:)`: each weight product (`Linear`,
+    /// language-model heads) is packed at it once, at load. Task-local, so concurrent graph components each load at theirs.
+    @TaskLocal public static var loading: Precision = .fp32
+
+    /// Why this CPU cannot run `self`, or nil when it can.
+    public var unavailableReason: String? {
+        switch self {
+        case .fp32: return nil
+        case .bf16: return stitch_bf16_available() != 0 ? nil : "bf16 needs an x86-64 CPU with AVX-512 and AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids and later, AMD Zen 4 and later); this one lacks them, so use fp32"
+        }
+    }
+}
+
+/// A weight matrix op(W) [k, n] packed once, at load, into the layout the product kernels read, so that products do not
+/// repack it on every call: FP32 panels (`stitch_sgemm_packed`, the same bits as an unpacked product) or bfloat16
+/// pairs (`stitch_bf16_gemm`).
+public final class PackedWeights: @unchecked Sendable {
+    /// n: the product's output columns.
+    public let outputs: Int
+    /// k: the inputs each output sums over.
+    public let inputs: Int
+    public let precision: Precision
+    private let storage: UnsafeMutableRawPointer
+
+    /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
+    /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512: products stay with OpenBLAS; bf16
+    /// without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message).
+    public static func pack(_ weight: Tensor, layout: WeightLayout, precision: Precision) -> PackedWeights? {
+        guard BLAS.hasOwnKernel else { return nil }
+        if precision.unavailableReason != nil {
+            _ = fallbackMessage
+            return PackedWeights(weight, layout: layout, precision: .fp32)
+        }
+        return PackedWeights(weight, layout: layout, precision: precision)
+    }
+
+    private init(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
+        precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
+        let transposed = layout == .outputsByInputs
+        (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
+        self.precision = precision
+        let (n, k, ldw) = (outputs, inputs, weight.shape[1])
+        switch precision {
+        case .fp32:
+            storage = .allocate(byteCount: max(1, stitch_sgemm_packed_count(n, k)) * MemoryLayout<Float>.stride, alignment: 64)
+            weight.withUnsafeBufferPointer { stitch_sgemm_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: Float.self)) }
+        case .bf16:
+            storage = .allocate(byteCount: max(1, stitch_bf16_packed_count(n, k)) * MemoryLayout<UInt16>.stride, alignment: 64)
+            weight.withUnsafeBufferPointer { stitch_bf16_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: UInt16.self)) }
+        }
+    }
+
+    /// Said once per process, to a library caller who loads at bf16 on a CPU without it.
+    private static let fallbackMessage: Void = FileHandle.standardError.write(Data("stitch: \(Precision.bf16.unavailableReason ?? ""); computing in fp32\n".utf8))
+
+    deinit { storage.deallocate() }
+
+    /// Columns `columns` of A[m, inputs] · op(W) into C [m, columns.count] (row stride ldc), split into blocks of whole
+    /// 32-column panels over the threads (each block's arithmetic is the same however the columns are split).
+    /// `columns` starts on a panel (a multiple of 32).
+    func product(m: Int, a: UnsafePointer<Float>, lda: Int, columns: Range<Int>, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        precondition(columns.lowerBound % 32 == 0 && columns.upperBound <= outputs, "columns \(columns) of \(outputs) do not start on a panel")
+        let (n, k) = (columns.count, inputs)
+        let threads = Parallel.threads
+        // Below ~1 MFLOP per extra core (~0.25 M weights for one row) the split costs more than it saves.
+        let parts = min(threads, max(1, m * n * k / (m == 1 ? 250_000 : 500_000)), max(1, n / 64))
+        let block = ((n + parts - 1) / parts + 31) / 32 * 32
+        let (storage, precision, first) = (UnsafeRawPointer(storage), precision, columns.lowerBound)
+        Parallel.forEach((n + block - 1) / block, threads: threads) { part in
+            let (begin, end) = (first + part * block, first + min(n, part * block + block))
+            let target = c + part * block
+            switch precision {
+            case .fp32: stitch_sgemm_packed(m, k, a, lda, storage.assumingMemoryBound(to: Float.self), begin, end, target, ldc)
+            case .bf16: stitch_bf16_gemm(m, k, a, lda, storage.assumingMemoryBound(to: UInt16.self), begin, end, target, ldc)
+            }
+        }
+    }
+}
+
+/// x [..., inputs] -> [..., outputs] through packed weights (or only the outputs `columns`, which start on a multiple of
+/// 32), with an optional bias [outputs] added in FP32.
+public func linear(_ x: Tensor, weight: PackedWeights, bias: Tensor?, columns: Range<Int>? = nil) -> Tensor {
+    precondition(x.lastDimension == weight.inputs, "linear input \(x.shape) for packed weights of \(weight.inputs) inputs")
+    let columns = columns ?? 0..<weight.outputs
+    let m = x.count / max(weight.inputs, 1)
+    var out = Tensor(uninitialized: Array(x.shape.dropLast()) + [columns.count])
+    if m == 0 { return out }
+    x.withUnsafeBufferPointer { xp in
+        out.withUnsafeMutableBufferPointer { cp in
+            weight.product(m: m, a: xp.baseAddress!, lda: weight.inputs, columns: columns, c: cp.baseAddress!, ldc: columns.count)
+        }
+    }
+    if let bias { addRowVector(&out, columns == 0..<weight.outputs ? bias : bias.rows(columns)) }
+    return out
+}
