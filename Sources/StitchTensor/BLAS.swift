@@ -32,6 +32,7 @@ public enum BLAS {
     /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
     public static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
                           b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        ProductShapes.note(m: m, n: n, k: k, packed: nil)
         if m == 1 {
             // One row (a decoding step): sgemm would first copy the whole of B into its packed
             // format, which costs more than the product; sgemv streams B once.
@@ -48,8 +49,8 @@ public enum BLAS {
             let width = min(block, n - start)
             // Columns start..<start+width of op(B): rows of B when transposed, columns otherwise.
             let slice = transposeB ? b + start * ldb : b + start
-            gemm(transposeA: false, transposeB: transposeB, m: m, n: width, k: k, a: a, lda: lda, b: slice, ldb: ldb,
-                 c: c + start, ldc: ldc)
+            product(transposeA: false, transposeB: transposeB, m: m, n: width, k: k, alpha: 1, a: a, lda: lda, b: slice, ldb: ldb,
+                    beta: 0, c: c + start, ldc: ldc)
         }
     }
 
@@ -83,6 +84,15 @@ public enum BLAS {
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
+        ProductShapes.note(m: m, n: n, k: k, packed: nil)
+        product(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                beta: beta, c: c, ldc: ldc)
+    }
+
+    /// `gemm` without counting it (a part of a product already counted whole).
+    @inline(__always)
+    private static func product(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                                b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m >= ownKernelRows && hasOwnKernel && !transposeA && alpha == 1 && beta == 0 {
             // Many rows (a prompt, a batch of images or candidates): Stitch's AVX-512 kernel.
             stitch_sgemm(transposeB ? 1 : 0, m, n, k, a, lda, b, ldb, c, ldc)

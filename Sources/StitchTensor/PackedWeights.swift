@@ -70,6 +70,7 @@ public final class PackedWeights: @unchecked Sendable {
     func product(m: Int, a: UnsafePointer<Float>, lda: Int, columns: Range<Int>, c: UnsafeMutablePointer<Float>, ldc: Int) {
         precondition(columns.lowerBound % 32 == 0 && columns.upperBound <= outputs, "columns \(columns) of \(outputs) do not start on a panel")
         let (n, k) = (columns.count, inputs)
+        ProductShapes.note(m: m, n: n, k: k, packed: precision)
         let threads = Parallel.threads
         // Below ~1 MFLOP per extra core (~0.25 M weights for one row) the split costs more than it saves.
         let parts = min(threads, max(1, m * n * k / (m == 1 ? 250_000 : 500_000)), max(1, n / 64))

@@ -194,6 +194,9 @@ struct Bench: ParsableCommand {
                 }
             }
             if let agreement = stitch.agreement { print(indent + "stitch \(precision.rawValue): \(agreement)") }
+            if let floor = stitch.gemmFloor, let gflop = stitch.gemmGFLOP, floor > 0 {
+                print(indent + String(format: "GEMM floor %.2f ms (%.2f GFLOP of products, each shape timed alone): stitch takes %.2fx it", floor * 1000, gflop, stitch.seconds / floor))
+            }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
     }
@@ -227,8 +230,11 @@ struct Measurement: Decodable {
     let output: [Int]?
     /// At a reduced precision: how near Stitch's result is to its FP32 result.
     let agreement: String?
+    /// Stitch's side: the seconds its matrix products alone take (each shape timed by itself), and their GFLOP.
+    let gemmFloor: Double?
+    let gemmGFLOP: Double?
 
-    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement }
+    enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement, gemmFloor = "gemm_floor", gemmGFLOP = "gemm_gflop" }
 
     static func parse(_ output: String, side: String) throws -> Measurement {
         guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {

@@ -107,6 +107,10 @@ struct BenchRowWorker: ParsableCommand {
             let exact = try measure(once: true)
             result["agreement"] = Self.agreement(measured, exact)
         }
+        // The GEMM floor: the work once more with its products counted by shape, then each shape timed alone.
+        let shapes = try Precision.$loading.withValue(precision) { try ProductShapes.recording { try measure(once: true) }.shapes }
+        result["gemm_floor"] = shapes.reduce(0) { $0 + Double($1.value) * ProductShapes.bestTime($1.key, seconds: 0.02) }
+        result["gemm_gflop"] = shapes.reduce(0) { $0 + Double($1.value) * $1.key.flops } / 1e9
         print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
     }
 
