@@ -55,51 +55,65 @@ final class ProductKernelTests: XCTestCase {
     }
 }
 
-/// FP32 weights packed once (`PackedWeights`, what every `Linear` multiplies by on AVX-512 CPUs): the same bits as the
-/// unpacked kernel for 16 rows and more, and within k·ε of a float64 product for every row count (tiles of 12, 4 and 1
-/// rows), both layouts, and the edges of the 32-column panels and 256-deep blocks.
+/// Products through `PackedWeights` at `precision`, at every row count (tiles of 12, 4 and 1 rows), both layouts, and
+/// the edges of the 32-column panels and 256-deep blocks: each value within k·ε of a float64 product of the operands as
+/// the precision reads them (bfloat16 products are exact in float64), relative to the summed magnitudes. `check` sees
+/// each (a, w, layout, product) too. Returns the worst error.
+func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticString = #filePath, line: UInt = #line,
+                         check: (Tensor, Tensor, WeightLayout, Tensor) -> Void = { _, _, _, _ in }) -> Double {
+    var seed = seed
+    func random() -> Float {
+        seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return Float(seed >> 40) / Float(1 << 23) - 1
+    }
+    func operand(_ value: Float) -> Double {
+        precision == .bf16 ? Double(Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16)) : Double(value)
+    }
+    var worst = 0.0
+    for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 600)] {
+        for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
+            let a = Tensor(shape: [m, k], scalars: (0..<m * k).map { _ in random() })
+            let w = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: (0..<n * k).map { _ in random() })
+            let c = linear(a, weight: PackedWeights.pack(w, layout: layout, precision: precision)!, bias: nil)
+            XCTAssertEqual(c.shape, [m, n], file: file, line: line)
+            check(a, w, layout, c)
+            let (av, wv, cv) = (a.scalars, w.scalars, c.scalars)
+            for i in 0..<m {
+                for j in 0..<n {
+                    var exact = 0.0, magnitude = 0.0
+                    for p in 0..<k {
+                        let product = operand(av[i * k + p]) * operand(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j])
+                        exact += product
+                        magnitude += abs(product)
+                    }
+                    let error = abs(Double(cv[i * n + j]) - exact) / max(magnitude, 1e-30)
+                    worst = max(worst, error)
+                    XCTAssertLessThan(error, Double(k) * 1.2e-7, "\(precision) m \(m) n \(n) k \(k) \(layout) at [\(i), \(j)]", file: file, line: line)
+                }
+            }
+        }
+    }
+    return worst
+}
+
+/// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 CPUs): the same bits as the unpacked kernel
+/// for 16 rows and more, and within k·ε of a float64 product at every row count.
 final class PackedProductTests: XCTestCase {
     func testPackedProductsEqualTheUnpackedKernel() throws {
         try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512; products go to OpenBLAS")
-        var seed: UInt64 = 3
-        func random() -> Float {
-            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return Float(seed >> 40) / Float(1 << 23) - 1
-        }
-        var worst = 0.0, identical = 0
-        for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 600)] {
-            for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
-                let a = Tensor(shape: [m, k], scalars: (0..<m * k).map { _ in random() })
-                let w = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: (0..<n * k).map { _ in random() })
-                let packed = PackedWeights.pack(w, layout: layout, precision: .fp32)!
-                let c = linear(a, weight: packed, bias: nil)
-                if m >= BLAS.ownKernelRows {
-                    XCTAssertEqual(c.scalars, linear(a, weight: w, bias: nil, layout: layout).scalars, "m \(m) n \(n) k \(k) \(layout)")
-                    identical += 1
-                }
-                let (av, wv, cv) = (a.scalars, w.scalars, c.scalars)
-                for i in 0..<m {
-                    for j in 0..<n {
-                        var exact = 0.0, magnitude = 0.0
-                        for p in 0..<k {
-                            let product = Double(av[i * k + p]) * Double(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j])
-                            exact += product
-                            magnitude += abs(product)
-                        }
-                        let error = abs(Double(cv[i * n + j]) - exact) / max(magnitude, 1e-30)
-                        worst = max(worst, error)
-                        XCTAssertLessThan(error, Double(k) * 1.2e-7, "m \(m) n \(n) k \(k) \(layout) at [\(i), \(j)]")
-                    }
-                }
-            }
+        var identical = 0
+        let worst = checkPackedProducts(.fp32, seed: 3) { a, w, layout, c in
+            guard a.shape[0] >= BLAS.ownKernelRows else { return }
+            XCTAssertEqual(c.scalars, linear(a, weight: w, bias: nil, layout: layout).scalars, "\(a.shape) x \(w.shape) \(layout)")
+            identical += 1
         }
         print("packed FP32 products: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to the unpacked kernel")
     }
 }
 
-/// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and the kernel at every edge of its
-/// 12 x 32 tile (and its 4- and 1-row tiles), its 256-deep and 96-row blocks and odd k, against a float64 product of
-/// the same bfloat16-rounded operands.
+/// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and both of the kernel's ways (dot
+/// products for a few rows, widened operands on FMA for more on Intel) against a float64 product of the same
+/// bfloat16-rounded operands.
 final class BF16ProductTests: XCTestCase {
     func testRoundingToNearestEven() {
         func bits(_ value: Float) -> UInt32 { value.bitPattern }
@@ -126,37 +140,6 @@ final class BF16ProductTests: XCTestCase {
             XCTAssert(reason.contains("AVX512-BF16"))
             throw XCTSkip("this CPU lacks AVX512-BF16: \(reason)")
         }
-        var seed: UInt64 = 7
-        func random() -> Float {
-            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return Float(seed >> 40) / Float(1 << 23) - 1
-        }
-        func rounded(_ value: Float) -> Double { Double(Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16)) }
-        var worst = 0.0, checked = 0
-        for (m, n, k) in [(12, 32, 256), (13, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 40)] {
-            for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
-                let a = Tensor(shape: [m, k], scalars: (0..<m * k).map { _ in random() })
-                let w = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: (0..<n * k).map { _ in random() })
-                let c = linear(a, weight: PackedWeights.pack(w, layout: layout, precision: .bf16)!, bias: nil)
-                XCTAssertEqual(c.shape, [m, n])
-                let (av, wv, cv) = (a.scalars, w.scalars, c.scalars)
-                for i in 0..<m {
-                    for j in 0..<n {
-                        var exact = 0.0, magnitude = 0.0
-                        for p in 0..<k {
-                            let product = rounded(av[i * k + p]) * rounded(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j])
-                            exact += product
-                            magnitude += abs(product)
-                        }
-                        // Exact products of bfloat16 pairs, summed in float32: within k·ε of the summed magnitudes.
-                        let error = abs(Double(cv[i * n + j]) - exact) / max(magnitude, 1e-30)
-                        worst = max(worst, error)
-                        XCTAssertLessThan(error, Double(k) * 1.2e-7, "m \(m) n \(n) k \(k) \(layout) at [\(i), \(j)]")
-                        checked += 1
-                    }
-                }
-            }
-        }
-        print("bfloat16 product kernel: \(checked) values, worst error \(worst) of the summed magnitudes")
+        print("bfloat16 products: worst error \(checkPackedProducts(.bf16, seed: 7)) of the summed magnitudes")
     }
 }
