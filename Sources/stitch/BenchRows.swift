@@ -108,15 +108,17 @@ struct BenchRowWorker: ParsableCommand {
             result["agreement"] = Self.agreement(measured, exact)
         }
         // The GEMM floor: the work once more with its products counted by shape, then each shape timed alone.
-        let shapes = try Precision.$loading.withValue(precision) { try ProductShapes.recording { try measure(once: true) }.shapes }
-        result["gemm_floor"] = shapes.reduce(0) { $0 + Double($1.value) * ProductShapes.bestTime($1.key, seconds: 0.02) }
-        result["gemm_gflop"] = shapes.reduce(0) { $0 + Double($1.value) * $1.key.flops } / 1e9
+        let (once, shapes) = try Precision.$loading.withValue(precision) { try ProductShapes.recording { try measure(once: true) } }
+        result["gemm_floor"] = shapes.reduce(0) { $0 + Double($1.value) * ProductShapes.bestTime($1.key, seconds: 0.02) } / once.units
+        result["gemm_gflop"] = shapes.reduce(0) { $0 + Double($1.value) * $1.key.flops } / 1e9 / once.units
         print(String(decoding: try JSONSerialization.data(withJSONObject: result), as: UTF8.self))
     }
 
     /// What a row measured: its best time, what the work was, and what it computed (token ids, or feature rows).
     struct RowResult {
         var seconds = 0.0, note = ""
+        /// What `seconds` is per (tokens of a decoding row): the work done once is this many of them.
+        var units = 1.0
         var output: [Int]?
         var values: Tensor?
     }
@@ -148,6 +150,7 @@ struct BenchRowWorker: ParsableCommand {
         var (measured, note): (Double, String) = (0, "")
         var output: [Int]?
         var values: Tensor?
+        var units = 1.0
         switch row {
         case .clipImage1, .clipImage16:
             let clip = try CLIP(folder: folder(clip))
@@ -164,7 +167,7 @@ struct BenchRowWorker: ParsableCommand {
             let prompt = [50256, 32, 4590, 286, 257]
             // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
             let total = try time { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
-            (measured, note) = (total / 64, "per token, 64 new tokens")
+            (measured, note, units) = (total / 64, "per token, 64 new tokens", 64)
         case .magic:
             // One caption from the image: CLIP image features, then 16 MAGiC steps (the reference's defaults).
             let clipModel = try CLIP(folder: folder(clip))
@@ -260,13 +263,13 @@ struct BenchRowWorker: ParsableCommand {
             let total = try time {
                 tokens = try greedyDecode(model, prompt: BenchRow.qwen2Prompt(16, vocabulary: model.vocabularySize), stop: StopConditions(maxTokens: 32, atEndToken: false))
             }
-            (measured, note, output) = (total / 32, "per token, 32 after 16", tokens)
+            (measured, note, output, units) = (total / 32, "per token, 32 after 16", tokens, 32)
         case .efficientnet:
             let network = try EfficientNetLite(folder: folder(efficientnet))
             let pixels = Tensor(shape: [3, 224, 224], scalars: noise(3 * 224 * 224))
             (measured, note) = (try time { _ = network.logits(features: try network.features(pixels)) }, "batch 1")
         }
-        return RowResult(seconds: measured, note: note, output: output, values: values)
+        return RowResult(seconds: measured, note: note, units: units, output: output, values: values)
     }
 }
 
