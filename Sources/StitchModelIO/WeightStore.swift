@@ -38,6 +38,9 @@ public final class WeightStore {
 
     public var names: [String] { fileOf.keys.sorted() }
 
+    /// Whether this store only records what is asked for (`init(recordingFor:)`): its tensors are placeholders.
+    public var isRecording: Bool { recording }
+
     public func contains(_ name: String) -> Bool { fileOf[name] != nil }
 
     /// The shape stored for `name`, if present.

@@ -113,7 +113,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let p = root + (store.contains("\(root)transformer.wte.weight") ? "transformer." : "")
         let d = config.hiddenSize
         tokenEmbedding = store.take("\(p)wte.weight", shape: [config.vocabularySize, d])
-        head = Linear(weight: tokenEmbedding, bias: nil)
+        head = Linear(weight: tokenEmbedding, bias: nil, from: store)
         positionEmbedding = store.take("\(p)wpe.weight", shape: [config.maxPositions, d])
         blocks = (0..<config.layers).map { TransformerBlock(gpt2: store, "\(p)h.\($0)", config) }
         finalLayerNorm = LayerNorm(store, "\(p)ln_f", size: d, epsilon: config.layerNormEpsilon)

@@ -11,8 +11,9 @@ struct Linear {
     private let weight: Tensor?
     private let packed: PackedWeights?
 
-    init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs) {
-        packed = PackedWeights.pack(weight, layout: layout, precision: Precision.loading)
+    /// `weight` and `bias` taken from `store` (a recording store's placeholders are not packed).
+    init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs, from store: WeightStore) {
+        packed = store.isRecording ? nil : PackedWeights.pack(weight, layout: layout, precision: Precision.loading)
         self.weight = packed == nil ? weight : nil
         if packed != nil { weight.releaseFilePages() }   // the copy is packed: the file's pages need not stay in memory
         self.bias = bias
@@ -22,7 +23,7 @@ struct Linear {
     /// Takes `<prefix>.weight` (and `<prefix>.bias`) from the store.
     init(_ store: WeightStore, _ prefix: String, inputs: Int, outputs: Int, bias: Bool = true, layout: WeightLayout = .outputsByInputs) {
         self.init(weight: store.take("\(prefix).weight", shape: layout == .outputsByInputs ? [outputs, inputs] : [inputs, outputs]),
-                  bias: bias ? store.take("\(prefix).bias", shape: [outputs]) : nil, layout: layout)
+                  bias: bias ? store.take("\(prefix).bias", shape: [outputs]) : nil, layout: layout, from: store)
     }
 
     /// Several nn.Linear layers over the same input (`<prefix>.weight`, `<prefix>.bias` for each prefix, of
@@ -31,7 +32,8 @@ struct Linear {
         precondition(prefixes.count == outputs.count, "one output size per fused layer")
         let parts = zip(prefixes, outputs)
         let weights = parts.map { store.take("\($0).weight", shape: [$1, inputs]) }
-        self.init(weight: concatenate(weights, axis: 0), bias: bias ? concatenate(parts.map { store.take("\($0).bias", shape: [$1]) }, axis: 0) : nil)
+        self.init(weight: concatenate(weights, axis: 0), bias: bias ? concatenate(parts.map { store.take("\($0).bias", shape: [$1]) }, axis: 0) : nil,
+                  from: store)
         if packed != nil { weights.forEach { $0.releaseFilePages() } }
     }
 

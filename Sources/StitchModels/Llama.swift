@@ -222,9 +222,9 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
         finalNorm = store.take("model.norm.weight", shape: [d])
         if config.tiedEmbeddings {
             if store.contains("lm_head.weight") { _ = store.take("lm_head.weight", shape: [config.vocabularySize, d]) }
-            head = Linear(weight: tokenEmbedding, bias: nil)
+            head = Linear(weight: tokenEmbedding, bias: nil, from: store)
         } else {
-            head = Linear(weight: store.take("lm_head.weight", shape: [config.vocabularySize, d]), bias: nil)
+            head = Linear(weight: store.take("lm_head.weight", shape: [config.vocabularySize, d]), bias: nil, from: store)
         }
         inverseFrequencies = config.inverseFrequencies(length: config.maxPositions)
         try store.finish(ignoreUnused: { $0.hasSuffix("rotary_emb.inv_freq") })

@@ -35,12 +35,11 @@ public final class PackedWeights: @unchecked Sendable {
     /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512: products stay with OpenBLAS; bf16
     /// without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message).
     public static func pack(_ weight: Tensor, layout: WeightLayout, precision: Precision) -> PackedWeights? {
-        guard BLAS.hasOwnKernel else { return nil }
         if precision.unavailableReason != nil {
             _ = fallbackMessage
-            return PackedWeights(weight, layout: layout, precision: .fp32)
+            return pack(weight, layout: layout, precision: .fp32)
         }
-        return PackedWeights(weight, layout: layout, precision: precision)
+        return BLAS.hasOwnKernel ? PackedWeights(weight, layout: layout, precision: precision) : nil
     }
 
     private init(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
@@ -70,6 +69,7 @@ public final class PackedWeights: @unchecked Sendable {
     func product(m: Int, a: UnsafePointer<Float>, lda: Int, columns: Range<Int>, c: UnsafeMutablePointer<Float>, ldc: Int) {
         precondition(columns.lowerBound % 32 == 0 && columns.upperBound <= outputs, "columns \(columns) of \(outputs) do not start on a panel")
         let (n, k) = (columns.count, inputs)
+        guard n > 0 else { return }
         ProductShapes.note(m: m, n: n, k: k, packed: precision)
         let threads = Parallel.threads
         // Below ~1 MFLOP per extra core (~0.25 M weights for one row) the split costs more than it saves.
