@@ -28,6 +28,14 @@ public enum BLAS {
     /// Products with fewer rows (decoding steps, small beams) stay with OpenBLAS: the kernel's tile is 12 rows.
     static let ownKernelRows = 16
 
+    /// The width of the column blocks a product of m x k by k x n splits into over `threads`: a block per thread, but
+    /// none below ~1 MFLOP of work per extra core (~0.25 M weights streamed, for one row) or 64 columns, below which the
+    /// split costs more than it saves; whole multiples of `multiple` (the kernel's panel or vector width).
+    static func columnBlock(m: Int, n: Int, k: Int, threads: Int, multiple: Int) -> Int {
+        let parts = min(threads, max(1, m == 1 ? n * k / 250_000 : m * n * k / 500_000), max(1, n / 64))
+        return max(multiple, ((n + parts - 1) / parts + multiple - 1) / multiple * multiple)
+    }
+
     /// C = op(A)·op(B) for row-major operands, split into column blocks of C computed on all cores.
     /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
     public static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
@@ -39,11 +47,9 @@ public enum BLAS {
             splitGemv(transposeB: transposeB, n: n, k: k, x: a, b: b, ldb: ldb, y: c)
             return
         }
-        // Below ~1 MFLOP per extra core the split costs more than it saves.
         let threads = Parallel.threads
-        let parts = min(threads, max(1, m * n * k / 500_000), max(1, n / 64))
         // Blocks of whole 32-column panels of Stitch's kernel.
-        let block = ((n + parts - 1) / parts + 31) / 32 * 32
+        let block = columnBlock(m: m, n: n, k: k, threads: threads, multiple: 32)
         Parallel.forEach((n + block - 1) / block, threads: threads) { part in
             let start = part * block
             let width = min(block, n - start)
@@ -59,8 +65,7 @@ public enum BLAS {
                                   b: UnsafePointer<Float>, ldb: Int, y: UnsafeMutablePointer<Float>) {
         _ = singleThreaded
         let threads = Parallel.threads
-        let parts = min(threads, max(1, n * k / 250_000))
-        let block = ((n + parts - 1) / parts + 15) / 16 * 16
+        let block = columnBlock(m: 1, n: n, k: k, threads: threads, multiple: 16)
         Parallel.forEach((n + block - 1) / block, threads: threads) { part in
             let start = part * block
             let width = min(block, n - start)

@@ -72,9 +72,7 @@ public final class PackedWeights: @unchecked Sendable {
         guard n > 0 else { return }
         ProductShapes.note(m: m, n: n, k: k, packed: precision)
         let threads = Parallel.threads
-        // Below ~1 MFLOP per extra core (~0.25 M weights for one row) the split costs more than it saves.
-        let parts = min(threads, max(1, m * n * k / (m == 1 ? 250_000 : 500_000)), max(1, n / 64))
-        let block = ((n + parts - 1) / parts + 31) / 32 * 32
+        let block = BLAS.columnBlock(m: m, n: n, k: k, threads: threads, multiple: 32)
         let (storage, precision, first) = (UnsafeRawPointer(storage), precision, columns.lowerBound)
         Parallel.forEach((n + block - 1) / block, threads: threads) { part in
             let (begin, end) = (first + part * block, first + min(n, part * block + block))

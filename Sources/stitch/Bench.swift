@@ -25,8 +25,10 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
-    @Option(help: "The model rows' precision: fp32, or bf16 against torch's bfloat16 autocast (each row also reports how far bf16 moved Stitch's result from its fp32 result).")
-    var precision: Precision = .fp32
+    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast, and each row also reports how
+    /// far bf16 moved Stitch's result from its fp32 result.
+    @OptionGroup var precisionOptions: PrecisionOptions
+    var precision: Precision { precisionOptions.precision }
 
     @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine.")
     var contended = false
@@ -75,10 +77,6 @@ struct Bench: ParsableCommand {
 
     @Option(help: "GPT-2 and CLIP tokenizer files copied into the random-weight folders (the magic row decodes text).")
     var tokenizers = "Tests/Fixtures/tokenizers"
-
-    func validate() throws {
-        if let reason = precision.unavailableReason { throw ValidationError("--precision \(precision.rawValue): \(reason)") }
-    }
 
     func run() throws {
         BLAS.configureThreads(threads)

@@ -127,11 +127,8 @@ struct BenchRowWorker: ParsableCommand {
     static func agreement(_ reduced: RowResult, _ exact: RowResult) -> String {
         if let low = reduced.values, let full = exact.values {
             let rows = low.shape[0]
-            let lowest = (0..<rows).map { row -> Float in
-                let (a, b) = (low.row(row).scalars, full.row(row).scalars)
-                let dot = zip(a, b).reduce(Float(0)) { $0 + $1.0 * $1.1 }
-                return dot / (a.reduce(0) { $0 + $1 * $1 }.squareRoot() * b.reduce(0) { $0 + $1 * $1 }.squareRoot())
-            }.min() ?? 1
+            let (a, b) = (l2NormalizedRows(low), l2NormalizedRows(full))
+            let lowest = (0..<rows).map { zip(a.row($0).scalars, b.row($0).scalars).reduce(Float(0)) { $0 + $1.0 * $1.1 } }.min() ?? 1
             return String(format: "feature cosine to fp32 >= %.5f over %d rows", lowest, rows)
         }
         if let low = reduced.output, let full = exact.output {
