@@ -89,7 +89,10 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
     precondition(queries.rank == 2 && queries.shape[1] == anchors.dimension, "queries \(queries.shape) for anchors of dimension \(anchors.dimension)")
     let (q, n, d) = (queries.shape[0], anchors.count, anchors.dimension)
     let k = max(1, min(settings.k, n))
-    let best = (0..<q).map { _ in KeptSimilarities(capacity: 2 * k) }   // one per query, each touched by its own row only
+    // One per query, each touched by its own row only; values in plain memory, so their updates need no exclusivity
+    // checks at run time (which a class's properties, or an array of them captured by the parallel loop, do).
+    let best = UnsafeMutableBufferPointer<KeptSimilarities>.allocate(capacity: q)
+    _ = best.initialize(from: (0..<q).map { _ in KeptSimilarities(capacity: 2 * k) })
     // Blocks of about 4 MB of F32 rows stay in cache from widening to the product.
     let block = min(blockSize ?? max(256, (1 << 20) / max(d, 1)), max(n, 1))
     let similarities = UnsafeMutablePointer<Float>.allocate(capacity: q * block)
@@ -97,6 +100,7 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
     defer {
         similarities.deallocate()
         scratch.deallocate()
+        best.deinitialize().deallocate()
     }
     queries.withUnsafeBufferPointer { query in
         for start in stride(from: 0, to: n, by: block) {
@@ -107,8 +111,8 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
             Parallel.forEach(q) { row in best[row].offer(similarities + row * rows, count: rows, firstIndex: start, keep: k) }
         }
     }
-    return best.map { kept in
-        let order = kept.best(k).sorted { $0.index < $1.index }
+    return (0..<q).map { row in
+        let order = best[row].best(k).sorted { $0.index < $1.index }
         var values = order.map { powf($0.value, settings.p) }
         let norm = values.reduce(0) { $0 + $1 * $1 }.squareRoot()
         if norm > 0 { values = values.map { $0 / norm } }
@@ -118,13 +122,13 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
 
 /// One query's best similarities so far: values above the running threshold are collected, and
 /// the list is cut back to the k best whenever it reaches twice that.
-final class KeptSimilarities: @unchecked Sendable {
+struct KeptSimilarities {
     private var entries: [(value: Float, index: Int32)]
     private var threshold = -Float.infinity
 
     init(capacity: Int) { entries = []; entries.reserveCapacity(capacity + 1) }
 
-    func offer(_ values: UnsafePointer<Float>, count: Int, firstIndex: Int, keep k: Int) {
+    mutating func offer(_ values: UnsafePointer<Float>, count: Int, firstIndex: Int, keep k: Int) {
         for j in 0..<count where values[j] > threshold || (entries.count < k && values[j] == threshold) {
             entries.append((values[j], Int32(firstIndex + j)))
             if entries.count >= 2 * k { prune(k) }
@@ -132,14 +136,14 @@ final class KeptSimilarities: @unchecked Sendable {
     }
 
     /// Keeps the k best; later offers must beat the k-th (an equal value loses to the lower index kept).
-    private func prune(_ k: Int) {
+    private mutating func prune(_ k: Int) {
         entries.withUnsafeMutableBufferPointer { selectBest($0, k) }
         entries.removeLast(entries.count - k)
         threshold = entries[k - 1].value
     }
 
     /// The k best, in no particular order.
-    func best(_ k: Int) -> [(value: Float, index: Int32)] {
+    mutating func best(_ k: Int) -> [(value: Float, index: Int32)] {
         if entries.count > k { prune(k) }
         return entries
     }

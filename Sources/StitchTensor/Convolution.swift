@@ -43,6 +43,8 @@ public enum ConvActivation: Sendable {
 /// A convolution layer prepared once: PyTorch-layout weight [cOut, cIn / groups, kh, kw] (groups 1,
 /// or one per channel when `depthwise`), bias [cOut], stride and the activation applied in the same
 /// pass. Applied to one image x [cIn, h, w] with a padding, it gives [cOut, hOut, wOut]:
+/// - pointwise (1 x 1, stride 1, no padding): the matrix product weight [cOut, cIn] · x [cIn, h·w] by blocks of
+///   columns, each block's bias and activation applied while it is in cache;
 /// - dense, stride 1: the direct kernel (`stitch_conv_direct`) on weights packed at preparation;
 /// - dense, other strides: im2col and one single-threaded sgemm per tile of output rows, then bias
 ///   and activation while the tile is in cache;
@@ -53,7 +55,8 @@ public struct Convolution: @unchecked Sendable {
     public let depthwise: Bool
     public let activation: ConvActivation
     let biases: [Float]
-    /// Weights for the direct kernel: [ceil(cOut / 4)][cIn·kh·kw][4], each tap's 4 output-channel weights side by side.
+    /// Weights for the direct kernel (stride 1, kernels wider than 1 x 1): [ceil(cOut / 4)][cIn·kh·kw][4], each tap's
+    /// 4 output-channel weights side by side.
     let packed: [Float]?
 
     public init(weight: Tensor, bias: Tensor?, stride: Int = 1, depthwise: Bool = false, activation: ConvActivation = .none) {
@@ -65,7 +68,7 @@ public struct Convolution: @unchecked Sendable {
         self.depthwise = depthwise
         self.activation = activation
         biases = bias?.scalars ?? [Float](repeating: 0, count: cOut)
-        if !depthwise && stride == 1 {
+        if !depthwise && stride == 1 && weight.shape[2] * weight.shape[3] > 1 {
             let taps = weight.count / cOut
             var packed = [Float](repeating: 0, count: (cOut + 3) / 4 * taps * 4)
             weight.withUnsafeBufferPointer { w in
@@ -91,6 +94,8 @@ public struct Convolution: @unchecked Sendable {
                 let (shape, d) = ((x.shape[0], x.shape[1], x.shape[2]), dst.baseAddress!)
                 if depthwise {
                     runDepthwise(src.baseAddress!, shape, padding: padding, into: d, hOut, wOut)
+                } else if kh == 1 && kw == 1 && stride == 1 && padding == .symmetric(0) {
+                    runPointwise(src.baseAddress!, channels: shape.0, plane: hOut * wOut, into: d)
                 } else if let packed {
                     runDirect(x, packed, padding: padding, into: d, hOut, wOut)
                 } else {
@@ -105,20 +110,6 @@ public struct Convolution: @unchecked Sendable {
         let (cIn, h, w) = (x.shape[0], x.shape[1], x.shape[2])
         let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
         let plane = hOut * wOut
-        if kh == 1 && kw == 1 && padding == .symmetric(0) {
-            // Each plane as one long row, split into column ranges of whole 32-column tiles; the
-            // kernel's reads past the last column need slack after the input, which tensors
-            // allocated here have (`TensorStorage.slack`); other inputs are copied first.
-            let source = x.hasSlack(Self.readAhead + 1) ? x : x.copyWithSlack()
-            let tiles = (plane + 31) / 32
-            source.withUnsafeBufferPointer { s in
-                Parallel.forChunks(tiles, parts: min(tiles / 4, Self.worthwhileParts(macs: cOut * cIn * plane))) { range in
-                    stitch_conv_direct(s.baseAddress!, cIn, plane, plane, packed, cOut, 1, 1, biases, activation.kernel, d, plane, plane, 0, 1,
-                                       range.lowerBound * 32, min(plane, range.upperBound * 32))
-                }
-            }
-            return
-        }
         // The input with its zero border, plus slack for the kernel's reads past a row's end.
         let (ph, pw) = (h + padding.top + padding.bottom, w + padding.left + padding.right)
         let input = UnsafeMutablePointer<Float>.allocate(capacity: cIn * ph * pw + Self.readAhead + kw)
@@ -138,6 +129,27 @@ public struct Convolution: @unchecked Sendable {
 
     /// Floats the direct kernel may read past the last output column (its 32-column tiles).
     static let readAhead = 32
+
+    /// Columns of the output per product of `runPointwise`: the block of input (cIn x 512) and of output stay in L2
+    /// between the product and the bias and activation.
+    static let pointwiseBlock = 512
+
+    private func runPointwise(_ s: UnsafePointer<Float>, channels cIn: Int, plane: Int, into d: UnsafeMutablePointer<Float>) {
+        let cOut = weight.shape[0]
+        // Parts are whole 32-column tiles (the product kernel's width), so no two parts write into one tile.
+        let tiles = (plane + 31) / 32
+        weight.withUnsafeBufferPointer { kernel in
+            Parallel.forChunks(tiles, parts: Self.worthwhileParts(macs: cOut * cIn * plane)) { range in
+                for start in Swift.stride(from: range.lowerBound * 32, to: min(plane, range.upperBound * 32), by: Self.pointwiseBlock) {
+                    let columns = min(Self.pointwiseBlock, plane - start, range.upperBound * 32 - start)
+                    // [cOut, cIn] · [cIn, columns] into columns start..<start+columns of each output channel
+                    BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: cIn, a: kernel.baseAddress!, lda: cIn,
+                              b: s + start, ldb: plane, c: d + start, ldc: plane)
+                    for c in 0..<cOut { stitch_bias_activation(d + c * plane + start, columns, biases[c], activation.kernel) }
+                }
+            }
+        }
+    }
 
     /// Parts worth splitting `macs` multiply-adds into: handing a part to a (spinning) pool worker
     /// costs about as much as a quarter million multiply-adds, so tiny layers stay on the caller.

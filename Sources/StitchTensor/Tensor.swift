@@ -8,24 +8,18 @@ public final class TensorStorage: @unchecked Sendable {
     public let capacity: Int
     public let isReadOnly: Bool
     private let owner: AnyObject?
-    /// Floats that may be read from `base` on: `capacity` plus the slack of storage allocated here.
-    let readable: Int
 
-    /// Floats allocated past `capacity`, which vector kernels may read (never use) beyond a tensor's end.
-    static let slack = 64
-
-    /// Allocates `capacity` floats (plus `slack`); zero-filled unless the caller overwrites every element.
+    /// Allocates `capacity` floats; zero-filled unless the caller overwrites every element.
     /// Zeros come from calloc, so large zero tensors cost no memory until written.
     init(capacity: Int, zeroed: Bool = true) {
         self.capacity = capacity
-        let bytes = (capacity + Self.slack) * MemoryLayout<Float>.stride
+        let bytes = max(capacity, 1) * MemoryLayout<Float>.stride
         guard let raw = zeroed ? calloc(1, bytes) : malloc(bytes) else {
             fatalError("out of memory allocating \(capacity) floats")
         }
-        base = raw.bindMemory(to: Float.self, capacity: capacity + Self.slack)
+        base = raw.bindMemory(to: Float.self, capacity: capacity)
         isReadOnly = false
         owner = nil
-        readable = capacity + Self.slack
         isFileMap = false
     }
 
@@ -39,7 +33,6 @@ public final class TensorStorage: @unchecked Sendable {
         self.capacity = capacity
         isReadOnly = true
         self.owner = owner
-        readable = capacity
         self.isFileMap = isFileMap
     }
 
@@ -93,16 +86,6 @@ public struct Tensor: @unchecked Sendable {
         self.shape = shape
         self.storage = storage
         self.offset = offset
-    }
-
-    /// Whether `floats` more may be read after the last element (never used, only loaded by vector kernels).
-    func hasSlack(_ floats: Int) -> Bool { storage.readable - offset - count >= floats }
-
-    /// A copy in storage of its own, which has the slack.
-    func copyWithSlack() -> Tensor {
-        let copy = Tensor(uninitialized: shape)
-        withUnsafeBufferPointer { source in copy.storage.base.update(from: source.baseAddress!, count: source.count) }
-        return copy
     }
 
     public var scalars: [Float] {

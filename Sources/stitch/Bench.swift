@@ -192,7 +192,7 @@ struct Bench: ParsableCommand {
                 }
             }
             if let agreement = stitch.agreement { print(indent + "stitch \(precision.rawValue): \(agreement)") }
-            // Rows of convolutions (efficientnet, yolox) run few products: no floor worth printing.
+            // Rows whose products are a small part of their time print no floor.
             if let floor = stitch.gemmFloor, let gflop = stitch.gemmGFLOP, floor > 0.05 * stitch.seconds {
                 print(indent + String(format: "GEMM floor %.2f ms (%.2f GFLOP of products, each shape timed alone): stitch takes %.2fx it", floor * 1000, gflop, stitch.seconds / floor))
             }

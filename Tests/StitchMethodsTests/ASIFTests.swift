@@ -43,7 +43,7 @@ final class ASIFParityTests: XCTestCase {
                 seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
                 return Float((seed >> 33) % 13)
             }
-            let kept = KeptSimilarities(capacity: 2 * k)
+            var kept = KeptSimilarities(capacity: 2 * k)
             values.withUnsafeBufferPointer { buffer in
                 for start in stride(from: 0, to: count, by: block) {
                     kept.offer(buffer.baseAddress! + start, count: min(block, count - start), firstIndex: start, keep: k)

@@ -180,6 +180,66 @@ final class ConvolutionParityTests: XCTestCase {
         assertClose(depthwiseConv2d(x, weight: golden["depthwise.w"]!, bias: golden["depthwise.b"]!, stride: 2, padding: depthwisePadding), "depthwise.out")
         XCTAssertEqual(globalAveragePool(Tensor(shape: [2, 1, 2], scalars: [1, 3, 5, 7])).scalars, [2, 6])
     }
+
+    /// Every path (the pointwise product, the direct kernel, im2col, depthwise at strides 1, 2 and 3) against sums in
+    /// Double, on shapes that leave partial tiles: channels not a multiple of 12 or 4, planes past one 512-column block
+    /// and not a multiple of 32 or 16, each activation.
+    func testConvolutionPathsAgainstSumsInDouble() {
+        var seed: UInt64 = 11
+        func noise(_ count: Int) -> [Float] {
+            (0..<count).map { _ in
+                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Float(Int(seed >> 40) % 2001 - 1000) / 1000
+            }
+        }
+        let cases: [(cIn: Int, cOut: Int, h: Int, w: Int, kernel: Int, stride: Int, padding: Padding2D, depthwise: Bool, activation: ConvActivation)] = [
+            (37, 29, 23, 27, 1, 1, .symmetric(0), false, .silu),     // pointwise: 621 columns, 12 + 12 + 4 + 1 rows
+            (16, 16, 13, 13, 1, 1, .symmetric(0), false, .relu6),    // pointwise: one partial 32-column tile per part
+            (5, 7, 11, 19, 3, 1, .symmetric(1), false, .silu),       // direct kernel
+            (6, 9, 12, 17, 3, 2, .same(height: 12, width: 17, kernel: 3, stride: 2), false, .none),   // im2col
+            (7, 7, 15, 35, 3, 1, .symmetric(1), true, .silu),        // depthwise, a partial 16-column block
+            (5, 5, 20, 41, 5, 2, .same(height: 20, width: 41, kernel: 5, stride: 2), true, .relu6),
+            (3, 3, 16, 50, 3, 3, .symmetric(1), true, .none),        // depthwise, a stride without its own path
+        ]
+        for c in cases {
+            let x = Tensor(shape: [c.cIn, c.h, c.w], scalars: noise(c.cIn * c.h * c.w))
+            let weight = Tensor(shape: [c.cOut, c.depthwise ? 1 : c.cIn, c.kernel, c.kernel], scalars: noise(c.cOut * (c.depthwise ? 1 : c.cIn) * c.kernel * c.kernel))
+            let bias = noise(c.cOut)
+            let got = Convolution(weight: weight, bias: Tensor(shape: [c.cOut], scalars: bias), stride: c.stride, depthwise: c.depthwise,
+                                  activation: c.activation)(x, padding: c.padding)
+            let hOut = (c.h + c.padding.top + c.padding.bottom - c.kernel) / c.stride + 1
+            let wOut = (c.w + c.padding.left + c.padding.right - c.kernel) / c.stride + 1
+            XCTAssertEqual(got.shape, [c.cOut, hOut, wOut])
+            let (input, taps) = (x.scalars, weight.scalars)
+            var want: [Float] = []
+            for co in 0..<c.cOut {
+                for y in 0..<hOut {
+                    for xo in 0..<wOut {
+                        var sum = Double(bias[co])
+                        for ci in (c.depthwise ? co..<co + 1 : 0..<c.cIn) {
+                            for i in 0..<c.kernel {
+                                for j in 0..<c.kernel {
+                                    let (sy, sx) = (y * c.stride + i - c.padding.top, xo * c.stride + j - c.padding.left)
+                                    guard sy >= 0 && sy < c.h && sx >= 0 && sx < c.w else { continue }
+                                    let tap = taps[((co * (c.depthwise ? 1 : c.cIn) + (c.depthwise ? 0 : ci)) * c.kernel + i) * c.kernel + j]
+                                    sum += Double(tap) * Double(input[(ci * c.h + sy) * c.w + sx])
+                                }
+                            }
+                        }
+                        switch c.activation {
+                        case .none: break
+                        case .silu: sum /= 1 + exp(-sum)
+                        case .relu6: sum = min(max(sum, 0), 6)
+                        }
+                        want.append(Float(sum))
+                    }
+                }
+            }
+            let difference = maxRelativeDifference(got.scalars, want)
+            print("\(c.depthwise ? "depthwise" : "dense") \(c.kernel)x\(c.kernel) stride \(c.stride), \(c.cIn) -> \(c.cOut) channels on \(c.h)x\(c.w): max difference \(difference)")
+            XCTAssertLessThanOrEqual(difference, 2e-6)
+        }
+    }
 }
 
 final class HalfWideningTests: XCTestCase {

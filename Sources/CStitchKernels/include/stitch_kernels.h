@@ -81,7 +81,7 @@ void stitch_depthwise_channel(const float *input, long h, long w, const float *t
 /* A stride-1 convolution computed directly, without im2col, over output rows [y_begin, y_end) and
    columns [x_begin, x_end): output[co, y, x] = activation(bias[co] + sum over (ci, ki, kj) of
    weight[co, ci, ki, kj] * input[ci, y + ki, x + kj]), with input planes of in_plane floats and rows of
-   in_row floats (already zero-padded; a 1x1 convolution can treat each plane as one long row).
+   in_row floats (already zero-padded).
    `packed` holds the weights as [ceil(c_out / 4)][c_in * kh * kw][4] (zeros past c_out). Reads run up
    to 31 + kw floats past the last output column, so the input needs that much slack. Multiply-adds
    are fused where the CPU can, so results may differ from other paths in the last bits; so does the
