@@ -98,9 +98,16 @@ public enum BLAS {
     @inline(__always)
     private static func product(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                                 b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        if m >= ownKernelRows && hasOwnKernel && !transposeA && alpha == 1 && beta == 0 {
-            // Many rows (a prompt, a batch of images or candidates): Stitch's AVX-512 kernel.
+        if m >= ownKernelRows && hasOwnKernel && !transposeA && beta == 0 {
+            // Many rows (a prompt, a batch of images or candidates): Stitch's AVX-512 kernel; alpha (attention's
+            // scale) multiplies each sum after, as sgemm does.
             stitch_sgemm(transposeB ? 1 : 0, m, n, k, a, lda, b, ldb, c, ldc)
+            if alpha != 1 {
+                for row in 0..<m {
+                    let sums = c + row * ldc
+                    for j in 0..<n { sums[j] *= alpha }
+                }
+            }
             return
         }
         _ = singleThreaded

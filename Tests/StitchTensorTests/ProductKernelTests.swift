@@ -5,8 +5,8 @@ import XCTest
 
 /// Stitch's AVX-512 product kernels (CStitchKernels/gemm.c), which `splitGemm` uses for products of 16 rows or more
 /// and for single rows times Wᵀ: every edge of the 12 x 32 tile, of its 256-deep, 96-row and 512-column blocks and of
-/// the matrix-vector kernel's 4 rows and 16 columns, both layouts of B, and leading dimensions wider than the operands,
-/// against a float64 product.
+/// the matrix-vector kernel's 4 rows and 16 columns, both layouts of B (Bᵀ with a scale), and leading dimensions wider
+/// than the operands, against a float64 product.
 final class ProductKernelTests: XCTestCase {
     func testProductsEqualAFloat64ReferenceAtEveryTileEdge() throws {
         try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512; products go to OpenBLAS")
@@ -24,11 +24,18 @@ final class ProductKernelTests: XCTestCase {
                 let a = (0..<m * lda).map { _ in random() }
                 let b = (0..<(transposeB ? n : k) * ldb).map { _ in random() }
                 var c = [Float](repeating: .nan, count: m * ldc)
+                // Aᵀ-free products with a scale (attention's scores) go through `gemm` and multiply each sum after.
+                let alpha: Float = transposeB ? 0.125 : 1
                 a.withUnsafeBufferPointer { ap in
                     b.withUnsafeBufferPointer { bp in
                         c.withUnsafeMutableBufferPointer { cp in
-                            BLAS.splitGemm(transposeB: transposeB, m: m, n: n, k: k, a: ap.baseAddress!, lda: lda,
-                                           b: bp.baseAddress!, ldb: ldb, c: cp.baseAddress!, ldc: ldc)
+                            if alpha == 1 {
+                                BLAS.splitGemm(transposeB: transposeB, m: m, n: n, k: k, a: ap.baseAddress!, lda: lda,
+                                               b: bp.baseAddress!, ldb: ldb, c: cp.baseAddress!, ldc: ldc)
+                            } else {
+                                BLAS.gemm(transposeA: false, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
+                                          b: bp.baseAddress!, ldb: ldb, c: cp.baseAddress!, ldc: ldc)
+                            }
                         }
                     }
                 }
@@ -36,7 +43,7 @@ final class ProductKernelTests: XCTestCase {
                     for j in 0..<n {
                         var exact = 0.0, magnitude = 0.0
                         for p in 0..<k {
-                            let product = Double(a[i * lda + p]) * Double(transposeB ? b[j * ldb + p] : b[p * ldb + j])
+                            let product = Double(alpha) * Double(a[i * lda + p]) * Double(transposeB ? b[j * ldb + p] : b[p * ldb + j])
                             exact += product
                             magnitude += abs(product)
                         }
