@@ -136,7 +136,7 @@ public struct Convolution: @unchecked Sendable {
 
     private func runPointwise(_ s: UnsafePointer<Float>, channels cIn: Int, plane: Int, into d: UnsafeMutablePointer<Float>) {
         let cOut = weight.shape[0]
-        // Parts are whole 32-column tiles (the product kernel's width), so no two parts write into one tile.
+        // Parts of whole 32-column panels (the product kernel's width): only the last part's last panel is partial.
         let tiles = (plane + 31) / 32
         weight.withUnsafeBufferPointer { kernel in
             Parallel.forChunks(tiles, parts: Self.worthwhileParts(macs: cOut * cIn * plane)) { range in
