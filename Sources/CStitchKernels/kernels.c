@@ -180,8 +180,12 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
         for (long i = 0; i < kh; i++) {
             float *row = rows + i * width;
             long sy = y * stride + i - pad_top;
-            memset(row, 0, sizeof(float) * (size_t)width);
-            if (sy >= 0 && sy < h) memcpy(row + pad_left, input + sy * w, sizeof(float) * (size_t)(w < width - pad_left ? w : width - pad_left));
+            long copied = sy >= 0 && sy < h ? (w < width - pad_left ? w : width - pad_left) : 0;
+            memset(row, 0, sizeof(float) * (size_t)(copied ? pad_left : width));
+            if (copied) {
+                memcpy(row + pad_left, input + sy * w, sizeof(float) * (size_t)copied);
+                memset(row + pad_left + copied, 0, sizeof(float) * (size_t)(width - pad_left - copied));
+            }
         }
         for (long block = 0; block < blocks; block++) {
             v16 sum = {0};

@@ -142,13 +142,19 @@ public struct Convolution: @unchecked Sendable {
             Parallel.forChunks(tiles, parts: Self.worthwhileParts(macs: cOut * cIn * plane)) { range in
                 for start in Swift.stride(from: range.lowerBound * 32, to: min(plane, range.upperBound * 32), by: Self.pointwiseBlock) {
                     let columns = min(Self.pointwiseBlock, plane - start, range.upperBound * 32 - start)
-                    // [cOut, cIn] · [cIn, columns] into columns start..<start+columns of each output channel
-                    BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: cIn, a: kernel.baseAddress!, lda: cIn,
-                              b: s + start, ldb: plane, c: d + start, ldc: plane)
-                    for c in 0..<cOut { stitch_bias_activation(d + c * plane + start, columns, biases[c], activation.kernel) }
+                    applyWeights(kernel.baseAddress!, depth: cIn, to: s + start, ldb: plane, columns: columns, into: d + start, plane: plane)
                 }
             }
         }
+    }
+
+    /// The weights [cOut, depth] times `columns` columns of b [depth, ldb] into the same columns of each output channel
+    /// (planes `plane` apart from `output`), then bias and activation while those columns are in cache.
+    private func applyWeights(_ kernel: UnsafePointer<Float>, depth: Int, to b: UnsafePointer<Float>, ldb: Int, columns: Int,
+                              into output: UnsafeMutablePointer<Float>, plane: Int) {
+        let cOut = weight.shape[0]
+        BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: depth, a: kernel, lda: depth, b: b, ldb: ldb, c: output, ldc: plane)
+        for c in 0..<cOut { stitch_bias_activation(output + c * plane, columns, biases[c], activation.kernel) }
     }
 
     /// Parts worth splitting `macs` multiply-adds into: handing a part to a (spinning) pool worker
@@ -194,10 +200,7 @@ public struct Convolution: @unchecked Sendable {
                         }
                     }
                 }
-                // [cOut, depth] · [depth, columns] into columns start..<start+columns of each output channel
-                BLAS.gemm(transposeA: false, transposeB: false, m: cOut, n: columns, k: depth, a: k, lda: depth,
-                          b: cols, ldb: columns, c: d + start, ldc: plane)
-                for c in 0..<cOut { stitch_bias_activation(d + c * plane + start, columns, biases[c], activation.kernel) }
+                applyWeights(k, depth: depth, to: cols, ldb: columns, columns: columns, into: d + start, plane: plane)
             }
         }
     }
