@@ -161,7 +161,7 @@ static int uses_dot_products(long m) {
 }
 
 BF16 static void widened_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin,
-                              long column_end, float *c, long ldc) {
+                              long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
     long pairs = (k + 1) / 2, rows_block = m < MC ? m : MC;
     size_t a_bytes = sizeof(float) * (size_t)((rows_block + MR - 1) / MR * MR * 2 * pairs);
     float *ap = aligned_alloc(64, (a_bytes + 63) / 64 * 64);
@@ -179,21 +179,23 @@ BF16 static void widened_gemm(long m, long k, const float *a, long lda, const ui
                                       mc - tile < MR ? mc - tile : MR, cols, qc > 0);
             }
         }
+        stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
     free(bp);
     free(ap);
 }
 
 BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
-                           float *c, long ldc) {
+                           float *c, long ldc, const float *bias, stitch_activation activation) {
     long pairs = (k + 1) / 2;
     if (m <= 0 || column_end <= column_begin) return;
     if (k <= 0) {
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
+        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
     if (!uses_dot_products(m)) {
-        widened_gemm(m, k, a, lda, packed, column_begin, column_end, c, ldc);
+        widened_gemm(m, k, a, lda, packed, column_begin, column_end, c, ldc, bias, activation);
         return;
     }
     long rows_block = m < MC ? m : MC;
@@ -217,6 +219,7 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
                 }
             }
         }
+        stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
     free(ap);
 }
@@ -226,8 +229,9 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
 int stitch_bf16_available(void) { return 0; }
 
 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
-                      float *c, long ldc) {
-    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc;
+                      float *c, long ldc, const float *bias, stitch_activation activation) {
+    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
+        (void)activation;
     abort();   /* never offered: stitch_bf16_available() is 0 */
 }
 

@@ -206,10 +206,11 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
 /* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns
    too), and the sums run in stitch_sgemm's order, so the results are the same bits. */
 AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
-                                long column_end, float *c, long ldc) {
+                                long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
     if (m <= 0 || column_end <= column_begin) return;
     if (k <= 0) {
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
+        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
     float *ap = aligned_alloc(64, sizeof(float) * KC * ((MC + MR - 1) / MR * MR));
@@ -226,6 +227,7 @@ AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const 
                                  mc - ir < MR ? mc - ir : MR, cols, pc > 0);
             }
         }
+        stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
     free(ap);
 }
@@ -276,8 +278,9 @@ AVX512 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float
 int stitch_sgemm_available(void) { return 0; }
 
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
-                         float *c, long ldc) {
-    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc;
+                         float *c, long ldc, const float *bias, stitch_activation activation) {
+    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
+        (void)activation;
     abort();   /* never offered: stitch_sgemm_available() is 0 */
 }
 

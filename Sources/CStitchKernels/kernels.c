@@ -1,4 +1,5 @@
 #include "stitch_kernels.h"
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,21 +70,6 @@ static inline __attribute__((always_inline)) void fast_exp_v16(const v16 *in, v1
     *out = (v16)((~below & ~above & (v16i)result) | (above & (v16i)infinity));
 }
 
-/* bias + activation of 16 outputs in registers, in place. */
-static inline __attribute__((always_inline)) void activate_v16(v16 *v, float bias, stitch_activation activation) {
-    *v += bias;
-    switch (activation) {
-    case STITCH_ACTIVATION_NONE: break;
-    case STITCH_ACTIVATION_SILU: {
-        v16 negated = -*v, e;
-        fast_exp_v16(&negated, &e);
-        *v = *v / (1.0f + e);
-        break;
-    }
-    case STITCH_ACTIVATION_RELU6: *v = __builtin_elementwise_min(__builtin_elementwise_max(*v, (v16){0}), (v16){0} + 6.0f); break;
-    }
-}
-
 /* Runs the statements given last on p[0..<n] 16 floats at a time as the v16 `v`, the last partial
    block through a zero-padded copy. */
 #define BLOCKWISE(p, n, v, ...)                                                               \
@@ -104,48 +90,62 @@ static inline __attribute__((always_inline)) void activate_v16(v16 *v, float bia
         }                                                                                     \
     } while (0)
 
-DISPATCH void stitch_exp(const float *x, float *y, long n) {
-    if (y != x) memcpy(y, x, (size_t)n * sizeof(float));   /* y == x: in place */
-    BLOCKWISE(y, n, v, fast_exp_v16(&v, &v));
+/* The activations, on 16 values in registers, in place: defined once, for the separate passes over a tensor and the
+   fused epilogues of products and convolutions alike (so fused and separate give the same bits). */
+static inline __attribute__((always_inline)) void silu_v16(v16 *v) {
+    v16 negated = -*v, e;
+    fast_exp_v16(&negated, &e);
+    *v = *v / (1.0f + e);
 }
 
 /* tanh(u) = 1 - 2 / (e^(2u) + 1) */
-DISPATCH void stitch_gelu_tanh(float *p, long n) {
+static inline __attribute__((always_inline)) void gelu_tanh_v16(v16 *v) {
     const float c = 0.79788456080286535587989211986876f; /* sqrt(2/pi) */
-    BLOCKWISE(p, n, v, {
-        v16 u = 2.0f * c * (v + 0.044715f * v * v * v), e;
-        fast_exp_v16(&u, &e);
-        v = 0.5f * v * (2.0f - 2.0f / (e + 1.0f));
-    });
+    v16 u = 2.0f * c * (*v + 0.044715f * *v * *v * *v), e;
+    fast_exp_v16(&u, &e);
+    *v = 0.5f * *v * (2.0f - 2.0f / (e + 1.0f));
 }
 
 /* GELU's exact form, x Φ(x) = x (1 + erf(x / √2)) / 2, with erf as a rational function of x (odd degree 13 over even
    degree 8, the approximation Eigen and XLA use; erf(4) is 1 in float, so x is clamped there): within 4.3e-7 of erf
    (erff: 5e-8; torch's own CPU GELU uses Abramowitz and Stegun's 7.1.26, within 5.3e-7). */
-DISPATCH void stitch_gelu_erf(float *p, long n) {
-    BLOCKWISE(p, n, v, {
-        v16 x = __builtin_elementwise_max(__builtin_elementwise_min(v * 0.70710678118654752f, (v16){0} + 4.0f), (v16){0} - 4.0f);
-        v16 x2 = x * x;
-        v16 numerator = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
-        numerator = x2 * numerator - 2.10102402082508e-06f;
-        numerator = x2 * numerator - 5.69250639462346e-05f;
-        numerator = x2 * numerator - 7.34990630326855e-04f;
-        numerator = x2 * numerator - 2.95459980854025e-03f;
-        numerator = x2 * numerator - 1.60960333262415e-02f;
-        v16 denominator = x2 * -1.45660718464996e-05f - 2.13374055278905e-04f;
-        denominator = x2 * denominator - 1.68282697438203e-03f;
-        denominator = x2 * denominator - 7.37332916720468e-03f;
-        denominator = x2 * denominator - 1.42647390514189e-02f;
-        v = 0.5f * v * (1.0f + x * numerator / denominator);
-    });
+static inline __attribute__((always_inline)) void gelu_erf_v16(v16 *v) {
+    v16 x = __builtin_elementwise_max(__builtin_elementwise_min(*v * 0.70710678118654752f, (v16){0} + 4.0f), (v16){0} - 4.0f);
+    v16 x2 = x * x;
+    v16 numerator = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+    numerator = x2 * numerator - 2.10102402082508e-06f;
+    numerator = x2 * numerator - 5.69250639462346e-05f;
+    numerator = x2 * numerator - 7.34990630326855e-04f;
+    numerator = x2 * numerator - 2.95459980854025e-03f;
+    numerator = x2 * numerator - 1.60960333262415e-02f;
+    v16 denominator = x2 * -1.45660718464996e-05f - 2.13374055278905e-04f;
+    denominator = x2 * denominator - 1.68282697438203e-03f;
+    denominator = x2 * denominator - 7.37332916720468e-03f;
+    denominator = x2 * denominator - 1.42647390514189e-02f;
+    *v = 0.5f * *v * (1.0f + x * numerator / denominator);
 }
 
-DISPATCH void stitch_quick_gelu(float *p, long n) {
-    BLOCKWISE(p, n, v, {
-        v16 u = -1.702f * v, e;
-        fast_exp_v16(&u, &e);
-        v = v / (1.0f + e);
-    });
+static inline __attribute__((always_inline)) void quick_gelu_v16(v16 *v) {
+    v16 u = -1.702f * *v, e;
+    fast_exp_v16(&u, &e);
+    *v = *v / (1.0f + e);
+}
+
+static inline __attribute__((always_inline)) void activate_v16(v16 *v, stitch_activation activation) {
+    switch (activation) {
+    case STITCH_ACTIVATION_NONE: break;
+    case STITCH_ACTIVATION_SILU: silu_v16(v); break;
+    case STITCH_ACTIVATION_RELU6: *v = __builtin_elementwise_min(__builtin_elementwise_max(*v, (v16){0}), (v16){0} + 6.0f); break;
+    case STITCH_ACTIVATION_RELU: *v = __builtin_elementwise_max(*v, (v16){0}); break;
+    case STITCH_ACTIVATION_GELU_ERF: gelu_erf_v16(v); break;
+    case STITCH_ACTIVATION_GELU_TANH: gelu_tanh_v16(v); break;
+    case STITCH_ACTIVATION_QUICK_GELU: quick_gelu_v16(v); break;
+    }
+}
+
+DISPATCH void stitch_exp(const float *x, float *y, long n) {
+    if (y != x) memcpy(y, x, (size_t)n * sizeof(float));   /* y == x: in place */
+    BLOCKWISE(y, n, v, fast_exp_v16(&v, &v));
 }
 
 DISPATCH void stitch_sigmoid(float *p, long n) {
@@ -157,7 +157,57 @@ DISPATCH void stitch_sigmoid(float *p, long n) {
 }
 
 DISPATCH void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation) {
-    BLOCKWISE(p, n, v, activate_v16(&v, bias, activation));
+    BLOCKWISE(p, n, v, { v += bias; activate_v16(&v, activation); });
+}
+
+DISPATCH void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation) {
+    long i = 0;
+    if (bias)
+        for (; i + 16 <= n; i += 16) {
+            v16 v = *(const v16 *)(p + i) + *(const v16 *)(bias + i);
+            activate_v16(&v, activation);
+            *(v16 *)(p + i) = v;
+        }
+    if (i < n) {
+        float *rest = p + i;
+        if (bias) for (long j = 0; j < n - i; j++) rest[j] += bias[i + j];
+        BLOCKWISE(rest, n - i, v, activate_v16(&v, activation));
+    }
+}
+
+/* The sum of a row: sixteen running sums, then the lanes in order, then the tail; the same order in every variant
+   (a serial sum waits on each add, and is less accurate). */
+static inline __attribute__((always_inline)) float row_sum(const float *x, long n, int squares, float shift) {
+    v16 sums = (v16){0};
+    long i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v16 v = *(const v16 *)(x + i) - shift;
+        sums += squares ? v * v : v;
+    }
+    float sum = 0;
+    for (int lane = 0; lane < 16; lane++) sum += sums[lane];
+    for (; i < n; i++) sum += squares ? (x[i] - shift) * (x[i] - shift) : x[i] - shift;
+    return sum;
+}
+
+DISPATCH void stitch_layer_norm(const float *x, float *y, long n, const float *weight, const float *bias, float epsilon) {
+    float mean = row_sum(x, n, 0, 0) / (float)n;
+    float scale = 1 / sqrtf(row_sum(x, n, 1, mean) / (float)n + epsilon);
+    for (long i = 0; i < n; i++) y[i] = (x[i] - mean) * scale * weight[i] + bias[i];
+}
+
+DISPATCH void stitch_rms_norm(const float *x, float *y, long n, const float *weight, float epsilon) {
+    float inverse = 1 / sqrtf(row_sum(x, n, 1, 0) / (float)n + epsilon);
+    for (long i = 0; i < n; i++) y[i] = weight[i] * (x[i] * inverse);
+}
+
+DISPATCH void stitch_softmax(float *p, long n) {
+    float maximum = -__builtin_inff();
+    for (long i = 0; i < n; i++) maximum = p[i] > maximum ? p[i] : maximum;
+    if (maximum == -__builtin_inff()) maximum = 0;   /* a row masked throughout: exp(-inf) = 0 everywhere, sum 0 */
+    BLOCKWISE(p, n, v, { v -= maximum; fast_exp_v16(&v, &v); });
+    float inverse = 1 / row_sum(p, n, 0, 0);
+    for (long i = 0; i < n; i++) p[i] *= inverse;
 }
 
 void stitch_valid_columns(long offset, long stride, long size, long w_out, long *first, long *end) {
@@ -204,7 +254,8 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
                     sum = sum + in * taps[i * kw + j];
                 }
             }
-            activate_v16(&sum, bias, activation);
+            sum += bias;
+            activate_v16(&sum, activation);
             float *out = output + y * w_out + block * 16;
             if (block * 16 + 16 <= w_out) {
                 *(v16 *)out = sum;
@@ -254,8 +305,10 @@ DISPATCH void stitch_conv_direct(const float *input, long c_in, long in_plane, l
                 long columns = x_end - x0 < TILE_COLUMNS ? x_end - x0 : TILE_COLUMNS;
                 float *out = output + co0 * out_plane + y * w_out + x0;
                 for (int c = 0; c < TILE_CHANNELS; c++) {
-                    activate_v16(&acc[c][0], b[c], activation);
-                    activate_v16(&acc[c][1], b[c], activation);
+                    acc[c][0] += b[c];
+                    acc[c][1] += b[c];
+                    activate_v16(&acc[c][0], activation);
+                    activate_v16(&acc[c][1], activation);
                 }
                 if (columns == TILE_COLUMNS && channels == TILE_CHANNELS) {
                     for (int c = 0; c < TILE_CHANNELS; c++) {

@@ -185,9 +185,7 @@ public final class BLIPCaptioner: ImageCaptioner, @unchecked Sendable {
 
     /// Vocabulary logits of decoder hidden states: [..., d] -> [..., vocabulary].
     func logits(_ hidden: Tensor) -> Tensor {
-        var transformed = headTransform(hidden)
-        config.text.activation.apply(&transformed)
-        return linear(headNorm(transformed), weight: headWeight, bias: headBias)
+        linear(headNorm(headTransform(hidden, activation: config.text.activation)), weight: headWeight, bias: headBias)
     }
 }
 

@@ -37,9 +37,10 @@ struct Linear {
         if packed != nil { weights.forEach { $0.releaseFilePages() } }
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        if let packed { return linear(x, weight: packed, bias: bias) }
-        return linear(x, weight: weight!, bias: bias, layout: layout)
+    /// activation(x · Wᵀ + bias): with packed weights, the bias and activation run as the product finishes each block.
+    func callAsFunction(_ x: Tensor, activation: Activation? = nil) -> Tensor {
+        if let packed { return linear(x, weight: packed, bias: bias, activation: activation) }
+        return linear(x, weight: weight!, bias: bias, layout: layout, activation: activation)
     }
 
     /// Only the outputs `range` of an nn.Linear layer (a block of its weight's rows): x [..., in] -> [..., range.count].

@@ -320,23 +320,6 @@ struct Rotation {
     }
 }
 
-/// transformers' LlamaRMSNorm: each row over its root mean square, times the weight.
-func rmsNorm(_ x: Tensor, weight: Tensor, epsilon: Float) -> Tensor {
-    var out = x
-    let n = x.lastDimension
-    weight.withUnsafeBufferPointer { scale in
-        out.withUnsafeMutableBufferPointer { buffer in
-            for start in stride(from: 0, to: buffer.count, by: n) {
-                var sum: Float = 0
-                for i in start..<start + n { sum += buffer[i] * buffer[i] }
-                let inverse = 1 / (sum / Float(n) + epsilon).squareRoot()
-                for i in 0..<n { buffer[start + i] = scale[i] * (buffer[start + i] * inverse) }
-            }
-        }
-    }
-    return out
-}
-
 /// SwiGLU of fused [..., 2n] gate and up halves: silu(gate) * up, [..., n].
 func swiGLU(_ gateUp: Tensor) -> Tensor {
     let parts = splitLastDimension(gateUp, parts: 2)

@@ -127,11 +127,7 @@ public final class OWLViT: TextQueriedDetector, @unchecked Sendable {
     /// [patches, queries] of pixels [1, channels, size, size].
     public func predict(_ pixels: Tensor, queryEmbeddings queries: Tensor) throws -> (boxes: Tensor, logits: Tensor) {
         let features = try patchFeatures(pixels)
-        var boxes = boxDense0(features)
-        geluErf(&boxes)
-        boxes = boxDense1(boxes)
-        geluErf(&boxes)
-        boxes = boxDense2(boxes)
+        var boxes = boxDense2(boxDense1(boxDense0(features, activation: .gelu), activation: .gelu))
         addInPlace(&boxes, boxBias)
         sigmoid(&boxes)
 

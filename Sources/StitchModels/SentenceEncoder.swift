@@ -102,9 +102,7 @@ struct BERTLayer {
             addInPlace(&crossed, hidden)
             hidden = cross.norm(crossed)
         }
-        var inner = intermediate(hidden)
-        activation.apply(&inner)
-        var out = output(inner)
+        var out = output(intermediate(hidden, activation: activation))
         addInPlace(&out, hidden)
         return outputNorm(out)
     }

@@ -167,9 +167,7 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
         let values = linear(hidden, weight: head.inProjection.rows(2 * d..<3 * d), bias: head.inBias.rows(2 * d..<3 * d))
         let queries = concatenate(Array(repeating: query.reshaped([1, 1, d]), count: batch), axis: 0)   // [batch, 1, d]
         var pooled = head.out(multiHeadAttention(query: queries, key: keys, value: values, heads: head.heads, causal: false)).reshaped([batch, d])
-        var inner = head.fc1(head.layerNorm(pooled))
-        head.activation.apply(&inner)
-        addInPlace(&pooled, head.fc2(inner))
+        addInPlace(&pooled, head.fc2(head.fc1(head.layerNorm(pooled), activation: head.activation)))
         return pooled
     }
 

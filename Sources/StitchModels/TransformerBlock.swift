@@ -80,9 +80,7 @@ struct TransformerBlock {
 
     /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).
     private func addFeedForward(_ hidden: inout Tensor) {
-        var inner = fc1(layerNorm2(hidden))
-        activation.apply(&inner)
-        addInPlace(&hidden, fc2(inner))
+        addInPlace(&hidden, fc2(fc1(layerNorm2(hidden), activation: activation)))
     }
 }
 

@@ -1,3 +1,5 @@
+import CStitchKernels
+
 /// Keys and values of the positions seen so far, per layer, so that decoding
 /// one more token costs one row of projections instead of the whole prefix.
 /// Stored as [batch, capacity, width] (width = heads * headDim); grows by doubling.
@@ -185,7 +187,7 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
                 if let mask {
                     for j in 0..<tk where mask[b * tk + j] == 0 { row[j] = masked }
                 }
-                softmaxRow(row, tk)
+                stitch_softmax(row, tk)
             }
             // out_h [tq, d] = P [tq, tk] · V_h [tk, d]
             BLAS.gemm(transposeA: false, transposeB: false, m: tq, n: headDim, k: tk,
@@ -244,7 +246,7 @@ public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], pref
                         for i in 0..<t {
                             let row = scores + i * n
                             for j in (shared + i + 1)..<n { row[j] = masked }
-                            softmaxRow(row, n)
+                            stitch_softmax(row, n)
                         }
                         // out [t, headDim] = P_shared · V_prefix + P_own · V_own
                         if shared > 0 {

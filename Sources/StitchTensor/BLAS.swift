@@ -28,6 +28,9 @@ public enum BLAS {
     /// Products with fewer rows (decoding steps, small beams) stay with OpenBLAS: the kernel's tile is 12 rows.
     static let ownKernelRows = 16
 
+    /// Rows of a product a thread takes when a product splits by rows: the kernel's block of rows (MC in gemm.c).
+    static let rowsPerPart = 96
+
     /// The width of the column blocks a product of m x k by k x n splits into over `threads`: a block per thread, but
     /// none below ~1 MFLOP of work per extra core (~0.25 M weights streamed, for one row) or 64 columns, below which the
     /// split costs more than it saves; whole multiples of `multiple` (the kernel's panel or vector width).
@@ -162,10 +165,11 @@ public func batchedMatmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, tr
     return out
 }
 
-/// x [..., in] -> [..., out] with an optional bias [out].
-public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs) -> Tensor {
+/// x [..., in] -> activation(x · op(W) + bias) [..., out], the bias [out] and activation optional.
+public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs, activation: Activation? = nil) -> Tensor {
     var out = matmul(x, weight, transposeB: layout == .outputsByInputs)
     if let bias { addRowVector(&out, bias) }
+    activation?.apply(&out)
     return out
 }
 

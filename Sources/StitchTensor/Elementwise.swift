@@ -11,16 +11,6 @@ public func mapInPlace(_ x: inout Tensor, _ transform: (Float) -> Float) {
     }
 }
 
-/// GELU, exact form: x * Φ(x) with the error function (BERT, GPT-2 "gelu"), erf within 4.3e-7 (`stitch_gelu_erf`).
-public func geluErf(_ x: inout Tensor) { forEachChunk(&x) { stitch_gelu_erf($0, $1) } }
-
-/// GELU, tanh approximation (GPT-2's "gelu_new", CLIP's "gelu_pytorch_tanh"), with
-/// tanh(u) = 1 - 2 / (exp(2u) + 1) and an exp within about 1 ulp of expf.
-public func geluTanh(_ x: inout Tensor) { forEachChunk(&x) { stitch_gelu_tanh($0, $1) } }
-
-/// Quick GELU, x * sigmoid(1.702 x) (OpenAI CLIP).
-public func quickGelu(_ x: inout Tensor) { forEachChunk(&x) { stitch_quick_gelu($0, $1) } }
-
 /// The logistic sigmoid, in place.
 public func sigmoid(_ x: inout Tensor) { forEachChunk(&x) { stitch_sigmoid($0, $1) } }
 
@@ -39,16 +29,24 @@ func fastExponentials(_ x: [Float]) -> [Float] {
     return y
 }
 
-/// Activation functions named as in Hugging Face configs (`hidden_act`, `activation_function`).
+/// Activation functions named as in Hugging Face configs (`hidden_act`, `activation_function`): GELU's exact form
+/// (BERT, "gelu"; erf within 4.3e-7), its tanh form (GPT-2's "gelu_new", SigLIP's "gelu_pytorch_tanh"; an exp within
+/// about 1 ulp of expf), quick GELU x sigmoid(1.702 x) (OpenAI CLIP), ReLU.
 public enum Activation: String, Sendable, Codable {
     case gelu, geluNew = "gelu_new", geluPytorchTanh = "gelu_pytorch_tanh", quickGelu = "quick_gelu", relu
 
+    /// In place, in parallel chunks (`linear(_:weight:bias:activation:columns:)` fuses it into the product instead).
     public func apply(_ x: inout Tensor) {
+        let kernel = self.kernel
+        forEachChunk(&x) { stitch_bias_row_activation($0, $1, nil, kernel) }
+    }
+
+    var kernel: stitch_activation {
         switch self {
-        case .gelu: geluErf(&x)
-        case .geluNew, .geluPytorchTanh: geluTanh(&x)
-        case .quickGelu: StitchTensor.quickGelu(&x)
-        case .relu: mapInPlace(&x) { max($0, 0) }
+        case .gelu: return STITCH_ACTIVATION_GELU_ERF
+        case .geluNew, .geluPytorchTanh: return STITCH_ACTIVATION_GELU_TANH
+        case .quickGelu: return STITCH_ACTIVATION_QUICK_GELU
+        case .relu: return STITCH_ACTIVATION_RELU
         }
     }
 }
@@ -80,20 +78,7 @@ func forEachRow(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) ->
 
 /// Softmax over the last dimension, in place. Entries of -infinity get probability 0.
 public func softmaxLastDimension(_ x: inout Tensor) {
-    forEachRow(&x) { row, n in softmaxRow(row, n) }
-}
-
-@inline(__always)
-func softmaxRow(_ row: UnsafeMutablePointer<Float>, _ n: Int) {
-    var maximum = -Float.infinity
-    for j in 0..<n { maximum = max(maximum, row[j]) }
-    if maximum == -.infinity { maximum = 0 }
-    for j in 0..<n { row[j] -= maximum }
-    stitch_exp(row, row, n)   // the kernels' vectorised exp (within about 1 ulp of expf): a third of attention's non-GEMM time
-    var sum: Float = 0
-    for j in 0..<n { sum += row[j] }
-    let inverse = 1 / sum
-    for j in 0..<n { row[j] *= inverse }
+    forEachRow(&x) { row, n in stitch_softmax(row, n) }
 }
 
 /// Log-softmax over the last dimension, in place.
@@ -112,19 +97,30 @@ public func logSoftmaxLastDimension(_ x: inout Tensor) {
 public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, epsilon: Float) -> Tensor {
     let n = x.lastDimension
     precondition(weight.count == n && bias.count == n, "layerNorm of rows \(n) with weight \(weight.shape) bias \(bias.shape)")
-    var out = x
-    weight.withUnsafeBufferPointer { w in
+    return weight.withUnsafeBufferPointer { w in
         bias.withUnsafeBufferPointer { b in
-            let (wb, bb) = (w.baseAddress!, b.baseAddress!)
-            forEachRow(&out) { row, n in
-                var mean: Float = 0
-                for j in 0..<n { mean += row[j] }
-                mean /= Float(n)
-                var variance: Float = 0
-                for j in 0..<n { let d = row[j] - mean; variance += d * d }
-                variance /= Float(n)
-                let scale = 1 / (variance + epsilon).squareRoot()
-                for j in 0..<n { row[j] = (row[j] - mean) * scale * wb[j] + bb[j] }
+            mapRows(x) { stitch_layer_norm($0, $1, $2, w.baseAddress, b.baseAddress, epsilon) }
+        }
+    }
+}
+
+/// transformers' RMSNorm (Llama, Qwen2): each row over its root mean square, times the weight [n].
+public func rmsNorm(_ x: Tensor, weight: Tensor, epsilon: Float) -> Tensor {
+    precondition(weight.count == x.lastDimension, "rmsNorm of rows \(x.lastDimension) with weight \(weight.shape)")
+    return weight.withUnsafeBufferPointer { w in mapRows(x) { stitch_rms_norm($0, $1, $2, w.baseAddress, epsilon) } }
+}
+
+/// A tensor of x's shape whose rows of the last dimension are `body(row of x, row of the result, n)`, rows spread over
+/// the cores.
+func mapRows(_ x: Tensor, _ body: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
+    var out = Tensor(uninitialized: x.shape)
+    let n = x.lastDimension
+    let rows = x.count / max(n, 1)
+    x.withUnsafeBufferPointer { source in
+        out.withUnsafeMutableBufferPointer { target in
+            let (from, to) = (source.baseAddress!, target.baseAddress!)
+            Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(n, 1))) { range in
+                for r in range { body(from + r * n, to + r * n, n) }
             }
         }
     }

@@ -39,11 +39,18 @@ static double bf16_unbounded(uint32_t h) {
 
 static double activate(double x, stitch_activation activation) {
     switch (activation) {
+    case STITCH_ACTIVATION_NONE: return x;
     case STITCH_ACTIVATION_SILU: return x / (1 + exp(-x));
     case STITCH_ACTIVATION_RELU6: return x < 0 ? 0 : x > 6 ? 6 : x;
-    default: return x;
+    case STITCH_ACTIVATION_RELU: return x < 0 ? 0 : x;
+    case STITCH_ACTIVATION_GELU_ERF: return 0.5 * x * (1 + erf(x / sqrt(2)));
+    case STITCH_ACTIVATION_GELU_TANH: return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+    case STITCH_ACTIVATION_QUICK_GELU: return x / (1 + exp(-1.702 * x));
     }
+    return NAN;
 }
+
+static const char *activation_names[] = {"none", "silu", "relu6", "relu", "gelu_erf", "gelu_tanh", "quick_gelu"};
 
 static void add_index(void *context, long index) { __atomic_fetch_add((long *)context, index + 1, __ATOMIC_RELAXED); }
 
@@ -78,34 +85,75 @@ int main(void) {
     }
     report("exp (relative)", worst, 3e-7);
 
-    struct { const char *name; void (*kernel)(float *, long); int which; } maps[] = {
-        {"gelu_tanh", stitch_gelu_tanh, 0}, {"quick_gelu", stitch_quick_gelu, 1}, {"sigmoid", stitch_sigmoid, 2},
-        {"gelu_erf", stitch_gelu_erf, 3}};
-    for (int m = 0; m < 4; m++) {
-        for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
-        maps[m].kernel(p, N);
-        worst = 0;
-        for (int i = 0; i < N; i++) {
-            double v = x[i], want;
-            if (maps[m].which == 0) want = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
-            else if (maps[m].which == 1) want = v / (1 + exp(-1.702 * v));
-            else if (maps[m].which == 3) want = 0.5 * v * (1 + erf(v / sqrt(2)));
-            else want = 1 / (1 + exp(-v));
-            double e = fabs(p[i] - want) / (1 + fabs(want));
-            if (e > worst) worst = e;
-        }
-        report(maps[m].name, worst, 2e-6);
+    for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
+    stitch_sigmoid(p, N);
+    worst = 0;
+    for (int i = 0; i < N; i++) {
+        double e = fabs(p[i] - 1 / (1 + exp(-(double)x[i])));
+        if (e > worst) worst = e;
     }
+    report("sigmoid", worst, 2e-6);
 
-    for (int a = 0; a < 3; a++) {
-        for (int i = 0; i < N; i++) p[i] = x[i] = 8 * noise(&state);
+    /* each activation after a bias, one for all values (convolutions' channels) and one per column (products' rows),
+       relative to 1 + |value| */
+    static float bias_row[N];
+    for (int a = 0; a <= STITCH_ACTIVATION_QUICK_GELU; a++) {
+        char name[48];
+        for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
         stitch_bias_activation(p, N, 0.25f, (stitch_activation)a);
         worst = 0;
         for (int i = 0; i < N; i++) {
-            double e = fabs(p[i] - activate((double)x[i] + 0.25, (stitch_activation)a));
+            double want = activate((double)x[i] + 0.25, (stitch_activation)a), e = fabs(p[i] - want) / (1 + fabs(want));
             if (e > worst) worst = e;
         }
-        report(a == 0 ? "bias" : a == 1 ? "bias + silu" : "bias + relu6", worst, 2e-6);
+        snprintf(name, sizeof name, "bias + %s", activation_names[a]);
+        report(name, worst, 2e-6);
+        for (int i = 0; i < N; i++) { p[i] = x[i] = 12 * noise(&state); bias_row[i] = noise(&state); }
+        stitch_bias_row_activation(p, N, bias_row, (stitch_activation)a);
+        worst = 0;
+        for (int i = 0; i < N; i++) {
+            double want = activate((double)(x[i] + bias_row[i]), (stitch_activation)a), e = fabs(p[i] - want) / (1 + fabs(want));
+            if (e > worst) worst = e;
+        }
+        snprintf(name, sizeof name, "bias row + %s", activation_names[a]);
+        report(name, worst, 2e-6);
+    }
+
+    /* layer and RMS normalisation, softmax: rows of 1000 (62 blocks of 16 and a tail) around an offset of 3 */
+    {
+        enum { R = 1000 };
+        static float row[R], out[R], weight[R], bias[R];
+        double mean = 0, variance = 0, squares = 0;
+        for (int i = 0; i < R; i++) { row[i] = 3 + noise(&state); weight[i] = noise(&state); bias[i] = noise(&state); mean += row[i]; }
+        mean /= R;
+        for (int i = 0; i < R; i++) { variance += (row[i] - mean) * (row[i] - mean); squares += (double)row[i] * row[i]; }
+        variance /= R;
+        squares /= R;
+        stitch_layer_norm(row, out, R, weight, bias, 1e-5f);
+        worst = 0;
+        for (int i = 0; i < R; i++) {
+            double e = fabs(out[i] - ((row[i] - mean) / sqrt(variance + 1e-5) * weight[i] + bias[i]));
+            if (e > worst) worst = e;
+        }
+        report("layer_norm", worst, 1e-5);
+        stitch_rms_norm(row, out, R, weight, 1e-6f);
+        worst = 0;
+        for (int i = 0; i < R; i++) {
+            double e = fabs(out[i] - weight[i] * row[i] / sqrt(squares + 1e-6));
+            if (e > worst) worst = e;
+        }
+        report("rms_norm", worst, 1e-6);
+        double total = 0, high = -INFINITY;
+        for (int i = 0; i < R; i++) { row[i] = 10 * noise(&state); high = row[i] > high ? row[i] : high; }
+        for (int i = 0; i < R; i++) total += exp(row[i] - high);
+        memcpy(out, row, sizeof row);
+        stitch_softmax(out, R);
+        worst = 0;
+        for (int i = 0; i < R; i++) {
+            double want = exp(row[i] - high) / total, e = fabs(out[i] - want) / want;
+            if (e > worst) worst = e;
+        }
+        report("softmax (relative)", worst, 2e-6);
     }
 
     /* depthwise 3x3 and 5x5, strides 1 and 2, padded */

@@ -125,7 +125,7 @@ final class TensorBasicsTests: XCTestCase {
     func testGeluErfAccuracy() {
         let inputs = (0...2_400_000).map { -12 + Float($0) * (24 / 2_400_000) }
         var gelu = Tensor(shape: [inputs.count], scalars: inputs)
-        geluErf(&gelu)
+        Activation.gelu.apply(&gelu)
         var worst = 0.0
         for (x, fast) in zip(inputs, gelu.scalars) {
             let exact = 0.5 * Double(x) * (1 + erf(Double(x) / 2.0.squareRoot()))
@@ -134,7 +134,7 @@ final class TensorBasicsTests: XCTestCase {
         print("GELU (erf): max error \(worst) x max(1, |x|) over [-12, 12]")
         XCTAssertLessThanOrEqual(worst, 3e-7)
         var extremes = Tensor(shape: [4], scalars: [-100, 100, 0, -0])
-        geluErf(&extremes)
+        Activation.gelu.apply(&extremes)
         XCTAssertEqual(extremes.scalars, [-0, 100, 0, -0])
     }
 
@@ -145,10 +145,10 @@ final class TensorBasicsTests: XCTestCase {
         // Row by row, each call is too small to split: the serial path.
         let serial = (0..<n / 100).flatMap { row -> [Float] in
             var part = x.row(row)
-            quickGelu(&part)
+            Activation.quickGelu.apply(&part)
             return part.scalars
         }
-        quickGelu(&x)
+        Activation.quickGelu.apply(&x)
         XCTAssertEqual(x.scalars, serial)
         var y = Tensor(shape: [n / 100, 100], repeating: 1)
         addInPlace(&y, x)

@@ -116,6 +116,35 @@ final class PackedProductTests: XCTestCase {
         }
         print("packed FP32 products: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to the unpacked kernel")
     }
+
+    /// The bias and activation a packed product applies to each block of rows as it finishes it: the same bits as the
+    /// product, then the bias, then the activation in passes of their own, whether the product splits by rows (many) or
+    /// columns (few), over all outputs or a range of them, at each precision this CPU runs.
+    func testFusedBiasAndActivationEqualSeparatePasses() throws {
+        try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512; products go to OpenBLAS")
+        var generator = SeededGenerator(seed: 11)
+        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
+        let activations: [Activation?] = [nil, .gelu, .geluNew, .quickGelu, .relu]
+        var checked = 0
+        for precision in Precision.allCases where precision.unavailableReason == nil {
+            for (m, n, k) in [(3, 45, 70), (16, 100, 33), (250, 77, 300)] {
+                let x = Tensor(shape: [m, k], scalars: random(m * k))
+                let weight = PackedWeights.pack(Tensor(shape: [n, k], scalars: random(n * k)), layout: .outputsByInputs, precision: precision)!
+                let bias = Tensor(shape: [n], scalars: random(n))
+                for activation in activations {
+                    for columns in [0..<n, 32..<n] {
+                        let fused = linear(x, weight: weight, bias: bias, activation: activation, columns: columns)
+                        var separate = linear(x, weight: weight, bias: nil, columns: columns)
+                        addRowVector(&separate, bias.rows(columns))
+                        activation?.apply(&separate)
+                        XCTAssertEqual(fused.scalars, separate.scalars, "\(precision) m \(m) n \(n) k \(k) \(activation.map { "\($0)" } ?? "no activation") columns \(columns)")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        print("fused bias and activation: \(checked) products bit-identical to separate passes")
+    }
 }
 
 /// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and both of the kernel's ways (dot

@@ -8,7 +8,13 @@
    Floating-point contraction is off (except in the direct convolution), so every variant of the
    element-wise kernels computes bit-identical results. */
 
-typedef enum { STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_ACTIVATION_RELU6 = 2 } stitch_activation;
+/* Activations, fused into convolutions and products or a pass of their own: SiLU (YOLOX), ReLU6 (EfficientNet-Lite),
+   and the transformers' MLP activations: ReLU, GELU's exact form (erf within 4.3e-7), its tanh form, quick GELU
+   x sigmoid(1.702 x). */
+typedef enum {
+    STITCH_ACTIVATION_NONE = 0, STITCH_ACTIVATION_SILU = 1, STITCH_ACTIVATION_RELU6 = 2, STITCH_ACTIVATION_RELU = 3,
+    STITCH_ACTIVATION_GELU_ERF = 4, STITCH_ACTIVATION_GELU_TANH = 5, STITCH_ACTIVATION_QUICK_GELU = 6
+} stitch_activation;
 
 /* The variant of the kernels below this CPU runs ("x86-64-v4", "x86-64-v3" or "baseline": the level the
    load-time resolver of their target clones picks; "aarch64" or "portable" elsewhere, compiled once). */
@@ -32,9 +38,10 @@ void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, 
 
 /* Columns [column_begin, column_end) of A[m, k] · op(W) into C (row stride ldc; c points at column column_begin), op(W)
    packed by stitch_sgemm_pack into 64-byte-aligned memory (column_begin a multiple of 32): the same bits as
-   stitch_sgemm; only where stitch_sgemm_available(). */
+   stitch_sgemm; only where stitch_sgemm_available(). Then, as stitch_bias_row_activation, bias (its entries for these
+   columns; NULL: none) and the activation, each block of rows while it is in cache. */
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
-                         float *c, long ldc);
+                         float *c, long ldc, const float *bias, stitch_activation activation);
 
 /* y[n] = W[n, k] (row stride ldw) · x[k]; only where stitch_sgemm_available(). */
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y);
@@ -52,21 +59,26 @@ void stitch_bf16_pack(int transpose, long n, long k, const float *w, long ldw, u
 
 /* Columns [column_begin, column_end) of bf16(A[m, k]) · op(W) into C (row stride ldc; c points at column column_begin),
    op(W) packed by stitch_bf16_pack (column_begin a multiple of 32): products of bfloat16 pairs summed in single
-   precision; only where stitch_bf16_available(). */
+   precision; only where stitch_bf16_available(). Bias and activation as for stitch_sgemm_packed. */
 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
-                      float *c, long ldc);
+                      float *c, long ldc, const float *bias, stitch_activation activation);
 
 /* y[i] = e^x[i], within about 1 ulp of expf (0 and +inf outside its range). */
 void stitch_exp(const float *x, float *y, long n);
 
-/* In place: GELU exact (erf) form within 4.3e-7 of erf, GELU tanh form, quick GELU x*sigmoid(1.702x), logistic sigmoid. */
-void stitch_gelu_erf(float *p, long n);
-void stitch_gelu_tanh(float *p, long n);
-void stitch_quick_gelu(float *p, long n);
+/* In place: the logistic sigmoid. */
 void stitch_sigmoid(float *p, long n);
 
-/* In place: p[i] = activation(p[i] + bias). */
+/* One row of n: layer normalisation y = (x - mean) / sqrt(variance + epsilon) * weight + bias; RMS normalisation
+   y = weight * (x / sqrt(mean of squares + epsilon)); softmax in place (a row of -inf gives 0/0, as torch's NaN). Sums
+   over sixteen lanes, the same order in every variant. y may be x. */
+void stitch_layer_norm(const float *x, float *y, long n, const float *weight, const float *bias, float epsilon);
+void stitch_rms_norm(const float *x, float *y, long n, const float *weight, float epsilon);
+void stitch_softmax(float *p, long n);
+
+/* In place: p[i] = activation(p[i] + bias); p[i] = activation(p[i] + bias[i]) (bias may be NULL: none). */
 void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation);
+void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation);
 
 /* The output columns [first, end) of w_out whose input column x * stride + offset lies in [0, size). */
 void stitch_valid_columns(long offset, long stride, long size, long w_out, long *first, long *end);
