@@ -48,7 +48,7 @@ let package = Package(
         // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.
         .target(name: "StitchModels", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers"]),
         // Methods: decoding strategies (greedy, sampling, beam, contrastive) and MAGiC.
-        .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "CZlib"]),
+        .target(name: "StitchMethods", dependencies: ["StitchTensor", "StitchModelIO", "StitchImaging", "StitchTokenizers", "StitchModels", "CZlib", "CStitchKernels"]),
         // Remote language models: an OpenAI-compatible completions client (over StitchModelIO's HTTP layer) and the
         // HTTP server `stitch serve` runs on (Hummingbird over SwiftNIO).
         .target(name: "StitchRemote", dependencies: ["StitchModels", "StitchMethods", "StitchModelIO",

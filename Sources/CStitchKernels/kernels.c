@@ -231,6 +231,56 @@ DISPATCH void stitch_softmax(float *p, long n) {
     for (i = 0; i < n; i++) p[i] *= inverse;
 }
 
+DISPATCH long stitch_append_above(const float *offered, long n, float threshold, int32_t first_index, float *values,
+                                  int32_t *indices, long kept) {
+    /* Without a branch: each value is written after the kept ones and counted only if it is above the threshold. */
+    for (long i = 0; i < n; i++) {
+        values[kept] = offered[i];
+        indices[kept] = first_index + (int32_t)i;
+        kept += offered[i] > threshold;
+    }
+    return kept;
+}
+
+typedef uint32_t v16u __attribute__((vector_size(64), aligned(4)));
+
+/* A key ordered as the float values are (-0 and +0 as one). */
+static inline uint32_t order_key(float value) {
+    float canonical = value + 0.0f;   /* -0 + 0 is +0 */
+    uint32_t bits;
+    memcpy(&bits, &canonical, sizeof bits);
+    return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+
+DISPATCH float stitch_keep_best(float *values, int32_t *indices, uint32_t *keys, long count, long k) {
+    for (long i = 0; i < count; i++) keys[i] = order_key(values[i]);
+    /* The k-th largest key: the largest with k keys at or above it, decided a bit at a time from the top. */
+    uint32_t kth = 0;
+    for (int bit = 31; bit >= 0; bit--) {
+        uint32_t candidate = kth | 1u << bit;
+        v16i counts = (v16i){0};
+        long i = 0;
+        for (; i + 16 <= count; i += 16) counts -= (v16i)(*(const v16u *)(keys + i) >= candidate);   /* true is -1 */
+        long at_or_above = 0;
+        for (int lane = 0; lane < 16; lane++) at_or_above += counts[lane];
+        for (; i < count; i++) at_or_above += keys[i] >= candidate;
+        if (at_or_above >= k) kth = candidate;
+    }
+    long above = 0;
+    for (long i = 0; i < count; i++) above += keys[i] > kth;
+    long ties = k - above, kept = 0;   /* values equal to the k-th kept, the first (lowest indices) first */
+    float threshold = 0;
+    for (long i = 0; i < count; i++) {
+        long tie = keys[i] == kth && ties > 0;
+        if (keys[i] == kth) threshold = values[i];
+        values[kept] = values[i];
+        indices[kept] = indices[i];
+        kept += (keys[i] > kth) | tie;
+        ties -= tie;
+    }
+    return threshold;
+}
+
 void stitch_valid_columns(long offset, long stride, long size, long w_out, long *first, long *end) {
     long lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
     long hi = size - offset <= 0 ? 0 : (size - offset - 1) / stride + 1;

@@ -1,3 +1,4 @@
+import CStitchKernels
 import Foundation
 import StitchModelIO
 import StitchTensor
@@ -112,7 +113,7 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
         }
     }
     return (0..<q).map { row in
-        let order = best[row].best(k).sorted { $0.index < $1.index }
+        let order = best[row].best(k)   // in anchor order
         var values = order.map { powf($0.value, settings.p) }
         let norm = values.reduce(0) { $0 + $1 * $1 }.squareRoot()
         if norm > 0 { values = values.map { $0 / norm } }
@@ -120,63 +121,70 @@ public func relativeRepresentations(_ queries: Tensor, anchors: AnchorMatrix, se
     }
 }
 
-/// One query's best similarities so far: values above the running threshold are collected, and
-/// the list is cut back to the k best whenever it reaches twice that.
+/// One query's best similarities so far, in anchor order: values above the running threshold are appended as they
+/// are offered, and the list is cut back to the k best whenever it reaches twice that.
 struct KeptSimilarities {
-    private var entries: [(value: Float, index: Int32)]
+    /// Values, their anchor indices, and the cut's keys: plain memory owned by `storage`, so updates need no
+    /// exclusivity or uniqueness checks at run time.
+    private let storage: KeptStorage
+    private var count = 0
     private var threshold = -Float.infinity
 
-    init(capacity: Int) { entries = []; entries.reserveCapacity(capacity + 1) }
+    init(capacity: Int) { storage = KeptStorage(capacity: capacity) }
 
-    mutating func offer(_ values: UnsafePointer<Float>, count: Int, firstIndex: Int, keep k: Int) {
-        for j in 0..<count where values[j] > threshold || (entries.count < k && values[j] == threshold) {
-            entries.append((values[j], Int32(firstIndex + j)))
-            if entries.count >= 2 * k { prune(k) }
-        }
-    }
-
-    /// Keeps the k best; later offers must beat the k-th (an equal value loses to the lower index kept).
-    private mutating func prune(_ k: Int) {
-        entries.withUnsafeMutableBufferPointer { selectBest($0, k) }
-        entries.removeLast(entries.count - k)
-        threshold = entries[k - 1].value
-    }
-
-    /// The k best, in no particular order.
-    mutating func best(_ k: Int) -> [(value: Float, index: Int32)] {
-        if entries.count > k { prune(k) }
-        return entries
-    }
-}
-
-/// Moves the k best of `entries` (by `ranksBefore`, a total order) to the front with the k-th best at k - 1, in
-/// linear time on average: Hoare's selection with a median-of-three pivot.
-private func selectBest(_ entries: UnsafeMutableBufferPointer<(value: Float, index: Int32)>, _ k: Int) {
-    var low = 0, high = entries.count - 1
-    while low < high {
-        let middle = low + (high - low) / 2
-        if ranksBefore(entries[high], entries[low]) { entries.swapAt(low, high) }
-        if ranksBefore(entries[middle], entries[low]) { entries.swapAt(middle, low) }
-        if ranksBefore(entries[high], entries[middle]) { entries.swapAt(middle, high) }
-        let pivot = entries[middle]
-        var i = low, j = high
-        while i <= j {
-            while ranksBefore(entries[i], pivot) { i += 1 }
-            while ranksBefore(pivot, entries[j]) { j -= 1 }
-            if i <= j {
-                entries.swapAt(i, j)
-                i += 1
-                j -= 1
+    mutating func offer(_ offered: UnsafePointer<Float>, count n: Int, firstIndex: Int, keep k: Int) {
+        let (values, indices) = (storage.values, storage.indices)
+        var j = 0
+        while j < n {
+            var kept = count
+            if kept < k {
+                // Until k are kept (before the first cut, when the threshold is -inf): every value but NaN.
+                let end = min(n, j + k - kept)
+                for i in j..<end where offered[i] >= threshold {
+                    (values[kept], indices[kept]) = (offered[i], Int32(firstIndex + i))
+                    kept += 1
+                }
+                j = end
+            } else {
+                // Values that beat the threshold (a kept value that equals it has the lower index), no more than
+                // 2k - kept of them at a time.
+                let end = min(n, j + 2 * k - kept)
+                kept = stitch_append_above(offered + j, end - j, threshold, Int32(firstIndex + j), values, indices, kept)
+                j = end
             }
+            count = kept
+            if count >= 2 * k { cut(to: k) }
         }
-        // [low, j] rank before the pivot's place, [i, high] after it, anything between is in its final place.
-        if k - 1 <= j { high = j } else if k - 1 >= i { low = i } else { return }
+    }
+
+    /// Keeps the k best in anchor order (equal values by lower index); later offers must beat the k-th.
+    private mutating func cut(to k: Int) {
+        threshold = stitch_keep_best(storage.values, storage.indices, storage.keys, count, k)
+        count = k
+    }
+
+    /// The k best, in anchor order.
+    mutating func best(_ k: Int) -> [(value: Float, index: Int32)] {
+        if count > k { cut(to: k) }
+        return (0..<count).map { (storage.values[$0], storage.indices[$0]) }
     }
 }
 
-/// Larger similarity first; equal ones by lower anchor index.
-private func ranksBefore(_ a: (value: Float, index: Int32), _ b: (value: Float, index: Int32)) -> Bool {
-    a.value > b.value || (a.value == b.value && a.index < b.index)
+/// A `KeptSimilarities`'s memory: room for `capacity` values, indices and keys.
+private final class KeptStorage {
+    let values: UnsafeMutablePointer<Float>
+    let indices: UnsafeMutablePointer<Int32>
+    let keys: UnsafeMutablePointer<UInt32>
+
+    init(capacity: Int) {
+        (values, indices, keys) = (.allocate(capacity: max(capacity, 1)), .allocate(capacity: max(capacity, 1)), .allocate(capacity: max(capacity, 1)))
+    }
+
+    deinit {
+        values.deallocate()
+        indices.deallocate()
+        keys.deallocate()
+    }
 }
 
 /// Dot products [a, b] of relative representations in an N-anchor space: each row of `a` is

@@ -247,6 +247,36 @@ int main(void) {
             }
         report("bf16_pack", worst, 0);
     }
+    /* the running top-k: 3000 values on 13 levels (ties everywhere, -0 beside +0, a NaN), k = 200, against counting
+       how many rank before each value (larger, or equal at a lower index) */
+    {
+        enum { C = 3000, K = 200 };
+        static float offered[C], values[2 * K];
+        static int32_t indices[2 * K];
+        static uint32_t keys[2 * K];
+        for (int i = 0; i < C; i++) offered[i] = (float)((int)((noise(&state) + 1) * 6.5f) - 6);
+        offered[17] = -0.0f;
+        offered[18] = 0.0f;
+        offered[19] = NAN;
+        long kept = 0;
+        float threshold = -INFINITY;
+        for (long start = 0, n; start < C; start += n) {
+            n = C - start < 2 * K - kept ? C - start : 2 * K - kept;
+            kept = stitch_append_above(offered + start, n, threshold, (int32_t)start, values, indices, kept);
+            if (kept == 2 * K) { threshold = stitch_keep_best(values, indices, keys, kept, K); kept = K; }
+        }
+        if (kept > K) threshold = stitch_keep_best(values, indices, keys, kept, K);
+        worst = 0;
+        long next = 0;   /* the kept indices, in order, are exactly those with fewer than K ranking before them */
+        for (int i = 0; i < C; i++) {
+            if (isnan(offered[i])) continue;
+            long before = 0;
+            for (int j = 0; j < C; j++) before += !isnan(offered[j]) && (offered[j] > offered[i] || (offered[j] == offered[i] && j < i));
+            if (before < K && (next >= K || indices[next++] != i)) worst = INFINITY;
+            if (before == K - 1 && threshold != offered[i]) worst = INFINITY;
+        }
+        report("append_above, keep_best", next == K ? worst : INFINITY, 0);
+    }
 #if !defined(__x86_64__)
     report("bf16 gemm not offered", stitch_bf16_available() ? INFINITY : 0, 0);
     report("sgemm not offered", stitch_sgemm_available() ? INFINITY : 0, 0);

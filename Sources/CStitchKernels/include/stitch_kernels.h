@@ -80,6 +80,14 @@ void stitch_softmax(float *p, long n);
 void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation);
 void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation);
 
+/* A running top-k (ASIF's k best similarities of a query, kept in anchor order). stitch_append_above appends the n
+   offered values above threshold (NaN never) to values/indices, which hold `kept` and have room for kept + n, their
+   indices first_index + i; returns the new count. stitch_keep_best keeps the k best of `count` (0 < k <= count) in
+   place and in their order, equal values the earliest first, with keys as scratch for count; returns the k-th best. */
+long stitch_append_above(const float *offered, long n, float threshold, int32_t first_index, float *values,
+                         int32_t *indices, long kept);
+float stitch_keep_best(float *values, int32_t *indices, uint32_t *keys, long count, long k);
+
 /* The output columns [first, end) of w_out whose input column x * stride + offset lies in [0, size). */
 void stitch_valid_columns(long offset, long stride, long size, long w_out, long *first, long *end);
 
