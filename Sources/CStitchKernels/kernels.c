@@ -288,41 +288,31 @@ void stitch_valid_columns(long offset, long stride, long size, long w_out, long 
     *end = hi < *first ? *first : (hi < w_out ? hi : w_out);
 }
 
-DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const float *taps, long kh, long kw, long stride,
-                                       long pad_top, long pad_left, float *output, long h_out, long w_out,
-                                       float bias, stitch_activation activation) {
-    /* Each output row sums its taps in registers, 16 outputs at a time, read from copies of its kh input rows with the
-       zero border in place (and room for the last block's reads), so the inner loop has no bounds to check; every
-       output sums its taps in (i, j) order, a multiply then an add, as a scalar loop would, then bias and activation. */
-    long blocks = (w_out + 15) / 16, width = blocks * 16 * stride + kw + 16;
-    float *rows = malloc(sizeof(float) * (size_t)(kh * width));
-    if (!rows) abort();
+/* Output rows [0, h_out) of one depthwise channel from `plane`, its input rows with the zero border in place (rows
+   `width` apart, room for the last block's reads). KH, KW and STRIDE are constants where the caller names them, so
+   the taps stay in registers and the loops unroll. Every output sums its taps in (i, j) order, a multiply then an add,
+   as a scalar loop would, then bias and activation. */
+static inline __attribute__((always_inline)) void depthwise_rows(const int KH, const int KW, const int STRIDE, const float *plane,
+                                                                 long width, const float *taps, float *output, long h_out,
+                                                                 long w_out, float bias, stitch_activation activation) {
+    long blocks = (w_out + 15) / 16;
     for (long y = 0; y < h_out; y++) {
-        for (long i = 0; i < kh; i++) {
-            float *row = rows + i * width;
-            long sy = y * stride + i - pad_top;
-            long copied = sy >= 0 && sy < h ? (w < width - pad_left ? w : width - pad_left) : 0;
-            memset(row, 0, sizeof(float) * (size_t)(copied ? pad_left : width));
-            if (copied) {
-                memcpy(row + pad_left, input + sy * w, sizeof(float) * (size_t)copied);
-                memset(row + pad_left + copied, 0, sizeof(float) * (size_t)(width - pad_left - copied));
-            }
-        }
+        const float *top = plane + y * STRIDE * width;
         for (long block = 0; block < blocks; block++) {
             v16 sum = {0};
-            for (long i = 0; i < kh; i++) {
-                const float *row = rows + i * width + block * 16 * stride;
-                for (long j = 0; j < kw; j++) {
+            for (int i = 0; i < KH; i++) {
+                const float *row = top + i * width + block * 16 * STRIDE;
+                for (int j = 0; j < KW; j++) {
                     v16 in;
-                    if (stride == 1) {
+                    if (STRIDE == 1) {
                         in = *(const v16 *)(row + j);
-                    } else if (stride == 2) {
+                    } else if (STRIDE == 2) {
                         v16 even = *(const v16 *)(row + j), odd = *(const v16 *)(row + j + 16);
                         in = __builtin_shufflevector(even, odd, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
                     } else {
-                        for (int lane = 0; lane < 16; lane++) in[lane] = row[lane * stride + j];
+                        for (int lane = 0; lane < 16; lane++) in[lane] = row[lane * STRIDE + j];
                     }
-                    sum = sum + in * taps[i * kw + j];
+                    sum = sum + in * taps[i * KW + j];
                 }
             }
             sum += bias;
@@ -337,7 +327,34 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
             }
         }
     }
-    free(rows);
+}
+
+DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const float *taps, long kh, long kw, long stride,
+                                       long pad_top, long pad_left, float *output, long h_out, long w_out,
+                                       float bias, stitch_activation activation) {
+    /* The input rows the outputs read, copied once with the zero border in place (copying them per output row cost
+       more than the sums on YOLOX's narrow planes). */
+    long blocks = (w_out + 15) / 16, width = blocks * 16 * stride + kw + 16, rows = (h_out - 1) * stride + kh;
+    float *plane = malloc(sizeof(float) * (size_t)(rows * width));
+    if (!plane) abort();
+    long copied = w < width - pad_left ? w : width - pad_left;
+    for (long r = 0; r < rows; r++) {
+        float *row = plane + r * width;
+        long sy = r - pad_top;
+        if (sy < 0 || sy >= h) {
+            memset(row, 0, sizeof(float) * (size_t)width);
+            continue;
+        }
+        memset(row, 0, sizeof(float) * (size_t)pad_left);   /* only the border: zeroing whole rows cost as much as the sums */
+        memcpy(row + pad_left, input + sy * w, sizeof(float) * (size_t)copied);
+        memset(row + pad_left + copied, 0, sizeof(float) * (size_t)(width - pad_left - copied));
+    }
+    if (kh == 3 && kw == 3 && stride == 1) depthwise_rows(3, 3, 1, plane, width, taps, output, h_out, w_out, bias, activation);
+    else if (kh == 3 && kw == 3 && stride == 2) depthwise_rows(3, 3, 2, plane, width, taps, output, h_out, w_out, bias, activation);
+    else if (kh == 5 && kw == 5 && stride == 1) depthwise_rows(5, 5, 1, plane, width, taps, output, h_out, w_out, bias, activation);
+    else if (kh == 5 && kw == 5 && stride == 2) depthwise_rows(5, 5, 2, plane, width, taps, output, h_out, w_out, bias, activation);
+    else depthwise_rows((int)kh, (int)kw, (int)stride, plane, width, taps, output, h_out, w_out, bias, activation);
+    free(plane);
 }
 
 

@@ -184,8 +184,11 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
                 case let .conv(sequence): for conv in sequence { x = conv(x) }
                 case let .csp(layer): x = layer(x)
                 case let .spp(conv1, conv2):
+                    // Pools of 5, 9 and 13 as one of 5 applied once, twice and three times (max windows compose, the
+                    // -inf padding included): the same values for 15 comparisons an output instead of 27.
                     let y = conv1(x)
-                    x = conv2(concatenate([y] + [5, 9, 13].map { maxPoolSame(y, kernel: $0) }, axis: 0))
+                    let pool5 = maxPoolSame(y, kernel: 5), pool9 = maxPoolSame(pool5, kernel: 5)
+                    x = conv2(concatenate([y, pool5, pool9, maxPoolSame(pool9, kernel: 5)], axis: 0))
                 }
             }
             if i >= 1 { features.append(x) }

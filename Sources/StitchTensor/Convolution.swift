@@ -265,11 +265,13 @@ public func maxPoolSame(_ x: Tensor, kernel: Int) -> Tensor {
                             m[plane + y * w + xo] = best
                         }
                     }
+                    // Columns a row at a time: the inner loop runs along a row, which vectorises.
                     for y in 0..<h {
-                        for xo in 0..<w {
-                            var best = -Float.infinity
-                            for yi in max(y - r, 0)...min(y + r, h - 1) { best = max(best, m[plane + yi * w + xo]) }
-                            d[plane + y * w + xo] = best
+                        let out = d + plane + y * w
+                        out.update(from: m + plane + max(y - r, 0) * w, count: w)
+                        for yi in max(y - r, 0) + 1 ..< min(y + r, h - 1) + 1 {
+                            let row = m + plane + yi * w
+                            for xo in 0..<w { out[xo] = row[xo] > out[xo] ? row[xo] : out[xo] }
                         }
                     }
                 }

@@ -258,3 +258,32 @@ final class HalfWideningTests: XCTestCase {
         XCTAssertEqual(mismatches, 0)
     }
 }
+
+/// Max pooling with a k x k window and k/2 padding that never wins: against the window's maximum taken directly, and
+/// the pools of 9 and 13 equal to one of 5 applied twice and three times (YOLOX's spatial pyramid pools so).
+final class MaxPoolTests: XCTestCase {
+    func testWindowsAndComposedPools() {
+        var generator = SeededGenerator(seed: 5)
+        let (c, h, w) = (3, 11, 17)
+        // Values from a few levels, so that equal maxima are common.
+        let x = Tensor(shape: [c, h, w], scalars: (0..<c * h * w).map { _ in Float(generator.next() % 7) - 3 })
+        for k in [1, 3, 5, 9, 13] {
+            let r = k / 2
+            let pooled = maxPoolSame(x, kernel: k).scalars
+            for channel in 0..<c {
+                for y in 0..<h {
+                    for xo in 0..<w {
+                        var best = -Float.infinity
+                        for yi in max(0, y - r)...min(h - 1, y + r) {
+                            for xi in max(0, xo - r)...min(w - 1, xo + r) { best = max(best, x.scalars[(channel * h + yi) * w + xi]) }
+                        }
+                        XCTAssertEqual(pooled[(channel * h + y) * w + xo], best, "k \(k) at [\(channel), \(y), \(xo)]")
+                    }
+                }
+            }
+        }
+        let pool5 = maxPoolSame(x, kernel: 5), pool9 = maxPoolSame(pool5, kernel: 5)
+        XCTAssertEqual(pool9.scalars, maxPoolSame(x, kernel: 9).scalars)
+        XCTAssertEqual(maxPoolSame(pool9, kernel: 5).scalars, maxPoolSame(x, kernel: 13).scalars)
+    }
+}
