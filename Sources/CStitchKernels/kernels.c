@@ -156,6 +156,25 @@ DISPATCH void stitch_sigmoid(float *p, long n) {
     });
 }
 
+/* Vectors pass by pointer (see fast_exp_v16). */
+static inline __attribute__((always_inline)) void swiglu_v16(const v16 *gate, const v16 *up, v16 *out) {
+    v16 negated = -*gate, e;
+    fast_exp_v16(&negated, &e);
+    *out = *gate * (1.0f / (1.0f + e)) * *up;   /* as stitch_sigmoid, then gate times it times up */
+}
+
+DISPATCH void stitch_swiglu(const float *gate, const float *up, float *out, long n) {
+    long i = 0;
+    for (; i + 16 <= n; i += 16) swiglu_v16((const v16 *)(gate + i), (const v16 *)(up + i), (v16 *)(out + i));
+    if (i < n) {
+        v16 g = {0}, u = {0}, result;
+        memcpy(&g, gate + i, (size_t)(n - i) * sizeof(float));
+        memcpy(&u, up + i, (size_t)(n - i) * sizeof(float));
+        swiglu_v16(&g, &u, &result);
+        memcpy(out + i, &result, (size_t)(n - i) * sizeof(float));
+    }
+}
+
 DISPATCH void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation) {
     BLOCKWISE(p, n, v, { v += bias; activate_v16(&v, activation); });
 }

@@ -319,18 +319,3 @@ struct Rotation {
         }
     }
 }
-
-/// SwiGLU of fused [..., 2n] gate and up halves: silu(gate) * up, [..., n].
-func swiGLU(_ gateUp: Tensor) -> Tensor {
-    let parts = splitLastDimension(gateUp, parts: 2)
-    var gate = parts[0]
-    sigmoid(&gate)
-    parts[0].withUnsafeBufferPointer { g in
-        parts[1].withUnsafeBufferPointer { u in
-            gate.withUnsafeMutableBufferPointer { s in
-                for i in 0..<s.count { s[i] = g[i] * s[i] * u[i] }
-            }
-        }
-    }
-    return gate
-}

@@ -14,6 +14,22 @@ public func mapInPlace(_ x: inout Tensor, _ transform: (Float) -> Float) {
 /// The logistic sigmoid, in place.
 public func sigmoid(_ x: inout Tensor) { forEachChunk(&x) { stitch_sigmoid($0, $1) } }
 
+/// SwiGLU (Llama's MLP) of fused [..., 2n] gate and up halves: silu(gate) * up, [..., n], in one pass.
+public func swiGLU(_ gateUp: Tensor) -> Tensor {
+    let n = gateUp.lastDimension / 2
+    var out = Tensor(uninitialized: Array(gateUp.shape.dropLast()) + [n])
+    let rows = out.count / max(n, 1)
+    gateUp.withUnsafeBufferPointer { source in
+        out.withUnsafeMutableBufferPointer { target in
+            let (from, to) = (source.baseAddress!, target.baseAddress!)
+            Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(n, 1))) { range in
+                for r in range { stitch_swiglu(from + r * 2 * n, from + r * 2 * n + n, to + r * n, n) }
+            }
+        }
+    }
+    return out
+}
+
 /// Runs `body` on parallel chunks of the elements (pointer, count).
 func forEachChunk(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) -> Void) {
     x.withUnsafeMutableBufferPointer { buffer in

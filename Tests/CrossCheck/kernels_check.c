@@ -94,6 +94,15 @@ int main(void) {
     }
     report("sigmoid", worst, 2e-6);
 
+    for (int i = 0; i < N; i++) { x[i] = 12 * noise(&state); y[i] = 3 * noise(&state); }
+    stitch_swiglu(x, y, p, N);
+    worst = 0;
+    for (int i = 0; i < N; i++) {
+        double want = (double)x[i] / (1 + exp(-(double)x[i])) * y[i], e = fabs(p[i] - want) / (1 + fabs(want));
+        if (e > worst) worst = e;
+    }
+    report("swiglu", worst, 2e-6);
+
     /* each activation after a bias, one for all values (convolutions' channels) and one per column (products' rows),
        relative to 1 + |value| */
     static float bias_row[N];

@@ -69,6 +69,9 @@ void stitch_exp(const float *x, float *y, long n);
 /* In place: the logistic sigmoid. */
 void stitch_sigmoid(float *p, long n);
 
+/* Llama's SwiGLU MLP: out[i] = gate[i] sigmoid(gate[i]) up[i] (sigmoid as stitch_sigmoid). out may be gate. */
+void stitch_swiglu(const float *gate, const float *up, float *out, long n);
+
 /* One row of n: layer normalisation y = (x - mean) / sqrt(variance + epsilon) * weight + bias; RMS normalisation
    y = weight * (x / sqrt(mean of squares + epsilon)); softmax in place (a row of -inf gives 0/0, as torch's NaN). Sums
    over sixteen lanes, the same order in every variant. y may be x. */
