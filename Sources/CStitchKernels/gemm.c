@@ -182,8 +182,11 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
         return;
     }
-    float *bp = aligned_alloc(64, sizeof(float) * KC * ((NC + NR - 1) / NR * NR));
-    float *ap = aligned_alloc(64, sizeof(float) * KC * ((MC + MR - 1) / MR * MR));
+    /* Packing buffers for the blocks this product has (a few rows of attention need far less than whole blocks). */
+    long kc_most = k < KC ? k : KC, nc_most = n < NC ? n : NC, mc_most = m < MC ? m : MC;
+    float *bp = aligned_alloc(64, sizeof(float) * (size_t)(kc_most * ((nc_most + NR - 1) / NR * NR)));
+    size_t ap_bytes = sizeof(float) * (size_t)(kc_most * ((mc_most + MR - 1) / MR * MR));
+    float *ap = aligned_alloc(64, (ap_bytes + 63) / 64 * 64);
     for (long jc = 0; jc < n; jc += NC) {
         long nc = n - jc < NC ? n - jc : NC;
         for (long pc = 0; pc < k; pc += KC) {

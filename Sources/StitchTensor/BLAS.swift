@@ -25,8 +25,10 @@ public enum BLAS {
     /// the throughput of OpenBLAS 0.3.21's AVX2 (Haswell) kernels, which machines pinned by OPENBLAS_CORETYPE run.
     static let hasOwnKernel = stitch_sgemm_available() != 0
 
-    /// Products with fewer rows (decoding steps, small beams) stay with OpenBLAS: the kernel's tile is 12 rows.
-    static let ownKernelRows = 16
+    /// Products of fewer rows stay with OpenBLAS: one row is a matrix-vector product (`splitGemv`); from two rows
+    /// on, the kernel's 4- and 1-row tiles serve short ones (attention over a few tokens, which on OpenBLAS 0.3.21's
+    /// Prescott kernels cost MAGiC 8% of its time).
+    static let ownKernelRows = 2
 
     /// Rows of a product a thread takes when a product splits by rows: the kernel's block of rows (MC in gemm.c).
     static let rowsPerPart = 96
