@@ -168,6 +168,14 @@ AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *
     tile(MR, kc, ap, bp, c, ldc, rows, cols, accumulate);
 }
 
+/* A packing buffer for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up to KC of k: what
+   this product's blocks need (a few rows of attention need far less than whole blocks). */
+static float *packing_buffer(long k, long count, long block, long panel) {
+    long depth = k < KC ? k : KC, lines = count < block ? count : block;
+    size_t bytes = sizeof(float) * (size_t)(depth * ((lines + panel - 1) / panel * panel));
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
 /* The tile of the last rows of a block computes no more rows than it has, to the next of 12, 4 or 1 (the product of a
    16-channel convolution is 12 + 4 rows, not 24). */
 AVX512 static void tile_of_rows(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
@@ -182,11 +190,7 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
         return;
     }
-    /* Packing buffers for the blocks this product has (a few rows of attention need far less than whole blocks). */
-    long kc_most = k < KC ? k : KC, nc_most = n < NC ? n : NC, mc_most = m < MC ? m : MC;
-    float *bp = aligned_alloc(64, sizeof(float) * (size_t)(kc_most * ((nc_most + NR - 1) / NR * NR)));
-    size_t ap_bytes = sizeof(float) * (size_t)(kc_most * ((mc_most + MR - 1) / MR * MR));
-    float *ap = aligned_alloc(64, (ap_bytes + 63) / 64 * 64);
+    float *bp = packing_buffer(k, n, NC, NR), *ap = packing_buffer(k, m, MC, MR);
     for (long jc = 0; jc < n; jc += NC) {
         long nc = n - jc < NC ? n - jc : NC;
         for (long pc = 0; pc < k; pc += KC) {
@@ -216,7 +220,7 @@ AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const 
         stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
-    float *ap = aligned_alloc(64, sizeof(float) * KC * ((MC + MR - 1) / MR * MR));
+    float *ap = packing_buffer(k, m, MC, MR);
     for (long ic = 0; ic < m; ic += MC) {
         long mc = m - ic < MC ? m - ic : MC;
         for (long pc = 0; pc < k; pc += KC) {

@@ -92,10 +92,18 @@ static inline __attribute__((always_inline)) void fast_exp_v16(const v16 *in, v1
 
 /* The activations, on 16 values in registers, in place: defined once, for the separate passes over a tensor and the
    fused epilogues of products and convolutions alike (so fused and separate give the same bits). */
-static inline __attribute__((always_inline)) void silu_v16(v16 *v) {
-    v16 negated = -*v, e;
-    fast_exp_v16(&negated, &e);
+/* x / (1 + e^(-scale x)): SiLU (scale 1) and quick GELU x sigmoid(1.702 x) (scale 1.702). */
+static inline __attribute__((always_inline)) void scaled_silu_v16(v16 *v, float scale) {
+    v16 u = -scale * *v, e;
+    fast_exp_v16(&u, &e);
     *v = *v / (1.0f + e);
+}
+
+/* The logistic sigmoid 1 / (1 + e^-x). */
+static inline __attribute__((always_inline)) void sigmoid_v16(v16 *v) {
+    v16 u = -*v, e;
+    fast_exp_v16(&u, &e);
+    *v = 1.0f / (1.0f + e);
 }
 
 /* tanh(u) = 1 - 2 / (e^(2u) + 1) */
@@ -125,21 +133,15 @@ static inline __attribute__((always_inline)) void gelu_erf_v16(v16 *v) {
     *v = 0.5f * *v * (1.0f + x * numerator / denominator);
 }
 
-static inline __attribute__((always_inline)) void quick_gelu_v16(v16 *v) {
-    v16 u = -1.702f * *v, e;
-    fast_exp_v16(&u, &e);
-    *v = *v / (1.0f + e);
-}
-
 static inline __attribute__((always_inline)) void activate_v16(v16 *v, stitch_activation activation) {
     switch (activation) {
     case STITCH_ACTIVATION_NONE: break;
-    case STITCH_ACTIVATION_SILU: silu_v16(v); break;
+    case STITCH_ACTIVATION_SILU: scaled_silu_v16(v, 1.0f); break;
     case STITCH_ACTIVATION_RELU6: *v = __builtin_elementwise_min(__builtin_elementwise_max(*v, (v16){0}), (v16){0} + 6.0f); break;
     case STITCH_ACTIVATION_RELU: *v = __builtin_elementwise_max(*v, (v16){0}); break;
     case STITCH_ACTIVATION_GELU_ERF: gelu_erf_v16(v); break;
     case STITCH_ACTIVATION_GELU_TANH: gelu_tanh_v16(v); break;
-    case STITCH_ACTIVATION_QUICK_GELU: quick_gelu_v16(v); break;
+    case STITCH_ACTIVATION_QUICK_GELU: scaled_silu_v16(v, 1.702f); break;
     }
 }
 
@@ -148,19 +150,13 @@ DISPATCH void stitch_exp(const float *x, float *y, long n) {
     BLOCKWISE(y, n, v, fast_exp_v16(&v, &v));
 }
 
-DISPATCH void stitch_sigmoid(float *p, long n) {
-    BLOCKWISE(p, n, v, {
-        v16 u = -v, e;
-        fast_exp_v16(&u, &e);
-        v = 1.0f / (1.0f + e);
-    });
-}
+DISPATCH void stitch_sigmoid(float *p, long n) { BLOCKWISE(p, n, v, sigmoid_v16(&v)); }
 
 /* Vectors pass by pointer (see fast_exp_v16). */
 static inline __attribute__((always_inline)) void swiglu_v16(const v16 *gate, const v16 *up, v16 *out) {
-    v16 negated = -*gate, e;
-    fast_exp_v16(&negated, &e);
-    *out = *gate * (1.0f / (1.0f + e)) * *up;   /* as stitch_sigmoid, then gate times it times up */
+    v16 sigmoid = *gate;
+    sigmoid_v16(&sigmoid);
+    *out = *gate * sigmoid * *up;
 }
 
 DISPATCH void stitch_swiglu(const float *gate, const float *up, float *out, long n) {
@@ -194,8 +190,15 @@ DISPATCH void stitch_bias_row_activation(float *p, long n, const float *bias, st
     }
 }
 
-/* The sum of a row: sixteen running sums, then the lanes in order, then the tail; the same order in every variant
-   (a serial sum waits on each add, and is less accurate). */
+/* The sixteen lanes of running sums added in lane order: the same order in every variant, whatever its vector width. */
+static inline __attribute__((always_inline)) float sum_lanes(const v16 *sums) {
+    float sum = 0;
+    for (int lane = 0; lane < 16; lane++) sum += (*sums)[lane];
+    return sum;
+}
+
+/* The sum of a row: sixteen running sums, then the lanes in order, then the tail (a serial sum waits on each add, and
+   is less accurate). */
 static inline __attribute__((always_inline)) float row_sum(const float *x, long n, int squares, float shift) {
     v16 sums = (v16){0};
     long i = 0;
@@ -203,8 +206,7 @@ static inline __attribute__((always_inline)) float row_sum(const float *x, long 
         v16 v = *(const v16 *)(x + i) - shift;
         sums += squares ? v * v : v;
     }
-    float sum = 0;
-    for (int lane = 0; lane < 16; lane++) sum += sums[lane];
+    float sum = sum_lanes(&sums);
     for (; i < n; i++) sum += squares ? (x[i] - shift) * (x[i] - shift) : x[i] - shift;
     return sum;
 }
@@ -244,9 +246,7 @@ DISPATCH void stitch_softmax(float *p, long n) {
         memcpy(p + i, &v, (size_t)(n - i) * sizeof(float));
         sums += v;
     }
-    float sum = 0;
-    for (int lane = 0; lane < 16; lane++) sum += sums[lane];
-    float inverse = 1 / sum;
+    float inverse = 1 / sum_lanes(&sums);
     for (i = 0; i < n; i++) p[i] *= inverse;
 }
 

@@ -22,7 +22,7 @@ public func swiGLU(_ gateUp: Tensor) -> Tensor {
     gateUp.withUnsafeBufferPointer { source in
         out.withUnsafeMutableBufferPointer { target in
             let (from, to) = (source.baseAddress!, target.baseAddress!)
-            Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(n, 1))) { range in
+            forRowChunks(rows, width: n) { range in
                 for r in range { stitch_swiglu(from + r * 2 * n, from + r * 2 * n + n, to + r * n, n) }
             }
         }
@@ -80,13 +80,19 @@ public func addInPlace(_ x: inout Tensor, _ y: Tensor) {
     }
 }
 
+/// Runs `body` on parallel ranges of `rows` rows of `width` values, parts of at least 8192 values (fewer do not repay
+/// handing them to another thread).
+func forRowChunks(_ rows: Int, width: Int, _ body: (Range<Int>) -> Void) {
+    Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(width, 1)), body)
+}
+
 /// Runs `body` on each row of length `lastDimension`, rows spread over the cores.
 func forEachRow(_ x: inout Tensor, _ body: (UnsafeMutablePointer<Float>, Int) -> Void) {
     let n = x.lastDimension
     let rows = x.count / max(n, 1)
     x.withUnsafeMutableBufferPointer { buffer in
         let base = buffer.baseAddress!
-        Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(n, 1))) { range in
+        forRowChunks(rows, width: n) { range in
             for r in range { body(base + r * n, n) }
         }
     }
@@ -135,7 +141,7 @@ func mapRows(_ x: Tensor, _ body: (UnsafePointer<Float>, UnsafeMutablePointer<Fl
     x.withUnsafeBufferPointer { source in
         out.withUnsafeMutableBufferPointer { target in
             let (from, to) = (source.baseAddress!, target.baseAddress!)
-            Parallel.forChunks(rows, minimumChunk: max(1, 8_192 / max(n, 1))) { range in
+            forRowChunks(rows, width: n) { range in
                 for r in range { body(from + r * n, to + r * n, n) }
             }
         }
