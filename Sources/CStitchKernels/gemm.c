@@ -118,11 +118,14 @@ AVX512 static void pack_a(const float *a, long lda, long mc, long kc, float *ap)
     }
 }
 
-/* The R x NR tile at c (rows x cols of it inside C) = (or +=, when accumulate) Ap-panel · Bp-panel over kc, Ap with rows
-   MR apart. R is a constant at each call (MR, 4 or 1), so the loops unroll and a product of one row (a decoding step)
-   does not compute twelve. */
-AVX512 static inline __attribute__((always_inline)) void tile(const int R, long kc, const float *ap, const float *bp, float *c,
-                                                              long ldc, long rows, long cols, int accumulate) {
+/* The R x NR tile at c (rows x cols of it inside C) = (or +=, when accumulate) A-panel · Bp-panel over kc: A packed (Ap,
+   MR values per step of k) or, IN_PLACE, R rows of A itself, lda apart (the same products and sums: the same bits); HALF,
+   only the panel's first 16 columns (cols <= 16: a 16-channel convolution, the last of 80 classes). R, IN_PLACE and HALF
+   are constants at each call (R: MR, 4 or 1), so the loops unroll and a product of one row (a decoding step) does not
+   compute twelve. */
+AVX512 static inline __attribute__((always_inline)) void tile_reading_a(const int R, const int IN_PLACE, const int HALF, long kc,
+                                                                        const float *ap, long lda, const float *bp, float *c,
+                                                                        long ldc, long rows, long cols, int accumulate) {
     __m512 low[MR], high[MR];
 #pragma clang loop unroll(full)
     for (int i = 0; i < R; i++) low[i] = high[i] = _mm512_setzero_ps();
@@ -134,12 +137,21 @@ AVX512 static inline __attribute__((always_inline)) void tile(const int R, long 
         _mm_prefetch((const char *)(bp + 16 * NR + 16), _MM_HINT_T0);
 #pragma clang loop unroll(full)
         for (int i = 0; i < R; i++) {
-            __m512 a = _mm512_set1_ps(ap[i]);
+            __m512 a = _mm512_set1_ps(IN_PLACE ? ap[i * lda] : ap[i]);
             low[i] = _mm512_fmadd_ps(a, b0, low[i]);
-            high[i] = _mm512_fmadd_ps(a, b1, high[i]);
+            if (!HALF) high[i] = _mm512_fmadd_ps(a, b1, high[i]);
         }
-        ap += MR;
+        ap += IN_PLACE ? 1 : MR;
         bp += NR;
+    }
+    if (HALF && rows == R && cols == 16) {
+#pragma clang loop unroll(full)
+        for (int i = 0; i < R; i++) {
+            float *row = c + i * ldc;
+            if (accumulate) low[i] = _mm512_add_ps(low[i], _mm512_loadu_ps(row));
+            _mm512_storeu_ps(row, low[i]);
+        }
+        return;
     }
     if (rows == R && cols == NR) {
 #pragma clang loop unroll(full)
@@ -165,7 +177,7 @@ AVX512 static inline __attribute__((always_inline)) void tile(const int R, long 
 }
 
 AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
-    tile(MR, kc, ap, bp, c, ldc, rows, cols, accumulate);
+    tile_reading_a(MR, 0, 0, kc, ap, 0, bp, c, ldc, rows, cols, accumulate);
 }
 
 /* A packing buffer for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up to KC of k: what
@@ -179,9 +191,15 @@ static float *packing_buffer(long k, long count, long block, long panel) {
 /* The tile of the last rows of a block computes no more rows than it has, to the next of 12, 4 or 1 (the product of a
    16-channel convolution is 12 + 4 rows, not 24). */
 AVX512 static void tile_of_rows(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
-    if (rows > 4) tile(MR, kc, ap, bp, c, ldc, rows, cols, accumulate);
-    else if (rows > 1) tile(4, kc, ap, bp, c, ldc, rows, cols, accumulate);
-    else tile(1, kc, ap, bp, c, ldc, rows, cols, accumulate);
+#define TILE(R, HALF) tile_reading_a(R, 0, HALF, kc, ap, 0, bp, c, ldc, rows, cols, accumulate)
+    if (cols <= 16) {
+        if (rows > 4) TILE(MR, 1);
+        else if (rows > 1) TILE(4, 1);
+        else TILE(1, 1);
+    } else if (rows > 4) TILE(MR, 0);
+    else if (rows > 1) TILE(4, 0);
+    else TILE(1, 0);
+#undef TILE
 }
 
 AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc) {
@@ -220,18 +238,25 @@ AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const 
         stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
-    float *ap = packing_buffer(k, m, MC, MR);
+    /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
+       much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
+    int in_place = column_end - column_begin <= 4 * NR;
+    float *ap = packing_buffer(k, in_place ? MR : m, MC, MR);
     for (long ic = 0; ic < m; ic += MC) {
-        long mc = m - ic < MC ? m - ic : MC;
+        long mc = m - ic < MC ? m - ic : MC, whole = in_place ? mc / MR * MR : 0;
         for (long pc = 0; pc < k; pc += KC) {
             long kc = k - pc < KC ? k - pc : KC;
-            pack_a(a + ic * lda + pc, lda, mc, kc, ap);
+            if (whole < mc) pack_a(a + (ic + whole) * lda + pc, lda, mc - whole, kc, ap);
             for (long column = column_begin; column < column_end; column += NR) {
                 const float *bp = packed + column / NR * NR * k + pc * NR;
                 long cols = column_end - column < NR ? column_end - column : NR;
-                for (long ir = 0; ir < mc; ir += MR)
-                    tile_of_rows(kc, ap + ir * kc, bp, c + (ic + ir) * ldc + (column - column_begin), ldc,
-                                 mc - ir < MR ? mc - ir : MR, cols, pc > 0);
+                for (long ir = 0; ir < mc; ir += MR) {
+                    float *tile_c = c + (ic + ir) * ldc + (column - column_begin);
+                    const float *a_rows = a + (ic + ir) * lda + pc;
+                    if (ir < whole && cols <= 16) tile_reading_a(MR, 1, 1, kc, a_rows, lda, bp, tile_c, ldc, MR, cols, pc > 0);
+                    else if (ir < whole) tile_reading_a(MR, 1, 0, kc, a_rows, lda, bp, tile_c, ldc, MR, cols, pc > 0);
+                    else tile_of_rows(kc, ap + (ir - whole) * kc, bp, tile_c, ldc, mc - ir < MR ? mc - ir : MR, cols, pc > 0);
+                }
             }
         }
         stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);

@@ -25,35 +25,43 @@ extension RGBImage {
         // Rows keep their weights at the edges; OpenCV clamps the row index instead.
         let rows = taps(count: newHeight, sourceCount: height, clampWeights: false)
 
-        // Horizontal pass over every source row: values scaled by 2048.
-        var horizontal = [Int32](repeating: 0, count: height * newWidth * 3)
+        // The source rows the vertical pass reads (OpenCV clamps the row index), each given a row of the horizontal pass.
+        let sourceRows = Array(Set(rows.flatMap { [min(max($0.index, 0), height - 1), min(max($0.index + 1, 0), height - 1)] })).sorted()
+        var slot = [Int](repeating: 0, count: height)
+        for (i, y) in sourceRows.enumerated() { slot[y] = i }
+        // Each destination column's two source pixels (byte offsets in a row) and weights.
+        let left = columns.map { $0.index * 3 }, right = columns.map { min($0.index + 1, width - 1) * 3 }
+        let w0 = columns.map(\.w0), w1 = columns.map(\.w1)
+
+        // Horizontal pass over those rows: values scaled by 2048.
+        let rowLength = newWidth * 3
+        var horizontal = [Int32](repeating: 0, count: sourceRows.count * rowLength)
         pixels.withUnsafeBufferPointer { src in
             horizontal.withUnsafeMutableBufferPointer { dst in
-                Parallel.forChunks(height, minimumChunk: 64) { rows in for y in rows {
-                    let row = y * width * 3, out = y * newWidth * 3
-                    for (x, tap) in columns.enumerated() {
-                        let left = row + tap.index * 3, right = row + min(tap.index + 1, width - 1) * 3
-                        for c in 0..<3 {
-                            dst[out + x * 3 + c] = Int32(src[left + c]) * tap.w0 + Int32(src[right + c]) * tap.w1
+                Parallel.forChunks(sourceRows.count, minimumChunk: 64) { range in
+                    for i in range {
+                        let row = src.baseAddress! + sourceRows[i] * width * 3, out = dst.baseAddress! + i * rowLength
+                        for x in 0..<newWidth {
+                            let (l, r, a, b) = (row + left[x], row + right[x], w0[x], w1[x])
+                            for c in 0..<3 { out[x * 3 + c] = Int32(l[c]) * a + Int32(r[c]) * b }
                         }
                     }
-                } }
+                }
             }
         }
         var result = [UInt8](repeating: 0, count: newWidth * newHeight * 3)
-        let rowLength = newWidth * 3
         horizontal.withUnsafeBufferPointer { h in
             result.withUnsafeMutableBufferPointer { out in
                 Parallel.forChunks(newHeight, minimumChunk: 64) { range in
                     for y in range {
                         let tap = rows[y]
-                        let top = h.baseAddress! + min(max(tap.index, 0), height - 1) * rowLength
-                        let bottom = h.baseAddress! + min(max(tap.index + 1, 0), height - 1) * rowLength
+                        let top = h.baseAddress! + slot[min(max(tap.index, 0), height - 1)] * rowLength
+                        let bottom = h.baseAddress! + slot[min(max(tap.index + 1, 0), height - 1)] * rowLength
                         let target = out.baseAddress! + y * rowLength
                         for i in 0..<rowLength {
-                            let a = ((top[i] >> 4) * tap.w0) >> 16
-                            let b = ((bottom[i] >> 4) * tap.w1) >> 16
-                            target[i] = UInt8(clamping: (a + b + 2) >> 2)
+                            let a = ((top[i] >> 4) &* tap.w0) >> 16
+                            let b = ((bottom[i] >> 4) &* tap.w1) >> 16
+                            target[i] = UInt8(clamping: (a &+ b &+ 2) >> 2)
                         }
                     }
                 }
@@ -83,10 +91,10 @@ public struct Letterbox: Sendable {
             planes.withUnsafeMutableBufferPointer { target in
                 Parallel.forChunks(height, minimumChunk: 64) { rows in
                     for y in rows {
-                        for x in 0..<width {
-                            for c in 0..<3 {   // RGB → BGR planes
-                                target[(2 - c) * size * size + y * size + x] = Float(source[(y * width + x) * 3 + c])
-                            }
+                        let pixel = source.baseAddress! + y * width * 3
+                        for c in 0..<3 {   // RGB → BGR planes
+                            let plane = target.baseAddress! + (2 - c) * size * size + y * size
+                            for x in 0..<width { plane[x] = Float(pixel[x * 3 + c]) }
                         }
                     }
                 }

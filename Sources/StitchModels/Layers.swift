@@ -13,7 +13,12 @@ struct Linear {
 
     /// `weight` and `bias` taken from `store` (a recording store's placeholders are not packed).
     init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs, from store: WeightStore) {
-        packed = store.isRecording ? nil : PackedWeights.pack(weight, layout: layout, precision: Precision.loading)
+        self.init(weight: weight, bias: bias, layout: layout, packing: !store.isRecording)
+    }
+
+    /// `weight` packed at the loading precision where `packing` (and the CPU has a kernel for it), else kept as it is.
+    init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs, packing: Bool = true) {
+        packed = packing ? PackedWeights.pack(weight, layout: layout, precision: Precision.loading) : nil
         self.weight = packed == nil ? weight : nil
         if packed != nil { weight.releaseFilePages() }   // the copy is packed: the file's pages need not stay in memory
         self.bias = bias

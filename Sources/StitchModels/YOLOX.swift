@@ -18,15 +18,37 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
     let neck: Neck
     let head: [HeadLevel]
 
-    /// A convolution with bias, SiLU unless it is a prediction (YOLOX's BaseConv), "same" padding.
+    /// A convolution with bias, SiLU unless it is a prediction (YOLOX's BaseConv), "same" padding, on channels-last maps
+    /// [h, w, c]: 1 x 1 ones are products with weights packed at load, depthwise ones run sixteen channels a vector, and
+    /// the stem's dense 3 x 3 takes Focus's planes [12, h, w] and hands its output on channels-last.
     struct Conv {
-        let convolution: Convolution
+        enum Layer {
+            case pointwise(Linear, Activation?)
+            case depthwise(ChannelsLastDepthwise)
+            case dense(Convolution)
+        }
+        let layer: Layer
+        let padding: Padding2D
 
         init(weight: Tensor, bias: Tensor, stride: Int, depthwise: Bool, activated: Bool) {
-            convolution = Convolution(weight: weight, bias: bias, stride: stride, depthwise: depthwise, activation: activated ? .silu : .none)
+            let (outputs, inputs, kernel) = (weight.shape[0], weight.shape[1], weight.shape[2])
+            padding = .symmetric((kernel - 1) / 2)
+            if depthwise {
+                layer = .depthwise(ChannelsLastDepthwise(weight: weight, bias: bias, stride: stride, activation: activated ? .silu : .none))
+            } else if kernel == 1 && weight.shape[3] == 1 && stride == 1 {
+                layer = .pointwise(Linear(weight: weight.reshaped([outputs, inputs]), bias: bias), activated ? .silu : nil)   // [cOut, cIn, 1, 1] -> [cOut, cIn]
+            } else {
+                layer = .dense(Convolution(weight: weight, bias: bias, stride: stride, activation: activated ? .silu : .none))
+            }
         }
 
-        func callAsFunction(_ x: Tensor) -> Tensor { convolution(x, padding: .symmetric((convolution.weight.shape[2] - 1) / 2)) }
+        func callAsFunction(_ x: Tensor) -> Tensor {
+            switch layer {
+            case let .pointwise(linear, activation): return linear(x, activation: activation)
+            case let .depthwise(convolution): return convolution(x, padding: padding)
+            case let .dense(convolution): return channelsLast(convolution(x, padding: padding))
+            }
+        }
     }
 
     /// One step of a stage: a (depthwise) convolution, a CSP layer, or the SPP bottleneck.
@@ -49,7 +71,7 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
                 if shortcut { addInPlace(&y, main) }
                 main = y
             }
-            return conv3(concatenate([main, conv2(x)], axis: 0))
+            return conv3(concatenate([main, conv2(x)], axis: 2))
         }
     }
 
@@ -187,26 +209,26 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
                     // Pools of 5, 9 and 13 as one of 5 applied once, twice and three times (max windows compose, the
                     // -inf padding included): the same values for 15 comparisons an output instead of 27.
                     let y = conv1(x)
-                    let pool5 = maxPoolSame(y, kernel: 5), pool9 = maxPoolSame(pool5, kernel: 5)
-                    x = conv2(concatenate([y, pool5, pool9, maxPoolSame(pool9, kernel: 5)], axis: 0))
+                    let pool5 = maxPoolSameChannelsLast(y, kernel: 5), pool9 = maxPoolSameChannelsLast(pool5, kernel: 5)
+                    x = conv2(concatenate([y, pool5, pool9, maxPoolSameChannelsLast(pool9, kernel: 5)], axis: 2))
                 }
             }
             if i >= 1 { features.append(x) }
         }
         // PAFPN: top-down, then bottom-up.
-        let fpnOut0 = neck.lateralConv0(features[2])                                    // [128, 13, 13]
-        let f0 = neck.c3p4(concatenate([upsample2x(fpnOut0), features[1]], axis: 0))     // [128, 26, 26]
-        let fpnOut1 = neck.reduceConv1(f0)                                               // [64, 26, 26]
-        let pan2 = neck.c3p3(concatenate([upsample2x(fpnOut1), features[0]], axis: 0))   // [64, 52, 52]
+        let fpnOut0 = neck.lateralConv0(features[2])                                            // [13, 13, 128]
+        let f0 = neck.c3p4(concatenate([upsample2xChannelsLast(fpnOut0), features[1]], axis: 2))   // [26, 26, 128]
+        let fpnOut1 = neck.reduceConv1(f0)                                                       // [26, 26, 64]
+        let pan2 = neck.c3p3(concatenate([upsample2xChannelsLast(fpnOut1), features[0]], axis: 2)) // [52, 52, 64]
         var p1 = pan2
         for conv in neck.buConv2 { p1 = conv(p1) }
-        let pan1 = neck.c3n3(concatenate([p1, fpnOut1], axis: 0))                        // [128, 26, 26]
+        let pan1 = neck.c3n3(concatenate([p1, fpnOut1], axis: 2))                                // [26, 26, 128]
         var p0 = pan1
         for conv in neck.buConv1 { p0 = conv(p0) }
-        let pan0 = neck.c3n4(concatenate([p0, fpnOut0], axis: 0))                        // [256, 13, 13]
+        let pan0 = neck.c3n4(concatenate([p0, fpnOut0], axis: 2))                                // [13, 13, 256]
 
-        // Each level's [4 + 1 + classes, h, w] maps written straight into rows of the output,
-        // one row per cell: (dx, dy, log w, log h, σ(objectness), σ(classes)).
+        // Each level's [h, w, 4 + 1 + classes] maps written into rows of the output, one row per cell:
+        // (dx, dy, log w, log h, σ(objectness), σ(classes)).
         let columns = 5 + numClasses
         var output = Tensor(uninitialized: [Self.strides.reduce(0) { $0 + (size / $1) * (size / $1) }, columns])
         var firstRow = 0
@@ -219,13 +241,14 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
             sigmoid(&objectness)
             sigmoid(&classes)
             let boxes = level.regPred(reg)
-            let cells = feature.shape[1] * feature.shape[2]
+            let cells = feature.shape[0] * feature.shape[1]
             output.withUnsafeMutableBufferPointer { out in
                 for (part, offset) in [(boxes, 0), (objectness, 4), (classes, 5)] {
-                    part.withUnsafeBufferPointer { maps in   // [channels, cells] into columns offset..< of the rows
+                    part.withUnsafeBufferPointer { maps in   // [cells, channels] into columns offset..< of the rows
+                        let channels = part.shape[2]
                         Parallel.forChunks(cells, minimumChunk: 256) { range in
-                            for channel in 0..<part.shape[0] {
-                                for cell in range { out[(firstRow + cell) * columns + offset + channel] = maps[channel * cells + cell] }
+                            for cell in range {
+                                (out.baseAddress! + (firstRow + cell) * columns + offset).update(from: maps.baseAddress! + cell * channels, count: channels)
                             }
                         }
                     }
@@ -285,12 +308,13 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
         let offsets = [(0, 0), (1, 0), (0, 1), (1, 1)]
         x.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
-                Parallel.forEach(12) { index in
-                    let (part, c) = (index / 3, index % 3)
-                    let (dy, dx) = offsets[part]
-                    let plane = dst.baseAddress! + index * oh * ow
-                    for y in 0..<oh {
-                        for xo in 0..<ow { plane[y * ow + xo] = src[(c * h + 2 * y + dy) * w + 2 * xo + dx] }
+                Parallel.forChunks(12 * oh, minimumChunk: 64) { rows in   // output rows of all 12 planes, [12·oh]
+                    for row in rows {
+                        let (index, y) = row.quotientAndRemainder(dividingBy: oh)
+                        let (part, c) = index.quotientAndRemainder(dividingBy: 3)
+                        let (dy, dx) = offsets[part]
+                        let (source, target) = (src.baseAddress! + (c * h + 2 * y + dy) * w + dx, dst.baseAddress! + row * ow)
+                        for xo in 0..<ow { target[xo] = source[2 * xo] }
                     }
                 }
             }

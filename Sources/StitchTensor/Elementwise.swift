@@ -49,7 +49,7 @@ func fastExponentials(_ x: [Float]) -> [Float] {
 /// (BERT, "gelu"; erf within 4.3e-7), its tanh form (GPT-2's "gelu_new", SigLIP's "gelu_pytorch_tanh"; an exp within
 /// about 1 ulp of expf), quick GELU x sigmoid(1.702 x) (OpenAI CLIP), ReLU.
 public enum Activation: String, Sendable, Codable {
-    case gelu, geluNew = "gelu_new", geluPytorchTanh = "gelu_pytorch_tanh", quickGelu = "quick_gelu", relu
+    case gelu, geluNew = "gelu_new", geluPytorchTanh = "gelu_pytorch_tanh", quickGelu = "quick_gelu", relu, silu
 
     /// In place, in parallel chunks (`linear(_:weight:bias:activation:columns:)` fuses it into the product instead).
     public func apply(_ x: inout Tensor) {
@@ -63,6 +63,7 @@ public enum Activation: String, Sendable, Codable {
         case .geluNew, .geluPytorchTanh: return STITCH_ACTIVATION_GELU_TANH
         case .quickGelu: return STITCH_ACTIVATION_QUICK_GELU
         case .relu: return STITCH_ACTIVATION_RELU
+        case .silu: return STITCH_ACTIVATION_SILU
         }
     }
 }

@@ -85,7 +85,8 @@ int main(void) {
     }
     report("exp (relative)", worst, 3e-7);
 
-    for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
+    /* odd entries past the range where e^-x is clamped (the activations' exponential) */
+    for (int i = 0; i < N; i++) p[i] = x[i] = (i % 2 ? 100 : 12) * noise(&state);
     stitch_sigmoid(p, N);
     worst = 0;
     for (int i = 0; i < N; i++) {
@@ -104,11 +105,11 @@ int main(void) {
     report("swiglu", worst, 2e-6);
 
     /* each activation after a bias, one for all values (convolutions' channels) and one per column (products' rows),
-       relative to 1 + |value| */
+       relative to 1 + |value|, odd entries past the clamps of the activations' exponential */
     static float bias_row[N];
     for (int a = 0; a <= STITCH_ACTIVATION_QUICK_GELU; a++) {
         char name[48];
-        for (int i = 0; i < N; i++) p[i] = x[i] = 12 * noise(&state);
+        for (int i = 0; i < N; i++) p[i] = x[i] = (i % 2 ? 100 : 12) * noise(&state);
         stitch_bias_activation(p, N, 0.25f, (stitch_activation)a);
         worst = 0;
         for (int i = 0; i < N; i++) {
@@ -117,7 +118,7 @@ int main(void) {
         }
         snprintf(name, sizeof name, "bias + %s", activation_names[a]);
         report(name, worst, 2e-6);
-        for (int i = 0; i < N; i++) { p[i] = x[i] = 12 * noise(&state); bias_row[i] = noise(&state); }
+        for (int i = 0; i < N; i++) { p[i] = x[i] = (i % 2 ? 100 : 12) * noise(&state); bias_row[i] = noise(&state); }
         stitch_bias_row_activation(p, N, bias_row, (stitch_activation)a);
         worst = 0;
         for (int i = 0; i < N; i++) {
@@ -185,6 +186,29 @@ int main(void) {
         }
     }
     report("depthwise_channel", worst, 1e-5);
+
+    /* channels-last depthwise: 16 channels (one vector) and 20 (one and a partial), 3x3 and 5x5, strides 1 and 2,
+       padded and not */
+    worst = 0;
+    for (int variant = 0; variant < 16; variant++) {
+        long c = variant & 1 ? 20 : 16, k = variant & 2 ? 5 : 3, stride = variant & 4 ? 2 : 1, pad = variant & 8 ? k / 2 : 0;
+        long h = 13, w = 21, h_out = (h + 2 * pad - k) / stride + 1, w_out = (w + 2 * pad - k) / stride + 1;
+        static float input[13 * 21 * 20], taps[25 * 20], bias[20], output[13 * 21 * 20];
+        for (int i = 0; i < h * w * c; i++) input[i] = noise(&state);
+        for (int i = 0; i < k * k * c; i++) taps[i] = noise(&state);
+        for (int i = 0; i < c; i++) bias[i] = noise(&state);
+        stitch_depthwise_nhwc(input, h, w, c, taps, k, k, stride, pad, pad, bias, STITCH_ACTIVATION_SILU, output, w_out, 0, h_out);
+        for (long yy = 0; yy < h_out; yy++) for (long xx = 0; xx < w_out; xx++) for (long ch = 0; ch < c; ch++) {
+            double sum = bias[ch];
+            for (long i = 0; i < k; i++) for (long j = 0; j < k; j++) {
+                long iy = yy * stride + i - pad, ix = xx * stride + j - pad;
+                if (iy >= 0 && iy < h && ix >= 0 && ix < w) sum += (double)taps[(i * k + j) * c + ch] * input[(iy * w + ix) * c + ch];
+            }
+            double e = fabs(output[(yy * w_out + xx) * c + ch] - activate(sum, STITCH_ACTIVATION_SILU));
+            if (e > worst) worst = e;
+        }
+    }
+    report("depthwise_nhwc", worst, 1e-5);
 
     /* direct 3x3 convolution, 5 input and 6 output channels, over a pre-padded input with slack */
     {

@@ -178,6 +178,13 @@ final class ConvolutionParityTests: XCTestCase {
         let depthwisePadding = Padding2D.same(height: 10, width: 12, kernel: 5, stride: 2)
         XCTAssertEqual(depthwisePadding, Padding2D(top: 1, bottom: 2, left: 1, right: 2))
         assertClose(depthwiseConv2d(x, weight: golden["depthwise.w"]!, bias: golden["depthwise.b"]!, stride: 2, padding: depthwisePadding), "depthwise.out")
+        // The same on channels-last maps (YOLOX's layout): [h, w, c] in and out.
+        let channelsLastDepthwise = ChannelsLastDepthwise(weight: golden["depthwise.w"]!, bias: golden["depthwise.b"]!, stride: 2)
+        let got = channelsLastDepthwise(channelsLast(x), padding: depthwisePadding), want = channelsLast(golden["depthwise.out"]!)
+        XCTAssertEqual(got.shape, want.shape)
+        let difference = maxRelativeDifference(got.scalars, want.scalars)
+        print("channels-last depthwise.out: max relative difference \(difference)")
+        XCTAssertLessThanOrEqual(difference, 1e-5)
         XCTAssertEqual(globalAveragePool(Tensor(shape: [2, 1, 2], scalars: [1, 3, 5, 7])).scalars, [2, 6])
     }
 
@@ -261,29 +268,46 @@ final class HalfWideningTests: XCTestCase {
 
 /// Max pooling with a k x k window and k/2 padding that never wins: against the window's maximum taken directly, and
 /// the pools of 9 and 13 equal to one of 5 applied twice and three times (YOLOX's spatial pyramid pools so).
-final class MaxPoolTests: XCTestCase {
-    func testWindowsAndComposedPools() {
+final class ChannelsLastTests: XCTestCase {
+    /// Max pools of channels-last maps against each window's maximum, and pools of 9 and 13 as YOLOX's SPP takes them:
+    /// the pool of 5 applied twice and three times.
+    func testMaxPoolWindowsAndComposedPools() {
         var generator = SeededGenerator(seed: 5)
-        let (c, h, w) = (3, 11, 17)
+        let (h, w, c) = (11, 17, 19)
         // Values from a few levels, so that equal maxima are common.
-        let x = Tensor(shape: [c, h, w], scalars: (0..<c * h * w).map { _ in Float(generator.next() % 7) - 3 })
+        let x = Tensor(shape: [h, w, c], scalars: (0..<h * w * c).map { _ in Float(generator.next() % 7) - 3 })
         for k in [1, 3, 5, 9, 13] {
             let r = k / 2
-            let pooled = maxPoolSame(x, kernel: k).scalars
-            for channel in 0..<c {
-                for y in 0..<h {
-                    for xo in 0..<w {
+            let pooled = maxPoolSameChannelsLast(x, kernel: k).scalars
+            for y in 0..<h {
+                for xo in 0..<w {
+                    for channel in 0..<c {
                         var best = -Float.infinity
                         for yi in max(0, y - r)...min(h - 1, y + r) {
-                            for xi in max(0, xo - r)...min(w - 1, xo + r) { best = max(best, x.scalars[(channel * h + yi) * w + xi]) }
+                            for xi in max(0, xo - r)...min(w - 1, xo + r) { best = max(best, x.scalars[(yi * w + xi) * c + channel]) }
                         }
-                        XCTAssertEqual(pooled[(channel * h + y) * w + xo], best, "k \(k) at [\(channel), \(y), \(xo)]")
+                        XCTAssertEqual(pooled[(y * w + xo) * c + channel], best, "k \(k) at [\(y), \(xo), \(channel)]")
                     }
                 }
             }
         }
-        let pool5 = maxPoolSame(x, kernel: 5), pool9 = maxPoolSame(pool5, kernel: 5)
-        XCTAssertEqual(pool9.scalars, maxPoolSame(x, kernel: 9).scalars)
-        XCTAssertEqual(maxPoolSame(pool9, kernel: 5).scalars, maxPoolSame(x, kernel: 13).scalars)
+        let pool5 = maxPoolSameChannelsLast(x, kernel: 5), pool9 = maxPoolSameChannelsLast(pool5, kernel: 5)
+        XCTAssertEqual(pool9.scalars, maxPoolSameChannelsLast(x, kernel: 9).scalars)
+        XCTAssertEqual(maxPoolSameChannelsLast(pool9, kernel: 5).scalars, maxPoolSameChannelsLast(x, kernel: 13).scalars)
+    }
+
+    func testLayoutAndUpsampling() {
+        let (c, h, w) = (3, 4, 5)
+        let x = Tensor(shape: [c, h, w], scalars: (0..<c * h * w).map(Float.init))
+        let last = channelsLast(x)
+        XCTAssertEqual(last.shape, [h, w, c])
+        for channel in 0..<c { for y in 0..<h { for xo in 0..<w { XCTAssertEqual(last.scalars[(y * w + xo) * c + channel], x.scalars[(channel * h + y) * w + xo]) } } }
+        let up = upsample2xChannelsLast(last)
+        XCTAssertEqual(up.shape, [2 * h, 2 * w, c])
+        for y in 0..<2 * h {
+            for xo in 0..<2 * w {
+                for channel in 0..<c { XCTAssertEqual(up.scalars[(y * 2 * w + xo) * c + channel], last.scalars[(y / 2 * w + xo / 2) * c + channel]) }
+            }
+        }
     }
 }

@@ -102,6 +102,14 @@ void stitch_depthwise_channel(const float *input, long h, long w, const float *t
                               long pad_top, long pad_left, float *output, long h_out, long w_out,
                               float bias, stitch_activation activation);
 
+/* Output rows [y_begin, y_end) of a depthwise convolution in channels-last layout, input [h, w, c] and output
+   [h_out, w_out, c]: output[y, x, ch] = activation(bias[ch] + sum over taps (i, j) in order of taps[i, j, ch] *
+   input[y*stride + i - pad_top, x*stride + j - pad_left, ch]) (zero outside), taps [kh, kw, c]. Sixteen channels
+   a vector, so small planes run as fast as large ones. */
+void stitch_depthwise_nhwc(const float *input, long h, long w, long c, const float *taps, long kh, long kw, long stride,
+                           long pad_top, long pad_left, const float *bias, stitch_activation activation,
+                           float *output, long w_out, long y_begin, long y_end);
+
 /* A stride-1 convolution computed directly, without im2col, over output rows [y_begin, y_end) and
    columns [x_begin, x_end): output[co, y, x] = activation(bias[co] + sum over (ci, ki, kj) of
    weight[co, ci, ki, kj] * input[ci, y + ki, x + kj]), with input planes of in_plane floats and rows of
