@@ -220,12 +220,17 @@ public func concatenate(_ tensors: [Tensor], axis: Int) -> Tensor {
         var column = 0
         let outRow = shape[axis] * inner
         for t in tensors {
-            let block = t.shape[axis] * inner
-            t.withUnsafeBufferPointer { src in
-                for i in 0..<outer {
-                    (o.baseAddress! + i * outRow + column).update(from: src.baseAddress! + i * block, count: block)
+            let (block, start) = (t.shape[axis] * inner, column)
+            if block > 0 { t.withUnsafeBufferPointer { src in
+                // Blocks of a few values (a channels-last map's pixels) are copied inline, shorter than a call to
+                // memmove is worth, and many of them in parallel chunks.
+                Parallel.forChunks(outer, minimumChunk: max(1, 65_536 / max(block, 1))) { rows in
+                    for i in rows {
+                        let (from, to) = (src.baseAddress! + i * block, o.baseAddress! + i * outRow + start)
+                        if block >= 256 { to.update(from: from, count: block) } else { for j in 0..<block { to[j] = from[j] } }
+                    }
                 }
-            }
+            } }
             column += block
         }
     }
