@@ -425,12 +425,11 @@ static inline __attribute__((always_inline)) void depthwise_nhwc_run(const int K
             continue;
         }
         long x0 = x * stride - pad_left;
-        int inside = 0;
         v16 sum = {0};
         for (int i = 0; i < KH; i++) {
-            if (!inside && (y0 + i < 0 || y0 + i >= h)) continue;
+            if (y0 + i < 0 || y0 + i >= h) continue;
             for (int j = 0; j < KW; j++) {
-                if (!inside && (x0 + j < 0 || x0 + j >= w)) continue;
+                if (x0 + j < 0 || x0 + j >= w) continue;
                 const float *pixel = input + ((y0 + i) * w + x0 + j) * c + block;
                 v16 p;
                 if (lanes == 16) p = *(const v16 *)pixel;

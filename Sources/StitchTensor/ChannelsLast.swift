@@ -13,7 +13,7 @@ public struct ChannelsLastDepthwise: Sendable {
     let biases: [Float]
 
     public init(weight: Tensor, bias: Tensor?, stride: Int = 1, activation: ConvActivation = .none) {
-        precondition(weight.rank == 4 && weight.shape[1] == 1, "depthwise weight \(weight.shape)")
+        precondition(weight.rank == 4 && weight.shape[1] == 1 && weight.shape[2] <= 16 && weight.shape[3] <= 16, "depthwise weight \(weight.shape)")
         (channels, kernelHeight, kernelWidth) = (weight.shape[0], weight.shape[2], weight.shape[3])
         precondition(bias == nil || bias!.shape == [channels], "bias \(bias!.shape) for weight \(weight.shape)")
         self.stride = stride
