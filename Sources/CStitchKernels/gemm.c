@@ -188,17 +188,17 @@ static float *packing_buffer(long k, long count, long block, long panel) {
     return aligned_alloc(64, (bytes + 63) / 64 * 64);
 }
 
-/* The tile of the last rows of a block computes no more rows than it has, to the next of 12, 4 or 1 (the product of a
-   16-channel convolution is 12 + 4 rows, not 24). */
-AVX512 static void tile_of_rows(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
-#define TILE(R, HALF) tile_reading_a(R, 0, HALF, kc, ap, 0, bp, c, ldc, rows, cols, accumulate)
-    if (cols <= 16) {
-        if (rows > 4) TILE(MR, 1);
-        else if (rows > 1) TILE(4, 1);
-        else TILE(1, 1);
-    } else if (rows > 4) TILE(MR, 0);
-    else if (rows > 1) TILE(4, 0);
-    else TILE(1, 0);
+/* The tile for `rows` rows and `cols` columns: A read in place where lda > 0 (whole 12-row tiles only), else packed
+   (ap); the tile of the last rows of a block computes no more rows than it has, to the next of 12, 4 or 1 (the product
+   of a 16-channel convolution is 12 + 4 rows, not 24), and a panel of at most 16 columns only those. */
+AVX512 static void tile_of_rows(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols,
+                                int accumulate) {
+#define TILE(R, IN_PLACE, HALF) tile_reading_a(R, IN_PLACE, HALF, kc, ap, lda, bp, c, ldc, rows, cols, accumulate)
+    int half = cols <= 16;
+    if (lda > 0) half ? TILE(MR, 1, 1) : TILE(MR, 1, 0);
+    else if (rows > 4) half ? TILE(MR, 0, 1) : TILE(MR, 0, 0);
+    else if (rows > 1) half ? TILE(4, 0, 1) : TILE(4, 0, 0);
+    else half ? TILE(1, 0, 1) : TILE(1, 0, 0);
 #undef TILE
 }
 
@@ -219,7 +219,7 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
                 pack_a(a + ic * lda + pc, lda, mc, kc, ap);
                 for (long jr = 0; jr < nc; jr += NR)
                     for (long ir = 0; ir < mc; ir += MR)
-                        tile_of_rows(kc, ap + ir * kc, bp + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
+                        tile_of_rows(kc, ap + ir * kc, 0, bp + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
                                      mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, pc > 0);
             }
         }
@@ -250,13 +250,9 @@ AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const 
             for (long column = column_begin; column < column_end; column += NR) {
                 const float *bp = packed + column / NR * NR * k + pc * NR;
                 long cols = column_end - column < NR ? column_end - column : NR;
-                for (long ir = 0; ir < mc; ir += MR) {
-                    float *tile_c = c + (ic + ir) * ldc + (column - column_begin);
-                    const float *a_rows = a + (ic + ir) * lda + pc;
-                    if (ir < whole && cols <= 16) tile_reading_a(MR, 1, 1, kc, a_rows, lda, bp, tile_c, ldc, MR, cols, pc > 0);
-                    else if (ir < whole) tile_reading_a(MR, 1, 0, kc, a_rows, lda, bp, tile_c, ldc, MR, cols, pc > 0);
-                    else tile_of_rows(kc, ap + (ir - whole) * kc, bp, tile_c, ldc, mc - ir < MR ? mc - ir : MR, cols, pc > 0);
-                }
+                for (long ir = 0; ir < mc; ir += MR)
+                    tile_of_rows(kc, ir < whole ? a + (ic + ir) * lda + pc : ap + (ir - whole) * kc, ir < whole ? lda : 0, bp,
+                                 c + (ic + ir) * ldc + (column - column_begin), ldc, mc - ir < MR ? mc - ir : MR, cols, pc > 0);
             }
         }
         stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);

@@ -420,10 +420,7 @@ static inline __attribute__((always_inline)) void depthwise_nhwc_run(const int K
         }
     else first = end = 0;
     for (long x = 0; x < w_out; x++) {
-        if (x == first && end > first) {
-            x = end - 1;
-            continue;
-        }
+        if (x >= first && x < end) continue;   /* done above */
         long x0 = x * stride - pad_left;
         v16 sum = {0};
         for (int i = 0; i < KH; i++) {
@@ -461,7 +458,7 @@ DISPATCH void stitch_depthwise_nhwc(const float *input, long h, long w, long c, 
     for (long y = y_begin; y < y_end; y++)
         for (long block = 0; block < c; block += 16) {
             long lanes = c - block < 16 ? c - block : 16;
-            if (kh == 3 && kw == 3 && lanes == 16)
+            if (kh == 3 && kw == 3 && lanes == 16)   /* 16 as a constant: no tail copies compiled in */
                 depthwise_nhwc_run(3, 3, input, h, w, c, taps, stride, pad_top, pad_left, bias, activation, output, w_out, y, block, 16);
             else if (kh == 3 && kw == 3)
                 depthwise_nhwc_run(3, 3, input, h, w, c, taps, stride, pad_top, pad_left, bias, activation, output, w_out, y, block, lanes);
