@@ -138,7 +138,8 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     let tokenEmbedding, textPositions: Tensor
     let textLayers: [TransformerBlock]
     let finalLayerNorm: LayerNorm
-    let classEmbedding, patchWeight, visionPositions: Tensor
+    let classEmbedding, visionPositions: Tensor
+    let patchEmbedding: Linear
     let preLayerNorm, postLayerNorm: LayerNorm
     let visionLayers: [TransformerBlock]
     let visualProjection, textProjection: Linear
@@ -181,9 +182,9 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
         textLayers = (0..<t.layers).map { TransformerBlock(clip: store, "\(naming.root)text_model.encoder.layers.\($0)", t) }
         finalLayerNorm = LayerNorm(store, "\(naming.root)text_model.final_layer_norm", size: t.hiddenSize, epsilon: t.layerNormEpsilon)
         classEmbedding = store.take("\(naming.root)vision_model.embeddings.class_embedding", shape: [v.hiddenSize])
-        // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p].
-        patchWeight = store.take("\(naming.root)vision_model.embeddings.patch_embedding.weight", shape: [v.hiddenSize, config.channels, config.patchSize, config.patchSize])
-            .reshaped([v.hiddenSize, config.channels * config.patchSize * config.patchSize])
+        // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p], packed at the loading precision.
+        patchEmbedding = Linear(weight: store.take("\(naming.root)vision_model.embeddings.patch_embedding.weight", shape: [v.hiddenSize, config.channels, config.patchSize, config.patchSize])
+            .reshaped([v.hiddenSize, config.channels * config.patchSize * config.patchSize]), bias: nil, from: store)
         visionPositions = store.take("\(naming.root)vision_model.embeddings.position_embedding.weight", shape: [patches + 1, v.hiddenSize])
         preLayerNorm = LayerNorm(store, "\(naming.root)vision_model.\(naming.preLayerNorm)", size: v.hiddenSize, epsilon: v.layerNormEpsilon)
         visionLayers = (0..<v.layers).map { TransformerBlock(clip: store, "\(naming.root)vision_model.encoder.layers.\($0)", v) }
@@ -323,7 +324,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
             throw ModelError.invalidInput(model: "CLIP vision", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
         }
         let (batch, grid, d) = (pixels.shape[0], s / p, config.vision.hiddenSize)
-        let embedded = matmul(flattenPatches(pixels, patch: p), patchWeight, transposeB: true).reshaped([batch, grid * grid, d])
+        let embedded = patchEmbedding(flattenPatches(pixels, patch: p)).reshaped([batch, grid * grid, d])
         let classRow = classEmbedding.reshaped([1, 1, d])
         var hidden = concatenate((0..<batch).map { b in
             concatenate([classRow, embedded.row(b).reshaped([1, grid * grid, d])], axis: 1)

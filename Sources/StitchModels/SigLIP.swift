@@ -42,7 +42,8 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
     let textLayers: [TransformerBlock]
     let finalLayerNorm: LayerNorm
     let textHead: Linear
-    let patchWeight, patchBias, visionPositions: Tensor
+    let patchEmbedding: Linear
+    let visionPositions: Tensor
     let visionLayers: [TransformerBlock]
     let postLayerNorm: LayerNorm
     let head: PoolingHead
@@ -90,9 +91,9 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
         finalLayerNorm = LayerNorm(store, "text_model.final_layer_norm", size: t.hiddenSize, epsilon: t.layerNormEpsilon)
         textHead = Linear(store, "text_model.head", inputs: t.hiddenSize, outputs: t.hiddenSize)
         let (p, c, d) = (towers.patchSize, towers.channels, v.hiddenSize)
-        // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p].
-        patchWeight = store.take("vision_model.embeddings.patch_embedding.weight", shape: [d, c, p, p]).reshaped([d, c * p * p])
-        patchBias = store.take("vision_model.embeddings.patch_embedding.bias", shape: [d])
+        // Conv weight [d, channels, p, p] used as a linear map of flattened patches [d, channels * p * p], packed at the loading precision.
+        patchEmbedding = Linear(weight: store.take("vision_model.embeddings.patch_embedding.weight", shape: [d, c, p, p]).reshaped([d, c * p * p]),
+                                bias: store.take("vision_model.embeddings.patch_embedding.bias", shape: [d]), from: store)
         let grid = towers.imageSize / p
         visionPositions = store.take("vision_model.embeddings.position_embedding.weight", shape: [grid * grid, d])
         visionLayers = (0..<v.layers).map { TransformerBlock(clip: store, "vision_model.encoder.layers.\($0)", v) }
@@ -152,7 +153,7 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
             throw ModelError.invalidInput(model: "SigLIP vision", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
         }
         let (batch, patches, d) = (pixels.shape[0], (s / p) * (s / p), towers.vision.hiddenSize)
-        var hidden = linear(flattenPatches(pixels, patch: p), weight: patchWeight, bias: patchBias).reshaped([batch, patches, d])
+        var hidden = patchEmbedding(flattenPatches(pixels, patch: p)).reshaped([batch, patches, d])
         addInPlace(&hidden, concatenate(Array(repeating: visionPositions.reshaped([1, patches, d]), count: batch), axis: 0))
         for layer in visionLayers { hidden = layer(hidden, causal: false) }
         return postLayerNorm(hidden)

@@ -78,7 +78,8 @@ extension TransformerBlock {
 /// what a VisionEncoderDecoder's decoder (or BLIP's text model) attends to.
 public final class ViT: @unchecked Sendable {
     public let config: ViTConfig
-    let classToken, positions, patchWeight, patchBias: Tensor
+    let classToken, positions: Tensor
+    let patchEmbedding: Linear
     let layers: [TransformerBlock]
     let finalLayerNorm: LayerNorm
 
@@ -103,9 +104,9 @@ public final class ViT: @unchecked Sendable {
         let patches = (config.imageSize / p) * (config.imageSize / p)
         classToken = store.take("\(root)\(naming.classToken)", shape: [1, 1, d])
         positions = store.take("\(root)\(naming.positions)", shape: [1, patches + 1, d])
-        // Conv weight [d, c, p, p] used as a linear map of flattened patches [d, c * p * p].
-        patchWeight = store.take("\(root)\(naming.patch).weight", shape: [d, c, p, p]).reshaped([d, c * p * p])
-        patchBias = store.take("\(root)\(naming.patch).bias", shape: [d])
+        // Conv weight [d, c, p, p] used as a linear map of flattened patches [d, c * p * p], packed at the loading precision.
+        patchEmbedding = Linear(weight: store.take("\(root)\(naming.patch).weight", shape: [d, c, p, p]).reshaped([d, c * p * p]),
+                                bias: store.take("\(root)\(naming.patch).bias", shape: [d]), from: store)
         layers = (0..<config.layers).map { naming.layer(store, "\(root)\(naming.layers).\($0)", config) }
         finalLayerNorm = LayerNorm(store, "\(root)\(naming.finalLayerNorm)", size: d, epsilon: config.layerNormEpsilon)
     }
@@ -117,7 +118,7 @@ public final class ViT: @unchecked Sendable {
             throw ModelError.invalidInput(model: "ViT", detail: "pixels must be [batch, \(c), \(s), \(s)], got \(pixels.shape)")
         }
         let (batch, patches) = (pixels.shape[0], (s / p) * (s / p))
-        let embedded = linear(flattenPatches(pixels, patch: p), weight: patchWeight, bias: patchBias).reshaped([batch, patches, d])
+        let embedded = patchEmbedding(flattenPatches(pixels, patch: p)).reshaped([batch, patches, d])
         var hidden = concatenate((0..<batch).map { b in
             concatenate([classToken, embedded.row(b).reshaped([1, patches, d])], axis: 1)
         }, axis: 0)
