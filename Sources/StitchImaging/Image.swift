@@ -100,21 +100,27 @@ extension RGBImage {
         defer { png_image_free(&image) }
         let began = bytes.withUnsafeBufferPointer { png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }
         guard began != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
-        // Read as RGBA and drop alpha: PIL's convert("RGB") discards it rather than compositing.
-        image.format = stitch_png_format_rgba
-        let width = Int(image.width), height = Int(image.height)
+        // A file with alpha (or a transparent colour) is read as RGBA and its alpha dropped: PIL's convert("RGB") discards
+        // it, where the simplified API would composite. Others are read as RGB straight into the pixels.
+        let hasAlpha = image.format & stitch_png_format_flag_alpha != 0
+        image.format = hasAlpha ? stitch_png_format_rgba : stitch_png_format_rgb
+        let width = Int(image.width), height = Int(image.height), channels = hasAlpha ? 4 : 3
         guard width > 0, height > 0 else { throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels") }
         guard width * height <= Self.maximumPixels else { throw tooLarge(width, height, file: name, format: "PNG") }
-        var rgba = [UInt8](repeating: 0, count: width * height * 4)
-        let finished = rgba.withUnsafeMutableBytes { out in
-            png_image_finish_read(&image, nil, out.baseAddress, Int32(width * 4), nil)
+        var finished: Int32 = 0
+        let decoded = [UInt8](unsafeUninitializedCapacity: width * height * channels) { out, count in
+            finished = png_image_finish_read(&image, nil, out.baseAddress, Int32(width * channels), nil)
+            count = finished != 0 ? width * height * channels : 0
         }
         guard finished != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
-        var pixels = [UInt8](repeating: 0, count: width * height * 3)
-        for i in 0..<width * height {
-            pixels[i * 3] = rgba[i * 4]
-            pixels[i * 3 + 1] = rgba[i * 4 + 1]
-            pixels[i * 3 + 2] = rgba[i * 4 + 2]
+        guard hasAlpha else { return RGBImage(width: width, height: height, pixels: decoded) }
+        let pixels = [UInt8](unsafeUninitializedCapacity: width * height * 3) { out, count in
+            decoded.withUnsafeBufferPointer { rgba in
+                for i in 0..<width * height {
+                    (out[i * 3], out[i * 3 + 1], out[i * 3 + 2]) = (rgba[i * 4], rgba[i * 4 + 1], rgba[i * 4 + 2])
+                }
+            }
+            count = width * height * 3
         }
         return RGBImage(width: width, height: height, pixels: pixels)
     }
