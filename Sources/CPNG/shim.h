@@ -4,3 +4,4 @@
 static const png_uint_32 stitch_png_format_rgb = PNG_FORMAT_RGB;
 static const png_uint_32 stitch_png_format_rgba = PNG_FORMAT_RGBA;
 static const png_uint_32 stitch_png_format_flag_alpha = PNG_FORMAT_FLAG_ALPHA;
+static const png_uint_32 stitch_png_format_flag_linear = PNG_FORMAT_FLAG_LINEAR;

@@ -16,8 +16,10 @@ import io
 import json
 import os
 import random
+import struct
 import sys
 import tempfile
+import zlib
 
 import numpy as np
 import torch
@@ -389,10 +391,38 @@ def make_test_images():
     Image.fromarray(rgba[..., :3], "RGB").convert("CMYK").save(out("images", "cmyk.jpg"), quality=95)
     Image.fromarray(rgba[..., :3], "RGB").save(out("images", "rgb.jpg"), quality=92)
     Image.fromarray(rgba[..., :3], "RGB").save(out("images", "rgb.png"))
+    make_png_variants(xx, yy)
     # EXIF orientation 6 ("rotate 90"): Pillow's open() and transformers ignore it, and so must Stitch.
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(rgba[..., :3], "RGB").save(out("images", "exif_rotated.jpg"), quality=92, exif=exif.tobytes())
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(path, samples, bit_depth, colour_type, extra_chunks=()):
+    """A PNG of `samples` [h, w, channels] (big-endian 16-bit where bit_depth is 16) with chunks Pillow cannot write."""
+    h, w = samples.shape[:2]
+    rows = samples.astype(">u2" if bit_depth == 16 else np.uint8).reshape(h, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0))
+    body = b"".join(png_chunk(kind, data) for kind, data in extra_chunks) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + header + body)
+
+
+def make_png_variants(xx, yy):
+    """PNGs whose colour chunks and 16-bit samples Pillow's convert("RGB") (and OpenCV) take as stored: a gamma of 1.0
+    with a cHRM chunk, 16-bit RGB under an sRGB chunk, 16-bit RGBA."""
+    rgb = np.stack([xx * 255 // 36, yy * 255 // 22, (xx * yy * 5) % 256], -1)
+    chrm = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+    write_png(out("images", "gamma1.png"), rgb, 8, 2, [(b"gAMA", struct.pack(">I", 100000)), (b"cHRM", chrm)])
+    wide = rgb * 257 + (xx * 37 + yy * 91)[..., None] % 257
+    write_png(out("images", "rgb16.png"), wide, 16, 2, [(b"sRGB", b"\x00")])
+    alpha = (xx * 2000 + yy * 900)[..., None] % 65536
+    write_png(out("images", "rgba16.png"), np.concatenate([wide, alpha], -1), 16, 6)
 
 
 def imagenet_reference(image):
@@ -412,7 +442,7 @@ def make_image_goldens():
     from transformers import CLIPImageProcessor
     processor = CLIPImageProcessor()   # openai/clip-vit-base-patch32 defaults
     decoded, clip, imagenet = {}, {}, {}
-    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png", "exif_rotated.jpg"]:
+    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png", "exif_rotated.jpg", "gamma1.png", "rgb16.png", "rgba16.png"]:
         image = Image.open(out("images", name)).convert("RGB")
         decoded[name] = np.asarray(image, dtype=np.float32)
         if name in ("gradient.png", "cmyk.jpg"):   # upscaling from a tiny image; a non-RGB source
