@@ -139,8 +139,8 @@ extension RGBImage {
         return RGBImage(width: width, height: height, pixels: pixels)
     }
 
-    /// The PNG file without its gAMA, sRGB, iCCP and cHRM chunks, whose colour management Pillow and OpenCV do not apply.
-    /// A file whose chunks do not parse is returned as it is, for libpng to report.
+    /// The PNG file without its gAMA, sRGB, iCCP and cHRM chunks, whose colour management Pillow and OpenCV do not apply
+    /// (what follows IEND kept as it is). A file whose chunks do not parse is returned as it is, for libpng to report.
     private static func withoutColourChunks(_ bytes: [UInt8]) -> [UInt8] {
         let dropped: Set<String> = ["gAMA", "sRGB", "iCCP", "cHRM"]
         var kept = Array(bytes.prefix(8))   // the signature
@@ -148,11 +148,12 @@ extension RGBImage {
         while offset + 12 <= bytes.count {
             let length = bytes[offset..<offset + 4].reduce(0) { $0 << 8 | Int($1) }
             guard length <= bytes.count - offset - 12 else { return bytes }
-            let end = offset + 12 + length
-            if !dropped.contains(String(decoding: bytes[offset + 4..<offset + 8], as: UTF8.self)) { kept += bytes[offset..<end] }
+            let (kind, end) = (String(decoding: bytes[offset + 4..<offset + 8], as: UTF8.self), offset + 12 + length)
+            if kind == "IEND" { return kept + bytes[offset...] }
+            if !dropped.contains(kind) { kept += bytes[offset..<end] }
             offset = end
         }
-        return offset == bytes.count ? kept : bytes
+        return bytes
     }
 
     private static func pngMessage(_ image: inout png_image) -> String {

@@ -54,6 +54,13 @@ final class DecodingTests: XCTestCase {
         }
     }
 
+    /// Bytes after IEND (some tools append them) neither fail the file nor bring its gamma chunk back into play.
+    func testPNGWithBytesAfterItsEndDecodesAsWithout() throws {
+        let png = try Data(contentsOf: Fixtures.url("images/gamma1.png"))
+        let image = try RGBImage(data: png + Data("trailing bytes".utf8), name: "gamma1-trailing.png")
+        XCTAssertEqual(image.pixels.map(Float.init), Self.decoded["gamma1.png"]!.scalars)
+    }
+
     func testCorruptImagesGiveTypedErrors() throws {
         let jpeg = try Data(contentsOf: Fixtures.url("images/rgb.jpg"))
         let png = try Data(contentsOf: Fixtures.url("images/rgb.png"))
