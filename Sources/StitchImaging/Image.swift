@@ -98,11 +98,15 @@ extension RGBImage {
     /// management (libpng's simplified API would apply a gAMA chunk and read 16-bit samples as linear light, up to 72 of
     /// 255 levels apart from both), 16-bit samples cut to their high byte, alpha dropped rather than composited.
     private static func decodePNG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
+        // libpng reads the file's memory until png_image_finish_read returns: the whole read runs inside its scope.
+        try withoutColourChunks(bytes).withUnsafeBufferPointer { (file) throws(ImageError) -> RGBImage in try decodePNG(file, name: name) }
+    }
+
+    private static func decodePNG(_ file: UnsafeBufferPointer<UInt8>, name: String) throws(ImageError) -> RGBImage {
         var image = png_image()
         image.version = UInt32(PNG_IMAGE_VERSION)
         defer { png_image_free(&image) }
-        let stored = withoutColourChunks(bytes)
-        let began = stored.withUnsafeBufferPointer { png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }
+        let began = png_image_begin_read_from_memory(&image, file.baseAddress, file.count)
         guard began != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
         let width = Int(image.width), height = Int(image.height)
         guard width > 0, height > 0 else { throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels") }
