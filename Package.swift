@@ -31,6 +31,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"]), .brew(["libdeflate"])]),
 
         // Vectorised inner loops (activations, depthwise convolution) built for several x86-64 levels, picked at load time.
         .target(name: "CStitchKernels"),
@@ -41,8 +42,8 @@ let package = Package(
         // Model I/O: safetensors and PyTorch checkpoints (allow-list unpickler), config.json, weight store, Hugging Face cache and downloads,
         // and the one HTTP client layer (libcurl, timeouts, retry policy) the downloads and remote LMs share.
         .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib", "CMapGuard"]),
-        // Imaging: JPEG/PNG decoding, PIL-exact resampling, CLIP and ImageNet preprocessing.
-        .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG"]),
+        // Imaging: JPEG/PNG decoding (the common PNGs inflated by libdeflate, the rest by libpng), PIL-exact resampling, CLIP and ImageNet preprocessing.
+        .target(name: "StitchImaging", dependencies: ["StitchTensor", "CJPEG", "CPNG", "CDeflate"]),
         // Tokenizers: GPT-2 byte-level BPE, CLIP BPE, BERT WordPiece, SentencePiece (unigram and BPE model files).
         .target(name: "StitchTokenizers", dependencies: ["StitchTensor", "StitchModelIO", "CZlib"]),
         // Models: CLIP, GPT-2, BERT sentence encoders, EfficientNet-Lite; one file each.

@@ -1,5 +1,4 @@
 import CJPEG
-import CPNG
 import Foundation
 import StitchTensor
 
@@ -65,7 +64,7 @@ extension RGBImage {
     /// small file cannot claim gigabytes.
     public static var maximumPixels: Int { Limit.imagePixels.value }
 
-    private static func tooLarge(_ width: Int, _ height: Int, file: String, format: String) -> ImageError {
+    static func tooLarge(_ width: Int, _ height: Int, file: String, format: String) -> ImageError {
         .corrupt(file: file, format: format, detail: "\(width)x\(height) pixels is more than the \(maximumPixels) this reads \(Limit.imagePixels.hint)")
     }
 
@@ -92,78 +91,6 @@ extension RGBImage {
             for c in 0..<3 { rgb[i * 3 + c] = UInt8((Int(output[i * 4 + c]) * k + 127) / 255) }
         }
         return RGBImage(width: Int(width), height: Int(height), pixels: rgb)
-    }
-
-    /// PNG decoded as Pillow's convert("RGB") and OpenCV's imread decode it: the stored values, with no gamma or colour
-    /// management (libpng's simplified API would apply a gAMA chunk and read 16-bit samples as linear light, up to 72 of
-    /// 255 levels apart from both), 16-bit samples cut to their high byte, alpha dropped rather than composited.
-    private static func decodePNG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
-        // libpng reads the file's memory until png_image_finish_read returns: the whole read runs inside its scope.
-        try withoutColourChunks(bytes).withUnsafeBufferPointer { (file) throws(ImageError) -> RGBImage in try decodePNG(file, name: name) }
-    }
-
-    private static func decodePNG(_ file: UnsafeBufferPointer<UInt8>, name: String) throws(ImageError) -> RGBImage {
-        var image = png_image()
-        image.version = UInt32(PNG_IMAGE_VERSION)
-        defer { png_image_free(&image) }
-        let began = png_image_begin_read_from_memory(&image, file.baseAddress, file.count)
-        guard began != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
-        let width = Int(image.width), height = Int(image.height)
-        guard width > 0, height > 0 else { throw .corrupt(file: name, format: "PNG", detail: "\(width)x\(height) pixels") }
-        guard width * height <= Self.maximumPixels else { throw tooLarge(width, height, file: name, format: "PNG") }
-        let hasAlpha = image.format & stitch_png_format_flag_alpha != 0, wide = image.format & stitch_png_format_flag_linear != 0
-        func read<Sample>(_: Sample.Type, format: png_uint_32, channels: Int) throws(ImageError) -> [Sample] {
-            image.format = format
-            var finished: Int32 = 0
-            let samples = [Sample](unsafeUninitializedCapacity: width * height * channels) { out, count in
-                finished = png_image_finish_read(&image, nil, out.baseAddress, Int32(width * channels), nil)
-                count = finished != 0 ? width * height * channels : 0
-            }
-            guard finished != 0 else { throw .corrupt(file: name, format: "PNG", detail: Self.pngMessage(&image)) }
-            return samples
-        }
-        if wide && !hasAlpha {
-            // 16-bit, read as stored (linear in, linear out: no conversion), then the high byte as Pillow and OpenCV keep.
-            let samples = try read(UInt16.self, format: stitch_png_format_rgb | stitch_png_format_flag_linear, channels: 3)
-            return RGBImage(width: width, height: height, pixels: samples.map { UInt8($0 >> 8) })
-        }
-        guard hasAlpha else { return RGBImage(width: width, height: height, pixels: try read(UInt8.self, format: stitch_png_format_rgb, channels: 3)) }
-        // With alpha, read as 8-bit RGBA (16-bit samples taken as sRGB so they are only rescaled, to within one level of
-        // the high byte: a 16-bit linear read would premultiply) and drop the alpha.
-        if wide { image.flags |= UInt32(PNG_IMAGE_FLAG_16BIT_sRGB) }
-        let rgba = try read(UInt8.self, format: stitch_png_format_rgba, channels: 4)
-        let pixels = [UInt8](unsafeUninitializedCapacity: width * height * 3) { out, count in
-            rgba.withUnsafeBufferPointer { rgba in
-                for i in 0..<width * height {
-                    (out[i * 3], out[i * 3 + 1], out[i * 3 + 2]) = (rgba[i * 4], rgba[i * 4 + 1], rgba[i * 4 + 2])
-                }
-            }
-            count = width * height * 3
-        }
-        return RGBImage(width: width, height: height, pixels: pixels)
-    }
-
-    /// The PNG file without its gAMA, sRGB, iCCP and cHRM chunks, whose colour management Pillow and OpenCV do not apply
-    /// (what follows IEND kept as it is). A file whose chunks do not parse is returned as it is, for libpng to report.
-    private static func withoutColourChunks(_ bytes: [UInt8]) -> [UInt8] {
-        let dropped: Set<String> = ["gAMA", "sRGB", "iCCP", "cHRM"]
-        var kept = Array(bytes.prefix(8))   // the signature
-        var offset = 8
-        while offset + 12 <= bytes.count {
-            let length = bytes[offset..<offset + 4].reduce(0) { $0 << 8 | Int($1) }
-            guard length <= bytes.count - offset - 12 else { return bytes }
-            let (kind, end) = (String(decoding: bytes[offset + 4..<offset + 8], as: UTF8.self), offset + 12 + length)
-            if kind == "IEND" { return kept + bytes[offset...] }
-            if !dropped.contains(kind) { kept += bytes[offset..<end] }
-            offset = end
-        }
-        return bytes
-    }
-
-    private static func pngMessage(_ image: inout png_image) -> String {
-        withUnsafeBytes(of: &image.message) { raw in
-            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
     }
 
     /// Draws the outline of the box [x1, y1, x2, y2] (pixel coordinates, clipped to the image), `thickness` pixels wide, inside the box.

@@ -402,20 +402,46 @@ def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def write_png(path, samples, bit_depth, colour_type, extra_chunks=()):
-    """A PNG of `samples` [h, w, channels] (big-endian 16-bit where bit_depth is 16) with chunks Pillow cannot write."""
+def png_filtered(rows, pixel_bytes, filters):
+    """PNG image data rows [h, stride] as the encoder filters them, row y with filters[y % len(filters)]
+    (0 none, 1 sub, 2 up, 3 average, 4 Paeth), each row prefixed with its filter type."""
+    out, above = [], np.zeros(rows.shape[1], np.int32)
+    for y, row in enumerate(rows.astype(np.int32)):
+        kind = filters[y % len(filters)]
+        left = np.concatenate([np.zeros(pixel_bytes, np.int32), row[:-pixel_bytes]])
+        upper_left = np.concatenate([np.zeros(pixel_bytes, np.int32), above[:-pixel_bytes]])
+        p = left + above - upper_left
+        pa, pb, pc = abs(p - left), abs(p - above), abs(p - upper_left)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, above, upper_left))
+        prediction = [0, left, above, (left + above) // 2, paeth][kind]
+        out.append(bytes([kind]) + ((row - prediction) % 256).astype(np.uint8).tobytes())
+        above = row
+    return b"".join(out)
+
+
+def write_png(path, samples, bit_depth, colour_type, extra_chunks=(), filters=(0,), idat_chunks=1):
+    """A PNG of `samples` [h, w, channels] (big-endian 16-bit where bit_depth is 16) with chunks, filters and IDAT
+    splits Pillow cannot write."""
     h, w = samples.shape[:2]
     rows = samples.astype(">u2" if bit_depth == 16 else np.uint8).reshape(h, -1)
-    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    pixel_bytes = rows.view(np.uint8).shape[1] // w
+    data = zlib.compress(png_filtered(rows.view(np.uint8), pixel_bytes, filters))
+    cuts = [len(data) * i // idat_chunks for i in range(idat_chunks + 1)]
     header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0))
-    body = b"".join(png_chunk(kind, data) for kind, data in extra_chunks) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+    body = b"".join(png_chunk(kind, data) for kind, data in extra_chunks)
+    body += b"".join(png_chunk(b"IDAT", data[a:b]) for a, b in zip(cuts, cuts[1:])) + png_chunk(b"IEND", b"")
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + header + body)
 
 
+# The 8-bit PNGs Stitch decodes without libpng (colour type: channels), each with every row filter and split IDATs.
+FILTERED_PNGS = {"filtered-grey.png": (0, 1), "filtered-grey-alpha.png": (4, 2), "filtered-rgb.png": (2, 3), "filtered-rgba.png": (6, 4)}
+
+
 def make_png_variants(xx, yy):
     """PNGs whose colour chunks and 16-bit samples Pillow's convert("RGB") (and OpenCV) take as stored: a gamma of 1.0
-    with a cHRM chunk, 16-bit RGB under an sRGB chunk, 16-bit RGBA."""
+    with a cHRM chunk, 16-bit RGB under an sRGB chunk, 16-bit RGBA; 8-bit ones using all five row filters on noise
+    and gradients (so every Paeth choice occurs), their image data in three IDAT chunks; a palette PNG."""
     rgb = np.stack([xx * 255 // 36, yy * 255 // 22, (xx * yy * 5) % 256], -1)
     chrm = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
     write_png(out("images", "gamma1.png"), rgb, 8, 2, [(b"gAMA", struct.pack(">I", 100000)), (b"cHRM", chrm)])
@@ -423,6 +449,13 @@ def make_png_variants(xx, yy):
     write_png(out("images", "rgb16.png"), wide, 16, 2, [(b"sRGB", b"\x00")])
     alpha = (xx * 2000 + yy * 900)[..., None] % 65536
     write_png(out("images", "rgba16.png"), np.concatenate([wide, alpha], -1), 16, 6)
+    rng = np.random.default_rng(19)
+    for name, (colour_type, channels) in FILTERED_PNGS.items():
+        smooth = np.stack([(xx * (9 + 4 * c) + yy * (5 + 3 * c)) % 256 for c in range(channels)], -1)
+        noisy = rng.integers(0, 256, smooth.shape)
+        samples = np.where(((xx // 4 + yy // 3) % 2 == 0)[..., None], smooth, noisy)
+        write_png(out("images", name), samples, 8, colour_type, [(b"gAMA", struct.pack(">I", 45455))], filters=(0, 1, 2, 3, 4, 4, 3, 1, 2), idat_chunks=3)
+    Image.fromarray(rgb.astype(np.uint8), "RGB").quantize(17).save(out("images", "palette.png"))
 
 
 def imagenet_reference(image):
@@ -442,7 +475,8 @@ def make_image_goldens():
     from transformers import CLIPImageProcessor
     processor = CLIPImageProcessor()   # openai/clip-vit-base-patch32 defaults
     decoded, clip, imagenet = {}, {}, {}
-    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png", "exif_rotated.jpg", "gamma1.png", "rgb16.png", "rgba16.png"]:
+    for name in ["gradient.png", "grey.jpg", "cmyk.jpg", "rgb.jpg", "rgb.png", "exif_rotated.jpg", "gamma1.png", "rgb16.png", "rgba16.png",
+                 "palette.png", *FILTERED_PNGS]:
         image = Image.open(out("images", name)).convert("RGB")
         decoded[name] = np.asarray(image, dtype=np.float32)
         if name in ("gradient.png", "cmyk.jpg"):   # upscaling from a tiny image; a non-RGB source

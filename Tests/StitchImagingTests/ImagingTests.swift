@@ -7,11 +7,14 @@ import XCTest
 final class DecodingTests: XCTestCase {
     static let decoded = try! Fixtures.tensors("images/decoded.safetensors")
 
+    static let filteredPNGs = ["filtered-grey.png", "filtered-grey-alpha.png", "filtered-rgb.png", "filtered-rgba.png"]
+
     /// Decoded pixels equal Pillow's Image.open(...).convert("RGB"): PNGs exactly, colour chunks (gamma 1.0, sRGB)
     /// not applied and 16-bit samples cut to their high byte as Pillow (and OpenCV) do; 16-bit RGBA within a level.
     func testDecodersMatchPillow() throws {
-        let exact: Set = ["gradient.png", "rgb.png", "gamma1.png", "rgb16.png"]
-        for name in ["gradient.png", "rgb.png", "gamma1.png", "rgb16.png", "rgba16.png", "rgb.jpg", "grey.jpg", "cmyk.jpg", "exif_rotated.jpg"] {
+        let exact = Set(["gradient.png", "rgb.png", "gamma1.png", "rgb16.png", "palette.png"] + Self.filteredPNGs)
+        for name in ["gradient.png", "rgb.png", "gamma1.png", "rgb16.png", "rgba16.png", "palette.png", "rgb.jpg", "grey.jpg", "cmyk.jpg",
+                     "exif_rotated.jpg"] + Self.filteredPNGs {
             let image = try RGBImage(contentsOf: Fixtures.url("images/\(name)").path)
             let expected = Self.decoded[name]!
             XCTAssertEqual([image.height, image.width, 3], expected.shape, name)
@@ -59,6 +62,61 @@ final class DecodingTests: XCTestCase {
         let png = try Data(contentsOf: Fixtures.url("images/gamma1.png"))
         let image = try RGBImage(data: png + Data("trailing bytes".utf8), name: "gamma1-trailing.png")
         XCTAssertEqual(image.pixels.map(Float.init), Self.decoded["gamma1.png"]!.scalars)
+    }
+
+    /// The 8-bit grey, grey-alpha, RGB and RGBA PNGs (every row filter, split image data) skip libpng and decode as
+    /// libpng does, as do the real photos; palette and 16-bit files go to libpng.
+    func testCommonPNGsDecodeWithoutLibpngAsLibpngDoes() throws {
+        let files = ["gradient.png", "rgb.png", "gamma1.png"] + Self.filteredPNGs
+        let photos = ["chelsea.png", "coffee.png", "astronaut.png"]
+        for url in files.map({ Fixtures.url("images/\($0)") }) + photos.map(Fixtures.photo) {
+            let bytes = [UInt8](try Data(contentsOf: url))
+            let chunks = try XCTUnwrap(PNGChunk.all(in: bytes), url.lastPathComponent)
+            let common = try XCTUnwrap(bytes.withUnsafeBufferPointer { RGBImage.decodeCommonPNG($0, chunks: chunks) }, url.lastPathComponent)
+            let libpng = try RGBImage.decodePNGWithLibpng(bytes, name: url.lastPathComponent)
+            XCTAssertEqual([common.width, common.height], [libpng.width, libpng.height], url.lastPathComponent)
+            let differing = zip(common.pixels, libpng.pixels).filter { $0 != $1 }.count
+            XCTAssertEqual(differing, 0, "\(url.lastPathComponent): \(differing) of \(libpng.pixels.count) bytes differ from libpng's")
+        }
+        for name in ["palette.png", "rgb16.png", "rgba16.png"] {
+            let bytes = [UInt8](try Data(contentsOf: Fixtures.url("images/\(name)")))
+            XCTAssertNil(bytes.withUnsafeBufferPointer { RGBImage.decodeCommonPNG($0, chunks: PNGChunk.all(in: bytes)!) }, name)
+        }
+    }
+
+    /// What the libpng-free path refuses (a CRC, an unknown row filter, too little image data) still fails with
+    /// libpng's reason; the same file made regular decodes.
+    func testIrregularCommonPNGsFailAsLibpngSays() throws {
+        // 2x2 RGB, rows filtered "none" then "up".
+        let rows: [UInt8] = [0, 10, 20, 30, 40, 50, 60, 2, 1, 1, 1, 2, 2, 2]
+        let regular = try RGBImage(data: Self.png(width: 2, height: 2, rows: rows), name: "regular.png")
+        XCTAssertEqual(regular.pixels, [10, 20, 30, 40, 50, 60, 11, 21, 31, 42, 52, 62])
+        var unknownFilter = rows
+        unknownFilter[7] = 7
+        try assertCorrupt(Self.png(width: 2, height: 2, rows: unknownFilter), named: "unknown-filter.png", format: "PNG")
+        try assertCorrupt(Self.png(width: 2, height: 2, rows: Array(rows.dropLast(3))), named: "short-data.png", format: "PNG")
+        var badCRC = Self.png(width: 2, height: 2, rows: rows)
+        badCRC[badCRC.count - 13] ^= 1   // the IDAT chunk's CRC, before IEND's 12 bytes
+        try assertCorrupt(badCRC, named: "bad-crc.png", format: "PNG")
+    }
+
+    /// An 8-bit RGB PNG of image data `rows` (each a filter type and its bytes), stored uncompressed.
+    static func png(width: Int, height: Int, rows: [UInt8]) -> Data {
+        func bigEndian(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (24 - 8 * $0)) } }
+        func chunk(_ kind: String, _ data: [UInt8]) -> [UInt8] {
+            let body = Array(kind.utf8) + data
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in body {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 == 1 ? crc >> 1 ^ 0xEDB8_8320 : crc >> 1 }
+            }
+            return bigEndian(UInt32(data.count)) + body + bigEndian(~crc)
+        }
+        let (a, b) = rows.reduce((UInt32(1), UInt32(0))) { sums, byte in ((sums.0 + UInt32(byte)) % 65521, (sums.1 + (sums.0 + UInt32(byte)) % 65521) % 65521) }
+        let length = UInt16(rows.count)
+        let stored = [0x78, 0x01, 0x01, UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8(~length >> 8)] + rows + bigEndian(b << 16 | a)
+        let header = bigEndian(UInt32(width)) + bigEndian(UInt32(height)) + [8, 2, 0, 0, 0]
+        return Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + chunk("IHDR", header) + chunk("IDAT", stored) + chunk("IEND", []))
     }
 
     func testCorruptImagesGiveTypedErrors() throws {
