@@ -35,31 +35,36 @@ extension RGBImage {
               !(chunks.contains { $0.kind == "PLTE" } && channels < 3),
               imageData.allSatisfy({ chunks[$0].hasValidCRC(in: file) }) else { return nil }
         let stride = width * channels
-        var rows = [UInt8](repeating: 0, count: height * (stride + 1))   // each row: its filter type, then its bytes
         let compressed = imageData.count == 1 ? Array(file[chunks[first].data]) : imageData.flatMap { file[chunks[$0].data] }
         guard let inflater = libdeflate_alloc_decompressor() else { return nil }
         defer { libdeflate_free_decompressor(inflater) }
+        // Each row: its filter type, then its bytes; and the slack the unfiltering reads past the end.
+        var filtered = [UInt8](repeating: 0, count: height * (stride + 1) + unfilterSlack)
         // Without an out-length pointer libdeflate fails unless the stream inflates to exactly the rows' size.
         let inflated = compressed.withUnsafeBytes { source in
-            rows.withUnsafeMutableBytes { target in
-                libdeflate_zlib_decompress(inflater, source.baseAddress, source.count, target.baseAddress, target.count, nil)
+            filtered.withUnsafeMutableBytes { target in
+                libdeflate_zlib_decompress(inflater, source.baseAddress, source.count, target.baseAddress, height * (stride + 1), nil)
             }
         }
         guard inflated == LIBDEFLATE_SUCCESS else { return nil }
-        return rows.withUnsafeMutableBufferPointer { rows -> RGBImage? in
-            guard unfilterPNGRows(rows.baseAddress!, height: height, stride: stride, pixelBytes: channels) else { return nil }
-            let pixels = [UInt8](unsafeUninitializedCapacity: width * height * 3) { out, count in
-                for y in 0..<height {
-                    let row = rows.baseAddress! + y * (stride + 1) + 1, rgb = out.baseAddress! + y * width * 3
-                    for x in 0..<width {
-                        let pixel = row + x * channels   // grey (and alpha) or R, G, B (and alpha)
-                        (rgb[x * 3], rgb[x * 3 + 1], rgb[x * 3 + 2]) = channels < 3 ? (pixel[0], pixel[0], pixel[0]) : (pixel[0], pixel[1], pixel[2])
-                    }
+        // RGB rows unfilter straight into the pixels; the others into rows of their own, then to RGB.
+        let decoded = channels == 3 ? nil : UnsafeMutablePointer<UInt8>.allocate(capacity: height * stride + unfilterSlack)
+        defer { decoded?.deallocate() }
+        var unfiltered = true
+        let pixels = [UInt8](unsafeUninitializedCapacity: width * height * 3 + unfilterSlack) { out, count in
+            count = 0
+            let rows = decoded ?? out.baseAddress!
+            unfiltered = filtered.withUnsafeBufferPointer { unfilterPNGRows($0.baseAddress!, into: rows, height: height, stride: stride, pixelBytes: channels) }
+            guard unfiltered else { return }
+            if channels != 3 {
+                for i in 0..<width * height {
+                    let pixel = rows + i * channels   // grey (and alpha) or R, G, B and alpha
+                    (out[i * 3], out[i * 3 + 1], out[i * 3 + 2]) = channels < 3 ? (pixel[0], pixel[0], pixel[0]) : (pixel[0], pixel[1], pixel[2])
                 }
-                count = width * height * 3
             }
-            return RGBImage(width: width, height: height, pixels: pixels)
+            count = width * height * 3
         }
+        return unfiltered ? RGBImage(width: width, height: height, pixels: pixels) : nil
     }
 
     /// Through libpng's simplified API, with the colour chunks taken out first.
@@ -165,25 +170,31 @@ private func bigEndian32(_ bytes: UnsafeBufferPointer<UInt8>, at offset: Int) ->
     bytes[offset..<offset + 4].reduce(0) { $0 << 8 | UInt32($1) }
 }
 
-/// Reverses PNG's row filters in place. `rows` holds `height` rows, each a filter type (0 none, 1 sub, 2 up,
-/// 3 average, 4 Paeth) then `stride` bytes of `pixelBytes`-byte pixels; each row is predicted from the one above,
-/// as decoded, and from its own pixel to the left. False for an unknown filter type.
-func unfilterPNGRows(_ rows: UnsafeMutablePointer<UInt8>, height: Int, stride: Int, pixelBytes: Int) -> Bool {
-    let zeros = [UInt8](repeating: 0, count: stride)   // the row above the first
+/// Bytes past the end of its buffers that `unfilterPNGRows` reads and writes: it moves whole 4-byte words.
+let unfilterSlack = 4
+
+/// Reverses PNG's row filters: `filtered` holds `height` rows, each a filter type (0 none, 1 sub, 2 up, 3 average,
+/// 4 Paeth) then `stride` bytes of `pixelBytes`-byte pixels, and `rows` receives the rows decoded, `stride` bytes
+/// each; each row is predicted from the one above, as decoded, and from its own pixel to the left. Both buffers
+/// have `unfilterSlack` bytes to spare at their end. False for an unknown filter type.
+func unfilterPNGRows(_ filtered: UnsafePointer<UInt8>, into rows: UnsafeMutablePointer<UInt8>, height: Int, stride: Int, pixelBytes: Int) -> Bool {
+    let zeros = [UInt8](repeating: 0, count: stride + unfilterSlack)   // the row above the first
     return zeros.withUnsafeBufferPointer { zeros in
         var above = UnsafePointer(zeros.baseAddress!)
         for y in 0..<height {
-            let row = rows + y * (stride + 1) + 1
-            switch row[-1] {
-            case 0: break
-            case 1: for i in pixelBytes..<stride { row[i] &+= row[i - pixelBytes] }
-            case 2: for i in 0..<stride { row[i] &+= above[i] }
+            let (source, row) = (filtered + y * (stride + 1) + 1, rows + y * stride)
+            switch source[-1] {
+            case 0: row.update(from: source, count: stride)
+            case 1: unfilterPixels(source, into: row, above: above, stride: stride, pixelBytes: pixelBytes) { filtered, left, _, _ in filtered &+ left }
+            case 2: for i in 0..<stride { row[i] = source[i] &+ above[i] }
             case 3:
-                for i in 0..<pixelBytes { row[i] &+= above[i] >> 1 }
-                for i in pixelBytes..<stride { row[i] &+= UInt8((UInt16(row[i - pixelBytes]) + UInt16(above[i])) >> 1) }
+                unfilterPixels(source, into: row, above: above, stride: stride, pixelBytes: pixelBytes) { filtered, left, above, _ in
+                    filtered &+ (left &+ above) &>> 1
+                }
             case 4:
-                for i in 0..<pixelBytes { row[i] &+= above[i] }   // left and upper-left are zero: Paeth picks above
-                for i in pixelBytes..<stride { row[i] &+= paeth(row[i - pixelBytes], above[i], above[i - pixelBytes]) }
+                unfilterPixels(source, into: row, above: above, stride: stride, pixelBytes: pixelBytes) { filtered, left, above, upperLeft in
+                    filtered &+ paeth(left, above, upperLeft)
+                }
             default: return false
             }
             above = UnsafePointer(row)
@@ -192,10 +203,31 @@ func unfilterPNGRows(_ rows: UnsafeMutablePointer<UInt8>, height: Int, stride: I
     }
 }
 
-/// Of left, above and upper-left, the one nearest left + above - upper-left (ties to left, then above).
+/// Decodes a row pixel by pixel, each pixel's bytes the lanes of a vector (a 4-byte word read and written whole,
+/// lanes past the pixel ignored and overwritten by the next), the pixel to the left and the one above it (zero
+/// before the first) carried in registers: byte by byte through memory, each byte waits on a store a pixel back.
 @inline(__always)
-private func paeth(_ left: UInt8, _ above: UInt8, _ upperLeft: UInt8) -> UInt8 {
-    let (a, b, c) = (Int(left), Int(above), Int(upperLeft))
-    let (pa, pb, pc) = (abs(b - c), abs(a - c), abs(a + b - 2 * c))
-    return pa <= pb && pa <= pc ? left : pb <= pc ? above : upperLeft
+private func unfilterPixels(_ source: UnsafePointer<UInt8>, into row: UnsafeMutablePointer<UInt8>, above: UnsafePointer<UInt8>, stride: Int,
+                            pixelBytes: Int,
+                            _ decode: (_ filtered: SIMD4<Int16>, _ left: SIMD4<Int16>, _ above: SIMD4<Int16>, _ upperLeft: SIMD4<Int16>) -> SIMD4<Int16>) {
+    @inline(__always) func load(_ p: UnsafePointer<UInt8>) -> SIMD4<Int16> {
+        SIMD4<Int16>(truncatingIfNeeded: unsafeBitCast(UnsafeRawPointer(p).loadUnaligned(as: UInt32.self), to: SIMD4<UInt8>.self))
+    }
+    var left = SIMD4<Int16>(), upperLeft = SIMD4<Int16>()
+    for start in Swift.stride(from: 0, to: stride, by: pixelBytes) {
+        let up = load(above + start)
+        left = decode(load(source + start), left, up, upperLeft) & 0xFF
+        UnsafeMutableRawPointer(row + start).storeBytes(of: unsafeBitCast(SIMD4<UInt8>(truncatingIfNeeded: left), to: UInt32.self), as: UInt32.self)
+        upperLeft = up
+    }
+}
+/// Of left, above and upper-left, lane by lane the one nearest left + above - upper-left (ties to left, then above).
+@inline(__always)
+private func paeth(_ left: SIMD4<Int16>, _ above: SIMD4<Int16>, _ upperLeft: SIMD4<Int16>) -> SIMD4<Int16> {
+    func magnitude(_ v: SIMD4<Int16>) -> SIMD4<Int16> { pointwiseMax(v, 0 &- v) }
+    let (pa, pb, pc) = (magnitude(above &- upperLeft), magnitude(left &- upperLeft), magnitude(left &+ above &- 2 &* upperLeft))
+    var nearest = upperLeft
+    nearest.replace(with: above, where: pb .<= pc)
+    nearest.replace(with: left, where: (pa .<= pb) .& (pa .<= pc))
+    return nearest
 }

@@ -100,8 +100,23 @@ final class DecodingTests: XCTestCase {
         try assertCorrupt(badCRC, named: "bad-crc.png", format: "PNG")
     }
 
-    /// An 8-bit RGB PNG of image data `rows` (each a filter type and its bytes), stored uncompressed.
-    static func png(width: Int, height: Int, rows: [UInt8]) -> Data {
+    /// Random small images (one pixel wide and up, every colour type the libpng-free path takes) with a random filter
+    /// type on each row decode as libpng decodes them.
+    func testRandomlyFilteredPNGsDecodeAsLibpngDoes() throws {
+        var random = SplitMix64(seed: 7)
+        for case_ in 0..<300 {
+            let (colourType, channels) = [(UInt8(0), 1), (4, 2), (2, 3), (6, 4)][case_ % 4]
+            let width = 1 + Int(random.next() % 9), height = 1 + Int(random.next() % 7)
+            let rows = (0..<height).flatMap { _ in [UInt8(random.next() % 5)] + (0..<width * channels).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
+            let bytes = [UInt8](Self.png(width: width, height: height, colourType: colourType, rows: rows))
+            let common = try XCTUnwrap(bytes.withUnsafeBufferPointer { RGBImage.decodeCommonPNG($0, chunks: PNGChunk.all(in: bytes)!) })
+            XCTAssertEqual(common, try RGBImage.decodePNGWithLibpng(bytes, name: "random.png"), "case \(case_): \(width)x\(height), colour type \(colourType)")
+        }
+    }
+
+    /// An 8-bit PNG (RGB unless another colour type is given) of image data `rows` (each a filter type and its
+    /// bytes), stored uncompressed.
+    static func png(width: Int, height: Int, colourType: UInt8 = 2, rows: [UInt8]) -> Data {
         func bigEndian(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (24 - 8 * $0)) } }
         func chunk(_ kind: String, _ data: [UInt8]) -> [UInt8] {
             let body = Array(kind.utf8) + data
@@ -115,7 +130,7 @@ final class DecodingTests: XCTestCase {
         let (a, b) = rows.reduce((UInt32(1), UInt32(0))) { sums, byte in ((sums.0 + UInt32(byte)) % 65521, (sums.1 + (sums.0 + UInt32(byte)) % 65521) % 65521) }
         let length = UInt16(rows.count)
         let stored = [0x78, 0x01, 0x01, UInt8(length & 0xFF), UInt8(length >> 8), UInt8(~length & 0xFF), UInt8(~length >> 8)] + rows + bigEndian(b << 16 | a)
-        let header = bigEndian(UInt32(width)) + bigEndian(UInt32(height)) + [8, 2, 0, 0, 0]
+        let header = bigEndian(UInt32(width)) + bigEndian(UInt32(height)) + [8, colourType, 0, 0, 0]
         return Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] + chunk("IHDR", header) + chunk("IDAT", stored) + chunk("IEND", []))
     }
 
@@ -134,6 +149,19 @@ final class DecodingTests: XCTestCase {
         XCTAssertThrowsError(try RGBImage(contentsOf: "/nonexistent/photo.jpg")) { error in
             XCTAssertEqual(error as? ImageError, .unreadable(file: "/nonexistent/photo.jpg", reason: "no such file"))
         }
+    }
+}
+
+/// SplitMix64: a small seeded generator, so that random cases are the same on every run.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ z >> 30) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ z >> 27) &* 0x94D0_49BB_1331_11EB
+        return z ^ z >> 31
     }
 }
 
