@@ -35,23 +35,30 @@ extension RGBImage {
 
         // Horizontal pass over those rows: values scaled by 2048.
         let rowLength = newWidth * 3
-        var horizontal = [Int32](repeating: 0, count: sourceRows.count * rowLength)
-        pixels.withUnsafeBufferPointer { src in
-            horizontal.withUnsafeMutableBufferPointer { dst in
-                Parallel.forChunks(sourceRows.count, minimumChunk: 64) { range in
-                    for i in range {
-                        let row = src.baseAddress! + sourceRows[i] * width * 3, out = dst.baseAddress! + i * rowLength
-                        for x in 0..<newWidth {
-                            let (l, r, a, b) = (row + left[x], row + right[x], w0[x], w1[x])
-                            for c in 0..<3 { out[x * 3 + c] = Int32(l[c]) * a + Int32(r[c]) * b }
+        let horizontal = [Int32](unsafeUninitializedCapacity: sourceRows.count * rowLength) { dst, count in
+            pixels.withUnsafeBufferPointer { src in
+                left.withUnsafeBufferPointer { left in
+                    right.withUnsafeBufferPointer { right in
+                        w0.withUnsafeBufferPointer { w0 in
+                            w1.withUnsafeBufferPointer { w1 in
+                                Parallel.forChunks(sourceRows.count, minimumChunk: 64) { range in
+                                    for i in range {
+                                        let row = src.baseAddress! + sourceRows[i] * width * 3, out = dst.baseAddress! + i * rowLength
+                                        for x in 0..<newWidth {
+                                            let (l, r, a, b) = (row + left[x], row + right[x], w0[x], w1[x])
+                                            for c in 0..<3 { out[x * 3 + c] = Int32(l[c]) * a + Int32(r[c]) * b }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
             }
+            count = sourceRows.count * rowLength
         }
-        var result = [UInt8](repeating: 0, count: newWidth * newHeight * 3)
-        horizontal.withUnsafeBufferPointer { h in
-            result.withUnsafeMutableBufferPointer { out in
+        let result = [UInt8](unsafeUninitializedCapacity: newWidth * newHeight * 3) { out, count in
+            horizontal.withUnsafeBufferPointer { h in
                 Parallel.forChunks(newHeight, minimumChunk: 64) { range in
                     for y in range {
                         let tap = rows[y]
@@ -66,6 +73,7 @@ extension RGBImage {
                     }
                 }
             }
+            count = newWidth * newHeight * 3
         }
         return RGBImage(width: newWidth, height: newHeight, pixels: result)
     }
@@ -86,15 +94,19 @@ public struct Letterbox: Sendable {
         // Sizes as YOLOX computes them: int() of the scaled float sizes.
         let width = max(Int(Double(image.width) * ratio), 1), height = max(Int(Double(image.height) * ratio), 1)
         let resized = image.resizedBilinearOpenCV(width: width, height: height)
-        var planes = Tensor(shape: [3, size, size], repeating: Self.padValue)
+        var planes = Tensor(uninitialized: [3, size, size])
         resized.pixels.withUnsafeBufferPointer { source in
             planes.withUnsafeMutableBufferPointer { target in
-                Parallel.forChunks(height, minimumChunk: 64) { rows in
+                Parallel.forChunks(size, minimumChunk: 64) { rows in
                     for y in rows {
-                        let pixel = source.baseAddress! + y * width * 3
-                        for c in 0..<3 {   // RGB → BGR planes
+                        for c in 0..<3 {   // RGB → BGR planes, grey beyond the image
                             let plane = target.baseAddress! + (2 - c) * size * size + y * size
-                            for x in 0..<width { plane[x] = Float(pixel[x * 3 + c]) }
+                            let filled = y < height ? width : 0
+                            if filled > 0 {
+                                let pixel = source.baseAddress! + y * width * 3
+                                for x in 0..<width { plane[x] = Float(pixel[x * 3 + c]) }
+                            }
+                            (plane + filled).update(repeating: Self.padValue, count: size - filled)
                         }
                     }
                 }
