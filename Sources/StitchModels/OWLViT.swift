@@ -167,7 +167,7 @@ public final class OWLViT: TextQueriedDetector, @unchecked Sendable {
         guard let nmsThreshold else { return found }
         var scores = Tensor(zeros: [found.count, count])
         scores.withUnsafeMutableBufferPointer { s in for (i, d) in found.enumerated() { s[i * count + d.classIndex] = d.score } }
-        return nonMaximumSuppression((found.map(\.box), scores), classes: count, threshold: threshold, iouThreshold: nmsThreshold).map { kept in
+        return nonMaximumSuppression((found.map { SIMD4($0.box) }, scores), classes: count, threshold: threshold, iouThreshold: nmsThreshold).map { kept in
             Detection(label: queries[kept.classIndex], classIndex: kept.classIndex, score: kept.score, box: kept.box)
         }
     }

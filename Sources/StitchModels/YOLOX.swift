@@ -275,9 +275,10 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
     }
 
     /// Boxes (x1, y1, x2, y2 in original pixels) and per-class scores obj·cls of every cell.
-    func decode(_ raw: Tensor, scale: Float) -> (boxes: [[Float]], scores: Tensor) {
+    func decode(_ raw: Tensor, scale: Float) -> (boxes: [SIMD4<Float>], scores: Tensor) {
         let columns = raw.shape[1], classes = columns - 5
-        var boxes: [[Float]] = []
+        var boxes: [SIMD4<Float>] = []
+        boxes.reserveCapacity(raw.shape[0])
         var scores = Tensor(uninitialized: [raw.shape[0], classes])
         raw.withUnsafeBufferPointer { r in
             scores.withUnsafeMutableBufferPointer { s in
@@ -289,7 +290,7 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
                             let p = r.baseAddress! + row * columns
                             let cx = (p[0] + Float(gx)) * Float(stride), cy = (p[1] + Float(gy)) * Float(stride)
                             let w = expf(p[2]) * Float(stride), h = expf(p[3]) * Float(stride)
-                            boxes.append([(cx - w / 2) / scale, (cy - h / 2) / scale, (cx + w / 2) / scale, (cy + h / 2) / scale])
+                            boxes.append(SIMD4((cx - w / 2) / scale, (cy - h / 2) / scale, (cx + w / 2) / scale, (cy + h / 2) / scale))
                             for c in 0..<classes { s[row * classes + c] = p[4] * p[5 + c] }
                             row += 1
                         }
@@ -387,14 +388,21 @@ public struct Detection: Sendable, Equatable, Codable {
 /// in descending score suppress later ones whose IoU exceeds `iouThreshold`, with areas
 /// counted in inclusive pixels ((x2 - x1 + 1)(y2 - y1 + 1)) as that code does.
 /// Returns (class, score, box), best first.
-func nonMaximumSuppression(_ candidates: (boxes: [[Float]], scores: Tensor), classes: Int, threshold: Float, iouThreshold: Float)
+func nonMaximumSuppression(_ candidates: (boxes: [SIMD4<Float>], scores: Tensor), classes: Int, threshold: Float, iouThreshold: Float)
     -> [(classIndex: Int, score: Float, box: [Float])] {
     let scores = candidates.scores.scalars, boxes = candidates.boxes
-    func area(_ b: [Float]) -> Float { (b[2] - b[0] + 1) * (b[3] - b[1] + 1) }
+    func area(_ b: SIMD4<Float>) -> Float { (b[2] - b[0] + 1) * (b[3] - b[1] + 1) }
+    // Each class's cells above the threshold, in cell order, from one pass over the scores [cells, classes].
+    var above = [[Int]](repeating: [], count: classes)
+    scores.withUnsafeBufferPointer { scores in
+        for cell in boxes.indices {
+            let row = scores.baseAddress! + cell * classes
+            for c in 0..<classes where row[c] > threshold { above[c].append(cell) }
+        }
+    }
     var kept: [(classIndex: Int, score: Float, box: [Float])] = []
-    for c in 0..<classes {
-        var order = (0..<boxes.count).filter { scores[$0 * classes + c] > threshold }
-        order.sort { scores[$0 * classes + c] > scores[$1 * classes + c] }
+    for (c, cells) in above.enumerated() where !cells.isEmpty {
+        let order = cells.sorted { scores[$0 * classes + c] > scores[$1 * classes + c] }
         var survivors: [Int] = []
         for i in order {
             let a = boxes[i]
@@ -406,7 +414,7 @@ func nonMaximumSuppression(_ candidates: (boxes: [[Float]], scores: Tensor), cla
             }
             if !suppressed { survivors.append(i) }
         }
-        kept += survivors.map { (c, scores[$0 * classes + c], boxes[$0]) }
+        kept += survivors.map { (c, scores[$0 * classes + c], [boxes[$0][0], boxes[$0][1], boxes[$0][2], boxes[$0][3]]) }
     }
     return kept.sorted { $0.score > $1.score }
 }
