@@ -526,6 +526,52 @@ DISPATCH void stitch_conv_direct(const float *input, long c_in, long in_plane, l
     }
 }
 
+/* The direct kernel's sums written channels-last: 24 pixels of a row at a time, each pixel's 16 output channels one
+   vector, so each tap is one weight vector and a broadcast input value a pixel (the pixels of a row are what the
+   NCHW kernel vectorises over, and its output then needed transposing). */
+#define DIRECT_PIXELS 24
+
+DISPATCH void stitch_conv_direct_channels_last(const float *input, long c_in, long in_plane, long in_row, const float *packed,
+                                               long c_out, long kh, long kw, const float *bias, stitch_activation activation,
+                                               float *output, long w_out, long y_begin, long y_end) {
+#pragma clang fp contract(fast)
+    long taps = c_in * kh * kw;
+    for (long y = y_begin; y < y_end; y++) {
+        for (long co0 = 0; co0 < c_out; co0 += 16) {
+            const float *weights = packed + co0 * taps;   /* [taps][16] of this channel block */
+            long channels = c_out - co0 < 16 ? c_out - co0 : 16;
+            v16 b = {0};
+            memcpy(&b, bias + co0, (size_t)channels * sizeof(float));
+            for (long x0 = 0; x0 < w_out; x0 += DIRECT_PIXELS) {
+                v16 sums[DIRECT_PIXELS];
+#pragma clang loop unroll(full)
+                for (int p = 0; p < DIRECT_PIXELS; p++) sums[p] = (v16){0};
+                const float *w = weights;
+                for (long ci = 0; ci < c_in; ci++) {
+                    for (long ki = 0; ki < kh; ki++) {
+                        const float *row = input + ci * in_plane + (y + ki) * in_row + x0;
+                        for (long kj = 0; kj < kw; kj++, w += 16) {
+                            v16 tap = *(const v16 *)w;
+#pragma clang loop unroll(full)
+                            for (int p = 0; p < DIRECT_PIXELS; p++) sums[p] += row[kj + p] * tap;
+                        }
+                    }
+                }
+                long pixels = w_out - x0 < DIRECT_PIXELS ? w_out - x0 : DIRECT_PIXELS;
+#pragma clang loop unroll(full)
+                for (int p = 0; p < DIRECT_PIXELS; p++) {
+                    if (p >= pixels) break;
+                    v16 v = sums[p] + b;
+                    activate_v16(&v, activation);
+                    float *out = output + (y * w_out + x0 + p) * c_out + co0;
+                    if (channels == 16) *(v16 *)out = v;
+                    else memcpy(out, &v, (size_t)channels * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
 void stitch_keep_freed_memory(void) {
 #ifdef __GLIBC__
     mallopt(M_MMAP_THRESHOLD, 256 << 20);  /* tensors come from the heap, not from fresh mappings */

@@ -46,7 +46,7 @@ public final class YOLOX: ObjectDetector, @unchecked Sendable {
             switch layer {
             case let .pointwise(linear, activation): return linear(x, activation: activation)
             case let .depthwise(convolution): return convolution(x, padding: padding)
-            case let .dense(convolution): return channelsLast(convolution(x, padding: padding))
+            case let .dense(convolution): return convolution.channelsLastOutput(x, padding: padding)
             }
         }
     }

@@ -58,6 +58,8 @@ public struct Convolution: @unchecked Sendable {
     /// Weights for the direct kernel (stride 1, kernels wider than 1 x 1): [ceil(cOut / 4)][cIn·kh·kw][4], each tap's
     /// 4 output-channel weights side by side.
     let packed: [Float]?
+    /// The same weights for its channels-last variant: [ceil(cOut / 16)][cIn·kh·kw][16].
+    let packedSixteens: [Float]?
 
     public init(weight: Tensor, bias: Tensor?, stride: Int = 1, depthwise: Bool = false, activation: ConvActivation = .none) {
         precondition(weight.rank == 4 && (!depthwise || (weight.shape[1] == 1 && weight.shape[3] <= 16)), "convolution weight \(weight.shape)")
@@ -70,16 +72,57 @@ public struct Convolution: @unchecked Sendable {
         biases = bias?.scalars ?? [Float](repeating: 0, count: cOut)
         if !depthwise && stride == 1 && weight.shape[2] * weight.shape[3] > 1 {
             let taps = weight.count / cOut
-            var packed = [Float](repeating: 0, count: (cOut + 3) / 4 * taps * 4)
-            weight.withUnsafeBufferPointer { w in
-                for co in 0..<cOut {
-                    for t in 0..<taps { packed[((co / 4) * taps + t) * 4 + co % 4] = w[co * taps + t] }
+            /// [ceil(cOut / width)][taps][width]: each tap's `width` output-channel weights side by side, zeros past cOut.
+            func packed(width: Int) -> [Float] {
+                var packed = [Float](repeating: 0, count: (cOut + width - 1) / width * taps * width)
+                weight.withUnsafeBufferPointer { w in
+                    for co in 0..<cOut {
+                        for t in 0..<taps { packed[((co / width) * taps + t) * width + co % width] = w[co * taps + t] }
+                    }
+                }
+                return packed
+            }
+            (self.packed, packedSixteens) = (packed(width: 4), packed(width: 16))
+        } else {
+            (packed, packedSixteens) = (nil, nil)
+        }
+    }
+
+    /// The convolution with its output channels-last, [hOut, wOut, cOut]: the values of `channelsLast(self(x, padding:))`,
+    /// which dense stride-1 kernels write directly.
+    public func channelsLastOutput(_ x: Tensor, padding: Padding2D = .symmetric(0)) -> Tensor {
+        guard let packedSixteens else { return channelsLast(self(x, padding: padding)) }
+        precondition(x.rank == 3 && x.shape[0] == weight.shape[1], "convolution of input \(x.shape) with weight \(weight.shape)")
+        let (cIn, cOut, kh, kw) = (x.shape[0], weight.shape[0], weight.shape[2], weight.shape[3])
+        let hOut = outputSize(x.shape[1], kernel: kh, stride: 1, before: padding.top, after: padding.bottom)
+        let wOut = outputSize(x.shape[2], kernel: kw, stride: 1, before: padding.left, after: padding.right)
+        var out = Tensor(uninitialized: [hOut, wOut, cOut])
+        let (input, ph, pw) = paddedInput(x, padding: padding)
+        defer { input.deallocate() }
+        out.withUnsafeMutableBufferPointer { d in
+            Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: cOut * cIn * kh * kw * hOut * wOut)) { rows in
+                stitch_conv_direct_channels_last(input, cIn, ph * pw, pw, packedSixteens, cOut, kh, kw, biases, activation.kernel, d.baseAddress!,
+                                                 wOut, rows.lowerBound, rows.upperBound)
+            }
+        }
+        return out
+    }
+
+    /// x's planes with their zero border, plus slack for the direct kernels' reads past a row's end: the buffer (for
+    /// the caller to deallocate) and its padded height and width.
+    private func paddedInput(_ x: Tensor, padding: Padding2D) -> (UnsafeMutablePointer<Float>, Int, Int) {
+        let (cIn, h, w, kw) = (x.shape[0], x.shape[1], x.shape[2], weight.shape[3])
+        let (ph, pw) = (h + padding.top + padding.bottom, w + padding.left + padding.right)
+        let input = UnsafeMutablePointer<Float>.allocate(capacity: cIn * ph * pw + Self.readAhead + kw)
+        input.initialize(repeating: 0, count: cIn * ph * pw + Self.readAhead + kw)
+        x.withUnsafeBufferPointer { src in
+            for c in 0..<cIn {
+                for y in 0..<h {
+                    (input + (c * ph + y + padding.top) * pw + padding.left).update(from: src.baseAddress! + (c * h + y) * w, count: w)
                 }
             }
-            self.packed = packed
-        } else {
-            packed = nil
         }
+        return (input, ph, pw)
     }
 
     public func callAsFunction(_ x: Tensor, padding: Padding2D = .symmetric(0)) -> Tensor {
@@ -107,27 +150,16 @@ public struct Convolution: @unchecked Sendable {
     }
 
     private func runDirect(_ x: Tensor, _ packed: [Float], padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
-        let (cIn, h, w) = (x.shape[0], x.shape[1], x.shape[2])
-        let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
+        let (cIn, cOut, kh, kw) = (x.shape[0], weight.shape[0], weight.shape[2], weight.shape[3])
         let plane = hOut * wOut
-        // The input with its zero border, plus slack for the kernel's reads past a row's end.
-        let (ph, pw) = (h + padding.top + padding.bottom, w + padding.left + padding.right)
-        let input = UnsafeMutablePointer<Float>.allocate(capacity: cIn * ph * pw + Self.readAhead + kw)
+        let (input, ph, pw) = paddedInput(x, padding: padding)
         defer { input.deallocate() }
-        input.initialize(repeating: 0, count: cIn * ph * pw + Self.readAhead + kw)
-        x.withUnsafeBufferPointer { src in
-            for c in 0..<cIn {
-                for y in 0..<h {
-                    (input + (c * ph + y + padding.top) * pw + padding.left).update(from: src.baseAddress! + (c * h + y) * w, count: w)
-                }
-            }
-        }
         Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: cOut * cIn * kh * kw * plane)) { rows in
             stitch_conv_direct(input, cIn, ph * pw, pw, packed, cOut, kh, kw, biases, activation.kernel, d, plane, wOut, rows.lowerBound, rows.upperBound, 0, wOut)
         }
     }
 
-    /// Floats the direct kernel may read past the last output column (its 32-column tiles).
+    /// Floats the direct kernels may read past the last output column (their 32-column and 24-pixel tiles).
     static let readAhead = 32
 
     /// Columns of the output per product of `runPointwise`: the block of input (cIn x 512) and of output stay in L2

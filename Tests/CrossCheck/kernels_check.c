@@ -234,6 +234,17 @@ int main(void) {
             if (e > worst) worst = e;
         }
         report("conv_direct", worst, 1e-5);
+        /* The channels-last variant: the same sums, so the same bits, at each output's transposed place. */
+        float *sixteens = calloc(((CO + 15) / 16) * CI * K * K * 16, sizeof(float)), last[HO * WO * CO];
+        for (int o = 0; o < CO; o++) for (int t = 0; t < CI * K * K; t++) sixteens[((o / 16) * CI * K * K + t) * 16 + o % 16] = packed[((o / 4) * CI * K * K + t) * 4 + o % 4];
+        stitch_conv_direct_channels_last(input, CI, in_plane, in_row, sixteens, CO, K, K, bias, STITCH_ACTIVATION_RELU6, last, WO, 0, HO);
+        worst = 0;
+        for (int o = 0; o < CO; o++) for (int i = 0; i < HO * WO; i++) {
+            double e = fabs(last[i * CO + o] - output[o * HO * WO + i]);
+            if (e > worst) worst = e;
+        }
+        report("conv_direct_channels_last", worst, 0);
+        free(sixteens);
         free(input);
         free(packed);
     }

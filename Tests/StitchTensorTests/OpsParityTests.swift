@@ -191,6 +191,30 @@ final class ConvolutionParityTests: XCTestCase {
     /// Every path (the pointwise product, the direct kernel, im2col, depthwise at strides 1, 2 and 3) against sums in
     /// Double, on shapes that leave partial tiles: channels not a multiple of 12 or 4, planes past one 512-column block
     /// and not a multiple of 32 or 16, each activation.
+    /// The direct kernel's channels-last variant gives the NCHW kernel's values, transposed (the same sums in the same
+    /// order: the same bits in optimised builds, within rounding where a debug build contracts them differently):
+    /// output channels past a 16-channel block, pixels past a 24-pixel block, each activation.
+    func testChannelsLastDirectConvolutionEqualsTransposedOutput() {
+        var seed: UInt64 = 5
+        func noise(_ count: Int) -> [Float] {
+            (0..<count).map { _ in
+                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Float(Int(seed >> 40) % 2001 - 1000) / 1000
+            }
+        }
+        for (cIn, cOut, h, w, kernel, activation) in [(12, 16, 9, 50, 3, ConvActivation.silu), (5, 20, 7, 19, 3, .relu6), (3, 7, 6, 31, 5, .none)] {
+            let x = Tensor(shape: [cIn, h, w], scalars: noise(cIn * h * w))
+            let convolution = Convolution(weight: Tensor(shape: [cOut, cIn, kernel, kernel], scalars: noise(cOut * cIn * kernel * kernel)),
+                                          bias: Tensor(shape: [cOut], scalars: noise(cOut)), activation: activation)
+            let padding = Padding2D.symmetric(kernel / 2)
+            let direct = convolution.channelsLastOutput(x, padding: padding), transposed = channelsLast(convolution(x, padding: padding))
+            XCTAssertEqual(direct.shape, [h, w, cOut])
+            let difference = maxAbsoluteDifference(direct.scalars, transposed.scalars)
+            print("\(cIn) -> \(cOut) channels, \(h)x\(w), \(activation): max difference \(difference)")
+            XCTAssertLessThanOrEqual(difference, 1e-5, "\(cIn) -> \(cOut) channels, \(h)x\(w), \(activation)")
+        }
+    }
+
     func testConvolutionPathsAgainstSumsInDouble() {
         var seed: UInt64 = 11
         func noise(_ count: Int) -> [Float] {

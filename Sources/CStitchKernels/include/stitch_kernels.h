@@ -122,6 +122,13 @@ void stitch_conv_direct(const float *input, long c_in, long in_plane, long in_ro
                         long kh, long kw, const float *bias, stitch_activation activation,
                         float *output, long out_plane, long w_out, long y_begin, long y_end, long x_begin, long x_end);
 
+/* stitch_conv_direct's sums, in its order, with the output channels-last, output[(y * w_out + x) * c_out + co] for
+   rows [y_begin, y_end) and all w_out columns. `packed` holds the weights as [ceil(c_out / 16)][c_in * kh * kw][16]
+   (zeros past c_out). Reads run up to 23 + kw floats past a row's last output column. */
+void stitch_conv_direct_channels_last(const float *input, long c_in, long in_plane, long in_row, const float *packed,
+                                      long c_out, long kh, long kw, const float *bias, stitch_activation activation,
+                                      float *output, long w_out, long y_begin, long y_end);
+
 /* glibc: serve large allocations from the heap and keep freed memory mapped (no-op elsewhere). */
 void stitch_keep_freed_memory(void);
 
