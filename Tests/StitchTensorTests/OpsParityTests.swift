@@ -156,6 +156,18 @@ final class TensorBasicsTests: XCTestCase {
     }
 }
 
+/// Seeded values in [-1, 1] in steps of 0.001, the same on every run.
+struct Noise {
+    var seed: UInt64
+
+    mutating func callAsFunction(_ count: Int) -> [Float] {
+        (0..<count).map { _ in
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(Int(seed >> 40) % 2001 - 1000) / 1000
+        }
+    }
+}
+
 final class ConvolutionParityTests: XCTestCase {
     let golden = OpsParityTests.golden
 
@@ -188,20 +200,11 @@ final class ConvolutionParityTests: XCTestCase {
         XCTAssertEqual(globalAveragePool(Tensor(shape: [2, 1, 2], scalars: [1, 3, 5, 7])).scalars, [2, 6])
     }
 
-    /// Every path (the pointwise product, the direct kernel, im2col, depthwise at strides 1, 2 and 3) against sums in
-    /// Double, on shapes that leave partial tiles: channels not a multiple of 12 or 4, planes past one 512-column block
-    /// and not a multiple of 32 or 16, each activation.
     /// The direct kernel's channels-last variant gives the NCHW kernel's values, transposed (the same sums in the same
     /// order: the same bits in optimised builds, within rounding where a debug build contracts them differently):
     /// output channels past a 16-channel block, pixels past a 24-pixel block, each activation.
     func testChannelsLastDirectConvolutionEqualsTransposedOutput() {
-        var seed: UInt64 = 5
-        func noise(_ count: Int) -> [Float] {
-            (0..<count).map { _ in
-                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                return Float(Int(seed >> 40) % 2001 - 1000) / 1000
-            }
-        }
+        var noise = Noise(seed: 5)
         for (cIn, cOut, h, w, kernel, activation) in [(12, 16, 9, 50, 3, ConvActivation.silu), (5, 20, 7, 19, 3, .relu6), (3, 7, 6, 31, 5, .none)] {
             let x = Tensor(shape: [cIn, h, w], scalars: noise(cIn * h * w))
             let convolution = Convolution(weight: Tensor(shape: [cOut, cIn, kernel, kernel], scalars: noise(cOut * cIn * kernel * kernel)),
@@ -215,14 +218,11 @@ final class ConvolutionParityTests: XCTestCase {
         }
     }
 
+    /// Every path (the pointwise product, the direct kernel, im2col, depthwise at strides 1, 2 and 3) against sums in
+    /// Double, on shapes that leave partial tiles: channels not a multiple of 12 or 4, planes past one 512-column block
+    /// and not a multiple of 32 or 16, each activation.
     func testConvolutionPathsAgainstSumsInDouble() {
-        var seed: UInt64 = 11
-        func noise(_ count: Int) -> [Float] {
-            (0..<count).map { _ in
-                seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                return Float(Int(seed >> 40) % 2001 - 1000) / 1000
-            }
-        }
+        var noise = Noise(seed: 11)
         let cases: [(cIn: Int, cOut: Int, h: Int, w: Int, kernel: Int, stride: Int, padding: Padding2D, depthwise: Bool, activation: ConvActivation)] = [
             (37, 29, 23, 27, 1, 1, .symmetric(0), false, .silu),     // pointwise: 621 columns, 12 + 12 + 4 + 1 rows
             (16, 16, 13, 13, 1, 1, .symmetric(0), false, .relu6),    // pointwise: one partial 32-column tile per part
