@@ -30,26 +30,19 @@ extension RGBImage {
         var slot = [Int](repeating: 0, count: height)
         for (i, y) in sourceRows.enumerated() { slot[y] = i }
         // Each destination column's two source pixels (byte offsets in a row) and weights.
-        let left = columns.map { $0.index * 3 }, right = columns.map { min($0.index + 1, width - 1) * 3 }
-        let w0 = columns.map(\.w0), w1 = columns.map(\.w1)
+        let columnTaps = columns.map { (left: $0.index * 3, right: min($0.index + 1, width - 1) * 3, w0: $0.w0, w1: $0.w1) }
 
         // Horizontal pass over those rows: values scaled by 2048.
         let rowLength = newWidth * 3
         let horizontal = [Int32](unsafeUninitializedCapacity: sourceRows.count * rowLength) { dst, count in
             pixels.withUnsafeBufferPointer { src in
-                left.withUnsafeBufferPointer { left in
-                    right.withUnsafeBufferPointer { right in
-                        w0.withUnsafeBufferPointer { w0 in
-                            w1.withUnsafeBufferPointer { w1 in
-                                Parallel.forChunks(sourceRows.count, minimumChunk: 64) { range in
-                                    for i in range {
-                                        let row = src.baseAddress! + sourceRows[i] * width * 3, out = dst.baseAddress! + i * rowLength
-                                        for x in 0..<newWidth {
-                                            let (l, r, a, b) = (row + left[x], row + right[x], w0[x], w1[x])
-                                            for c in 0..<3 { out[x * 3 + c] = Int32(l[c]) * a + Int32(r[c]) * b }
-                                        }
-                                    }
-                                }
+                columnTaps.withUnsafeBufferPointer { taps in
+                    Parallel.forChunks(sourceRows.count, minimumChunk: 64) { range in
+                        for i in range {
+                            let row = src.baseAddress! + sourceRows[i] * width * 3, out = dst.baseAddress! + i * rowLength
+                            for (x, tap) in taps.enumerated() {
+                                let (l, r) = (row + tap.left, row + tap.right)
+                                for c in 0..<3 { out[x * 3 + c] = Int32(l[c]) * tap.w0 + Int32(r[c]) * tap.w1 }
                             }
                         }
                     }

@@ -10,10 +10,9 @@ import CPNG
 /// Anything else, and anything irregular in a common one, goes to libpng, which reads it or says what is wrong.
 extension RGBImage {
     static func decodePNG(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
-        if let chunks = PNGChunk.all(in: bytes), let image = bytes.withUnsafeBufferPointer({ decodeCommonPNG($0, chunks: chunks) }) {
-            return image
-        }
-        return try decodePNGWithLibpng(bytes, name: name)
+        let chunks = PNGChunk.all(in: bytes)
+        if let chunks, let image = bytes.withUnsafeBufferPointer({ decodeCommonPNG($0, chunks: chunks) }) { return image }
+        return try decodePNGWithLibpng(bytes, chunks: chunks, name: name)
     }
 
     /// An 8-bit, non-interlaced grey, grey-alpha, RGB or RGBA PNG whose header and image data check out (CRCs, the
@@ -35,16 +34,23 @@ extension RGBImage {
               !(chunks.contains { $0.kind == "PLTE" } && channels < 3),
               imageData.allSatisfy({ chunks[$0].hasValidCRC(in: file) }) else { return nil }
         let stride = width * channels
-        let compressed = imageData.count == 1 ? Array(file[chunks[first].data]) : imageData.flatMap { file[chunks[$0].data] }
         guard let inflater = libdeflate_alloc_decompressor() else { return nil }
         defer { libdeflate_free_decompressor(inflater) }
-        // Each row: its filter type, then its bytes; and the slack the unfiltering reads past the end.
-        var filtered = [UInt8](repeating: 0, count: height * (stride + 1) + unfilterSlack)
-        // Without an out-length pointer libdeflate fails unless the stream inflates to exactly the rows' size.
-        let inflated = compressed.withUnsafeBytes { source in
-            filtered.withUnsafeMutableBytes { target in
-                libdeflate_zlib_decompress(inflater, source.baseAddress, source.count, target.baseAddress, height * (stride + 1), nil)
+        // Each row: its filter type, then its bytes; and the (zeroed) slack the unfiltering reads past the end.
+        let size = height * (stride + 1)
+        var inflated = LIBDEFLATE_BAD_DATA
+        let filtered = [UInt8](unsafeUninitializedCapacity: size + unfilterSlack) { target, count in
+            (target.baseAddress! + size).initialize(repeating: 0, count: unfilterSlack)
+            // Without an out-length pointer libdeflate fails unless the stream inflates to exactly the rows' size.
+            func inflate(_ source: UnsafeRawBufferPointer) {
+                inflated = libdeflate_zlib_decompress(inflater, source.baseAddress, source.count, target.baseAddress, size, nil)
             }
+            if imageData.count == 1 {
+                inflate(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(file)[chunks[first].data]))
+            } else {
+                imageData.flatMap { file[chunks[$0].data] }.withUnsafeBytes(inflate)
+            }
+            count = inflated == LIBDEFLATE_SUCCESS ? size + unfilterSlack : 0
         }
         guard inflated == LIBDEFLATE_SUCCESS else { return nil }
         // RGB rows unfilter straight into the pixels; the others into rows of their own, then to RGB.
@@ -67,9 +73,10 @@ extension RGBImage {
         return unfiltered ? RGBImage(width: width, height: height, pixels: pixels) : nil
     }
 
-    /// Through libpng's simplified API, with the colour chunks taken out first.
-    static func decodePNGWithLibpng(_ bytes: [UInt8], name: String) throws(ImageError) -> RGBImage {
-        let file = PNGChunk.all(in: bytes).map { withoutColourChunks(bytes, chunks: $0) } ?? bytes
+    /// Through libpng's simplified API, with the colour chunks taken out first (`chunks`: the file's, nil where they do
+    /// not parse).
+    static func decodePNGWithLibpng(_ bytes: [UInt8], chunks: [PNGChunk]?, name: String) throws(ImageError) -> RGBImage {
+        let file = chunks.map { withoutColourChunks(bytes, chunks: $0) } ?? bytes
         // libpng reads the file's memory until png_image_finish_read returns: the whole read runs inside its scope.
         return try file.withUnsafeBufferPointer { (file) throws(ImageError) -> RGBImage in try decodePNGWithLibpng(file, name: name) }
     }
@@ -155,7 +162,7 @@ struct PNGChunk {
         var chunks: [PNGChunk] = []
         var offset = 8
         while offset + 12 <= bytes.count {
-            let length = bytes[offset..<offset + 4].reduce(0) { $0 << 8 | Int($1) }
+            let length = Int(bigEndian32(bytes, at: offset))
             guard length <= bytes.count - offset - 12 else { return nil }
             let chunk = PNGChunk(kind: String(decoding: bytes[offset + 4..<offset + 8], as: UTF8.self), data: offset + 8..<offset + 8 + length)
             chunks.append(chunk)
@@ -166,7 +173,7 @@ struct PNGChunk {
     }
 }
 
-private func bigEndian32(_ bytes: UnsafeBufferPointer<UInt8>, at offset: Int) -> UInt32 {
+private func bigEndian32<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes, at offset: Int) -> UInt32 where Bytes.Index == Int {
     bytes[offset..<offset + 4].reduce(0) { $0 << 8 | UInt32($1) }
 }
 

@@ -390,31 +390,31 @@ public struct Detection: Sendable, Equatable, Codable {
 /// Returns (class, score, box), best first.
 func nonMaximumSuppression(_ candidates: (boxes: [SIMD4<Float>], scores: Tensor), classes: Int, threshold: Float, iouThreshold: Float)
     -> [(classIndex: Int, score: Float, box: [Float])] {
-    let scores = candidates.scores.scalars, boxes = candidates.boxes
+    let boxes = candidates.boxes
     func area(_ b: SIMD4<Float>) -> Float { (b[2] - b[0] + 1) * (b[3] - b[1] + 1) }
-    // Each class's cells above the threshold, in cell order, from one pass over the scores [cells, classes].
-    var above = [[Int]](repeating: [], count: classes)
-    scores.withUnsafeBufferPointer { scores in
+    return candidates.scores.withUnsafeBufferPointer { scores in
+        // Each class's cells above the threshold, in cell order, from one pass over the scores [cells, classes].
+        var above = [[Int]](repeating: [], count: classes)
         for cell in boxes.indices {
             let row = scores.baseAddress! + cell * classes
             for c in 0..<classes where row[c] > threshold { above[c].append(cell) }
         }
-    }
-    var kept: [(classIndex: Int, score: Float, box: [Float])] = []
-    for (c, cells) in above.enumerated() where !cells.isEmpty {
-        let order = cells.sorted { scores[$0 * classes + c] > scores[$1 * classes + c] }
-        var survivors: [Int] = []
-        for i in order {
-            let a = boxes[i]
-            let suppressed = survivors.contains { j in
-                let b = boxes[j]
-                let w = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1), h = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-                let intersection = w * h
-                return intersection / (area(a) + area(b) - intersection) > iouThreshold
+        var kept: [(classIndex: Int, score: Float, box: [Float])] = []
+        for (c, cells) in above.enumerated() where !cells.isEmpty {
+            let order = cells.sorted { scores[$0 * classes + c] > scores[$1 * classes + c] }
+            var survivors: [Int] = []
+            for i in order {
+                let a = boxes[i]
+                let suppressed = survivors.contains { j in
+                    let b = boxes[j]
+                    let w = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1), h = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+                    let intersection = w * h
+                    return intersection / (area(a) + area(b) - intersection) > iouThreshold
+                }
+                if !suppressed { survivors.append(i) }
             }
-            if !suppressed { survivors.append(i) }
+            kept += survivors.map { (c, scores[$0 * classes + c], [boxes[$0][0], boxes[$0][1], boxes[$0][2], boxes[$0][3]]) }
         }
-        kept += survivors.map { (c, scores[$0 * classes + c], [boxes[$0][0], boxes[$0][1], boxes[$0][2], boxes[$0][3]]) }
+        return kept.sorted { $0.score > $1.score }
     }
-    return kept.sorted { $0.score > $1.score }
 }

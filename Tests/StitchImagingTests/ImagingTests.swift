@@ -73,7 +73,7 @@ final class DecodingTests: XCTestCase {
             let bytes = [UInt8](try Data(contentsOf: url))
             let chunks = try XCTUnwrap(PNGChunk.all(in: bytes), url.lastPathComponent)
             let common = try XCTUnwrap(bytes.withUnsafeBufferPointer { RGBImage.decodeCommonPNG($0, chunks: chunks) }, url.lastPathComponent)
-            let libpng = try RGBImage.decodePNGWithLibpng(bytes, name: url.lastPathComponent)
+            let libpng = try RGBImage.decodePNGWithLibpng(bytes, chunks: PNGChunk.all(in: bytes), name: url.lastPathComponent)
             XCTAssertEqual([common.width, common.height], [libpng.width, libpng.height], url.lastPathComponent)
             let differing = zip(common.pixels, libpng.pixels).filter { $0 != $1 }.count
             XCTAssertEqual(differing, 0, "\(url.lastPathComponent): \(differing) of \(libpng.pixels.count) bytes differ from libpng's")
@@ -110,7 +110,7 @@ final class DecodingTests: XCTestCase {
             let rows = (0..<height).flatMap { _ in [UInt8(random.next() % 5)] + (0..<width * channels).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
             let bytes = [UInt8](Self.png(width: width, height: height, colourType: colourType, rows: rows))
             let common = try XCTUnwrap(bytes.withUnsafeBufferPointer { RGBImage.decodeCommonPNG($0, chunks: PNGChunk.all(in: bytes)!) })
-            XCTAssertEqual(common, try RGBImage.decodePNGWithLibpng(bytes, name: "random.png"), "case \(case_): \(width)x\(height), colour type \(colourType)")
+            XCTAssertEqual(common, try RGBImage.decodePNGWithLibpng(bytes, chunks: PNGChunk.all(in: bytes), name: "random.png"), "case \(case_): \(width)x\(height), colour type \(colourType)")
         }
     }
 
