@@ -176,8 +176,7 @@ BF16 static void widened_gemm(long m, long k, const float *a, long lda, const ui
                               long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
     long pairs = (k + 1) / 2, rows_block = m < MC ? m : MC;
     size_t a_bytes = sizeof(float) * (size_t)((rows_block + MR - 1) / MR * MR * 2 * pairs);
-    float *ap = aligned_alloc(64, (a_bytes + 63) / 64 * 64);
-    float *bp = aligned_alloc(64, sizeof(float) * 2 * KC_PAIRS * PANEL);
+    float *ap = stitch_thread_scratch(0, a_bytes), *bp = stitch_thread_scratch(1, sizeof(float) * 2 * KC_PAIRS * PANEL);
     for (long ic = 0; ic < m; ic += MC) {
         long mc = m - ic < MC ? m - ic : MC;
         pack_a_rounded(a + ic * lda, lda, mc, k, 2 * pairs, ap);
@@ -193,8 +192,6 @@ BF16 static void widened_gemm(long m, long k, const float *a, long lda, const ui
         }
         stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
-    free(bp);
-    free(ap);
 }
 
 BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
@@ -212,7 +209,7 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
     }
     long rows_block = m < MC ? m : MC;
     size_t bytes = sizeof(uint32_t) * (size_t)((rows_block + MR - 1) / MR * MR * pairs);
-    uint32_t *ap = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    uint32_t *ap = stitch_thread_scratch(0, bytes);
     for (long ic = 0; ic < m; ic += MC) {
         long mc = m - ic < MC ? m - ic : MC;
         pack_a(a + ic * lda, lda, mc, k, ap);
@@ -233,7 +230,6 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
         }
         stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
-    free(ap);
 }
 
 #else

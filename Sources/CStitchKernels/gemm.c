@@ -180,12 +180,11 @@ AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *
     tile_reading_a(MR, 0, 0, kc, ap, 0, bp, c, ldc, rows, cols, accumulate);
 }
 
-/* A packing buffer for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up to KC of k: what
-   this product's blocks need (a few rows of attention need far less than whole blocks). */
-static float *packing_buffer(long k, long count, long block, long panel) {
+/* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up
+   to KC of k: what this product's blocks need. */
+static float *packing_buffer(int slot, long k, long count, long block, long panel) {
     long depth = k < KC ? k : KC, lines = count < block ? count : block;
-    size_t bytes = sizeof(float) * (size_t)(depth * ((lines + panel - 1) / panel * panel));
-    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    return stitch_thread_scratch(slot, sizeof(float) * (size_t)(depth * ((lines + panel - 1) / panel * panel)));
 }
 
 /* The tile for `rows` rows and `cols` columns: A read in place where lda > 0 (whole 12-row tiles only), else packed
@@ -208,7 +207,7 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
         return;
     }
-    float *bp = packing_buffer(k, n, NC, NR), *ap = packing_buffer(k, m, MC, MR);
+    float *bp = packing_buffer(0, k, n, NC, NR), *ap = packing_buffer(1, k, m, MC, MR);
     for (long jc = 0; jc < n; jc += NC) {
         long nc = n - jc < NC ? n - jc : NC;
         for (long pc = 0; pc < k; pc += KC) {
@@ -224,8 +223,6 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
             }
         }
     }
-    free(ap);
-    free(bp);
 }
 
 /* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns
@@ -241,7 +238,7 @@ AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const 
     /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
        much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
     int in_place = column_end - column_begin <= 4 * NR;
-    float *ap = packing_buffer(k, in_place ? MR : m, MC, MR);
+    float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
     for (long ic = 0; ic < m; ic += MC) {
         long mc = m - ic < MC ? m - ic : MC, whole = in_place ? mc / MR * MR : 0;
         for (long pc = 0; pc < k; pc += KC) {
@@ -257,7 +254,6 @@ AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const 
         }
         stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
-    free(ap);
 }
 
 /* y[j] = W[j, :] · x for rows [n, k] of W (row stride ldw): four rows at a time, sixteen columns per step, so that a

@@ -33,7 +33,8 @@ public final class PackedWeights: @unchecked Sendable {
 
     /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
     /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512: products stay with OpenBLAS; bf16
-    /// without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message).
+    /// without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message) or no memory is left
+    /// for the packed copy (products stay with OpenBLAS, on the weights as loaded).
     public static func pack(_ weight: Tensor, layout: WeightLayout, precision: Precision) -> PackedWeights? {
         if precision.unavailableReason != nil {
             _ = fallbackMessage
@@ -42,18 +43,20 @@ public final class PackedWeights: @unchecked Sendable {
         return BLAS.hasOwnKernel ? PackedWeights(weight, layout: layout, precision: precision) : nil
     }
 
-    private init(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
+    private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
         let transposed = layout == .outputsByInputs
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision
         let (n, k, ldw) = (outputs, inputs, weight.shape[1])
+        let bytes = precision == .fp32 ? stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride
+                                       : stitch_bf16_packed_count(n, k) * MemoryLayout<UInt16>.stride
+        guard let storage = stitch_weight_allocate(bytes) else { return nil }
+        self.storage = storage
         switch precision {
         case .fp32:
-            storage = .allocate(byteCount: max(1, stitch_sgemm_packed_count(n, k)) * MemoryLayout<Float>.stride, alignment: 64)
             weight.withUnsafeBufferPointer { stitch_sgemm_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: Float.self)) }
         case .bf16:
-            storage = .allocate(byteCount: max(1, stitch_bf16_packed_count(n, k)) * MemoryLayout<UInt16>.stride, alignment: 64)
             weight.withUnsafeBufferPointer { stitch_bf16_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: UInt16.self)) }
         }
     }
@@ -61,7 +64,7 @@ public final class PackedWeights: @unchecked Sendable {
     /// Said once per process, to a library caller who loads at bf16 on a CPU without it.
     private static let fallbackMessage: Void = FileHandle.standardError.write(Data("stitch: \(Precision.bf16.unavailableReason ?? ""); computing in fp32\n".utf8))
 
-    deinit { storage.deallocate() }
+    deinit { stitch_weight_free(storage) }
 
     /// Columns `columns` of A[m, inputs] · op(W) into C [m, columns.count] (row stride ldc), then `bias` (indexed by
     /// output; nil: none) and `activation` on each block of rows while it is in cache. Many rows split into blocks of

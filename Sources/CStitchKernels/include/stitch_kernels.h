@@ -2,6 +2,7 @@
 #define STITCH_KERNELS_H
 
 #include <stdint.h>
+#include <stddef.h>
 
 /* Element-wise and convolution inner loops, compiled for AVX-512, AVX2 and baseline
    x86-64 and chosen at load time (the Swift package itself builds for baseline x86-64).
@@ -36,6 +37,16 @@ void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long 
    stride ldw) when transpose, as nn.Linear stores it, else [k, n]. Panels of 32 columns of op(W), k-major. */
 long stitch_sgemm_packed_count(long n, long k);
 void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed);
+
+/* Memory for packed weights (product_memory.c): 64-byte aligned, from chunks the kernel is asked to back with
+   transparent huge pages. NULL when no memory is left; free with stitch_weight_free. */
+void *stitch_weight_allocate(size_t bytes);
+void stitch_weight_free(void *memory);
+
+/* The calling thread's packing buffer `slot` (< STITCH_SCRATCH_SLOTS), at least `bytes`, 64-byte aligned: kept for the
+   thread's next product, its contents not (a larger request replaces it). NULL when no memory is left. */
+enum { STITCH_SCRATCH_SLOTS = 2 };
+void *stitch_thread_scratch(int slot, size_t bytes);
 
 /* Columns [column_begin, column_end) of A[m, k] · op(W) into C (row stride ldc; c points at column column_begin), op(W)
    packed by stitch_sgemm_pack into 64-byte-aligned memory (column_begin a multiple of 32): the same bits as
