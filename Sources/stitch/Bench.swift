@@ -75,6 +75,12 @@ struct Bench: ParsableCommand {
     @Option(help: "The photo the yolox row detects in.")
     var image = "Tests/Fixtures/photos/coffee.png"
 
+    @Option(help: "Photos (a folder of PNG and JPEG files) the CLIP rows classify zero-shot at a reduced --precision, top-1 compared with FP32's.")
+    var photos = "Tests/Fixtures/photos"
+
+    @Option(help: "The class names (a text file, one a line) of that zero-shot classification, each as \"a photo of a NAME.\".")
+    var labels = "Tests/Fixtures/yolox-nano-coco/coco_labels.txt"
+
     @Option(help: "GPT-2 and CLIP tokenizer files copied into the random-weight folders (the magic row decodes text).")
     var tokenizers = "Tests/Fixtures/tokenizers"
 
@@ -127,7 +133,8 @@ struct Bench: ParsableCommand {
         let reference = ReferenceSide(python: python, script: script)
         let referenceProblem = reference.availability()
         var folders = BenchFolders(clip: clip, gpt2: gpt2, minilm: minilm, efficientnet: efficientnet, captioner: captioner,
-                                   owlvit: owlvit, qwen2: qwen2, blip: blip, siglip: siglip, yolox: existing(yolox), image: existing(image))
+                                   owlvit: owlvit, qwen2: qwen2, blip: blip, siglip: siglip, yolox: existing(yolox), image: existing(image),
+                                   photos: existing(photos), labels: existing(labels))
         if [clip, gpt2, captioner, owlvit, qwen2, blip, siglip].contains(where: { $0 == nil }) && modelRows.contains(where: { $0.usesRandomWeights }) {
             if let referenceProblem {
                 print("\nrandom-weight CLIP / GPT-2 need the Python reference to write them: \(referenceProblem)")
@@ -283,16 +290,19 @@ struct ReferenceSide {
 
 /// The model folders each row needs.
 struct BenchFolders {
-    var clip, gpt2, minilm, efficientnet, captioner, owlvit, qwen2, blip, siglip, yolox, image: String?
+    var clip, gpt2, minilm, efficientnet, captioner, owlvit, qwen2, blip, siglip, yolox, image, photos, labels: String?
 
-    /// The row's folder options, or nil when one is missing.
+    /// The row's folder options (and those it can use, where they exist), or nil when a needed one is missing.
     func arguments(for row: BenchRow) -> [String]? {
         let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "owlvit": owlvit,
-                       "qwen2": qwen2, "blip": blip, "siglip": siglip, "yolox": yolox, "image": image]
+                       "qwen2": qwen2, "blip": blip, "siglip": siglip, "yolox": yolox, "image": image, "photos": photos, "labels": labels]
         var arguments: [String] = []
         for name in row.neededFolders {
             guard let folder = folders[name] ?? nil else { return nil }
             arguments += ["--\(name)", folder]
+        }
+        for name in row.optionalFolders {
+            if let folder = folders[name] ?? nil { arguments += ["--\(name)", folder] }
         }
         return arguments
     }

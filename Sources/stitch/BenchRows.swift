@@ -53,6 +53,14 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     /// The owlvit row's text queries (the Python reference asks the same).
     static let owlvitQueries = ["a photo of a cat", "a dog", "a traffic light", "a stroller", "a red truck"]
 
+    /// Options the row uses where they are given: the CLIP rows' zero-shot check at a reduced precision.
+    var optionalFolders: [String] {
+        switch self {
+        case .clipImage1, .clipImage16, .clipText: return ["photos", "labels"]
+        default: return []
+        }
+    }
+
     var usesRandomWeights: Bool { ["clip", "gpt2", "captioner", "owlvit", "qwen2", "blip", "siglip"].contains { neededFolders.contains($0) } }
 
     /// The siglip row's 16 texts: 63 token ids and SigLIP's "</s>" (id 1) each, 64 in all as max_length padding makes them.
@@ -78,6 +86,8 @@ struct BenchRowWorker: ParsableCommand {
     @Option var blip: String?
     @Option var siglip: String?
     @Option var image: String?
+    @Option var photos: String?
+    @Option var labels: String?
     @Option var threads = Parallel.cores
     @Option var seconds = 1.0
     @Option var workDir: String?
@@ -105,7 +115,7 @@ struct BenchRowWorker: ParsableCommand {
         if precision != .fp32 {
             // How far the reduced precision moved the row's result from FP32's (computed once, untimed).
             let exact = try measure(once: true)
-            result["agreement"] = Self.agreement(measured, exact)
+            result["agreement"] = ([Self.agreement(measured, exact)] + [try zeroShotAgreement()].compactMap { $0 }).joined(separator: "; ")
         }
         // The GEMM floor: the work once more with its products counted by shape, then each shape timed alone.
         let (once, shapes) = try Precision.$loading.withValue(precision) { try ProductShapes.recording { try measure(once: true) } }
@@ -136,6 +146,39 @@ struct BenchRowWorker: ParsableCommand {
             return "\(same) of \(max(low.count, full.count)) output values as at fp32"
         }
         return "no output to compare"
+    }
+
+    /// "zero-shot top-1 as at fp32 on 4 of 4 photos (80 labels)": each photo classified against "a photo of a NAME." for
+    /// every class name, by the row's CLIP at its precision and at FP32; nil for other rows or without photos and labels.
+    /// Photos or labels that cannot be read fail the row, as a missing folder does.
+    func zeroShotAgreement() throws -> String? {
+        guard row.optionalFolders.contains("photos"), let photos, let labels else { return nil }
+        let files = try FileManager.default.contentsOfDirectory(atPath: photos)
+            .filter { ["png", "jpg", "jpeg"].contains(URL(fileURLWithPath: $0).pathExtension.lowercased()) }.sorted()
+        let names = try String(contentsOfFile: labels, encoding: .utf8).split(whereSeparator: \.isNewline)
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !files.isEmpty, !names.isEmpty else { return nil }
+        let images = try files.map { try RGBImage(contentsOf: "\(photos)/\($0)") }
+        let prompts = names.map { "a photo of a \($0)." }
+        // Each photo's best label and its lead over the second (in logits: how close a call it was).
+        func topLabels(_ precision: Precision) throws -> [(label: Int, lead: Float)] {
+            let model = try Precision.$loading.withValue(precision) { try CLIP(folder: folder(clip)) }
+            let logits = model.logits(imageFeatures: try model.imageFeatures(of: images), textFeatures: try model.textFeatures(of: prompts))
+            return (0..<images.count).map { image in
+                let scores = logits.row(image).scalars
+                let best = scores.indices.max { scores[$0] < scores[$1] }!
+                return (best, scores[best] - (scores.indices.filter { $0 != best }.map { scores[$0] }.max() ?? scores[best]))
+            }
+        }
+        let reduced: [(label: Int, lead: Float)], exact: [(label: Int, lead: Float)]
+        do {
+            (reduced, exact) = (try topLabels(precision), try topLabels(.fp32))
+        } catch {
+            return "zero-shot check not run: \(error)"   // e.g. a CLIP folder without tokenizer files; the timing stands
+        }
+        let same = zip(reduced, exact).filter { $0.label == $1.label }.count
+        return String(format: "zero-shot top-1 as at fp32 on %d of %d photos (%d labels; closest fp32 lead %.3f logits)", same, files.count,
+                      names.count, exact.map(\.lead).min() ?? 0)
     }
 
     /// Runs the row: timed as best of runs over --seconds, or `once` (untimed).

@@ -151,6 +151,22 @@ final class CLITests: XCTestCase {
             XCTAssertEqual((measured["output"] as? [Int])?.count, count, side.output)
             XCTAssertGreaterThan(measured["seconds"] as? Double ?? 0, 0)
         }
+        // A CLIP row at bf16 compares zero-shot top-1 on the test photos with FP32's (on a CPU without bf16 both are FP32).
+        let clip = folder.appendingPathComponent("tiny-clip-with-tokenizer")
+        try FileManager.default.createDirectory(at: clip, withIntermediateDirectories: true)
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(at: Fixtures.url("tiny-clip/\(file)"), to: clip.appendingPathComponent(file))
+        }
+        try FileManager.default.copyItem(at: Fixtures.url("tokenizers/bpe_simple_vocab_16e6.txt.gz"), to: clip.appendingPathComponent("bpe_simple_vocab_16e6.txt.gz"))
+        let labels = Fixtures.url("yolox-nano-coco/coco_labels.txt").path
+        let clipRow = try stitch(["_bench-row", "clip-image-1", "--clip", clip.path, "--seconds", "0", "--precision", "bf16",
+                                  "--photos", Fixtures.url("photos").path, "--labels", labels])
+        XCTAssertEqual(clipRow.status, 0, clipRow.errors)
+        let agreement = (try JSONSerialization.jsonObject(with: Data(clipRow.output.utf8)) as! [String: Any])["agreement"] as? String ?? ""
+        XCTAssertNotNil(agreement.range(of: #"feature cosine to fp32 >= (0\.9\d+|1\.00000) over 1 rows; zero-shot top-1 as at fp32 on [0-4] of 4 photos \(80 labels; closest fp32 lead \d"#,
+                                        options: .regularExpression), agreement)
+        print("tiny CLIP at bf16: \(agreement)")
+
         let unknown = try stitch(["bench", "--rows", "gemm,warp-drive"])
         XCTAssertNotEqual(unknown.status, 0)
         XCTAssert(unknown.errors.contains("unknown bench rows: warp-drive"), unknown.errors)
