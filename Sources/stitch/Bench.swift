@@ -22,6 +22,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Minimum seconds spent timing each side of each row.")
     var seconds = 1.0
 
+    @Option(help: "Rounds per model row, the two sides taking turns; each side's best round counts. On a shared machine memory-bound phases come and go (other tenants), and a side measured only in a slow phase would look slower than it is.")
+    var rounds = 1
+
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
@@ -88,6 +91,7 @@ struct Bench: ParsableCommand {
         BLAS.configureThreads(threads)
         let busyLoop = contended ? try Self.startBusyLoop() : nil
         defer { busyLoop?.terminate(); busyLoop?.waitUntilExit() }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds)") }
         let selected = rows.map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
         if let selected {
             let unknown = selected.subtracting(["gemm"] + BenchRow.allCases.map(\.rawValue))
@@ -151,7 +155,8 @@ struct Bench: ParsableCommand {
             }
         }
         print("")
-        print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s)"
+        print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s"
+              + (rounds > 1 ? ", best of \(rounds) rounds, the sides taking turns)" : ")")
               + (precision == .fp32 ? "" : "; \(precision.rawValue): Stitch's bfloat16 products against torch.autocast(\"cpu\", dtype=torch.bfloat16)"))
         let header = "row".padding(toLength: Self.rowLabelWidth, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
             + "stitch ms  reference ms  speedup   stitch MB  reference MB"
@@ -171,14 +176,17 @@ struct Bench: ParsableCommand {
                 print(label + "(\(report))")
             }
             let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir, "--precision", precision.rawValue]
-            let stitch = try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch")
+            var stitch: Measurement?
             var python: Measurement?
             var referenceFailure: String?
-            if referenceProblem == nil {
-                do { python = try Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference") } catch {
+            for _ in 0..<rounds {
+                stitch = Measurement.faster(stitch, try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch"))
+                guard referenceProblem == nil, referenceFailure == nil else { continue }
+                do { python = Measurement.faster(python, try Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference")) } catch {
                     referenceFailure = "\(error)".split(separator: "\n").last.map(String.init)
                 }
             }
+            guard let stitch else { continue }
             var line = label + stitch.note.padding(toLength: 28, withPad: " ", startingAt: 0) + String(format: "%9.2f", stitch.seconds * 1000)
             if let python {
                 line += String(format: "  %12.2f  %6.2fx   %9.0f  %12.0f", python.seconds * 1000, python.seconds / stitch.seconds, stitch.peakMB, python.peakMB)
@@ -241,6 +249,12 @@ struct Measurement: Decodable {
     let gemmGFLOP: Double?
 
     enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement, gemmFloor = "gemm_floor", gemmGFLOP = "gemm_gflop" }
+
+    /// The round with the lower time (`earlier` nil: `later`).
+    static func faster(_ earlier: Measurement?, _ later: Measurement) -> Measurement {
+        guard let earlier else { return later }
+        return later.seconds < earlier.seconds ? later : earlier
+    }
 
     static func parse(_ output: String, side: String) throws -> Measurement {
         guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {

@@ -167,6 +167,10 @@ final class CLITests: XCTestCase {
                                         options: .regularExpression), agreement)
         print("tiny CLIP at bf16: \(agreement)")
 
+        let noRounds = try stitch(["bench", "--rows", "gemm", "--rounds", "0"])
+        XCTAssertNotEqual(noRounds.status, 0)
+        XCTAssert(noRounds.errors.contains("--rounds must be at least 1, got 0"), noRounds.errors)
+
         let unknown = try stitch(["bench", "--rows", "gemm,warp-drive"])
         XCTAssertNotEqual(unknown.status, 0)
         XCTAssert(unknown.errors.contains("unknown bench rows: warp-drive"), unknown.errors)
@@ -175,8 +179,9 @@ final class CLITests: XCTestCase {
         do {
             let efficientnet = try Fixtures.realModel("efficientnet-lite0")
             let alone = try stitch(["bench", "--seconds", "0", "--rows", "efficientnet", "--efficientnet", efficientnet.path,
-                                    "--python", "/nonexistent/python3"])
+                                    "--python", "/nonexistent/python3", "--rounds", "2"])
             XCTAssertEqual(alone.status, 0, alone.errors)
+            XCTAssert(alone.output.contains("best of 2 rounds, the sides taking turns"), alone.output)
             XCTAssert(alone.output.range(of: #"efficientnet +batch 1"#, options: .regularExpression) != nil && alone.output.contains("n/a"), alone.output)
             XCTAssert(alone.output.contains("reference unavailable: /nonexistent/python3 cannot import torch"), alone.output)
             let skipped = try stitch(["bench", "--seconds", "0", "--rows", "minilm", "--python", "/nonexistent/python3"])
