@@ -180,7 +180,8 @@ struct Bench: ParsableCommand {
             var python: Measurement?
             var referenceFailure: String?
             for _ in 0..<rounds {
-                stitch = Measurement.faster(stitch, try Measurement.parse(runChild(Self.executable, ["_bench-row", row.rawValue] + common), side: "stitch"))
+                let stitchArguments = ["_bench-row", row.rawValue] + common + folders.stitchOnlyArguments(for: row)
+                stitch = Measurement.faster(stitch, try Measurement.parse(runChild(Self.executable, stitchArguments), side: "stitch"))
                 guard referenceProblem == nil, referenceFailure == nil else { continue }
                 do { python = Measurement.faster(python, try Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference")) } catch {
                     referenceFailure = "\(error)".split(separator: "\n").last.map(String.init)
@@ -306,19 +307,24 @@ struct ReferenceSide {
 struct BenchFolders {
     var clip, gpt2, minilm, efficientnet, captioner, owlvit, qwen2, blip, siglip, yolox, image, photos, labels: String?
 
-    /// The row's folder options (and those it can use, where they exist), or nil when a needed one is missing.
+    private var byName: [String: String?] {
+        ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "owlvit": owlvit,
+         "qwen2": qwen2, "blip": blip, "siglip": siglip, "yolox": yolox, "image": image, "photos": photos, "labels": labels]
+    }
+
+    /// The row's folder options, or nil when one is missing.
     func arguments(for row: BenchRow) -> [String]? {
-        let folders = ["clip": clip, "gpt2": gpt2, "minilm": minilm, "efficientnet": efficientnet, "captioner": captioner, "owlvit": owlvit,
-                       "qwen2": qwen2, "blip": blip, "siglip": siglip, "yolox": yolox, "image": image, "photos": photos, "labels": labels]
         var arguments: [String] = []
         for name in row.neededFolders {
-            guard let folder = folders[name] ?? nil else { return nil }
+            guard let folder = byName[name] ?? nil else { return nil }
             arguments += ["--\(name)", folder]
         }
-        for name in row.optionalFolders {
-            if let folder = folders[name] ?? nil { arguments += ["--\(name)", folder] }
-        }
         return arguments
+    }
+
+    /// The options only Stitch's side of the row takes, those given (the CLIP rows' zero-shot check).
+    func stitchOnlyArguments(for row: BenchRow) -> [String] {
+        row.stitchOnlyFolders.flatMap { name in (byName[name] ?? nil).map { ["--\(name)", $0] } ?? [] }
     }
 }
 

@@ -53,8 +53,8 @@ enum BenchRow: String, CaseIterable, ExpressibleByArgument {
     /// The owlvit row's text queries (the Python reference asks the same).
     static let owlvitQueries = ["a photo of a cat", "a dog", "a traffic light", "a stroller", "a red truck"]
 
-    /// Options the row uses where they are given: the CLIP rows' zero-shot check at a reduced precision.
-    var optionalFolders: [String] {
+    /// Options Stitch's side of the row uses where they are given: the CLIP rows' zero-shot check at a reduced precision.
+    var stitchOnlyFolders: [String] {
         switch self {
         case .clipImage1, .clipImage16, .clipText: return ["photos", "labels"]
         default: return []
@@ -152,7 +152,7 @@ struct BenchRowWorker: ParsableCommand {
     /// every class name, by the row's CLIP at its precision and at FP32; nil for other rows or without photos and labels.
     /// Photos or labels that cannot be read fail the row, as a missing folder does.
     func zeroShotAgreement() throws -> String? {
-        guard row.optionalFolders.contains("photos"), let photos, let labels else { return nil }
+        guard row.stitchOnlyFolders.contains("photos"), let photos, let labels else { return nil }
         let files = try FileManager.default.contentsOfDirectory(atPath: photos)
             .filter { ["png", "jpg", "jpeg"].contains(URL(fileURLWithPath: $0).pathExtension.lowercased()) }.sorted()
         let names = try String(contentsOfFile: labels, encoding: .utf8).split(whereSeparator: \.isNewline)

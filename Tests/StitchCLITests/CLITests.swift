@@ -167,6 +167,25 @@ final class CLITests: XCTestCase {
                                         options: .regularExpression), agreement)
         print("tiny CLIP at bf16: \(agreement)")
 
+        // The two sides take turns for --rounds, and the reference gets only the options it knows (not the zero-shot
+        // check's): a stand-in interpreter records its arguments and answers as bench_reference.py does.
+        let interpreter = folder.appendingPathComponent("fake-python")
+        let record = folder.appendingPathComponent("reference-arguments.txt")
+        try """
+        #!/bin/sh
+        [ "$1" = "-c" ] && exit 0
+        echo "$@" >> '\(record.path)'
+        echo '{"seconds": 1.0, "peak_mb": 1, "note": "stand-in"}'
+        """.write(to: interpreter, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: interpreter.path)
+        let turns = try stitch(["bench", "--seconds", "0", "--rows", "clip-image-1", "--clip", clip.path, "--python", interpreter.path,
+                                "--rounds", "2", "--work-dir", folder.appendingPathComponent("bench").path])
+        XCTAssertEqual(turns.status, 0, turns.errors)
+        XCTAssertNotNil(turns.output.range(of: #"clip-image-1 +batch 1 +[0-9.]+ +1000\.00 "#, options: .regularExpression), turns.output)
+        let calls = try String(contentsOf: record, encoding: .utf8).split(separator: "\n").filter { $0.contains("clip-image-1") }
+        XCTAssertEqual(calls.count, 2, "one reference run a round")
+        XCTAssertFalse(calls.contains { $0.contains("--photos") || $0.contains("--labels") }, "\(calls)")
+
         let noRounds = try stitch(["bench", "--rows", "gemm", "--rounds", "0"])
         XCTAssertNotEqual(noRounds.status, 0)
         XCTAssert(noRounds.errors.contains("--rounds must be at least 1, got 0"), noRounds.errors)
