@@ -228,6 +228,7 @@ private func unfilterPixels(_ source: UnsafePointer<UInt8>, into row: UnsafeMuta
         upperLeft = up
     }
 }
+
 /// Of left, above and upper-left, lane by lane the one nearest left + above - upper-left (ties to left, then above).
 @inline(__always)
 private func paeth(_ left: SIMD4<Int16>, _ above: SIMD4<Int16>, _ upperLeft: SIMD4<Int16>) -> SIMD4<Int16> {

@@ -176,11 +176,11 @@ struct Bench: ParsableCommand {
                 print(label + "(\(report))")
             }
             let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir, "--precision", precision.rawValue]
+            let stitchArguments = ["_bench-row", row.rawValue] + common + folders.stitchOnlyArguments(for: row)
             var stitch: Measurement?
             var python: Measurement?
             var referenceFailure: String?
             for _ in 0..<rounds {
-                let stitchArguments = ["_bench-row", row.rawValue] + common + folders.stitchOnlyArguments(for: row)
                 stitch = Measurement.faster(stitch, try Measurement.parse(runChild(Self.executable, stitchArguments), side: "stitch"))
                 guard referenceProblem == nil, referenceFailure == nil else { continue }
                 do { python = Measurement.faster(python, try Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference")) } catch {

@@ -148,7 +148,7 @@ struct BenchRowWorker: ParsableCommand {
         return "no output to compare"
     }
 
-    /// "zero-shot top-1 as at fp32 on 4 of 4 photos (80 labels)": each photo classified against "a photo of a NAME." for
+    /// "zero-shot top-1 as at fp32 on 4 of 4 photos (80 labels; closest fp32 lead 0.039 logits)": each photo classified against "a photo of a NAME." for
     /// every class name, by the row's CLIP at its precision and at FP32; nil for other rows or without photos and labels.
     /// Photos or labels that cannot be read fail the row, as a missing folder does.
     func zeroShotAgreement() throws -> String? {
