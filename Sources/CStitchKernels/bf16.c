@@ -56,10 +56,23 @@ int stitch_bf16_available(void) {
 }
 
 /* Ap[tile][q][i] = the bfloat16 pair (A[tile * MR + i][2q], A[tile * MR + i][2q + 1]) for mc rows and k columns of A,
-   zeros past them. */
+   zeros past them. Whole tiles turn 32 columns of their rows at a time in registers (16 pairs of each row, transposed):
+   storing each row's pairs MR apart instead made CLIP's text products 2.5% slower (one Zen 4 core: 256 against 249 ms). */
 BF16 static void pack_a(const float *a, long lda, long mc, long k, uint32_t *ap) {
     long pairs = (k + 1) / 2;
     for (long tile = 0; tile < mc; tile += MR) {
+        long start = 0;
+        if (mc - tile >= MR) {
+            for (; start + 32 <= k; start += 32) {
+                __m512 r[16];
+                for (int i = 0; i < 16; i++) {
+                    const float *row = a + (tile + i) * lda + start;
+                    r[i] = i < MR ? (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row)) : _mm512_setzero_ps();
+                }
+                transpose16(r);
+                for (int q = 0; q < 16; q++) _mm512_mask_storeu_ps((float *)(ap + (start / 2 + q) * MR), (1 << MR) - 1, r[q]);
+            }
+        }
         for (long i = 0; i < MR; i++) {
             uint32_t *target = ap + i;
             if (tile + i >= mc) {
@@ -67,7 +80,7 @@ BF16 static void pack_a(const float *a, long lda, long mc, long k, uint32_t *ap)
                 continue;
             }
             const float *row = a + (tile + i) * lda;
-            long p = 0;
+            long p = start;
             for (; p + 16 <= k; p += 16) {
                 uint32_t converted[8];
                 _mm256_storeu_si256((__m256i *)converted, (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(row + p)));

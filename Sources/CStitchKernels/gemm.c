@@ -31,31 +31,6 @@ int stitch_sgemm_available(void) {
         && __builtin_cpu_supports("avx512dq");
 }
 
-/* r[q] becomes column q of the 16 x 16 block whose rows were r[0..15]: pairs, then quads within 128-bit lanes, then
-   lanes across registers. */
-AVX512 static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    /* u[4g + c] holds rows 4g..4g+3 at columns c, c + 4, c + 8, c + 12 (one per lane). */
-    for (int g = 0; g < 16; g += 4) {
-        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[g]), _mm512_castps_pd(t[g + 2])));
-        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[g]), _mm512_castps_pd(t[g + 2])));
-        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[g + 1]), _mm512_castps_pd(t[g + 3])));
-        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[g + 1]), _mm512_castps_pd(t[g + 3])));
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512 low = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), high = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
-        __m512 low2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), high2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
-        r[c] = _mm512_shuffle_f32x4(low, low2, 0x88);
-        r[c + 4] = _mm512_shuffle_f32x4(low, low2, 0xDD);
-        r[c + 8] = _mm512_shuffle_f32x4(high, high2, 0x88);
-        r[c + 12] = _mm512_shuffle_f32x4(high, high2, 0xDD);
-    }
-}
-
 /* Bp[panel][p][j] = op(B)[p][panel * NR + j] for kc rows and nc columns of op(B), columns past nc zero: B is [n, k]
    (transposed: its rows are op(B)'s columns, turned 16 x 16 blocks at a time) or [k, n]. */
 AVX512 static void pack_b(int transpose_b, const float *b, long ldb, long nc, long kc, float *bp) {

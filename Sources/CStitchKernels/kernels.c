@@ -266,6 +266,80 @@ DISPATCH void stitch_softmax(float *p, long n) {
     for (i = 0; i < n; i++) p[i] *= inverse;
 }
 
+/* Keys transposed (d rows of the keys padded to 16) within this many floats: 32 KB on the stack. */
+enum { ATTENTION_HEAD_ELEMENTS = 8192, ATTENTION_ROWS = 8 };
+
+int stitch_attention_head_fits(long tk, long d) {
+    return tk > 0 && d > 0 && d % 16 == 0 && (tk + 15) / 16 * 16 * d <= ATTENTION_HEAD_ELEMENTS;
+}
+
+/* Queries first..first + R - 1 of stitch_attention_head, R (a constant at each call) at a time so that as many
+   independent sums keep the multiply-adds busy: keys [d][width] transposed, values[j] key j's value row, scores room for
+   R rows of tk. */
+static inline __attribute__((always_inline)) void attention_rows(const int R, long first, long d, float scale, const float *q, long ldq,
+                                                                 const float *keys, long width, const float *const *values, long tk, int causal,
+                                                                 long causal_offset, long window, const float *key_mask,
+                                                                 float scores[][ATTENTION_HEAD_ELEMENTS / 16], float *out, long ldo) {
+#pragma clang fp contract(fast)
+    for (long j = 0; j < width; j += 16) {
+        v16 sums[ATTENTION_ROWS];
+        for (int r = 0; r < R; r++) sums[r] = (v16){0};
+        for (long p = 0; p < d; p++) {
+            v16 key = *(const v16 *)(keys + p * width + j);
+            for (int r = 0; r < R; r++) sums[r] = q[(first + r) * ldq + p] * key + sums[r];
+        }
+        for (int r = 0; r < R; r++) *(v16 *)(scores[r] + j) = sums[r] * scale;
+    }
+    for (int r = 0; r < R; r++) {
+        long last = causal_offset + first + r;
+        if (causal)
+            for (long j = 0; j < tk; j++)
+                if (j > last || (window > 0 && j <= last - window)) scores[r][j] = -__FLT_MAX__;
+        /* A loop of its own: vectorised with the test of key_mask inside, it loaded through a null key_mask under a
+           mask, which a Zen 4 core resolves slowly. */
+        if (key_mask)
+            for (long j = 0; j < tk; j++)
+                if (key_mask[j] == 0) scores[r][j] = -__FLT_MAX__;
+        stitch_softmax(scores[r], tk);
+    }
+    for (long c = 0; c < d; c += 16) {
+        v16 sums[ATTENTION_ROWS];
+        for (int r = 0; r < R; r++) sums[r] = (v16){0};
+        for (long j = 0; j < tk; j++) {
+            v16 value = *(const v16 *)(values[j] + c);
+            for (int r = 0; r < R; r++) sums[r] = scores[r][j] * value + sums[r];
+        }
+        for (int r = 0; r < R; r++) *(v16 *)(out + (first + r) * ldo + c) = sums[r];
+    }
+}
+
+DISPATCH void stitch_attention_head(long tq, long d, float scale, const float *q, long ldq, const stitch_key_block *blocks, int block_count,
+                                    int causal, long causal_offset, long window, const float *key_mask, float *out, long ldo) {
+    float keys[ATTENTION_HEAD_ELEMENTS] __attribute__((aligned(64)));
+    float scores[ATTENTION_ROWS][ATTENTION_HEAD_ELEMENTS / 16] __attribute__((aligned(64)));
+    const float *values[ATTENTION_HEAD_ELEMENTS / 16];
+    long tk = 0;
+    for (int b = 0; b < block_count; b++) tk += blocks[b].count;
+    if (!stitch_attention_head_fits(tk, d)) abort();   /* callers ask first */
+    /* keys[p][j] = key j's element p, 16 keys to a vector, zeros past tk; values[j] = value j. */
+    long width = (tk + 15) / 16 * 16;
+    memset(keys, 0, sizeof(float) * (size_t)(width * d));
+    for (long b = 0, j = 0; b < block_count; b++)
+        for (long row = 0; row < blocks[b].count; row++, j++) {
+            const float *key = blocks[b].keys + row * blocks[b].key_stride;
+            /* Element by element: vectorised, this loop scatters, slower than it. */
+#pragma clang loop vectorize(disable)
+            for (long p = 0; p < d; p++) keys[p * width + j] = key[p];
+            values[j] = blocks[b].values + row * blocks[b].value_stride;
+        }
+#define ROWS(R) attention_rows(R, first, d, scale, q, ldq, keys, width, values, tk, causal, causal_offset, window, key_mask, scores, out, ldo)
+    long first = 0;
+    for (; first + ATTENTION_ROWS <= tq; first += ATTENTION_ROWS) ROWS(ATTENTION_ROWS);
+    for (; first + 4 <= tq; first += 4) ROWS(4);
+    for (; first < tq; first++) ROWS(1);   /* the last few, and a decoding step's one */
+#undef ROWS
+}
+
 DISPATCH long stitch_append_above(const float *offered, long n, float threshold, int32_t first_index, float *values,
                                   int32_t *indices, long kept) {
     /* Without a branch: each value is written after the kept ones and counted only if it is above the threshold. */

@@ -221,7 +221,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
         guard common < tokens.count else { return }
         let rest = Array(tokens[common...])
         var hidden = try textEmbeddingLayer([rest], offset: common)
-        for (index, layer) in textLayers.enumerated() { hidden = layer(hidden, cache: &cache.layers[index]) }
+        for (index, layer) in textLayers.enumerated() { layer(&hidden, cache: &cache.layers[index]) }
         cache.append(rest)
     }
 
@@ -246,7 +246,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
             throw ModelError.invalidInput(model: "CLIP text", detail: error.description)
         }
         addInPlace(&hidden, try embedding(positions, table: textPositions))
-        for (index, layer) in textLayers.enumerated() { hidden = layer(packed: hidden, segments: segments, prefix: cache.layers[index]).hidden }
+        for (index, layer) in textLayers.enumerated() { layer(packed: &hidden, segments: segments, prefix: cache.layers[index]) }
         let pooled = concatenate(zip(segments, poolPositions).map { segment, pool in
             precondition(pool >= 0 && pool < segment.rows.count, "pool position \(pool) outside a tail of \(segment.rows.count)")
             return hidden.rows(segment.rows.lowerBound + pool..<segment.rows.lowerBound + pool + 1)
@@ -258,7 +258,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     /// Padding needs no mask: the tower is causal, so real tokens never see the pads after them.
     public func textHiddenStates(_ tokens: [[Int]]) throws -> Tensor {
         var hidden = try textEmbeddingLayer(tokens)
-        for layer in textLayers { hidden = layer(hidden, causal: true) }
+        for layer in textLayers { layer(&hidden, causal: true) }
         return finalLayerNorm(hidden)
     }
 
@@ -285,7 +285,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     /// Only the end-token row is pooled, so the last layer runs for that row alone.
     public func textFeatures(_ tokens: [[Int]]) throws -> Tensor {
         var hidden = try textEmbeddingLayer(tokens)
-        for layer in textLayers.dropLast() { hidden = layer(hidden, causal: true) }
+        for layer in textLayers.dropLast() { layer(&hidden, causal: true) }
         let pooled = textLayers.last!.pooled(hidden, positions: tokens.map(poolPosition), causal: true)
         return textProjection(finalLayerNorm(pooled).reshaped([tokens.count, config.text.hiddenSize]))
     }
@@ -313,7 +313,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     /// Last hidden states [batch, 1 + patches, d] of pixel tensors [batch, channels, size, size].
     public func visionHiddenStates(_ pixels: Tensor) throws -> Tensor {
         var hidden = try visionEmbeddingLayer(pixels)
-        for layer in visionLayers { hidden = layer(hidden, causal: false) }
+        for layer in visionLayers { layer(&hidden, causal: false) }
         return hidden
     }
 
@@ -337,7 +337,7 @@ public final class CLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchecke
     /// Only the class token is pooled, so the last layer runs for that row alone.
     public func imageFeatures(_ pixels: Tensor) throws -> Tensor {
         var hidden = try visionEmbeddingLayer(pixels)
-        for layer in visionLayers.dropLast() { hidden = layer(hidden, causal: false) }
+        for layer in visionLayers.dropLast() { layer(&hidden, causal: false) }
         let batch = hidden.shape[0]
         let classTokens = visionLayers.last!.pooled(hidden, positions: Array(repeating: 0, count: batch), causal: false)
         return visualProjection(postLayerNorm(classTokens.reshaped([batch, config.vision.hiddenSize])))

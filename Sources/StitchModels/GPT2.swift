@@ -172,7 +172,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let positions = positionEmbedding.rows(start..<start + t).reshaped([1, t, d])
         addInPlace(&hidden, concatenate(Array(repeating: positions, count: tokens.count), axis: 0))
         for (index, block) in blocks.enumerated() {
-            hidden = block(hidden, cache: &cache.layers[index], memory: cache.memory?[index])
+            block(&hidden, cache: &cache.layers[index], memory: cache.memory?[index])
         }
         return finalLayerNorm(hidden)
     }
@@ -195,9 +195,7 @@ public final class GPT2: CausalLanguageModel, @unchecked Sendable {
         let segments = tokens.indices.map { PackedSegment(rows: $0..<$0 + 1, sharedLength: start) }
         var projections: [Tensor] = []
         for (index, block) in blocks.enumerated() {
-            let step = block(packed: hidden, segments: segments, prefix: cache.layers[index], memory: cache.memory?[index])
-            hidden = step.hidden
-            projections.append(step.projections)
+            projections.append(block(packed: &hidden, segments: segments, prefix: cache.layers[index], memory: cache.memory?[index]))
         }
         return (finalLayerNorm(hidden), GPT2Candidates(projections: projections))
     }

@@ -135,7 +135,7 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
             throw ModelError.invalidInput(model: "SigLIP text", detail: error.description)
         }
         addInPlace(&hidden, concatenate(Array(repeating: textPositions.rows(0..<length).reshaped([1, length, d]), count: tokens.count), axis: 0))
-        for layer in textLayers.dropLast() { hidden = layer(hidden, causal: false) }
+        for layer in textLayers.dropLast() { layer(&hidden, causal: false) }
         // Only the last position is pooled, so the last layer runs for that row alone.
         let pooled = textLayers.last!.pooled(hidden, positions: Array(repeating: length - 1, count: tokens.count), causal: false)
         return textHead(finalLayerNorm(pooled.reshaped([tokens.count, d])))
@@ -155,7 +155,7 @@ public final class SigLIP: ImageTextScorer, TextEmbedder, ImageEmbedder, @unchec
         let (batch, patches, d) = (pixels.shape[0], (s / p) * (s / p), towers.vision.hiddenSize)
         var hidden = patchEmbedding(flattenPatches(pixels, patch: p)).reshaped([batch, patches, d])
         addInPlace(&hidden, concatenate(Array(repeating: visionPositions.reshaped([1, patches, d]), count: batch), axis: 0))
-        for layer in visionLayers { hidden = layer(hidden, causal: false) }
+        for layer in visionLayers { layer(&hidden, causal: false) }
         return postLayerNorm(hidden)
     }
 

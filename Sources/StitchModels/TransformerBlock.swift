@@ -34,31 +34,27 @@ struct TransformerBlock {
         return hidden
     }
 
-    /// x [batch, t, d] -> [batch, t, d]
-    func callAsFunction(_ x: Tensor, causal: Bool) -> Tensor {
-        var hidden = x
-        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(x)), heads: heads, causal: causal)))
+    /// hidden [batch, t, d] through the layer, in place (a copy of the residual stream only if the caller keeps one).
+    func callAsFunction(_ hidden: inout Tensor, causal: Bool) {
+        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(hidden)), heads: heads, causal: causal)))
         addFeedForward(&hidden)
-        return hidden
     }
 
     /// The causal layer for positions after those in `cache`, whose keys and values it appends;
-    /// a decoder block also attends to `memory`. x [batch, t, d] -> [batch, t, d]
-    func callAsFunction(_ x: Tensor, cache: inout KVCache, memory: CrossMemory? = nil) -> Tensor {
-        let parts = splitLastDimension(qkv(layerNorm1(x)), parts: 3)
-        var hidden = x
+    /// a decoder block also attends to `memory`. hidden [batch, t, d], in place.
+    func callAsFunction(_ hidden: inout Tensor, cache: inout KVCache, memory: CrossMemory? = nil) {
+        let parts = splitLastDimension(qkv(layerNorm1(hidden)), parts: 3)
         addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)))
         addCrossAttention(&hidden, memory)
         addFeedForward(&hidden)
-        return hidden
     }
 
     /// The causal layer over packed sequences that continue a shared prefix, which they read in
-    /// place (`packedPrefixAttention`). x [total, d] -> outputs [total, d] and the fused q/k/v
+    /// place (`packedPrefixAttention`). hidden [total, d], in place; returns the fused q/k/v
     /// projections [total, 3d], whose key and value thirds a cache can take later.
-    func callAsFunction(packed x: Tensor, segments: [PackedSegment], prefix: KVCache, memory: CrossMemory? = nil) -> (hidden: Tensor, projections: Tensor) {
-        let projections = qkv(layerNorm1(x))
-        var hidden = x
+    @discardableResult
+    func callAsFunction(packed hidden: inout Tensor, segments: [PackedSegment], prefix: KVCache, memory: CrossMemory? = nil) -> Tensor {
+        let projections = qkv(layerNorm1(hidden))
         addInPlace(&hidden, out(packedPrefixAttention(projections, segments: segments, prefix: prefix, heads: heads)))
         if memory != nil {
             // Packed rows attend to the memory independently: one batch row of `total` queries.
@@ -67,7 +63,7 @@ struct TransformerBlock {
             hidden = rows.reshaped(hidden.shape)
         }
         addFeedForward(&hidden)
-        return (hidden, projections)
+        return projections
     }
 
     /// hidden [batch, t, d] += crossOut(attention(query(crossLayerNorm hidden), memory)), when the block has one.

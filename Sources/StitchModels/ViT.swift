@@ -123,7 +123,7 @@ public final class ViT: @unchecked Sendable {
             concatenate([classToken, embedded.row(b).reshaped([1, patches, d])], axis: 1)
         }, axis: 0)
         addInPlace(&hidden, concatenate(Array(repeating: positions, count: batch), axis: 0))
-        for layer in layers { hidden = layer(hidden, causal: false) }
+        for layer in layers { layer(&hidden, causal: false) }
         return finalLayerNorm(hidden)
     }
 }

@@ -163,17 +163,25 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
     // so a fully padded row becomes uniform instead of NaN.
     let masked = -Float.greatestFiniteMagnitude
     var out = Tensor(uninitialized: [batch, tq, width])
-    let mask = keyMask?.scalars
-    out.withUnsafeMutableBufferPointer { o in
+    let mask = keyMask?.scalars ?? []
+    // Heads of a few keys in one pass (no packing); a window of 0 hides every key here, where the direct kernel reads 0 as none.
+    let direct = stitch_attention_head_fits(tk, headDim) != 0 && (window ?? 1) > 0
+    mask.withUnsafeBufferPointer { maskRows in out.withUnsafeMutableBufferPointer { o in
         let oBase = o.baseAddress!
         Parallel.forEach(batch * heads) { task in
             let (b, h) = (task / heads, task % heads)
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
-            defer { scores.deallocate() }
             let qHead = query.base + b * query.batchStride + h * headDim
             let keyHead = h / (heads / (keyValueHeads ?? heads))
             let kHead = keys.base + b * keys.batchStride + keyHead * headDim
             let vHead = values.base + b * values.batchStride + keyHead * headDim
+            if direct {
+                var block = stitch_key_block(keys: kHead, values: vHead, count: tk, key_stride: keys.rowStride, value_stride: values.rowStride)
+                stitch_attention_head(tq, headDim, scale, qHead, query.rowStride, &block, 1, causalOffset == nil ? 0 : 1, causalOffset ?? 0, window ?? 0,
+                                      keyMask == nil ? nil : maskRows.baseAddress! + b * tk, oBase + b * tq * width + h * headDim, width)
+                return
+            }
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
+            defer { scores.deallocate() }
             // scores [tq, tk] = scale * Q_h [tq, d] · K_hᵀ [d, tk]
             BLAS.gemm(transposeA: false, transposeB: true, m: tq, n: tk, k: headDim, alpha: scale,
                       a: qHead, lda: query.rowStride, b: kHead, ldb: keys.rowStride, c: scores, ldc: tk)
@@ -184,8 +192,8 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
                     if last + 1 < tk { for j in (last + 1)..<tk { row[j] = masked } }
                     if let window, last - window >= 0 { for j in 0...min(last - window, tk - 1) { row[j] = masked } }
                 }
-                if let mask {
-                    for j in 0..<tk where mask[b * tk + j] == 0 { row[j] = masked }
+                if keyMask != nil {
+                    for j in 0..<tk where maskRows[b * tk + j] == 0 { row[j] = masked }
                 }
                 stitch_softmax(row, tk)
             }
@@ -193,7 +201,7 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
             BLAS.gemm(transposeA: false, transposeB: false, m: tq, n: headDim, k: tk,
                       a: scores, lda: tk, b: vHead, ldb: values.rowStride, c: oBase + b * tq * width + h * headDim, ldc: width)
         }
-    }
+    } }
     return out
 }
 
@@ -231,11 +239,18 @@ public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], pref
                         let (t, shared) = (segment.rows.count, segment.sharedLength)
                         let n = shared + t
                         guard t > 0 else { return }
-                        let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * n)
-                        defer { scores.deallocate() }
                         let q = packed.baseAddress! + segment.rows.lowerBound * stride + h * headDim
                         let (ownKeys, ownValues) = (q + width, q + 2 * width)
                         let output = oBase + segment.rows.lowerBound * width + h * headDim
+                        if stitch_attention_head_fits(n, headDim) != 0 {
+                            let blocks = [stitch_key_block(keys: prefixKeys.baseAddress! + h * headDim, values: prefixValues.baseAddress! + h * headDim,
+                                                           count: shared, key_stride: width, value_stride: width),
+                                          stitch_key_block(keys: ownKeys, values: ownValues, count: t, key_stride: stride, value_stride: stride)]
+                            stitch_attention_head(t, headDim, scale, q, stride, blocks, 2, 1, shared, 0, nil, output, width)
+                            return
+                        }
+                        let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * n)
+                        defer { scores.deallocate() }
                         // scores [t, n]: the shared prefix's columns, then the segment's own.
                         if shared > 0 {
                             BLAS.gemm(transposeA: false, transposeB: true, m: t, n: shared, k: headDim, alpha: scale,

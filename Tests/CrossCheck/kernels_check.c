@@ -166,6 +166,37 @@ int main(void) {
         report("softmax (relative)", worst, 2e-6);
     }
 
+    /* one attention head: 13 queries (groups of 8, 4 and 1) after a cached prefix, against 3 cached and 13 own keys of 32,
+       causal with a window of 9, key 5 masked */
+    {
+        enum { TQ = 13, PREFIX = 3, TK = PREFIX + TQ, D = 32 };
+        static float q[TQ * D], k[TK * D], v[TK * D], mask[TK], out[TQ * D];
+        for (int i = 0; i < TQ * D; i++) q[i] = noise(&state);
+        for (int i = 0; i < TK * D; i++) k[i] = noise(&state), v[i] = noise(&state);
+        for (int j = 0; j < TK; j++) mask[j] = j != 5;
+        stitch_key_block blocks[2] = {{k, v, PREFIX, D, D}, {k + PREFIX * D, v + PREFIX * D, TQ, D, D}};
+        const float scale = 1 / sqrtf(D);
+        worst = stitch_attention_head_fits(TK, D) ? 0 : INFINITY;
+        stitch_attention_head(TQ, D, scale, q, D, blocks, 2, 1, PREFIX, 9, mask, out, D);
+        for (int i = 0; i < TQ; i++) {
+            double scores[TK], high = -INFINITY, total = 0;
+            for (int j = 0; j < TK; j++) {
+                int visible = j <= PREFIX + i && j > PREFIX + i - 9 && mask[j] != 0;
+                double dot = 0;
+                for (int p = 0; p < D; p++) dot += (double)q[i * D + p] * k[j * D + p];
+                scores[j] = visible ? dot * scale : -INFINITY;
+                if (scores[j] > high) high = scores[j];
+            }
+            for (int j = 0; j < TK; j++) total += scores[j] = exp(scores[j] - high);
+            for (int e = 0; e < D; e++) {
+                double want = 0;
+                for (int j = 0; j < TK; j++) want += scores[j] / total * v[j * D + e];
+                if (fabs(out[i * D + e] - want) > worst) worst = fabs(out[i * D + e] - want);
+            }
+        }
+        report("attention_head", worst, 2e-6);
+    }
+
     /* depthwise 3x3 and 5x5, strides 1 and 2, padded */
     worst = 0;
     for (int variant = 0; variant < 4; variant++) {

@@ -128,7 +128,7 @@ final class PackedProductTests: XCTestCase {
         let activations: [Activation?] = [nil, .gelu, .geluNew, .quickGelu, .relu]
         var checked = 0
         for precision in Precision.allCases where precision.unavailableReason == nil {
-            for (m, n, k) in [(3, 45, 70), (16, 100, 33), (250, 77, 300)] {
+            for (m, n, k) in [(3, 45, 70), (16, 100, 33), (250, 77, 300), (20, 70, 1100)] {   // the last: k in two blocks at each precision
                 let x = Tensor(shape: [m, k], scalars: random(m * k))
                 let weight = PackedWeights.pack(Tensor(shape: [n, k], scalars: random(n * k)), layout: .outputsByInputs, precision: precision)!
                 let bias = Tensor(shape: [n], scalars: random(n))

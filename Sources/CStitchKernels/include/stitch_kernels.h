@@ -91,6 +91,22 @@ void stitch_layer_norm(const float *x, float *y, long n, const float *weight, co
 void stitch_rms_norm(const float *x, float *y, long n, const float *weight, float epsilon);
 void stitch_softmax(float *p, long n);
 
+/* One attention head over a few keys, where a blocked product's packing would cost more than its arithmetic:
+   out[i] = softmax(scale q[i] · keysᵀ, masked) · values for tq queries [tq, d] (row stride ldq), into out (ldo). The keys
+   and values are the blocks' rows one after another (a cached prefix, then a sequence's own), tk in all. Query i sees
+   key j when j < causal_offset + i + 1 if causal, j > causal_offset + i - window too if window > 0, and key_mask[j] != 0
+   (NULL: every key); a masked score is -FLT_MAX, as Hugging Face's, so a row masked throughout becomes uniform. Each
+   score and output sums as stitch_sgemm's tile does (fused multiply-adds over d, or over the keys, from zero; the scale
+   after), so one block gives the bits of the two blocked products and softmax between. Only for heads
+   stitch_attention_head_fits. */
+typedef struct {
+    const float *keys, *values;
+    long count, key_stride, value_stride;
+} stitch_key_block;
+int stitch_attention_head_fits(long tk, long d);
+void stitch_attention_head(long tq, long d, float scale, const float *q, long ldq, const stitch_key_block *blocks, int block_count,
+                           int causal, long causal_offset, long window, const float *key_mask, float *out, long ldo);
+
 /* In place: p[i] = activation(p[i] + bias); p[i] = activation(p[i] + bias[i]) (bias may be NULL: none). */
 void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation);
 void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation);
