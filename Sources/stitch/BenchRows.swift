@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StitchGraph
 import StitchImaging
 import StitchMethods
 import StitchModels
@@ -155,8 +156,7 @@ struct BenchRowWorker: ParsableCommand {
         guard row.stitchOnlyFolders.contains("photos"), let photos, let labels else { return nil }
         let files = try FileManager.default.contentsOfDirectory(atPath: photos)
             .filter { ["png", "jpg", "jpeg"].contains(URL(fileURLWithPath: $0).pathExtension.lowercased()) }.sorted()
-        let names = try String(contentsOfFile: labels, encoding: .utf8).split(whereSeparator: \.isNewline)
-            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let names = Value.textLines(try String(contentsOfFile: labels, encoding: .utf8))
         guard !files.isEmpty, !names.isEmpty else { return nil }
         let images = try files.map { try RGBImage(contentsOf: "\(photos)/\($0)") }
         let prompts = names.map { "a photo of a \($0)." }
@@ -166,8 +166,8 @@ struct BenchRowWorker: ParsableCommand {
             let logits = model.logits(imageFeatures: try model.imageFeatures(of: images), textFeatures: try model.textFeatures(of: prompts))
             return (0..<images.count).map { image in
                 let scores = logits.row(image).scalars
-                let best = scores.indices.max { scores[$0] < scores[$1] }!
-                return (best, scores[best] - (scores.indices.filter { $0 != best }.map { scores[$0] }.max() ?? scores[best]))
+                let order = indicesByDescendingValue(scores)
+                return (order[0], order.count > 1 ? scores[order[0]] - scores[order[1]] : 0)
             }
         }
         let reduced: [(label: Int, lead: Float)], exact: [(label: Int, lead: Float)]

@@ -2,7 +2,7 @@ import CStitchKernels
 import Foundation
 import XCTest
 
-/// The memory products stream (huge_pages.c): packed weights carved from shared huge-page chunks, and each thread's
+/// The memory products stream (product_memory.c): packed weights carved from shared huge-page chunks, and each thread's
 /// packing buffers.
 final class ProductMemoryTests: XCTestCase {
     /// Whether `address` lies in a mapping of this process (Linux's /proc/self/maps; nil elsewhere).
