@@ -175,15 +175,17 @@ BF16 static void widen_panel(const uint16_t *panel, long pairs, float *bp) {
     }
 }
 
-/* Whether products of m rows use VDPBF16PS (see the top of this file). */
-static int uses_dot_products(long m) {
+int stitch_bf16_dot_products_fast(void) {
     static int amd = -1;
     if (amd < 0) {
         __builtin_cpu_init();
         amd = __builtin_cpu_is("amd");
     }
-    return amd || m <= 4;
+    return amd;
 }
+
+/* Whether products of m rows use VDPBF16PS (see the top of this file). */
+static int uses_dot_products(long m) { return stitch_bf16_dot_products_fast() || m <= 4; }
 
 BF16 static void widened_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin,
                               long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
@@ -248,6 +250,8 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
 #else
 
 int stitch_bf16_available(void) { return 0; }
+
+int stitch_bf16_dot_products_fast(void) { return 0; }
 
 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
                       float *c, long ldc, const float *bias, stitch_activation activation) {

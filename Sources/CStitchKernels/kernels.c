@@ -273,9 +273,88 @@ int stitch_attention_head_fits(long tk, long d) {
     return tk > 0 && d > 0 && d % 16 == 0 && (tk + 15) / 16 * 16 * d <= ATTENTION_HEAD_ELEMENTS;
 }
 
+/* A head's rows of keys and values, block after block, into key_rows and value_rows; their count tk. Aborts unless
+   stitch_attention_head_fits(tk, d) (callers ask first), before writing past room for ATTENTION_HEAD_ELEMENTS / 16. */
+static inline __attribute__((always_inline)) long key_value_rows(const stitch_key_block *blocks, int block_count, long d,
+                                                                 const float **key_rows, const float **value_rows) {
+    long tk = 0;
+    for (int b = 0; b < block_count; b++) tk += blocks[b].count;
+    if (!stitch_attention_head_fits(tk, d)) abort();
+    for (long b = 0, j = 0; b < block_count; b++)
+        for (long row = 0; row < blocks[b].count; row++, j++) {
+            key_rows[j] = blocks[b].keys + row * blocks[b].key_stride;
+            value_rows[j] = blocks[b].values + row * blocks[b].value_stride;
+        }
+    return tk;
+}
+
+/* ROWS(R) for the queries first..first + R - 1 of 0..tq - 1: 8 at a time, then 4, then 1 (the last few, and a decoding
+   step's one). */
+#define FOR_QUERY_GROUPS(tq, ROWS)                                                                                      \
+    for (long first = 0, group; first < (tq); first += group) {                                                     \
+        group = (tq) - first >= ATTENTION_ROWS ? ATTENTION_ROWS : (tq) - first >= 4 ? 4 : 1;                         \
+        if (group == ATTENTION_ROWS) ROWS(ATTENTION_ROWS);                                                          \
+        else if (group == 4) ROWS(4);                                                                               \
+        else ROWS(1);                                                                                               \
+    }
+
+/* stitch_softmax of R rows of scores at once, each row's operations and values those of a call, but the rows padded
+   with -inf to width (their exps are 0): whole vectors only, and R independent chains of sums where one short row's
+   would wait on each add. */
+static inline __attribute__((always_inline)) void softmax_rows(const int R, float scores[][ATTENTION_HEAD_ELEMENTS / 16], long tk, long width) {
+    float maxima[ATTENTION_ROWS], totals[ATTENTION_ROWS];
+    v16 sums[ATTENTION_ROWS];
+    /* Lanes at or past tk of the last vector (width - tk < 16) become -inf: all ones in `past`. */
+    const v16i lanes = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const v16i past = lanes >= (v16i){0} + (int32_t)(tk - (width - 16)), minus_infinity = (v16i)((v16){0} - __builtin_inff());
+    for (int r = 0; r < R; r++) {
+        v16i *last = (v16i *)(scores[r] + width - 16);
+        if (tk < width) *last = (*last & ~past) | (minus_infinity & past);
+        v16 row_maxima = (v16){0} - __builtin_inff();
+        for (long j = 0; j < width; j += 16) row_maxima = __builtin_elementwise_max(row_maxima, *(const v16 *)(scores[r] + j));
+        maxima[r] = __builtin_reduce_max(row_maxima);
+        if (maxima[r] == -__builtin_inff()) maxima[r] = 0;
+    }
+    for (int r = 0; r < R; r++) {
+        sums[r] = (v16){0};
+        for (long j = 0; j < width; j += 16) {
+            v16 v = *(const v16 *)(scores[r] + j) - maxima[r];
+            fast_exp_v16(&v, &v);
+            *(v16 *)(scores[r] + j) = v;
+            sums[r] += v;
+        }
+        totals[r] = 0;
+    }
+    for (int lane = 0; lane < 16; lane++)   /* sum_lanes, row by row */
+        for (int r = 0; r < R; r++) totals[r] += sums[r][lane];
+    for (int r = 0; r < R; r++) {
+        float inverse = 1 / totals[r];
+        for (long j = 0; j < width; j += 16) *(v16 *)(scores[r] + j) *= inverse;
+    }
+}
+
+/* The masks of stitch_attention_head on its queries first..first + R - 1 (a masked score is -FLT_MAX, so a row masked
+   throughout is uniform, as Hugging Face's), then their softmax. */
+static inline __attribute__((always_inline)) void mask_and_softmax_rows(const int R, long first, long tk, long width, int causal,
+                                                                        long causal_offset, long window, const float *key_mask,
+                                                                        float scores[][ATTENTION_HEAD_ELEMENTS / 16]) {
+    for (int r = 0; r < R; r++) {
+        long last = causal_offset + first + r;
+        if (causal)
+            for (long j = 0; j < tk; j++)
+                if (j > last || (window > 0 && j <= last - window)) scores[r][j] = -__FLT_MAX__;
+        /* A loop of its own: vectorised with the test of key_mask inside, it loaded through a null key_mask under a
+           mask, which a Zen 4 core resolves slowly. */
+        if (key_mask)
+            for (long j = 0; j < tk; j++)
+                if (key_mask[j] == 0) scores[r][j] = -__FLT_MAX__;
+    }
+    softmax_rows(R, scores, tk, width);
+}
+
 /* Queries first..first + R - 1 of stitch_attention_head, R (a constant at each call) at a time so that as many
    independent sums keep the multiply-adds busy: keys [d][width] transposed, values[j] key j's value row, scores room for
-   R rows of tk. */
+   R rows of width. */
 static inline __attribute__((always_inline)) void attention_rows(const int R, long first, long d, float scale, const float *q, long ldq,
                                                                  const float *keys, long width, const float *const *values, long tk, int causal,
                                                                  long causal_offset, long window, const float *key_mask,
@@ -290,18 +369,7 @@ static inline __attribute__((always_inline)) void attention_rows(const int R, lo
         }
         for (int r = 0; r < R; r++) *(v16 *)(scores[r] + j) = sums[r] * scale;
     }
-    for (int r = 0; r < R; r++) {
-        long last = causal_offset + first + r;
-        if (causal)
-            for (long j = 0; j < tk; j++)
-                if (j > last || (window > 0 && j <= last - window)) scores[r][j] = -__FLT_MAX__;
-        /* A loop of its own: vectorised with the test of key_mask inside, it loaded through a null key_mask under a
-           mask, which a Zen 4 core resolves slowly. */
-        if (key_mask)
-            for (long j = 0; j < tk; j++)
-                if (key_mask[j] == 0) scores[r][j] = -__FLT_MAX__;
-        stitch_softmax(scores[r], tk);
-    }
+    mask_and_softmax_rows(R, first, tk, width, causal, causal_offset, window, key_mask, scores);
     for (long c = 0; c < d; c += 16) {
         v16 sums[ATTENTION_ROWS];
         for (int r = 0; r < R; r++) sums[r] = (v16){0};
@@ -317,27 +385,103 @@ DISPATCH void stitch_attention_head(long tq, long d, float scale, const float *q
                                     int causal, long causal_offset, long window, const float *key_mask, float *out, long ldo) {
     float keys[ATTENTION_HEAD_ELEMENTS] __attribute__((aligned(64)));
     float scores[ATTENTION_ROWS][ATTENTION_HEAD_ELEMENTS / 16] __attribute__((aligned(64)));
-    const float *values[ATTENTION_HEAD_ELEMENTS / 16];
-    long tk = 0;
-    for (int b = 0; b < block_count; b++) tk += blocks[b].count;
-    if (!stitch_attention_head_fits(tk, d)) abort();   /* callers ask first */
-    /* keys[p][j] = key j's element p, 16 keys to a vector, zeros past tk; values[j] = value j. */
+    const float *key_rows[ATTENTION_HEAD_ELEMENTS / 16], *values[ATTENTION_HEAD_ELEMENTS / 16];
+    long tk = key_value_rows(blocks, block_count, d, key_rows, values);
+    /* keys[p][j] = key j's element p, 16 keys to a vector, zeros past tk. */
     long width = (tk + 15) / 16 * 16;
     memset(keys, 0, sizeof(float) * (size_t)(width * d));
-    for (long b = 0, j = 0; b < block_count; b++)
-        for (long row = 0; row < blocks[b].count; row++, j++) {
-            const float *key = blocks[b].keys + row * blocks[b].key_stride;
-            /* Element by element: vectorised, this loop scatters, slower than it. */
+    for (long j = 0; j < tk; j++) {
+        /* Element by element: faster than this loop vectorised (scatters) and than 16 x 16 transposes in registers. */
 #pragma clang loop vectorize(disable)
-            for (long p = 0; p < d; p++) keys[p * width + j] = key[p];
-            values[j] = blocks[b].values + row * blocks[b].value_stride;
-        }
+        for (long p = 0; p < d; p++) keys[p * width + j] = key_rows[j][p];
+    }
 #define ROWS(R) attention_rows(R, first, d, scale, q, ldq, keys, width, values, tk, causal, causal_offset, window, key_mask, scores, out, ldo)
-    long first = 0;
-    for (; first + ATTENTION_ROWS <= tq; first += ATTENTION_ROWS) ROWS(ATTENTION_ROWS);
-    for (; first + 4 <= tq; first += 4) ROWS(4);
-    for (; first < tq; first++) ROWS(1);   /* the last few, and a decoding step's one */
+    FOR_QUERY_GROUPS(tq, ROWS);
 #undef ROWS
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define BF16_ATTENTION __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,fma")))
+
+/* 16 floats rounded to bfloat16 (to nearest, ties to even), stored as 8 pairs. */
+BF16_ATTENTION static inline __attribute__((always_inline)) void store_bf16_pairs(uint32_t *pairs, const float *values) {
+    _mm256_storeu_si256((__m256i *)pairs, (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(values)));
+}
+
+/* attention_rows with products of bfloat16 pairs: keys[p][width] holds the pair of elements 2p, 2p + 1 of each key,
+   values[j][d] the pair of values 2j, 2j + 1 at each element, queries and probabilities room for R rows of pairs. */
+BF16_ATTENTION static inline __attribute__((always_inline)) void bf16_attention_rows(
+    const int R, long first, long d, float scale, const float *q, long ldq, const uint32_t *keys, long width, const uint32_t *values,
+    long tk, int causal, long causal_offset, long window, const float *key_mask, float scores[][ATTENTION_HEAD_ELEMENTS / 16],
+    uint32_t queries[][ATTENTION_HEAD_ELEMENTS / 32], uint32_t probabilities[][ATTENTION_HEAD_ELEMENTS / 32], float *out, long ldo) {
+    for (int r = 0; r < R; r++)
+        for (long p = 0; p < d; p += 16) store_bf16_pairs(queries[r] + p / 2, q + (first + r) * ldq + p);
+    for (long j = 0; j < width; j += 16) {
+        __m512 sums[ATTENTION_ROWS];
+        for (int r = 0; r < R; r++) sums[r] = _mm512_setzero_ps();
+        for (long p = 0; p < d / 2; p++) {
+            __m512bh key = (__m512bh)_mm512_loadu_si512(keys + p * width + j);
+            for (int r = 0; r < R; r++) sums[r] = _mm512_dpbf16_ps(sums[r], (__m512bh)_mm512_set1_epi32((int)queries[r][p]), key);
+        }
+        for (int r = 0; r < R; r++) _mm512_store_ps(scores[r] + j, _mm512_mul_ps(sums[r], _mm512_set1_ps(scale)));
+    }
+    mask_and_softmax_rows(R, first, tk, width, causal, causal_offset, window, key_mask, scores);
+    /* Probabilities past tk are 0, so an odd last pair adds nothing for its missing value. */
+    for (int r = 0; r < R; r++)
+        for (long j = 0; j < width; j += 16) store_bf16_pairs(probabilities[r] + j / 2, scores[r] + j);
+    for (long c = 0; c < d; c += 16) {
+        __m512 sums[ATTENTION_ROWS];
+        for (int r = 0; r < R; r++) sums[r] = _mm512_setzero_ps();
+        for (long j = 0; j < (tk + 1) / 2; j++) {
+            __m512bh value = (__m512bh)_mm512_loadu_si512(values + j * d + c);
+            for (int r = 0; r < R; r++) sums[r] = _mm512_dpbf16_ps(sums[r], (__m512bh)_mm512_set1_epi32((int)probabilities[r][j]), value);
+        }
+        for (int r = 0; r < R; r++) _mm512_storeu_ps(out + (first + r) * ldo + c, sums[r]);
+    }
+}
+
+BF16_ATTENTION static void bf16_attention_head(long tq, long d, float scale, const float *q, long ldq, const stitch_key_block *blocks,
+                                               int block_count, int causal, long causal_offset, long window, const float *key_mask,
+                                               float *out, long ldo) {
+    uint32_t keys[ATTENTION_HEAD_ELEMENTS / 2] __attribute__((aligned(64))), values[ATTENTION_HEAD_ELEMENTS / 2] __attribute__((aligned(64)));
+    float scores[ATTENTION_ROWS][ATTENTION_HEAD_ELEMENTS / 16] __attribute__((aligned(64)));
+    uint32_t queries[ATTENTION_ROWS][ATTENTION_HEAD_ELEMENTS / 32], probabilities[ATTENTION_ROWS][ATTENTION_HEAD_ELEMENTS / 32];
+    const float *key_rows[ATTENTION_HEAD_ELEMENTS / 16], *value_rows[ATTENTION_HEAD_ELEMENTS / 16];
+    long tk = key_value_rows(blocks, block_count, d, key_rows, value_rows);
+    long width = (tk + 15) / 16 * 16;
+    /* keys[p][j]: key j's pair p, zeros past tk; stored pair by pair (as stitch_attention_head's floats, see there). */
+    memset(keys, 0, sizeof(uint32_t) * (size_t)(d / 2 * width));
+    for (long j = 0; j < tk; j++)
+        for (long p = 0; p < d; p += 16) {
+            uint32_t pairs[8];
+            store_bf16_pairs(pairs, key_rows[j] + p);
+            for (int e = 0; e < 8; e++) keys[(p / 2 + e) * width + j] = pairs[e];
+        }
+    /* values[j][c]: values 2j and 2j + 1 at element c, interleaved in registers (an odd last one paired with zeros). */
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long j = 0; j < (tk + 1) / 2; j++)
+        for (long c = 0; c < d; c += 16) {
+            __m512 even = _mm512_loadu_ps(value_rows[2 * j] + c), odd = 2 * j + 1 < tk ? _mm512_loadu_ps(value_rows[2 * j + 1] + c) : _mm512_setzero_ps();
+            _mm512_storeu_si512(values + j * d + c, _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
+        }
+#define ROWS(R) bf16_attention_rows(R, first, d, scale, q, ldq, keys, width, values, tk, causal, causal_offset, window, key_mask, scores, \
+                                    queries, probabilities, out, ldo)
+    FOR_QUERY_GROUPS(tq, ROWS);
+#undef ROWS
+}
+#endif
+
+void stitch_bf16_attention_head(long tq, long d, float scale, const float *q, long ldq, const stitch_key_block *blocks, int block_count,
+                                int causal, long causal_offset, long window, const float *key_mask, float *out, long ldo) {
+#if defined(__x86_64__)
+    if (stitch_bf16_available() && stitch_bf16_dot_products_fast()) {
+        bf16_attention_head(tq, d, scale, q, ldq, blocks, block_count, causal, causal_offset, window, key_mask, out, ldo);
+        return;
+    }
+#endif
+    stitch_attention_head(tq, d, scale, q, ldq, blocks, block_count, causal, causal_offset, window, key_mask, out, ldo);
 }
 
 DISPATCH long stitch_append_above(const float *offered, long n, float threshold, int32_t first_index, float *values,

@@ -10,6 +10,8 @@ struct Linear {
     /// The weight as stored, kept only where it is not packed.
     private let weight: Tensor?
     private let packed: PackedWeights?
+    /// The precision of this layer's products (FP32 where its weight is not packed); attention takes its projections'.
+    var precision: Precision { packed?.precision ?? .fp32 }
 
     /// `weight` and `bias` taken from `store` (a recording store's placeholders are not packed).
     init(weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs, from store: WeightStore) {
@@ -82,14 +84,18 @@ func flattenPatches(_ pixels: Tensor, patch p: Int) -> Tensor {
     var patches = Tensor(uninitialized: [batch * grid * grid, c * p * p])
     pixels.withUnsafeBufferPointer { src in
         patches.withUnsafeMutableBufferPointer { dst in
-            for b in 0..<batch {
-                for gy in 0..<grid {
+            let (from, to) = (src.baseAddress!, dst.baseAddress!)
+            // Bands of patches (image b, grid row gy) in parallel, each patch's rows of p pixels copied whole:
+            // element by element on one core, this took 1.4% of CLIP ViT-B/32's batch of 16 at bfloat16.
+            Parallel.forChunks(batch * grid, minimumChunk: 1) { bands in
+                for band in bands {
+                    let (b, gy) = band.quotientAndRemainder(dividingBy: grid)
+                    var o = band * grid * c * p * p
                     for gx in 0..<grid {
-                        var o = ((b * grid + gy) * grid + gx) * c * p * p
                         for ch in 0..<c {
                             for i in 0..<p {
-                                let row = ((b * c + ch) * s + gy * p + i) * s + gx * p
-                                for j in 0..<p { dst[o] = src[row + j]; o += 1 }
+                                (to + o).update(from: from + ((b * c + ch) * s + gy * p + i) * s + gx * p, count: p)
+                                o += p
                             }
                         }
                     }

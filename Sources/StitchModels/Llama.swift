@@ -261,7 +261,7 @@ public final class Llama: CausalLanguageModel, @unchecked Sendable {
             rotation.apply(&parts[0], headDim: headDim)
             rotation.apply(&parts[1], headDim: headDim)
             let attended = cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: config.heads, keyValueHeads: config.keyValueHeads,
-                                               window: config.slidingWindow, cache: &cache.layers[index])   // [b, t, q]
+                                               window: config.slidingWindow, cache: &cache.layers[index], precision: block.queryKeyValue.precision)   // [b, t, q]
             addInPlace(&hidden, block.output(attended))
             let gateUp = block.gateUp(rmsNorm(hidden, weight: block.mlpNorm, epsilon: config.normEpsilon))   // [b, t, 2 * inner]
             addInPlace(&hidden, block.down(swiGLU(gateUp)))

@@ -81,14 +81,14 @@ struct BERTLayer {
 
     /// Bidirectional: x [batch, t, d] under `mask` [batch, t] (1 for tokens, 0 for padding), attending to `memory` when given.
     func callAsFunction(_ x: Tensor, mask: Tensor?, memory: CrossMemory? = nil) -> Tensor {
-        rest(attended: attentionOut(fusedSelfAttention(qkv(x), heads: heads, causal: false, keyMask: mask)), input: x, memory: memory)
+        rest(attended: attentionOut(fusedSelfAttention(qkv(x), heads: heads, causal: false, keyMask: mask, precision: qkv.precision)), input: x, memory: memory)
     }
 
     /// Causal, for positions after those in `cache`, whose keys and values it appends: x [batch, t, d] -> [batch, t, d].
     func callAsFunction(_ x: Tensor, cache: inout KVCache, memory: CrossMemory?) -> Tensor {
         let parts = splitLastDimension(qkv(x), parts: 3)
-        return rest(attended: attentionOut(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)),
-                    input: x, memory: memory)
+        let attended = cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache, precision: qkv.precision)
+        return rest(attended: attentionOut(attended), input: x, memory: memory)
     }
 
     /// After self-attention: its residual norm, the cross-attention block, the feed-forward block.
@@ -98,7 +98,8 @@ struct BERTLayer {
         var hidden = attentionNorm(sum)
         if let memory {
             guard let cross else { preconditionFailure("image states given to a layer without cross-attention") }
-            var crossed = cross.out(multiHeadAttention(query: cross.query(hidden), key: memory.keys, value: memory.values, heads: heads, causal: false))
+            var crossed = cross.out(multiHeadAttention(query: cross.query(hidden), key: memory.keys, value: memory.values, heads: heads, causal: false,
+                                                       precision: cross.query.precision))
             addInPlace(&crossed, hidden)
             hidden = cross.norm(crossed)
         }

@@ -27,7 +27,8 @@ struct TransformerBlock {
         let keysAndValues = splitLastDimension(qkv(normalized, outputs: d..<3 * d), parts: 2)
         // A causal row at position p sees keys 0...p only.
         let mask = causal ? Tensor(shape: [batch, t], scalars: positions.flatMap { p in (0..<t).map { $0 <= p ? 1 : 0 } }) : nil
-        let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask)
+        let attended = multiHeadAttention(query: query, key: keysAndValues[0], value: keysAndValues[1], heads: heads, causal: false, keyMask: mask,
+                                          precision: qkv.precision)
         var hidden = gatherRows(x, positions)
         addInPlace(&hidden, out(attended))
         addFeedForward(&hidden)
@@ -36,7 +37,7 @@ struct TransformerBlock {
 
     /// hidden [batch, t, d] through the layer, in place (a copy of the residual stream only if the caller keeps one).
     func callAsFunction(_ hidden: inout Tensor, causal: Bool) {
-        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(hidden)), heads: heads, causal: causal)))
+        addInPlace(&hidden, out(fusedSelfAttention(qkv(layerNorm1(hidden)), heads: heads, causal: causal, precision: qkv.precision)))
         addFeedForward(&hidden)
     }
 
@@ -44,7 +45,8 @@ struct TransformerBlock {
     /// a decoder block also attends to `memory`. hidden [batch, t, d], in place.
     func callAsFunction(_ hidden: inout Tensor, cache: inout KVCache, memory: CrossMemory? = nil) {
         let parts = splitLastDimension(qkv(layerNorm1(hidden)), parts: 3)
-        addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache)))
+        addInPlace(&hidden, out(cachedSelfAttention(query: parts[0], key: parts[1], value: parts[2], heads: heads, cache: &cache,
+                                                    precision: qkv.precision)))
         addCrossAttention(&hidden, memory)
         addFeedForward(&hidden)
     }
@@ -55,7 +57,7 @@ struct TransformerBlock {
     @discardableResult
     func callAsFunction(packed hidden: inout Tensor, segments: [PackedSegment], prefix: KVCache, memory: CrossMemory? = nil) -> Tensor {
         let projections = qkv(layerNorm1(hidden))
-        addInPlace(&hidden, out(packedPrefixAttention(projections, segments: segments, prefix: prefix, heads: heads)))
+        addInPlace(&hidden, out(packedPrefixAttention(projections, segments: segments, prefix: prefix, heads: heads, precision: qkv.precision)))
         if memory != nil {
             // Packed rows attend to the memory independently: one batch row of `total` queries.
             var rows = hidden.reshaped([1, hidden.shape[0], hidden.shape[1]])
@@ -71,7 +73,8 @@ struct TransformerBlock {
         guard let cross else { return }
         guard let memory else { preconditionFailure("a cross-attention block needs the encoder's memory") }
         let queries = cross.query(cross.layerNorm(hidden))
-        addInPlace(&hidden, cross.out(multiHeadAttention(query: queries, key: memory.keys, value: memory.values, heads: heads, causal: false)))
+        addInPlace(&hidden, cross.out(multiHeadAttention(query: queries, key: memory.keys, value: memory.values, heads: heads, causal: false,
+                                                         precision: cross.query.precision)))
     }
 
     /// The residual MLP block: hidden += fc2(activation(fc1(layerNorm2(hidden)))).

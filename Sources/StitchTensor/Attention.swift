@@ -95,9 +95,11 @@ struct AttentionOperand {
 ///   [1, tk, heads * headDim] shared by every batch row (cross-attention to one image).
 /// - causal: query i (absolute position `tk - tq + i`) sees keys 0...tk-tq+i.
 /// - keyMask: [batch, tk] with 1 for real tokens and 0 for padding (Hugging Face's attention_mask).
+/// - precision: that of the projections feeding it; at BF16, heads of up to 128 keys take bfloat16 products where
+///   the CPU's are fast (`stitch_bf16_attention_head`), as torch's autocast rounds its attention's products.
 /// Returns [batch, tq, heads * headDim].
 public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int,
-                               causal: Bool, keyMask: Tensor? = nil) -> Tensor {
+                               causal: Bool, keyMask: Tensor? = nil, precision: Precision = .fp32) -> Tensor {
     precondition(query.rank == 3 && key.rank == 3 && key.shape == value.shape && (key.shape[0] == query.shape[0] || key.shape[0] == 1)
                  && query.shape[2] == key.shape[2], "attention shapes q \(query.shape) k \(key.shape) v \(value.shape)")
     let (batch, tq, tk, width) = (query.shape[0], query.shape[1], key.shape[1], key.shape[2])
@@ -109,7 +111,7 @@ public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads:
                        keys: AttentionOperand(base: k.baseAddress!, rowStride: width, batchStride: keyBatchStride),
                        values: AttentionOperand(base: v.baseAddress!, rowStride: width, batchStride: keyBatchStride),
                        batch: batch, queryLength: tq, keyLength: tk, width: width, heads: heads,
-                       causalOffset: causal ? tk - tq : nil, keyMask: keyMask)
+                       causalOffset: causal ? tk - tq : nil, keyMask: keyMask, precision: precision)
             }
         }
     }
@@ -117,13 +119,13 @@ public func multiHeadAttention(query: Tensor, key: Tensor, value: Tensor, heads:
 
 /// Self-attention straight from a fused projection `qkv` [batch, t, 3 * width]
 /// (queries, then keys, then values along the last axis), without splitting copies.
-public func fusedSelfAttention(_ qkv: Tensor, heads: Int, causal: Bool, keyMask: Tensor? = nil) -> Tensor {
+public func fusedSelfAttention(_ qkv: Tensor, heads: Int, causal: Bool, keyMask: Tensor? = nil, precision: Precision = .fp32) -> Tensor {
     precondition(qkv.rank == 3 && qkv.shape[2] % 3 == 0, "fused q/k/v must be [batch, t, 3 * width], got \(qkv.shape)")
     let (batch, t, width) = (qkv.shape[0], qkv.shape[1], qkv.shape[2] / 3)
     return qkv.withUnsafeBufferPointer { p in
         let operand = { (part: Int) in AttentionOperand(base: p.baseAddress! + part * width, rowStride: 3 * width, batchStride: t * 3 * width) }
         return attend(query: operand(0), keys: operand(1), values: operand(2), batch: batch, queryLength: t, keyLength: t,
-                      width: width, heads: heads, causalOffset: causal ? 0 : nil, keyMask: keyMask)
+                      width: width, heads: heads, causalOffset: causal ? 0 : nil, keyMask: keyMask, precision: precision)
     }
 }
 
@@ -132,7 +134,7 @@ public func fusedSelfAttention(_ qkv: Tensor, heads: Int, causal: Bool, keyMask:
 /// attention) the cache holds `keyValueHeads` heads and each serves `heads / keyValueHeads` query heads in turn;
 /// with `window`, a query attends only to the `window` most recent positions, itself included (a sliding window).
 public func cachedSelfAttention(query: Tensor, key: Tensor, value: Tensor, heads: Int, keyValueHeads: Int? = nil, window: Int? = nil,
-                                cache: inout KVCache, keyMask: Tensor? = nil) -> Tensor {
+                                cache: inout KVCache, keyMask: Tensor? = nil, precision: Precision = .fp32) -> Tensor {
     cache.append(keys: key, values: value)
     let (batch, tq, length, capacity, width) = (cache.batch, query.shape[1], cache.length, cache.capacity, query.lastDimension)
     let keyHeads = keyValueHeads ?? heads
@@ -145,16 +147,22 @@ public func cachedSelfAttention(query: Tensor, key: Tensor, value: Tensor, heads
                        keys: AttentionOperand(base: k.baseAddress!, rowStride: cache.width, batchStride: capacity * cache.width),
                        values: AttentionOperand(base: v.baseAddress!, rowStride: cache.width, batchStride: capacity * cache.width),
                        batch: batch, queryLength: tq, keyLength: length, width: width, heads: heads, keyValueHeads: keyHeads,
-                       causalOffset: length - tq, window: window, keyMask: keyMask)
+                       causalOffset: length - tq, window: window, keyMask: keyMask, precision: precision)
             }
         }
     }
 }
 
+/// The direct kernel for a head of up to 128 keys at `precision` (see `multiHeadAttention`).
+private func attentionHead(_ precision: Precision) -> @convention(c) (Int, Int, Float, UnsafePointer<Float>?, Int, UnsafePointer<stitch_key_block>?, Int32,
+                                                                      Int32, Int, Int, UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int) -> Void {
+    precision == .bf16 ? stitch_bf16_attention_head : stitch_attention_head
+}
+
 /// `width` is the queries' (and the output's); key and value head h / (heads / keyValueHeads) serves query head h.
 private func attend(query: AttentionOperand, keys: AttentionOperand, values: AttentionOperand,
                     batch: Int, queryLength tq: Int, keyLength tk: Int, width: Int, heads: Int, keyValueHeads: Int? = nil,
-                    causalOffset: Int?, window: Int? = nil, keyMask: Tensor?) -> Tensor {
+                    causalOffset: Int?, window: Int? = nil, keyMask: Tensor?, precision: Precision) -> Tensor {
     precondition(width % heads == 0, "width \(width) does not split into \(heads) heads")
     if let keyMask { precondition(keyMask.shape == [batch, tk], "key mask \(keyMask.shape), expected [\(batch), \(tk)]") }
     let headDim = width / heads
@@ -176,8 +184,8 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
             let vHead = values.base + b * values.batchStride + keyHead * headDim
             if direct {
                 var block = stitch_key_block(keys: kHead, values: vHead, count: tk, key_stride: keys.rowStride, value_stride: values.rowStride)
-                stitch_attention_head(tq, headDim, scale, qHead, query.rowStride, &block, 1, causalOffset == nil ? 0 : 1, causalOffset ?? 0, window ?? 0,
-                                      keyMask == nil ? nil : maskRows.baseAddress! + b * tk, oBase + b * tq * width + h * headDim, width)
+                attentionHead(precision)(tq, headDim, scale, qHead, query.rowStride, &block, 1, causalOffset == nil ? 0 : 1, causalOffset ?? 0,
+                                         window ?? 0, keyMask == nil ? nil : maskRows.baseAddress! + b * tk, oBase + b * tq * width + h * headDim, width)
                 return
             }
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(tq * tk, 1))
@@ -221,7 +229,7 @@ public struct PackedSegment: Sendable {
 /// the first `sharedLength` positions of `prefix` (batch row 0), which all of them read in place.
 /// qkv [total, 3 * width] (queries, keys, values) -> [total, width]; row j of a segment sees the
 /// shared positions and its own rows 0...j.
-public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], prefix: KVCache, heads: Int) -> Tensor {
+public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], prefix: KVCache, heads: Int, precision: Precision = .fp32) -> Tensor {
     let width = prefix.width
     precondition(qkv.rank == 2 && qkv.shape[1] == 3 * width, "packed q/k/v must be [total, \(3 * width)], got \(qkv.shape)")
     precondition(segments.allSatisfy { $0.sharedLength <= prefix.length && $0.rows.upperBound <= qkv.shape[0] }, "segments outside the prefix or the batch")
@@ -246,7 +254,7 @@ public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], pref
                             let blocks = [stitch_key_block(keys: prefixKeys.baseAddress! + h * headDim, values: prefixValues.baseAddress! + h * headDim,
                                                            count: shared, key_stride: width, value_stride: width),
                                           stitch_key_block(keys: ownKeys, values: ownValues, count: t, key_stride: stride, value_stride: stride)]
-                            stitch_attention_head(t, headDim, scale, q, stride, blocks, 2, 1, shared, 0, nil, output, width)
+                            attentionHead(precision)(t, headDim, scale, q, stride, blocks, 2, 1, shared, 0, nil, output, width)
                             return
                         }
                         let scores = UnsafeMutablePointer<Float>.allocate(capacity: t * n)

@@ -176,25 +176,31 @@ int main(void) {
         for (int j = 0; j < TK; j++) mask[j] = j != 5;
         stitch_key_block blocks[2] = {{k, v, PREFIX, D, D}, {k + PREFIX * D, v + PREFIX * D, TQ, D, D}};
         const float scale = 1 / sqrtf(D);
-        worst = stitch_attention_head_fits(TK, D) ? 0 : INFINITY;
-        stitch_attention_head(TQ, D, scale, q, D, blocks, 2, 1, PREFIX, 9, mask, out, D);
-        for (int i = 0; i < TQ; i++) {
-            double scores[TK], high = -INFINITY, total = 0;
-            for (int j = 0; j < TK; j++) {
-                int visible = j <= PREFIX + i && j > PREFIX + i - 9 && mask[j] != 0;
-                double dot = 0;
-                for (int p = 0; p < D; p++) dot += (double)q[i * D + p] * k[j * D + p];
-                scores[j] = visible ? dot * scale : -INFINITY;
-                if (scores[j] > high) high = scores[j];
+        /* BF16's kernel: the FP32 one where bfloat16 dot products are not fast (here, unless an AMD x86-64), else
+           operands rounded to bfloat16 (8 bits: within 2e-2 of the sums in double). */
+        int rounded = stitch_bf16_available() && stitch_bf16_dot_products_fast();
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            worst = stitch_attention_head_fits(TK, D) ? 0 : INFINITY;
+            (bf16 ? stitch_bf16_attention_head : stitch_attention_head)(TQ, D, scale, q, D, blocks, 2, 1, PREFIX, 9, mask, out, D);
+            for (int i = 0; i < TQ; i++) {
+                double scores[TK], high = -INFINITY, total = 0;
+                for (int j = 0; j < TK; j++) {
+                    int visible = j <= PREFIX + i && j > PREFIX + i - 9 && mask[j] != 0;
+                    double dot = 0;
+                    for (int p = 0; p < D; p++) dot += (double)q[i * D + p] * k[j * D + p];
+                    scores[j] = visible ? dot * scale : -INFINITY;
+                    if (scores[j] > high) high = scores[j];
+                }
+                for (int j = 0; j < TK; j++) total += scores[j] = exp(scores[j] - high);
+                for (int e = 0; e < D; e++) {
+                    double want = 0;
+                    for (int j = 0; j < TK; j++) want += scores[j] / total * v[j * D + e];
+                    if (fabs(out[i * D + e] - want) > worst) worst = fabs(out[i * D + e] - want);
+                }
             }
-            for (int j = 0; j < TK; j++) total += scores[j] = exp(scores[j] - high);
-            for (int e = 0; e < D; e++) {
-                double want = 0;
-                for (int j = 0; j < TK; j++) want += scores[j] / total * v[j * D + e];
-                if (fabs(out[i * D + e] - want) > worst) worst = fabs(out[i * D + e] - want);
-            }
+            report(bf16 ? (rounded ? "bf16_attention_head (bfloat16)" : "bf16_attention_head (fp32 here)") : "attention_head", worst,
+                   bf16 && rounded ? 2e-2 : 2e-6);
         }
-        report("attention_head", worst, 2e-6);
     }
 
     /* depthwise 3x3 and 5x5, strides 1 and 2, padded */

@@ -1,12 +1,16 @@
+import CStitchKernels
 import XCTest
 @testable import StitchTensor
 
 /// Attention against sums in double precision, on heads that take the direct kernel (`stitch_attention_head`: head
 /// sizes of 16 and 64, up to 128 keys) and heads past it (the blocked products): causal, offset by a cache, a sliding
 /// window, grouped key/value heads, masked keys and a row masked throughout, keys shared by a batch, packed sequences
-/// continuing a prefix.
+/// continuing a prefix; and at BF16, against the same sums of operands rounded as the kernel rounds them.
 final class AttentionKernelTests: XCTestCase {
     private let tolerance: Float = 2e-5
+    /// BF16 against its emulation: a probability the double softmax rounds to the other neighbouring bfloat16 moves a
+    /// value by 2^-9 of it.
+    private let bf16Tolerance: Float = 4e-3
 
     /// Deterministic values in [-2, 2): the same every run.
     private struct Values {
@@ -20,11 +24,14 @@ final class AttentionKernelTests: XCTestCase {
     }
 
     /// Queries [b, tq, heads * d] against keys and values [b or 1, tk, keyHeads * d], in double: query i (at position
-    /// `offset + i`) sees key j if `visible(b, i, j)`; a masked score is -Float.greatestFiniteMagnitude.
-    private func reference(_ q: Tensor, _ k: Tensor, _ v: Tensor, heads: Int, keyHeads: Int, visible: (Int, Int, Int) -> Bool) -> [Float] {
+    /// `offset + i`) sees key j if `visible(b, i, j)`; a masked score is -Float.greatestFiniteMagnitude. With `bf16`,
+    /// queries, keys, values and probabilities rounded to bfloat16 first (`stitch_bf16_attention_head`).
+    private func reference(_ q: Tensor, _ k: Tensor, _ v: Tensor, heads: Int, keyHeads: Int, bf16: Bool = false,
+                           visible: (Int, Int, Int) -> Bool) -> [Float] {
         let (batch, tq, width, tk) = (q.shape[0], q.shape[1], q.shape[2], k.shape[1])
         let (d, keyWidth) = (width / heads, k.shape[2])
-        let (qs, ks, vs) = (q.scalars.map(Double.init), k.scalars.map(Double.init), v.scalars.map(Double.init))
+        let round = { (x: Float) in bf16 ? Double(Float(bitPattern: UInt32(stitch_bf16_from_float(x)) << 16)) : Double(x) }
+        let (qs, ks, vs) = (q.scalars.map(round), k.scalars.map(round), v.scalars.map(round))
         var out = [Float](repeating: 0, count: batch * tq * width)
         for b in 0..<batch {
             let kb = k.shape[0] == 1 ? 0 : b
@@ -39,9 +46,10 @@ final class AttentionKernelTests: XCTestCase {
                     let top = scores.max()!
                     let weights = scores.map { exp($0 - top) }
                     let total = weights.reduce(0, +)
+                    let probabilities = weights.map { round(Float($0 / total)) }
                     for e in 0..<d {
-                        let sum = (0..<tk).reduce(0.0) { $0 + weights[$1] * vs[(kb * tk + $1) * keyWidth + kh * d + e] }
-                        out[(b * tq + i) * width + h * d + e] = Float(sum / total)
+                        let sum = (0..<tk).reduce(0.0) { $0 + probabilities[$1] * vs[(kb * tk + $1) * keyWidth + kh * d + e] }
+                        out[(b * tq + i) * width + h * d + e] = Float(sum)
                     }
                 }
             }
@@ -49,7 +57,8 @@ final class AttentionKernelTests: XCTestCase {
         return out
     }
 
-    private func assertClose(_ actual: Tensor, _ expected: [Float], _ label: String) {
+    private func assertClose(_ actual: Tensor, _ expected: [Float], _ label: String, tolerance: Float? = nil) {
+        let tolerance = tolerance ?? self.tolerance
         XCTAssertEqual(actual.count, expected.count, label)
         let difference = zip(actual.scalars, expected).map { abs($0 - $1) }.max() ?? 0
         print("\(label): max difference \(difference) (tolerance \(tolerance))")
@@ -119,5 +128,35 @@ final class AttentionKernelTests: XCTestCase {
             let rows = Tensor(shape: [1, segment.rows.count, width], scalars: Array(out.scalars[segment.rows.lowerBound * width..<segment.rows.upperBound * width]))
             assertClose(rows, reference(q, k, v, heads: heads, keyHeads: heads) { _, i, j in j <= segment.sharedLength + i }, "packed segment \(index)")
         }
+    }
+
+    /// BF16 heads: bfloat16 operands where this CPU's dot products are fast, else the FP32 kernel (then FP32's
+    /// tolerance); 13 keys leave an odd last pair of values, the prefix case a second block of keys.
+    func testBFloat16HeadsRoundTheirOperands() {
+        let rounded = stitch_bf16_available() != 0 && stitch_bf16_dot_products_fast() != 0
+        print(rounded ? "bfloat16 dot products" : "no fast bfloat16 dot products here: the FP32 kernel")
+        var values = Values(state: 6)
+        for (t, d, heads) in [(16, 64, 2), (13, 16, 3), (50, 64, 1)] {
+            let (q, k, v) = (values.tensor([2, t, heads * d]), values.tensor([2, t, heads * d]), values.tensor([2, t, heads * d]))
+            let mask = Tensor(shape: [2, t], scalars: (0..<2 * t).map { $0 == 2 * t - 1 ? 0 : 1 })
+            assertClose(multiHeadAttention(query: q, key: k, value: v, heads: heads, causal: true, keyMask: mask, precision: .bf16),
+                        reference(q, k, v, heads: heads, keyHeads: heads, bf16: rounded) { b, i, j in j <= i && (b == 0 || j < t - 1) },
+                        "bf16 causal masked t \(t) d \(d)", tolerance: rounded ? bf16Tolerance : tolerance)
+        }
+        let width = 128
+        var prefix = KVCache(batch: 1, width: width)
+        let (prefixKeys, prefixValues, qkv) = (values.tensor([1, 5, width]), values.tensor([1, 5, width]), values.tensor([4, 3 * width]))
+        prefix.append(keys: prefixKeys, values: prefixValues)
+        let out = packedPrefixAttention(qkv, segments: [PackedSegment(rows: 0..<4, sharedLength: 5)], prefix: prefix, heads: 2, precision: .bf16)
+        func part(_ third: Int) -> [Float] {
+            (0..<4).flatMap { (row: Int) -> ArraySlice<Float> in
+                let start = (3 * row + third) * width
+                return qkv.scalars[start..<start + width]
+            }
+        }
+        let (q, k, v) = (Tensor(shape: [1, 4, width], scalars: part(0)), Tensor(shape: [1, 9, width], scalars: prefixKeys.scalars + part(1)),
+                         Tensor(shape: [1, 9, width], scalars: prefixValues.scalars + part(2)))
+        assertClose(out.reshaped([1, 4, width]), reference(q, k, v, heads: 2, keyHeads: 2, bf16: rounded) { _, i, j in j <= 5 + i },
+                    "bf16 packed after a prefix of 5", tolerance: rounded ? bf16Tolerance : tolerance)
     }
 }

@@ -63,6 +63,8 @@ uint16_t stitch_bf16_from_float(float value);
 
 /* Whether stitch_bf16_gemm runs here: x86-64 with AVX-512 and AVX512-BF16. */
 int stitch_bf16_available(void);
+/* Whether VDPBF16PS runs at least at FMA's rate here (AMD Zen 4), so that bfloat16 dot products pay on any shape. */
+int stitch_bf16_dot_products_fast(void);
 
 /* The uint16 count of op(W) [k, n] packed for stitch_bf16_gemm, and the packing (once, at load): W is [n, k] (row stride
    ldw) when transpose, as nn.Linear stores it, else [k, n]. Panels of 32 columns of op(W), pairs of k interleaved. */
@@ -106,6 +108,11 @@ typedef struct {
 int stitch_attention_head_fits(long tk, long d);
 void stitch_attention_head(long tq, long d, float scale, const float *q, long ldq, const stitch_key_block *blocks, int block_count,
                            int causal, long causal_offset, long window, const float *key_mask, float *out, long ldo);
+/* stitch_attention_head with bfloat16 products (BF16 precision's attention, as torch's autocast runs it): queries, keys,
+   probabilities and values rounded to bfloat16, their products summed, the softmax taken, in single precision; where
+   stitch_bf16_dot_products_fast(), else stitch_attention_head itself. */
+void stitch_bf16_attention_head(long tq, long d, float scale, const float *q, long ldq, const stitch_key_block *blocks, int block_count,
+                                int causal, long causal_offset, long window, const float *key_mask, float *out, long ldo);
 
 /* In place: p[i] = activation(p[i] + bias); p[i] = activation(p[i] + bias[i]) (bias may be NULL: none). */
 void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation);
