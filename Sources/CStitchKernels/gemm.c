@@ -3,9 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* C = A·B or A·Bᵀ with AVX-512, blocked and packed as BLIS does: B in panels of NR columns of C over KC of k, A in panels of
-   MR rows, a register tile of MR x NR (24 of the 32 vector registers) accumulated by fused multiply-adds. Where the
-   CPU lacks AVX-512 (and off x86-64) it is not offered and the caller uses OpenBLAS. */
+/* C = A·B or A·Bᵀ, blocked and packed as BLIS does: B in panels of NR columns of C over KC of k, A in panels of MR rows,
+   a register tile of MR x NR accumulated by fused multiply-adds in 24 of AVX-512's 32 vector registers. Products with
+   weights packed at load also run on AVX2, the tile as four 6 x 16 blocks in 12 of its 16 registers: each element's
+   sum runs over k in the same order, so the same bits. Where the CPU lacks them (and off x86-64) they are not offered
+   and the caller uses OpenBLAS. */
 
 long stitch_sgemm_packed_count(long n, long k) { return (n + STITCH_TILE_COLUMNS - 1) / STITCH_TILE_COLUMNS * STITCH_TILE_COLUMNS * k; }
 
@@ -25,15 +27,20 @@ enum { MR = STITCH_TILE_ROWS, NR = STITCH_TILE_COLUMNS, KC = 256, MC = 96, NC = 
 
 #define AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 
-int stitch_sgemm_available(void) {
+static int has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")
         && __builtin_cpu_supports("avx512dq");
 }
 
+static int has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
 /* Bp[panel][p][j] = op(B)[p][panel * NR + j] for kc rows and nc columns of op(B), columns past nc zero: B is [n, k]
    (transposed: its rows are op(B)'s columns, turned 16 x 16 blocks at a time) or [k, n]. */
-AVX512 static void pack_b(int transpose_b, const float *b, long ldb, long nc, long kc, float *bp) {
+AVX512 static void avx512_pack_b(int transpose_b, const float *b, long ldb, long nc, long kc, float *bp) {
     for (long panel = 0; panel < nc; panel += NR) {
         long width = nc - panel < NR ? nc - panel : NR;
         if (transpose_b) {
@@ -71,7 +78,7 @@ AVX512 static void pack_b(int transpose_b, const float *b, long ldb, long nc, lo
 
 /* Ap[panel][p][i] = A[(panel * MR + i) * lda + p] for mc rows of A and kc columns, rows past mc zero: full panels 16
    columns at a time through a transpose in registers (left to itself the compiler scatters, which is slow). */
-AVX512 static void pack_a(const float *a, long lda, long mc, long kc, float *ap) {
+AVX512 static void avx512_pack_a(const float *a, long lda, long mc, long kc, float *ap) {
     for (long panel = 0; panel < mc; panel += MR) {
         long height = mc - panel < MR ? mc - panel : MR, start = 0;
         if (height == MR) {
@@ -155,17 +162,10 @@ AVX512 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *
     tile_reading_a(MR, 0, 0, kc, ap, 0, bp, c, ldc, rows, cols, accumulate);
 }
 
-/* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up
-   to KC of k: what this product's blocks need. */
-static float *packing_buffer(int slot, long k, long count, long block, long panel) {
-    long depth = k < KC ? k : KC, lines = count < block ? count : block;
-    return stitch_thread_scratch(slot, sizeof(float) * (size_t)(depth * ((lines + panel - 1) / panel * panel)));
-}
-
 /* The tile for `rows` rows and `cols` columns: A read in place where lda > 0 (whole 12-row tiles only), else packed
    (ap); the tile of the last rows of a block computes no more rows than it has, to the next of 12, 4 or 1 (the product
    of a 16-channel convolution is 12 + 4 rows, not 24), and a panel of at most 16 columns only those. */
-AVX512 static void tile_of_rows(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols,
+AVX512 static void avx512_tile_of_rows(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols,
                                 int accumulate) {
 #define TILE(R, IN_PLACE, HALF) tile_reading_a(R, IN_PLACE, HALF, kc, ap, lda, bp, c, ldc, rows, cols, accumulate)
     int half = cols <= 16;
@@ -174,61 +174,6 @@ AVX512 static void tile_of_rows(long kc, const float *ap, long lda, const float 
     else if (rows > 1) half ? TILE(4, 0, 1) : TILE(4, 0, 0);
     else half ? TILE(1, 0, 1) : TILE(1, 0, 0);
 #undef TILE
-}
-
-AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc) {
-    if (m <= 0 || n <= 0) return;
-    if (k <= 0) {
-        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
-        return;
-    }
-    float *bp = packing_buffer(0, k, n, NC, NR), *ap = packing_buffer(1, k, m, MC, MR);
-    for (long jc = 0; jc < n; jc += NC) {
-        long nc = n - jc < NC ? n - jc : NC;
-        for (long pc = 0; pc < k; pc += KC) {
-            long kc = k - pc < KC ? k - pc : KC;
-            pack_b(transpose_b, transpose_b ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nc, kc, bp);
-            for (long ic = 0; ic < m; ic += MC) {
-                long mc = m - ic < MC ? m - ic : MC;
-                pack_a(a + ic * lda + pc, lda, mc, kc, ap);
-                for (long jr = 0; jr < nc; jr += NR)
-                    for (long ir = 0; ir < mc; ir += MR)
-                        tile_of_rows(kc, ap + ir * kc, 0, bp + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
-                                     mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, pc > 0);
-            }
-        }
-    }
-}
-
-/* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns
-   too), and the sums run in stitch_sgemm's order, so the results are the same bits. */
-AVX512 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
-                                long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
-    if (m <= 0 || column_end <= column_begin) return;
-    if (k <= 0) {
-        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
-        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
-        return;
-    }
-    /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
-       much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
-    int in_place = column_end - column_begin <= 4 * NR;
-    float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
-    for (long ic = 0; ic < m; ic += MC) {
-        long mc = m - ic < MC ? m - ic : MC, whole = in_place ? mc / MR * MR : 0;
-        for (long pc = 0; pc < k; pc += KC) {
-            long kc = k - pc < KC ? k - pc : KC;
-            if (whole < mc) pack_a(a + (ic + whole) * lda + pc, lda, mc - whole, kc, ap);
-            for (long column = column_begin; column < column_end; column += NR) {
-                const float *bp = packed + column / NR * NR * k + pc * NR;
-                long cols = column_end - column < NR ? column_end - column : NR;
-                for (long ir = 0; ir < mc; ir += MR)
-                    tile_of_rows(kc, ir < whole ? a + (ic + ir) * lda + pc : ap + (ir - whole) * kc, ir < whole ? lda : 0, bp,
-                                 c + (ic + ir) * ldc + (column - column_begin), ldc, mc - ir < MR ? mc - ir : MR, cols, pc > 0);
-            }
-        }
-        stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
-    }
 }
 
 /* y[j] = W[j, :] · x for rows [n, k] of W (row stride ldw): four rows at a time, sixteen columns per step, so that a
@@ -272,15 +217,213 @@ AVX512 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float
     }
 }
 
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* r[q] becomes column q of the 8 x 8 block whose rows were r[0..7]: pairs, then quads within 128-bit lanes, then lanes
+   across registers. */
+AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[g + c] (c < 4) holds rows g..g+3 at columns c and c + 4 (one per 128-bit lane). */
+    for (int g = 0; g < 8; g += 4) {
+        u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+        u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xEE);
+        u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+        u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        r[c + 4] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+/* Ap as avx512_pack_a lays it out: the first 8 rows of a full panel 8 columns at a time through a transpose. */
+AVX2 static void avx2_pack_a(const float *a, long lda, long mc, long kc, float *ap) {
+    for (long panel = 0; panel < mc; panel += MR) {
+        long height = mc - panel < MR ? mc - panel : MR, start = 0;
+        if (height < MR) memset(ap, 0, sizeof(float) * MR * (size_t)kc);
+        else
+            for (; start + 8 <= kc; start += 8) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(a + (panel + i) * lda + start);
+                transpose8(r);
+                for (int q = 0; q < 8; q++) _mm256_storeu_ps(ap + (start + q) * MR, r[q]);
+            }
+        for (long i = 0; i < height; i++) {
+            const float *row = a + (panel + i) * lda;
+#pragma clang loop vectorize(disable)
+            for (long p = i < 8 ? start : 0; p < kc; p++) ap[p * MR + i] = row[p];
+        }
+        ap += MR * kc;
+    }
+}
+
+/* The R x 16 block (R <= 6) at c (rows x cols of it inside C) = (or +=, when accumulate) R rows of A · 16 columns of a
+   B panel over kc: A packed (MR values per step of k) or, IN_PLACE, R rows of A itself, lda apart; bp steps NR a row.
+   12 accumulators, 2 of B and a broadcast of A: 15 of the 16 registers. */
+AVX2 static inline __attribute__((always_inline)) void avx2_block(const int R, const int IN_PLACE, long kc, const float *ap, long lda,
+                                                                 const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
+    __m256 low[6], high[6];
+#pragma clang loop unroll(full)
+    for (int i = 0; i < R; i++) low[i] = high[i] = _mm256_setzero_ps();
+    for (long p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
+        _mm_prefetch((const char *)(bp + 16 * NR), _MM_HINT_T0);
+#pragma clang loop unroll(full)
+        for (int i = 0; i < R; i++) {
+            __m256 a = _mm256_broadcast_ss(IN_PLACE ? ap + i * lda : ap + i);
+            low[i] = _mm256_fmadd_ps(a, b0, low[i]);
+            high[i] = _mm256_fmadd_ps(a, b1, high[i]);
+        }
+        ap += IN_PLACE ? 1 : MR;
+        bp += NR;
+    }
+    if (rows == R && cols == 16) {
+#pragma clang loop unroll(full)
+        for (int i = 0; i < R; i++) {
+            float *row = c + i * ldc;
+            if (accumulate) {
+                low[i] = _mm256_add_ps(low[i], _mm256_loadu_ps(row));
+                high[i] = _mm256_add_ps(high[i], _mm256_loadu_ps(row + 8));
+            }
+            _mm256_storeu_ps(row, low[i]);
+            _mm256_storeu_ps(row + 8, high[i]);
+        }
+        return;
+    }
+    float block[6 * 16] __attribute__((aligned(32)));
+#pragma clang loop unroll(full)
+    for (int i = 0; i < R; i++) {
+        _mm256_store_ps(block + i * 16, low[i]);
+        _mm256_store_ps(block + i * 16 + 8, high[i]);
+    }
+    for (long i = 0; i < rows; i++)
+        for (long j = 0; j < cols; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + block[i * 16 + j] : block[i * 16 + j];
+}
+
+/* avx512_tile_of_rows's tile as blocks of 6 rows (of 4 or 1 for the last rows, as there) and 16 columns: the B panel's
+   half stays in cache for the tile's rows, A's panel for both halves. */
+AVX2 static void avx2_tile_of_rows(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols,
+                                   int accumulate) {
+    for (long first = 0; first < rows; first += 6) {
+        long height = rows - first < 6 ? rows - first : 6;
+        for (long half = 0; half < cols; half += 16) {
+            long width = cols - half < 16 ? cols - half : 16;
+            const float *a = lda > 0 ? ap + first * lda : ap + first;
+            float *block = c + first * ldc + half;
+#define BLOCK(R, IN_PLACE) avx2_block(R, IN_PLACE, kc, a, lda, bp + half, block, ldc, height, width, accumulate)
+            if (lda > 0) BLOCK(6, 1);
+            else if (height > 4) BLOCK(6, 0);
+            else if (height > 1) BLOCK(4, 0);
+            else BLOCK(1, 0);
+#undef BLOCK
+        }
+    }
+}
+
+/* One instruction set's leaves of a product with packed weights; stitch_sgemm_packed is the same for both. */
+typedef struct {
+    void (*pack_a)(const float *a, long lda, long mc, long kc, float *ap);
+    void (*tile_of_rows)(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols, int accumulate);
+} packed_kernels;
+
+static const packed_kernels avx512_kernels = {avx512_pack_a, avx512_tile_of_rows};
+static const packed_kernels avx2_kernels = {avx2_pack_a, avx2_tile_of_rows};
+
+static int prefer_avx2;
+
+void stitch_sgemm_prefer_avx2(int prefer) { __atomic_store_n(&prefer_avx2, prefer != 0, __ATOMIC_RELAXED); }
+
+/* AVX-512's kernels where the CPU has them (unless a test asked for AVX2's), else AVX2's; NULL with neither. */
+static const packed_kernels *chosen_kernels(void) {
+    if (has_avx512() && !__atomic_load_n(&prefer_avx2, __ATOMIC_RELAXED)) return &avx512_kernels;
+    return has_avx2() ? &avx2_kernels : NULL;
+}
+
+int stitch_sgemm_available(void) { return has_avx512(); }
+
+int stitch_sgemm_packed_available(void) { return chosen_kernels() != NULL; }
+
+/* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up
+   to KC of k: what this product's blocks need. */
+static float *packing_buffer(int slot, long k, long count, long block, long panel) {
+    long depth = k < KC ? k : KC, lines = count < block ? count : block;
+    return stitch_thread_scratch(slot, sizeof(float) * (size_t)(depth * ((lines + panel - 1) / panel * panel)));
+}
+
+AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc) {
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    float *bp = packing_buffer(0, k, n, NC, NR), *ap = packing_buffer(1, k, m, MC, MR);
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = n - jc < NC ? n - jc : NC;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC;
+            avx512_pack_b(transpose_b, transpose_b ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nc, kc, bp);
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = m - ic < MC ? m - ic : MC;
+                avx512_pack_a(a + ic * lda + pc, lda, mc, kc, ap);
+                for (long jr = 0; jr < nc; jr += NR)
+                    for (long ir = 0; ir < mc; ir += MR)
+                        avx512_tile_of_rows(kc, ap + ir * kc, 0, bp + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
+                                            mc - ir < MR ? mc - ir : MR, nc - jr < NR ? nc - jr : NR, pc > 0);
+            }
+        }
+    }
+}
+
+/* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns
+   too), and the sums run in stitch_sgemm's order, so the results are the same bits. */
+void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
+                         long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+    if (m <= 0 || column_end <= column_begin) return;
+    if (k <= 0) {
+        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
+        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
+        return;
+    }
+    /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
+       much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
+    const packed_kernels *kernels = chosen_kernels();
+    int in_place = column_end - column_begin <= 4 * NR;
+    float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
+    for (long ic = 0; ic < m; ic += MC) {
+        long mc = m - ic < MC ? m - ic : MC, whole = in_place ? mc / MR * MR : 0;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC;
+            if (whole < mc) kernels->pack_a(a + (ic + whole) * lda + pc, lda, mc - whole, kc, ap);
+            for (long column = column_begin; column < column_end; column += NR) {
+                const float *bp = packed + column / NR * NR * k + pc * NR;
+                long cols = column_end - column < NR ? column_end - column : NR;
+                for (long ir = 0; ir < mc; ir += MR)
+                    kernels->tile_of_rows(kc, ir < whole ? a + (ic + ir) * lda + pc : ap + (ir - whole) * kc, ir < whole ? lda : 0,
+                                          bp, c + (ic + ir) * ldc + (column - column_begin), ldc, mc - ir < MR ? mc - ir : MR, cols, pc > 0);
+            }
+        }
+        stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
+    }
+}
+
 #else
 
 int stitch_sgemm_available(void) { return 0; }
+
+int stitch_sgemm_packed_available(void) { return 0; }
+
+void stitch_sgemm_prefer_avx2(int prefer) { (void)prefer; }
 
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
                          float *c, long ldc, const float *bias, stitch_activation activation) {
     (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
         (void)activation;
-    abort();   /* never offered: stitch_sgemm_available() is 0 */
+    abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
 }
 
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y) {

@@ -32,19 +32,21 @@ public final class PackedWeights: @unchecked Sendable {
     private let storage: UnsafeMutableRawPointer
 
     /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
-    /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512: products stay with OpenBLAS; bf16
-    /// without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message) or no memory is left
-    /// for the packed copy (products stay with OpenBLAS, on the weights as loaded).
+    /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512, or with AVX2 a weight past
+    /// `BLAS.smallWeightValues`: products stay with OpenBLAS; bf16 without AVX512-BF16, which commands refuse beforehand,
+    /// falls back to FP32 with a message) or no memory is left for the packed copy (products stay with OpenBLAS, on the
+    /// weights as loaded).
     public static func pack(_ weight: Tensor, layout: WeightLayout, precision: Precision) -> PackedWeights? {
         if precision.unavailableReason != nil {
             _ = fallbackMessage
             return pack(weight, layout: layout, precision: .fp32)
         }
-        return BLAS.hasOwnKernel ? PackedWeights(weight, layout: layout, precision: precision) : nil
+        precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
+        let (outputs, inputs) = layout == .outputsByInputs ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
+        return BLAS.packs(outputs: outputs, inputs: inputs) ? PackedWeights(weight, layout: layout, precision: precision) : nil
     }
 
     private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
-        precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
         let transposed = layout == .outputsByInputs
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision

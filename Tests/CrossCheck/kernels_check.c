@@ -361,6 +361,7 @@ int main(void) {
 #if !defined(__x86_64__)
     report("bf16 gemm not offered", stitch_bf16_available() ? INFINITY : 0, 0);
     report("sgemm not offered", stitch_sgemm_available() ? INFINITY : 0, 0);
+    report("packed sgemm not offered", stitch_sgemm_packed_available() ? INFINITY : 0, 0);
 #endif
     printf(failures ? "%d kernel(s) FAILED\n" : "all kernels ok\n", failures);
     return failures ? 1 : 0;

@@ -104,25 +104,43 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
     return worst
 }
 
-/// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 CPUs): the same bits as the unpacked kernel
-/// for 16 rows and more, and within k·ε of a float64 product at every row count.
+/// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 CPUs, and by small weights on AVX2 ones):
+/// within k·ε of a float64 product at every row count, and with AVX-512 the same bits as the unpacked kernel for 16
+/// rows and more.
 final class PackedProductTests: XCTestCase {
     func testPackedProductsEqualTheUnpackedKernel() throws {
-        try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512; products go to OpenBLAS")
+        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var identical = 0
         let worst = checkPackedProducts(.fp32, seed: 3) { a, w, layout, c in
-            guard a.shape[0] >= BLAS.ownKernelRows else { return }
+            guard a.shape[0] >= BLAS.ownKernelRows && BLAS.hasOwnKernel else { return }
             XCTAssertEqual(c.scalars, linear(a, weight: w, bias: nil, layout: layout).scalars, "\(a.shape) x \(w.shape) \(layout)")
             identical += 1
         }
         print("packed FP32 products: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to the unpacked kernel")
     }
 
+    /// The AVX2 kernels (what CPUs without AVX-512 run) against AVX-512's where the CPU has both: the same bits at every
+    /// row count and tile edge, each within k·ε of a float64 product.
+    func testAVX2KernelsGiveAVX512sBits() throws {
+        try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512: the tests above run the AVX2 kernels")
+        stitch_sgemm_prefer_avx2(1)
+        defer { stitch_sgemm_prefer_avx2(0) }
+        var identical = 0
+        let worst = checkPackedProducts(.fp32, seed: 5) { a, w, layout, c in
+            let packed = PackedWeights.pack(w, layout: layout, precision: .fp32)!
+            stitch_sgemm_prefer_avx2(0)
+            XCTAssertEqual(c.scalars, linear(a, weight: packed, bias: nil).scalars, "\(a.shape) x \(w.shape) \(layout)")
+            stitch_sgemm_prefer_avx2(1)
+            identical += 1
+        }
+        print("AVX2 product kernels: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to AVX-512's")
+    }
+
     /// The bias and activation a packed product applies to each block of rows as it finishes it: the same bits as the
     /// product, then the bias, then the activation in passes of their own, whether the product splits by rows (many) or
     /// columns (few), over all outputs or a range of them, at each precision this CPU runs.
     func testFusedBiasAndActivationEqualSeparatePasses() throws {
-        try XCTSkipUnless(BLAS.hasOwnKernel, "this CPU lacks AVX-512; products go to OpenBLAS")
+        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var generator = SeededGenerator(seed: 11)
         func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
         let activations: [Activation?] = [nil, .gelu, .geluNew, .quickGelu, .relu]

@@ -26,8 +26,15 @@ const char *stitch_kernel_variant(void);
    F16C's conversion where the CPU has it. */
 void stitch_widen_half(const uint16_t *source, long count, float *target);
 
-/* Whether stitch_sgemm runs here: x86-64 with AVX-512 (F, VL, BW, DQ). */
+/* Whether stitch_sgemm and stitch_sgemv_t run here: x86-64 with AVX-512 (F, VL, BW, DQ). */
 int stitch_sgemm_available(void);
+
+/* Whether stitch_sgemm_packed runs here: with AVX-512, or with AVX2 and FMA. */
+int stitch_sgemm_packed_available(void);
+
+/* For tests: run stitch_sgemm_packed's AVX2 kernels where the CPU also has AVX-512's (both give the same bits), or
+   (0) AVX-512's again. No effect where there is no choice. */
+void stitch_sgemm_prefer_avx2(int prefer);
 
 /* C[m, n] (row stride ldc) = A[m, k] (lda) · B[n, k]ᵀ when transpose_b, else · B[k, n] (ldb), row-major, in single
    precision with fused multiply-adds; only where stitch_sgemm_available(). */
@@ -50,7 +57,7 @@ void *stitch_thread_scratch(int slot, size_t bytes);
 
 /* Columns [column_begin, column_end) of A[m, k] · op(W) into C (row stride ldc; c points at column column_begin), op(W)
    packed by stitch_sgemm_pack into 64-byte-aligned memory (column_begin a multiple of 32): the same bits as
-   stitch_sgemm; only where stitch_sgemm_available(). Then, as stitch_bias_row_activation, bias (its entries for these
+   stitch_sgemm; only where stitch_sgemm_packed_available(). Then, as stitch_bias_row_activation, bias (its entries for these
    columns; NULL: none) and the activation, each block of rows while it is in cache. */
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
                          float *c, long ldc, const float *bias, stitch_activation activation);
