@@ -217,7 +217,6 @@ AVX512 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float
     }
 }
 
-
 #define AVX2 __attribute__((target("avx2,fma")))
 
 /* r[q] becomes column q of the 8 x 8 block whose rows were r[0..7]: pairs, then quads within 128-bit lanes, then lanes
@@ -305,8 +304,8 @@ AVX2 static inline __attribute__((always_inline)) void avx2_block(const int R, c
         for (long j = 0; j < cols; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + block[i * 16 + j] : block[i * 16 + j];
 }
 
-/* avx512_tile_of_rows's tile as blocks of 6 rows (of 4 or 1 for the last rows, as there) and 16 columns: the B panel's
-   half stays in cache for the tile's rows, A's panel for both halves. */
+/* avx512_tile_of_rows's tile as blocks of 6 rows (of 4 or 1 for the last rows, as there) and 16 columns, rows outer:
+   a block's rows of A serve both halves of the panel from cache. */
 AVX2 static void avx2_tile_of_rows(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols,
                                    int accumulate) {
     for (long first = 0; first < rows; first += 6) {
