@@ -288,15 +288,27 @@ static inline __attribute__((always_inline)) long key_value_rows(const stitch_ke
     return tk;
 }
 
-/* ROWS(R) for the queries first..first + R - 1 of 0..tq - 1: 8 at a time, then 4, then 1 (the last few, and a decoding
-   step's one). */
-#define FOR_QUERY_GROUPS(tq, ROWS)                                                                                      \
+/* ROWS(R) for the queries first..first + R - 1 of 0..tq - 1: `widest` (8 or 6) at a time, then 4, then 1 (the last
+   few, and a decoding step's one). */
+#define FOR_QUERY_GROUPS(tq, widest, ROWS)                                                                              \
     for (long first = 0, group; first < (tq); first += group) {                                                     \
-        group = (tq) - first >= ATTENTION_ROWS ? ATTENTION_ROWS : (tq) - first >= 4 ? 4 : 1;                         \
-        if (group == ATTENTION_ROWS) ROWS(ATTENTION_ROWS);                                                          \
+        group = (tq) - first >= (widest) ? (widest) : (tq) - first >= 4 ? 4 : 1;                                     \
+        if (group == 8) ROWS(8);                                                                                    \
+        else if (group == 6) ROWS(6);                                                                               \
         else if (group == 4) ROWS(4);                                                                               \
         else ROWS(1);                                                                                               \
     }
+
+/* The most queries stitch_attention_head takes at once: 8 rows of 16 sums fill 8 of the x86-64-v4 variant's 32
+   registers. Vectors a half or a quarter that wide (AVX2's 16 registers, NEON's 32) fit 6 rows' sums beside the keys;
+   8 spilled there and took twice as long (AMD Zen 3: a head of 50 queries and keys, 64 wide, 28 -> 13 us). */
+static long widest_query_group(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return ATTENTION_ROWS;
+#endif
+    return 6;
+}
 
 /* stitch_softmax of R rows of scores at once, each row's operations and values those of a call, but the rows padded
    with -inf to width (their exps are 0): whole vectors only, and R independent chains of sums where one short row's
@@ -396,7 +408,7 @@ DISPATCH void stitch_attention_head(long tq, long d, float scale, const float *q
         for (long p = 0; p < d; p++) keys[p * width + j] = key_rows[j][p];
     }
 #define ROWS(R) attention_rows(R, first, d, scale, q, ldq, keys, width, values, tk, causal, causal_offset, window, key_mask, scores, out, ldo)
-    FOR_QUERY_GROUPS(tq, ROWS);
+    FOR_QUERY_GROUPS(tq, widest_query_group(), ROWS);
 #undef ROWS
 }
 
@@ -468,7 +480,7 @@ BF16_ATTENTION static void bf16_attention_head(long tq, long d, float scale, con
         }
 #define ROWS(R) bf16_attention_rows(R, first, d, scale, q, ldq, keys, width, values, tk, causal, causal_offset, window, key_mask, scores, \
                                     queries, probabilities, out, ldo)
-    FOR_QUERY_GROUPS(tq, ROWS);
+    FOR_QUERY_GROUPS(tq, ATTENTION_ROWS, ROWS);
 #undef ROWS
 }
 #endif

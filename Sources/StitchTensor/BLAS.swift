@@ -35,6 +35,7 @@ public enum BLAS {
         hasOwnKernel || (hasPackedKernel && outputs * inputs <= smallWeightValues)
     }
 
+    /// Whether this CPU runs Stitch's kernel on weights packed at load (AVX-512, or AVX2 with FMA).
     static let hasPackedKernel = stitch_sgemm_packed_available() != 0
 
     /// The largest weight (outputs x inputs) packed where only AVX2 runs Stitch's kernel: 512 x 512, past every 1x1
@@ -57,15 +58,19 @@ public enum BLAS {
         return max(multiple, ((n + parts - 1) / parts + multiple - 1) / multiple * multiple)
     }
 
-    /// C = op(A)·op(B) for row-major operands, split into column blocks of C computed on all cores.
-    /// Each block is the same single-threaded sgemm on a slice of B, so results do not depend on the split.
+    /// C = activation(op(A)·op(B) + bias) for row-major operands (bias [n] and activation optional), split into column
+    /// blocks of C computed on all cores, each block's bias and activation added as soon as its product is done (one
+    /// parallel pass, not three). Each block is the same single-threaded sgemm on a slice of B, so results do not depend
+    /// on the split.
     public static func splitGemm(transposeB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
-                          b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                                 b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                                 bias: UnsafePointer<Float>? = nil, activation: stitch_activation = STITCH_ACTIVATION_NONE) {
         ProductShapes.note(m: m, n: n, k: k, packed: nil)
         if m == 1 {
             // One row (a decoding step): sgemm would first copy the whole of B into its packed
             // format, which costs more than the product; sgemv streams B once.
             splitGemv(transposeB: transposeB, n: n, k: k, x: a, b: b, ldb: ldb, y: c)
+            finishRows(c, ldc: ldc, rows: 1, columns: n, bias: bias, activation: activation)
             return
         }
         let threads = Parallel.threads
@@ -78,7 +83,16 @@ public enum BLAS {
             let slice = transposeB ? b + start * ldb : b + start
             product(transposeA: false, transposeB: transposeB, m: m, n: width, k: k, alpha: 1, a: a, lda: lda, b: slice, ldb: ldb,
                     beta: 0, c: c + start, ldc: ldc)
+            finishRows(c + start, ldc: ldc, rows: m, columns: width, bias: bias.map { $0 + start }, activation: activation)
         }
+    }
+
+    /// Adds `bias` (nil: none) to each of `rows` rows of `columns` values at c, ldc apart, then the activation: the same
+    /// bits as `addRowVector` then `Activation.apply`.
+    private static func finishRows(_ c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, columns: Int, bias: UnsafePointer<Float>?,
+                                   activation: stitch_activation) {
+        guard bias != nil || activation != STITCH_ACTIVATION_NONE else { return }
+        for row in 0..<rows { stitch_bias_row_activation(c + row * ldc, columns, bias, activation) }
     }
 
     /// y[n] = x[k]·op(B) for one row x, split into blocks of outputs over the cores.
@@ -142,17 +156,25 @@ public enum BLAS {
 /// `a` [..., m, k] times `b` [k, n] (or [n, k] when `transposeB`), giving [..., m, n].
 /// Leading dimensions of `a` are folded into m; the product is split over the cores (`BLAS.splitGemm`).
 public func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool = false) -> Tensor {
+    product(a, b, transposeB: transposeB, bias: nil, activation: STITCH_ACTIVATION_NONE)
+}
+
+/// activation(a · op(b) + bias) [..., m, n] for `a` [..., m, k], op(b) [k, n], bias [n] (nil: none).
+private func product(_ a: Tensor, _ b: Tensor, transposeB: Bool, bias: Tensor?, activation: stitch_activation) -> Tensor {
     precondition(a.rank >= 1 && b.rank == 2, "matmul needs a [..., k] and b rank 2, got \(a.shape) and \(b.shape)")
     let k = a.lastDimension
     let m = a.count / max(k, 1)
     let n = transposeB ? b.shape[0] : b.shape[1]
     precondition((transposeB ? b.shape[1] : b.shape[0]) == k, "matmul inner dimensions differ: \(a.shape) x \(b.shape)\(transposeB ? "ᵀ" : "")")
+    precondition(bias == nil || bias!.count == n, "bias \(bias!.shape) for \(n) outputs")
     var out = Tensor(uninitialized: Array(a.shape.dropLast()) + [n])
     a.withUnsafeBufferPointer { ap in
         b.withUnsafeBufferPointer { bp in
             out.withUnsafeMutableBufferPointer { cp in
-                BLAS.splitGemm(transposeB: transposeB, m: m, n: n, k: k, a: ap.baseAddress!, lda: k,
-                               b: bp.baseAddress!, ldb: b.shape[1], c: cp.baseAddress!, ldc: n)
+                withBiasPointer(bias) { biasPointer in
+                    BLAS.splitGemm(transposeB: transposeB, m: m, n: n, k: k, a: ap.baseAddress!, lda: k,
+                                   b: bp.baseAddress!, ldb: b.shape[1], c: cp.baseAddress!, ldc: n, bias: biasPointer, activation: activation)
+                }
             }
         }
     }
@@ -185,10 +207,7 @@ public func batchedMatmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, tr
 
 /// x [..., in] -> activation(x · op(W) + bias) [..., out], the bias [out] and activation optional.
 public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, layout: WeightLayout = .outputsByInputs, activation: Activation? = nil) -> Tensor {
-    var out = matmul(x, weight, transposeB: layout == .outputsByInputs)
-    if let bias { addRowVector(&out, bias) }
-    activation?.apply(&out)
-    return out
+    product(x, weight, transposeB: layout == .outputsByInputs, bias: bias, activation: activation?.kernel ?? STITCH_ACTIVATION_NONE)
 }
 
 /// Adds `vector` [n] to every row of `x` [..., n] in place.

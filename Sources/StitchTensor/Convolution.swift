@@ -195,7 +195,7 @@ public struct Convolution: @unchecked Sendable {
 
     private func runIm2col(_ s: UnsafePointer<Float>, _ shape: (Int, Int, Int), padding: Padding2D, into d: UnsafeMutablePointer<Float>, _ hOut: Int, _ wOut: Int) {
         let (cIn, h, w) = shape
-        let (cOut, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
+        let (kh, kw) = (weight.shape[2], weight.shape[3])
         let plane = hOut * wOut, depth = cIn * kh * kw
         // Rows per tile: about 2048 outputs (an im2col tile of depth × 2048 stays in L2), and
         // enough tiles to keep every core busy.

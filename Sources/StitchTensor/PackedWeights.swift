@@ -42,13 +42,15 @@ public final class PackedWeights: @unchecked Sendable {
             return pack(weight, layout: layout, precision: .fp32)
         }
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
-        let (outputs, inputs) = layout == .outputsByInputs ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
-        return BLAS.packs(outputs: outputs, inputs: inputs) ? PackedWeights(weight, layout: layout, precision: precision) : nil
+        let transposed = layout == .outputsByInputs
+        let (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
+        guard BLAS.packs(outputs: outputs, inputs: inputs) else { return nil }
+        return PackedWeights(weight, transposed: transposed, outputs: outputs, inputs: inputs, precision: precision)
     }
 
-    private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
-        let transposed = layout == .outputsByInputs
-        (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
+    /// `weight` [outputs, inputs] if `transposed`, else [inputs, outputs].
+    private init?(_ weight: Tensor, transposed: Bool, outputs: Int, inputs: Int, precision: Precision) {
+        (self.outputs, self.inputs) = (outputs, inputs)
         self.precision = precision
         let (n, k, ldw) = (outputs, inputs, weight.shape[1])
         let bytes = precision == .fp32 ? stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride
@@ -126,7 +128,7 @@ public func linear(_ x: Tensor, weight: PackedWeights, bias: Tensor?, activation
     return out
 }
 
-private func withBiasPointer(_ bias: Tensor?, _ body: (UnsafePointer<Float>?) -> Void) {
+func withBiasPointer(_ bias: Tensor?, _ body: (UnsafePointer<Float>?) -> Void) {
     guard let bias else { return body(nil) }
     bias.withUnsafeBufferPointer { body($0.baseAddress) }
 }

@@ -166,6 +166,35 @@ final class PackedProductTests: XCTestCase {
     }
 }
 
+/// `linear` on weights as loaded (OpenBLAS's sgemm, or Stitch's AVX-512 kernel): the bias and activation each thread adds
+/// to its block of columns as its product finishes are the same bits as the product, then the bias, then the activation
+/// in passes of their own, for one row (a matrix-vector product), a few and many (blocks over the threads), both layouts.
+final class UnpackedLinearTests: XCTestCase {
+    func testFusedBiasAndActivationEqualSeparatePasses() {
+        var generator = SeededGenerator(seed: 12)
+        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
+        var checked = 0
+        for (m, n, k) in [(1, 45, 70), (3, 100, 33), (300, 777, 130)] {
+            let x = Tensor(shape: [m, k], scalars: random(m * k))
+            let bias = Tensor(shape: [n], scalars: random(n))
+            for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
+                let weight = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: random(n * k))
+                for activation in [nil, .gelu, .geluNew, .quickGelu, .relu, .silu] as [Activation?] {
+                    let fused = linear(x, weight: weight, bias: bias, layout: layout, activation: activation)
+                    var separate = matmul(x, weight, transposeB: layout == .outputsByInputs)
+                    addRowVector(&separate, bias)
+                    activation?.apply(&separate)
+                    XCTAssertEqual(fused.shape, [m, n])
+                    let differing = zip(fused.scalars, separate.scalars).filter { $0.bitPattern != $1.bitPattern }.count
+                    XCTAssertEqual(differing, 0, "values differing: m \(m) n \(n) k \(k) \(layout) \(activation.map { "\($0)" } ?? "no activation")")
+                    checked += 1
+                }
+            }
+        }
+        print("unpacked linear: \(checked) products with bias and activation bit-identical to separate passes")
+    }
+}
+
 /// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and both of the kernel's ways (dot
 /// products for a few rows, widened operands on FMA for more on Intel) against a float64 product of the same
 /// bfloat16-rounded operands.
