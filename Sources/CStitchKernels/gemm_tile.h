@@ -6,13 +6,6 @@
 
 enum { STITCH_TILE_ROWS = 12, STITCH_TILE_COLUMNS = 32 };
 
-/* The epilogue of a packed product's block of finished rows, run while they are in cache: bias [cols] (NULL: none)
-   added to each row, then the activation. */
-static inline void stitch_finish_rows(float *c, long ldc, long rows, long cols, const float *bias, stitch_activation activation) {
-    if (bias || activation != STITCH_ACTIVATION_NONE)
-        for (long i = 0; i < rows; i++) stitch_bias_row_activation(c + i * ldc, cols, bias, activation);
-}
-
 #if defined(__x86_64__)
 #include <immintrin.h>
 

@@ -17,10 +17,19 @@
 #define DISPATCH
 #endif
 
-const char *stitch_kernel_variant(void) {
+/* Whether the load-time resolver picked the x86-64-v4 variants (AVX-512's 32 registers of 16 floats). */
+static int runs_x86_64_v4(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4";
+    return __builtin_cpu_supports("x86-64-v4");
+#else
+    return 0;
+#endif
+}
+
+const char *stitch_kernel_variant(void) {
+#if defined(__x86_64__)
+    if (runs_x86_64_v4()) return "x86-64-v4";
     if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3";
     return "baseline";
 #elif defined(__aarch64__)
@@ -206,6 +215,11 @@ DISPATCH void stitch_bias_row_activation(float *p, long n, const float *bias, st
     }
 }
 
+void stitch_finish_rows(float *c, long ldc, long rows, long cols, const float *bias, stitch_activation activation) {
+    if (bias || activation != STITCH_ACTIVATION_NONE)
+        for (long i = 0; i < rows; i++) stitch_bias_row_activation(c + i * ldc, cols, bias, activation);
+}
+
 /* The sixteen lanes of running sums added in lane order: the same order in every variant, whatever its vector width. */
 static inline __attribute__((always_inline)) float sum_lanes(const v16 *sums) {
     float sum = 0;
@@ -302,13 +316,7 @@ static inline __attribute__((always_inline)) long key_value_rows(const stitch_ke
 /* The most queries stitch_attention_head takes at once: 8 rows of 16 sums fill 8 of the x86-64-v4 variant's 32
    registers. Vectors a half or a quarter that wide (AVX2's 16 registers, NEON's 32) fit 6 rows' sums beside the keys;
    8 spilled there and took twice as long (AMD Zen 3: a head of 50 queries and keys, 64 wide, 28 -> 13 us). */
-static long widest_query_group(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return ATTENTION_ROWS;
-#endif
-    return 6;
-}
+static long widest_query_group(void) { return runs_x86_64_v4() ? ATTENTION_ROWS : 6; }
 
 /* stitch_softmax of R rows of scores at once, each row's operations and values those of a call, but the rows padded
    with -inf to width (their exps are 0): whole vectors only, and R independent chains of sums where one short row's

@@ -70,7 +70,7 @@ public enum BLAS {
             // One row (a decoding step): sgemm would first copy the whole of B into its packed
             // format, which costs more than the product; sgemv streams B once.
             splitGemv(transposeB: transposeB, n: n, k: k, x: a, b: b, ldb: ldb, y: c)
-            finishRows(c, ldc: ldc, rows: 1, columns: n, bias: bias, activation: activation)
+            stitch_finish_rows(c, ldc, 1, n, bias, activation)
             return
         }
         let threads = Parallel.threads
@@ -83,16 +83,8 @@ public enum BLAS {
             let slice = transposeB ? b + start * ldb : b + start
             product(transposeA: false, transposeB: transposeB, m: m, n: width, k: k, alpha: 1, a: a, lda: lda, b: slice, ldb: ldb,
                     beta: 0, c: c + start, ldc: ldc)
-            finishRows(c + start, ldc: ldc, rows: m, columns: width, bias: bias.map { $0 + start }, activation: activation)
+            stitch_finish_rows(c + start, ldc, m, width, bias.map { $0 + start }, activation)
         }
-    }
-
-    /// Adds `bias` (nil: none) to each of `rows` rows of `columns` values at c, ldc apart, then the activation: the same
-    /// bits as `addRowVector` then `Activation.apply`.
-    private static func finishRows(_ c: UnsafeMutablePointer<Float>, ldc: Int, rows: Int, columns: Int, bias: UnsafePointer<Float>?,
-                                   activation: stitch_activation) {
-        guard bias != nil || activation != STITCH_ACTIVATION_NONE else { return }
-        for row in 0..<rows { stitch_bias_row_activation(c + row * ldc, columns, bias, activation) }
     }
 
     /// y[n] = x[k]·op(B) for one row x, split into blocks of outputs over the cores.

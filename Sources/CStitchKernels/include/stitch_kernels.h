@@ -125,6 +125,10 @@ void stitch_bf16_attention_head(long tq, long d, float scale, const float *q, lo
 void stitch_bias_activation(float *p, long n, float bias, stitch_activation activation);
 void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation);
 
+/* stitch_bias_row_activation on each of `rows` rows of `cols` values at c (row stride ldc), nothing with neither bias
+   nor activation: a product's epilogue, run on each block of rows while it is in cache. */
+void stitch_finish_rows(float *c, long ldc, long rows, long cols, const float *bias, stitch_activation activation);
+
 /* A running top-k (ASIF's k best similarities of a query, kept in anchor order). stitch_append_above appends the n
    offered values above threshold (NaN never) to values/indices, which hold `kept` and have room for kept + n, their
    indices first_index + i; returns the new count. stitch_keep_best keeps the k best of `count` (0 < k <= count) in
