@@ -9,21 +9,28 @@
    sum runs over k in the same order, so the same bits. Where the CPU lacks them (and off x86-64) they are not offered
    and the caller uses OpenBLAS. */
 
-long stitch_sgemm_packed_count(long n, long k) { return (n + STITCH_TILE_COLUMNS - 1) / STITCH_TILE_COLUMNS * STITCH_TILE_COLUMNS * k; }
+enum { MR = STITCH_TILE_ROWS, NR = STITCH_TILE_COLUMNS, KC = 256, MC = 96, NC = 512 };
 
-void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed) {
-    for (long panel = 0; panel < n; panel += STITCH_TILE_COLUMNS)
-        for (long p = 0; p < k; p++)
-            for (long j = 0; j < STITCH_TILE_COLUMNS; j++) {
-                long column = panel + j;
-                *packed++ = column < n ? (transpose ? w[column * ldw + p] : w[p * ldw + column]) : 0;
-            }
-}
+long stitch_sgemm_packed_count(long n, long k) { return (n + NR - 1) / NR * NR * k; }
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-enum { MR = STITCH_TILE_ROWS, NR = STITCH_TILE_COLUMNS, KC = 256, MC = 96, NC = 512 };
+/* Weights packed at load: Bp[panel][chunk][group][p][j] = op(W)[chunk * KC + p][panel * NR + group * width + j] for
+   panels of NR columns, chunks of KC of k (the last shorter) and groups of `width` columns (NR or a divisor), columns
+   past n zero. A tile reads a group's `width` values per step of k from one contiguous run: the whole panel's 32 for
+   AVX-512's 12 x 32 tile, 16 for each of AVX2's 6 x 16 blocks (which in 32-wide rows read half of every 128 bytes:
+   5-10% slower on an AMD Zen 3). A panel's chunks follow each other, so one row streams its panel from start to end. */
+static void pack_panels(int transpose, long n, long k, const float *w, long ldw, long width, float *packed) {
+    for (long panel = 0; panel < n; panel += NR)
+        for (long chunk = 0; chunk < k; chunk += KC)
+            for (long group = 0; group < NR; group += width)
+                for (long p = chunk; p < k && p < chunk + KC; p++)
+                    for (long j = 0; j < width; j++) {
+                        long column = panel + group + j;
+                        *packed++ = column < n ? (transpose ? w[column * ldw + p] : w[p * ldw + column]) : 0;
+                    }
+}
 
 #define AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 
@@ -261,8 +268,8 @@ AVX2 static void avx2_pack_a(const float *a, long lda, long mc, long kc, float *
     }
 }
 
-/* The R x 16 block (R <= 6) at c (rows x cols of it inside C) = (or +=, when accumulate) R rows of A · 16 columns of a
-   B panel over kc: A packed (MR values per step of k) or, IN_PLACE, R rows of A itself, lda apart; bp steps NR a row.
+/* The R x 16 block (R <= 6) at c (rows x cols of it inside C) = (or +=, when accumulate) R rows of A · a 16-column group
+   of a B panel over kc: A packed (MR values per step of k) or, IN_PLACE, R rows of A itself, lda apart.
    12 accumulators, 2 of B and a broadcast of A: 15 of the 16 registers. */
 AVX2 static inline __attribute__((always_inline)) void avx2_block(const int R, const int IN_PLACE, long kc, const float *ap, long lda,
                                                                  const float *bp, float *c, long ldc, long rows, long cols, int accumulate) {
@@ -271,7 +278,7 @@ AVX2 static inline __attribute__((always_inline)) void avx2_block(const int R, c
     for (int i = 0; i < R; i++) low[i] = high[i] = _mm256_setzero_ps();
     for (long p = 0; p < kc; p++) {
         __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
-        _mm_prefetch((const char *)(bp + 16 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bp + 16 * 16), _MM_HINT_T0);
 #pragma clang loop unroll(full)
         for (int i = 0; i < R; i++) {
             __m256 a = _mm256_broadcast_ss(IN_PLACE ? ap + i * lda : ap + i);
@@ -279,7 +286,7 @@ AVX2 static inline __attribute__((always_inline)) void avx2_block(const int R, c
             high[i] = _mm256_fmadd_ps(a, b1, high[i]);
         }
         ap += IN_PLACE ? 1 : MR;
-        bp += NR;
+        bp += 16;
     }
     if (rows == R && cols == 16) {
 #pragma clang loop unroll(full)
@@ -304,8 +311,8 @@ AVX2 static inline __attribute__((always_inline)) void avx2_block(const int R, c
         for (long j = 0; j < cols; j++) c[i * ldc + j] = accumulate ? c[i * ldc + j] + block[i * 16 + j] : block[i * 16 + j];
 }
 
-/* avx512_tile_of_rows's tile as blocks of 6 rows (of 4 or 1 for the last rows, as there) and 16 columns, rows outer:
-   a block's rows of A serve both halves of the panel from cache. */
+/* avx512_tile_of_rows's tile as blocks of 6 rows (of 4 or 1 for the last rows, as there) and 16 columns (a group of the
+   panel, kc x 16 values apart), rows outer: a block's rows of A serve both groups of the panel from cache. */
 AVX2 static void avx2_tile_of_rows(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols,
                                    int accumulate) {
     for (long first = 0; first < rows; first += 6) {
@@ -314,7 +321,7 @@ AVX2 static void avx2_tile_of_rows(long kc, const float *ap, long lda, const flo
             long width = cols - half < 16 ? cols - half : 16;
             const float *a = lda > 0 ? ap + first * lda : ap + first;
             float *block = c + first * ldc + half;
-#define BLOCK(R, IN_PLACE) avx2_block(R, IN_PLACE, kc, a, lda, bp + half, block, ldc, height, width, accumulate)
+#define BLOCK(R, IN_PLACE) avx2_block(R, IN_PLACE, kc, a, lda, bp + half * kc, block, ldc, height, width, accumulate)
             if (lda > 0) BLOCK(6, 1);
             else if (height > 4) BLOCK(6, 0);
             else if (height > 1) BLOCK(4, 0);
@@ -324,14 +331,51 @@ AVX2 static void avx2_tile_of_rows(long kc, const float *ap, long lda, const flo
     }
 }
 
-/* One instruction set's leaves of a product with packed weights; stitch_sgemm_packed is the same for both. */
+/* One row of A (read in place) · a panel over kc into c[0, cols): both groups in one pass over k, four independent sums
+   per step (a 1 x 16 block has two, and waits on the fused multiply-add's latency), in the blocks' order of sums. */
+AVX2 static void avx2_row(long kc, const float *a, const float *bp, float *c, long cols, int accumulate) {
+    if (cols <= 16) {
+        avx2_block(1, 1, kc, a, 0, bp, c, 0, 1, cols, accumulate);
+        return;
+    }
+    const float *bp1 = bp + 16 * kc;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (long p = 0; p < kc; p++) {
+        _mm_prefetch((const char *)(bp + 16 * 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bp1 + 16 * 16), _MM_HINT_T0);
+        __m256 x = _mm256_broadcast_ss(a + p);
+        s0 = _mm256_fmadd_ps(x, _mm256_load_ps(bp), s0);
+        s1 = _mm256_fmadd_ps(x, _mm256_load_ps(bp + 8), s1);
+        s2 = _mm256_fmadd_ps(x, _mm256_load_ps(bp1), s2);
+        s3 = _mm256_fmadd_ps(x, _mm256_load_ps(bp1 + 8), s3);
+        bp += 16;
+        bp1 += 16;
+    }
+    float row[NR] __attribute__((aligned(32)));
+    _mm256_store_ps(row, s0);
+    _mm256_store_ps(row + 8, s1);
+    _mm256_store_ps(row + 16, s2);
+    _mm256_store_ps(row + 24, s3);
+    for (long j = 0; j < cols; j++) c[j] = accumulate ? c[j] + row[j] : row[j];
+}
+
+/* avx2_row's product on AVX-512: the tile of one row, A read in place. */
+AVX512 static void avx512_row(long kc, const float *a, const float *bp, float *c, long cols, int accumulate) {
+    if (cols <= 16) tile_reading_a(1, 1, 1, kc, a, 0, bp, c, 0, 1, cols, accumulate);
+    else tile_reading_a(1, 1, 0, kc, a, 0, bp, c, 0, 1, cols, accumulate);
+}
+
+/* One instruction set's leaves of a product with packed weights and the width of the column groups they read (see
+   pack_panels); stitch_sgemm_packed is the same for both. */
 typedef struct {
+    long group_width;
     void (*pack_a)(const float *a, long lda, long mc, long kc, float *ap);
     void (*tile_of_rows)(long kc, const float *ap, long lda, const float *bp, float *c, long ldc, long rows, long cols, int accumulate);
+    void (*row)(long kc, const float *a, const float *bp, float *c, long cols, int accumulate);
 } packed_kernels;
 
-static const packed_kernels avx512_kernels = {avx512_pack_a, avx512_tile_of_rows};
-static const packed_kernels avx2_kernels = {avx2_pack_a, avx2_tile_of_rows};
+static const packed_kernels avx512_kernels = {NR, avx512_pack_a, avx512_tile_of_rows, avx512_row};
+static const packed_kernels avx2_kernels = {16, avx2_pack_a, avx2_tile_of_rows, avx2_row};
 
 static int prefer_avx2;
 
@@ -346,6 +390,10 @@ static const packed_kernels *chosen_kernels(void) {
 int stitch_sgemm_available(void) { return has_avx512(); }
 
 int stitch_sgemm_packed_available(void) { return chosen_kernels() != NULL; }
+
+void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed) {
+    pack_panels(transpose, n, k, w, ldw, chosen_kernels()->group_width, packed);
+}
 
 /* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up
    to KC of k: what this product's blocks need. */
@@ -391,6 +439,15 @@ void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *
     /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
        much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
     const packed_kernels *kernels = chosen_kernels();
+    if (m == 1) {
+        /* One row (a decoding step): each panel streamed from start to end, A read in place (nothing to pack). */
+        for (long column = column_begin; column < column_end; column += NR)
+            for (long pc = 0; pc < k; pc += KC)
+                kernels->row(k - pc < KC ? k - pc : KC, a + pc, packed + column / NR * NR * k + pc * NR, c + (column - column_begin),
+                             column_end - column < NR ? column_end - column : NR, pc > 0);
+        stitch_finish_rows(c, ldc, 1, column_end - column_begin, bias, activation);
+        return;
+    }
     int in_place = column_end - column_begin <= 4 * NR;
     float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
     for (long ic = 0; ic < m; ic += MC) {
@@ -417,6 +474,11 @@ int stitch_sgemm_available(void) { return 0; }
 int stitch_sgemm_packed_available(void) { return 0; }
 
 void stitch_sgemm_prefer_avx2(int prefer) { (void)prefer; }
+
+void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed) {
+    (void)transpose, (void)n, (void)k, (void)w, (void)ldw, (void)packed;
+    abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
+}
 
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
                          float *c, long ldc, const float *bias, stitch_activation activation) {

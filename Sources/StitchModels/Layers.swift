@@ -2,8 +2,9 @@ import StitchModelIO
 import StitchTensor
 
 /// A dense layer as stored by PyTorch: nn.Linear ([out, in]) or transformers' Conv1D ([in, out]).
-/// Where the CPU has Stitch's product kernels (AVX-512) the weight is packed once, here, at the precision the model
-/// loads at (`Precision.loading`), and only the packed form is kept; elsewhere products read it as stored (OpenBLAS).
+/// Where the CPU has Stitch's product kernels (AVX-512, or AVX2 with FMA) the weight is packed once, here, at the
+/// precision the model loads at (`Precision.loading`), and only the packed form is kept; elsewhere products read it as
+/// stored (OpenBLAS).
 struct Linear {
     let bias: Tensor?
     let layout: WeightLayout

@@ -25,22 +25,12 @@ public enum BLAS {
     /// the throughput of OpenBLAS 0.3.21's AVX2 (Haswell) kernels, which machines pinned by OPENBLAS_CORETYPE run.
     static let hasOwnKernel = stitch_sgemm_available() != 0
 
-    /// Whether products with weights packed at load run on Stitch's kernel: all of them with AVX-512 (`hasOwnKernel`);
-    /// with AVX2 only those of weights up to `smallWeightValues`, where OpenBLAS's per-call costs (packing the weights,
-    /// zeroing C, bias and activation in passes of their own) outweigh its faster register tile. On an AMD EPYC (Zen 3):
-    /// YOLOX-Nano 23 -> 15 ms a photo with its 1x1 convolutions packed, but CLIP ViT-B/32 on 16 images 781 -> 862 ms
-    /// and SigLIP 1.20 -> 1.28 s with theirs (the kernel's 85-89 GFLOP/s a core against OpenBLAS's 92 on 800 x 768 x
-    /// 3072), beam-search captions 0.90 -> 0.74 s.
-    static func packs(outputs: Int, inputs: Int) -> Bool {
-        hasOwnKernel || (hasPackedKernel && outputs * inputs <= smallWeightValues)
-    }
-
-    /// Whether this CPU runs Stitch's kernel on weights packed at load (AVX-512, or AVX2 with FMA).
+    /// Whether this CPU runs Stitch's kernel on weights packed at load (AVX-512, or AVX2 with FMA): every weight is packed
+    /// then. With AVX2 the kernel matches OpenBLAS's Zen kernel on large products (its 6 x 16 blocks read 16-column groups
+    /// packed for them: 91-95 GFLOP/s a core on 800 x 768 x 3072 on an AMD Zen 3 against OpenBLAS's 92), and saves its
+    /// per-call costs (packing the weights, 20% of CLIP's one-image encoding; zeroing C; bias and activation in passes of
+    /// their own); one row (a decoding step) streams each panel in order (GPT-2's 768 x 3072 at 24 GFLOP/s against sgemv's 22).
     static let hasPackedKernel = stitch_sgemm_packed_available() != 0
-
-    /// The largest weight (outputs x inputs) packed where only AVX2 runs Stitch's kernel: 512 x 512, past every 1x1
-    /// convolution of YOLOX-Nano (256 x 256 at most) and most of EfficientNet-Lite0's, short of CLIP's (768 x 768).
-    static let smallWeightValues = 512 * 512
 
     /// Products of fewer rows stay with OpenBLAS: one row is a matrix-vector product (`splitGemv`); from two rows
     /// on, the kernel's 4- and 1-row tiles serve short ones (attention over a few tokens, which on OpenBLAS 0.3.21's

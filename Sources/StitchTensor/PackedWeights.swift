@@ -32,10 +32,9 @@ public final class PackedWeights: @unchecked Sendable {
     private let storage: UnsafeMutableRawPointer
 
     /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
-    /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512, or with AVX2 a weight past
-    /// `BLAS.smallWeightValues`: products stay with OpenBLAS; bf16 without AVX512-BF16, which commands refuse beforehand,
-    /// falls back to FP32 with a message) or no memory is left for the packed copy (products stay with OpenBLAS, on the
-    /// weights as loaded).
+    /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512 or AVX2: products stay with OpenBLAS;
+    /// bf16 without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message) or no memory is left
+    /// for the packed copy (products stay with OpenBLAS, on the weights as loaded).
     public static func pack(_ weight: Tensor, layout: WeightLayout, precision: Precision) -> PackedWeights? {
         if precision.unavailableReason != nil {
             _ = fallbackMessage
@@ -44,7 +43,7 @@ public final class PackedWeights: @unchecked Sendable {
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
         let transposed = layout == .outputsByInputs
         let (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
-        guard BLAS.packs(outputs: outputs, inputs: inputs) else { return nil }
+        guard BLAS.hasPackedKernel else { return nil }
         return PackedWeights(weight, transposed: transposed, outputs: outputs, inputs: inputs, precision: precision)
     }
 

@@ -78,7 +78,7 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
     }
     var worst = 0.0
     for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 600),
-                      (24, 16, 40), (30, 48, 20), (13, 40, 1100)] {   // the last: k past the bfloat16 kernel's 1024-value blocks
+                      (24, 16, 40), (30, 48, 20), (1, 90, 520), (13, 40, 1100)] {   // the last: k past the bfloat16 kernel's 1024-value blocks
         for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
             let a = Tensor(shape: [m, k], scalars: (0..<m * k).map { _ in random() })
             let w = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: (0..<n * k).map { _ in random() })
@@ -104,7 +104,7 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
     return worst
 }
 
-/// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 CPUs, and by small weights on AVX2 ones):
+/// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 and AVX2 CPUs):
 /// within k·ε of a float64 product at every row count, and with AVX-512 the same bits as the unpacked kernel for 16
 /// rows and more.
 final class PackedProductTests: XCTestCase {
@@ -127,13 +127,37 @@ final class PackedProductTests: XCTestCase {
         defer { stitch_sgemm_prefer_avx2(0) }
         var identical = 0
         let worst = checkPackedProducts(.fp32, seed: 5) { a, w, layout, c in
-            let packed = PackedWeights.pack(w, layout: layout, precision: .fp32)!
+            // Packed in AVX-512's layout (each kernel reads its own) and multiplied there.
             stitch_sgemm_prefer_avx2(0)
+            let packed = PackedWeights.pack(w, layout: layout, precision: .fp32)!
             XCTAssertEqual(c.scalars, linear(a, weight: packed, bias: nil).scalars, "\(a.shape) x \(w.shape) \(layout)")
             stitch_sgemm_prefer_avx2(1)
             identical += 1
         }
         print("AVX2 product kernels: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to AVX-512's")
+    }
+
+    /// A product of one row (a decoding step, which streams each panel once and reads the row in place) gives the same
+    /// bits as that row inside a product of many: the same sums in the same order, at every panel edge and depth.
+    func testOneRowEqualsItsRowInManyRows() throws {
+        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
+        var generator = SeededGenerator(seed: 17)
+        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
+        var checked = 0
+        for (n, k) in [(7, 3), (16, 40), (37, 300), (90, 520), (128, 768)] {
+            for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
+                let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: random(n * k)),
+                                                layout: layout, precision: .fp32)!
+                let rows = Tensor(shape: [13, k], scalars: random(13 * k))
+                let many = linear(rows, weight: weight, bias: nil)
+                for row in [0, 5, 12] {
+                    let one = linear(rows.rows(row..<row + 1), weight: weight, bias: nil)
+                    XCTAssertEqual(one.scalars, many.rows(row..<row + 1).scalars, "row \(row) of n \(n) k \(k) \(layout)")
+                    checked += 1
+                }
+            }
+        }
+        print("one-row packed products: \(checked) rows bit-identical to their rows in 13-row products")
     }
 
     /// The bias and activation a packed product applies to each block of rows as it finishes it: the same bits as the

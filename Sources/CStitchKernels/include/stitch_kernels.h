@@ -41,7 +41,9 @@ void stitch_sgemm_prefer_avx2(int prefer);
 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a, long lda, const float *b, long ldb, float *c, long ldc);
 
 /* The float count of op(W) [k, n] packed for stitch_sgemm_packed, and the packing (once, at load): W is [n, k] (row
-   stride ldw) when transpose, as nn.Linear stores it, else [k, n]. Panels of 32 columns of op(W), k-major. */
+   stride ldw) when transpose, as nn.Linear stores it, else [k, n]. Panels of 32 columns of op(W), k-major, in the
+   layout of the kernels stitch_sgemm_packed runs here (gemm.c), so pack and multiply under the same
+   stitch_sgemm_prefer_avx2; only where stitch_sgemm_packed_available(). */
 long stitch_sgemm_packed_count(long n, long k);
 void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed);
 
