@@ -38,6 +38,11 @@ static void pack_panels(int transpose, long n, long k, const float *w, long ldw,
             }
 }
 
+/* Where pack_panels put the chunk of k from pc of the panel holding column (whatever the groups' width). */
+static inline const float *packed_chunk(const float *packed, long k, long column, long pc) {
+    return packed + column / NR * NR * k + pc * NR;
+}
+
 #define AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 
 static int has_avx512(void) {
@@ -442,18 +447,18 @@ void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *
         stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
-    /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
-       much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
     const packed_kernels *kernels = chosen_kernels();
     if (m == 1) {
         /* One row (a decoding step): each panel streamed from start to end, A read in place (nothing to pack). */
         for (long column = column_begin; column < column_end; column += NR)
             for (long pc = 0; pc < k; pc += KC)
-                kernels->row(k - pc < KC ? k - pc : KC, a + pc, packed + column / NR * NR * k + pc * NR, c + (column - column_begin),
+                kernels->row(k - pc < KC ? k - pc : KC, a + pc, packed_chunk(packed, k, column, pc), c + (column - column_begin),
                              column_end - column < NR ? column_end - column : NR, pc > 0);
         stitch_finish_rows(c, ldc, 1, column_end - column_begin, bias, activation);
         return;
     }
+    /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
+       much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
     int in_place = column_end - column_begin <= 4 * NR;
     float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
     for (long ic = 0; ic < m; ic += MC) {
@@ -462,7 +467,7 @@ void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *
             long kc = k - pc < KC ? k - pc : KC;
             if (whole < mc) kernels->pack_a(a + (ic + whole) * lda + pc, lda, mc - whole, kc, ap);
             for (long column = column_begin; column < column_end; column += NR) {
-                const float *bp = packed + column / NR * NR * k + pc * NR;
+                const float *bp = packed_chunk(packed, k, column, pc);
                 long cols = column_end - column < NR ? column_end - column : NR;
                 for (long ir = 0; ir < mc; ir += MR)
                     kernels->tile_of_rows(kc, ir < whole ? a + (ic + ir) * lda + pc : ap + (ir - whole) * kc, ir < whole ? lda : 0,

@@ -41,15 +41,12 @@ public final class PackedWeights: @unchecked Sendable {
             return pack(weight, layout: layout, precision: .fp32)
         }
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
-        let transposed = layout == .outputsByInputs
-        let (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
-        guard BLAS.hasPackedKernel else { return nil }
-        return PackedWeights(weight, transposed: transposed, outputs: outputs, inputs: inputs, precision: precision)
+        return BLAS.hasPackedKernel ? PackedWeights(weight, layout: layout, precision: precision) : nil
     }
 
-    /// `weight` [outputs, inputs] if `transposed`, else [inputs, outputs].
-    private init?(_ weight: Tensor, transposed: Bool, outputs: Int, inputs: Int, precision: Precision) {
-        (self.outputs, self.inputs) = (outputs, inputs)
+    private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
+        let transposed = layout == .outputsByInputs
+        (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision
         let (n, k, ldw) = (outputs, inputs, weight.shape[1])
         let bytes = precision == .fp32 ? stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride

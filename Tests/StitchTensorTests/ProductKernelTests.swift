@@ -3,6 +3,11 @@ import StitchTestSupport
 import XCTest
 @testable import StitchTensor
 
+private extension SeededGenerator {
+    /// `count` values in [-2, 2), 22 bits each.
+    mutating func values(_ count: Int) -> [Float] { (0..<count).map { _ in Float(next() >> 40) / Float(1 << 22) - 2 } }
+}
+
 /// Stitch's AVX-512 product kernels (CStitchKernels/gemm.c), which `splitGemm` uses for products of 16 rows or more
 /// and for single rows times Wᵀ: every edge of the 12 x 32 tile, of its 256-deep, 96-row and 512-column blocks and of
 /// the matrix-vector kernel's 4 rows and 16 columns, both layouts of B (Bᵀ with a scale), and leading dimensions wider
@@ -142,13 +147,12 @@ final class PackedProductTests: XCTestCase {
     func testOneRowEqualsItsRowInManyRows() throws {
         try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var generator = SeededGenerator(seed: 17)
-        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
         var checked = 0
         for (n, k) in [(7, 3), (16, 40), (37, 300), (90, 520), (128, 768)] {
             for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
-                let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: random(n * k)),
+                let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: generator.values(n * k)),
                                                 layout: layout, precision: .fp32)!
-                let rows = Tensor(shape: [13, k], scalars: random(13 * k))
+                let rows = Tensor(shape: [13, k], scalars: generator.values(13 * k))
                 let many = linear(rows, weight: weight, bias: nil)
                 for row in [0, 5, 12] {
                     let one = linear(rows.rows(row..<row + 1), weight: weight, bias: nil)
@@ -166,14 +170,13 @@ final class PackedProductTests: XCTestCase {
     func testFusedBiasAndActivationEqualSeparatePasses() throws {
         try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var generator = SeededGenerator(seed: 11)
-        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
         let activations: [Activation?] = [nil, .gelu, .geluNew, .quickGelu, .relu]
         var checked = 0
         for precision in Precision.allCases where precision.unavailableReason == nil {
             for (m, n, k) in [(3, 45, 70), (16, 100, 33), (250, 77, 300), (20, 70, 1100)] {   // the last: k in two blocks at each precision
-                let x = Tensor(shape: [m, k], scalars: random(m * k))
-                let weight = PackedWeights.pack(Tensor(shape: [n, k], scalars: random(n * k)), layout: .outputsByInputs, precision: precision)!
-                let bias = Tensor(shape: [n], scalars: random(n))
+                let x = Tensor(shape: [m, k], scalars: generator.values(m * k))
+                let weight = PackedWeights.pack(Tensor(shape: [n, k], scalars: generator.values(n * k)), layout: .outputsByInputs, precision: precision)!
+                let bias = Tensor(shape: [n], scalars: generator.values(n))
                 for activation in activations {
                     for columns in [0..<n, 32..<n] {
                         let fused = linear(x, weight: weight, bias: bias, activation: activation, columns: columns)
@@ -196,13 +199,12 @@ final class PackedProductTests: XCTestCase {
 final class UnpackedLinearTests: XCTestCase {
     func testFusedBiasAndActivationEqualSeparatePasses() {
         var generator = SeededGenerator(seed: 12)
-        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(generator.next() >> 40) / Float(1 << 22) - 2 } }
         var checked = 0
         for (m, n, k) in [(1, 45, 70), (3, 100, 33), (300, 777, 130)] {
-            let x = Tensor(shape: [m, k], scalars: random(m * k))
-            let bias = Tensor(shape: [n], scalars: random(n))
+            let x = Tensor(shape: [m, k], scalars: generator.values(m * k))
+            let bias = Tensor(shape: [n], scalars: generator.values(n))
             for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
-                let weight = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: random(n * k))
+                let weight = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: generator.values(n * k))
                 for activation in [nil, .gelu, .geluNew, .quickGelu, .relu, .silu] as [Activation?] {
                     let fused = linear(x, weight: weight, bias: bias, layout: layout, activation: activation)
                     var separate = matmul(x, weight, transposeB: layout == .outputsByInputs)
