@@ -202,7 +202,7 @@ final class ConvolutionParityTests: XCTestCase {
 
     /// The direct kernel's channels-last variant gives the NCHW kernel's values, transposed (the same sums in the same
     /// order: the same bits in optimised builds, within rounding where a debug build contracts them differently):
-    /// output channels past a 16-channel block, pixels past a 24-pixel block, each activation.
+    /// output channels past a 16-channel block, pixels past a block of pixels (24 with AVX-512, 6 otherwise), each activation.
     func testChannelsLastDirectConvolutionEqualsTransposedOutput() {
         var noise = Noise(seed: 5)
         for (cIn, cOut, h, w, kernel, activation) in [(12, 16, 9, 50, 3, ConvActivation.silu), (5, 20, 7, 19, 3, .relu6), (3, 7, 6, 31, 5, .none)] {
@@ -215,6 +215,24 @@ final class ConvolutionParityTests: XCTestCase {
             let difference = maxAbsoluteDifference(direct.scalars, transposed.scalars)
             print("\(cIn) -> \(cOut) channels, \(h)x\(w), \(activation): max difference \(difference)")
             XCTAssertLessThanOrEqual(difference, 1e-5, "\(cIn) -> \(cOut) channels, \(h)x\(w), \(activation)")
+        }
+    }
+
+    /// The channels-last depthwise kernel (YOLOX's) against the NCHW one, transposed: channels past a 16-channel block,
+    /// strides 1 and 2, each activation.
+    func testChannelsLastDepthwiseEqualsTransposedOutput() {
+        var noise = Noise(seed: 7)
+        for (c, h, w, stride, activation) in [(20, 9, 13, 1, ConvActivation.silu), (7, 8, 11, 2, .relu6), (32, 6, 10, 1, .none)] {
+            let x = Tensor(shape: [c, h, w], scalars: noise(c * h * w))
+            let weight = Tensor(shape: [c, 1, 3, 3], scalars: noise(c * 9)), bias = Tensor(shape: [c], scalars: noise(c))
+            let padding = Padding2D.same(height: h, width: w, kernel: 3, stride: stride)
+            let got = ChannelsLastDepthwise(weight: weight, bias: bias, stride: stride, activation: activation)(channelsLast(x), padding: padding)
+            let nchw = Convolution(weight: weight, bias: bias, stride: stride, depthwise: true, activation: activation)
+            let want = channelsLast(nchw(x, padding: padding))
+            XCTAssertEqual(got.shape, want.shape)
+            let difference = maxAbsoluteDifference(got.scalars, want.scalars)
+            print("channels-last depthwise, \(c) channels, \(h)x\(w), stride \(stride), \(activation): max difference \(difference)")
+            XCTAssertLessThanOrEqual(difference, 1e-5, "\(c) channels, stride \(stride), \(activation)")
         }
     }
 
