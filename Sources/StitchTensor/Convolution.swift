@@ -159,7 +159,7 @@ public struct Convolution: @unchecked Sendable {
         }
     }
 
-    /// Floats the direct kernels may read past the last output column (their 32-column and 24-pixel tiles).
+    /// Floats the direct kernels may read past the last output column (their 32-column and up to 24-pixel tiles).
     static let readAhead = 32
 
     /// Columns of the output per product of `runPointwise`: the block of input (cIn x 512) and of output stay in L2
