@@ -36,7 +36,11 @@ public final class SocketServer: @unchecked Sendable {
             while true {
                 let client = accept(fd, nil, nil)
                 lock.lock(); let done = stopped; lock.unlock()
-                if done { if client >= 0 { close(client) }; return }
+                if done {
+                    if client >= 0 { close(client) }
+                    close(fd)   // only now: see stop()
+                    return
+                }
                 guard client >= 0 else { continue }
                 Thread { connection(client); close(client) }.start()
             }
@@ -45,9 +49,11 @@ public final class SocketServer: @unchecked Sendable {
 
     public var baseURL: String { "http://127.0.0.1:\(port)" }
 
+    /// Shuts the listening socket down, so that accept fails from now on; the accept thread closes it when it sees
+    /// that. Closed here, its descriptor's number went to the next server's socket, and an accept thread that had not
+    /// yet run (a server stopped at once on a busy machine) took that server's connections and dropped them.
     public func stop() {
         lock.lock(); stopped = true; lock.unlock()
         shutdown(socketFD, Int32(SHUT_RDWR))
-        close(socketFD)
     }
 }
