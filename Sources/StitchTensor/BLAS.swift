@@ -2,8 +2,8 @@ import CBLAS
 import CStitchKernels
 
 /// Matrix products: Stitch's kernels (CStitchKernels/gemm.c) on weights packed at load where the CPU has AVX-512 or AVX2
-/// (`PackedWeights`), and on other operands of 2 rows or more where it has AVX-512; OpenBLAS's sgemm and sgemv for the rest. Weight layouts follow PyTorch:
-/// `nn.Linear` stores [out, in]; GPT-2's `Conv1D` stores [in, out].
+/// (`PackedWeights`), and on other operands of 2 rows or more where it has AVX-512; OpenBLAS's sgemm and sgemv for the
+/// rest. Weight layouts follow PyTorch: `nn.Linear` stores [out, in]; GPT-2's `Conv1D` stores [in, out].
 public enum WeightLayout: Sendable {
     case outputsByInputs   // nn.Linear: weight [out, in]
     case inputsByOutputs   // transformers Conv1D: weight [in, out]

@@ -51,9 +51,10 @@ public final class SocketServer: @unchecked Sendable {
 
     /// Shuts the listening socket down, so that accept fails from now on; the accept thread closes it when it sees
     /// that. Closed here, its descriptor's number went to the next server's socket, and an accept thread that had not
-    /// yet run (a server stopped at once on a busy machine) took that server's connections and dropped them.
+    /// yet run (a server stopped at once on a busy machine) took that server's connections and dropped them. Only the
+    /// first call shuts it down: by a second (a test's own stop, then its tearDown's) the number may name another socket.
     public func stop() {
-        lock.lock(); stopped = true; lock.unlock()
-        shutdown(socketFD, Int32(SHUT_RDWR))
+        lock.lock(); let first = !stopped; stopped = true; lock.unlock()
+        if first { shutdown(socketFD, Int32(SHUT_RDWR)) }
     }
 }
