@@ -9,16 +9,12 @@
    - AVX512-BF16's VDPBF16PS: 32 multiply-adds an instruction, twice FMA's rate on AMD Zen 4; on Intel's cores it
      issues at a quarter of FMA's rate (measured on Sapphire/Emerald Rapids: 84 against 172 GFLOP/s a core), so there
      it serves only products of a few rows, which wait on memory, where half the bytes is what counts;
+   - AMX tiles (amx.c) where the CPU has them and Linux grants them, for products of more than 4 rows;
    - otherwise the operands widened back to floats (exact) and gemm.c's FMA tile, which reads the weights at half the
      bytes and computes at FP32's rate.
-   Both are blocked as gemm.c is. */
+   The first and last are blocked as gemm.c is. */
 
-uint16_t stitch_bf16_from_float(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);   /* NaN stays a (quiet) NaN */
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16);                    /* to nearest, ties to even */
-}
+uint16_t stitch_bf16_from_float(float value) { return stitch_bf16_rounded(value); }
 
 enum { PANEL = STITCH_TILE_COLUMNS };
 
@@ -216,6 +212,10 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
     if (k <= 0) {
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
         stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
+        return;
+    }
+    if (m > 4 && stitch_amx_available()) {
+        stitch_amx_bf16_gemm(m, k, a, lda, packed, column_begin, column_end, c, ldc, bias, activation);
         return;
     }
     if (!uses_dot_products(m)) {

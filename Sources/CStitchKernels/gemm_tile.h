@@ -1,10 +1,22 @@
 #ifndef STITCH_GEMM_TILE_H
 #define STITCH_GEMM_TILE_H
 
-/* gemm.c's register tile and 16 x 16 transpose, shared with bf16.c (not part of the module's interface). */
+/* gemm.c's register tile and 16 x 16 transpose, shared with bf16.c, and bf16.c's rounding and AMX product, shared with
+   amx.c (not part of the module's interface). */
 #include "stitch_kernels.h"
+#include <stdint.h>
+#include <string.h>
 
 enum { STITCH_TILE_ROWS = 12, STITCH_TILE_COLUMNS = 32 };
+
+/* The nearest bfloat16 to value, ties to even, as torch rounds; a NaN stays a (quiet) NaN. Without branches, so that
+   loops of it vectorise. */
+static inline uint16_t stitch_bf16_rounded(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    uint16_t nearest = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16), nan = (uint16_t)((bits >> 16) | 0x40);
+    return (bits & 0x7fffffffu) > 0x7f800000u ? nan : nearest;
+}
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -37,6 +49,10 @@ __attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16]) 
 /* The 12 x 32 tile at c (rows x cols of it inside C) = (or +=, when accumulate) ap · bp over kc: ap[p][12] (rows of A,
    p-major), bp[p][32] (64-byte aligned). AVX-512 only. */
 void stitch_sgemm_tile(long kc, const float *ap, const float *bp, float *c, long ldc, long rows, long cols, int accumulate);
+
+/* stitch_bf16_gemm on AMX tiles (amx.c), where stitch_amx_available(). */
+void stitch_amx_bf16_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
+                          float *c, long ldc, const float *bias, stitch_activation activation);
 #endif
 
 #endif

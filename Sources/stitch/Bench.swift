@@ -118,8 +118,8 @@ struct Bench: ParsableCommand {
         return loop
     }
 
-    /// The CPU's model name, the variant of Stitch's kernels it runs, and its BF16 instructions (from /proc/cpuinfo):
-    /// machines differ, so every bench report names its own.
+    /// The CPU's model name, the variant of Stitch's kernels it runs, and its BF16 instructions (from /proc/cpuinfo),
+    /// with whether Linux granted the AMX tiles: machines differ, so every bench report names its own.
     static func cpuDescription() -> String {
         let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
         func field(_ name: String) -> String? {
@@ -128,8 +128,9 @@ struct Bench: ParsableCommand {
         }
         let flags = Set((field("flags") ?? "").split(separator: " ").map(String.init))
         let bf16 = ["avx512_bf16", "amx_bf16"].filter(flags.contains)
+        let tiles = !flags.contains("amx_bf16") ? "" : stitch_amx_available() != 0 ? " (bf16 products on AMX tiles)" : " (AMX tiles not granted by Linux)"
         return "\(field("model name") ?? "unknown model"), kernels \(String(cString: stitch_kernel_variant())), "
-            + "BF16 instructions: \(bf16.isEmpty ? "none" : bf16.joined(separator: ", "))"
+            + "BF16 instructions: \(bf16.isEmpty ? "none" : bf16.joined(separator: ", "))\(tiles)"
     }
 
     private func runModelRows(_ modelRows: [BenchRow]) throws {

@@ -221,9 +221,9 @@ final class UnpackedLinearTests: XCTestCase {
     }
 }
 
-/// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and both of the kernel's ways (dot
-/// products for a few rows, widened operands on FMA for more on Intel) against a float64 product of the same
-/// bfloat16-rounded operands.
+/// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and the kernel's ways (dot products
+/// for a few rows; for more on Intel, AMX tiles where granted, else widened operands on FMA) against a float64 product
+/// of the same bfloat16-rounded operands. Scripts/cross-check runs the AMX kernel on a software tile file too.
 final class BF16ProductTests: XCTestCase {
     func testRoundingToNearestEven() {
         func bits(_ value: Float) -> UInt32 { value.bitPattern }

@@ -72,6 +72,9 @@ uint16_t stitch_bf16_from_float(float value);
 
 /* Whether stitch_bf16_gemm runs here: x86-64 with AVX-512 and AVX512-BF16. */
 int stitch_bf16_available(void);
+/* Whether stitch_bf16_gemm multiplies products of more than 4 rows on AMX tiles here: the CPU has AMX-BF16 and Linux
+   granted this process the tile registers (asked once, on the first call). */
+int stitch_amx_available(void);
 /* Whether VDPBF16PS runs at least at FMA's rate here (AMD Zen 4), so that bfloat16 dot products pay on any shape. */
 int stitch_bf16_dot_products_fast(void);
 
