@@ -38,7 +38,9 @@ let package = Package(
         // A SIGBUS guard for memory-mapped files that shrink while in use (zero pages in place, the owner reports it).
         .target(name: "CMapGuard"),
         // Tensor core: Float32 tensors, BLAS-backed linear algebra, transformer building blocks.
-        .target(name: "StitchTensor", dependencies: ["CBLAS", "CStitchKernels"]),
+        // OpenBLAS on Linux; Accelerate's CBLAS on macOS (Sources/CBLAS/shim.h).
+        .target(name: "StitchTensor", dependencies: ["CBLAS", "CStitchKernels"],
+                linkerSettings: [.linkedLibrary("openblas", .when(platforms: [.linux])), .linkedFramework("Accelerate", .when(platforms: [.macOS]))]),
         // Model I/O: safetensors and PyTorch checkpoints (allow-list unpickler), config.json, weight store, Hugging Face cache and downloads,
         // and the one HTTP client layer (libcurl, timeouts, retry policy) the downloads and remote LMs share.
         .target(name: "StitchModelIO", dependencies: ["StitchTensor", "CCurl", "CZlib", "CMapGuard"]),

@@ -18,8 +18,10 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
+#if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
+#endif
 #define AMX_TARGET __attribute__((target("avx512f,avx512bw,amx-tile,amx-bf16")))
 #define TILE_CONFIGURE(config) _tile_loadconfig(config)
 #define TILE_RELEASE() _tile_release()
@@ -28,7 +30,8 @@
 #define TILE_STORE(tile, base, stride) _tile_stored(tile, base, stride)
 #define TILE_DOT_BF16(sums, a, b) _tile_dpbf16ps(sums, a, b)
 
-/* Linux hands out the tile registers' state only to processes that ask (arch_prctl, kernel 5.16 and later). */
+/* Linux hands out the tile registers' state only to processes that ask (arch_prctl, kernel 5.16 and later); elsewhere
+   the tiles are not used. */
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -36,10 +39,12 @@ static int amx_granted;
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
 
 static void ask_for_tiles(void) {
+#if defined(__linux__)
     unsigned int eax, ebx, ecx, edx;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return;
     int tiles = (edx >> 24) & 1, bf16 = (edx >> 22) & 1;   /* CPUID.(7, 0).EDX: AMX-TILE, AMX-BF16 */
     amx_granted = tiles && bf16 && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#endif
 }
 
 int stitch_amx_available(void) {
