@@ -176,13 +176,22 @@ struct Bench: ParsableCommand {
             if row.anchorCount != nil, let report = try ASIFBenchData.prepare(row, in: workDir) {
                 print(label + "(\(report))")
             }
-            let common = arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir, "--precision", precision.rawValue]
+            func commonArguments(threads: Int) -> [String] {
+                arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir, "--precision", precision.rawValue]
+            }
+            let common = commonArguments(threads: threads)
             let stitchArguments = ["_bench-row", row.rawValue] + common + folders.stitchOnlyArguments(for: row)
+            // Beside the busy loop Stitch runs at one thread too, in the same rounds: more threads must never cost time.
+            let oneThreadArguments = contended && threads > 1 ? ["_bench-row", row.rawValue] + commonArguments(threads: 1) + folders.stitchOnlyArguments(for: row) : nil
             var stitch: Measurement?
+            var oneThread: Measurement?
             var python: Measurement?
             var referenceFailure: String?
             for _ in 0..<rounds {
                 stitch = Measurement.faster(stitch, try Measurement.parse(runChild(Self.executable, stitchArguments), side: "stitch"))
+                if let oneThreadArguments {
+                    oneThread = Measurement.faster(oneThread, try Measurement.parse(runChild(Self.executable, oneThreadArguments), side: "stitch"))
+                }
                 guard referenceProblem == nil, referenceFailure == nil else { continue }
                 do { python = Measurement.faster(python, try Measurement.parse(runChild(reference.python, [reference.script, row.rawValue] + common), side: "reference")) } catch {
                     referenceFailure = "\(error)".split(separator: "\n").last.map(String.init)
@@ -198,6 +207,10 @@ struct Bench: ParsableCommand {
             print(line)
             if let referenceFailure { print(String(repeating: " ", count: Self.rowLabelWidth) + "reference failed: \(referenceFailure)") }
             let indent = String(repeating: " ", count: Self.rowLabelWidth)
+            if let oneThread {
+                print(indent + String(format: "stitch at 1 thread %.2f ms: %d threads take %.2fx its time", oneThread.seconds * 1000, threads,
+                                      stitch.seconds / oneThread.seconds) + (stitch.seconds > oneThread.seconds ? " (SLOWER)" : ""))
+            }
             if let mine = stitch.output, let theirs = python?.output {
                 if mine == theirs {
                     print(indent + "same output on both sides (\(mine.count) values)")

@@ -185,6 +185,15 @@ final class CLITests: XCTestCase {
         let calls = try String(contentsOf: record, encoding: .utf8).split(separator: "\n").filter { $0.contains("clip-image-1") }
         XCTAssertEqual(calls.count, 2, "one reference run a round")
         XCTAssertFalse(calls.contains { $0.contains("--photos") || $0.contains("--labels") }, "\(calls)")
+        XCTAssertFalse(turns.output.contains("stitch at 1 thread"), "the one-thread runs are for --contended")
+
+        // Beside the busy loop Stitch's side also runs at one thread, in the same rounds, and the row compares the two.
+        let contended = try stitch(["bench", "--seconds", "0", "--rows", "clip-image-1", "--clip", clip.path, "--python", interpreter.path,
+                                    "--contended", "--threads", "2", "--work-dir", folder.appendingPathComponent("bench").path])
+        XCTAssertEqual(contended.status, 0, contended.errors)
+        XCTAssert(contended.output.contains("contended: a busy loop"), contended.output)
+        XCTAssertNotNil(contended.output.range(of: #"\n +stitch at 1 thread [0-9.]+ ms: 2 threads take [0-9.]+x its time"#, options: .regularExpression),
+                        contended.output)
 
         let noRounds = try stitch(["bench", "--rows", "gemm", "--rounds", "0"])
         XCTAssertNotEqual(noRounds.status, 0)
