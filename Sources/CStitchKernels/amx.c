@@ -14,7 +14,7 @@
 
 #if defined(__x86_64__)
 
-#ifndef AMX_TARGET
+#ifndef AMX_TARGET   /* the hardware's tiles (amx_check.c defines these macros for its software ones) */
 #include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>

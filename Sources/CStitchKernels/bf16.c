@@ -12,7 +12,7 @@
    - AMX tiles (amx.c) where the CPU has them and Linux grants them, for products of more than 4 rows;
    - otherwise the operands widened back to floats (exact) and gemm.c's FMA tile, which reads the weights at half the
      bytes and computes at FP32's rate.
-   The first and last are blocked as gemm.c is. */
+   The dot-product and widened ways are blocked as gemm.c is. */
 
 uint16_t stitch_bf16_from_float(float value) { return stitch_bf16_rounded(value); }
 
