@@ -33,7 +33,7 @@ struct Bench: ParsableCommand {
     @OptionGroup var precisionOptions: PrecisionOptions
     var precision: Precision { precisionOptions.precision }
 
-    @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine.")
+    @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine; Stitch's side runs at one thread too, in the same rounds.")
     var contended = false
 
     @Option(help: "Comma-separated rows to run (default: all but \(BenchRow.allCases.filter(\.isOptIn).map(\.rawValue).joined(separator: ", "))): gemm, \(BenchRow.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -128,7 +128,8 @@ struct Bench: ParsableCommand {
         }
         let flags = Set((field("flags") ?? "").split(separator: " ").map(String.init))
         let bf16 = ["avx512_bf16", "amx_bf16"].filter(flags.contains)
-        let tiles = !flags.contains("amx_bf16") ? "" : stitch_amx_available() != 0 ? " (bf16 products on AMX tiles)" : " (AMX tiles not granted by Linux)"
+        let tiles = !flags.contains("amx_bf16") ? ""
+            : stitch_amx_available() != 0 ? " (bf16 products on AMX tiles)" : " (AMX tiles not granted by Linux)"
         return "\(field("model name") ?? "unknown model"), kernels \(String(cString: stitch_kernel_variant())), "
             + "BF16 instructions: \(bf16.isEmpty ? "none" : bf16.joined(separator: ", "))\(tiles)"
     }
@@ -179,10 +180,12 @@ struct Bench: ParsableCommand {
             func commonArguments(threads: Int) -> [String] {
                 arguments + ["--threads", "\(threads)", "--seconds", "\(seconds)", "--work-dir", workDir, "--precision", precision.rawValue]
             }
-            let common = commonArguments(threads: threads)
-            let stitchArguments = ["_bench-row", row.rawValue] + common + folders.stitchOnlyArguments(for: row)
+            func stitchSide(threads: Int) -> [String] {
+                ["_bench-row", row.rawValue] + commonArguments(threads: threads) + folders.stitchOnlyArguments(for: row)
+            }
+            let (common, stitchArguments) = (commonArguments(threads: threads), stitchSide(threads: threads))
             // Beside the busy loop Stitch runs at one thread too, in the same rounds: more threads must never cost time.
-            let oneThreadArguments = contended && threads > 1 ? ["_bench-row", row.rawValue] + commonArguments(threads: 1) + folders.stitchOnlyArguments(for: row) : nil
+            let oneThreadArguments = contended && threads > 1 ? stitchSide(threads: 1) : nil
             var stitch: Measurement?
             var oneThread: Measurement?
             var python: Measurement?
