@@ -4,7 +4,7 @@
 #include <string.h>
 
 /* Products with weights in bfloat16 (an opt-in reduced precision): activations rounded to bfloat16 as they are
-   packed, weights converted and packed once, at load, products of bfloat16 pairs summed in single precision. Two
+   packed, weights converted and packed once, at load, products of bfloat16 pairs summed in single precision. Three
    ways to sum, by what the CPU does fastest:
    - AVX512-BF16's VDPBF16PS: 32 multiply-adds an instruction, twice FMA's rate on AMD Zen 4; on Intel's cores it
      issues at a quarter of FMA's rate (measured on Sapphire/Emerald Rapids: 84 against 172 GFLOP/s a core), so there
@@ -180,8 +180,14 @@ int stitch_bf16_dot_products_fast(void) {
     return amd;
 }
 
-/* Whether products of m rows use VDPBF16PS (see the top of this file). */
-static int uses_dot_products(long m) { return stitch_bf16_dot_products_fast() || m <= 4; }
+/* The way a product of m rows takes (see the top of this file): a few rows wait on memory, so dot products read the
+   bfloat16 weights directly; more go to AMX tiles where granted, else to dot products where they are fast. */
+typedef enum { DOT_PRODUCTS, AMX_TILES, WIDENED } product_way;
+static product_way way_for(long m) {
+    if (m <= 4) return DOT_PRODUCTS;
+    if (stitch_amx_available()) return AMX_TILES;
+    return stitch_bf16_dot_products_fast() ? DOT_PRODUCTS : WIDENED;
+}
 
 BF16 static void widened_gemm(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin,
                               long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
@@ -214,11 +220,12 @@ BF16 void stitch_bf16_gemm(long m, long k, const float *a, long lda, const uint1
         stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
-    if (m > 4 && stitch_amx_available()) {
+    product_way way = way_for(m);
+    if (way == AMX_TILES) {
         stitch_amx_bf16_gemm(m, k, a, lda, packed, column_begin, column_end, c, ldc, bias, activation);
         return;
     }
-    if (!uses_dot_products(m)) {
+    if (way == WIDENED) {
         widened_gemm(m, k, a, lda, packed, column_begin, column_end, c, ldc, bias, activation);
         return;
     }
