@@ -20,28 +20,26 @@ long stitch_sgemm_packed_count(long n, long k) { return (n + NR - 1) / NR * NR *
    panels of NR columns, chunks of KC of k (the last shorter) and groups of `width` columns (NR or a divisor), columns
    past n zero. A tile reads a group's `width` values per step of k from one contiguous run: the whole panel's 32 for
    AVX-512's 12 x 32 tile, 16 for each of AVX2's 6 x 16 blocks (which in 32-wide rows read half of every 128 bytes:
-   5-10% slower on an AMD Zen 3). A panel's chunks follow each other, so one row streams its panel from start to end. */
-static void pack_panels(int transpose, long n, long k, const float *w, long ldw, long width, float *packed) {
-    for (long panel = 0; panel < n; panel += NR)
-        for (long chunk = 0; chunk < k; chunk += KC)
-            for (long group = 0; group < NR; group += width) {
-                long first = panel + group, present = n - first < 0 ? 0 : n - first < width ? n - first : width;
-                for (long p = chunk; p < k && p < chunk + KC; p++, packed += width) {
-                    /* Row p of op(W) is contiguous in [k, n] (Conv1D's layout): a copy, not a loop with a test a value
-                       (1.1 -> 4.5 GB/s on an 896 x 4864 weight, AMD Zen 3). */
-                    if (transpose)
-                        for (long j = 0; j < present; j++) packed[j] = w[(first + j) * ldw + p];
-                    else
-                        memcpy(packed, w + p * ldw + first, (size_t)present * sizeof(float));
-                    memset(packed + present, 0, (size_t)(width - present) * sizeof(float));
-                }
-            }
+   5-10% slower on an AMD Zen 3). A panel's chunks follow each other, so one row streams its panel from start to end.
+   This writes the chunk of k from `chunk` of the panel from column `panel` (NR x its depth values). */
+static void pack_chunk(int transpose, long n, long k, const float *w, long ldw, long width, long panel, long chunk, float *packed) {
+    for (long group = 0; group < NR; group += width) {
+        long first = panel + group, present = n - first < 0 ? 0 : n - first < width ? n - first : width;
+        for (long p = chunk; p < k && p < chunk + KC; p++, packed += width) {
+            /* Row p of op(W) is contiguous in [k, n] (Conv1D's layout): a copy, not a loop with a test a value
+               (1.1 -> 4.5 GB/s on an 896 x 4864 weight, AMD Zen 3). */
+            if (transpose)
+                for (long j = 0; j < present; j++) packed[j] = w[(first + j) * ldw + p];
+            else
+                memcpy(packed, w + p * ldw + first, (size_t)present * sizeof(float));
+            memset(packed + present, 0, (size_t)(width - present) * sizeof(float));
+        }
+    }
 }
 
-/* Where pack_panels put the chunk of k from pc of the panel holding column (whatever the groups' width). */
-static inline const float *packed_chunk(const float *packed, long k, long column, long pc) {
-    return packed + column / NR * NR * k + pc * NR;
-}
+/* Where the chunk of k from pc of the panel holding column starts in the packed weights, in values (whatever the
+   groups' width or the values' type). */
+static inline long chunk_offset(long k, long column, long pc) { return column / NR * NR * k + pc * NR; }
 
 #define AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 
@@ -376,8 +374,90 @@ AVX512 static void avx512_row(long kc, const float *a, const float *bp, float *c
     else tile_reading_a(1, 1, 0, kc, a, 0, bp, c, 0, 1, cols, accumulate);
 }
 
+/* Weights stored as bfloat16 (stitch_sgemm_pack_bf16): the 8 floats at bp, widened exactly (a bfloat16 is a float's
+   upper half). */
+AVX2 static inline __m256 avx2_widened(const uint16_t *bp) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)bp)), 16));
+}
+
+/* Where column `column` of a chunk of kc steps (column groups `width` wide) has its value of the first step; the next
+   steps' follow, `width` apart. */
+static inline const uint16_t *column_values(const uint16_t *bp, long kc, long width, long column) {
+    return bp + column / width * width * kc + column % width;
+}
+
+/* avx2_row on a chunk stored as bfloat16, its column groups `width` wide (AVX2's or AVX-512's layout): each weight
+   widened as it is read, half the bytes streamed; the same sums in the same order as avx2_row's and avx512_row's. */
+AVX2 static void avx2_row_bf16(long kc, long width, const float *a, const uint16_t *bp, float *c, long cols, int accumulate) {
+    const uint16_t *columns[4];   /* each run of 8 columns */
+#pragma clang loop unroll(full)
+    for (int v = 0; v < 4; v++) columns[v] = column_values(bp, kc, width, 8 * v);
+    __m256 sums[4];
+#pragma clang loop unroll(full)
+    for (int v = 0; v < 4; v++) sums[v] = _mm256_setzero_ps();
+    for (long p = 0; p < kc; p++) {
+        _mm_prefetch((const char *)(columns[0] + (p + 16) * width), _MM_HINT_T0);
+        _mm_prefetch((const char *)(columns[3] + (p + 16) * width), _MM_HINT_T0);
+        __m256 x = _mm256_broadcast_ss(a + p);
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 4; v++) sums[v] = _mm256_fmadd_ps(x, avx2_widened(columns[v] + p * width), sums[v]);
+    }
+    float row[NR] __attribute__((aligned(32)));
+#pragma clang loop unroll(full)
+    for (int v = 0; v < 4; v++) _mm256_store_ps(row + 8 * v, sums[v]);
+    for (long j = 0; j < cols; j++) c[j] = accumulate ? c[j] + row[j] : row[j];
+}
+
+/* R (2 to 4) rows of A (read in place, lda apart) · a chunk stored as bfloat16 (a decoding step of a few beams), a
+   16-column half of the panel at a time: 2R sums, each weight widened as it is read. For so few rows, widening the chunk
+   into a buffer first (as more rows do) cost more than half the bytes saved (BLIP's 3-beam captions: 1.11x FP32's time). */
+AVX2 static inline __attribute__((always_inline)) void avx2_rows_bf16(const int R, long kc, long width, const float *a, long lda,
+                                                                     const uint16_t *bp, float *c, long ldc, long cols, int accumulate) {
+    for (long half = 0; half < 2 && 16 * half < cols; half++) {
+        const uint16_t *low = column_values(bp, kc, width, 16 * half), *high = low + 8;
+        __m256 sums[8];
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 2 * R; i++) sums[i] = _mm256_setzero_ps();
+        for (long p = 0; p < kc; p++) {
+            _mm_prefetch((const char *)(low + (p + 16) * width), _MM_HINT_T0);
+            __m256 w0 = avx2_widened(low + p * width), w1 = avx2_widened(high + p * width);
+#pragma clang loop unroll(full)
+            for (int i = 0; i < R; i++) {
+                __m256 x = _mm256_broadcast_ss(a + i * lda + p);
+                sums[2 * i] = _mm256_fmadd_ps(x, w0, sums[2 * i]);
+                sums[2 * i + 1] = _mm256_fmadd_ps(x, w1, sums[2 * i + 1]);
+            }
+        }
+        long width_here = cols - 16 * half < 16 ? cols - 16 * half : 16;
+#pragma clang loop unroll(full)
+        for (int i = 0; i < R; i++) {
+            float row[16] __attribute__((aligned(32)));
+            _mm256_store_ps(row, sums[2 * i]);
+            _mm256_store_ps(row + 8, sums[2 * i + 1]);
+            float *target = c + i * ldc + 16 * half;
+            for (long j = 0; j < width_here; j++) target[j] = accumulate ? target[j] + row[j] : row[j];
+        }
+    }
+}
+
+/* m (1 to 4) rows of A · a chunk stored as bfloat16 into c, read directly: the few-row products of decoding. */
+AVX2 static void avx2_few_rows_bf16(long m, long kc, long width, const float *a, long lda, const uint16_t *bp, float *c, long ldc,
+                                    long cols, int accumulate) {
+    switch (m) {
+    case 1: avx2_row_bf16(kc, width, a, bp, c, cols, accumulate); break;
+    case 2: avx2_rows_bf16(2, kc, width, a, lda, bp, c, ldc, cols, accumulate); break;
+    case 3: avx2_rows_bf16(3, kc, width, a, lda, bp, c, ldc, cols, accumulate); break;
+    default: avx2_rows_bf16(4, kc, width, a, lda, bp, c, ldc, cols, accumulate); break;
+    }
+}
+
+/* floats[i] = the bfloat16 packed[i] widened, for count (a multiple of 8) values. */
+AVX2 static void avx2_widen(const uint16_t *packed, long count, float *floats) {
+    for (long i = 0; i < count; i += 8) _mm256_store_ps(floats + i, avx2_widened(packed + i));
+}
+
 /* One instruction set's leaves of a product with packed weights and the width of the column groups they read (see
-   pack_panels); stitch_sgemm_packed is the same for both. */
+   pack_chunk); packed_product is the same for both. */
 typedef struct {
     long group_width;
     void (*pack_a)(const float *a, long lda, long mc, long kc, float *ap);
@@ -403,7 +483,23 @@ int stitch_sgemm_available(void) { return has_avx512(); }
 int stitch_sgemm_packed_available(void) { return chosen_kernels() != NULL; }
 
 void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, float *packed) {
-    pack_panels(transpose, n, k, w, ldw, chosen_kernels()->group_width, packed);
+    long width = chosen_kernels()->group_width;
+    for (long panel = 0; panel < n; panel += NR)
+        for (long chunk = 0; chunk < k; chunk += KC) {
+            pack_chunk(transpose, n, k, w, ldw, width, panel, chunk, packed);
+            packed += NR * (k - chunk < KC ? k - chunk : KC);
+        }
+}
+
+void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed) {
+    long width = chosen_kernels()->group_width;
+    float chunk_values[KC * NR];
+    for (long panel = 0; panel < n; panel += NR)
+        for (long chunk = 0; chunk < k; chunk += KC) {
+            long count = NR * (k - chunk < KC ? k - chunk : KC);
+            pack_chunk(transpose, n, k, w, ldw, width, panel, chunk, chunk_values);
+            for (long i = 0; i < count; i++) *packed++ = stitch_bf16_rounded(chunk_values[i]);
+        }
 }
 
 /* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up
@@ -437,10 +533,11 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
     }
 }
 
-/* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns
-   too), and the sums run in stitch_sgemm's order, so the results are the same bits. */
-void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
-                         long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+/* As stitch_sgemm with B packed beforehand, as floats (packed) or bfloat16 (rounded; the other NULL): A is packed once
+   per block of rows and k (not once per block of columns too), and the sums run in stitch_sgemm's order, so the results
+   are the same bits (with bfloat16 weights: as on the widened weights). */
+static void packed_product(long m, long k, const float *a, long lda, const float *packed, const uint16_t *rounded, long column_begin,
+                           long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
     if (m <= 0 || column_end <= column_begin) return;
     if (k <= 0) {
         for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
@@ -448,26 +545,38 @@ void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *
         return;
     }
     const packed_kernels *kernels = chosen_kernels();
-    if (m == 1) {
-        /* One row (a decoding step): each panel streamed from start to end, A read in place (nothing to pack). */
+    if (m == 1 || (rounded && m <= 4)) {
+        /* A decoding step (of up to 4 beams, with bfloat16 weights): each panel streamed from start to end, A read in
+           place (nothing to pack). */
         for (long column = column_begin; column < column_end; column += NR)
-            for (long pc = 0; pc < k; pc += KC)
-                kernels->row(k - pc < KC ? k - pc : KC, a + pc, packed_chunk(packed, k, column, pc), c + (column - column_begin),
-                             column_end - column < NR ? column_end - column : NR, pc > 0);
-        stitch_finish_rows(c, ldc, 1, column_end - column_begin, bias, activation);
+            for (long pc = 0; pc < k; pc += KC) {
+                long kc = k - pc < KC ? k - pc : KC, cols = column_end - column < NR ? column_end - column : NR;
+                if (rounded)
+                    avx2_few_rows_bf16(m, kc, kernels->group_width, a + pc, lda, rounded + chunk_offset(k, column, pc), c + (column - column_begin),
+                                       ldc, cols, pc > 0);
+                else
+                    kernels->row(kc, a + pc, packed + chunk_offset(k, column, pc), c + (column - column_begin), cols, pc > 0);
+            }
+        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
         return;
     }
     /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
        much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
     int in_place = column_end - column_begin <= 4 * NR;
     float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
+    /* More rows widen bfloat16 weights a chunk at a time (32 KB, for every tile of the block of rows). */
+    float *widened = rounded ? packing_buffer(1, k, NR, NR, NR) : NULL;
     for (long ic = 0; ic < m; ic += MC) {
         long mc = m - ic < MC ? m - ic : MC, whole = in_place ? mc / MR * MR : 0;
         for (long pc = 0; pc < k; pc += KC) {
             long kc = k - pc < KC ? k - pc : KC;
             if (whole < mc) kernels->pack_a(a + (ic + whole) * lda + pc, lda, mc - whole, kc, ap);
             for (long column = column_begin; column < column_end; column += NR) {
-                const float *bp = packed_chunk(packed, k, column, pc);
+                const float *bp = packed + chunk_offset(k, column, pc);
+                if (rounded) {
+                    avx2_widen(rounded + chunk_offset(k, column, pc), NR * kc, widened);
+                    bp = widened;
+                }
                 long cols = column_end - column < NR ? column_end - column : NR;
                 for (long ir = 0; ir < mc; ir += MR)
                     kernels->tile_of_rows(kc, ir < whole ? a + (ic + ir) * lda + pc : ap + (ir - whole) * kc, ir < whole ? lda : 0,
@@ -476,6 +585,16 @@ void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *
         }
         stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
     }
+}
+
+void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
+                         long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+    packed_product(m, k, a, lda, packed, NULL, column_begin, column_end, c, ldc, bias, activation);
+}
+
+void stitch_sgemm_packed_bf16(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin,
+                              long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+    packed_product(m, k, a, lda, NULL, packed, column_begin, column_end, c, ldc, bias, activation);
 }
 
 #else
@@ -493,6 +612,18 @@ void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, 
 
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
                          float *c, long ldc, const float *bias, stitch_activation activation) {
+    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
+        (void)activation;
+    abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
+}
+
+void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed) {
+    (void)transpose, (void)n, (void)k, (void)w, (void)ldw, (void)packed;
+    abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
+}
+
+void stitch_sgemm_packed_bf16(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
+                              float *c, long ldc, const float *bias, stitch_activation activation) {
     (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
         (void)activation;
     abort();   /* never offered: stitch_sgemm_packed_available() is 0 */

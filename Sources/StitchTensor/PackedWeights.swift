@@ -3,9 +3,12 @@ import Foundation
 
 /// The precision of a model's weight products, chosen when it loads. FP32 is the default and keeps exact parity with
 /// the references; BF16 (opt-in) rounds weights and activations to bfloat16 and sums in single precision, as torch's
-/// bfloat16 autocast does, where the CPU has AVX512-BF16.
+/// bfloat16 autocast does, where the CPU has AVX512-BF16; BF16 weights (opt-in) stores only the weights in bfloat16
+/// (half the memory: decoding, which waits on reading them, runs faster) and computes in FP32, on any CPU with the
+/// packed kernels (AVX2 or AVX-512): the same bits as FP32 with each weight rounded to bfloat16.
 public enum Precision: String, Sendable, CaseIterable {
     case fp32, bf16
+    case bf16Weights = "bf16-weights"
 
     /// The precision of the models loaded inside `Precision.$loading.withValue(_:)`: each weight product (`Linear`,
     /// language-model heads) is packed at it once, at load. Task-local, so concurrent graph components each load at theirs.
@@ -15,14 +18,15 @@ public enum Precision: String, Sendable, CaseIterable {
     public var unavailableReason: String? {
         switch self {
         case .fp32: return nil
-        case .bf16: return stitch_bf16_available() != 0 ? nil : "bf16 needs an x86-64 CPU with AVX-512 and AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids and later, AMD Zen 4 and later); this one lacks them, so use fp32"
+        case .bf16: return stitch_bf16_available() != 0 ? nil : "bf16 needs an x86-64 CPU with AVX-512 and AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids and later, AMD Zen 4 and later); this one lacks them, so use fp32 or bf16-weights"
+        case .bf16Weights: return BLAS.hasPackedKernel ? nil : "bf16-weights needs an x86-64 CPU with AVX2 and FMA or AVX-512; this one lacks them, so use fp32"
         }
     }
 }
 
 /// A weight matrix op(W) [k, n] packed once, at load, into the layout the product kernels read, so that products do not
-/// repack it on every call: FP32 panels (`stitch_sgemm_packed`, the same bits as an unpacked product) or bfloat16
-/// pairs (`stitch_bf16_gemm`).
+/// repack it on every call: FP32 panels (`stitch_sgemm_packed`, the same bits as an unpacked product), the same panels
+/// in bfloat16 (`stitch_sgemm_packed_bf16`) or bfloat16 pairs (`stitch_bf16_gemm`).
 public final class PackedWeights: @unchecked Sendable {
     /// n: the product's output columns.
     public let outputs: Int
@@ -33,11 +37,11 @@ public final class PackedWeights: @unchecked Sendable {
 
     /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
     /// at `precision`; nil where this CPU has no kernel for it (FP32 without AVX-512 or AVX2: products stay with OpenBLAS;
-    /// bf16 without AVX512-BF16, which commands refuse beforehand, falls back to FP32 with a message) or no memory is left
-    /// for the packed copy (products stay with OpenBLAS, on the weights as loaded).
+    /// a reduced precision the CPU lacks, which commands refuse beforehand, falls back to FP32 with a message) or no
+    /// memory is left for the packed copy (products stay with OpenBLAS, on the weights as loaded).
     public static func pack(_ weight: Tensor, layout: WeightLayout, precision: Precision) -> PackedWeights? {
-        if precision.unavailableReason != nil {
-            _ = fallbackMessage
+        if let reason = precision.unavailableReason {
+            sayOnce(precision, "stitch: \(reason); computing in fp32\n")
             return pack(weight, layout: layout, precision: .fp32)
         }
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
@@ -49,8 +53,12 @@ public final class PackedWeights: @unchecked Sendable {
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision
         let (n, k, ldw) = (outputs, inputs, weight.shape[1])
-        let bytes = precision == .fp32 ? stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride
-                                       : stitch_bf16_packed_count(n, k) * MemoryLayout<UInt16>.stride
+        let bytes: Int
+        switch precision {
+        case .fp32: bytes = stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride
+        case .bf16: bytes = stitch_bf16_packed_count(n, k) * MemoryLayout<UInt16>.stride
+        case .bf16Weights: bytes = stitch_sgemm_packed_count(n, k) * MemoryLayout<UInt16>.stride
+        }
         guard let storage = stitch_weight_allocate(bytes) else { return nil }
         self.storage = storage
         switch precision {
@@ -58,11 +66,20 @@ public final class PackedWeights: @unchecked Sendable {
             weight.withUnsafeBufferPointer { stitch_sgemm_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: Float.self)) }
         case .bf16:
             weight.withUnsafeBufferPointer { stitch_bf16_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: UInt16.self)) }
+        case .bf16Weights:
+            weight.withUnsafeBufferPointer { stitch_sgemm_pack_bf16(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: UInt16.self)) }
         }
     }
 
-    /// Said once per process, to a library caller who loads at bf16 on a CPU without it.
-    private static let fallbackMessage: Void = FileHandle.standardError.write(Data("stitch: \(Precision.bf16.unavailableReason ?? ""); computing in fp32\n".utf8))
+    /// The precisions whose fallback a library caller (who loads at a precision this CPU lacks) has been told of.
+    nonisolated(unsafe) private static var toldOf: Set<Precision> = []
+    private static let toldOfLock = NSLock()
+
+    /// Writes `message` to standard error the first time this process falls back from `precision`.
+    private static func sayOnce(_ precision: Precision, _ message: String) {
+        guard toldOfLock.withLock({ toldOf.insert(precision).inserted }) else { return }
+        FileHandle.standardError.write(Data(message.utf8))
+    }
 
     deinit { stitch_weight_free(storage) }
 
@@ -83,6 +100,8 @@ public final class PackedWeights: @unchecked Sendable {
             switch precision {
             case .fp32: stitch_sgemm_packed(rows.count, k, a, lda, storage.assumingMemoryBound(to: Float.self), begin, end, c, ldc, bias, activation)
             case .bf16: stitch_bf16_gemm(rows.count, k, a, lda, storage.assumingMemoryBound(to: UInt16.self), begin, end, c, ldc, bias, activation)
+            case .bf16Weights:
+                stitch_sgemm_packed_bf16(rows.count, k, a, lda, storage.assumingMemoryBound(to: UInt16.self), begin, end, c, ldc, bias, activation)
             }
         }
         // Split by rows, each thread packs only its own rows of A (split by columns, every thread packs all of A: 6% of

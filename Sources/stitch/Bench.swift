@@ -28,10 +28,19 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
-    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast, and each row also reports how
-    /// far bf16 moved Stitch's result from its fp32 result.
+    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast (bf16-weights: at FP32), and
+    /// each row also reports how far the precision moved Stitch's result from its fp32 result.
     @OptionGroup var precisionOptions: PrecisionOptions
     var precision: Precision { precisionOptions.precision }
+
+    /// What the model table compares at the bench's precision.
+    var referenceNote: String {
+        switch precision {
+        case .fp32: return ""
+        case .bf16: return "; bf16: Stitch's bfloat16 products against torch.autocast(\"cpu\", dtype=torch.bfloat16)"
+        case .bf16Weights: return "; bf16-weights: Stitch's bfloat16 weights (products in FP32) against the reference at FP32"
+        }
+    }
 
     @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine; Stitch's side runs at one thread too, in the same rounds.")
     var contended = false
@@ -159,7 +168,7 @@ struct Bench: ParsableCommand {
         print("")
         print("models: Stitch vs the Python reference, each row in fresh processes (time: best of runs over \(seconds)s"
               + (rounds > 1 ? ", best of \(rounds) rounds, the sides taking turns)" : ")")
-              + (precision == .fp32 ? "" : "; \(precision.rawValue): Stitch's bfloat16 products against torch.autocast(\"cpu\", dtype=torch.bfloat16)"))
+              + referenceNote)
         let header = "row".padding(toLength: Self.rowLabelWidth, withPad: " ", startingAt: 0) + "work".padding(toLength: 28, withPad: " ", startingAt: 0)
             + "stitch ms  reference ms  speedup   stitch MB  reference MB"
         print(header)

@@ -206,8 +206,9 @@ struct BenchRowWorker: ParsableCommand {
             let gpt2 = try GPT2(folder: folder(gpt2))
             let prompt = [50256, 32, 4590, 286, 257]
             // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
-            let total = try time { _ = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
-            (measured, note, units) = (total / 64, "per token, 64 new tokens", 64)
+            var tokens: [Int] = []
+            let total = try time { tokens = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
+            (measured, note, output, units) = (total / 64, "per token, 64 new tokens", tokens, 64)
         case .magic:
             // One caption from the image: CLIP image features, then 16 MAGiC steps (the reference's defaults).
             let clipModel = try CLIP(folder: folder(clip))

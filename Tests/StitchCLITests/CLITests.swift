@@ -1,6 +1,7 @@
 import Foundation
 import StitchModelIO
 import StitchTestSupport
+import StitchTensor
 import XCTest
 
 /// Runs the built `stitch` binary the way a user does: arguments, standard input, environment.
@@ -150,6 +151,14 @@ final class CLITests: XCTestCase {
             let measured = try JSONSerialization.jsonObject(with: Data(side.output.utf8)) as! [String: Any]
             XCTAssertEqual((measured["output"] as? [Int])?.count, count, side.output)
             XCTAssertGreaterThan(measured["seconds"] as? Double ?? 0, 0)
+        }
+        // A decoding row at bf16-weights says how many of its tokens are FP32's.
+        if Precision.bf16Weights.unavailableReason == nil {
+            let side = try stitch(["_bench-row", "qwen2-decode", "--qwen2", Fixtures.url("tiny-qwen2").path, "--seconds", "0", "--precision", "bf16-weights"])
+            XCTAssertEqual(side.status, 0, side.errors)
+            let agreement = (try JSONSerialization.jsonObject(with: Data(side.output.utf8)) as! [String: Any])["agreement"] as? String ?? ""
+            XCTAssertNotNil(agreement.range(of: #"^([0-9]|[12][0-9]|3[0-2]) of 32 output values as at fp32$"#, options: .regularExpression), agreement)
+            print("tiny Qwen2 at bf16-weights: \(agreement)")
         }
         // A CLIP row at bf16 compares zero-shot top-1 on the test photos with FP32's (on a CPU without bf16 both are FP32).
         let clip = folder.appendingPathComponent("tiny-clip-with-tokenizer")

@@ -40,24 +40,27 @@ final class ModelCommandTests: XCTestCase {
         XCTAssertEqual(texts.output.split(separator: "\n").count, 2, texts.errors)
     }
 
-    /// `--precision bf16`: embeddings near FP32's (the models' products in bfloat16); an unknown precision is refused.
+    /// `--precision bf16` and `bf16-weights`: embeddings near FP32's (the models' products on bfloat16), or an error
+    /// naming what the CPU lacks; an unknown precision is refused.
     func testPrecisionOption() throws {
         let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
         let image = Fixtures.photo("astronaut.png").path
         let refused = try StitchCLI.run(["embed-image", "--model", clip, "--precision", "int4", image])
         XCTAssertNotEqual(refused.status, 0)
         XCTAssert(refused.errors.contains("--precision"), refused.errors)
-        let reduced = try StitchCLI.run(["embed-image", "--model", clip, "--precision", "bf16", image])
-        if let reason = Precision.bf16.unavailableReason {
-            XCTAssertNotEqual(reduced.status, 0)
-            XCTAssert(reduced.errors.contains(reason), reduced.errors)
-            return
-        }
         let full = try StitchCLI.run(["embed-image", "--model", clip, image])
-        XCTAssertEqual(reduced.status, 0, reduced.errors)
-        let (a, b) = (try json(full.output.split(separator: "\n")[0])["embedding"] as! [Double], try json(reduced.output.split(separator: "\n")[0])["embedding"] as! [Double])
-        XCTAssertGreaterThanOrEqual(zip(a, b).map { $0 * $1 }.reduce(0, +), 0.999)
-        XCTAssertNotEqual(a, b)
+        for precision in [Precision.bf16, .bf16Weights] {
+            let reduced = try StitchCLI.run(["embed-image", "--model", clip, "--precision", precision.rawValue, image])
+            if let reason = precision.unavailableReason {
+                XCTAssertNotEqual(reduced.status, 0)
+                XCTAssert(reduced.errors.contains(reason), reduced.errors)
+                continue
+            }
+            XCTAssertEqual(reduced.status, 0, reduced.errors)
+            let (a, b) = (try json(full.output.split(separator: "\n")[0])["embedding"] as! [Double], try json(reduced.output.split(separator: "\n")[0])["embedding"] as! [Double])
+            XCTAssertGreaterThanOrEqual(zip(a, b).map { $0 * $1 }.reduce(0, +), 0.999, precision.rawValue)
+            XCTAssertNotEqual(a, b, precision.rawValue)
+        }
     }
 
     /// SigLIP through `stitch classify`: its probabilities are each label's sigmoid, said so in the JSON, equal to the model's own.

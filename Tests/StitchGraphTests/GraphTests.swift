@@ -369,8 +369,8 @@ final class ModelOperationTests: XCTestCase {
         XCTAssertFalse(outputs["beamed"]!.string!.isEmpty)
     }
 
-    /// Option `precision` of a model component: bf16 loads it with bfloat16 products (near FP32's result, not equal to
-    /// it); a value other than fp32 or bf16 is a validation error naming the component.
+    /// Option `precision` of a model component: bf16 and bf16-weights load it with bfloat16 products or weights (near
+    /// FP32's result, not equal to it); another value is a validation error naming the component.
     func testComponentPrecisionOption() async throws {
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -392,19 +392,21 @@ final class ModelOperationTests: XCTestCase {
             """
         }
         XCTAssertThrowsError(try Graph.parse(graph("fp16"), file: "p.yaml", registry: registry)) {
-            XCTAssert("\($0)".contains("component 'reduced': precision is fp32 or bf16"), "\($0)")
+            XCTAssert("\($0)".contains("component 'reduced': precision is fp32 or bf16 or bf16-weights"), "\($0)")
         }
-        let runner = GraphRunner(graph: try Graph.parse(graph("bf16"), file: "p.yaml", registry: registry), registry: registry, cacheFolder: nil)
         let inputs: [String: Value] = ["image": .string(Fixtures.photo("chelsea.png").path)]
-        if let reason = Precision.bf16.unavailableReason {
-            do { _ = try await runner.run(inputs: inputs); XCTFail("bf16 loaded on a CPU without it") } catch { XCTAssert("\(error)".contains(reason), "\(error)") }
-            return
+        for precision in [Precision.bf16, .bf16Weights] {
+            let runner = GraphRunner(graph: try Graph.parse(graph(precision.rawValue), file: "p.yaml", registry: registry), registry: registry, cacheFolder: nil)
+            if let reason = precision.unavailableReason {
+                do { _ = try await runner.run(inputs: inputs); XCTFail("\(precision.rawValue) loaded on a CPU without it") } catch { XCTAssert("\(error)".contains(reason), "\(error)") }
+                continue
+            }
+            let outputs = try await runner.run(inputs: inputs)
+            let (full, reduced) = (outputs["a"]!.json as! [Double], outputs["b"]!.json as! [Double])
+            let dot = zip(full, reduced).map { $0 * $1 }.reduce(0, +)
+            print("graph component at \(precision.rawValue): cosine to fp32 \(dot)")
+            XCTAssertGreaterThanOrEqual(dot, 0.999, precision.rawValue)
+            XCTAssertNotEqual(full, reduced, precision.rawValue)
         }
-        let outputs = try await runner.run(inputs: inputs)
-        let (full, reduced) = (outputs["a"]!.json as! [Double], outputs["b"]!.json as! [Double])
-        let dot = zip(full, reduced).map { $0 * $1 }.reduce(0, +)
-        print("graph component at bf16: cosine to fp32 \(dot)")
-        XCTAssertGreaterThanOrEqual(dot, 0.999)
-        XCTAssertNotEqual(full, reduced)
     }
 }

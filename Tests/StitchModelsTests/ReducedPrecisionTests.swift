@@ -7,11 +7,15 @@ import StitchTokenizers
 import XCTest
 @testable import StitchModels
 
-/// Models loaded at `--precision bf16` against the same models at FP32: close (cosine >= 0.999), yet not equal (the
-/// products did run in bfloat16), and the same decisions.
+/// Models loaded at each reduced precision this CPU runs (`--precision bf16`, `bf16-weights`) against the same models at
+/// FP32: close (cosine >= 0.999), yet not equal (the products did run on bfloat16), and the same decisions.
 final class ReducedPrecisionTests: XCTestCase {
+    /// The reduced precisions this CPU runs.
+    var precisions: [Precision] = []
+
     override func setUpWithError() throws {
-        if let reason = Precision.bf16.unavailableReason { throw XCTSkip(reason) }
+        precisions = Precision.allCases.filter { $0 != .fp32 && $0.unavailableReason == nil }
+        if precisions.isEmpty { throw XCTSkip(Precision.allCases.compactMap(\.unavailableReason).joined(separator: "; ")) }
     }
 
     /// The lowest cosine between rows of `a` and `b`, and whether any value differs.
@@ -37,33 +41,38 @@ final class ReducedPrecisionTests: XCTestCase {
 
     func testCLIPFeaturesAndZeroShotChoicesAgreeWithFP32() throws {
         let fp32 = try tinyCLIP()
-        let bf16 = try Precision.$loading.withValue(.bf16) { try tinyCLIP() }
         let photos = try ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"].map { try RGBImage(contentsOf: Fixtures.url("photos/\($0)").path) }
         let texts = ["a photo of an astronaut.", "a photo of a cat.", "a cup of coffee on a table.", "a rocket on the launch pad.", "a dog.", "a red car."]
-        let images = Self.compare(try bf16.imageEmbeddings(photos), try fp32.imageEmbeddings(photos))
-        let textFeatures = Self.compare(try bf16.textEmbeddings(texts), try fp32.textEmbeddings(texts))
-        print("CLIP at bf16 vs fp32: lowest cosine image \(images.lowest), text \(textFeatures.lowest)")
-        XCTAssertGreaterThanOrEqual(images.lowest, 0.999)
-        XCTAssertGreaterThanOrEqual(textFeatures.lowest, 0.999)
-        XCTAssert(images.differs && textFeatures.differs, "bf16 features equal fp32's: the products did not run in bfloat16")
         let labels = ["astronaut", "cat", "coffee", "rocket", "dog", "car"]
         let choices = { (clip: CLIP) in Self.argmaxRows(try clip.classify(photos, labels: labels)) }
-        XCTAssertEqual(try choices(bf16), try choices(fp32))
+        for precision in precisions {
+            let reduced = try Precision.$loading.withValue(precision) { try tinyCLIP() }
+            let images = Self.compare(try reduced.imageEmbeddings(photos), try fp32.imageEmbeddings(photos))
+            let textFeatures = Self.compare(try reduced.textEmbeddings(texts), try fp32.textEmbeddings(texts))
+            print("CLIP at \(precision.rawValue) vs fp32: lowest cosine image \(images.lowest), text \(textFeatures.lowest)")
+            XCTAssertGreaterThanOrEqual(images.lowest, 0.999, "\(precision)")
+            XCTAssertGreaterThanOrEqual(textFeatures.lowest, 0.999, "\(precision)")
+            XCTAssert(images.differs && textFeatures.differs, "\(precision) features equal fp32's: the products did not run on bfloat16")
+            XCTAssertEqual(try choices(reduced), try choices(fp32), "\(precision)")
+        }
     }
 
-    /// The LM head (tied to the embedding) runs in bfloat16 too.
+    /// The LM head (tied to the embedding) runs on bfloat16 too.
     func testGPT2LogitsAndNextTokensAgreeWithFP32() throws {
         let fp32 = try GPT2(folder: Fixtures.url("tiny-gpt2"))
-        let bf16 = try Precision.$loading.withValue(.bf16) { try GPT2(folder: Fixtures.url("tiny-gpt2")) }
         let prompt = [464, 3290, 318, 257, 1049, 286]
-        var (fp32Cache, bf16Cache) = (fp32.makeCache(), bf16.makeCache())
         let shape = [prompt.count, fp32.vocabularySize]
-        let (low, full) = (bf16.logits(try bf16.forward([prompt], cache: &bf16Cache)).reshaped(shape),
-                           fp32.logits(try fp32.forward([prompt], cache: &fp32Cache)).reshaped(shape))
-        let logits = Self.compare(low, full)
-        print("GPT-2 at bf16 vs fp32: lowest cosine of logits \(logits.lowest)")
-        XCTAssertGreaterThanOrEqual(logits.lowest, 0.999)
-        XCTAssert(logits.differs)
-        XCTAssertEqual(Self.argmaxRows(low), Self.argmaxRows(full))
+        var fp32Cache = fp32.makeCache()
+        let full = fp32.logits(try fp32.forward([prompt], cache: &fp32Cache)).reshaped(shape)
+        for precision in precisions {
+            let reduced = try Precision.$loading.withValue(precision) { try GPT2(folder: Fixtures.url("tiny-gpt2")) }
+            var cache = reduced.makeCache()
+            let low = reduced.logits(try reduced.forward([prompt], cache: &cache)).reshaped(shape)
+            let logits = Self.compare(low, full)
+            print("GPT-2 at \(precision.rawValue) vs fp32: lowest cosine of logits \(logits.lowest)")
+            XCTAssertGreaterThanOrEqual(logits.lowest, 0.999, "\(precision)")
+            XCTAssert(logits.differs, "\(precision)")
+            XCTAssertEqual(Self.argmaxRows(low), Self.argmaxRows(full), "\(precision)")
+        }
     }
 }

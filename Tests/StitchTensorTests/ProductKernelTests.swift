@@ -69,8 +69,8 @@ final class ProductKernelTests: XCTestCase {
 
 /// Products through `PackedWeights` at `precision`, at every row count (tiles of 12, 4 and 1 rows), both layouts, and
 /// the edges of the 32-column panels and 256-deep blocks: each value within k·ε of a float64 product of the operands as
-/// the precision reads them (bfloat16 products are exact in float64), relative to the summed magnitudes. `check` sees
-/// each (a, w, layout, product) too. Returns the worst error.
+/// the precision reads them (bfloat16 products are exact in float64; bf16-weights rounds the weights only), relative to
+/// the summed magnitudes. `check` sees each (a, w, layout, product) too. Returns the worst error.
 func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticString = #filePath, line: UInt = #line,
                          check: (Tensor, Tensor, WeightLayout, Tensor) -> Void = { _, _, _, _ in }) -> Double {
     var seed = seed
@@ -78,12 +78,12 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
         seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
         return Float(seed >> 40) / Float(1 << 23) - 1
     }
-    func operand(_ value: Float) -> Double {
-        precision == .bf16 ? Double(Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16)) : Double(value)
+    func operand(_ value: Float, weight: Bool) -> Double {
+        precision == .bf16 || (precision == .bf16Weights && weight) ? Double(roundedToBF16(value)) : Double(value)
     }
     var worst = 0.0
     for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 600),
-                      (24, 16, 40), (30, 48, 20), (1, 90, 520), (13, 40, 1100)] {   // the last: k past the bfloat16 kernel's 1024-value blocks
+                      (24, 16, 40), (30, 48, 20), (1, 90, 520), (3, 70, 300), (13, 40, 1100)] {   // the last: k past the bfloat16 kernel's 1024-value blocks
         for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
             let a = Tensor(shape: [m, k], scalars: (0..<m * k).map { _ in random() })
             let w = Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: (0..<n * k).map { _ in random() })
@@ -95,7 +95,7 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
                 for j in 0..<n {
                     var exact = 0.0, magnitude = 0.0
                     for p in 0..<k {
-                        let product = operand(av[i * k + p]) * operand(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j])
+                        let product = operand(av[i * k + p], weight: false) * operand(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j], weight: true)
                         exact += product
                         magnitude += abs(product)
                     }
@@ -108,6 +108,9 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
     }
     return worst
 }
+
+/// The float nearest `value` that bfloat16 holds (ties to even).
+func roundedToBF16(_ value: Float) -> Float { Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16) }
 
 /// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 and AVX2 CPUs):
 /// within k·ε of a float64 product at every row count, and with AVX-512 the same bits as the unpacked kernel for 16
@@ -142,22 +145,45 @@ final class PackedProductTests: XCTestCase {
         print("AVX2 product kernels: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to AVX-512's")
     }
 
+    /// Weights stored in bfloat16 (bf16-weights): the same bits as FP32 packed products of the rounded weights, at every
+    /// row count, tile edge and depth, with each instruction set's layout where the CPU has both.
+    func testBF16WeightsGiveFP32sBitsOnRoundedWeights() throws {
+        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
+        defer { stitch_sgemm_prefer_avx2(0) }
+        for avx2 in BLAS.hasOwnKernel ? [false, true] : [true] {
+            stitch_sgemm_prefer_avx2(avx2 ? 1 : 0)
+            var identical = 0
+            let worst = checkPackedProducts(.bf16Weights, seed: 9) { a, w, layout, c in
+                let rounded = Tensor(shape: w.shape, scalars: w.scalars.map(roundedToBF16))
+                XCTAssertNotEqual(rounded.scalars, w.scalars)
+                let exact = linear(a, weight: PackedWeights.pack(rounded, layout: layout, precision: .fp32)!, bias: nil)
+                XCTAssertEqual(c.scalars.map(\.bitPattern), exact.scalars.map(\.bitPattern), "\(a.shape) x \(w.shape) \(layout)")
+                identical += 1
+            }
+            print("bf16-weights products (\(avx2 ? "AVX2" : "AVX-512") layout): worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to FP32's on the rounded weights")
+        }
+    }
+
     /// A product of one row (a decoding step, which streams each panel once and reads the row in place) gives the same
-    /// bits as that row inside a product of many: the same sums in the same order, at every panel edge and depth.
+    /// bits as that row inside a product of many: the same sums in the same order, at every panel edge and depth, with
+    /// FP32 weights and with bfloat16 ones (which one row reads directly and more rows widen a block at a time).
     func testOneRowEqualsItsRowInManyRows() throws {
         try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var generator = SeededGenerator(seed: 17)
         var checked = 0
-        for (n, k) in [(7, 3), (16, 40), (37, 300), (90, 520), (128, 768)] {
-            for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
-                let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: generator.values(n * k)),
-                                                layout: layout, precision: .fp32)!
-                let rows = Tensor(shape: [13, k], scalars: generator.values(13 * k))
-                let many = linear(rows, weight: weight, bias: nil)
-                for row in [0, 5, 12] {
-                    let one = linear(rows.rows(row..<row + 1), weight: weight, bias: nil)
-                    XCTAssertEqual(one.scalars, many.rows(row..<row + 1).scalars, "row \(row) of n \(n) k \(k) \(layout)")
-                    checked += 1
+        let shapes = [(7, 3), (16, 40), (37, 300), (90, 520), (128, 768)]
+        for precision in [Precision.fp32, .bf16Weights] {
+            for (n, k) in shapes {
+                for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
+                    let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: generator.values(n * k)),
+                                                    layout: layout, precision: precision)!
+                    let rows = Tensor(shape: [13, k], scalars: generator.values(13 * k))
+                    let many = linear(rows, weight: weight, bias: nil)
+                    for row in [0, 5, 12] {
+                        let one = linear(rows.rows(row..<row + 1), weight: weight, bias: nil)
+                        XCTAssertEqual(one.scalars, many.rows(row..<row + 1).scalars, "\(precision) row \(row) of n \(n) k \(k) \(layout)")
+                        checked += 1
+                    }
                 }
             }
         }

@@ -64,6 +64,14 @@ void *stitch_thread_scratch(int slot, size_t bytes);
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin, long column_end,
                          float *c, long ldc, const float *bias, stitch_activation activation);
 
+/* Weights stored in bfloat16 for FP32 products (the opt-in bf16-weights precision): op(W) laid out as stitch_sgemm_pack
+   lays it out, each value rounded to the nearest bfloat16 (stitch_sgemm_packed_count values of 16 bits, half the
+   memory), and the product of A with them: each weight widened exactly as it is read, so the same bits as
+   stitch_sgemm_packed on the rounded weights. Only where stitch_sgemm_packed_available(). */
+void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed);
+void stitch_sgemm_packed_bf16(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
+                              float *c, long ldc, const float *bias, stitch_activation activation);
+
 /* y[n] = W[n, k] (row stride ldw) · x[k]; only where stitch_sgemm_available(). */
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y);
 

@@ -231,6 +231,7 @@ def row(name, args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # --precision bf16: what a torch user turns on for bfloat16 on a CPU (weights stay FP32; products run in bfloat16).
+    # bf16-weights runs at FP32: torch's bfloat16 weights (model.to(torch.bfloat16)) compute in bfloat16 too.
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         if name.startswith("clip-image"):
             from transformers import CLIPModel
@@ -247,11 +248,13 @@ def row(name, args):
         if name == "gpt2-greedy":
             from transformers import GPT2LMHeadModel
             model = GPT2LMHeadModel.from_pretrained(args.gpt2).eval()
-            prompt = torch.tensor([[50256, 32, 4590, 286, 257]])
+            prompt, tokens = torch.tensor([[50256, 32, 4590, 286, 257]]), []
             mask = torch.ones_like(prompt)
-            run = lambda: model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=64,
-                                         min_new_tokens=64, pad_token_id=50256)
-            return best_time(run, args.seconds) / 64, "per token, 64 new tokens"
+
+            def run():
+                tokens[:] = model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=64, min_new_tokens=64,
+                                           pad_token_id=50256)[0, 5:].tolist()
+            return best_time(run, args.seconds) / 64, "per token, 64 new tokens", tokens
         if name == "magic":
             from transformers import CLIPModel, CLIPTokenizerFast, GPT2LMHeadModel, GPT2TokenizerFast
             lm, lm_tokenizer = GPT2LMHeadModel.from_pretrained(args.gpt2).eval(), GPT2TokenizerFast.from_pretrained(args.gpt2)
@@ -400,7 +403,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--tokenizers", default=os.path.join("..", "shared", "models", "tokenizers"))
     parser.add_argument("--work-dir")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-weights"], default="fp32")
     args = parser.parse_args()
     if args.row == "prepare":
         prepare(args.work, args.tokenizers)
