@@ -1,13 +1,15 @@
 #include "stitch_kernels.h"
 #include "gemm_tile.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* C = A·B or A·Bᵀ, blocked and packed as BLIS does: B in panels of NR columns of C over KC of k, A in panels of MR rows,
    a register tile of MR x NR accumulated by fused multiply-adds in 24 of AVX-512's 32 vector registers. Products with
    weights packed at load also run on AVX2, the tile as four 6 x 16 blocks in 12 of its 16 registers: each element's
-   sum runs over k in the same order, so the same bits. Where the CPU lacks them (and off x86-64) they are not offered
-   and the caller uses OpenBLAS. */
+   sum runs over k in the same order, so the same bits. Packed weights may also be stored narrower (bfloat16, or 8-bit
+   integers with a scale per column) and widened as they are read, for decoding, which waits on reading them. Where the
+   CPU lacks them (and off x86-64) they are not offered and the caller uses OpenBLAS. */
 
 enum { MR = STITCH_TILE_ROWS, NR = STITCH_TILE_COLUMNS, KC = 256, MC = 96, NC = 512 };
 
@@ -374,33 +376,46 @@ AVX512 static void avx512_row(long kc, const float *a, const float *bp, float *c
     else tile_reading_a(1, 1, 0, kc, a, 0, bp, c, 0, 1, cols, accumulate);
 }
 
-/* Weights stored as bfloat16 (stitch_sgemm_pack_bf16): the 8 floats at bp, widened exactly (a bfloat16 is a float's
-   upper half). */
-AVX2 static inline __m256 avx2_widened(const uint16_t *bp) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)bp)), 16));
+/* Packed weights as a product reads them: floats, or narrow values widened as they are read (half or a quarter of the
+   bytes): bfloat16 (stitch_sgemm_pack_bf16), or 8-bit integers with a scale per column (stitch_sgemm_pack_int8). */
+typedef enum { FLOAT_VALUES, BF16_VALUES, INT8_VALUES } value_type;
+typedef struct {
+    value_type type;
+    const void *values;
+    const float *scales;   /* INT8_VALUES: each column's, from column 0 */
+} packed_weights;
+
+static inline long value_size(value_type type) { return type == INT8_VALUES ? 1 : type == BF16_VALUES ? 2 : 4; }
+
+/* The 8 narrow values from values[index], widened exactly (a bfloat16 is a float's upper half; an integer converts). */
+AVX2 static inline __m256 avx2_widened(const value_type type, const void *values, long index) {
+    if (type == INT8_VALUES)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)values + index))));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)values + index))), 16));
 }
 
-/* Where column `column` of a chunk of kc steps (column groups `width` wide) has its value of the first step; the next
-   steps' follow, `width` apart. */
-static inline const uint16_t *column_values(const uint16_t *bp, long kc, long width, long column) {
-    return bp + column / width * width * kc + column % width;
-}
+/* Where column `column` of a chunk of kc steps (column groups `width` wide) has its value of the first step, from the
+   chunk's start; the next steps' follow, `width` apart. */
+static inline long column_start(long kc, long width, long column) { return column / width * width * kc + column % width; }
 
-/* avx2_row on a chunk stored as bfloat16, its column groups `width` wide (AVX2's or AVX-512's layout): each weight
-   widened as it is read, half the bytes streamed; the same sums in the same order as avx2_row's and avx512_row's. */
-AVX2 static void avx2_row_bf16(long kc, long width, const float *a, const uint16_t *bp, float *c, long cols, int accumulate) {
-    const uint16_t *columns[4];   /* each run of 8 columns */
+/* avx2_row on a chunk of narrow values from values[chunk], its column groups `width` wide (AVX2's or AVX-512's layout):
+   each weight widened as it is read, fewer bytes streamed; the same sums in the same order as avx2_row's and
+   avx512_row's. */
+AVX2 static inline __attribute__((always_inline)) void avx2_row_narrow(const value_type TYPE, long kc, long width, const float *a,
+                                                                      const void *values, long chunk, float *c, long cols, int accumulate) {
+    long columns[4];   /* each run of 8 columns */
 #pragma clang loop unroll(full)
-    for (int v = 0; v < 4; v++) columns[v] = column_values(bp, kc, width, 8 * v);
+    for (int v = 0; v < 4; v++) columns[v] = chunk + column_start(kc, width, 8 * v);
+    long bytes = value_size(TYPE);
     __m256 sums[4];
 #pragma clang loop unroll(full)
     for (int v = 0; v < 4; v++) sums[v] = _mm256_setzero_ps();
     for (long p = 0; p < kc; p++) {
-        _mm_prefetch((const char *)(columns[0] + (p + 16) * width), _MM_HINT_T0);
-        _mm_prefetch((const char *)(columns[3] + (p + 16) * width), _MM_HINT_T0);
+        _mm_prefetch((const char *)values + (columns[0] + (p + 16) * width) * bytes, _MM_HINT_T0);
+        _mm_prefetch((const char *)values + (columns[3] + (p + 16) * width) * bytes, _MM_HINT_T0);
         __m256 x = _mm256_broadcast_ss(a + p);
 #pragma clang loop unroll(full)
-        for (int v = 0; v < 4; v++) sums[v] = _mm256_fmadd_ps(x, avx2_widened(columns[v] + p * width), sums[v]);
+        for (int v = 0; v < 4; v++) sums[v] = _mm256_fmadd_ps(x, avx2_widened(TYPE, values, columns[v] + p * width), sums[v]);
     }
     float row[NR] __attribute__((aligned(32)));
 #pragma clang loop unroll(full)
@@ -408,19 +423,22 @@ AVX2 static void avx2_row_bf16(long kc, long width, const float *a, const uint16
     for (long j = 0; j < cols; j++) c[j] = accumulate ? c[j] + row[j] : row[j];
 }
 
-/* R (2 to 4) rows of A (read in place, lda apart) · a chunk stored as bfloat16 (a decoding step of a few beams), a
+/* R (2 to 4) rows of A (read in place, lda apart) · a chunk of narrow values (a decoding step of a few beams), a
    16-column half of the panel at a time: 2R sums, each weight widened as it is read. For so few rows, widening the chunk
-   into a buffer first (as more rows do) cost more than half the bytes saved (BLIP's 3-beam captions: 1.11x FP32's time). */
-AVX2 static inline __attribute__((always_inline)) void avx2_rows_bf16(const int R, long kc, long width, const float *a, long lda,
-                                                                     const uint16_t *bp, float *c, long ldc, long cols, int accumulate) {
+   into a buffer first (as more rows do) cost more than the bytes saved (BLIP's 3-beam captions, bfloat16: 1.11x FP32's
+   time). */
+AVX2 static inline __attribute__((always_inline)) void avx2_rows_narrow(const value_type TYPE, const int R, long kc, long width, const float *a,
+                                                                       long lda, const void *values, long chunk, float *c, long ldc, long cols,
+                                                                       int accumulate) {
+    long bytes = value_size(TYPE);
     for (long half = 0; half < 2 && 16 * half < cols; half++) {
-        const uint16_t *low = column_values(bp, kc, width, 16 * half), *high = low + 8;
+        long low = chunk + column_start(kc, width, 16 * half), high = low + 8;
         __m256 sums[8];
 #pragma clang loop unroll(full)
         for (int i = 0; i < 2 * R; i++) sums[i] = _mm256_setzero_ps();
         for (long p = 0; p < kc; p++) {
-            _mm_prefetch((const char *)(low + (p + 16) * width), _MM_HINT_T0);
-            __m256 w0 = avx2_widened(low + p * width), w1 = avx2_widened(high + p * width);
+            _mm_prefetch((const char *)values + (low + (p + 16) * width) * bytes, _MM_HINT_T0);
+            __m256 w0 = avx2_widened(TYPE, values, low + p * width), w1 = avx2_widened(TYPE, values, high + p * width);
 #pragma clang loop unroll(full)
             for (int i = 0; i < R; i++) {
                 __m256 x = _mm256_broadcast_ss(a + i * lda + p);
@@ -440,20 +458,37 @@ AVX2 static inline __attribute__((always_inline)) void avx2_rows_bf16(const int 
     }
 }
 
-/* m (1 to 4) rows of A · a chunk stored as bfloat16 into c, read directly: the few-row products of decoding. */
-AVX2 static void avx2_few_rows_bf16(long m, long kc, long width, const float *a, long lda, const uint16_t *bp, float *c, long ldc,
-                                    long cols, int accumulate) {
+AVX2 static inline __attribute__((always_inline)) void avx2_few_rows_of(const value_type TYPE, long m, long kc, long width, const float *a,
+                                                                       long lda, const void *values, long chunk, float *c, long ldc, long cols,
+                                                                       int accumulate) {
     switch (m) {
-    case 1: avx2_row_bf16(kc, width, a, bp, c, cols, accumulate); break;
-    case 2: avx2_rows_bf16(2, kc, width, a, lda, bp, c, ldc, cols, accumulate); break;
-    case 3: avx2_rows_bf16(3, kc, width, a, lda, bp, c, ldc, cols, accumulate); break;
-    default: avx2_rows_bf16(4, kc, width, a, lda, bp, c, ldc, cols, accumulate); break;
+    case 1: avx2_row_narrow(TYPE, kc, width, a, values, chunk, c, cols, accumulate); break;
+    case 2: avx2_rows_narrow(TYPE, 2, kc, width, a, lda, values, chunk, c, ldc, cols, accumulate); break;
+    case 3: avx2_rows_narrow(TYPE, 3, kc, width, a, lda, values, chunk, c, ldc, cols, accumulate); break;
+    default: avx2_rows_narrow(TYPE, 4, kc, width, a, lda, values, chunk, c, ldc, cols, accumulate); break;
     }
 }
 
-/* floats[i] = the bfloat16 packed[i] widened, for count (a multiple of 8) values. */
-AVX2 static void avx2_widen(const uint16_t *packed, long count, float *floats) {
-    for (long i = 0; i < count; i += 8) _mm256_store_ps(floats + i, avx2_widened(packed + i));
+/* m (1 to 4) rows of A · the chunk of narrow values from values[chunk] into c, read directly: the few-row products of
+   decoding (before any scales). */
+AVX2 static void avx2_few_rows(const packed_weights *w, long m, long kc, long width, const float *a, long lda, long chunk, float *c, long ldc,
+                               long cols, int accumulate) {
+    if (w->type == INT8_VALUES) avx2_few_rows_of(INT8_VALUES, m, kc, width, a, lda, w->values, chunk, c, ldc, cols, accumulate);
+    else avx2_few_rows_of(BF16_VALUES, m, kc, width, a, lda, w->values, chunk, c, ldc, cols, accumulate);
+}
+
+/* floats[i] = the narrow values[chunk + i] widened, for count (a multiple of 8) values. */
+AVX2 static void avx2_widen(const packed_weights *w, long chunk, long count, float *floats) {
+    if (w->type == INT8_VALUES)
+        for (long i = 0; i < count; i += 8) _mm256_store_ps(floats + i, avx2_widened(INT8_VALUES, w->values, chunk + i));
+    else
+        for (long i = 0; i < count; i += 8) _mm256_store_ps(floats + i, avx2_widened(BF16_VALUES, w->values, chunk + i));
+}
+
+/* Each of `rows` rows of c (cols of them, ldc apart) times the scale of its column. */
+static void scale_columns(float *c, long ldc, long rows, long cols, const float *scales) {
+    for (long i = 0; i < rows; i++)
+        for (long j = 0; j < cols; j++) c[i * ldc + j] *= scales[j];
 }
 
 /* One instruction set's leaves of a product with packed weights and the width of the column groups they read (see
@@ -502,6 +537,36 @@ void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long 
         }
 }
 
+/* The nearest integer to value / scale (ties to even), within ±127; 0 for a column of zeros or a NaN scale. */
+static inline int8_t quantized(float value, float scale) {
+    float q = scale > 0 ? nearbyintf(value / scale) : 0;
+    return q >= 127 ? 127 : q <= -127 ? -127 : q == q ? (int8_t)q : 0;
+}
+
+void stitch_sgemm_pack_int8(int transpose, long n, long k, const float *w, long ldw, int8_t *packed, float *scales) {
+    /* Each column's largest magnitude, read along W's rows in memory order. A column with a NaN keeps a NaN scale, one
+       with an infinity an infinite one (its integers all 0): either way its outputs are NaN, as FP32's would not be finite. */
+    for (long j = 0; j < n; j++) scales[j] = 0;
+    for (long outer = 0; outer < (transpose ? n : k); outer++)
+        for (long inner = 0; inner < (transpose ? k : n); inner++) {
+            long j = transpose ? outer : inner;
+            float magnitude = fabsf(w[outer * ldw + inner]);
+            if (magnitude > scales[j] || magnitude != magnitude) scales[j] = magnitude;
+        }
+    for (long j = 0; j < n; j++) scales[j] /= 127;
+    long width = chosen_kernels()->group_width;
+    float chunk_values[KC * NR];
+    for (long panel = 0; panel < n; panel += NR)
+        for (long chunk = 0; chunk < k; chunk += KC) {
+            long depth = k - chunk < KC ? k - chunk : KC;
+            pack_chunk(transpose, n, k, w, ldw, width, panel, chunk, chunk_values);
+            for (long i = 0; i < NR * depth; i++) {
+                long column = panel + i / (width * depth) * width + i % width;   /* pack_chunk's order: group, step, column */
+                *packed++ = column < n ? quantized(chunk_values[i], scales[column]) : 0;
+            }
+        }
+}
+
 /* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up
    to KC of k: what this product's blocks need. */
 static float *packing_buffer(int slot, long k, long count, long block, long panel) {
@@ -533,68 +598,78 @@ AVX512 void stitch_sgemm(int transpose_b, long m, long n, long k, const float *a
     }
 }
 
-/* As stitch_sgemm with B packed beforehand, as floats (packed) or bfloat16 (rounded; the other NULL): A is packed once
-   per block of rows and k (not once per block of columns too), and the sums run in stitch_sgemm's order, so the results
-   are the same bits (with bfloat16 weights: as on the widened weights). */
-static void packed_product(long m, long k, const float *a, long lda, const float *packed, const uint16_t *rounded, long column_begin,
-                           long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+/* As stitch_sgemm with B packed beforehand: A is packed once per block of rows and k (not once per block of columns too),
+   and the sums run in stitch_sgemm's order, so the results are the same bits; with narrow weights, the same bits as on
+   the widened weights (times each column's scale, for 8-bit integers). */
+static void packed_product(long m, long k, const float *a, long lda, const packed_weights *w, long column_begin, long column_end,
+                           float *c, long ldc, const float *bias, stitch_activation activation) {
     if (m <= 0 || column_end <= column_begin) return;
+    long n = column_end - column_begin;
     if (k <= 0) {
-        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)(column_end - column_begin) * sizeof(float));
-        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
+        for (long i = 0; i < m; i++) memset(c + i * ldc, 0, (size_t)n * sizeof(float));
+        stitch_finish_rows(c, ldc, m, n, bias, activation);
         return;
     }
     const packed_kernels *kernels = chosen_kernels();
-    if (m == 1 || (rounded && m <= 4)) {
-        /* A decoding step (of up to 4 beams, with bfloat16 weights): each panel streamed from start to end, A read in
+    const float *scales = w->type == INT8_VALUES ? w->scales + column_begin : NULL;
+    if (m == 1 || (w->type != FLOAT_VALUES && m <= 4)) {
+        /* A decoding step (of up to 4 beams, with narrow weights): each panel streamed from start to end, A read in
            place (nothing to pack). */
         for (long column = column_begin; column < column_end; column += NR)
             for (long pc = 0; pc < k; pc += KC) {
                 long kc = k - pc < KC ? k - pc : KC, cols = column_end - column < NR ? column_end - column : NR;
-                if (rounded)
-                    avx2_few_rows_bf16(m, kc, kernels->group_width, a + pc, lda, rounded + chunk_offset(k, column, pc), c + (column - column_begin),
-                                       ldc, cols, pc > 0);
+                if (w->type == FLOAT_VALUES)
+                    kernels->row(kc, a + pc, (const float *)w->values + chunk_offset(k, column, pc), c + (column - column_begin), cols, pc > 0);
                 else
-                    kernels->row(kc, a + pc, packed + chunk_offset(k, column, pc), c + (column - column_begin), cols, pc > 0);
+                    avx2_few_rows(w, m, kc, kernels->group_width, a + pc, lda, chunk_offset(k, column, pc), c + (column - column_begin), ldc, cols,
+                                  pc > 0);
             }
-        stitch_finish_rows(c, ldc, m, column_end - column_begin, bias, activation);
+        if (scales) scale_columns(c, ldc, m, n, scales);
+        stitch_finish_rows(c, ldc, m, n, bias, activation);
         return;
     }
     /* With few columns (a convolution's few output channels) each panel of A serves few tiles, and packing it cost as
        much as they did: whole 12-row tiles read A in place, only a last partial one is packed. */
-    int in_place = column_end - column_begin <= 4 * NR;
+    int in_place = n <= 4 * NR;
     float *ap = packing_buffer(0, k, in_place ? MR : m, MC, MR);
-    /* More rows widen bfloat16 weights a chunk at a time (32 KB, for every tile of the block of rows). */
-    float *widened = rounded ? packing_buffer(1, k, NR, NR, NR) : NULL;
+    /* More rows widen narrow weights a chunk at a time (32 KB, for every tile of the block of rows). */
+    float *widened = w->type != FLOAT_VALUES ? packing_buffer(1, k, NR, NR, NR) : NULL;
     for (long ic = 0; ic < m; ic += MC) {
         long mc = m - ic < MC ? m - ic : MC, whole = in_place ? mc / MR * MR : 0;
         for (long pc = 0; pc < k; pc += KC) {
             long kc = k - pc < KC ? k - pc : KC;
             if (whole < mc) kernels->pack_a(a + (ic + whole) * lda + pc, lda, mc - whole, kc, ap);
             for (long column = column_begin; column < column_end; column += NR) {
-                const float *bp = packed + chunk_offset(k, column, pc);
-                if (rounded) {
-                    avx2_widen(rounded + chunk_offset(k, column, pc), NR * kc, widened);
-                    bp = widened;
-                }
+                const float *bp = widened;
+                if (w->type == FLOAT_VALUES) bp = (const float *)w->values + chunk_offset(k, column, pc);
+                else avx2_widen(w, chunk_offset(k, column, pc), NR * kc, widened);
                 long cols = column_end - column < NR ? column_end - column : NR;
                 for (long ir = 0; ir < mc; ir += MR)
                     kernels->tile_of_rows(kc, ir < whole ? a + (ic + ir) * lda + pc : ap + (ir - whole) * kc, ir < whole ? lda : 0,
                                           bp, c + (ic + ir) * ldc + (column - column_begin), ldc, mc - ir < MR ? mc - ir : MR, cols, pc > 0);
             }
         }
-        stitch_finish_rows(c + ic * ldc, ldc, mc, column_end - column_begin, bias, activation);
+        if (scales) scale_columns(c + ic * ldc, ldc, mc, n, scales);
+        stitch_finish_rows(c + ic * ldc, ldc, mc, n, bias, activation);
     }
 }
 
 void stitch_sgemm_packed(long m, long k, const float *a, long lda, const float *packed, long column_begin,
                          long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
-    packed_product(m, k, a, lda, packed, NULL, column_begin, column_end, c, ldc, bias, activation);
+    packed_weights w = {FLOAT_VALUES, packed, NULL};
+    packed_product(m, k, a, lda, &w, column_begin, column_end, c, ldc, bias, activation);
 }
 
 void stitch_sgemm_packed_bf16(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin,
                               long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
-    packed_product(m, k, a, lda, NULL, packed, column_begin, column_end, c, ldc, bias, activation);
+    packed_weights w = {BF16_VALUES, packed, NULL};
+    packed_product(m, k, a, lda, &w, column_begin, column_end, c, ldc, bias, activation);
+}
+
+void stitch_sgemm_packed_int8(long m, long k, const float *a, long lda, const int8_t *packed, const float *scales, long column_begin,
+                              long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+    packed_weights w = {INT8_VALUES, packed, scales};
+    packed_product(m, k, a, lda, &w, column_begin, column_end, c, ldc, bias, activation);
 }
 
 #else
@@ -625,6 +700,18 @@ void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long 
 void stitch_sgemm_packed_bf16(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
                               float *c, long ldc, const float *bias, stitch_activation activation) {
     (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
+        (void)activation;
+    abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
+}
+
+void stitch_sgemm_pack_int8(int transpose, long n, long k, const float *w, long ldw, int8_t *packed, float *scales) {
+    (void)transpose, (void)n, (void)k, (void)w, (void)ldw, (void)packed, (void)scales;
+    abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
+}
+
+void stitch_sgemm_packed_int8(long m, long k, const float *a, long lda, const int8_t *packed, const float *scales, long column_begin,
+                              long column_end, float *c, long ldc, const float *bias, stitch_activation activation) {
+    (void)m, (void)k, (void)a, (void)lda, (void)packed, (void)scales, (void)column_begin, (void)column_end, (void)c, (void)ldc, (void)bias,
         (void)activation;
     abort();   /* never offered: stitch_sgemm_packed_available() is 0 */
 }

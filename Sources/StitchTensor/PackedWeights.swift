@@ -3,12 +3,13 @@ import Foundation
 
 /// The precision of a model's weight products, chosen when it loads. FP32 is the default and keeps exact parity with
 /// the references; BF16 (opt-in) rounds weights and activations to bfloat16 and sums in single precision, as torch's
-/// bfloat16 autocast does, where the CPU has AVX512-BF16; BF16 weights (opt-in) stores only the weights in bfloat16
-/// (half the memory: decoding, which waits on reading them, runs faster) and computes in FP32, on any CPU with the
-/// packed kernels (AVX2 or AVX-512): the same bits as FP32 with each weight rounded to bfloat16.
+/// bfloat16 autocast does, where the CPU has AVX512-BF16. BF16 weights and INT8 weights (opt-in) store only the
+/// weights narrower, bfloat16 (half the memory) or 8-bit integers with a scale per output (a quarter), and compute in
+/// FP32, on any CPU with the packed kernels (AVX2 or AVX-512): decoding, which waits on reading the weights, runs
+/// faster. The same bits as FP32 on the rounded weights (for INT8: on the integers, then times the scales).
 public enum Precision: String, Sendable, CaseIterable {
     case fp32, bf16
-    case bf16Weights = "bf16-weights"
+    case bf16Weights = "bf16-weights", int8Weights = "int8-weights"
 
     /// The precision of the models loaded inside `Precision.$loading.withValue(_:)`: each weight product (`Linear`,
     /// language-model heads) is packed at it once, at load. Task-local, so concurrent graph components each load at theirs.
@@ -19,14 +20,16 @@ public enum Precision: String, Sendable, CaseIterable {
         switch self {
         case .fp32: return nil
         case .bf16: return stitch_bf16_available() != 0 ? nil : "bf16 needs an x86-64 CPU with AVX-512 and AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids and later, AMD Zen 4 and later); this one lacks them, so use fp32 or bf16-weights"
-        case .bf16Weights: return BLAS.hasPackedKernel ? nil : "bf16-weights needs an x86-64 CPU with AVX2 and FMA or AVX-512; this one lacks them, so use fp32"
+        case .bf16Weights, .int8Weights:
+            return BLAS.hasPackedKernel ? nil : "\(rawValue) needs an x86-64 CPU with AVX2 and FMA or AVX-512; this one lacks them, so use fp32"
         }
     }
 }
 
 /// A weight matrix op(W) [k, n] packed once, at load, into the layout the product kernels read, so that products do not
 /// repack it on every call: FP32 panels (`stitch_sgemm_packed`, the same bits as an unpacked product), the same panels
-/// in bfloat16 (`stitch_sgemm_packed_bf16`) or bfloat16 pairs (`stitch_bf16_gemm`).
+/// in bfloat16 (`stitch_sgemm_packed_bf16`) or 8-bit integers and scales (`stitch_sgemm_packed_int8`), or bfloat16 pairs
+/// (`stitch_bf16_gemm`).
 public final class PackedWeights: @unchecked Sendable {
     /// n: the product's output columns.
     public let outputs: Int
@@ -58,6 +61,7 @@ public final class PackedWeights: @unchecked Sendable {
         case .fp32: bytes = stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride
         case .bf16: bytes = stitch_bf16_packed_count(n, k) * MemoryLayout<UInt16>.stride
         case .bf16Weights: bytes = stitch_sgemm_packed_count(n, k) * MemoryLayout<UInt16>.stride
+        case .int8Weights: bytes = Self.scalesOffset(n: n, k: k) + n * MemoryLayout<Float>.stride
         }
         guard let storage = stitch_weight_allocate(bytes) else { return nil }
         self.storage = storage
@@ -68,8 +72,14 @@ public final class PackedWeights: @unchecked Sendable {
             weight.withUnsafeBufferPointer { stitch_bf16_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: UInt16.self)) }
         case .bf16Weights:
             weight.withUnsafeBufferPointer { stitch_sgemm_pack_bf16(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: UInt16.self)) }
+        case .int8Weights:
+            let scales = (storage + Self.scalesOffset(n: n, k: k)).assumingMemoryBound(to: Float.self)
+            weight.withUnsafeBufferPointer { stitch_sgemm_pack_int8(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: Int8.self), scales) }
         }
     }
+
+    /// INT8 weights: the integers first, then each output's scale, from the next 64-byte boundary.
+    private static func scalesOffset(n: Int, k: Int) -> Int { (stitch_sgemm_packed_count(n, k) + 63) / 64 * 64 }
 
     /// The precisions whose fallback a library caller (who loads at a precision this CPU lacks) has been told of.
     nonisolated(unsafe) private static var toldOf: Set<Precision> = []
@@ -102,6 +112,9 @@ public final class PackedWeights: @unchecked Sendable {
             case .bf16: stitch_bf16_gemm(rows.count, k, a, lda, storage.assumingMemoryBound(to: UInt16.self), begin, end, c, ldc, bias, activation)
             case .bf16Weights:
                 stitch_sgemm_packed_bf16(rows.count, k, a, lda, storage.assumingMemoryBound(to: UInt16.self), begin, end, c, ldc, bias, activation)
+            case .int8Weights:
+                let scales = (storage + Self.scalesOffset(n: outputs, k: k)).assumingMemoryBound(to: Float.self)
+                stitch_sgemm_packed_int8(rows.count, k, a, lda, storage.assumingMemoryBound(to: Int8.self), scales, begin, end, c, ldc, bias, activation)
             }
         }
         // Split by rows, each thread packs only its own rows of A (split by columns, every thread packs all of A: 6% of

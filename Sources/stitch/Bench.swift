@@ -28,7 +28,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
-    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast (bf16-weights: at FP32), and
+    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast (bf16-weights, int8-weights: at FP32), and
     /// each row also reports how far the precision moved Stitch's result from its fp32 result.
     @OptionGroup var precisionOptions: PrecisionOptions
     var precision: Precision { precisionOptions.precision }
@@ -38,7 +38,8 @@ struct Bench: ParsableCommand {
         switch precision {
         case .fp32: return ""
         case .bf16: return "; bf16: Stitch's bfloat16 products against torch.autocast(\"cpu\", dtype=torch.bfloat16)"
-        case .bf16Weights: return "; bf16-weights: Stitch's bfloat16 weights (products in FP32) against the reference at FP32"
+        case .bf16Weights, .int8Weights:
+            return "; \(precision.rawValue): Stitch's \(precision == .bf16Weights ? "bfloat16" : "8-bit integer") weights (products in FP32) against the reference at FP32"
         }
     }
 

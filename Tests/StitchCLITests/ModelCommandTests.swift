@@ -40,7 +40,7 @@ final class ModelCommandTests: XCTestCase {
         XCTAssertEqual(texts.output.split(separator: "\n").count, 2, texts.errors)
     }
 
-    /// `--precision bf16` and `bf16-weights`: embeddings near FP32's (the models' products on bfloat16), or an error
+    /// `--precision bf16`, `bf16-weights` and `int8-weights`: embeddings near FP32's, or an error
     /// naming what the CPU lacks; an unknown precision is refused.
     func testPrecisionOption() throws {
         let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
@@ -49,7 +49,7 @@ final class ModelCommandTests: XCTestCase {
         XCTAssertNotEqual(refused.status, 0)
         XCTAssert(refused.errors.contains("--precision"), refused.errors)
         let full = try StitchCLI.run(["embed-image", "--model", clip, image])
-        for precision in [Precision.bf16, .bf16Weights] {
+        for precision in Precision.allCases where precision != .fp32 {
             let reduced = try StitchCLI.run(["embed-image", "--model", clip, "--precision", precision.rawValue, image])
             if let reason = precision.unavailableReason {
                 XCTAssertNotEqual(reduced.status, 0)

@@ -369,8 +369,8 @@ final class ModelOperationTests: XCTestCase {
         XCTAssertFalse(outputs["beamed"]!.string!.isEmpty)
     }
 
-    /// Option `precision` of a model component: bf16 and bf16-weights load it with bfloat16 products or weights (near
-    /// FP32's result, not equal to it); another value is a validation error naming the component.
+    /// Option `precision` of a model component: bf16, bf16-weights and int8-weights load it with bfloat16 products or
+    /// narrower weights (near FP32's result, not equal to it); another value is a validation error naming the component.
     func testComponentPrecisionOption() async throws {
         let folder = try Fixtures.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -392,10 +392,10 @@ final class ModelOperationTests: XCTestCase {
             """
         }
         XCTAssertThrowsError(try Graph.parse(graph("fp16"), file: "p.yaml", registry: registry)) {
-            XCTAssert("\($0)".contains("component 'reduced': precision is fp32 or bf16 or bf16-weights"), "\($0)")
+            XCTAssert("\($0)".contains("component 'reduced': precision is fp32 or bf16 or bf16-weights or int8-weights"), "\($0)")
         }
         let inputs: [String: Value] = ["image": .string(Fixtures.photo("chelsea.png").path)]
-        for precision in [Precision.bf16, .bf16Weights] {
+        for precision in Precision.allCases where precision != .fp32 {
             let runner = GraphRunner(graph: try Graph.parse(graph(precision.rawValue), file: "p.yaml", registry: registry), registry: registry, cacheFolder: nil)
             if let reason = precision.unavailableReason {
                 do { _ = try await runner.run(inputs: inputs); XCTFail("\(precision.rawValue) loaded on a CPU without it") } catch { XCTAssert("\(error)".contains(reason), "\(error)") }

@@ -7,8 +7,9 @@ import StitchTokenizers
 import XCTest
 @testable import StitchModels
 
-/// Models loaded at each reduced precision this CPU runs (`--precision bf16`, `bf16-weights`) against the same models at
-/// FP32: close (cosine >= 0.999), yet not equal (the products did run on bfloat16), and the same decisions.
+/// Models loaded at each reduced precision this CPU runs (`--precision bf16`, `bf16-weights`, `int8-weights`) against the
+/// same models at FP32: close (cosine >= 0.999), yet not equal (the products did run on the narrower values), and the
+/// same decisions.
 final class ReducedPrecisionTests: XCTestCase {
     /// The reduced precisions this CPU runs.
     var precisions: [Precision] = []
@@ -52,12 +53,12 @@ final class ReducedPrecisionTests: XCTestCase {
             print("CLIP at \(precision.rawValue) vs fp32: lowest cosine image \(images.lowest), text \(textFeatures.lowest)")
             XCTAssertGreaterThanOrEqual(images.lowest, 0.999, "\(precision)")
             XCTAssertGreaterThanOrEqual(textFeatures.lowest, 0.999, "\(precision)")
-            XCTAssert(images.differs && textFeatures.differs, "\(precision) features equal fp32's: the products did not run on bfloat16")
+            XCTAssert(images.differs && textFeatures.differs, "\(precision) features equal fp32's: the products did not run on the narrower values")
             XCTAssertEqual(try choices(reduced), try choices(fp32), "\(precision)")
         }
     }
 
-    /// The LM head (tied to the embedding) runs on bfloat16 too.
+    /// The LM head (tied to the embedding) runs on the narrower values too.
     func testGPT2LogitsAndNextTokensAgreeWithFP32() throws {
         let fp32 = try GPT2(folder: Fixtures.url("tiny-gpt2"))
         let prompt = [464, 3290, 318, 257, 1049, 286]

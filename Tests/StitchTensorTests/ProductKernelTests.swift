@@ -69,8 +69,9 @@ final class ProductKernelTests: XCTestCase {
 
 /// Products through `PackedWeights` at `precision`, at every row count (tiles of 12, 4 and 1 rows), both layouts, and
 /// the edges of the 32-column panels and 256-deep blocks: each value within k·ε of a float64 product of the operands as
-/// the precision reads them (bfloat16 products are exact in float64; bf16-weights rounds the weights only), relative to
-/// the summed magnitudes. `check` sees each (a, w, layout, product) too. Returns the worst error.
+/// the precision reads them (bfloat16 products are exact in float64; bf16-weights rounds the weights only; int8-weights
+/// reads each weight as its integer times its output's scale), relative to the summed magnitudes. `check` sees each
+/// (a, w, layout, product) too. Returns the worst error.
 func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticString = #filePath, line: UInt = #line,
                          check: (Tensor, Tensor, WeightLayout, Tensor) -> Void = { _, _, _, _ in }) -> Double {
     var seed = seed
@@ -81,6 +82,12 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
     func operand(_ value: Float, weight: Bool) -> Double {
         precision == .bf16 || (precision == .bf16Weights && weight) ? Double(roundedToBF16(value)) : Double(value)
     }
+    func weights(_ w: Tensor, _ layout: WeightLayout) -> [Double] {
+        guard precision == .int8Weights else { return w.scalars.map { operand($0, weight: true) } }
+        let (integers, scales) = quantizedToInt8(w, layout: layout)
+        let n = scales.count
+        return integers.scalars.indices.map { Double(integers.scalars[$0]) * Double(scales[layout == .outputsByInputs ? $0 / (w.count / n) : $0 % n]) }
+    }
     var worst = 0.0
     for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 600),
                       (24, 16, 40), (30, 48, 20), (1, 90, 520), (3, 70, 300), (13, 40, 1100)] {   // the last: k past the bfloat16 kernel's 1024-value blocks
@@ -90,12 +97,12 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
             let c = linear(a, weight: PackedWeights.pack(w, layout: layout, precision: precision)!, bias: nil)
             XCTAssertEqual(c.shape, [m, n], file: file, line: line)
             check(a, w, layout, c)
-            let (av, wv, cv) = (a.scalars, w.scalars, c.scalars)
+            let (av, wv, cv) = (a.scalars, weights(w, layout), c.scalars)
             for i in 0..<m {
                 for j in 0..<n {
                     var exact = 0.0, magnitude = 0.0
                     for p in 0..<k {
-                        let product = operand(av[i * k + p], weight: false) * operand(layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j], weight: true)
+                        let product = operand(av[i * k + p], weight: false) * (layout == .outputsByInputs ? wv[j * k + p] : wv[p * n + j])
                         exact += product
                         magnitude += abs(product)
                     }
@@ -111,6 +118,21 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
 
 /// The float nearest `value` that bfloat16 holds (ties to even).
 func roundedToBF16(_ value: Float) -> Float { Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16) }
+
+/// `w`'s weights as int8-weights stores them, written out independently of the kernel: each output's scale its largest
+/// magnitude / 127, each weight the nearest integer (ties to even) to it / its scale (as floats, in w's layout).
+func quantizedToInt8(_ w: Tensor, layout: WeightLayout) -> (integers: Tensor, scales: [Float]) {
+    let n = layout == .outputsByInputs ? w.shape[0] : w.shape[1]
+    func output(_ index: Int) -> Int { layout == .outputsByInputs ? index / w.shape[1] : index % n }
+    var scales = [Float](repeating: 0, count: n)
+    for (index, value) in w.scalars.enumerated() { scales[output(index)] = max(scales[output(index)], abs(value)) }
+    scales = scales.map { $0 / 127 }
+    let integers = w.scalars.enumerated().map { index, value in
+        let scale = scales[output(index)]
+        return scale > 0 ? min(127, max(-127, (value / scale).rounded(.toNearestOrEven))) : 0
+    }
+    return (Tensor(shape: w.shape, scalars: integers), scales)
+}
 
 /// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 and AVX2 CPUs):
 /// within k·ε of a float64 product at every row count, and with AVX-512 the same bits as the unpacked kernel for 16
@@ -164,15 +186,46 @@ final class PackedProductTests: XCTestCase {
         }
     }
 
+    /// Weights stored as 8-bit integers (int8-weights): the same bits as FP32 packed products of the integers, each output
+    /// then times its scale, at every row count, tile edge and depth, with each instruction set's layout where the CPU has
+    /// both; an output of zeros (scale 0) gives zeros and one with a NaN weight NaN, as FP32 does, the others unharmed.
+    func testINT8WeightsGiveFP32sBitsOnTheIntegersTimesTheScales() throws {
+        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
+        defer { stitch_sgemm_prefer_avx2(0) }
+        for avx2 in BLAS.hasOwnKernel ? [false, true] : [true] {
+            stitch_sgemm_prefer_avx2(avx2 ? 1 : 0)
+            var identical = 0
+            let worst = checkPackedProducts(.int8Weights, seed: 13) { a, w, layout, c in
+                let (integers, scales) = quantizedToInt8(w, layout: layout)
+                var exact = linear(a, weight: PackedWeights.pack(integers, layout: layout, precision: .fp32)!, bias: nil)
+                exact.withUnsafeMutableBufferPointer { values in
+                    for index in values.indices { values[index] *= scales[index % scales.count] }
+                }
+                XCTAssertEqual(c.scalars.map(\.bitPattern), exact.scalars.map(\.bitPattern), "\(a.shape) x \(w.shape) \(layout)")
+                identical += 1
+            }
+            print("int8-weights products (\(avx2 ? "AVX2" : "AVX-512") layout): worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to FP32's on the integers, then the scales")
+        }
+        // Output 1 all zeros, output 2 with a NaN.
+        var values = (0..<4 * 40).map { Float($0 % 7) - 3 }
+        for p in 0..<40 { values[40 + p] = 0 }
+        values[2 * 40 + 5] = .nan
+        let w = Tensor(shape: [4, 40], scalars: values)
+        let x = Tensor(shape: [1, 40], scalars: (0..<40).map { Float($0) / 40 })
+        let c = linear(x, weight: PackedWeights.pack(w, layout: .outputsByInputs, precision: .int8Weights)!, bias: nil).scalars
+        XCTAssertEqual(c[1], 0)
+        XCTAssert(c[0].isFinite && c[2].isNaN && c[3].isFinite, "\(c)")
+    }
+
     /// A product of one row (a decoding step, which streams each panel once and reads the row in place) gives the same
     /// bits as that row inside a product of many: the same sums in the same order, at every panel edge and depth, with
-    /// FP32 weights and with bfloat16 ones (which one row reads directly and more rows widen a block at a time).
+    /// FP32 weights and with narrow ones (which one row reads directly and more rows widen a block at a time).
     func testOneRowEqualsItsRowInManyRows() throws {
         try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var generator = SeededGenerator(seed: 17)
         var checked = 0
         let shapes = [(7, 3), (16, 40), (37, 300), (90, 520), (128, 768)]
-        for precision in [Precision.fp32, .bf16Weights] {
+        for precision in [Precision.fp32, .bf16Weights, .int8Weights] {
             for (n, k) in shapes {
                 for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
                     let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: generator.values(n * k)),

@@ -72,6 +72,16 @@ void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long 
 void stitch_sgemm_packed_bf16(long m, long k, const float *a, long lda, const uint16_t *packed, long column_begin, long column_end,
                               float *c, long ldc, const float *bias, stitch_activation activation);
 
+/* Weights stored as 8-bit integers for FP32 products (the opt-in int8-weights precision): each column j of op(W) as
+   integers q within ±127 and a scale (scales[j], n of them: its largest magnitude / 127; q the nearest integer to
+   w / scale, ties to even), laid out as stitch_sgemm_pack lays out floats (stitch_sgemm_packed_count bytes, a quarter of
+   the memory); and the product of A with them: each integer widened exactly as it is read, each column's sums times its
+   scale, so the same bits as stitch_sgemm_packed on the integers, then the scales. Only where
+   stitch_sgemm_packed_available(). */
+void stitch_sgemm_pack_int8(int transpose, long n, long k, const float *w, long ldw, int8_t *packed, float *scales);
+void stitch_sgemm_packed_int8(long m, long k, const float *a, long lda, const int8_t *packed, const float *scales, long column_begin,
+                              long column_end, float *c, long ldc, const float *bias, stitch_activation activation);
+
 /* y[n] = W[n, k] (row stride ldw) · x[k]; only where stitch_sgemm_available(). */
 void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, float *y);
 

@@ -231,7 +231,8 @@ def row(name, args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # --precision bf16: what a torch user turns on for bfloat16 on a CPU (weights stay FP32; products run in bfloat16).
-    # bf16-weights runs at FP32: torch's bfloat16 weights (model.to(torch.bfloat16)) compute in bfloat16 too.
+    # bf16-weights and int8-weights run at FP32: torch's bfloat16 weights (model.to(torch.bfloat16)) compute in bfloat16
+    # too, and its dynamic quantization rounds the activations to 8 bits as well (and skips GPT-2's Conv1D layers).
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         if name.startswith("clip-image"):
             from transformers import CLIPModel
@@ -403,7 +404,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--tokenizers", default=os.path.join("..", "shared", "models", "tokenizers"))
     parser.add_argument("--work-dir")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-weights"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-weights", "int8-weights"], default="fp32")
     args = parser.parse_args()
     if args.row == "prepare":
         prepare(args.work, args.tokenizers)
