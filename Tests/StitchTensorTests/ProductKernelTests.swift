@@ -167,44 +167,42 @@ final class PackedProductTests: XCTestCase {
         print("AVX2 product kernels: worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to AVX-512's")
     }
 
-    /// Weights stored in bfloat16 (bf16-weights): the same bits as FP32 packed products of the rounded weights, at every
-    /// row count, tile edge and depth, with each instruction set's layout where the CPU has both.
-    func testBF16WeightsGiveFP32sBitsOnRoundedWeights() throws {
+    /// Products with narrow weights at `precision` give the bits of `expected(a, w, layout)` (FP32 products on what the
+    /// precision stores) at every row count, tile edge and depth, in each instruction set's layout where the CPU has both.
+    func checkNarrowWeights(_ precision: Precision, seed: UInt64, _ stores: String, expected: (Tensor, Tensor, WeightLayout) -> Tensor) throws {
         try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         defer { stitch_sgemm_prefer_avx2(0) }
         for avx2 in BLAS.hasOwnKernel ? [false, true] : [true] {
             stitch_sgemm_prefer_avx2(avx2 ? 1 : 0)
             var identical = 0
-            let worst = checkPackedProducts(.bf16Weights, seed: 9) { a, w, layout, c in
-                let rounded = Tensor(shape: w.shape, scalars: w.scalars.map(roundedToBF16))
-                XCTAssertNotEqual(rounded.scalars, w.scalars)
-                let exact = linear(a, weight: PackedWeights.pack(rounded, layout: layout, precision: .fp32)!, bias: nil)
-                XCTAssertEqual(c.scalars.map(\.bitPattern), exact.scalars.map(\.bitPattern), "\(a.shape) x \(w.shape) \(layout)")
+            let worst = checkPackedProducts(precision, seed: seed) { a, w, layout, c in
+                XCTAssertEqual(c.scalars.map(\.bitPattern), expected(a, w, layout).scalars.map(\.bitPattern), "\(a.shape) x \(w.shape) \(layout)")
                 identical += 1
             }
-            print("bf16-weights products (\(avx2 ? "AVX2" : "AVX-512") layout): worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to FP32's on the rounded weights")
+            print("\(precision.rawValue) products (\(avx2 ? "AVX2" : "AVX-512") layout): worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to FP32's on \(stores)")
+        }
+    }
+
+    /// Weights stored in bfloat16 (bf16-weights): the same bits as FP32 packed products of the rounded weights.
+    func testBF16WeightsGiveFP32sBitsOnRoundedWeights() throws {
+        try checkNarrowWeights(.bf16Weights, seed: 9, "the rounded weights") { a, w, layout in
+            let rounded = Tensor(shape: w.shape, scalars: w.scalars.map(roundedToBF16))
+            XCTAssertNotEqual(rounded.scalars, w.scalars)
+            return linear(a, weight: PackedWeights.pack(rounded, layout: layout, precision: .fp32)!, bias: nil)
         }
     }
 
     /// Weights stored as 8-bit integers (int8-weights): the same bits as FP32 packed products of the integers, each output
-    /// then times its scale, at every row count, tile edge and depth, with each instruction set's layout where the CPU has
-    /// both; an output of zeros (scale 0) gives zeros and one with a NaN weight NaN, as FP32 does, the others unharmed.
+    /// then times its scale; an output of zeros (scale 0) gives zeros and one with a NaN weight NaN, as FP32 does, the
+    /// others unharmed.
     func testINT8WeightsGiveFP32sBitsOnTheIntegersTimesTheScales() throws {
-        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
-        defer { stitch_sgemm_prefer_avx2(0) }
-        for avx2 in BLAS.hasOwnKernel ? [false, true] : [true] {
-            stitch_sgemm_prefer_avx2(avx2 ? 1 : 0)
-            var identical = 0
-            let worst = checkPackedProducts(.int8Weights, seed: 13) { a, w, layout, c in
-                let (integers, scales) = quantizedToInt8(w, layout: layout)
-                var exact = linear(a, weight: PackedWeights.pack(integers, layout: layout, precision: .fp32)!, bias: nil)
-                exact.withUnsafeMutableBufferPointer { values in
-                    for index in values.indices { values[index] *= scales[index % scales.count] }
-                }
-                XCTAssertEqual(c.scalars.map(\.bitPattern), exact.scalars.map(\.bitPattern), "\(a.shape) x \(w.shape) \(layout)")
-                identical += 1
+        try checkNarrowWeights(.int8Weights, seed: 13, "the integers, then the scales") { a, w, layout in
+            let (integers, scales) = quantizedToInt8(w, layout: layout)
+            var exact = linear(a, weight: PackedWeights.pack(integers, layout: layout, precision: .fp32)!, bias: nil)
+            exact.withUnsafeMutableBufferPointer { values in
+                for index in values.indices { values[index] *= scales[index % scales.count] }
             }
-            print("int8-weights products (\(avx2 ? "AVX2" : "AVX-512") layout): worst error \(worst) of the summed magnitudes; \(identical) products bit-identical to FP32's on the integers, then the scales")
+            return exact
         }
         // Output 1 all zeros, output 2 with a NaN.
         var values = (0..<4 * 40).map { Float($0 % 7) - 3 }
