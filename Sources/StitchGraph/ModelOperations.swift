@@ -179,8 +179,8 @@ extension OperationRegistry {
         ModelLocator.fromEnvironment().at(revision: spec.options["revision"]?.string)
     }
 
-    /// The precision a component's models load at: option `precision`, fp32 (default), bf16 or bf16-weights (an error
-    /// on a CPU without their kernels).
+    /// The precision a component's models load at: option `precision`, fp32 (default) or a reduced one (an error on a
+    /// CPU without its kernels).
     static func precision(_ spec: ComponentSpec) throws -> Precision {
         guard let name = spec.options["precision"] else { return .fp32 }
         guard let precision = name.string.flatMap(Precision.init(rawValue:)) else {

@@ -28,8 +28,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Threads for both sides (OpenBLAS and parallel loops; torch.set_num_threads).")
     var threads = Parallel.cores
 
-    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast (bf16-weights, int8-weights: at FP32), and
-    /// each row also reports how far the precision moved Stitch's result from its fp32 result.
+    /// The model rows' precision; bf16 runs the reference under torch's bfloat16 autocast (bf16-weights and int8-weights:
+    /// at FP32), and each row also reports how far the precision moved Stitch's result from its fp32 result.
     @OptionGroup var precisionOptions: PrecisionOptions
     var precision: Precision { precisionOptions.precision }
 

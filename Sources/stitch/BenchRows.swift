@@ -205,7 +205,7 @@ struct BenchRowWorker: ParsableCommand {
         case .gpt2Greedy:
             let gpt2 = try GPT2(folder: folder(gpt2))
             let prompt = [50256, 32, 4590, 286, 257]
-            // 64 new tokens whatever they are (the reference forces min_new_tokens=64 too).
+            // 64 new tokens whatever they are, the end token chosen like any other (the reference passes eos_token_id=None too).
             var tokens: [Int] = []
             let total = try time { tokens = try greedyDecode(gpt2, prompt: prompt, stop: StopConditions(maxTokens: 64, atEndToken: false)) }
             (measured, note, output, units) = (total / 64, "per token, 64 new tokens", tokens, 64)

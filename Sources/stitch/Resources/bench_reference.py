@@ -253,7 +253,9 @@ def row(name, args):
             mask = torch.ones_like(prompt)
 
             def run():
-                tokens[:] = model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=64, min_new_tokens=64,
+                # No end token (eos_token_id=None): 64 tokens whatever they are, the end token chosen like any other, as
+                # Stitch's side does (min_new_tokens would forbid it instead, and the outputs could part).
+                tokens[:] = model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=64, eos_token_id=None,
                                            pad_token_id=50256)[0, 5:].tolist()
             return best_time(run, args.seconds) / 64, "per token, 64 new tokens", tokens
         if name == "magic":
@@ -368,8 +370,8 @@ def row(name, args):
             ids, tokens = prompt(16), []
 
             def decode():
-                tokens[:] = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=32, min_new_tokens=32,
-                                           pad_token_id=0)[0, 16:].tolist()
+                tokens[:] = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=32, eos_token_id=None,
+                                           pad_token_id=0)[0, 16:].tolist()   # no end token, as gpt2-greedy
             return best_time(decode, args.seconds) / 32, "per token, 32 after 16", tokens
         if name == "efficientnet":
             from efficientnet_lite_pytorch import EfficientNet
