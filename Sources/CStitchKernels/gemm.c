@@ -385,6 +385,7 @@ typedef struct {
     const float *scales;   /* INT8_VALUES: each column's, from column 0 */
 } packed_weights;
 
+/* The bytes a packed value takes. */
 static inline long value_size(value_type type) { return type == INT8_VALUES ? 1 : type == BF16_VALUES ? 2 : 4; }
 
 /* The 8 narrow values from values[index], widened exactly (a bfloat16 is a float's upper half; an integer converts). */

@@ -84,9 +84,8 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
     }
     func weights(_ w: Tensor, _ layout: WeightLayout) -> [Double] {
         guard precision == .int8Weights else { return w.scalars.map { operand($0, weight: true) } }
-        let (integers, scales) = quantizedToInt8(w, layout: layout)
-        let n = scales.count
-        return integers.scalars.indices.map { Double(integers.scalars[$0]) * Double(scales[layout == .outputsByInputs ? $0 / (w.count / n) : $0 % n]) }
+        let (integers, _, scaleOfEach) = quantizedToInt8(w, layout: layout)
+        return zip(integers.scalars, scaleOfEach).map { Double($0) * Double($1) }
     }
     var worst = 0.0
     for (m, n, k) in [(16, 32, 256), (17, 33, 257), (97, 31, 5), (1, 37, 300), (4, 64, 1), (5, 100, 513), (2, 7, 3), (200, 65, 600),
@@ -120,18 +119,19 @@ func checkPackedProducts(_ precision: Precision, seed: UInt64, file: StaticStrin
 func roundedToBF16(_ value: Float) -> Float { Float(bitPattern: UInt32(stitch_bf16_from_float(value)) << 16) }
 
 /// `w`'s weights as int8-weights stores them, written out independently of the kernel: each output's scale its largest
-/// magnitude / 127, each weight the nearest integer (ties to even) to it / its scale (as floats, in w's layout).
-func quantizedToInt8(_ w: Tensor, layout: WeightLayout) -> (integers: Tensor, scales: [Float]) {
+/// magnitude / 127, each weight the nearest integer (ties to even) to it / its scale (as floats, in w's layout); and each
+/// weight's scale, in w's layout.
+func quantizedToInt8(_ w: Tensor, layout: WeightLayout) -> (integers: Tensor, scales: [Float], scaleOfEach: [Float]) {
     let n = layout == .outputsByInputs ? w.shape[0] : w.shape[1]
     func output(_ index: Int) -> Int { layout == .outputsByInputs ? index / w.shape[1] : index % n }
     var scales = [Float](repeating: 0, count: n)
     for (index, value) in w.scalars.enumerated() { scales[output(index)] = max(scales[output(index)], abs(value)) }
     scales = scales.map { $0 / 127 }
-    let integers = w.scalars.enumerated().map { index, value in
-        let scale = scales[output(index)]
-        return scale > 0 ? min(127, max(-127, (value / scale).rounded(.toNearestOrEven))) : 0
+    let scaleOfEach = w.scalars.indices.map { scales[output($0)] }
+    let integers = zip(w.scalars, scaleOfEach).map { value, scale in
+        scale > 0 ? min(127, max(-127, (value / scale).rounded(.toNearestOrEven))) : 0
     }
-    return (Tensor(shape: w.shape, scalars: integers), scales)
+    return (Tensor(shape: w.shape, scalars: integers), scales, scaleOfEach)
 }
 
 /// FP32 weights packed once (what every `Linear` multiplies by on AVX-512 and AVX2 CPUs):
@@ -197,7 +197,7 @@ final class PackedProductTests: XCTestCase {
     /// others unharmed.
     func testINT8WeightsGiveFP32sBitsOnTheIntegersTimesTheScales() throws {
         try checkNarrowWeights(.int8Weights, seed: 13, "the integers, then the scales") { a, w, layout in
-            let (integers, scales) = quantizedToInt8(w, layout: layout)
+            let (integers, scales, _) = quantizedToInt8(w, layout: layout)
             var exact = linear(a, weight: PackedWeights.pack(integers, layout: layout, precision: .fp32)!, bias: nil)
             exact.withUnsafeMutableBufferPointer { values in
                 for index in values.indices { values[index] *= scales[index % scales.count] }
