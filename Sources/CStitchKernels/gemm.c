@@ -527,21 +527,34 @@ void stitch_sgemm_pack(int transpose, long n, long k, const float *w, long ldw, 
         }
 }
 
-void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed) {
-    long width = chosen_kernels()->group_width;
-    float chunk_values[KC * NR];
-    for (long panel = 0; panel < n; panel += NR)
-        for (long chunk = 0; chunk < k; chunk += KC) {
-            long count = NR * (k - chunk < KC ? k - chunk : KC);
-            pack_chunk(transpose, n, k, w, ldw, width, panel, chunk, chunk_values);
-            for (long i = 0; i < count; i++) *packed++ = stitch_bf16_rounded(chunk_values[i]);
-        }
-}
-
 /* The nearest integer to value / scale (ties to even), within ±127; 0 for a column of zeros or a NaN scale. */
 static inline int8_t quantized(float value, float scale) {
     float q = scale > 0 ? nearbyintf(value / scale) : 0;
     return q >= 127 ? 127 : q <= -127 ? -127 : q == q ? (int8_t)q : 0;
+}
+
+/* stitch_sgemm_pack's layout with narrow values: each chunk packed as floats, then stored rounded to bfloat16 or
+   quantized with its column's scale. */
+static void pack_narrow(value_type type, int transpose, long n, long k, const float *w, long ldw, void *packed, const float *scales) {
+    long width = chosen_kernels()->group_width, stored = 0;
+    float chunk_values[KC * NR];
+    for (long panel = 0; panel < n; panel += NR)
+        for (long chunk = 0; chunk < k; chunk += KC) {
+            long depth = k - chunk < KC ? k - chunk : KC;
+            pack_chunk(transpose, n, k, w, ldw, width, panel, chunk, chunk_values);
+            for (long i = 0; i < NR * depth; i++, stored++) {
+                if (type == BF16_VALUES) {
+                    ((uint16_t *)packed)[stored] = stitch_bf16_rounded(chunk_values[i]);
+                    continue;
+                }
+                long column = panel + i / (width * depth) * width + i % width;   /* pack_chunk's order: group, step, column */
+                ((int8_t *)packed)[stored] = column < n ? quantized(chunk_values[i], scales[column]) : 0;
+            }
+        }
+}
+
+void stitch_sgemm_pack_bf16(int transpose, long n, long k, const float *w, long ldw, uint16_t *packed) {
+    pack_narrow(BF16_VALUES, transpose, n, k, w, ldw, packed, NULL);
 }
 
 void stitch_sgemm_pack_int8(int transpose, long n, long k, const float *w, long ldw, int8_t *packed, float *scales) {
@@ -555,17 +568,7 @@ void stitch_sgemm_pack_int8(int transpose, long n, long k, const float *w, long 
             if (magnitude > scales[j] || magnitude != magnitude) scales[j] = magnitude;
         }
     for (long j = 0; j < n; j++) scales[j] /= 127;
-    long width = chosen_kernels()->group_width;
-    float chunk_values[KC * NR];
-    for (long panel = 0; panel < n; panel += NR)
-        for (long chunk = 0; chunk < k; chunk += KC) {
-            long depth = k - chunk < KC ? k - chunk : KC;
-            pack_chunk(transpose, n, k, w, ldw, width, panel, chunk, chunk_values);
-            for (long i = 0; i < NR * depth; i++) {
-                long column = panel + i / (width * depth) * width + i % width;   /* pack_chunk's order: group, step, column */
-                *packed++ = column < n ? quantized(chunk_values[i], scales[column]) : 0;
-            }
-        }
+    pack_narrow(INT8_VALUES, transpose, n, k, w, ldw, packed, scales);
 }
 
 /* The thread's packing buffer `slot` for up to `block` of `count` rows (or columns), in whole panels of `panel`, over up

@@ -38,8 +38,8 @@ struct Bench: ParsableCommand {
         switch precision {
         case .fp32: return ""
         case .bf16: return "; bf16: Stitch's bfloat16 products against torch.autocast(\"cpu\", dtype=torch.bfloat16)"
-        case .bf16Weights, .int8Weights:
-            return "; \(precision.rawValue): Stitch's \(precision == .bf16Weights ? "bfloat16" : "8-bit integer") weights (products in FP32) against the reference at FP32"
+        case .bf16Weights: return "; bf16-weights: Stitch's bfloat16 weights (products in FP32) against the reference at FP32"
+        case .int8Weights: return "; int8-weights: Stitch's 8-bit integer weights (products in FP32) against the reference at FP32"
         }
     }
 
