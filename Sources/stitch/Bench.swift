@@ -128,20 +128,35 @@ struct Bench: ParsableCommand {
         return loop
     }
 
-    /// The CPU's model name, the variant of Stitch's kernels it runs, and its BF16 instructions (from /proc/cpuinfo),
-    /// with whether Linux granted the AMX tiles: machines differ, so every bench report names its own.
+    /// The CPU's model name with its family and model numbers (a virtual machine may name only "AMD EPYC", whatever
+    /// its generation), the variant of Stitch's kernels it runs, and its BF16 instructions (from /proc/cpuinfo), with
+    /// whether Linux granted the AMX tiles: machines differ, so every bench report names its own.
     static func cpuDescription() -> String {
         let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        func field(_ name: String) -> String? {
-            info.split(separator: "\n").first { $0.hasPrefix(name) }.flatMap { $0.split(separator: ":", maxSplits: 1).last }
-                .map { $0.trimmingCharacters(in: .whitespaces) }
-        }
-        let flags = Set((field("flags") ?? "").split(separator: " ").map(String.init))
+        let name = cpuName(cpuinfo: info)
+        let flags = Set((cpuinfoField("flags", in: info) ?? "").split(separator: " ").map(String.init))
         let bf16 = ["avx512_bf16", "amx_bf16"].filter(flags.contains)
         let tiles = !flags.contains("amx_bf16") ? ""
             : stitch_amx_available() != 0 ? " (bf16 products on AMX tiles)" : " (AMX tiles not granted by Linux)"
-        return "\(field("model name") ?? "unknown model"), kernels \(String(cString: stitch_kernel_variant())), "
+        return "\(name), kernels \(String(cString: stitch_kernel_variant())), "
             + "BF16 instructions: \(bf16.isEmpty ? "none" : bf16.joined(separator: ", "))\(tiles)"
+    }
+
+    /// "AMD EPYC (family 25 model 1)" from /proc/cpuinfo's first processor: its model name, and its x86 family and
+    /// model numbers where it has them.
+    private static func cpuName(cpuinfo: String) -> String {
+        let name = cpuinfoField("model name", in: cpuinfo) ?? "unknown model"
+        guard let family = cpuinfoField("cpu family", in: cpuinfo), let model = cpuinfoField("model", in: cpuinfo) else { return name }
+        return "\(name) (family \(family) model \(model))"
+    }
+
+    /// The value of the first "key : value" line of /proc/cpuinfo whose key is `key` exactly ("model" is not "model name").
+    private static func cpuinfoField(_ key: String, in cpuinfo: String) -> String? {
+        for line in cpuinfo.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.count == 2 && parts[0].trimmingCharacters(in: .whitespaces) == key { return parts[1].trimmingCharacters(in: .whitespaces) }
+        }
+        return nil
     }
 
     private func runModelRows(_ modelRows: [BenchRow]) throws {
