@@ -16,6 +16,15 @@
 
 uint16_t stitch_bf16_from_float(float value) { return stitch_bf16_rounded(value); }
 
+void stitch_bf16_round_rows(long m, long k, const float *a, long lda, float *rounded) {
+    for (long i = 0; i < m; i++) {
+        for (long p = 0; p < k; p++) {
+            uint32_t bits = (uint32_t)stitch_bf16_rounded(a[i * lda + p]) << 16;
+            memcpy(rounded + i * k + p, &bits, sizeof bits);
+        }
+    }
+}
+
 enum { PANEL = STITCH_TILE_COLUMNS };
 
 long stitch_bf16_packed_count(long n, long k) { return (n + PANEL - 1) / PANEL * ((k + 1) / 2) * PANEL * 2; }

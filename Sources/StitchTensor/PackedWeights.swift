@@ -3,7 +3,8 @@ import Foundation
 
 /// The precision of a model's weight products, chosen when it loads. FP32 is the default and keeps exact parity with
 /// the references; BF16 (opt-in) rounds weights and activations to bfloat16 and sums in single precision, as torch's
-/// bfloat16 autocast does, where the CPU has AVX512-BF16. BF16 weights and INT8 weights (opt-in) store only the
+/// bfloat16 autocast does: on AVX512-BF16's dot products or AMX tiles where the CPU has them, else (AVX2) on the FP32
+/// kernels, the same products summed in another order. BF16 weights and INT8 weights (opt-in) store only the
 /// weights narrower, bfloat16 (half the memory) or 8-bit integers with a scale per output (a quarter), and compute in
 /// FP32, on any CPU with the packed kernels (AVX2 or AVX-512): decoding, which waits on reading the weights, runs
 /// faster. The same bits as FP32 on the rounded weights (for INT8: on the integers, then times the scales).
@@ -19,11 +20,16 @@ public enum Precision: String, Sendable, CaseIterable {
     public var unavailableReason: String? {
         switch self {
         case .fp32: return nil
-        case .bf16: return stitch_bf16_available() != 0 ? nil : "bf16 needs an x86-64 CPU with AVX-512 and AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids and later, AMD Zen 4 and later); this one lacks them, so use fp32 or bf16-weights"
-        case .bf16Weights, .int8Weights:
+        case .bf16 where Self.bf16Instructions: return nil
+        case .bf16, .bf16Weights, .int8Weights:
             return BLAS.hasPackedKernel ? nil : "\(rawValue) needs an x86-64 CPU with AVX2 and FMA or AVX-512; this one lacks them, so use fp32"
         }
     }
+
+    /// Whether bf16 products run on BF16 instructions here (AVX512-BF16, and AMX tiles where granted). Elsewhere bf16
+    /// weights take bf16-weights' panels and each product rounds its activations to bfloat16 first: the products
+    /// autocast computes, summed by the FP32 kernels at their rate.
+    public static var bf16Instructions: Bool { stitch_bf16_available() != 0 }
 }
 
 /// A weight matrix op(W) [k, n] packed once, at load, into the layout the product kernels read, so that products do not
@@ -36,6 +42,9 @@ public final class PackedWeights: @unchecked Sendable {
     /// k: the inputs each output sums over.
     public let inputs: Int
     public let precision: Precision
+    /// How the weights are stored and multiplied: `precision`, but bf16 without BF16 instructions is stored as
+    /// bf16-weights, its activations rounded to bfloat16 before each product.
+    private let kernel: Precision
     private let storage: UnsafeMutableRawPointer
 
     /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
@@ -47,6 +56,9 @@ public final class PackedWeights: @unchecked Sendable {
             sayOnce(precision, "stitch: \(reason); computing in fp32\n")
             return pack(weight, layout: layout, precision: .fp32)
         }
+        if precision == .bf16 && !Precision.bf16Instructions {
+            sayOnce(precision, "stitch: this CPU lacks AVX512-BF16, so bf16 products round their operands to bfloat16 for the FP32 kernels: the values of torch's bfloat16 autocast (summed in another order), at bf16-weights' speed\n")
+        }
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
         return BLAS.hasPackedKernel ? PackedWeights(weight, layout: layout, precision: precision) : nil
     }
@@ -55,9 +67,10 @@ public final class PackedWeights: @unchecked Sendable {
         let transposed = layout == .outputsByInputs
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision
+        kernel = precision == .bf16 && !Precision.bf16Instructions ? .bf16Weights : precision
         let (n, k, ldw) = (outputs, inputs, weight.shape[1])
         let bytes: Int
-        switch precision {
+        switch kernel {
         case .fp32: bytes = stitch_sgemm_packed_count(n, k) * MemoryLayout<Float>.stride
         case .bf16: bytes = stitch_bf16_packed_count(n, k) * MemoryLayout<UInt16>.stride
         case .bf16Weights: bytes = stitch_sgemm_packed_count(n, k) * MemoryLayout<UInt16>.stride
@@ -65,7 +78,7 @@ public final class PackedWeights: @unchecked Sendable {
         }
         guard let storage = stitch_weight_allocate(bytes) else { return nil }
         self.storage = storage
-        switch precision {
+        switch kernel {
         case .fp32:
             weight.withUnsafeBufferPointer { stitch_sgemm_pack(transposed ? 1 : 0, n, k, $0.baseAddress!, ldw, storage.assumingMemoryBound(to: Float.self)) }
         case .bf16:
@@ -81,11 +94,12 @@ public final class PackedWeights: @unchecked Sendable {
     /// INT8 weights: the integers first, then each output's scale, from the next 64-byte boundary.
     private static func scalesOffset(n: Int, k: Int) -> Int { (stitch_sgemm_packed_count(n, k) + 63) / 64 * 64 }
 
-    /// The precisions whose fallback a library caller (who loads at a precision this CPU lacks) has been told of.
+    /// The precisions whose fallback (a library caller loading at a precision this CPU lacks) or way of running here
+    /// (bf16 without BF16 instructions) this process has been told of.
     nonisolated(unsafe) private static var toldOf: Set<Precision> = []
     private static let toldOfLock = NSLock()
 
-    /// Writes `message` to standard error the first time this process falls back from `precision`.
+    /// Writes `message` to standard error the first time this process packs weights at `precision`.
     private static func sayOnce(_ precision: Precision, _ message: String) {
         guard toldOfLock.withLock({ toldOf.insert(precision).inserted }) else { return }
         FileHandle.standardError.write(Data(message.utf8))
@@ -103,11 +117,20 @@ public final class PackedWeights: @unchecked Sendable {
         let (n, k) = (columns.count, inputs)
         guard n > 0 else { return }
         ProductShapes.note(m: m, n: n, k: k, packed: precision)
+        // bf16 on bf16-weights' kernels: the activations rounded to bfloat16 once, before the work splits (about 1% of
+        // CLIP's image products on an AVX2 core).
+        var (a, lda) = (a, lda)
+        let rounded = kernel != precision ? UnsafeMutablePointer<Float>.allocate(capacity: m * k) : nil
+        defer { rounded?.deallocate() }
+        if let rounded {
+            stitch_bf16_round_rows(m, k, a, lda, rounded)
+            (a, lda) = (UnsafePointer(rounded), k)
+        }
         let threads = Parallel.threads
-        let (storage, precision, first) = (UnsafeRawPointer(storage), precision, columns.lowerBound)
+        let (storage, kernel, first) = (UnsafeRawPointer(storage), kernel, columns.lowerBound)
         func run(rows: Range<Int>, begin: Int, end: Int) {
             let (a, c, bias) = (a + rows.lowerBound * lda, c + rows.lowerBound * ldc + (begin - first), bias.map { $0 + begin })
-            switch precision {
+            switch kernel {
             case .fp32: stitch_sgemm_packed(rows.count, k, a, lda, storage.assumingMemoryBound(to: Float.self), begin, end, c, ldc, bias, activation)
             case .bf16: stitch_bf16_gemm(rows.count, k, a, lda, storage.assumingMemoryBound(to: UInt16.self), begin, end, c, ldc, bias, activation)
             case .bf16Weights:

@@ -39,7 +39,7 @@ struct HubOptions: ParsableArguments {
 
 /// `--precision` for every command that computes with models.
 struct PrecisionOptions: ParsableArguments {
-    @Option(help: "The precision of the models' weight products: fp32 (exact parity with the references), bf16 (bfloat16 products summed in FP32, as torch's bfloat16 autocast; on CPUs with AVX512-BF16: half the weight memory, faster decoding, and twice FP32's rate where the CPU runs its dot products fast, as AMD Zen 4 does), bf16-weights or int8-weights (weights stored in bfloat16, or as 8-bit integers with a scale per output, products in FP32, on any CPU with AVX2: half or a quarter of the weight memory and faster decoding).")
+    @Option(help: "The precision of the models' weight products: fp32 (exact parity with the references), bf16 (bfloat16 products summed in FP32, as torch's bfloat16 autocast; on CPUs with AVX512-BF16: half the weight memory, faster decoding, and twice FP32's rate where the CPU runs its dot products fast, as AMD Zen 4 does; elsewhere the same products on the FP32 kernels, at bf16-weights' speed), bf16-weights or int8-weights (weights stored in bfloat16, or as 8-bit integers with a scale per output, products in FP32, on any CPU with AVX2: half or a quarter of the weight memory and faster decoding).")
     var precision: Precision = .fp32
 
     func validate() throws {

@@ -164,7 +164,7 @@ final class CLITests: XCTestCase {
             XCTAssertNotNil(agreement.range(of: #"^([0-9]|[12][0-9]|3[0-2]) of 32 output values as at fp32$"#, options: .regularExpression), agreement)
             print("tiny Qwen2 at bf16-weights: \(agreement)")
         }
-        // A CLIP row at bf16 compares zero-shot top-1 on the test photos with FP32's (on a CPU without bf16 both are FP32).
+        // A CLIP row at bf16 compares zero-shot top-1 on the test photos with FP32's.
         let clip = folder.appendingPathComponent("tiny-clip-with-tokenizer")
         try FileManager.default.createDirectory(at: clip, withIntermediateDirectories: true)
         for file in ["config.json", "model.safetensors"] {

@@ -41,7 +41,7 @@ final class ModelCommandTests: XCTestCase {
     }
 
     /// `--precision bf16`, `bf16-weights` and `int8-weights`: embeddings near FP32's, or an error
-    /// naming what the CPU lacks; an unknown precision is refused.
+    /// naming what the CPU lacks (bf16 without BF16 instructions runs, saying how); an unknown precision is refused.
     func testPrecisionOption() throws {
         let clip = try Fixtures.modelWithTokenizer("tiny-clip", in: folder).path
         let image = Fixtures.photo("astronaut.png").path
@@ -57,6 +57,7 @@ final class ModelCommandTests: XCTestCase {
                 continue
             }
             XCTAssertEqual(reduced.status, 0, reduced.errors)
+            XCTAssertEqual(reduced.errors.contains("lacks AVX512-BF16"), precision == .bf16 && !Precision.bf16Instructions, reduced.errors)
             let (a, b) = (try json(full.output.split(separator: "\n")[0])["embedding"] as! [Double], try json(reduced.output.split(separator: "\n")[0])["embedding"] as! [Double])
             XCTAssertGreaterThanOrEqual(zip(a, b).map { $0 * $1 }.reduce(0, +), 0.999, precision.rawValue)
             XCTAssertNotEqual(a, b, precision.rawValue)

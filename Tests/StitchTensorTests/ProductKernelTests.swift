@@ -299,8 +299,9 @@ final class UnpackedLinearTests: XCTestCase {
 }
 
 /// The opt-in bfloat16 products (CStitchKernels/bf16.c): rounding as torch rounds, and the kernel's ways (dot products
-/// for a few rows; for more on Intel, AMX tiles where granted, else widened operands on FMA) against a float64 product
-/// of the same bfloat16-rounded operands. Scripts/cross-check runs the AMX kernel on a software tile file too.
+/// for a few rows; for more on Intel, AMX tiles where granted, else widened operands on FMA; without AVX512-BF16,
+/// bf16-weights' kernels on rounded activations) against a float64 product of the same bfloat16-rounded operands.
+/// Scripts/cross-check runs the AMX kernel on a software tile file too.
 final class BF16ProductTests: XCTestCase {
     func testRoundingToNearestEven() {
         func bits(_ value: Float) -> UInt32 { value.bitPattern }
@@ -323,10 +324,22 @@ final class BF16ProductTests: XCTestCase {
     }
 
     func testProductsEqualAFloat64ProductOfTheRoundedOperands() throws {
-        if let reason = Precision.bf16.unavailableReason {
-            XCTAssert(reason.contains("AVX512-BF16"))
-            throw XCTSkip("this CPU lacks AVX512-BF16: \(reason)")
+        if let reason = Precision.bf16.unavailableReason { throw XCTSkip(reason) }
+        print("bfloat16 products (\(Precision.bf16Instructions ? "BF16 instructions" : "FP32 kernels")): worst error \(checkPackedProducts(.bf16, seed: 7)) of the summed magnitudes")
+    }
+
+    /// Without BF16 instructions a bf16 product is bf16-weights' on activations rounded to bfloat16: the same bits.
+    func testWithoutBF16InstructionsProductsAreBF16WeightsOnRoundedActivations() throws {
+        try XCTSkipIf(Precision.bf16Instructions, "this CPU has AVX512-BF16: bf16 products run on it")
+        try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
+        var generator = SeededGenerator(seed: 13)
+        for (m, n, k) in [(1, 45, 70), (5, 100, 300), (130, 64, 520)] {
+            let x = Tensor(shape: [m, k], scalars: generator.values(m * k))
+            let w = Tensor(shape: [n, k], scalars: generator.values(n * k))
+            let rounded = Tensor(shape: [m, k], scalars: x.scalars.map(roundedToBF16))
+            let bf16 = linear(x, weight: PackedWeights.pack(w, layout: .outputsByInputs, precision: .bf16)!, bias: nil)
+            let narrow = linear(rounded, weight: PackedWeights.pack(w, layout: .outputsByInputs, precision: .bf16Weights)!, bias: nil)
+            XCTAssertEqual(bf16.scalars.map(\.bitPattern), narrow.scalars.map(\.bitPattern), "m \(m) n \(n) k \(k)")
         }
-        print("bfloat16 products: worst error \(checkPackedProducts(.bf16, seed: 7)) of the summed magnitudes")
     }
 }

@@ -87,6 +87,9 @@ void stitch_sgemv_t(long n, long k, const float *w, long ldw, const float *x, fl
 
 /* bfloat16 products (bf16.c), an opt-in reduced precision: the nearest bfloat16 to value (ties to even, as torch rounds). */
 uint16_t stitch_bf16_from_float(float value);
+/* rounded[i * k + p] = A[i][p] (row stride lda) rounded to the nearest bfloat16, kept as a float, for m rows of k: the
+   activations of a bf16 product where the CPU lacks AVX512-BF16, for stitch_sgemm_packed_bf16's FP32 products. */
+void stitch_bf16_round_rows(long m, long k, const float *a, long lda, float *rounded);
 
 /* Whether stitch_bf16_gemm runs here: x86-64 with AVX-512 and AVX512-BF16. */
 int stitch_bf16_available(void);
