@@ -56,18 +56,19 @@ public final class PackedWeights: @unchecked Sendable {
             sayOnce(precision, "stitch: \(reason); computing in fp32\n")
             return pack(weight, layout: layout, precision: .fp32)
         }
-        if precision == .bf16 && !Precision.bf16Instructions {
+        let kernel = precision == .bf16 && !Precision.bf16Instructions ? Precision.bf16Weights : precision
+        if kernel != precision {
             sayOnce(precision, "stitch: this CPU lacks AVX512-BF16, so bf16 products round their operands to bfloat16 for the FP32 kernels: the values of torch's bfloat16 autocast (summed in another order), at bf16-weights' speed\n")
         }
         precondition(weight.rank == 2, "a weight matrix is rank 2, got \(weight.shape)")
-        return BLAS.hasPackedKernel ? PackedWeights(weight, layout: layout, precision: precision) : nil
+        return BLAS.hasPackedKernel ? PackedWeights(weight, layout: layout, precision: precision, kernel: kernel) : nil
     }
 
-    private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision) {
+    private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision, kernel: Precision) {
         let transposed = layout == .outputsByInputs
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision
-        kernel = precision == .bf16 && !Precision.bf16Instructions ? .bf16Weights : precision
+        self.kernel = kernel
         let (n, k, ldw) = (outputs, inputs, weight.shape[1])
         let bytes: Int
         switch kernel {
