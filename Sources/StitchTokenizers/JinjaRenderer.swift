@@ -498,7 +498,8 @@ struct JinjaRenderer {
         case "title": return .string(jinjaTitle(value.text))
         case "capitalize": return .string(value.text.prefix(1).uppercased() + value.text.dropFirst().lowercased())
         case "string": return .string(value.text)
-        case "safe", "e", "escape" where name == "safe": return value
+        case "safe": return value
+        case "e", "escape": return .string(markupEscaped(value.text))
         case "first", "last":
             let items = try iterate(value)
             return (name == "first" ? items.first : items.last) ?? .undefined
@@ -718,6 +719,23 @@ func jinjaTitle(_ s: String) -> String {
         let isBoundary = character.isWhitespace || "-({[<".contains(character)
         out += isBoundary ? String(character) : atWordStart ? character.uppercased() : character.lowercased()
         atWordStart = isBoundary
+    }
+    return out
+}
+
+/// markupsafe's escape, which jinja2's `e` and `escape` filters apply: & < > " ' as HTML entities. (jinja2 marks the
+/// result safe, so escaping it again changes nothing; here a second escape escapes again.)
+func markupEscaped(_ s: String) -> String {
+    var out = ""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "&": out += "&amp;"
+        case "<": out += "&lt;"
+        case ">": out += "&gt;"
+        case "\"": out += "&#34;"
+        case "'": out += "&#39;"
+        default: out.unicodeScalars.append(scalar)
+        }
     }
     return out
 }

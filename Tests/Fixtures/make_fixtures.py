@@ -2150,7 +2150,8 @@ CHAT_CONSTRUCT_TEMPLATES = {
                "|{{ [3, 1, 3, 2] | unique | list }}|{{ [1, 2] | reverse | list }}|{{ (messages | first).role }}|{{ (messages | last).role }}|{{ missing | default('dflt') }}"
                "|{{ '' | default('empty', true) }}|{{ '42' | int + 1 }}|{{ '2.5' | float }}|{{ 'a-b-a' | replace('a', 'x') }}|{{ 'x\ny' | indent(2) }}|{{ 2.567 | round(2) }}|{{ -3 | abs }}"
                "|{{ 5 | string }}|{% for k, v in {'b': 2, 'a': 1} | items %}{{ k }}{{ v }}{% endfor %}|{{ messages[0] | tojson }}|{{ {'b': [1, 2.0, 'é'], 'a': {'n': none, 't': true}} | tojson(indent=2) }}"
-               "|{{ {'b': 1, 'a': 'x'} | tojson(sort_keys=true) }}|{{ [1, 'é\"\\\\'] | tojson(ensure_ascii=true) }}|{{ {'a': 1} | tojson(separators=(',', ':')) }}|{{ [] | tojson }}{{ {} | tojson(indent=4) }}",
+               "|{{ {'b': 1, 'a': 'x'} | tojson(sort_keys=true) }}|{{ [1, 'é\"\\\\'] | tojson(ensure_ascii=true) }}|{{ {'a': 1} | tojson(separators=(',', ':')) }}|{{ [] | tojson }}{{ {} | tojson(indent=4) }}"
+               "|{{ '<i class=\"q\">' | e }}{{ \"Tom & Jerry's\" | escape }}{{ '<b>' | safe }}{{ 5 | e }}",
     # String and dict methods.
     "methods": "{% for m in messages %}{{ m.content.strip() }}|{{ m.content.split() | length }}|{{ m.content.startswith('Hel') }}|{{ m.content.endswith(('?', '!')) }};{% endfor %}"
                "{{ 'xxaxx'.strip('x') }} [{{ '  a '.lstrip() }}][{{ '  a '.rstrip() }}] {{ 'a,b,c'.split(',') }} {{ 'a,b,c'.split(',', 1) }} {{ 'a  b\tc'.split() }} {{ 'a b'.replace(' ', '_') }}"
