@@ -44,7 +44,7 @@ public final class PackedWeights: @unchecked Sendable {
     public let precision: Precision
     /// How the weights are stored and multiplied: `precision`, but bf16 without BF16 instructions is stored as
     /// bf16-weights, its activations rounded to bfloat16 before each product.
-    private let kernel: Precision
+    let kernel: Precision
     private let storage: UnsafeMutableRawPointer
 
     /// `weight` as nn.Linear stores it ([outputs, inputs]) or as transformers' Conv1D does ([inputs, outputs]), packed
@@ -64,7 +64,7 @@ public final class PackedWeights: @unchecked Sendable {
         return BLAS.hasPackedKernel ? PackedWeights(weight, layout: layout, precision: precision, kernel: kernel) : nil
     }
 
-    private init?(_ weight: Tensor, layout: WeightLayout, precision: Precision, kernel: Precision) {
+    init?(_ weight: Tensor, layout: WeightLayout, precision: Precision, kernel: Precision) {
         let transposed = layout == .outputsByInputs
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
         self.precision = precision

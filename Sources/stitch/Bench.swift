@@ -288,15 +288,18 @@ struct Measurement: Decodable {
     /// At a reduced precision: how near Stitch's result is to its FP32 result.
     let agreement: String?
     /// Stitch's side: the seconds its matrix products alone take (each shape timed by itself), and their GFLOP.
-    let gemmFloor: Double?
+    var gemmFloor: Double?
     let gemmGFLOP: Double?
 
     enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement, gemmFloor = "gemm_floor", gemmGFLOP = "gemm_gflop" }
 
-    /// The round with the lower time (`earlier` nil: `later`).
+    /// The round with the lower time (`earlier` nil: `later`), with the lower GEMM floor of the two: both are best
+    /// times, which a slow phase of a shared machine only lengthens (the floor times each shape for 20 ms).
     static func faster(_ earlier: Measurement?, _ later: Measurement) -> Measurement {
         guard let earlier else { return later }
-        return later.seconds < earlier.seconds ? later : earlier
+        var faster = later.seconds < earlier.seconds ? later : earlier
+        faster.gemmFloor = [earlier.gemmFloor, later.gemmFloor].compactMap { $0 }.min()
+        return faster
     }
 
     static func parse(_ output: String, side: String) throws -> Measurement {

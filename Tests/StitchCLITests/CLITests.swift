@@ -3,6 +3,10 @@ import StitchModelIO
 import StitchTestSupport
 import StitchTensor
 import XCTest
+@testable import stitch
+
+/// The bench's measurement of one row by one side (Foundation has a `Measurement` too).
+private typealias BenchRound = stitch.Measurement
 
 /// Runs the built `stitch` binary the way a user does: arguments, standard input, environment.
 enum StitchCLI {
@@ -128,6 +132,22 @@ final class CLITests: XCTestCase {
             XCTAssertNotEqual(limited.status, 0)
             XCTAssert(limited.errors.contains("is more than the 100 this reads (STITCH_MAX_IMAGE_PIXELS raises it)"), "\(limited)")
         }
+    }
+
+    /// Of its rounds a bench row keeps the faster time and the lower GEMM floor, whichever round each came from: both
+    /// are best times, which only a slow phase of a shared machine lengthens.
+    func testBenchRoundsKeepTheFasterTimeAndTheLowerFloor() throws {
+        func round(_ seconds: Double, floor: Double?) throws -> BenchRound {
+            let floorField = floor.map { #", "gemm_floor": \#($0), "gemm_gflop": 50"# } ?? ""
+            return try BenchRound.parse(#"{"seconds": \#(seconds), "peak_mb": 300, "note": "batch 16"\#(floorField)}"#, side: "stitch")
+        }
+        for (first, second) in [(try round(0.13, floor: 0.24), try round(0.14, floor: 0.11)), (try round(0.14, floor: 0.11), try round(0.13, floor: 0.24))] {
+            let kept = BenchRound.faster(BenchRound.faster(nil, first), second)
+            XCTAssertEqual(kept.seconds, 0.13)
+            XCTAssertEqual(kept.gemmFloor, 0.11)
+        }
+        XCTAssertEqual(BenchRound.faster(try round(0.2, floor: nil), try round(0.1, floor: 0.3)).gemmFloor, 0.3)
+        XCTAssertNil(BenchRound.faster(try round(0.2, floor: nil), try round(0.1, floor: nil)).gemmFloor)
     }
 
     func testFetchOfflineErrorAndBenchRows() throws {

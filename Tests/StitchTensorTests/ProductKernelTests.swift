@@ -328,16 +328,19 @@ final class BF16ProductTests: XCTestCase {
         print("bfloat16 products (\(Precision.bf16Instructions ? "BF16 instructions" : "FP32 kernels")): worst error \(checkPackedProducts(.bf16, seed: 7)) of the summed magnitudes")
     }
 
-    /// Without BF16 instructions a bf16 product is bf16-weights' on activations rounded to bfloat16: the same bits.
-    func testWithoutBF16InstructionsProductsAreBF16WeightsOnRoundedActivations() throws {
-        try XCTSkipIf(Precision.bf16Instructions, "this CPU has AVX512-BF16: bf16 products run on it")
+    /// bf16 on the FP32 kernels (how it runs without BF16 instructions) is bf16-weights' product on activations rounded
+    /// to bfloat16: the same bits. Built directly where the CPU has BF16 instructions, so the path is tested there too.
+    func testBF16OnTheFP32KernelsIsBF16WeightsOnRoundedActivations() throws {
         try XCTSkipUnless(BLAS.hasPackedKernel, "this CPU lacks AVX-512 and AVX2; products go to OpenBLAS")
         var generator = SeededGenerator(seed: 13)
         for (m, n, k) in [(1, 45, 70), (5, 100, 300), (130, 64, 520)] {
             let x = Tensor(shape: [m, k], scalars: generator.values(m * k))
             let w = Tensor(shape: [n, k], scalars: generator.values(n * k))
             let rounded = Tensor(shape: [m, k], scalars: x.scalars.map(roundedToBF16))
-            let bf16 = linear(x, weight: PackedWeights.pack(w, layout: .outputsByInputs, precision: .bf16)!, bias: nil)
+            let packed = PackedWeights.pack(w, layout: .outputsByInputs, precision: .bf16)!
+            XCTAssertEqual(packed.kernel, Precision.bf16Instructions ? .bf16 : .bf16Weights)
+            let onFP32Kernels = PackedWeights(w, layout: .outputsByInputs, precision: .bf16, kernel: .bf16Weights)!
+            let bf16 = linear(x, weight: onFP32Kernels, bias: nil)
             let narrow = linear(rounded, weight: PackedWeights.pack(w, layout: .outputsByInputs, precision: .bf16Weights)!, bias: nil)
             XCTAssertEqual(bf16.scalars.map(\.bitPattern), narrow.scalars.map(\.bitPattern), "m \(m) n \(n) k \(k)")
         }
