@@ -64,6 +64,7 @@ public final class PackedWeights: @unchecked Sendable {
         return BLAS.hasPackedKernel ? PackedWeights(weight, layout: layout, precision: precision, kernel: kernel) : nil
     }
 
+    /// Packed for `kernel`, the way products at `precision` run: `pack` picks it for this CPU (tests pick the other).
     init?(_ weight: Tensor, layout: WeightLayout, precision: Precision, kernel: Precision) {
         let transposed = layout == .outputsByInputs
         (outputs, inputs) = transposed ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])

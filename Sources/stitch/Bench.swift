@@ -294,7 +294,7 @@ struct Measurement: Decodable {
     enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement, gemmFloor = "gemm_floor", gemmGFLOP = "gemm_gflop" }
 
     /// The round with the lower time (`earlier` nil: `later`), with the lower GEMM floor of the two: both are best
-    /// times, which a slow phase of a shared machine only lengthens (the floor times each shape for 20 ms).
+    /// times, which a slow phase of a shared machine only lengthens.
     static func faster(_ earlier: Measurement?, _ later: Measurement) -> Measurement {
         guard let earlier else { return later }
         var faster = later.seconds < earlier.seconds ? later : earlier
