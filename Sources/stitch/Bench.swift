@@ -43,7 +43,7 @@ struct Bench: ParsableCommand {
         }
     }
 
-    @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine; Stitch's side runs at one thread too, in the same rounds.")
+    @Flag(help: "Measure beside one CPU-bound process: a busy loop pinned to CPU 0 for the whole bench, as on a shared machine; Stitch's side runs at one thread too, in the same rounds (more threads slower by more than the rounds' spread are flagged SLOWER).")
     var contended = false
 
     @Option(help: "Comma-separated rows to run (default: all but \(BenchRow.allCases.filter(\.isOptIn).map(\.rawValue).joined(separator: ", "))): gemm, \(BenchRow.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -235,9 +235,9 @@ struct Bench: ParsableCommand {
             print(line)
             if let referenceFailure { print(String(repeating: " ", count: Self.rowLabelWidth) + "reference failed: \(referenceFailure)") }
             let indent = String(repeating: " ", count: Self.rowLabelWidth)
-            if let oneThread {
-                print(indent + String(format: "stitch at 1 thread %.2f ms: %d threads take %.2fx its time", oneThread.seconds * 1000, threads,
-                                      stitch.seconds / oneThread.seconds) + (stitch.seconds > oneThread.seconds ? " (SLOWER)" : ""))
+            if let oneThread { print(indent + Self.threadComparison(stitch, oneThread: oneThread, threads: threads)) }
+            if contended && rounds > 1 {
+                print(indent + Self.roundRanges([("stitch", stitch), ("at 1 thread", oneThread), ("reference", python)]))
             }
             if let mine = stitch.output, let theirs = python?.output {
                 if mine == theirs {
@@ -256,6 +256,29 @@ struct Bench: ParsableCommand {
             }
         }
         if let referenceProblem { print("reference unavailable: \(referenceProblem)") }
+    }
+
+    /// Stitch at `threads` threads against itself at one, beside the busy loop. Where the CPUs left to Stitch are one,
+    /// both run the same single thread (the pool's dynamic adjustment) and differ only by the machine's noise: a
+    /// difference within the spread of either side's rounds is a tie, not SLOWER. With one round there is no spread,
+    /// and any difference counts.
+    static func threadComparison(_ many: Measurement, oneThread one: Measurement, threads: Int) -> String {
+        let ratio = many.seconds / one.seconds
+        let spread = max(many.spread, one.spread)
+        var line = String(format: "stitch at 1 thread %.2f ms: %d threads take %.2fx its time", one.seconds * 1000, threads, ratio)
+        if ratio > 1 {
+            line += ratio - 1 > spread ? (spread > 0 ? String(format: " (SLOWER, beyond the rounds' %.1f%% spread)", spread * 100) : " (SLOWER)")
+                : String(format: " (a tie: within the rounds' %.1f%% spread)", spread * 100)
+        }
+        return line
+    }
+
+    /// Each side's best and slowest round. Beside the busy loop a side's rounds can differ severalfold (threads paused
+    /// on the shared core for whole scheduler slices): the range shows how steady a side was, which its best round hides.
+    static func roundRanges(_ sides: [(name: String, measured: Measurement?)]) -> String {
+        "each side's rounds (ms): " + sides.compactMap { side in
+            side.measured.map { side.name + String(format: " %.2f-%.2f", $0.seconds * 1000, ($0.slowestRound ?? $0.seconds) * 1000) }
+        }.joined(separator: ", ")
     }
 
     /// The width of the model table's first column: the longest row name (qwen2-prefill-llama.cpp) and a space.
@@ -290,17 +313,24 @@ struct Measurement: Decodable {
     /// Stitch's side: the seconds its matrix products alone take (each shape timed by itself), and their GFLOP.
     var gemmFloor: Double?
     let gemmGFLOP: Double?
+    /// Over the rounds kept (`faster`): the slowest round's time, which with `seconds` spans the machine's noise.
+    var slowestRound: Double?
 
     enum CodingKeys: String, CodingKey { case seconds, peakMB = "peak_mb", note, output, agreement, gemmFloor = "gemm_floor", gemmGFLOP = "gemm_gflop" }
 
     /// The round with the lower time (`earlier` nil: `later`), with the lower GEMM floor of the two: both are best
-    /// times, which a slow phase of a shared machine only lengthens.
+    /// times, which a slow phase of a shared machine only lengthens. It remembers the slowest round too.
     static func faster(_ earlier: Measurement?, _ later: Measurement) -> Measurement {
         guard let earlier else { return later }
         var faster = later.seconds < earlier.seconds ? later : earlier
         faster.gemmFloor = [earlier.gemmFloor, later.gemmFloor].compactMap { $0 }.min()
+        faster.slowestRound = max(earlier.slowestRound ?? earlier.seconds, later.slowestRound ?? later.seconds)
         return faster
     }
+
+    /// How much slower than the best round the slowest was (0 for one round): how far apart the same work measured
+    /// twice in one run came out, so two sides closer than this are not told apart.
+    var spread: Double { (slowestRound ?? seconds) / seconds - 1 }
 
     static func parse(_ output: String, side: String) throws -> Measurement {
         guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {

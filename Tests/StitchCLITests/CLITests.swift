@@ -150,6 +150,32 @@ final class CLITests: XCTestCase {
         XCTAssertNil(BenchRound.faster(try round(0.2, floor: nil), try round(0.1, floor: nil)).gemmFloor)
     }
 
+    /// Beside the busy loop, 2 threads are SLOWER than 1 only when slower by more than either side's rounds spread (the
+    /// noise of the same work measured again); with one round every difference counts. Each side's rounds are shown.
+    func testContendedThreadsSlowerOnlyBeyondTheRoundsSpread() throws {
+        func rounds(_ times: [Double]) throws -> BenchRound {
+            try times.reduce(nil) { kept, seconds in
+                BenchRound.faster(kept, try BenchRound.parse(#"{"seconds": \#(seconds), "peak_mb": 300, "note": "per token"}"#, side: "stitch"))
+            }!
+        }
+        XCTAssertEqual(try rounds([0.0242, 0.0252, 0.0238]).slowestRound, 0.0252)
+        XCTAssertEqual(try rounds([0.0242]).spread, 0)
+        func comparison(_ many: [Double], _ one: [Double]) throws -> String {
+            try Bench.threadComparison(rounds(many), oneThread: rounds(one), threads: 2)
+        }
+        // 2 threads 2.9% slower than 1; the 1-thread rounds 5% apart: a tie.
+        let tie = try comparison([0.0240, 0.0245], [0.0240 / 1.029, 0.0240 / 1.029 * 1.05])
+        XCTAssert(tie.contains("1.03x its time (a tie: within the rounds' 5.0% spread)"), tie)
+        // The same 2.9% beyond rounds 1% apart, and with one round a side.
+        let slower = try comparison([0.0240, 0.0241], [0.0240 / 1.029, 0.0240 / 1.029 * 1.01])
+        XCTAssert(slower.contains("(SLOWER, beyond the rounds' 1.0% spread)"), slower)
+        XCTAssert(try comparison([0.0240], [0.0239]).hasSuffix("(SLOWER)"))
+        let faster = try comparison([0.0150, 0.0170], [0.0240, 0.0241])
+        XCTAssert(faster.hasSuffix("0.62x its time"), faster)
+        XCTAssertEqual(Bench.roundRanges([("stitch", try rounds([0.0197, 0.0188, 0.0210])), ("at 1 thread", nil), ("reference", try rounds([0.0418]))]),
+                       "each side's rounds (ms): stitch 18.80-21.00, reference 41.80-41.80")
+    }
+
     func testFetchOfflineErrorAndBenchRows() throws {
         let fetch = try stitch(["fetch", "org/absent-model"], environment: ["HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": folder.path])
         XCTAssertNotEqual(fetch.status, 0)
