@@ -200,24 +200,42 @@ DISPATCH void stitch_bias_activation(float *p, long n, float bias, stitch_activa
     BLOCKWISE(p, n, v, { v += bias; activate_v16(&v, activation); });
 }
 
-DISPATCH void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation) {
-    long i = 0;
-    if (bias)
-        for (; i + 16 <= n; i += 16) {
-            v16 v = *(const v16 *)(p + i) + *(const v16 *)(bias + i);
-            activate_v16(&v, activation);
-            *(v16 *)(p + i) = v;
+/* stitch_finish_rows for one activation, which the caller makes a constant: the loop is then compiled once for it,
+   with its constants in registers across all the rows (YOLOX's rows are 16 to 256 values, called one at a time they
+   spent as long setting up as computing). */
+static inline __attribute__((always_inline)) void finish_rows_as(float *c, long ldc, long rows, long cols, const float *bias,
+                                                                 stitch_activation activation) {
+    for (long row = 0; row < rows; row++) {
+        float *p = c + row * ldc;
+        long i = 0;
+        if (bias)
+            for (; i + 16 <= cols; i += 16) {
+                v16 v = *(const v16 *)(p + i) + *(const v16 *)(bias + i);
+                activate_v16(&v, activation);
+                *(v16 *)(p + i) = v;
+            }
+        if (i < cols) {
+            float *rest = p + i;
+            if (bias) for (long j = 0; j < cols - i; j++) rest[j] += bias[i + j];
+            BLOCKWISE(rest, cols - i, v, activate_v16(&v, activation));
         }
-    if (i < n) {
-        float *rest = p + i;
-        if (bias) for (long j = 0; j < n - i; j++) rest[j] += bias[i + j];
-        BLOCKWISE(rest, n - i, v, activate_v16(&v, activation));
     }
 }
 
-void stitch_finish_rows(float *c, long ldc, long rows, long cols, const float *bias, stitch_activation activation) {
-    if (bias || activation != STITCH_ACTIVATION_NONE)
-        for (long i = 0; i < rows; i++) stitch_bias_row_activation(c + i * ldc, cols, bias, activation);
+DISPATCH void stitch_finish_rows(float *c, long ldc, long rows, long cols, const float *bias, stitch_activation activation) {
+    switch (activation) {
+    case STITCH_ACTIVATION_NONE: if (bias) finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_NONE); break;
+    case STITCH_ACTIVATION_SILU: finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_SILU); break;
+    case STITCH_ACTIVATION_RELU6: finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_RELU6); break;
+    case STITCH_ACTIVATION_RELU: finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_RELU); break;
+    case STITCH_ACTIVATION_GELU_ERF: finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_GELU_ERF); break;
+    case STITCH_ACTIVATION_GELU_TANH: finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_GELU_TANH); break;
+    case STITCH_ACTIVATION_QUICK_GELU: finish_rows_as(c, ldc, rows, cols, bias, STITCH_ACTIVATION_QUICK_GELU); break;
+    }
+}
+
+void stitch_bias_row_activation(float *p, long n, const float *bias, stitch_activation activation) {
+    stitch_finish_rows(p, n, 1, n, bias, activation);
 }
 
 /* The sixteen lanes of running sums added in lane order: the same order in every variant, whatever its vector width. */
@@ -631,13 +649,13 @@ DISPATCH void stitch_depthwise_channel(const float *input, long h, long w, const
 }
 
 
-/* Row y of stitch_depthwise_nhwc, channels [block, block + 16) as one vector (or
+/* Row y of stitch_depthwise_nhwc before its activation, channels [block, block + 16) as one vector (or
    fewer, `lanes`, through zero-padded copies), KH x KW constants where specialised. Pixels whose window lies inside
    the input take no bounds tests. */
 static inline __attribute__((always_inline)) void depthwise_nhwc_run(const int KH, const int KW, const float *input, long h,
                                                                      long w, long c, const float *taps, long stride, long pad_top,
-                                                                     long pad_left, const float *bias, stitch_activation activation,
-                                                                     float *output, long w_out, long y, long block, long lanes) {
+                                                                     long pad_left, const float *bias, float *output, long w_out,
+                                                                     long y, long block, long lanes) {
 #pragma clang fp contract(fast)
     v16 b = {0}, tap[KH * KW];   /* a variable-length array where KH and KW are not constants (at most 16 x 16) */
     memcpy(&b, bias + block, sizeof(float) * (size_t)lanes);
@@ -678,32 +696,25 @@ static inline __attribute__((always_inline)) void depthwise_nhwc_run(const int K
         sum += b;
         memcpy(output + (y * w_out + x) * c + block, &sum, sizeof(float) * (size_t)lanes);
     }
-    /* The activation once the row's sums are stored: in the loop above, its long chain stalled every pixel. */
-    for (long x = 0; x < w_out; x++) {
-        float *out = output + (y * w_out + x) * c + block;
-        v16 v = {0};
-        if (lanes == 16) v = *(const v16 *)out;
-        else memcpy(&v, out, sizeof(float) * (size_t)lanes);
-        activate_v16(&v, activation);
-        if (lanes == 16) *(v16 *)out = v;
-        else memcpy(out, &v, sizeof(float) * (size_t)lanes);
-    }
 }
 
 DISPATCH void stitch_depthwise_nhwc(const float *input, long h, long w, long c, const float *taps, long kh, long kw, long stride,
                                     long pad_top, long pad_left, const float *bias, stitch_activation activation,
                                     float *output, long w_out, long y_begin, long y_end) {
-    for (long y = y_begin; y < y_end; y++)
+    for (long y = y_begin; y < y_end; y++) {
         for (long block = 0; block < c; block += 16) {
             long lanes = c - block < 16 ? c - block : 16;
             if (kh == 3 && kw == 3 && lanes == 16)   /* 16 as a constant: no tail copies compiled in */
-                depthwise_nhwc_run(3, 3, input, h, w, c, taps, stride, pad_top, pad_left, bias, activation, output, w_out, y, block, 16);
+                depthwise_nhwc_run(3, 3, input, h, w, c, taps, stride, pad_top, pad_left, bias, output, w_out, y, block, 16);
             else if (kh == 3 && kw == 3)
-                depthwise_nhwc_run(3, 3, input, h, w, c, taps, stride, pad_top, pad_left, bias, activation, output, w_out, y, block, lanes);
+                depthwise_nhwc_run(3, 3, input, h, w, c, taps, stride, pad_top, pad_left, bias, output, w_out, y, block, lanes);
             else
-                depthwise_nhwc_run((int)kh, (int)kw, input, h, w, c, taps, stride, pad_top, pad_left, bias, activation, output, w_out, y, block,
-                                   lanes);
+                depthwise_nhwc_run((int)kh, (int)kw, input, h, w, c, taps, stride, pad_top, pad_left, bias, output, w_out, y, block, lanes);
         }
+        /* The activation once the row's sums are stored (in the loop above, its long chain stalled every pixel), over
+           the row as one run of values. */
+        stitch_finish_rows(output + y * w_out * c, w_out * c, 1, w_out * c, NULL, activation);
+    }
 }
 
 #define TILE_CHANNELS 4
