@@ -145,12 +145,8 @@ public final class PackedWeights: @unchecked Sendable {
         // Split by rows, each thread packs only its own rows of A (split by columns, every thread packs all of A: 6% of
         // MiniLM's time) and reads the packed weights, which need no packing, from the shared cache.
         if threads > 1 && m >= threads * BLAS.rowsPerPart {
-            // Parts of whole 4-row tiles: a last tile of 4 rows costs a third of one of 12 (parts of whole 12-row tiles
-            // left CLIP's 800 image rows at 34 + 33 tiles a thread instead of 33 1/3 each).
-            let block = ((m + threads - 1) / threads + 3) / 4 * 4
-            Parallel.forEach(threads, threads: threads) { part in
-                run(rows: part * block..<min(m, part * block + block), begin: first, end: first + n)
-            }
+            let parts = BLAS.rowParts(m, threads: threads)
+            Parallel.forEach(parts.count, threads: threads) { part in run(rows: parts[part], begin: first, end: first + n) }
             return
         }
         let block = BLAS.columnBlock(m: m, n: n, k: k, threads: threads, multiple: 32)

@@ -228,17 +228,45 @@ final class PackedProductTests: XCTestCase {
                 for layout in [WeightLayout.outputsByInputs, .inputsByOutputs] {
                     let weight = PackedWeights.pack(Tensor(shape: layout == .outputsByInputs ? [n, k] : [k, n], scalars: generator.values(n * k)),
                                                     layout: layout, precision: precision)!
-                    let rows = Tensor(shape: [13, k], scalars: generator.values(13 * k))
-                    let many = linear(rows, weight: weight, bias: nil)
-                    for row in [0, 5, 12] {
-                        let one = linear(rows.rows(row..<row + 1), weight: weight, bias: nil)
-                        XCTAssertEqual(one.scalars, many.rows(row..<row + 1).scalars, "\(precision) row \(row) of n \(n) k \(k) \(layout)")
-                        checked += 1
+                    // 13 rows: one part; 420: parts of rows over the threads, claimed as they finish (BLAS.rowParts).
+                    for (count, picked) in [(13, [0, 5, 12]), (420, [0, 200, 391, 419])] {
+                        let rows = Tensor(shape: [count, k], scalars: generator.values(count * k))
+                        let many = linear(rows, weight: weight, bias: nil)
+                        for row in picked {
+                            let one = linear(rows.rows(row..<row + 1), weight: weight, bias: nil)
+                            XCTAssertEqual(one.scalars, many.rows(row..<row + 1).scalars, "\(precision) row \(row) of \(count), n \(n) k \(k) \(layout)")
+                            checked += 1
+                        }
                     }
                 }
             }
         }
-        print("one-row packed products: \(checked) rows bit-identical to their rows in 13-row products")
+        print("one-row packed products: \(checked) rows bit-identical to their rows in 13- and 420-row products")
+    }
+
+    /// The row parts of a product split by rows: from 0 to m without gaps or empty parts; with two 96-row blocks a thread
+    /// or more, first one part of whole blocks a thread (two fifths to four fifths of its share), then parts of whole
+    /// 12-row tiles, two or more, the last ending at m; below that one part a thread at most, of whole 4-row tiles.
+    func testRowPartsCoverTheRowsInWholeBlocksAndTiles() {
+        for threads in [2, 3, 4, 8] {
+            for m in stride(from: threads * BLAS.rowsPerPart, through: 6000, by: 7) {
+                let parts = BLAS.rowParts(m, threads: threads)
+                let context = "\(m) rows over \(threads) threads: \(parts.map(\.count))"
+                XCTAssertEqual(parts.first?.lowerBound, 0, context)
+                XCTAssertEqual(parts.last?.upperBound, m, context)
+                XCTAssert(zip(parts, parts.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }, context)
+                XCTAssert(parts.allSatisfy { !$0.isEmpty }, context)
+                if m / threads >= 2 * BLAS.rowsPerPart {
+                    let big = parts[0].count
+                    XCTAssert(big % BLAS.rowsPerPart == 0 && parts.prefix(threads).allSatisfy { $0.count == big }, context)
+                    XCTAssert(big * 5 >= m / threads * 2 && big * 5 <= m / threads * 4, context)
+                    XCTAssert(parts.dropFirst(threads).dropLast().allSatisfy { $0.count % 12 == 0 && $0.count >= 24 }, context)
+                } else {
+                    XCTAssertLessThanOrEqual(parts.count, threads, context)
+                    XCTAssert(parts.dropLast().allSatisfy { $0.count % 4 == 0 }, context)
+                }
+            }
+        }
     }
 
     /// The bias and activation a packed product applies to each block of rows as it finishes it: the same bits as the
