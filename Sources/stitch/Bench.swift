@@ -277,7 +277,7 @@ struct Bench: ParsableCommand {
     /// on the shared core for whole scheduler slices): the range shows how steady a side was, which its best round hides.
     static func roundRanges(_ sides: [(name: String, measured: Measurement?)]) -> String {
         "each side's rounds (ms): " + sides.compactMap { side in
-            side.measured.map { side.name + String(format: " %.2f-%.2f", $0.seconds * 1000, ($0.slowestRound ?? $0.seconds) * 1000) }
+            side.measured.map { side.name + String(format: " %.2f-%.2f", $0.seconds * 1000, $0.slowest * 1000) }
         }.joined(separator: ", ")
     }
 
@@ -324,13 +324,16 @@ struct Measurement: Decodable {
         guard let earlier else { return later }
         var faster = later.seconds < earlier.seconds ? later : earlier
         faster.gemmFloor = [earlier.gemmFloor, later.gemmFloor].compactMap { $0 }.min()
-        faster.slowestRound = max(earlier.slowestRound ?? earlier.seconds, later.slowestRound ?? later.seconds)
+        faster.slowestRound = max(earlier.slowest, later.slowest)
         return faster
     }
 
     /// How much slower than the best round the slowest was (0 for one round): how far apart the same work measured
     /// twice in one run came out, so two sides closer than this are not told apart.
-    var spread: Double { (slowestRound ?? seconds) / seconds - 1 }
+    var spread: Double { slowest / seconds - 1 }
+
+    /// The slowest round's time: `seconds` where only one round was kept.
+    var slowest: Double { slowestRound ?? seconds }
 
     static func parse(_ output: String, side: String) throws -> Measurement {
         guard let line = output.split(separator: "\n").last, let measurement = try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8)) else {
