@@ -95,7 +95,8 @@ static void *worker_main(void *argument) {
    (/proc/stat) with this process's own CPU time over the window since; what others took, rounded to whole CPUs, is
    left to them. Split over a core that another CPU-bound process shares, a region waits for the part whose thread is
    paused, often for a whole scheduler slice; run on fewer threads, with the idle workers asleep, the scheduler gives
-   those threads the cores that are free. Only the caller holding `pool.busy` touches this state. */
+   those threads the cores that are free. (Regions long beside those pauses still ask for every thread: Parallel.swift's
+   `threads(work:)`.) Only the caller holding `pool.busy` touches this state. */
 #define LOAD_WINDOW_NANOSECONDS 100000000LL
 #define MAX_CPUS 1024
 
@@ -126,10 +127,15 @@ unsigned long long stitch_stat_busy_ticks(const char *text, const int *cpus, lon
     return total;
 }
 
-long stitch_cpus_left(long cpus, double busy_seconds, double own_seconds, double wall_seconds) {
+long stitch_cpus_left(long cpus, long left_before, double busy_seconds, double own_seconds, double wall_seconds) {
     if (!(wall_seconds > 0)) return cpus;
     double others = (busy_seconds - own_seconds) / wall_seconds;
     long taken = others > 0 ? (long)(others + 0.5) : 0;
+    /* A CPU others took is given back only once they use less than a quarter of it: this process's threads on the core
+       it shares with them count as its own time, so a busy loop there shows as about half a CPU while it still wants
+       a whole one, and a plain rounding would flip between the two verdicts from one window to the next. */
+    long taken_before = left_before > 0 ? cpus - left_before : 0;
+    if (taken < taken_before && others > (double)taken_before - 0.75) taken = taken_before;
     long left = cpus - taken;
     return left < 1 ? 1 : left > cpus ? cpus : left;
 }
@@ -150,8 +156,8 @@ static void update_load(void) {
     unsigned long long busy = stitch_stat_busy_ticks(text, load.cpus, load.cpu_count);
     if (load.checked != 0) {
         double tick = 1.0 / (double)sysconf(_SC_CLK_TCK);
-        atomic_store(&load.left, stitch_cpus_left(load.cpu_count, (double)(busy - load.busy) * tick, (double)(own - load.own) / 1e9,
-                                     (double)(now - load.checked) / 1e9));
+        atomic_store(&load.left, stitch_cpus_left(load.cpu_count, atomic_load(&load.left), (double)(busy - load.busy) * tick,
+                                                  (double)(own - load.own) / 1e9, (double)(now - load.checked) / 1e9));
     }
     load.checked = now;
     load.own = own;

@@ -176,7 +176,7 @@ private func attend(query: AttentionOperand, keys: AttentionOperand, values: Att
     let direct = stitch_attention_head_fits(tk, headDim) != 0 && (window ?? 1) > 0
     mask.withUnsafeBufferPointer { maskRows in out.withUnsafeMutableBufferPointer { o in
         let oBase = o.baseAddress!
-        Parallel.forEach(batch * heads) { task in
+        Parallel.forEach(batch * heads, threads: Parallel.threads(work: batch * heads * tq * tk * headDim * 2)) { task in
             let (b, h) = (task / heads, task % heads)
             let qHead = query.base + b * query.batchStride + h * headDim
             let keyHead = h / (heads / (keyValueHeads ?? heads))

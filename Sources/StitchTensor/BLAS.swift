@@ -89,7 +89,7 @@ public enum BLAS {
             stitch_finish_rows(c, ldc, 1, n, bias, activation)
             return
         }
-        let threads = Parallel.threads
+        let threads = Parallel.threads(work: m * n * k)
         // Blocks of whole 32-column panels of Stitch's kernel.
         let block = columnBlock(m: m, n: n, k: k, threads: threads, multiple: 32)
         Parallel.forEach((n + block - 1) / block, threads: threads) { part in
@@ -107,7 +107,7 @@ public enum BLAS {
     private static func splitGemv(transposeB: Bool, n: Int, k: Int, x: UnsafePointer<Float>,
                                   b: UnsafePointer<Float>, ldb: Int, y: UnsafeMutablePointer<Float>) {
         _ = singleThreaded
-        let threads = Parallel.threads
+        let threads = Parallel.threads(work: n * k)
         let block = columnBlock(m: 1, n: n, k: k, threads: threads, multiple: 16)
         Parallel.forEach((n + block - 1) / block, threads: threads) { part in
             let start = part * block

@@ -38,7 +38,7 @@ public struct ChannelsLastDepthwise: Sendable {
                     biases.withUnsafeBufferPointer { biases in
                         let (s, d, t, b) = (src.baseAddress!, dst.baseAddress!, taps.baseAddress!, biases.baseAddress!)
                         let (c, kh, kw, stride, activation) = (channels, kernelHeight, kernelWidth, stride, activation.kernel)
-                        Parallel.forChunks(hOut, minimumChunk: max(1, 8192 / max(wOut * c, 1))) { rows in
+                        Parallel.forChunks(hOut, minimumChunk: max(1, 8192 / max(wOut * c, 1)), work: hOut * wOut * c * kh * kw) { rows in
                             stitch_depthwise_nhwc(s, h, w, c, t, kh, kw, stride, padding.top, padding.left, b, activation, d, wOut,
                                                   rows.lowerBound, rows.upperBound)
                         }

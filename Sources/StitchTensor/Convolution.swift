@@ -100,7 +100,8 @@ public struct Convolution: @unchecked Sendable {
         let (input, ph, pw) = paddedInput(x, padding: padding)
         defer { input.deallocate() }
         out.withUnsafeMutableBufferPointer { d in
-            Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: cOut * cIn * kh * kw * hOut * wOut)) { rows in
+            let macs = cOut * cIn * kh * kw * hOut * wOut
+            Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: macs), work: macs) { rows in
                 stitch_conv_direct_channels_last(input, cIn, ph * pw, pw, packedSixteens, cOut, kh, kw, biases, activation.kernel, d.baseAddress!,
                                                  wOut, rows.lowerBound, rows.upperBound)
             }
@@ -154,7 +155,8 @@ public struct Convolution: @unchecked Sendable {
         let plane = hOut * wOut
         let (input, ph, pw) = paddedInput(x, padding: padding)
         defer { input.deallocate() }
-        Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: cOut * cIn * kh * kw * plane)) { rows in
+        let macs = cOut * cIn * kh * kw * plane
+        Parallel.forChunks(hOut, parts: Self.worthwhileParts(macs: macs), work: macs) { rows in
             stitch_conv_direct(input, cIn, ph * pw, pw, packed, cOut, kh, kw, biases, activation.kernel, d, plane, wOut, rows.lowerBound, rows.upperBound, 0, wOut)
         }
     }
@@ -171,7 +173,8 @@ public struct Convolution: @unchecked Sendable {
         // Parts of whole 32-column panels (the product kernel's width): only the last part's last panel is partial.
         let tiles = (plane + 31) / 32
         weight.withUnsafeBufferPointer { kernel in
-            Parallel.forChunks(tiles, parts: Self.worthwhileParts(macs: cOut * cIn * plane)) { range in
+            let macs = cOut * cIn * plane
+            Parallel.forChunks(tiles, parts: Self.worthwhileParts(macs: macs), work: macs) { range in
                 for start in Swift.stride(from: range.lowerBound * 32, to: min(plane, range.upperBound * 32), by: Self.pointwiseBlock) {
                     let columns = min(Self.pointwiseBlock, plane - start, range.upperBound * 32 - start)
                     applyWeights(kernel.baseAddress!, depth: cIn, to: s + start, ldb: plane, columns: columns, into: d + start, plane: plane)
@@ -199,7 +202,7 @@ public struct Convolution: @unchecked Sendable {
         let plane = hOut * wOut, depth = cIn * kh * kw
         // Rows per tile: about 2048 outputs (an im2col tile of depth × 2048 stays in L2), and
         // enough tiles to keep every core busy.
-        let threads = Parallel.threads
+        let threads = Parallel.threads(work: weight.shape[0] * depth * plane)
         let rowsPerTile = max(1, min(max(2048 / max(wOut, 1), 1), (hOut + threads - 1) / threads))
         let tiles = (hOut + rowsPerTile - 1) / rowsPerTile
         weight.withUnsafeBufferPointer { kernel in
@@ -241,10 +244,11 @@ public struct Convolution: @unchecked Sendable {
         let (c, h, w) = shape
         let (kh, kw) = (weight.shape[2], weight.shape[3])
         // A depthwise multiply-add costs several of the direct kernel's (short rows, no register
-        // blocking), so the work counts 4 times when deciding whether to split.
+        // blocking), so the work counts 4 times when deciding how to split it.
         weight.withUnsafeBufferPointer { kernel in
             let k = kernel.baseAddress!
-            Parallel.forChunks(c, parts: Self.worthwhileParts(macs: c * kh * kw * hOut * wOut * 4)) { channels in
+            let macs = c * kh * kw * hOut * wOut * 4
+            Parallel.forChunks(c, parts: Self.worthwhileParts(macs: macs), work: macs) { channels in
                 for channel in channels {
                     stitch_depthwise_channel(s + channel * h * w, h, w, k + channel * kh * kw, kh, kw, stride, padding.top, padding.left,
                                              d + channel * hOut * wOut, hOut, wOut, biases[channel], activation.kernel)

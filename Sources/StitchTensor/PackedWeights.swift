@@ -128,7 +128,7 @@ public final class PackedWeights: @unchecked Sendable {
             stitch_bf16_round_rows(m, k, a, lda, rounded)
             (a, lda) = (UnsafePointer(rounded), k)
         }
-        let threads = Parallel.threads
+        let threads = Parallel.threads(work: m * n * k)
         let (storage, kernel, first) = (UnsafeRawPointer(storage), kernel, columns.lowerBound)
         func run(rows: Range<Int>, begin: Int, end: Int) {
             let (a, c, bias) = (a + rows.lowerBound * lda, c + rows.lowerBound * ldc + (begin - first), bias.map { $0 + begin })

@@ -45,10 +45,25 @@ public enum Parallel {
     /// How many of them parallel loops use (`BLAS.configureThreads` sets it).
     nonisolated(unsafe) public static var limit = cores
 
-    /// How many threads work is split over now: `limit`, less the CPUs other processes are taking from this one's
-    /// (`stitch_parallel_threads`): on a core shared with another busy process, a part's thread is paused for whole
-    /// scheduler slices while the rest wait, so the work runs on the cores left free instead.
-    public static var threads: Int { limit > 1 ? Int(stitch_parallel_threads(limit)) : 1 }
+    /// How many threads a region of unknown or small work is split over now: `limit`, less the CPUs other processes
+    /// are taking from this one's (`stitch_parallel_threads`): on a core shared with another busy process, a part's
+    /// thread is paused for whole scheduler slices while the rest wait, so the work runs on the cores left free instead.
+    public static var threads: Int { threads(work: 0) }
+
+    /// Multiply-adds from which a region runs on every thread even while other processes take CPUs from this one
+    /// (about a millisecond or more at one thread): long beside the pauses of a thread on a shared core, such a region
+    /// gains more from that core's share than it loses waiting. Beside a busy loop pinned to one of two CPUs, regions
+    /// this long on two threads took MiniLM, CLIP's image and text encoders and MAGiC 10-22% less time than on one, while
+    /// smaller ones (a decoding step's products, a convnet's layers, element-wise passes) gained nothing there.
+    static let sharedCoreWork = 50_000_000
+
+    /// How many threads a region of `work` multiply-adds is split over now (see `threads` and `sharedCoreWork`).
+    public static func threads(work: Int) -> Int {
+        limit > 1 ? threadCount(limit: limit, left: Int(stitch_parallel_threads(limit)), work: work) : 1
+    }
+
+    /// `left` (the CPUs other processes leave, at most `limit`) for short regions, `limit` for long ones.
+    static func threadCount(limit: Int, left: Int, work: Int) -> Int { work >= sharedCoreWork ? limit : left }
 
     /// Calls `body(i)` for each i in 0..<count, concurrently when worthwhile, on the calling
     /// thread and Stitch's worker pool (`stitch_parallel_for`), on `threads` threads (a caller that split its
@@ -70,15 +85,16 @@ public enum Parallel {
     }
 
     /// Splits 0..<count into at most `cores` contiguous chunks and runs them
-    /// concurrently; small ranges (below `minimumChunk` per core) run inline.
-    public static func forChunks(_ count: Int, minimumChunk: Int = 16_384, _ body: (Range<Int>) -> Void) {
-        forChunks(count, parts: count / max(minimumChunk, 1), body)
+    /// concurrently; small ranges (below `minimumChunk` per core) run inline. `work`: the region's multiply-adds where
+    /// known (`threads(work:)`).
+    public static func forChunks(_ count: Int, minimumChunk: Int = 16_384, work: Int = 0, _ body: (Range<Int>) -> Void) {
+        forChunks(count, parts: count / max(minimumChunk, 1), work: work, body)
     }
 
     /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `threads` and `count`)
     /// and runs them concurrently; empty chunks are skipped.
-    public static func forChunks(_ count: Int, parts: Int, _ body: (Range<Int>) -> Void) {
-        let threads = Self.threads
+    public static func forChunks(_ count: Int, parts: Int, work: Int = 0, _ body: (Range<Int>) -> Void) {
+        let threads = Self.threads(work: work)
         let chunks = min(threads, count, max(1, parts))
         let size = (count + chunks - 1) / max(chunks, 1)
         forEach(chunks, threads: threads) { chunk in

@@ -292,7 +292,8 @@ int main(void) {
     int cpus[] = {0, 1};
     unsigned long long ticks = stitch_stat_busy_ticks("cpu  9 9 9 9 9 9 9 9\ncpu0 1 2 3 100 100 4 5 6 0 0\ncpu1 1 1 1 1 1 1 1 1\n", cpus, 2);
     report("stat_busy_ticks", ticks == 21 + 6 ? 0 : INFINITY, 0);
-    report("cpus_left", stitch_cpus_left(2, 2.0, 1.0, 1.0) == 1 && stitch_cpus_left(2, 1.0, 1.0, 1.0) == 2 ? 0 : INFINITY, 0);
+    report("cpus_left", stitch_cpus_left(2, 0, 2.0, 1.0, 1.0) == 1 && stitch_cpus_left(2, 0, 1.0, 1.0, 1.0) == 2 &&
+                        stitch_cpus_left(2, 1, 1.45, 1.0, 1.0) == 1 ? 0 : INFINITY, 0);
     /* bfloat16 rounding: the nearer of the two neighbours, ties to the even one, over 2^16 bit patterns spread over all
        floats (every sign, exponent and a spread of low halves, exact ties among them). */
     worst = 0;

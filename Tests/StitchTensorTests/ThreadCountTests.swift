@@ -68,7 +68,8 @@ final class ThreadCountTests: XCTestCase {
         print("affinity: \(allowed) CPUs allowed, 1 after narrowing the mask")
     }
     /// Dynamic adjustment: the busy ticks of this process's CPUs read from /proc/stat's text, and the CPUs left when
-    /// other processes took some of them (rounded to whole CPUs, at least one left, never more than there are).
+    /// other processes took some of them (rounded to whole CPUs, at least one left, never more than there are; a CPU
+    /// taken is given back only below a quarter of it).
     func testThreadsLeftByOthersLoad() {
         let stat = """
         cpu  900 10 200 5000 40 0 30 20 0 0
@@ -83,15 +84,37 @@ final class ThreadCountTests: XCTestCase {
         XCTAssertEqual(stat.withCString { stitch_stat_busy_ticks($0, [1, 12], 2) }, 252 + 499)
         XCTAssertEqual(stat.withCString { stitch_stat_busy_ticks($0, [2], 1) }, 0, "CPU 2 is not listed; cpu12 is not cpu1")
         // 2 CPUs over 1 s: busy 2 s of which 1 s ours -> another process took a CPU -> 1 left.
-        XCTAssertEqual(stitch_cpus_left(2, 2.0, 1.0, 1.0), 1)
-        XCTAssertEqual(stitch_cpus_left(2, 1.9, 1.9, 1.0), 2, "quiet: all busy time is ours")
-        XCTAssertEqual(stitch_cpus_left(2, 1.4, 1.0, 1.0), 2, "others took 0.4 CPU: rounds to none")
-        XCTAssertEqual(stitch_cpus_left(2, 2.0, 0.0, 1.0), 1, "never fewer than one")
-        XCTAssertEqual(stitch_cpus_left(8, 5.0, 2.0, 1.0), 5)
-        XCTAssertEqual(stitch_cpus_left(4, 1.0, 1.2, 1.0), 4, "tick rounding below our own time")
-        XCTAssertEqual(stitch_cpus_left(4, 1.0, 0.0, 0.0), 4, "no window yet")
+        XCTAssertEqual(stitch_cpus_left(2, 0, 2.0, 1.0, 1.0), 1)
+        XCTAssertEqual(stitch_cpus_left(2, 0, 1.9, 1.9, 1.0), 2, "quiet: all busy time is ours")
+        XCTAssertEqual(stitch_cpus_left(2, 0, 1.4, 1.0, 1.0), 2, "others took 0.4 CPU: rounds to none")
+        XCTAssertEqual(stitch_cpus_left(2, 0, 2.0, 0.0, 1.0), 1, "never fewer than one")
+        XCTAssertEqual(stitch_cpus_left(8, 0, 5.0, 2.0, 1.0), 5)
+        XCTAssertEqual(stitch_cpus_left(4, 0, 1.0, 1.2, 1.0), 4, "tick rounding below our own time")
+        XCTAssertEqual(stitch_cpus_left(4, 0, 1.0, 0.0, 0.0), 4, "no window yet")
+        // A CPU taken stays taken while others use a quarter of it or more (our threads on their core lower their share).
+        XCTAssertEqual(stitch_cpus_left(2, 1, 1.45, 1.0, 1.0), 1, "0.45 CPU after a window that left 1: still taken")
+        XCTAssertEqual(stitch_cpus_left(2, 1, 1.3, 1.0, 1.0), 1)
+        XCTAssertEqual(stitch_cpus_left(2, 1, 1.2, 1.0, 1.0), 2, "below a quarter: given back")
+        XCTAssertEqual(stitch_cpus_left(2, 2, 1.45, 1.0, 1.0), 2, "nothing taken before: rounds as usual")
+        XCTAssertEqual(stitch_cpus_left(8, 5, 3.3, 1.0, 1.0), 5, "2.3 CPUs after 3 taken: still 3")
+        XCTAssertEqual(stitch_cpus_left(8, 5, 3.2, 1.0, 1.0), 6, "2.2: one given back")
+        XCTAssertEqual(stitch_cpus_left(8, 5, 5.0, 1.0, 1.0), 4, "4 taken now: more taken at once")
         // The query never asks for more than it was given.
         XCTAssertEqual(stitch_parallel_threads(1), 1)
         XCTAssertLessThanOrEqual(stitch_parallel_threads(2), 2)
+    }
+
+    /// A region long beside the pauses of a thread on a shared core runs on every thread; a shorter one (or one of
+    /// unknown work) on the CPUs other processes leave.
+    func testLongRegionsUseEveryThread() {
+        let long = Parallel.sharedCoreWork
+        XCTAssertEqual(Parallel.threadCount(limit: 2, left: 1, work: long), 2)
+        XCTAssertEqual(Parallel.threadCount(limit: 2, left: 1, work: long - 1), 1)
+        XCTAssertEqual(Parallel.threadCount(limit: 8, left: 5, work: 0), 5)
+        XCTAssertEqual(Parallel.threadCount(limit: 8, left: 5, work: 4 * long), 8)
+        XCTAssertEqual(Parallel.threadCount(limit: 8, left: 8, work: 0), 8)
+        // Whatever the machine's load now: every thread for a long region, never more than the limit for any.
+        XCTAssertEqual(Parallel.threads(work: long), Parallel.limit)
+        XCTAssertLessThanOrEqual(Parallel.threads, Parallel.limit)
     }
 }

@@ -219,8 +219,9 @@ long stitch_affinity_cpus(void);
 
 /* The dynamic adjustment of parallel regions' threads to the machine's load (pool.c), exposed for its tests:
    the busy ticks (all but idle and iowait) of the listed CPUs in /proc/stat's text, and the CPUs of `cpus` that
-   others leave when the CPUs were busy `busy_seconds` over `wall_seconds`, `own_seconds` of it this process's. */
+   others leave when the CPUs were busy `busy_seconds` over `wall_seconds`, `own_seconds` of it this process's, and the
+   last window left `left_before` (0: no window yet). */
 unsigned long long stitch_stat_busy_ticks(const char *text, const int *cpus, long count);
-long stitch_cpus_left(long cpus, double busy_seconds, double own_seconds, double wall_seconds);
+long stitch_cpus_left(long cpus, long left_before, double busy_seconds, double own_seconds, double wall_seconds);
 
 #endif
