@@ -259,9 +259,9 @@ struct Bench: ParsableCommand {
     }
 
     /// Stitch at `threads` threads against itself at one, beside the busy loop. Where the CPUs left to Stitch are one,
-    /// both run the same single thread (the pool's dynamic adjustment) and differ only by the machine's noise: a
-    /// difference within the spread of either side's rounds is a tie, not SLOWER. With one round there is no spread,
-    /// and any difference counts.
+    /// its short regions run on one thread at either count (the pool's dynamic adjustment; long ones still use every
+    /// thread), so a row made of them differs only by the machine's noise: a difference within the spread of either
+    /// side's rounds is a tie, not SLOWER. With one round there is no spread, and any difference counts.
     static func threadComparison(_ many: Measurement, oneThread one: Measurement, threads: Int) -> String {
         let ratio = many.seconds / one.seconds
         let spread = max(many.spread, one.spread)
