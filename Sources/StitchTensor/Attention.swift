@@ -242,7 +242,8 @@ public func packedPrefixAttention(_ qkv: Tensor, segments: [PackedSegment], pref
             prefix.values.withUnsafeBufferPointer { prefixValues in
                 out.withUnsafeMutableBufferPointer { o in
                     let (oBase, stride) = (o.baseAddress!, 3 * width)
-                    Parallel.forEach(segments.count * heads) { task in
+                    let work = segments.reduce(0) { $0 + $1.rows.count * ($1.sharedLength + $1.rows.count) } * heads * headDim * 2
+                    Parallel.forEach(segments.count * heads, threads: Parallel.threads(work: work)) { task in
                         let (segment, h) = (segments[task / heads], task % heads)
                         let (t, shared) = (segment.rows.count, segment.sharedLength)
                         let n = shared + t

@@ -201,7 +201,7 @@ public func batchedMatmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, tr
         b.withUnsafeBufferPointer { bp in
             out.withUnsafeMutableBufferPointer { cp in
                 let (aBase, bBase, cBase) = (ap.baseAddress!, bp.baseAddress!, cp.baseAddress!)
-                Parallel.forEach(batch) { i in
+                Parallel.forEach(batch, threads: Parallel.threads(work: batch * m * n * k)) { i in
                     BLAS.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k,
                               a: aBase + i * m * k, lda: a.shape[2],
                               b: bBase + i * k * n, ldb: b.shape[2],

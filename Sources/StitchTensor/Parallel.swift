@@ -91,7 +91,7 @@ public enum Parallel {
         forChunks(count, parts: count / max(minimumChunk, 1), work: work, body)
     }
 
-    /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `threads` and `count`)
+    /// Splits 0..<count into `parts` contiguous chunks (at least 1, at most `threads(work:)` and `count`)
     /// and runs them concurrently; empty chunks are skipped.
     public static func forChunks(_ count: Int, parts: Int, work: Int = 0, _ body: (Range<Int>) -> Void) {
         let threads = Self.threads(work: work)
